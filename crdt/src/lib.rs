@@ -1,0 +1,1 @@
+//! securecomm-crdt

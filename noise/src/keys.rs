@@ -1,0 +1,432 @@
+//! Key types. Each kind of key is its own Rust type, so a device key can never be passed where
+//! a root key is wanted, and an X25519 key never where an Ed25519 key is.
+//!
+//! * A **user** is an Ed25519 root key ([`RootSigningKey`] / [`RootPublicKey`]).
+//! * A **device** has an Ed25519 signing key ([`DeviceSigningKey`] / [`DevicePublicKey`]), which
+//!   is also its libp2p identity, and X25519 keys ([`DhSecret`] / [`DhPublic`]) for key agreement.
+//!
+//! Every signature is made over `label || 0x00 || message`, where `label` is a fixed ASCII
+//! string naming what is signed ([`SigLabel`]); a signature made for one purpose therefore never
+//! verifies for another. Verification is strict (RFC 8032 §5.1.7 with canonical `S` and
+//! rejection of small-order keys and `R`), so signatures are not malleable.
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use rand_core::{CryptoRng, RngCore};
+use thiserror::Error;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::codec::{Decode, DecodeError, Encode, Reader, Writer};
+
+/// A signature's purpose. The label is prepended to what is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SigLabel(pub &'static str);
+
+impl SigLabel {
+    fn message(self, msg: &[u8]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(self.0.len() + 1 + msg.len());
+        m.extend_from_slice(self.0.as_bytes());
+        m.push(0);
+        m.extend_from_slice(msg);
+        m
+    }
+}
+
+/// Why a signature or key was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SignatureError {
+    /// The signature does not verify under the claimed key for this purpose.
+    #[error("signature does not verify for {0}")]
+    BadSignature(&'static str),
+    /// The public key bytes are not a valid, non-degenerate Ed25519 point.
+    #[error("invalid Ed25519 public key")]
+    InvalidKey,
+}
+
+/// A 64-byte Ed25519 signature.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature(pub [u8; 64]);
+
+impl std::fmt::Debug for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signature({}..)", hex_prefix(&self.0))
+    }
+}
+
+impl Encode for Signature {
+    fn encode(&self, w: &mut Writer) {
+        w.put(&self.0);
+    }
+}
+
+impl Decode for Signature {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self(r.array()?))
+    }
+}
+
+pub(crate) fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+fn verifying_key(bytes: &[u8; 32]) -> Result<VerifyingKey, SignatureError> {
+    let vk = VerifyingKey::from_bytes(bytes).map_err(|_| SignatureError::InvalidKey)?;
+    if vk.is_weak() {
+        return Err(SignatureError::InvalidKey);
+    }
+    Ok(vk)
+}
+
+fn verify(
+    vk: &VerifyingKey,
+    label: SigLabel,
+    msg: &[u8],
+    sig: &Signature,
+) -> Result<(), SignatureError> {
+    let s = ed25519_dalek::Signature::from_bytes(&sig.0);
+    vk.verify_strict(&label.message(msg), &s)
+        .map_err(|_| SignatureError::BadSignature(label.0))
+}
+
+macro_rules! ed25519_pair {
+    ($(#[$sdoc:meta])* $secret:ident, $(#[$pdoc:meta])* $public:ident, $what:literal) => {
+        $(#[$sdoc])*
+        ///
+        /// Zeroized on drop; `Debug` shows only the public key.
+        #[derive(Clone)]
+        pub struct $secret(SigningKey);
+
+        impl $secret {
+            /// A fresh key from `rng`.
+            pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+                Self(SigningKey::generate(rng))
+            }
+
+            /// Restores a key from its 32-byte seed.
+            pub fn from_seed(seed: &[u8; 32]) -> Self {
+                Self(SigningKey::from_bytes(seed))
+            }
+
+            /// The 32-byte seed, for sealed storage only.
+            pub fn seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
+                zeroize::Zeroizing::new(self.0.to_bytes())
+            }
+
+            /// The matching public key.
+            pub fn public(&self) -> $public {
+                $public(self.0.verifying_key())
+            }
+
+            /// Signs `msg` for the purpose named by `label`.
+            pub fn sign(&self, label: SigLabel, msg: &[u8]) -> Signature {
+                Signature(self.0.sign(&label.message(msg)).to_bytes())
+            }
+        }
+
+        impl std::fmt::Debug for $secret {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($secret), "(public: {:?})"), self.public())
+            }
+        }
+
+        impl ZeroizeOnDrop for $secret {}
+
+        $(#[$pdoc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+        pub struct $public(VerifyingKey);
+
+        impl $public {
+            /// Parses 32 bytes, rejecting non-canonical and small-order points.
+            pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, SignatureError> {
+                verifying_key(bytes).map(Self)
+            }
+
+            /// The 32-byte encoding.
+            pub fn to_bytes(&self) -> [u8; 32] {
+                self.0.to_bytes()
+            }
+
+            /// The 32-byte encoding, borrowed.
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                self.0.as_bytes()
+            }
+
+            /// Strictly verifies a signature made with the matching secret for `label`.
+            pub fn verify(&self, label: SigLabel, msg: &[u8], sig: &Signature) -> Result<(), SignatureError> {
+                verify(&self.0, label, msg, sig)
+            }
+        }
+
+        impl std::fmt::Debug for $public {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($public), "({}..)"), hex_prefix(self.0.as_bytes()))
+            }
+        }
+
+        impl PartialOrd for $public {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+
+        impl Ord for $public {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                self.as_bytes().cmp(other.as_bytes())
+            }
+        }
+
+        impl Encode for $public {
+            fn encode(&self, w: &mut Writer) {
+                w.put(self.as_bytes());
+            }
+        }
+
+        impl Decode for $public {
+            fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+                Self::from_bytes(&r.array()?).map_err(|_| DecodeError::Invalid($what))
+            }
+        }
+    };
+}
+
+ed25519_pair!(
+    /// A user's Ed25519 root key: the user's identity. It signs device certificates only.
+    RootSigningKey,
+    /// A user's Ed25519 root public key: what safety numbers are computed over.
+    RootPublicKey,
+    "root public key"
+);
+
+ed25519_pair!(
+    /// A device's Ed25519 signing key: its libp2p identity; signs prekeys, messages and changes.
+    DeviceSigningKey,
+    /// A device's Ed25519 public key (its libp2p PeerId is derived from it).
+    DevicePublicKey,
+    "device public key"
+);
+
+/// An X25519 secret key. Zeroized on drop; `Debug` shows only the public key.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct DhSecret(x25519_dalek::StaticSecret);
+
+impl DhSecret {
+    /// A fresh key from `rng`.
+    pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+        let mut b = zeroize::Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(b.as_mut());
+        Self(x25519_dalek::StaticSecret::from(*b))
+    }
+
+    /// Restores a key from its 32 bytes (clamped on use, per RFC 7748).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(x25519_dalek::StaticSecret::from(bytes))
+    }
+
+    /// The 32 secret bytes, for sealed storage or a Noise handshake only.
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.0.to_bytes())
+    }
+
+    /// The matching public key.
+    pub fn public(&self) -> DhPublic {
+        DhPublic(x25519_dalek::PublicKey::from(&self.0).to_bytes())
+    }
+
+    /// X25519 with `their` public key. Fails if the result is all zeros (a small-order input),
+    /// which would make the shared secret predictable.
+    pub fn diffie_hellman(&self, their: &DhPublic) -> Result<crate::secret::Secret32, DhError> {
+        let shared = self
+            .0
+            .diffie_hellman(&x25519_dalek::PublicKey::from(their.0));
+        if !shared.was_contributory() {
+            return Err(DhError::NonContributory);
+        }
+        Ok(crate::secret::Secret32::from_bytes(shared.to_bytes()))
+    }
+}
+
+impl std::fmt::Debug for DhSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DhSecret(public: {:?})", self.public())
+    }
+}
+
+/// Why a Diffie-Hellman computation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DhError {
+    /// The peer's public key is of small order, so the shared secret would be known to anyone.
+    #[error("X25519 result is all zeros: the peer's public key has small order")]
+    NonContributory,
+}
+
+/// An X25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DhPublic(pub [u8; 32]);
+
+impl DhPublic {
+    /// The 32-byte encoding.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DhPublic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DhPublic({}..)", hex_prefix(&self.0))
+    }
+}
+
+impl Encode for DhPublic {
+    fn encode(&self, w: &mut Writer) {
+        w.put(&self.0);
+    }
+}
+
+impl Decode for DhPublic {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self(r.array()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: SigLabel = SigLabel("SecureComm/test");
+
+    /// RFC 7748 §5.2, first X25519 test vector.
+    #[test]
+    fn x25519_rfc7748_vector() {
+        let k = hex::decode("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4")
+            .unwrap();
+        let u = hex::decode("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c")
+            .unwrap();
+        let secret = DhSecret::from_bytes(k.try_into().unwrap());
+        let out = secret
+            .diffie_hellman(&DhPublic(u.try_into().unwrap()))
+            .unwrap();
+        assert_eq!(
+            hex::encode(out.expose()),
+            "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"
+        );
+    }
+
+    /// RFC 7748 §6.1: Alice and Bob's key pair and shared secret.
+    #[test]
+    fn x25519_rfc7748_dh() {
+        let a = DhSecret::from_bytes(
+            hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        let b = DhSecret::from_bytes(
+            hex::decode("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        assert_eq!(
+            hex::encode(a.public().0),
+            "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+        );
+        assert_eq!(
+            hex::encode(b.public().0),
+            "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+        );
+        let k = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742";
+        assert_eq!(
+            hex::encode(a.diffie_hellman(&b.public()).unwrap().expose()),
+            k
+        );
+        assert_eq!(
+            hex::encode(b.diffie_hellman(&a.public()).unwrap().expose()),
+            k
+        );
+    }
+
+    #[test]
+    fn x25519_rejects_small_order() {
+        let a = DhSecret::from_bytes([7; 32]);
+        assert_eq!(
+            a.diffie_hellman(&DhPublic([0; 32])).unwrap_err(),
+            DhError::NonContributory
+        );
+    }
+
+    /// RFC 8032 §7.1, TEST 1 (empty message) and TEST 2 (one byte), raw Ed25519 without our label.
+    #[test]
+    fn ed25519_rfc8032_vectors() {
+        let cases = [
+            (
+                "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+                "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+                "",
+                "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+            ),
+            (
+                "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+                "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+                "72",
+                "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00",
+            ),
+        ];
+        for (sk, pk, msg, sig) in cases {
+            let sk = SigningKey::from_bytes(&hex::decode(sk).unwrap().try_into().unwrap());
+            assert_eq!(hex::encode(sk.verifying_key().to_bytes()), pk);
+            let msg = hex::decode(msg).unwrap();
+            let s = sk.sign(&msg);
+            assert_eq!(hex::encode(s.to_bytes()), sig);
+            sk.verifying_key().verify_strict(&msg, &s).unwrap();
+        }
+    }
+
+    #[test]
+    fn labels_separate_domains_and_verification_is_strict() {
+        let mut rng = rand::thread_rng();
+        let k = DeviceSigningKey::generate(&mut rng);
+        let sig = k.sign(L, b"hello");
+        k.public().verify(L, b"hello", &sig).unwrap();
+        assert!(
+            k.public()
+                .verify(SigLabel("SecureComm/other"), b"hello", &sig)
+                .is_err()
+        );
+        assert!(k.public().verify(L, b"hellp", &sig).is_err());
+        // Non-canonical S (S + l) must be rejected by strict verification.
+        let mut bad = sig;
+        let l: [u8; 32] =
+            hex::decode("edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010")
+                .unwrap()
+                .try_into()
+                .unwrap();
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = u16::from(bad.0[32 + i]) + u16::from(l[i]) + carry;
+            bad.0[32 + i] = v as u8;
+            carry = v >> 8;
+        }
+        assert!(k.public().verify(L, b"hello", &bad).is_err());
+    }
+
+    #[test]
+    fn weak_public_keys_are_rejected() {
+        // The identity point encodes as 0x01 followed by zeros: small order.
+        let mut id = [0u8; 32];
+        id[0] = 1;
+        assert_eq!(
+            DevicePublicKey::from_bytes(&id),
+            Err(SignatureError::InvalidKey)
+        );
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let seed = [0x5au8; 32];
+        let k = RootSigningKey::from_seed(&seed);
+        let d = format!("{k:?}");
+        assert!(d.starts_with("RootSigningKey(public: RootPublicKey("));
+        assert!(!d.contains("5a5a"));
+        let dh = DhSecret::from_bytes(seed);
+        assert!(!format!("{dh:?}").contains("5a5a"));
+    }
+}

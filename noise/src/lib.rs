@@ -1,0 +1,8 @@
+//! SecureComm's cryptography. Pure functions and state machines only: no I/O, no clock reads,
+//! no global RNG; randomness and time are passed in by the caller.
+
+pub mod codec;
+pub mod keys;
+pub mod secret;
+
+pub use codec::{Decode, DecodeError, Encode};
