@@ -400,8 +400,8 @@ mod tests {
                 .try_into()
                 .unwrap();
         let mut carry = 0u16;
-        for i in 0..32 {
-            let v = u16::from(bad.0[32 + i]) + u16::from(l[i]) + carry;
+        for (i, li) in l.iter().enumerate() {
+            let v = u16::from(bad.0[32 + i]) + u16::from(*li) + carry;
             bad.0[32 + i] = v as u8;
             carry = v >> 8;
         }
