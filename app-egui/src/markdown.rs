@@ -82,7 +82,10 @@ pub fn parse(input: &str) -> Vec<Block> {
     blocks
 }
 
-const MARKERS: [(&str, fn(&mut Style)); 5] = [
+/// Flips one style flag.
+type Toggle = fn(&mut Style);
+
+const MARKERS: [(&str, Toggle); 5] = [
     ("**", |s| s.bold = !s.bold),
     ("~~", |s| s.strike = !s.strike),
     ("*", |s| s.italic = !s.italic),
