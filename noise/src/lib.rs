@@ -3,7 +3,10 @@
 
 pub mod codec;
 pub mod envelope;
+pub mod fingerprint;
+pub mod identity;
 pub mod keys;
+pub mod keystore;
 pub mod secret;
 
 pub use codec::{Decode, DecodeError, Encode};
