@@ -1,0 +1,6 @@
+//! On-disk state. Nothing is written in clear: the identity is sealed under the user's
+//! passphrase (Argon2id + ChaCha20-Poly1305, see `securecomm_noise::keystore`).
+
+pub mod identity;
+
+pub use identity::{IdentityStore, LocalProfile, StoreError};
