@@ -4,6 +4,8 @@
 pub mod codec;
 pub mod envelope;
 pub mod keys;
+pub mod link;
+pub mod oneshot;
 pub mod secret;
 
 pub use codec::{Decode, DecodeError, Encode};
