@@ -7,6 +7,8 @@ pub mod fingerprint;
 pub mod identity;
 pub mod keys;
 pub mod keystore;
+pub mod link;
+pub mod oneshot;
 pub mod secret;
 
 pub use codec::{Decode, DecodeError, Encode};
