@@ -2,6 +2,8 @@
 //! no global RNG; randomness and time are passed in by the caller.
 
 pub mod codec;
+pub mod file;
+pub mod frame;
 pub mod keys;
 pub mod secret;
 
