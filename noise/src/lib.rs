@@ -3,7 +3,9 @@
 
 pub mod codec;
 pub mod envelope;
+pub mod file;
 pub mod fingerprint;
+pub mod frame;
 pub mod identity;
 pub mod keys;
 pub mod keystore;
