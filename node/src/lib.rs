@@ -4,4 +4,5 @@
 //! identity in [`store`]), the network and the message store as the node grows. The cryptography
 //! it calls lives in `securecomm-noise`, which does no I/O.
 
+pub mod net;
 pub mod store;
