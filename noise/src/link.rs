@@ -46,7 +46,7 @@ use zeroize::Zeroizing;
 
 use crate::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use crate::keys::{DevicePublicKey, DeviceSigningKey, DhPublic, DhSecret, SigLabel, Signature};
-use crate::oneshot::{CallerResolver, OneShotError, is_small_order, params};
+use crate::oneshot::{CallerResolver, OneShotError, params};
 use crate::secret::{Secret32, hkdf_sha256};
 
 /// The Noise protocol name used for linking.
@@ -301,16 +301,13 @@ fn hash(hs: &HandshakeState) -> Result<[u8; 32], LinkError> {
         .ok_or(LinkError::Internal("handshake hash length"))
 }
 
+/// The peer's static key. A small-order one never gets here: the `es`/`se` DH with it would be
+/// all zeros, which the handshake's X25519 refuses.
 fn remote_static(hs: &HandshakeState) -> Result<DhPublic, LinkError> {
-    let key = hs
-        .get_remote_static()
+    hs.get_remote_static()
         .and_then(|s| s.first_chunk::<32>())
         .map(|s| DhPublic(*s))
-        .ok_or(LinkError::Internal("remote static missing"))?;
-    if is_small_order(&key) {
-        return Err(LinkError::NonContributory);
-    }
-    Ok(key)
+        .ok_or(LinkError::Internal("remote static missing"))
 }
 
 fn signed(hash: &[u8; 32], key: &DhPublic) -> [u8; 64] {

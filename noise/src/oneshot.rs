@@ -229,7 +229,7 @@ struct CheckedX25519 {
 impl CheckedX25519 {
     fn set_secret(&mut self, secret: [u8; 32]) {
         *self.secret = secret;
-        self.public = x25519_dalek::x25519(secret, x25519_dalek::X25519_BASEPOINT_BYTES);
+        self.public = curve25519_dalek::MontgomeryPoint::mul_base_clamped(secret).to_bytes();
     }
 }
 
@@ -556,10 +556,8 @@ impl PrekeyStore {
         let prekey = self
             .prekey(msg.prekey_id)
             .ok_or(OneShotError::UnknownPrekey(msg.prekey_id))?;
-        let ephemeral = msg.noise.first_chunk::<32>().ok_or(OneShotError::Decrypt)?;
-        if is_small_order(&DhPublic(*ephemeral)) {
-            return Err(OneShotError::SmallOrderKey("sender ephemeral"));
-        }
+        // A small-order ephemeral or sender static key makes `es` or `ss` all zeros, which
+        // `CheckedX25519` refuses (`NonContributory`), so no separate check is needed here.
         let prologue = prologue(msg.prekey_id, context);
         let secret = prekey.secret.to_bytes();
         let resolver = CallerResolver::empty();
@@ -576,9 +574,6 @@ impl PrekeyStore {
             .and_then(|s| s.first_chunk::<32>())
             .map(|s| DhPublic(*s))
             .ok_or(OneShotError::Internal("remote static missing"))?;
-        if is_small_order(&sender) {
-            return Err(OneShotError::SmallOrderKey("sender static"));
-        }
         Ok((sender, out))
     }
 
@@ -1035,13 +1030,12 @@ mod tests {
             Err(OneShotError::SmallOrderKey("prekey"))
         );
         assert!(SignedPrekey::from_bytes(&sp.to_bytes()).is_err());
-        // A small-order ephemeral in a message is refused before any DH.
-        let mut msg = sealed(&mut rng, &a, &b, b"x");
-        msg.noise[..32].copy_from_slice(&SMALL);
-        assert_eq!(
-            b.store.open(&msg, CTX),
-            Err(OneShotError::SmallOrderKey("sender ephemeral"))
-        );
+        // A small-order ephemeral in a message is refused by the first DH (`es`).
+        for bad in [SMALL, [0; 32]] {
+            let mut msg = sealed(&mut rng, &a, &b, b"x");
+            msg.noise[..32].copy_from_slice(&bad);
+            assert_eq!(b.store.open(&msg, CTX), Err(OneShotError::NonContributory));
+        }
         // The DH used inside snow refuses all-zero results.
         let mut dh = CheckedX25519::default();
         dh.set(&[7; 32]);
