@@ -400,9 +400,9 @@ mod tests {
                 .try_into()
                 .unwrap();
         let mut carry = 0u16;
-        for i in 0..32 {
-            let v = u16::from(bad.0[32 + i]) + u16::from(l[i]) + carry;
-            bad.0[32 + i] = v as u8;
+        for (s, l) in bad.0[32..].iter_mut().zip(l) {
+            let v = u16::from(*s) + u16::from(l) + carry;
+            *s = v as u8;
             carry = v >> 8;
         }
         assert!(k.public().verify(L, b"hello", &bad).is_err());

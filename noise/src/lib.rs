@@ -2,6 +2,7 @@
 //! no global RNG; randomness and time are passed in by the caller.
 
 pub mod codec;
+pub mod dm;
 pub mod keys;
 pub mod secret;
 
