@@ -53,6 +53,9 @@ pub enum DmError {
     /// A peer's X25519 key has small order.
     #[error(transparent)]
     Dh(#[from] DhError),
+    /// A peer ratchet key is not a point on Curve25519 (an honest peer never sends one).
+    #[error("ratchet key is not on Curve25519")]
+    InvalidRatchetKey,
     /// The initial message names a signed prekey this store does not hold (never existed or
     /// rotated out).
     #[error("unknown signed prekey id {0}")]

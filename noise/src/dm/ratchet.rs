@@ -3,9 +3,10 @@
 //! * `KDF_RK(rk, dh) = HKDF-SHA256(salt = rk, ikm = dh, info = "SecureComm/dm/root-chain v1")`,
 //!   64 bytes: the new root key, then the new chain key.
 //! * `KDF_CK(ck)`: message key `HMAC-SHA256(ck, 0x01)`, next chain key `HMAC-SHA256(ck, 0x02)`.
-//! * `ENCRYPT(mk, pt, ad)`: `HKDF-SHA256(salt = none, ikm = mk,
-//!   info = "SecureComm/dm/message-key v1")` gives 44 bytes, a ChaCha20-Poly1305 key and nonce
-//!   (each message key is used once, so the nonce never repeats under a key). The associated data
+//! * `ENCRYPT(mk, pt, ad)`: `HKDF-SHA256-Expand(PRK = mk, info = "SecureComm/dm/mk v1")`
+//!   gives 44 bytes, a ChaCha20-Poly1305 key and nonce (each message key is used once, so the
+//!   nonce never repeats under a key). The extract step is skipped (RFC 5869 §3.3): `mk` is
+//!   already a uniformly random HMAC output. The associated data
 //!   is `session AD || [encoded X3DH header] || encoded ratchet header`.
 //! * The sending half of a DH ratchet step is taken lazily, on the first [`Session::encrypt`]
 //!   after a new ratchet key arrived (so decryption needs no randomness). The keys are the same
@@ -30,6 +31,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};
+use curve25519_dalek::montgomery::MontgomeryPoint;
 use hmac::{Hmac, Mac};
 use rand_core::{CryptoRng, RngCore};
 use sha2::Sha256;
@@ -38,7 +40,7 @@ use zeroize::{Zeroize, Zeroizing};
 use super::x3dh::{self, AD_LEN, DmIdentity, InitialHeader, PrekeyBundle, PrekeyStore};
 use super::{DmError, MAX_PLAINTEXT, PublicIdentity};
 use crate::codec::{Decode, DecodeError, Encode, Reader, Writer};
-use crate::keys::{DhPublic, DhSecret};
+use crate::keys::{DhError, DhPublic, DhSecret};
 use crate::secret::{Secret32, hkdf_sha256};
 
 /// Most message keys one message may make the receiver skip in one chain.
@@ -53,7 +55,7 @@ pub const HEADER_LEN: usize = 1 + 32 + 4 + 4;
 const TAG_LEN: usize = 16;
 
 const RK_INFO: &[u8] = b"SecureComm/dm/root-chain v1";
-const MK_INFO: &[u8] = b"SecureComm/dm/message-key v1";
+const MK_INFO: &[u8] = b"SecureComm/dm/mk v1";
 const HEADER_VERSION: u8 = 1;
 const MESSAGE_VERSION: u8 = 1;
 const STATE_VERSION: u8 = 1;
@@ -213,6 +215,25 @@ fn kdf_rk(rk: &Secret32, dh: &Secret32) -> (Secret32, Secret32) {
     split64(hkdf_sha256::<64>(Some(rk.expose()), dh.expose(), RK_INFO))
 }
 
+/// X25519 for ratchet steps, computed through the Edwards form so curve25519-dalek's vectorized
+/// variable-base multiplication is used (the Montgomery ladder is serial only). For any `u` on
+/// Curve25519 the result equals RFC 7748 X25519 (the u-coordinate of `[k]P` does not depend on
+/// the sign of `P`); `u` on the twist, which no honest peer sends, is rejected. An all-zero
+/// result (small-order input) is rejected as in [`DhSecret::diffie_hellman`].
+fn ratchet_dh(secret: &DhSecret, public: &DhPublic) -> Result<Secret32, DmError> {
+    let point = MontgomeryPoint(*public.as_bytes())
+        .to_edwards(0)
+        .ok_or(DmError::InvalidRatchetKey)?;
+    let mut shared = point.mul_clamped(*secret.to_bytes()).to_montgomery();
+    let zero = bool::from(subtle::ConstantTimeEq::ct_eq(&shared.0[..], &[0u8; 32][..]));
+    let out = Secret32::from_bytes(shared.0);
+    shared.zeroize();
+    if zero {
+        return Err(DhError::NonContributory.into());
+    }
+    Ok(out)
+}
+
 /// HMAC-SHA256 keyed with `key` (at most 64 bytes; longer keys are cut, which no caller passes).
 /// HMAC pads a key shorter than the 64-byte block with zeros, so keying with the padded block
 /// directly is the same function and has no error path.
@@ -239,8 +260,25 @@ fn kdf_ck(ck: &Secret32) -> (Secret32, Secret32) {
     out
 }
 
+/// `HKDF-Expand(PRK = mk, info = MK_INFO, L = 44)` (RFC 5869 §2.3), split into a ChaCha20-Poly1305
+/// key and nonce. The extract step is skipped as RFC 5869 §3.3 allows: the message key is
+/// already a uniformly random 32-byte HMAC output. `MK_INFO` is short enough that each expand
+/// block is a single SHA-256 compression per HMAC pass.
 fn aead(mk: &Secret32) -> (ChaCha20Poly1305, Zeroizing<[u8; 44]>) {
-    let okm = Zeroizing::new(hkdf_sha256::<44>(None, mk.expose(), MK_INFO));
+    let prk = hmac_sha256(mk.expose());
+    let mut t1 = prk.clone();
+    t1.update(MK_INFO);
+    t1.update(&[0x01]);
+    let t1 = Zeroizing::new(<[u8; 32]>::from(t1.finalize().into_bytes()));
+    let mut t2 = prk;
+    t2.update(&t1[..]);
+    t2.update(MK_INFO);
+    t2.update(&[0x02]);
+    let t2 = Zeroizing::new(<[u8; 32]>::from(t2.finalize().into_bytes()));
+    let mut okm = Zeroizing::new([0u8; 44]);
+    for (dst, src) in okm.iter_mut().zip(t1.iter().chain(t2.iter())) {
+        *dst = *src;
+    }
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&okm[..32]));
     (cipher, okm)
 }
@@ -497,7 +535,7 @@ impl Session {
         if self.cks.is_none() {
             // The sending half of the DH ratchet step.
             let dhs = DhSecret::generate(rng);
-            let (rk, cks) = kdf_rk(&self.rk, &dhs.diffie_hellman(&self.dhr)?);
+            let (rk, cks) = kdf_rk(&self.rk, &ratchet_dh(&dhs, &self.dhr)?);
             self.dhs_public = dhs.public();
             self.dhs = dhs;
             self.rk = rk;
@@ -581,7 +619,7 @@ impl Session {
         if let Some(ckr) = &self.ckr {
             skip(ckr, self.nr, h.pn, self.dhr, &mut staged)?;
         }
-        let (rk, ck) = kdf_rk(&self.rk, &self.dhs.diffie_hellman(&h.dh)?);
+        let (rk, ck) = kdf_rk(&self.rk, &ratchet_dh(&self.dhs, &h.dh)?);
         let ck = skip(&ck, 0, h.n, h.dh, &mut staged)?;
         let (mk, next) = kdf_ck(&ck);
         let plaintext = open(&mk, aad.as_slice(), &m.ciphertext)?;

@@ -575,9 +575,10 @@ impl PrekeyStore {
         for _ in 0..n {
             let id = r.u32()?;
             let secret = DhSecret::from_bytes(r.array()?);
-            if id >= next_id || one_time.insert(id, secret).is_some() {
-                return Err(DecodeError::Invalid("one-time prekey id"));
+            if id >= next_id || one_time.keys().next_back().is_some_and(|last| *last >= id) {
+                return Err(DecodeError::Invalid("one-time prekey id order"));
             }
+            one_time.insert(id, secret);
         }
         let n = r.count16("seen initial messages", MAX_SEEN_INITIALS)?;
         let mut seen = VecDeque::with_capacity(n);

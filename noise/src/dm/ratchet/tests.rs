@@ -83,6 +83,61 @@ fn kdfs_match_their_definitions() {
     assert_eq!(ck2.expose(), &okm[32..]);
 }
 
+/// The Edwards-form X25519 equals the RFC 7748 ladder on curve points and rejects small-order
+/// and twist inputs.
+#[test]
+fn ratchet_dh_equals_x25519() {
+    let a = DhSecret::from_bytes(
+        hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+            .unwrap()
+            .try_into()
+            .unwrap(),
+    );
+    let b_pub = DhPublic(
+        hex::decode("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+            .unwrap()
+            .try_into()
+            .unwrap(),
+    );
+    assert_eq!(
+        hex::encode(ratchet_dh(&a, &b_pub).unwrap().expose()),
+        "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
+    );
+    let mut rng = StdRng::from_entropy();
+    for _ in 0..200 {
+        let x = DhSecret::generate(&mut rng);
+        let y = DhSecret::generate(&mut rng);
+        assert_eq!(
+            ratchet_dh(&x, &y.public()).unwrap().expose(),
+            x.diffie_hellman(&y.public()).unwrap().expose()
+        );
+    }
+    // Small-order points: u = 0 and u = 1.
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    for u in [[0u8; 32], one] {
+        assert!(ratchet_dh(&a, &DhPublic(u)).is_err());
+    }
+    // u = 2 is on the twist, not the curve.
+    let mut two = [0u8; 32];
+    two[0] = 2;
+    assert_eq!(
+        ratchet_dh(&a, &DhPublic(two)).unwrap_err(),
+        DmError::InvalidRatchetKey
+    );
+}
+
+/// The hand-rolled HKDF-Expand equals the `hkdf` crate's.
+#[test]
+fn message_key_expansion_is_hkdf_expand() {
+    let mk = Secret32::from_bytes([9; 32]);
+    let (_, okm) = aead(&mk);
+    let hk = hkdf::Hkdf::<Sha256>::from_prk(&[9; 32]).unwrap();
+    let mut want = [0u8; 44];
+    hk.expand(b"SecureComm/dm/mk v1", &mut want).unwrap();
+    assert_eq!(*okm, want);
+}
+
 #[test]
 fn handshake_and_conversation_with_and_without_one_time_prekey() {
     let mut rng = StdRng::from_entropy();
