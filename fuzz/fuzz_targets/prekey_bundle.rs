@@ -2,8 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use securecomm_noise::{Decode, Encode};
 use securecomm_noise::dm::PrekeyBundle;
+use securecomm_noise::{Decode, Encode};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(bundle) = PrekeyBundle::from_bytes(data) {
