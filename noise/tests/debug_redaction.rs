@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use rand_core::{CryptoRng, RngCore};
+use securecomm_noise::dm::ratchet::Session;
+use securecomm_noise::dm::x3dh::{DmIdentity, PrekeyStore as DmPrekeyStore};
 use securecomm_noise::file::FileKey;
 use securecomm_noise::frame::BaseKey;
 use securecomm_noise::identity::{DeviceKeys, UserIdentity};

@@ -19,10 +19,14 @@ use zeroize::Zeroizing;
 #[derive(Debug, Error)]
 pub enum DbError {
     /// The key does not open this database (or the file is not a database).
-    #[error("the database does not open with this key (wrong identity, or not a SecureComm database)")]
+    #[error(
+        "the database does not open with this key (wrong identity, or not a SecureComm database)"
+    )]
     WrongKey,
     /// The database was written by a newer SecureComm.
-    #[error("database schema version {found} is newer than this build's {supported}; upgrade SecureComm")]
+    #[error(
+        "database schema version {found} is newer than this build's {supported}; upgrade SecureComm"
+    )]
     TooNew {
         /// Version in the file.
         found: u32,
@@ -73,7 +77,9 @@ impl Db {
     pub fn open(path: &Path, key: &Secret32) -> Result<Self, DbError> {
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         Self::unlock(conn, key)
     }
@@ -88,10 +94,15 @@ impl Db {
         let pragma = Zeroizing::new(format!("x'{}'", hex::encode(key.expose())));
         conn.pragma_update(None, "key", pragma.as_str())?;
         // The first read fails if the key is wrong.
-        let probe: Result<i64, _> = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0));
+        let probe: Result<i64, _> =
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0));
         if let Err(e) = probe {
             return Err(match e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => DbError::WrongKey,
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::NotADatabase =>
+                {
+                    DbError::WrongKey
+                }
                 other => DbError::Sqlite(other),
             });
         }
@@ -105,9 +116,14 @@ impl Db {
     }
 
     fn migrate(&mut self) -> Result<(), DbError> {
-        let found: u32 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let found: u32 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
         if found > SCHEMA_VERSION {
-            return Err(DbError::TooNew { found, supported: SCHEMA_VERSION });
+            return Err(DbError::TooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
             let tx = self.conn.transaction()?;
@@ -120,12 +136,17 @@ impl Db {
 
     /// The schema version in the file.
     pub fn schema_version(&self) -> Result<u32, DbError> {
-        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
     /// Reads a setting.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, DbError> {
-        Ok(self.conn.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
     }
 
     /// Writes a setting durably.
@@ -160,19 +181,34 @@ mod tests {
         {
             let db = Db::open(&path, &key).unwrap();
             assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
-            db.put("greeting", b"a very recognisable plaintext marker").unwrap();
+            db.put("greeting", b"a very recognisable plaintext marker")
+                .unwrap();
         }
         {
             let db = Db::open(&path, &key).unwrap();
-            assert_eq!(db.get("greeting").unwrap().unwrap(), b"a very recognisable plaintext marker");
+            assert_eq!(
+                db.get("greeting").unwrap().unwrap(),
+                b"a very recognisable plaintext marker"
+            );
             assert_eq!(db.get("missing").unwrap(), None);
         }
-        assert!(matches!(Db::open(&path, &Secret32::from_bytes([8; 32])).unwrap_err(), DbError::WrongKey));
+        assert!(matches!(
+            Db::open(&path, &Secret32::from_bytes([8; 32])).unwrap_err(),
+            DbError::WrongKey
+        ));
         // Neither the main file nor the WAL holds the plaintext, the table names or SQLite's header.
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-            for needle in [&b"recognisable plaintext"[..], b"greeting", b"CREATE TABLE", b"SQLite format 3"] {
-                assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{needle:?} on disk in clear");
+            for needle in [
+                &b"recognisable plaintext"[..],
+                b"greeting",
+                b"CREATE TABLE",
+                b"SQLite format 3",
+            ] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{needle:?} on disk in clear"
+                );
             }
         }
     }
@@ -182,7 +218,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.db");
         std::fs::write(&path, vec![0x5au8; 8192]).unwrap();
-        assert!(matches!(Db::open(&path, &Secret32::from_bytes([7; 32])).unwrap_err(), DbError::WrongKey));
+        assert!(matches!(
+            Db::open(&path, &Secret32::from_bytes([7; 32])).unwrap_err(),
+            DbError::WrongKey
+        ));
     }
 
     #[test]
@@ -192,8 +231,13 @@ mod tests {
         let path = dir.path().join("node.db");
         {
             let db = Db::open(&path, &key).unwrap();
-            db.conn().pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+            db.conn()
+                .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+                .unwrap();
         }
-        assert!(matches!(Db::open(&path, &key).unwrap_err(), DbError::TooNew { .. }));
+        assert!(matches!(
+            Db::open(&path, &key).unwrap_err(),
+            DbError::TooNew { .. }
+        ));
     }
 }
