@@ -4,5 +4,7 @@
 //! identity in [`store`]), the network and the message store as the node grows. The cryptography
 //! it calls lives in `securecomm-noise`, which does no I/O.
 
+pub mod control;
 pub mod net;
+pub mod runtime;
 pub mod store;

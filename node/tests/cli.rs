@@ -119,3 +119,78 @@ fn backup_restores_on_a_new_device() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("damaged"));
 }
+
+/// Two `securecomm-node run` processes on loopback, driven through their control sockets.
+#[test]
+fn two_running_nodes_connect_through_the_cli() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    for d in [&a, &b] {
+        assert!(
+            node(d.path(), "pass word", &["init", "--name", "N"])
+                .status
+                .success()
+        );
+    }
+    let start = |dir: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_securecomm-node"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env("SECURECOMM_PASSPHRASE", "pass word")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut pa = start(a.path());
+    let mut pb = start(b.path());
+    let mut line = String::new();
+    BufReader::new(pa.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().strip_prefix("listening ").unwrap().to_owned();
+    assert!(
+        addr.starts_with("/ip4/127.0.0.1/tcp/") && addr.contains("/p2p/12D3Koo"),
+        "{addr}"
+    );
+    let mut lb = String::new();
+    BufReader::new(pb.stdout.take().unwrap())
+        .read_line(&mut lb)
+        .unwrap();
+
+    let dial = node(b.path(), "", &["dial", &addr]);
+    assert!(
+        dial.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dial.stderr)
+    );
+    let mut peers = serde_json::Value::Null;
+    for _ in 0..50 {
+        let out = node(b.path(), "", &["--json", "peers"]);
+        peers = serde_json::from_slice(&out.stdout).unwrap();
+        if peers.as_array().is_some_and(|p| !p.is_empty()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(peers[0]["path"], "direct");
+    assert_eq!(
+        addr.rsplit('/').next().unwrap(),
+        peers[0]["peer"].as_str().unwrap()
+    );
+
+    // Bad input to a running node is an error, not a crash.
+    let bad = node(b.path(), "", &["dial", "not-a-multiaddr"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bad multiaddr"));
+
+    for d in [&a, &b] {
+        assert!(node(d.path(), "", &["stop"]).status.success());
+    }
+    assert!(pa.wait().unwrap().success());
+    assert!(pb.wait().unwrap().success());
+    let gone = node(a.path(), "", &["peers"]);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no running node"));
+}

@@ -6,7 +6,10 @@
 //! securecomm-node safety-number <their root key (hex)> [--their-id ID]
 //! securecomm-node backup export FILE | backup import FILE
 //! securecomm-node passphrase
+//! securecomm-node run [--listen MULTIADDR]... [--relay MULTIADDR]... [--mdns]
+//! securecomm-node peers | listen-addrs | dial MULTIADDR | events | stop     (against a running node)
 //! ```
+//! Every command takes `--json` for machine-readable output.
 //! The passphrase is read from the terminal, or from `SECURECOMM_PASSPHRASE` for scripts.
 
 use std::path::PathBuf;
@@ -14,10 +17,15 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
+use libp2p::Multiaddr;
 use rand_core::OsRng;
+use securecomm_node::control::ControlClient;
+use securecomm_node::net::{Event, NetConfig};
+use securecomm_node::runtime::Node;
 use securecomm_node::store::{IdentityStore, LocalProfile, StoreError};
 use securecomm_noise::fingerprint::SafetyNumber;
 use securecomm_noise::keys::RootPublicKey;
+use serde_json::Value;
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
@@ -30,6 +38,9 @@ struct Cli {
     /// Data directory (default: $XDG_DATA_HOME/securecomm or ~/.local/share/securecomm).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -62,6 +73,31 @@ enum Command {
     },
     /// Change the passphrase.
     Passphrase,
+    /// Run the node: join the network and serve the control socket in the data directory.
+    Run {
+        /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or /ip4/0.0.0.0/udp/4001/quic-v1.
+        #[arg(long)]
+        listen: Vec<String>,
+        /// Relay to use (repeatable): a full multiaddr with /p2p/.
+        #[arg(long)]
+        relay: Vec<String>,
+        /// Find peers on the local network with mDNS.
+        #[arg(long)]
+        mdns: bool,
+    },
+    /// Connected peers and whether each path is direct or relayed (running node).
+    Peers,
+    /// The running node's addresses.
+    ListenAddrs,
+    /// Connect to a peer or relay (running node).
+    Dial {
+        /// A multiaddr.
+        addr: String,
+    },
+    /// Stream the running node's events as JSON lines.
+    Events,
+    /// Stop the running node.
+    Stop,
 }
 
 #[derive(Subcommand)]
@@ -80,7 +116,24 @@ enum BackupAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SECURECOMM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -160,8 +213,10 @@ fn show(profile: &LocalProfile) {
     );
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    let store = IdentityStore::new(data_dir(cli.data_dir)?);
+async fn run(cli: Cli) -> Result<(), String> {
+    let dir = data_dir(cli.data_dir)?;
+    let json = cli.json;
+    let store = IdentityStore::new(dir.clone());
     let mut rng = OsRng;
     match cli.command {
         None if !store.exists() => {
@@ -179,7 +234,67 @@ fn run(cli: Cli) -> Result<(), String> {
                 "\nBack it up with `securecomm-node backup export FILE`: without the passphrase or a backup, a lost device means a lost identity."
             );
         }
-        None | Some(Command::Whoami) => show(&unlock(&store)?),
+        None | Some(Command::Whoami) => match ControlClient::connect(&dir).await {
+            Ok(mut c) => print_value(json, &c.call("whoami", Value::Null).await?),
+            Err(_) if json => print_value(true, &whoami_json(&unlock(&store)?)),
+            Err(_) => show(&unlock(&store)?),
+        },
+        Some(Command::Run {
+            listen,
+            relay,
+            mdns,
+        }) => {
+            let profile = unlock(&store)?;
+            let parse = |v: Vec<String>| -> Result<Vec<Multiaddr>, String> {
+                v.iter()
+                    .map(|a| a.parse().map_err(|e| format!("bad multiaddr {a}: {e}")))
+                    .collect()
+            };
+            let mut cfg = NetConfig {
+                relays: parse(relay)?,
+                mdns,
+                ..NetConfig::default()
+            };
+            if !listen.is_empty() {
+                cfg.listen = parse(listen)?;
+            }
+            let node = Node::start(dir.clone(), &profile, cfg)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut events = node.net.events();
+            let me = node.net.peer_id();
+            let printer = tokio::spawn(async move {
+                use std::io::Write;
+                while let Some(e) = events.next().await {
+                    if let Event::Listening(a) = &e {
+                        println!("listening {a}/p2p/{me}");
+                        let _ = std::io::stdout().flush();
+                    }
+                }
+            });
+            let net = node.net.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                net.shutdown().await;
+            });
+            node.wait().await;
+            printer.abort();
+        }
+        Some(Command::Peers) => remote(&dir, json, "peers", Value::Null).await?,
+        Some(Command::ListenAddrs) => remote(&dir, json, "listen-addrs", Value::Null).await?,
+        Some(Command::Dial { addr }) => {
+            remote(&dir, json, "dial", serde_json::json!({"addr": addr})).await?
+        }
+        Some(Command::Stop) => remote(&dir, json, "shutdown", Value::Null).await?,
+        Some(Command::Events) => {
+            let c = ControlClient::connect(&dir)
+                .await
+                .map_err(|e| no_node(&dir, e))?;
+            let mut lines = c.events().await?;
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("{line}");
+            }
+        }
         Some(Command::Init { name, device }) => {
             let p = passphrase("Choose a passphrase: ", true)?;
             show(
@@ -237,6 +352,74 @@ fn run(cli: Cli) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn whoami_json(p: &LocalProfile) -> Value {
+    let id = &p.identity;
+    serde_json::json!({
+        "display_name": p.display_name,
+        "user_id": hex::encode(id.root_public().as_bytes()),
+        "device_id": hex::encode(id.device().public().as_bytes()),
+        "device_name": id.certificate().name(),
+    })
+}
+
+fn print_value(json: bool, v: &Value) {
+    if json {
+        println!("{v}");
+        return;
+    }
+    match v {
+        Value::Null => println!("ok"),
+        Value::Array(items) => items.iter().for_each(|i| println!("{}", plain(i))),
+        Value::Object(map) => map
+            .iter()
+            .for_each(|(k, v)| println!("{k:<13}: {}", plain(v))),
+        other => println!("{}", plain(other)),
+    }
+}
+
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", plain(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Value::Array(items) => items.iter().map(plain).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn no_node(dir: &std::path::Path, e: std::io::Error) -> String {
+    format!(
+        "no running node in {} ({e}); start one with `securecomm-node run`",
+        dir.display()
+    )
+}
+
+async fn remote(dir: &std::path::Path, json: bool, cmd: &str, args: Value) -> Result<(), String> {
+    let mut c = ControlClient::connect(dir)
+        .await
+        .map_err(|e| no_node(dir, e))?;
+    print_value(json, &c.call(cmd, args).await?);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn prompt_line(prompt: &str) -> Result<String, String> {

@@ -18,6 +18,7 @@ use rand_core::{CryptoRng, RngCore};
 use securecomm_noise::codec::{DecodeError, Reader, Writer};
 use securecomm_noise::identity::{IdentityError, UserIdentity};
 use securecomm_noise::keystore::{self, KdfLimits, KdfParams, KeystoreError};
+use securecomm_noise::secret::Secret32;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
@@ -79,6 +80,8 @@ pub struct LocalProfile {
     pub display_name: String,
     /// Root key, device keys and certificate.
     pub identity: UserIdentity,
+    /// The key of the node's encrypted database.
+    pub db_key: Secret32,
 }
 
 impl LocalProfile {
@@ -87,23 +90,28 @@ impl LocalProfile {
         w.u8(PROFILE_VERSION);
         w.bytes16(self.display_name.as_bytes());
         w.bytes32(&self.identity.to_secret_bytes());
+        w.put(self.db_key.expose());
         Zeroizing::new(w.into_bytes())
     }
 
     fn from_secret_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
         let mut r = Reader::new(bytes);
-        let parse = |r: &mut Reader<'_>| -> Result<(String, Zeroizing<Vec<u8>>), DecodeError> {
+        type Parts = (String, Zeroizing<Vec<u8>>, Secret32);
+        let parse = |r: &mut Reader<'_>| -> Result<Parts, DecodeError> {
             r.version("profile", PROFILE_VERSION)?;
             let name = String::from_utf8(r.bytes16("display name", MAX_NAME)?.to_vec())
                 .map_err(|_| DecodeError::Invalid("display name"))?;
             let id = Zeroizing::new(r.bytes32("identity", keystore::MAX_SECRET_LEN)?.to_vec());
-            Ok((name, id))
+            let db_key = Secret32::from_bytes(r.array()?);
+            Ok((name, id, db_key))
         };
-        let (display_name, id) = parse(&mut r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (display_name, id, db_key) =
+            parse(&mut r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         r.finish().map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(Self {
             display_name,
             identity: UserIdentity::from_secret_bytes(&id)?,
+            db_key,
         })
     }
 }
@@ -172,6 +180,7 @@ impl IdentityStore {
         let profile = LocalProfile {
             display_name: display_name.to_owned(),
             identity: UserIdentity::generate(rng, device_name, now)?,
+            db_key: Secret32::random(rng),
         };
         let blob = keystore::seal(rng, passphrase, &profile.to_secret_bytes(), &self.params)?;
         fs::create_dir_all(&self.dir).map_err(io("create directory", &self.dir))?;
