@@ -1,5 +1,10 @@
 //! Permission cases checked against Discord's documented computation.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::type_complexity)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::type_complexity
+)]
 
 use securecomm_crdt::perms::{Permissions as P, base_permissions, channel_permissions};
 use securecomm_crdt::schema::{Channel, ChannelKind, Overwrite, OverwriteTarget, RoleId, UserId};
