@@ -34,6 +34,20 @@ pub fn actor_for(device: &DevicePublicKey) -> ActorId {
     ActorId::from(device.as_bytes())
 }
 
+/// Parses Automerge change bytes, turning a panic inside Automerge into an error.
+///
+/// Automerge 0.12's parser panics on some malformed inputs (found by the `crdt_envelope` fuzz
+/// target: a 21-byte bundle chunk). Anyone can sign garbage with their own device key, so the
+/// parse must not be able to take the replica down.
+pub fn parse_change(bytes: &[u8]) -> Result<Change, String> {
+    let owned = bytes.to_vec();
+    match std::panic::catch_unwind(move || Change::from_bytes(owned)) {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("Automerge parser panicked".into()),
+    }
+}
+
 /// A guild change with its author's signature.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SignedChange {
@@ -140,8 +154,7 @@ impl SignedChange {
                 &self.sig,
             )
             .map_err(|_| EnvelopeError::BadSignature)?;
-        let change = Change::from_bytes(self.change.clone())
-            .map_err(|e| EnvelopeError::BadChange(e.to_string()))?;
+        let change = parse_change(&self.change).map_err(EnvelopeError::BadChange)?;
         if change.actor_id() != &actor_for(&self.author) {
             return Err(EnvelopeError::ActorMismatch);
         }

@@ -20,13 +20,13 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use automerge::sync::{Message, State as SyncState, SyncDoc};
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{Automerge, Change, ChangeHash, ROOT, ReadDoc, ScalarValue};
+use automerge::{Automerge, ChangeHash, ROOT, ReadDoc, ScalarValue};
 use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey, RootSigningKey, Signature};
 use thiserror::Error;
 
 use crate::authz::{Addition, AuthzError, Effects, Restriction, authorize};
-use crate::envelope::{EnvelopeError, OpenedChange, SignedChange, actor_for};
+use crate::envelope::{EnvelopeError, OpenedChange, SignedChange, actor_for, parse_change};
 use crate::ops::{GuildOp, MAX_OPS_PER_CHANGE};
 use crate::schema::{DeviceCert, GuildId, UserId};
 use crate::view::{ApplyCtx, GuildView, MembershipEvent, membership_events};
@@ -807,7 +807,9 @@ impl Guild {
             sigs.insert(h, Signature::decode(&mut r)?);
         }
         r.finish()?;
-        let doc = Automerge::load(doc_bytes).map_err(|e| GuildError::Automerge(e.to_string()))?;
+        let doc = std::panic::catch_unwind(|| Automerge::load(doc_bytes))
+            .map_err(|_| GuildError::Automerge("document parser panicked".into()))?
+            .map_err(|e| GuildError::Automerge(e.to_string()))?;
         let mut g = Self::join(id);
         // get_changes lists dependencies first.
         for change in doc.get_changes(&[]) {
@@ -847,7 +849,7 @@ impl Guild {
         let mut msg = self.doc.generate_sync_message(&mut peer.state)?;
         let mut envs = Vec::new();
         for chunk in msg.changes.iter() {
-            if let Ok(c) = Change::from_bytes(chunk.to_vec())
+            if let Ok(c) = parse_change(chunk)
                 && let Some(e) = self.envelope(&c.hash())
             {
                 envs.push(e);
@@ -873,7 +875,9 @@ impl Guild {
         bytes: &[u8],
     ) -> Result<ReceiveReport, GuildError> {
         let (control, envs) = decode_sync(bytes)?;
-        let msg = Message::decode(&control).map_err(|e| GuildError::Automerge(e.to_string()))?;
+        let msg = std::panic::catch_unwind(|| Message::decode(&control))
+            .map_err(|_| GuildError::Automerge("sync message parser panicked".into()))?
+            .map_err(|e| GuildError::Automerge(e.to_string()))?;
         if !msg.changes.is_empty() {
             return Err(GuildError::UnsignedChanges);
         }

@@ -317,7 +317,8 @@ pub fn ops_of(change: &Change) -> Result<Vec<GuildOp>, OpsError> {
     if n == 0 || n > MAX_OPS_PER_CHANGE {
         return Err(OpsError::Count(n));
     }
-    let expanded = change.decode();
+    let expanded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode()))
+        .map_err(|_| OpsError::NotAPut(0))?;
     let mut slots = BTreeSet::new();
     let mut out = Vec::with_capacity(expanded.operations.len());
     for (index, op) in expanded.operations.iter().enumerate() {
