@@ -142,6 +142,8 @@ pub struct Guild {
     heads: BTreeSet<u32>,
     actor_last: HashMap<DevicePublicKey, (u64, u32)>,
     pending: HashMap<ChangeHash, OpenedChange>,
+    missing: HashMap<ChangeHash, usize>,
+    waiting_on: HashMap<ChangeHash, Vec<ChangeHash>>,
     rejected: HashSet<ChangeHash>,
     cache_heads: Vec<u32>,
     cache_view: GuildView,
@@ -173,6 +175,8 @@ impl Guild {
             heads: BTreeSet::new(),
             actor_last: HashMap::new(),
             pending: HashMap::new(),
+            missing: HashMap::new(),
+            waiting_on: HashMap::new(),
             rejected: HashSet::new(),
             cache_heads: Vec::new(),
             cache_view: GuildView::empty(id),
@@ -276,6 +280,11 @@ impl Guild {
     /// accepted changes reach the document.
     pub fn receive(&mut self, envelopes: Vec<SignedChange>) -> ReceiveReport {
         let mut report = ReceiveReport::default();
+        let mut ready: Vec<ChangeHash> = Vec::new();
+        // The rejected set only short-circuits re-delivery; forgetting it is safe.
+        if self.rejected.len() > MAX_PENDING {
+            self.rejected.clear();
+        }
         for env in envelopes {
             let opened = match env.open(&self.id) {
                 Ok(o) => o,
@@ -289,7 +298,9 @@ impl Guild {
                 report.duplicates += 1;
                 continue;
             }
-            if self.rejected.contains(&hash) {
+            let deps = opened.change.deps();
+            if self.rejected.contains(&hash) || deps.iter().any(|d| self.rejected.contains(d)) {
+                self.rejected.insert(hash);
                 report
                     .rejected
                     .push((Some(hash), RejectReason::RejectedDependency));
@@ -301,68 +312,67 @@ impl Guild {
                     .push((Some(hash), RejectReason::PendingFull));
                 continue;
             }
+            let missing: Vec<ChangeHash> = deps
+                .iter()
+                .filter(|d| !self.index.contains_key(d))
+                .copied()
+                .collect();
+            if missing.is_empty() {
+                ready.push(hash);
+            } else {
+                for d in &missing {
+                    self.waiting_on.entry(*d).or_default().push(hash);
+                }
+            }
+            self.missing.insert(hash, missing.len());
             self.pending.insert(hash, opened);
         }
-        self.drain_pending(&mut report);
+        self.drain(ready, &mut report);
         report.pending = self.pending.len();
         report
     }
 
-    fn drain_pending(&mut self, report: &mut ReceiveReport) {
-        loop {
-            let mut ready: Vec<ChangeHash> = Vec::new();
-            let mut dead: Vec<ChangeHash> = Vec::new();
-            for (h, o) in &self.pending {
-                let deps = o.change.deps();
-                if deps.iter().any(|d| self.rejected.contains(d)) {
-                    dead.push(*h);
-                } else if deps.iter().all(|d| self.index.contains_key(d)) && self.seq_ready(o) {
-                    ready.push(*h);
-                }
-            }
-            if ready.is_empty() && dead.is_empty() {
-                return;
-            }
-            for h in dead {
-                self.pending.remove(&h);
-                self.rejected.insert(h);
-                report
-                    .rejected
-                    .push((Some(h), RejectReason::RejectedDependency));
-            }
-            // Deterministic processing order (results do not depend on it, logs do).
-            ready.sort();
-            for h in ready {
-                let Some(o) = self.pending.remove(&h) else {
-                    continue;
-                };
-                match self.validate(&o) {
-                    Ok(checked) => match self.commit(o, checked, true) {
-                        Ok(()) => report.accepted.push(h),
-                        Err(e) => {
-                            self.rejected.insert(h);
-                            report.rejected.push((Some(h), e));
+    /// Processes ready changes; each acceptance may make parked dependents ready, each
+    /// rejection rejects them.
+    fn drain(&mut self, mut ready: Vec<ChangeHash>, report: &mut ReceiveReport) {
+        while let Some(h) = ready.pop() {
+            self.missing.remove(&h);
+            let Some(o) = self.pending.remove(&h) else {
+                continue;
+            };
+            let outcome = self
+                .validate(&o)
+                .and_then(|checked| self.commit(o, checked, true));
+            let dependents = self.waiting_on.remove(&h).unwrap_or_default();
+            match outcome {
+                Ok(()) => {
+                    report.accepted.push(h);
+                    for d in dependents {
+                        if let Some(m) = self.missing.get_mut(&d) {
+                            *m = m.saturating_sub(1);
+                            if *m == 0 {
+                                ready.push(d);
+                            }
                         }
-                    },
-                    Err(e) => {
-                        self.rejected.insert(h);
-                        report.rejected.push((Some(h), e));
+                    }
+                }
+                Err(e) => {
+                    self.rejected.insert(h);
+                    report.rejected.push((Some(h), e));
+                    let mut stack = dependents;
+                    while let Some(d) = stack.pop() {
+                        if self.pending.remove(&d).is_some() {
+                            self.missing.remove(&d);
+                            self.rejected.insert(d);
+                            report
+                                .rejected
+                                .push((Some(d), RejectReason::RejectedDependency));
+                            stack.extend(self.waiting_on.remove(&d).unwrap_or_default());
+                        }
                     }
                 }
             }
         }
-    }
-
-    /// Whether the author's previous change (if any is needed) is known, so the chain check
-    /// can be decided.
-    fn seq_ready(&self, o: &OpenedChange) -> bool {
-        let seq = o.change.seq();
-        if seq <= 1 {
-            return true;
-        }
-        self.actor_last
-            .get(&o.envelope.author)
-            .is_some_and(|(last, _)| *last + 1 >= seq)
     }
 
     fn validate(&mut self, o: &OpenedChange) -> Result<Checked, RejectReason> {
