@@ -155,6 +155,38 @@ impl SignedChange {
             )
             .map_err(|_| EnvelopeError::BadSignature)?;
         let change = parse_change(&self.change).map_err(EnvelopeError::BadChange)?;
+        self.finish_open(change)
+    }
+
+    /// Like [`SignedChange::open`] for a change already parsed from `self.change` (when loading
+    /// a saved document): checks the signature, the actor binding and the ops.
+    pub fn open_parsed(
+        self,
+        guild: &GuildId,
+        change: Change,
+    ) -> Result<OpenedChange, EnvelopeError> {
+        if &self.guild != guild {
+            return Err(EnvelopeError::WrongGuild {
+                expected: *guild,
+                got: self.guild,
+            });
+        }
+        if change.raw_bytes() != self.change.as_slice() {
+            return Err(EnvelopeError::BadChange(
+                "parsed change differs from envelope".into(),
+            ));
+        }
+        self.author
+            .verify(
+                CHANGE_LABEL,
+                &Self::signed_part(&self.guild, &self.author, &self.change),
+                &self.sig,
+            )
+            .map_err(|_| EnvelopeError::BadSignature)?;
+        self.finish_open(change)
+    }
+
+    fn finish_open(self, change: Change) -> Result<OpenedChange, EnvelopeError> {
         if change.actor_id() != &actor_for(&self.author) {
             return Err(EnvelopeError::ActorMismatch);
         }

@@ -335,14 +335,21 @@ impl Guild {
     /// Processes ready changes; each acceptance may make parked dependents ready, each
     /// rejection rejects them.
     fn drain(&mut self, mut ready: Vec<ChangeHash>, report: &mut ReceiveReport) {
+        // Automerge applies a batch far faster than the same changes one by one, so accepted
+        // changes are collected and applied together at the end.
+        let mut batch: Vec<automerge::Change> = Vec::new();
         while let Some(h) = ready.pop() {
             self.missing.remove(&h);
             let Some(o) = self.pending.remove(&h) else {
                 continue;
             };
+            let change = o.change.clone();
             let outcome = self
                 .validate(&o)
-                .and_then(|checked| self.commit(o, checked, true));
+                .and_then(|checked| self.commit(o, checked, false));
+            if outcome.is_ok() {
+                batch.push(change);
+            }
             let dependents = self.waiting_on.remove(&h).unwrap_or_default();
             match outcome {
                 Ok(()) => {
@@ -370,6 +377,20 @@ impl Guild {
                             stack.extend(self.waiting_on.remove(&d).unwrap_or_default());
                         }
                     }
+                }
+            }
+        }
+        if !batch.is_empty()
+            && let Err(e) = self.doc.apply_changes(batch.clone())
+        {
+            // Every change was validated and its dependencies are present, so Automerge should
+            // not refuse; if it does, retry one by one and report what it refused.
+            for c in batch {
+                let h = c.hash();
+                if let Err(e2) = self.doc.apply_changes(std::iter::once(c)) {
+                    report
+                        .rejected
+                        .push((Some(h), RejectReason::Document(format!("{e}; {e2}"))));
                 }
             }
         }
@@ -823,6 +844,7 @@ impl Guild {
         let mut g = Self::join(id);
         // get_changes lists dependencies first.
         for change in doc.get_changes(&[]) {
+            let change: automerge::Change = change;
             let sig = sigs
                 .get(&change.hash())
                 .copied()
@@ -841,7 +863,9 @@ impl Guild {
                 change: change.raw_bytes().to_vec(),
                 sig,
             };
-            let opened = env.open(&id).map_err(|e| GuildError::Rejected(e.into()))?;
+            let opened = env
+                .open_parsed(&id, change)
+                .map_err(|e| GuildError::Rejected(e.into()))?;
             let checked = g.validate(&opened)?;
             g.commit(opened, checked, false)?;
         }
