@@ -39,7 +39,15 @@ pub fn actor_for(device: &DevicePublicKey) -> ActorId {
 /// Automerge 0.12's parser panics on some malformed inputs (found by the `crdt_envelope` fuzz
 /// target: a 21-byte bundle chunk). Anyone can sign garbage with their own device key, so the
 /// parse must not be able to take the replica down.
+///
+/// Only uncompressed change chunks (chunk type 1) are accepted: a guild change is never a
+/// document, compressed or bundle chunk, and Automerge's bundle parser can be made to allocate
+/// gigabytes from a few bytes (also a fuzz finding).
 pub fn parse_change(bytes: &[u8]) -> Result<Change, String> {
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    if bytes.get(..4) != Some(&MAGIC[..]) || bytes.get(8) != Some(&1) {
+        return Err("expected an uncompressed Automerge change chunk".into());
+    }
     let owned = bytes.to_vec();
     match std::panic::catch_unwind(move || Change::from_bytes(owned)) {
         Ok(Ok(c)) => Ok(c),

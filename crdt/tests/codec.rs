@@ -142,3 +142,17 @@ fn crdt_envelope_automerge_bundle_panic_is_an_error() {
     assert!(securecomm_crdt::envelope::parse_change(&data).is_err());
     assert_eq!(g.view(), &before);
 }
+
+/// Regression: only uncompressed change chunks reach Automerge's parser (a bundle chunk could
+/// make it panic or allocate gigabytes); every change the crate makes is such a chunk.
+#[test]
+fn crdt_envelope_only_change_chunks_are_parsed() {
+    let (_, envs, _) = standard();
+    for e in &envs {
+        assert_eq!(e.change[8], 1);
+        assert!(securecomm_crdt::envelope::parse_change(&e.change).is_ok());
+    }
+    let mut bundle = envs[1].change.clone();
+    bundle[8] = 3;
+    assert!(securecomm_crdt::envelope::parse_change(&bundle).is_err());
+}

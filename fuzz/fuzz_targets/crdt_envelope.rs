@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
         let guild = env.guild;
         let _ = env.open(&guild);
     }
-    let _ = decode_sync(data);
+    if let Ok((control, _)) = decode_sync(data) {
+        // What `Guild::receive_sync_message` hands to Automerge (panics caught there too).
+        let _ = std::panic::catch_unwind(|| automerge::sync::Message::decode(&control));
+    }
     if let Ok(change) = parse_change(data) {
         let _ = ops_of(&change);
     }
