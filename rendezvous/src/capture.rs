@@ -116,11 +116,7 @@ impl CaptureSink {
         }
         // A socket read or write never exceeds u32::MAX bytes in practice; split if it does.
         for chunk in bytes.chunks(u32::MAX as usize) {
-            let mut record = Vec::with_capacity(13 + chunk.len());
-            record.push(tag(layer, direction));
-            record.extend_from_slice(&connection.to_be_bytes());
-            record.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
-            record.extend_from_slice(chunk);
+            let record = encode_record(connection, layer, direction, chunk);
             let mut file = match self.file.lock() {
                 Ok(f) => f,
                 Err(poisoned) => poisoned.into_inner(),
@@ -133,6 +129,16 @@ impl CaptureSink {
             }
         }
     }
+}
+
+/// One record as it is appended to the file (`chunk` must fit a u32 length).
+fn encode_record(connection: u64, layer: Layer, direction: Direction, chunk: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(13 + chunk.len());
+    record.push(tag(layer, direction));
+    record.extend_from_slice(&connection.to_be_bytes());
+    record.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+    record.extend_from_slice(chunk);
+    record
 }
 
 /// Wraps a stream so every byte read and written is recorded at `layer`; with no sink it is a
@@ -281,6 +287,7 @@ mod tests {
     use std::io::Read;
 
     use futures::{AsyncReadExt, AsyncWriteExt, executor::block_on, io::Cursor};
+    use proptest::prelude::*;
 
     use super::*;
 
@@ -325,6 +332,31 @@ mod tests {
             read_capture(&bad),
             Err(CaptureError::BadDirection { got: b'X', .. })
         ));
+    }
+
+    proptest! {
+        #[test]
+        fn any_record_sequence_round_trips(
+            records in proptest::collection::vec(
+                (0u64..4, any::<bool>(), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..64)),
+                0..32,
+            )
+        ) {
+            let mut file = Vec::new();
+            let mut expected: BTreeMap<StreamKey, Vec<u8>> = BTreeMap::new();
+            for (conn, relay, write, bytes) in &records {
+                let layer = if *relay { Layer::Relay } else { Layer::Wire };
+                let dir = if *write { Direction::Write } else { Direction::Read };
+                file.extend(encode_record(*conn, layer, dir, bytes));
+                expected.entry((*conn, layer, dir)).or_default().extend_from_slice(bytes);
+            }
+            prop_assert_eq!(read_capture(&file).unwrap(), expected);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = read_capture(&data);
+        }
     }
 }
 

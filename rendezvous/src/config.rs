@@ -67,7 +67,7 @@ pub struct RelayConfig {
 pub struct CircuitLimits {
     /// Longest a single relayed circuit may stay open, in seconds.
     pub max_duration_secs: u64,
-    /// Most bytes a single circuit may carry in each direction.
+    /// Most bytes a single circuit may carry, both directions counted together.
     pub max_bytes: u64,
     /// Most reservations held at once.
     pub max_reservations: u32,

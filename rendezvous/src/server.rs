@@ -222,6 +222,8 @@ fn behaviour(config: &RelayConfig, key: &Keypair) -> RelayBehaviour {
         .with_max_registration_total(r.max_registrations as usize);
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     kad_config.set_record_ttl(Some(Duration::from_secs(24 * 3600)));
+    // A relay is a well-known entry point that others bootstrap from; it has no one to ask.
+    kad_config.set_periodic_bootstrap_interval(None);
     let mut kad =
         kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
     kad.set_mode(Some(kad::Mode::Server));

@@ -197,7 +197,7 @@ fn socket_of(addr: &Multiaddr) -> SocketAddr {
 // ---------------------------------------------------------------------------------------------
 // The test client
 
-/// A request-response codec that sends raw bytes (at most 64 KiB).
+/// A request-response codec that sends raw bytes (at most 4 MiB).
 #[derive(Clone, Default)]
 struct Bytes;
 
@@ -213,7 +213,7 @@ impl request_response::Codec for Bytes {
         T: futures::AsyncRead + Unpin + Send,
     {
         let mut v = Vec::new();
-        io.take(65536).read_to_end(&mut v).await?;
+        io.take(4 << 20).read_to_end(&mut v).await?;
         Ok(v)
     }
 
@@ -222,7 +222,7 @@ impl request_response::Codec for Bytes {
         T: futures::AsyncRead + Unpin + Send,
     {
         let mut v = Vec::new();
-        io.take(65536).read_to_end(&mut v).await?;
+        io.take(4 << 20).read_to_end(&mut v).await?;
         Ok(v)
     }
 
@@ -615,6 +615,40 @@ async fn per_peer_reservation_limit_is_exact() {
     for (_, task) in held {
         task.abort();
     }
+}
+
+/// The circuit byte cap comes from the config: with `max_bytes = 1 MiB`, a 512 KiB message
+/// crosses (libp2p's default cap of 128 KiB would have cut it), and a circuit that goes on to
+/// carry more than 1 MiB in total is closed by the relay, which keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_byte_limit_from_config_is_enforced() {
+    let mut relay = RelayProc::start(temp_dir("bytes"), "[circuit]\nmax_bytes = 1048576\n", &[]);
+    let b_key = Keypair::generate_ed25519();
+    let b_id = b_key.public().to_peer_id();
+    let mut b = client(b_key, "b");
+    reserve(&mut b, &relay).await.unwrap();
+    let (_notes, b_task) = spawn_passive(b, b"ok".to_vec());
+    let mut a = client(Keypair::generate_ed25519(), "a");
+    let (response, _) = exchange_over_circuit(&mut a, &relay, b_id, &vec![7u8; 512 << 10]).await;
+    assert_eq!(response, b"ok");
+
+    a.behaviour_mut()
+        .bytes
+        .send_request(&b_id, vec![9u8; 1 << 20]);
+    until(&mut a, "the relay to cut the circuit", |_, e| match e {
+        SwarmEvent::Behaviour(ClientEvent::Bytes(request_response::Event::OutboundFailure {
+            ..
+        })) => Some(()),
+        SwarmEvent::Behaviour(ClientEvent::Bytes(request_response::Event::Message {
+            message: request_response::Message::Response { .. },
+            ..
+        })) => panic!("1.5 MiB crossed a circuit capped at 1 MiB"),
+        _ => None,
+    })
+    .await;
+    relay.assert_alive();
+    b_task.abort();
+    assert!(relay.stderr().contains("circuit closed"));
 }
 
 /// Garbage on the TCP and QUIC ports, half handshakes, a burst of connections dropped at once
