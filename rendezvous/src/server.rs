@@ -22,7 +22,12 @@
 //! no payload, rendezvous namespace or registration record is ever logged. Metrics are counters
 //! and histograms without peer ids ([`crate::metrics`]).
 //!
-//! # libp2p quirk compensated here
+//! # libp2p quirks
+//! libp2p-tcp 0.45 sets `SO_REUSEPORT` on listening sockets (for hole punching), so a second
+//! relay started on the same TCP port by the same user binds too and the kernel splits incoming
+//! connections between them; run one relay per port (the systemd unit does).
+//!
+//! ## Compensated here
 //! libp2p-relay 0.22 denies a new reservation only when the peer *already holds more than*
 //! `max_reservations_per_peer` (and the same for circuits), so it lets one more through than
 //! configured. [`relay_config`] passes `limit - 1`, so the limit in the TOML file is the exact
@@ -139,7 +144,7 @@ pub struct RelayHandle {
     listen_addrs: Vec<Multiaddr>,
     metrics_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
     metrics_task: Option<JoinHandle<()>>,
 }
 
@@ -167,8 +172,9 @@ impl RelayHandle {
         if let Some(m) = self.metrics_task.take() {
             m.abort();
         }
-        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
-        if let Err(e) = task.await {
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+        {
             tracing::error!(error = %e, "relay task ended abnormally");
         }
     }
@@ -176,7 +182,9 @@ impl RelayHandle {
 
 impl Drop for RelayHandle {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
         if let Some(m) = self.metrics_task.take() {
             m.abort();
         }
@@ -384,7 +392,7 @@ impl Relay {
             listen_addrs,
             metrics_addr,
             shutdown: Some(shutdown_tx),
-            task,
+            task: Some(task),
             metrics_task,
         })
     }

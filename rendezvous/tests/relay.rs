@@ -795,6 +795,56 @@ async fn metrics_endpoint_returns_counts() {
     assert!(get("/other").starts_with("HTTP/1.1 404"));
 }
 
+/// The library API in-process: a relay spawns on loopback, serves a reservation, shuts down
+/// cleanly; an address no transport serves is a clear `Listen` error, not a panic or a hang.
+/// (A TCP port already in use is *not* an error: libp2p-tcp sets SO_REUSEPORT on listeners.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_spawn_serve_shutdown_and_bind_error() {
+    use securecomm_rendezvous::{Relay, RelayConfig, RelayError, RelayOptions};
+    let config = RelayConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        ..RelayConfig::default()
+    };
+    let key = Keypair::generate_ed25519();
+    let handle = Relay::spawn(config, key.clone(), RelayOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(handle.peer_id(), key.public().to_peer_id());
+    assert_eq!(handle.listen_addrs().len(), 1);
+    let taken = socket_of(&handle.listen_addrs()[0]);
+    let mut c = client(Keypair::generate_ed25519(), "lib");
+    let circuit = handle.listen_addrs()[0].clone().with(Protocol::P2pCircuit);
+    c.listen_on(circuit).unwrap();
+    until(&mut c, "reservation", |_, e| {
+        matches!(
+            e,
+            SwarmEvent::Behaviour(ClientEvent::Relay(
+                relay::client::Event::ReservationReqAccepted { .. }
+            ))
+        )
+        .then_some(())
+    })
+    .await;
+
+    let clash = RelayConfig {
+        listen: vec![format!("/ip4/127.0.0.1/udp/{}", taken.port())],
+        ..RelayConfig::default()
+    };
+    let err = Relay::spawn(clash, Keypair::generate_ed25519(), RelayOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RelayError::Listen { .. }), "{err}");
+
+    tokio::time::timeout(Duration::from_secs(5), handle.shutdown())
+        .await
+        .unwrap();
+    // The client sees its relay connection close.
+    until(&mut c, "relay connection closed", |_, e| {
+        matches!(e, SwarmEvent::ConnectionClosed { .. }).then_some(())
+    })
+    .await;
+}
+
 /// The identity key persists: a restart with the same data directory keeps the peer id, and
 /// SIGTERM stops the relay cleanly.
 #[test]
