@@ -792,6 +792,8 @@ async fn metrics_endpoint_returns_counts() {
     );
     assert!(!body.contains(&id.to_string()));
     assert!(!body.contains(&relay.peer_id.to_string()));
+    // No addresses either: labels are protocol stacks and event kinds.
+    assert!(!body.contains("127.0.0.1"));
     assert!(get("/other").starts_with("HTTP/1.1 404"));
 }
 
