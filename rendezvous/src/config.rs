@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use libp2p::Multiaddr;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -30,6 +31,14 @@ pub enum ConfigError {
     /// No listen address was given.
     #[error("at least one listen address is required")]
     NoListenAddress,
+    /// A listen or external address is not a valid multiaddr.
+    #[error("expected a multiaddr such as /ip4/0.0.0.0/tcp/4001, got {addr:?}: {reason}")]
+    BadAddress {
+        /// The text as given.
+        addr: String,
+        /// Why the parser refused it.
+        reason: String,
+    },
 }
 
 /// The whole relay configuration.
@@ -38,8 +47,16 @@ pub enum ConfigError {
 pub struct RelayConfig {
     /// Multiaddrs to listen on, e.g. `/ip4/0.0.0.0/tcp/4001` and `/ip4/0.0.0.0/udp/4001/quic-v1`.
     pub listen: Vec<String>,
+    /// Public multiaddrs this relay announces in reservations (e.g. `/dns4/relay.example/tcp/4001`
+    /// or `/ip4/203.0.113.7/tcp/4001`). When empty, the addresses the listeners actually bound are
+    /// announced, which is right on loopback and on a host with a public interface address.
+    pub external: Vec<String>,
     /// Circuit relay limits.
     pub circuit: CircuitLimits,
+    /// Connection limits.
+    pub connections: ConnectionLimits,
+    /// Rendezvous server limits.
+    pub rendezvous: RendezvousLimits,
     /// Mailbox (store-and-forward of ciphertext) limits.
     pub mailbox: MailboxLimits,
 }
@@ -50,7 +67,7 @@ pub struct RelayConfig {
 pub struct CircuitLimits {
     /// Longest a single relayed circuit may stay open, in seconds.
     pub max_duration_secs: u64,
-    /// Most bytes a single circuit may carry in each direction.
+    /// Most bytes a single circuit may carry, both directions counted together.
     pub max_bytes: u64,
     /// Most reservations held at once.
     pub max_reservations: u32,
@@ -60,6 +77,45 @@ pub struct CircuitLimits {
     pub max_circuits: u32,
     /// Most circuits per peer.
     pub max_circuits_per_peer: u32,
+    /// How long a reservation lasts before the client must renew it, in seconds.
+    pub reservation_duration_secs: u64,
+    /// Reservations one peer may make in a burst; one more is allowed every
+    /// `rate_interval_secs` (a token bucket).
+    pub reservation_rate_per_peer: u32,
+    /// Reservations one IP address may make in a burst (same refill interval).
+    pub reservation_rate_per_ip: u32,
+    /// Circuits one source peer may open in a burst (same refill interval).
+    pub circuit_rate_per_peer: u32,
+    /// Circuits one source IP address may open in a burst (same refill interval).
+    pub circuit_rate_per_ip: u32,
+    /// Refill interval of every rate limiter above, in seconds.
+    pub rate_interval_secs: u64,
+}
+
+/// Limits on connections, counted before any protocol runs.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionLimits {
+    /// Most established connections in total.
+    pub max_established: u32,
+    /// Most established connections with one peer.
+    pub max_established_per_peer: u32,
+    /// Most incoming connections still in their handshake.
+    pub max_pending_incoming: u32,
+    /// Seconds a connection with no open stream is kept.
+    pub idle_timeout_secs: u64,
+}
+
+/// Limits on the rendezvous server's registrations.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RendezvousLimits {
+    /// Most registrations one peer holds (across namespaces).
+    pub max_registrations_per_peer: u32,
+    /// Most registrations held in total.
+    pub max_registrations: u32,
+    /// Longest registration TTL granted, in seconds.
+    pub max_ttl_secs: u64,
 }
 
 /// Limits on stored ciphertext for offline members.
@@ -87,7 +143,10 @@ impl Default for RelayConfig {
                 "/ip4/0.0.0.0/tcp/4001".into(),
                 "/ip4/0.0.0.0/udp/4001/quic-v1".into(),
             ],
+            external: Vec::new(),
             circuit: CircuitLimits::default(),
+            connections: ConnectionLimits::default(),
+            rendezvous: RendezvousLimits::default(),
             mailbox: MailboxLimits::default(),
         }
     }
@@ -102,6 +161,33 @@ impl Default for CircuitLimits {
             max_reservations_per_peer: 4,
             max_circuits: 512,
             max_circuits_per_peer: 16,
+            reservation_duration_secs: 3600,
+            reservation_rate_per_peer: 30,
+            reservation_rate_per_ip: 60,
+            circuit_rate_per_peer: 60,
+            circuit_rate_per_ip: 120,
+            rate_interval_secs: 60,
+        }
+    }
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_established: 4096,
+            max_established_per_peer: 8,
+            max_pending_incoming: 256,
+            idle_timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for RendezvousLimits {
+    fn default() -> Self {
+        Self {
+            max_registrations_per_peer: 32,
+            max_registrations: 10_000,
+            max_ttl_secs: 72 * 3600,
         }
     }
 }
@@ -144,6 +230,7 @@ impl RelayConfig {
         if self.listen.is_empty() {
             return Err(ConfigError::NoListenAddress);
         }
+        self.addresses()?;
         let c = &self.circuit;
         range(
             "circuit.max_duration_secs",
@@ -170,6 +257,70 @@ impl RelayConfig {
             c.max_circuits_per_peer.into(),
             1,
             1024,
+        )?;
+        range(
+            "circuit.reservation_duration_secs",
+            c.reservation_duration_secs,
+            60,
+            24 * 3600,
+        )?;
+        for (field, got) in [
+            (
+                "circuit.reservation_rate_per_peer",
+                c.reservation_rate_per_peer,
+            ),
+            ("circuit.reservation_rate_per_ip", c.reservation_rate_per_ip),
+            ("circuit.circuit_rate_per_peer", c.circuit_rate_per_peer),
+            ("circuit.circuit_rate_per_ip", c.circuit_rate_per_ip),
+        ] {
+            range(field, got.into(), 1, 1 << 20)?;
+        }
+        range("circuit.rate_interval_secs", c.rate_interval_secs, 1, 3600)?;
+        let n = &self.connections;
+        range(
+            "connections.max_established",
+            n.max_established.into(),
+            1,
+            1 << 20,
+        )?;
+        // A peer holding its allowed reservations needs one connection for each.
+        range(
+            "connections.max_established_per_peer",
+            n.max_established_per_peer.into(),
+            c.max_reservations_per_peer.into(),
+            1024,
+        )?;
+        range(
+            "connections.max_pending_incoming",
+            n.max_pending_incoming.into(),
+            1,
+            1 << 16,
+        )?;
+        range(
+            "connections.idle_timeout_secs",
+            n.idle_timeout_secs,
+            1,
+            3600,
+        )?;
+        let r = &self.rendezvous;
+        range(
+            "rendezvous.max_registrations_per_peer",
+            r.max_registrations_per_peer.into(),
+            1,
+            1024,
+        )?;
+        range(
+            "rendezvous.max_registrations",
+            r.max_registrations.into(),
+            r.max_registrations_per_peer.into(),
+            1 << 24,
+        )?;
+        // libp2p's rendezvous protocol caps a TTL at 72 hours and floors it at 2 hours.
+        range(
+            "rendezvous.max_ttl_secs",
+            r.max_ttl_secs,
+            2 * 3600,
+            72 * 3600,
         )?;
         let m = &self.mailbox;
         range("mailbox.ttl_secs", m.ttl_secs, 60, 365 * 24 * 3600)?;
@@ -198,6 +349,21 @@ impl RelayConfig {
     /// The circuit duration limit as a [`Duration`].
     pub fn circuit_duration(&self) -> Duration {
         Duration::from_secs(self.circuit.max_duration_secs)
+    }
+
+    /// Parses the listen and external addresses, naming the first one that is not a multiaddr.
+    pub fn addresses(&self) -> Result<(Vec<Multiaddr>, Vec<Multiaddr>), ConfigError> {
+        let parse = |list: &[String]| {
+            list.iter()
+                .map(|a| {
+                    a.parse::<Multiaddr>().map_err(|e| ConfigError::BadAddress {
+                        addr: a.clone(),
+                        reason: e.to_string(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok((parse(&self.listen)?, parse(&self.external)?))
     }
 }
 
@@ -248,5 +414,19 @@ mod tests {
             err.to_string()
                 .starts_with("mailbox.max_bytes_per_recipient")
         );
+        assert!(matches!(
+            RelayConfig::from_toml("listen = [\"/ip4/1.2.3.4/tcpx/1\"]").unwrap_err(),
+            ConfigError::BadAddress { .. }
+        ));
+        let err = RelayConfig::from_toml(
+            "[circuit]\nmax_reservations_per_peer = 8\n[connections]\nmax_established_per_peer = 4\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "connections.max_established_per_peer must be between 8 and 1024, got 4"
+        );
+        let err = RelayConfig::from_toml("[circuit]\nrate_interval_secs = 0\n").unwrap_err();
+        assert!(err.to_string().starts_with("circuit.rate_interval_secs"));
     }
 }
