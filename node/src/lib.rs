@@ -1,1 +1,10 @@
-//! securecomm-node
+//! The SecureComm client node.
+//!
+//! `node/` owns everything that touches the outside world: the disk today (the passphrase-sealed
+//! identity in [`store`]), the network and the message store as the node grows. The cryptography
+//! it calls lives in `securecomm-noise`, which does no I/O.
+
+pub mod control;
+pub mod net;
+pub mod runtime;
+pub mod store;

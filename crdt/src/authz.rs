@@ -1,0 +1,493 @@
+//! Authorization of one change against the state of its causal past.
+//!
+//! [`authorize`] judges a change as a whole: every op must be allowed to its author in the view
+//! built from the change's dependencies, or the whole change is refused. It also returns what
+//! the conflict rules need to know about the change ([`Effects`]): which members or roles it
+//! restricts (removal, ban, role revocation, lowering a role's permissions or position, handing
+//! ownership away, revoking an invite) and what it (re-)adds.
+
+use securecomm_noise::keys::DevicePublicKey;
+use thiserror::Error;
+
+use crate::ops::GuildOp;
+use crate::perms::Permissions;
+use crate::schema::{Channel, ChannelKind, InviteCode, MAX_DEVICES, RoleId, UserId};
+use crate::view::GuildView;
+
+/// Why a change is not authorized in its causal past.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AuthzError {
+    /// The authoring device belongs to no member (never joined, removed, or banned).
+    #[error("author device is not a member's device")]
+    NotAMember,
+    /// The author lacks a permission an op needs.
+    #[error("op {index}: expected permission {needed:?}, author has {has:?}")]
+    MissingPermission {
+        /// Which op.
+        index: usize,
+        /// What it needs.
+        needed: Permissions,
+        /// What the author has there.
+        has: Permissions,
+    },
+    /// The op acts on a role or member at or above the author's rank.
+    #[error("op {index}: target rank {target} is not below author rank {author}")]
+    Hierarchy {
+        /// Which op.
+        index: usize,
+        /// The author's rank.
+        author: u32,
+        /// The target's rank.
+        target: u32,
+    },
+    /// Only the owner may do this (transfer ownership), or nobody may do it to the owner.
+    #[error("op {0}: owner-only, or targets the owner")]
+    Owner(usize),
+    /// The op is malformed for this state (unknown target, genesis outside the genesis change,
+    /// a redemption mixed with other ops, acting for another user, ...).
+    #[error("op {index}: {why}")]
+    Invalid {
+        /// Which op.
+        index: usize,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// The invite cannot be redeemed (unknown, revoked, exhausted, expired, bad token).
+    #[error("invite refused: {0}")]
+    Invite(&'static str),
+    /// The joining user is banned.
+    #[error("user is banned")]
+    Banned,
+}
+
+/// What a change does that the conflict rules care about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// The author's user.
+    pub author: Option<UserId>,
+    /// Whether the author was the owner in the causal past.
+    pub author_is_owner: bool,
+    /// Restrictions it imposes.
+    pub restricts: Vec<Restriction>,
+    /// Things it (re-)adds.
+    pub adds: Vec<Addition>,
+    /// Whether it transfers ownership.
+    pub transfers_ownership: bool,
+    /// Whether every op is a removal or demotion of one single user (for mutual removals).
+    pub only_restricts: Option<UserId>,
+}
+
+/// A restriction: removing or demoting someone, or revoking an invite.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Restriction {
+    /// Kicked or banned.
+    Remove(UserId),
+    /// A role taken away.
+    RevokeRole(UserId, RoleId),
+    /// A role lost permission bits, was moved down, or was deleted.
+    ReduceRole(RoleId),
+    /// Ownership handed away from this user.
+    Ownership(UserId),
+    /// Invite revoked.
+    RevokeInvite(InviteCode),
+}
+
+/// An addition that loses when it races the matching removal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Addition {
+    /// A user (re-)joins or is unbanned.
+    Member(UserId),
+    /// A role given to a member.
+    Role(UserId, RoleId),
+    /// An invite redeemed.
+    Redeem(InviteCode),
+}
+
+struct Judge<'a> {
+    view: &'a GuildView,
+    user: UserId,
+    owner: bool,
+    base: Permissions,
+    rank: u32,
+}
+
+impl Judge<'_> {
+    fn need(&self, index: usize, needed: Permissions, has: Permissions) -> Result<(), AuthzError> {
+        if has.contains(needed) {
+            Ok(())
+        } else {
+            Err(AuthzError::MissingPermission { index, needed, has })
+        }
+    }
+
+    fn below(&self, index: usize, target: u32) -> Result<(), AuthzError> {
+        if self.owner || target < self.rank {
+            Ok(())
+        } else {
+            Err(AuthzError::Hierarchy {
+                index,
+                author: self.rank,
+                target,
+            })
+        }
+    }
+
+    fn channel_perms(&self, ch: &Channel, id: Option<&crate::schema::ChannelId>) -> Permissions {
+        match id.filter(|i| self.view.channels().contains_key(i)) {
+            Some(i) => self.view.channel_permissions(&self.user, i),
+            None => match ch.parent {
+                Some(p) if self.view.channels().contains_key(&p) => {
+                    self.view.channel_permissions(&self.user, &p)
+                }
+                _ => self.base,
+            },
+        }
+    }
+
+    fn act_on_member(&self, index: usize, target: &UserId) -> Result<(), AuthzError> {
+        if self.view.is_owner(target) || *target == self.user {
+            return Err(AuthzError::Owner(index));
+        }
+        self.below(index, self.view.rank(target))
+    }
+}
+
+/// Judges `ops`, authored by `device` at `time`, against `view` (the state of the change's
+/// causal past). `genesis` says whether this is the guild's genesis change.
+pub fn authorize(
+    view: &GuildView,
+    device: &DevicePublicKey,
+    time: u64,
+    ops: &[GuildOp],
+    genesis: bool,
+) -> Result<Effects, AuthzError> {
+    // Genesis and redemption are authored by devices that are not members yet.
+    if let [GuildOp::Genesis { owner, .. }] = ops {
+        if !genesis || !owner.verify() || &owner.device != device {
+            return Err(AuthzError::Invalid {
+                index: 0,
+                why: "genesis must be the guild's first change, by the certified owner device",
+            });
+        }
+        return Ok(Effects {
+            author: Some(owner.user),
+            author_is_owner: true,
+            ..Effects::default()
+        });
+    }
+    if genesis {
+        return Err(AuthzError::Invalid {
+            index: 0,
+            why: "the first change must be exactly one genesis op",
+        });
+    }
+    if let [
+        GuildOp::Redeem {
+            token,
+            cert,
+            nickname: _,
+        },
+    ] = ops
+    {
+        return redeem(view, device, time, token, cert);
+    }
+    let user = *view.user_of_device(device).ok_or(AuthzError::NotAMember)?;
+    let j = Judge {
+        view,
+        user,
+        owner: view.is_owner(&user),
+        base: view.base_permissions(&user),
+        rank: view.rank(&user),
+    };
+    let mut fx = Effects {
+        author: Some(user),
+        author_is_owner: j.owner,
+        ..Effects::default()
+    };
+    let mut only: Option<Option<UserId>> = None;
+    let mut note_only = |t: Option<UserId>| {
+        only = Some(match only {
+            None => t,
+            Some(prev) if prev == t => t,
+            Some(_) => None,
+        });
+    };
+    for (index, op) in ops.iter().enumerate() {
+        let mut target_only = None;
+        match op {
+            GuildOp::Genesis { .. } | GuildOp::Redeem { .. } => {
+                return Err(AuthzError::Invalid {
+                    index,
+                    why: "genesis and redemption must be alone in their change",
+                });
+            }
+            GuildOp::SetName(_) | GuildOp::SetIcon(_) | GuildOp::SetSettings(_) => {
+                j.need(index, Permissions::MANAGE_GUILD, j.base)?;
+            }
+            GuildOp::TransferOwnership(to) => {
+                if !j.owner {
+                    return Err(AuthzError::Owner(index));
+                }
+                if view.member(to).is_none() || *to == user {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "new owner must be another member",
+                    });
+                }
+                fx.restricts.push(Restriction::Ownership(user));
+                fx.transfers_ownership = true;
+            }
+            GuildOp::PutRole(id, role) => {
+                j.need(index, Permissions::MANAGE_ROLES, j.base)?;
+                let old = view.roles().get(id);
+                if *id == RoleId::EVERYONE {
+                    if role.position != 0 {
+                        return Err(AuthzError::Invalid {
+                            index,
+                            why: "@everyone stays at position 0",
+                        });
+                    }
+                } else {
+                    if role.position == 0 {
+                        return Err(AuthzError::Invalid {
+                            index,
+                            why: "position 0 is reserved for @everyone",
+                        });
+                    }
+                    if let Some(o) = old {
+                        j.below(index, u32::from(o.position))?;
+                    }
+                    j.below(index, u32::from(role.position))?;
+                }
+                let old_bits = old.map_or(Permissions::NONE, |o| o.permissions);
+                let added = role.permissions.minus(old_bits);
+                j.need(index, added, j.base)?;
+                if let Some(o) = old
+                    && (!role.permissions.contains(o.permissions) || role.position < o.position)
+                {
+                    fx.restricts.push(Restriction::ReduceRole(*id));
+                }
+            }
+            GuildOp::DeleteRole(id) => {
+                j.need(index, Permissions::MANAGE_ROLES, j.base)?;
+                let Some(o) = view.roles().get(id).filter(|_| *id != RoleId::EVERYONE) else {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "no such deletable role",
+                    });
+                };
+                j.below(index, u32::from(o.position))?;
+                fx.restricts.push(Restriction::ReduceRole(*id));
+            }
+            GuildOp::GrantRole(u, r) | GuildOp::RevokeRole(u, r) => {
+                j.need(index, Permissions::MANAGE_ROLES, j.base)?;
+                let Some(role) = view.roles().get(r).filter(|_| *r != RoleId::EVERYONE) else {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "no such grantable role",
+                    });
+                };
+                if view.member(u).is_none() {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "not a member",
+                    });
+                }
+                j.below(index, u32::from(role.position))?;
+                if matches!(op, GuildOp::GrantRole(..)) {
+                    fx.adds.push(Addition::Role(*u, *r));
+                } else {
+                    fx.restricts.push(Restriction::RevokeRole(*u, *r));
+                    target_only = Some(*u);
+                }
+            }
+            GuildOp::PutChannel(id, ch) => {
+                let here = j.channel_perms(ch, Some(id));
+                j.need(index, Permissions::MANAGE_CHANNELS, here)?;
+                let old = view.channels().get(id);
+                if old.map(|o| &o.overwrites) != Some(&ch.overwrites)
+                    && !(old.is_none() && ch.overwrites.is_empty())
+                {
+                    j.need(index, Permissions::MANAGE_ROLES, here)?;
+                    for o in &ch.overwrites {
+                        j.need(index, o.allow | o.deny, here)?;
+                    }
+                }
+                if let Some(p) = ch.parent {
+                    let parent_ok = ch.kind != ChannelKind::Category
+                        && view
+                            .channels()
+                            .get(&p)
+                            .is_some_and(|c| c.kind == ChannelKind::Category);
+                    if !parent_ok {
+                        return Err(AuthzError::Invalid {
+                            index,
+                            why: "parent must be an existing category",
+                        });
+                    }
+                }
+            }
+            GuildOp::DeleteChannel(id) => {
+                if !view.channels().contains_key(id) {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "no such channel",
+                    });
+                }
+                j.need(
+                    index,
+                    Permissions::MANAGE_CHANNELS,
+                    view.channel_permissions(&user, id),
+                )?;
+            }
+            GuildOp::CreateInvite(code, inv) => {
+                j.need(index, Permissions::CREATE_INSTANT_INVITE, j.base)?;
+                if inv.creator != user || view.invites().contains_key(code) {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "invite must be new and created by its author",
+                    });
+                }
+            }
+            GuildOp::RevokeInvite(code) => {
+                let Some(inv) = view.invites().get(code) else {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "no such invite",
+                    });
+                };
+                if inv.invite.creator != user {
+                    j.need(index, Permissions::MANAGE_GUILD, j.base)?;
+                }
+                fx.restricts.push(Restriction::RevokeInvite(*code));
+            }
+            GuildOp::Kick(u) => {
+                j.need(index, Permissions::KICK_MEMBERS, j.base)?;
+                if view.member(u).is_none() {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "not a member",
+                    });
+                }
+                j.act_on_member(index, u)?;
+                fx.restricts.push(Restriction::Remove(*u));
+                target_only = Some(*u);
+            }
+            GuildOp::Ban(u, _) => {
+                j.need(index, Permissions::BAN_MEMBERS, j.base)?;
+                if view.bans().contains_key(u) {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "already banned",
+                    });
+                }
+                j.act_on_member(index, u)?;
+                fx.restricts.push(Restriction::Remove(*u));
+                target_only = Some(*u);
+            }
+            GuildOp::Unban(u) => {
+                j.need(index, Permissions::BAN_MEMBERS, j.base)?;
+                if !view.bans().contains_key(u) {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "not banned",
+                    });
+                }
+                fx.adds.push(Addition::Member(*u));
+            }
+            GuildOp::Leave(u) => {
+                if *u != user || j.owner {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "only a non-owner member leaves, and only itself",
+                    });
+                }
+            }
+            GuildOp::SetNickname(u, _) => {
+                if *u != user {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "a member sets only its own nickname",
+                    });
+                }
+            }
+            GuildOp::AddDevice(cert) => {
+                let full = view
+                    .member(&user)
+                    .is_some_and(|m| m.devices.len() >= MAX_DEVICES);
+                if cert.user != user
+                    || !cert.verify()
+                    || full
+                    || view.user_of_device(&cert.device).is_some()
+                {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "device certificate must be the author's, valid and new",
+                    });
+                }
+            }
+            GuildOp::RemoveDevice(u, d) => {
+                if *u != user || view.user_of_device(d) != Some(&user) {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "a member removes only its own devices",
+                    });
+                }
+            }
+        }
+        note_only(target_only);
+    }
+    fx.only_restricts = only.flatten();
+    Ok(fx)
+}
+
+fn redeem(
+    view: &GuildView,
+    device: &DevicePublicKey,
+    time: u64,
+    token: &crate::invite::InviteToken,
+    cert: &crate::schema::DeviceCert,
+) -> Result<Effects, AuthzError> {
+    if &cert.device != device || !cert.verify() {
+        return Err(AuthzError::Invalid {
+            index: 0,
+            why: "redemption must be authored by the certified joining device",
+        });
+    }
+    if view.bans().contains_key(&cert.user) {
+        return Err(AuthzError::Banned);
+    }
+    if view.member(&cert.user).is_some() || view.user_of_device(device).is_some() {
+        return Err(AuthzError::Invalid {
+            index: 0,
+            why: "already a member",
+        });
+    }
+    let Some(state) = view.invites().get(&token.code) else {
+        return Err(AuthzError::Invite("unknown invite"));
+    };
+    if token.guild != view.guild() || token.invite != state.invite || !token.verify() {
+        return Err(AuthzError::Invite(
+            "token does not match the recorded invite",
+        ));
+    }
+    if view.user_of_device(&token.issuer) != Some(&state.invite.creator) {
+        return Err(AuthzError::Invite(
+            "token not signed by the creator's device",
+        ));
+    }
+    if state.revoked {
+        return Err(AuthzError::Invite("revoked"));
+    }
+    if state.invite.expires_at != 0 && time >= state.invite.expires_at {
+        return Err(AuthzError::Invite("expired"));
+    }
+    if state.invite.max_uses != 0 && state.uses >= state.invite.max_uses {
+        return Err(AuthzError::Invite("exhausted"));
+    }
+    Ok(Effects {
+        author: Some(cert.user),
+        adds: vec![Addition::Member(cert.user), Addition::Redeem(token.code)],
+        ..Effects::default()
+    })
+}

@@ -1,0 +1,230 @@
+//! The signed envelope every guild change travels in.
+//!
+//! Wire format (version 1), through the shared codec:
+//!
+//! ```text
+//! u8 version = 1 | guild id (32) | author device public key (32)
+//! | u32 length + Automerge change bytes (at most MAX_CHANGE_BYTES) | Ed25519 signature (64)
+//! ```
+//!
+//! The signature is the author device's, under [`CHANGE_LABEL`], over everything before it.
+//! [`SignedChange::open`] checks, before the change can touch any document: strict decoding,
+//! the signature, that the Automerge change parses (which also checks its hash), and that the
+//! change's Automerge actor id is exactly the author's device public key ([`actor_for`]), so a
+//! device cannot author changes under another device's actor id and an actor id names one device.
+//! Only then are the ops decoded ([`crate::ops::ops_of`]).
+
+use automerge::{ActorId, Change, ChangeHash};
+use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
+use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey, SigLabel, Signature};
+use thiserror::Error;
+
+use crate::ops::{GuildOp, OpsError, ops_of};
+use crate::schema::GuildId;
+
+/// Signature label for guild changes.
+pub const CHANGE_LABEL: SigLabel = SigLabel("SecureComm/crdt/change v1");
+/// Version byte of [`SignedChange`].
+pub const ENVELOPE_VERSION: u8 = 1;
+/// Largest Automerge change accepted, in bytes.
+pub const MAX_CHANGE_BYTES: usize = 256 * 1024;
+
+/// The Automerge actor id bound to a device: its public key's 32 bytes.
+pub fn actor_for(device: &DevicePublicKey) -> ActorId {
+    ActorId::from(device.as_bytes())
+}
+
+/// Parses Automerge change bytes, turning a panic inside Automerge into an error.
+///
+/// Automerge 0.12's parser panics on some malformed inputs (found by the `crdt_envelope` fuzz
+/// target: a 21-byte bundle chunk). Anyone can sign garbage with their own device key, so the
+/// parse must not be able to take the replica down.
+///
+/// Only uncompressed change chunks (chunk type 1) are accepted: a guild change is never a
+/// document, compressed or bundle chunk, and Automerge's bundle parser can be made to allocate
+/// gigabytes from a few bytes (also a fuzz finding).
+pub fn parse_change(bytes: &[u8]) -> Result<Change, String> {
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    if bytes.get(..4) != Some(&MAGIC[..]) || bytes.get(8) != Some(&1) {
+        return Err("expected an uncompressed Automerge change chunk".into());
+    }
+    let owned = bytes.to_vec();
+    match std::panic::catch_unwind(move || Change::from_bytes(owned)) {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("Automerge parser panicked".into()),
+    }
+}
+
+/// A guild change with its author's signature.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SignedChange {
+    /// The guild it belongs to.
+    pub guild: GuildId,
+    /// The authoring device.
+    pub author: DevicePublicKey,
+    /// The raw Automerge change.
+    pub change: Vec<u8>,
+    /// The author's signature.
+    pub sig: Signature,
+}
+
+impl std::fmt::Debug for SignedChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedChange")
+            .field("guild", &self.guild)
+            .field("author", &self.author)
+            .field("change_len", &self.change.len())
+            .finish()
+    }
+}
+
+/// Why an envelope was rejected before reaching the document.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EnvelopeError {
+    /// The bytes are not a valid envelope encoding.
+    #[error("malformed envelope: {0}")]
+    Decode(#[from] DecodeError),
+    /// The envelope is for another guild.
+    #[error("envelope for guild {got:?}, expected {expected:?}")]
+    WrongGuild {
+        /// This guild.
+        expected: GuildId,
+        /// The envelope's.
+        got: GuildId,
+    },
+    /// The signature does not verify under the author's key.
+    #[error("change signature does not verify")]
+    BadSignature,
+    /// The Automerge bytes are not a valid change.
+    #[error("invalid Automerge change: {0}")]
+    BadChange(String),
+    /// The change's actor id is not the author device's.
+    #[error("actor id does not belong to the author device")]
+    ActorMismatch,
+    /// The change is not a well-formed list of guild ops.
+    #[error("{0}")]
+    Ops(#[from] OpsError),
+}
+
+/// An envelope whose signature, change and ops have been checked.
+#[derive(Debug, Clone)]
+pub struct OpenedChange {
+    /// The envelope as received.
+    pub envelope: SignedChange,
+    /// The parsed Automerge change.
+    pub change: Change,
+    /// Its decoded guild ops.
+    pub ops: Vec<GuildOp>,
+}
+
+impl OpenedChange {
+    /// The change's hash.
+    pub fn hash(&self) -> ChangeHash {
+        self.change.hash()
+    }
+}
+
+impl SignedChange {
+    fn signed_part(guild: &GuildId, author: &DevicePublicKey, change: &[u8]) -> Vec<u8> {
+        let mut w = Writer::with_capacity(change.len() + 80);
+        w.u8(ENVELOPE_VERSION);
+        guild.encode(&mut w);
+        author.encode(&mut w);
+        w.bytes32(change);
+        w.into_bytes()
+    }
+
+    /// Signs raw change bytes with the author's device key.
+    pub fn sign(device: &DeviceSigningKey, guild: GuildId, change: Vec<u8>) -> Self {
+        let author = device.public();
+        let sig = device.sign(CHANGE_LABEL, &Self::signed_part(&guild, &author, &change));
+        Self {
+            guild,
+            author,
+            change,
+            sig,
+        }
+    }
+
+    /// Verifies the signature and the actor binding, parses the change and decodes its ops.
+    pub fn open(self, guild: &GuildId) -> Result<OpenedChange, EnvelopeError> {
+        if &self.guild != guild {
+            return Err(EnvelopeError::WrongGuild {
+                expected: *guild,
+                got: self.guild,
+            });
+        }
+        self.author
+            .verify(
+                CHANGE_LABEL,
+                &Self::signed_part(&self.guild, &self.author, &self.change),
+                &self.sig,
+            )
+            .map_err(|_| EnvelopeError::BadSignature)?;
+        let change = parse_change(&self.change).map_err(EnvelopeError::BadChange)?;
+        self.finish_open(change)
+    }
+
+    /// Like [`SignedChange::open`] for a change already parsed from `self.change` (when loading
+    /// a saved document): checks the signature, the actor binding and the ops.
+    pub fn open_parsed(
+        self,
+        guild: &GuildId,
+        change: Change,
+    ) -> Result<OpenedChange, EnvelopeError> {
+        if &self.guild != guild {
+            return Err(EnvelopeError::WrongGuild {
+                expected: *guild,
+                got: self.guild,
+            });
+        }
+        if change.raw_bytes() != self.change.as_slice() {
+            return Err(EnvelopeError::BadChange(
+                "parsed change differs from envelope".into(),
+            ));
+        }
+        self.author
+            .verify(
+                CHANGE_LABEL,
+                &Self::signed_part(&self.guild, &self.author, &self.change),
+                &self.sig,
+            )
+            .map_err(|_| EnvelopeError::BadSignature)?;
+        self.finish_open(change)
+    }
+
+    fn finish_open(self, change: Change) -> Result<OpenedChange, EnvelopeError> {
+        if change.actor_id() != &actor_for(&self.author) {
+            return Err(EnvelopeError::ActorMismatch);
+        }
+        let ops = ops_of(&change)?;
+        Ok(OpenedChange {
+            envelope: self,
+            change,
+            ops,
+        })
+    }
+}
+
+impl Encode for SignedChange {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(ENVELOPE_VERSION);
+        self.guild.encode(w);
+        self.author.encode(w);
+        w.bytes32(&self.change);
+        self.sig.encode(w);
+    }
+}
+
+impl Decode for SignedChange {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.version("signed change", ENVELOPE_VERSION)?;
+        Ok(Self {
+            guild: GuildId::decode(r)?,
+            author: DevicePublicKey::decode(r)?,
+            change: r.bytes32("change", MAX_CHANGE_BYTES)?.to_vec(),
+            sig: Signature::decode(r)?,
+        })
+    }
+}

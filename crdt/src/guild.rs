@@ -1,0 +1,1023 @@
+//! A guild replica: the Automerge document, the accepted-change DAG, validation and the fold.
+//!
+//! See the crate docs for the rules. This module holds the mechanics:
+//!
+//! * [`Guild::receive`] opens envelopes, parks changes whose dependencies are missing (bounded),
+//!   validates ready ones against their causal past and only then applies them to the document.
+//! * The state of a causal past is a [`GuildView`] folded from exactly the change's ancestors.
+//!   One folded view is cached with the head set it was computed for; a change whose
+//!   dependencies equal that head set (the common case: linear history, or the next change of
+//!   a branch being replayed) is validated in O(its ops) and advances the cache. Otherwise the
+//!   ancestors are folded from scratch (O(ancestors)).
+//! * Concurrency between two changes is decided on the DAG: `x` is an ancestor of `y` if a
+//!   backward walk from `y` reaches it. The walk prunes changes that arrived before `x`, and
+//!   stops early at any change that was *full* on arrival (its dependencies covered all heads
+//!   known then, so everything that arrived earlier is its ancestor). In linear history every
+//!   change is full and the test is O(1).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+
+use automerge::sync::{Message, State as SyncState, SyncDoc};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{Automerge, ChangeHash, ROOT, ReadDoc, ScalarValue};
+use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
+use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey, RootSigningKey, Signature};
+use thiserror::Error;
+
+use crate::authz::{Addition, AuthzError, Effects, Restriction, authorize};
+use crate::envelope::{EnvelopeError, OpenedChange, SignedChange, actor_for, parse_change};
+use crate::ops::{GuildOp, MAX_OPS_PER_CHANGE};
+use crate::schema::{DeviceCert, GuildId, UserId};
+use crate::view::{ApplyCtx, GuildView, MembershipEvent, membership_events};
+
+/// Most changes parked while waiting for their dependencies.
+pub const MAX_PENDING: usize = 65_536;
+/// Most envelopes in one sync message.
+pub const MAX_SYNC_CHANGES: usize = 1 << 20;
+/// Largest encoded Automerge sync message (without changes) we accept.
+pub const MAX_SYNC_CONTROL: usize = 1 << 20;
+/// Largest saved Automerge document we load.
+pub const MAX_SAVED_DOC: usize = 1 << 30;
+
+const SAVE_VERSION: u8 = 1;
+const SYNC_VERSION: u8 = 1;
+
+/// Why a change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RejectReason {
+    /// The envelope failed its checks.
+    #[error("{0}")]
+    Envelope(#[from] EnvelopeError),
+    /// The change is not authorized in its causal past.
+    #[error("{0}")]
+    Unauthorized(#[from] AuthzError),
+    /// A change with no dependencies that is not this guild's genesis.
+    #[error("expected the genesis change {expected:?}, got another root change")]
+    NotGenesis {
+        /// The guild id (= genesis hash).
+        expected: GuildId,
+    },
+    /// The author device's changes are not one linear chain (a repeated or skipped sequence
+    /// number, or a change that does not descend from the device's previous change).
+    #[error("device sequence {got} does not extend its chain at {last}")]
+    Chain {
+        /// The device's last accepted sequence number.
+        last: u64,
+        /// The change's sequence number.
+        got: u64,
+    },
+    /// The change's time is negative or earlier than one of its dependencies.
+    #[error("change time {got} is before its causal past ({floor})")]
+    Time {
+        /// Latest time among its dependencies.
+        floor: i64,
+        /// Its time.
+        got: i64,
+    },
+    /// Depends on a change that was rejected.
+    #[error("depends on a rejected change")]
+    RejectedDependency,
+    /// Too many changes are waiting for dependencies.
+    #[error("pending buffer full ({MAX_PENDING})")]
+    PendingFull,
+    /// Automerge refused the change.
+    #[error("document refused the change: {0}")]
+    Document(String),
+}
+
+/// Errors of local operations (creating changes, sync, load).
+#[derive(Debug, Error)]
+pub enum GuildError {
+    /// The local change would not be authorized.
+    #[error("{0}")]
+    Rejected(#[from] RejectReason),
+    /// Bytes did not decode.
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    /// Automerge failed.
+    #[error("automerge: {0}")]
+    Automerge(String),
+    /// A peer's sync message carried changes outside signed envelopes.
+    #[error("sync message carried unsigned changes")]
+    UnsignedChanges,
+    /// Too many or no ops in a local change.
+    #[error("expected 1 to {MAX_OPS_PER_CHANGE} ops, got {0}")]
+    OpCount(usize),
+}
+
+/// What happened to a batch of received changes.
+#[derive(Debug, Default)]
+pub struct ReceiveReport {
+    /// Hashes accepted into the document.
+    pub accepted: Vec<ChangeHash>,
+    /// Changes refused, with why; the peer that sent them may be penalised.
+    pub rejected: Vec<(Option<ChangeHash>, RejectReason)>,
+    /// Changes already known.
+    pub duplicates: usize,
+    /// Changes parked until their dependencies arrive.
+    pub pending: usize,
+}
+
+#[derive(Debug)]
+struct Node {
+    hash: ChangeHash,
+    deps: Vec<u32>,
+    children: Vec<u32>,
+    full: bool,
+    author: DevicePublicKey,
+    sig: Signature,
+    time: u64,
+    ops: Vec<GuildOp>,
+    fx: Effects,
+}
+
+/// One replica of a guild.
+#[derive(Debug)]
+pub struct Guild {
+    id: GuildId,
+    doc: Automerge,
+    nodes: Vec<Node>,
+    index: HashMap<ChangeHash, u32>,
+    heads: BTreeSet<u32>,
+    actor_last: HashMap<DevicePublicKey, (u64, u32)>,
+    pending: HashMap<ChangeHash, OpenedChange>,
+    missing: HashMap<ChangeHash, usize>,
+    waiting_on: HashMap<ChangeHash, Vec<ChangeHash>>,
+    rejected: HashSet<ChangeHash>,
+    cache_heads: Vec<u32>,
+    cache_view: GuildView,
+    last_membership: (BTreeMap<UserId, Vec<DevicePublicKey>>, BTreeSet<UserId>),
+}
+
+/// Per-peer sync state.
+#[derive(Debug, Default)]
+pub struct PeerSync {
+    state: SyncState,
+}
+
+impl PeerSync {
+    /// Fresh state for a peer we have not synced with in this session.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Guild {
+    /// An empty replica of guild `id`, to be filled by sync (it accepts only the genesis whose
+    /// hash is `id` as its first change).
+    pub fn join(id: GuildId) -> Self {
+        Self {
+            id,
+            doc: Automerge::new(),
+            nodes: Vec::new(),
+            index: HashMap::new(),
+            heads: BTreeSet::new(),
+            actor_last: HashMap::new(),
+            pending: HashMap::new(),
+            missing: HashMap::new(),
+            waiting_on: HashMap::new(),
+            rejected: HashSet::new(),
+            cache_heads: Vec::new(),
+            cache_view: GuildView::empty(id),
+            last_membership: Default::default(),
+        }
+    }
+
+    /// Creates a guild owned by `owner`, whose first device is `device`. Returns the replica
+    /// and the genesis envelope (which other replicas receive first).
+    pub fn create(
+        owner: &RootSigningKey,
+        device: &DeviceSigningKey,
+        name: &str,
+        time: u64,
+        nonce: [u8; 16],
+    ) -> Result<(Self, SignedChange), GuildError> {
+        let op = GuildOp::Genesis {
+            name: name.to_owned(),
+            owner: DeviceCert::issue(owner, device.public()),
+            nonce,
+        };
+        let mut scratch = Automerge::new().with_actor(actor_for(&device.public()));
+        let mut tx = scratch.transaction();
+        tx.put(ROOT, op.slot(), ScalarValue::Bytes(op.to_bytes()))
+            .map_err(|e| GuildError::Automerge(e.to_string()))?;
+        let (hash, _) = tx.commit_with(CommitOptions::default().with_time(to_i64(time)));
+        let hash = hash.ok_or_else(|| GuildError::Automerge("empty genesis".into()))?;
+        let change = scratch
+            .get_change_by_hash(&hash)
+            .ok_or_else(|| GuildError::Automerge("genesis vanished".into()))?;
+        let id = GuildId(hash.0);
+        let env = SignedChange::sign(device, id, change.raw_bytes().to_vec());
+        let mut g = Self::join(id);
+        let report = g.receive(vec![env.clone()]);
+        if let Some((_, why)) = report.rejected.into_iter().next() {
+            return Err(GuildError::Rejected(why));
+        }
+        Ok((g, env))
+    }
+
+    /// The guild's id.
+    pub fn id(&self) -> GuildId {
+        self.id
+    }
+
+    /// Number of accepted changes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether no change (not even the genesis) is accepted yet.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Hashes of the current heads.
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.heads
+            .iter()
+            .filter_map(|i| self.node(*i).map(|n| n.hash))
+            .collect()
+    }
+
+    /// The underlying Automerge document (read-only).
+    pub fn doc(&self) -> &Automerge {
+        &self.doc
+    }
+
+    /// Every accepted change, as envelopes, in an order where dependencies come first.
+    pub fn envelopes(&self) -> Vec<SignedChange> {
+        (0..self.nodes.len())
+            .filter_map(|i| self.envelope_at(i))
+            .collect()
+    }
+
+    /// The envelope of an accepted change.
+    pub fn envelope(&self, hash: &ChangeHash) -> Option<SignedChange> {
+        let i = *self.index.get(hash)?;
+        self.envelope_at(i as usize)
+    }
+
+    fn envelope_at(&self, i: usize) -> Option<SignedChange> {
+        let n = self.nodes.get(i)?;
+        let change = self.doc.get_change_by_hash(&n.hash)?;
+        Some(SignedChange {
+            guild: self.id,
+            author: n.author,
+            change: change.raw_bytes().to_vec(),
+            sig: n.sig,
+        })
+    }
+
+    fn node(&self, i: u32) -> Option<&Node> {
+        self.nodes.get(i as usize)
+    }
+
+    // ---- receiving -----------------------------------------------------------------------
+
+    /// Checks and applies received envelopes. Each is opened (signature, actor binding, ops),
+    /// parked until its dependencies are known, then validated against its causal past; only
+    /// accepted changes reach the document.
+    pub fn receive(&mut self, envelopes: Vec<SignedChange>) -> ReceiveReport {
+        let mut report = ReceiveReport::default();
+        let mut ready: Vec<ChangeHash> = Vec::new();
+        // The rejected set only short-circuits re-delivery; forgetting it is safe.
+        if self.rejected.len() > MAX_PENDING {
+            self.rejected.clear();
+        }
+        for env in envelopes {
+            let opened = match env.open(&self.id) {
+                Ok(o) => o,
+                Err(e) => {
+                    report.rejected.push((None, e.into()));
+                    continue;
+                }
+            };
+            let hash = opened.hash();
+            if self.index.contains_key(&hash) || self.pending.contains_key(&hash) {
+                report.duplicates += 1;
+                continue;
+            }
+            let deps = opened.change.deps();
+            if self.rejected.contains(&hash) || deps.iter().any(|d| self.rejected.contains(d)) {
+                self.rejected.insert(hash);
+                report
+                    .rejected
+                    .push((Some(hash), RejectReason::RejectedDependency));
+                continue;
+            }
+            if self.pending.len() >= MAX_PENDING {
+                report
+                    .rejected
+                    .push((Some(hash), RejectReason::PendingFull));
+                continue;
+            }
+            let missing: Vec<ChangeHash> = deps
+                .iter()
+                .filter(|d| !self.index.contains_key(d))
+                .copied()
+                .collect();
+            if missing.is_empty() {
+                ready.push(hash);
+            } else {
+                for d in &missing {
+                    self.waiting_on.entry(*d).or_default().push(hash);
+                }
+            }
+            self.missing.insert(hash, missing.len());
+            self.pending.insert(hash, opened);
+        }
+        self.drain(ready, &mut report);
+        report.pending = self.pending.len();
+        report
+    }
+
+    /// Processes ready changes; each acceptance may make parked dependents ready, each
+    /// rejection rejects them.
+    fn drain(&mut self, mut ready: Vec<ChangeHash>, report: &mut ReceiveReport) {
+        // Automerge applies a batch far faster than the same changes one by one, so accepted
+        // changes are collected and applied together at the end.
+        let mut batch: Vec<automerge::Change> = Vec::new();
+        while let Some(h) = ready.pop() {
+            self.missing.remove(&h);
+            let Some(o) = self.pending.remove(&h) else {
+                continue;
+            };
+            let change = o.change.clone();
+            let outcome = self
+                .validate(&o)
+                .and_then(|checked| self.commit(o, checked, false));
+            if outcome.is_ok() {
+                batch.push(change);
+            }
+            let dependents = self.waiting_on.remove(&h).unwrap_or_default();
+            match outcome {
+                Ok(()) => {
+                    report.accepted.push(h);
+                    for d in dependents {
+                        if let Some(m) = self.missing.get_mut(&d) {
+                            *m = m.saturating_sub(1);
+                            if *m == 0 {
+                                ready.push(d);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.rejected.insert(h);
+                    report.rejected.push((Some(h), e));
+                    let mut stack = dependents;
+                    while let Some(d) = stack.pop() {
+                        if self.pending.remove(&d).is_some() {
+                            self.missing.remove(&d);
+                            self.rejected.insert(d);
+                            report
+                                .rejected
+                                .push((Some(d), RejectReason::RejectedDependency));
+                            stack.extend(self.waiting_on.remove(&d).unwrap_or_default());
+                        }
+                    }
+                }
+            }
+        }
+        if !batch.is_empty()
+            && let Err(e) = self.doc.apply_changes(batch.clone())
+        {
+            // Every change was validated and its dependencies are present, so Automerge should
+            // not refuse; if it does, retry one by one and report what it refused.
+            for c in batch {
+                let h = c.hash();
+                if let Err(e2) = self.doc.apply_changes(std::iter::once(c)) {
+                    report
+                        .rejected
+                        .push((Some(h), RejectReason::Document(format!("{e}; {e2}"))));
+                }
+            }
+        }
+    }
+
+    fn validate(&mut self, o: &OpenedChange) -> Result<Checked, RejectReason> {
+        let change = &o.change;
+        let deps: Vec<u32> = {
+            let mut d: Vec<u32> = change
+                .deps()
+                .iter()
+                .filter_map(|h| self.index.get(h).copied())
+                .collect();
+            d.sort_unstable();
+            d.dedup();
+            d
+        };
+        let genesis = deps.is_empty();
+        if genesis && o.hash().0 != self.id.0 {
+            return Err(RejectReason::NotGenesis { expected: self.id });
+        }
+        // The device's changes form one chain: seq n must descend from seq n-1.
+        let seq = change.seq();
+        match self.actor_last.get(&o.envelope.author) {
+            None if seq == 1 => {}
+            Some((last, prev)) if *last + 1 == seq && self.reaches(*prev, &deps) => {}
+            other => {
+                return Err(RejectReason::Chain {
+                    last: other.map_or(0, |(l, _)| *l),
+                    got: seq,
+                });
+            }
+        }
+        let time = change.timestamp();
+        let floor = deps
+            .iter()
+            .filter_map(|d| self.node(*d))
+            .map(|n| to_i64(n.time))
+            .max()
+            .unwrap_or(0);
+        if time < floor || time < 0 {
+            return Err(RejectReason::Time { floor, got: time });
+        }
+        let time = u64::try_from(time).unwrap_or(0);
+        let view = self.prepare_cache(&deps);
+        let fx = authorize(view, &o.envelope.author, time, &o.ops, genesis)?;
+        Ok(Checked { deps, time, fx })
+    }
+
+    /// Makes the cache hold the view of exactly the ancestors of `deps`.
+    fn prepare_cache(&mut self, deps: &[u32]) -> &GuildView {
+        if self.cache_heads != deps {
+            self.cache_view = if deps.is_empty() {
+                GuildView::empty(self.id)
+            } else {
+                self.fold(Some(deps))
+            };
+            self.cache_heads = deps.to_vec();
+        }
+        &self.cache_view
+    }
+
+    fn commit(
+        &mut self,
+        o: OpenedChange,
+        checked: Checked,
+        apply_to_doc: bool,
+    ) -> Result<(), RejectReason> {
+        let hash = o.hash();
+        if apply_to_doc {
+            self.doc
+                .apply_changes(std::iter::once(o.change.clone()))
+                .map_err(|e| RejectReason::Document(e.to_string()))?;
+        }
+        let idx = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
+        let full = self.heads.iter().all(|h| checked.deps.contains(h));
+        for d in &checked.deps {
+            if let Some(n) = self.nodes.get_mut(*d as usize) {
+                n.children.push(idx);
+            }
+            self.heads.remove(d);
+        }
+        self.heads.insert(idx);
+        self.actor_last
+            .insert(o.envelope.author, (o.change.seq(), idx));
+        self.index.insert(hash, idx);
+        let node = Node {
+            hash,
+            deps: checked.deps,
+            children: Vec::new(),
+            full,
+            author: o.envelope.author,
+            sig: o.envelope.sig,
+            time: checked.time,
+            ops: o.ops,
+            fx: checked.fx,
+        };
+        // The cache held the view of this change's causal past; the change is the last in the
+        // canonical order of its past plus itself and concurrent with nothing there, so it
+        // applies directly.
+        if self.cache_heads == node.deps {
+            apply_node(&mut self.cache_view, &node);
+            self.cache_heads = vec![idx];
+        }
+        self.nodes.push(node);
+        Ok(())
+    }
+
+    // ---- local changes -------------------------------------------------------------------
+
+    /// Authors a change made of `ops` with `device` at `time` (seconds since the Unix epoch),
+    /// after checking locally that every replica will accept it. Returns the envelope to send.
+    pub fn change(
+        &mut self,
+        device: &DeviceSigningKey,
+        time: u64,
+        ops: Vec<GuildOp>,
+    ) -> Result<SignedChange, GuildError> {
+        if ops.is_empty() || ops.len() > MAX_OPS_PER_CHANGE {
+            return Err(GuildError::OpCount(ops.len()));
+        }
+        let author = device.public();
+        let deps: Vec<u32> = self.heads.iter().copied().collect();
+        let floor = deps
+            .iter()
+            .filter_map(|d| self.node(*d))
+            .map(|n| n.time)
+            .max()
+            .unwrap_or(0);
+        if time < floor {
+            return Err(RejectReason::Time {
+                floor: to_i64(floor),
+                got: to_i64(time),
+            }
+            .into());
+        }
+        let view = self.prepare_cache(&deps);
+        authorize(view, &author, time, &ops, false).map_err(RejectReason::from)?;
+        let mut seen = BTreeSet::new();
+        for op in &ops {
+            if !seen.insert(op.slot()) {
+                return Err(RejectReason::Envelope(EnvelopeError::Ops(
+                    crate::ops::OpsError::DuplicateSlot(op.slot()),
+                ))
+                .into());
+            }
+        }
+        self.doc.set_actor(actor_for(&author));
+        let mut tx = self.doc.transaction();
+        for op in &ops {
+            tx.put(ROOT, op.slot(), ScalarValue::Bytes(op.to_bytes()))
+                .map_err(|e| GuildError::Automerge(e.to_string()))?;
+        }
+        let (hash, _) = tx.commit_with(CommitOptions::default().with_time(to_i64(time)));
+        let hash = hash.ok_or_else(|| GuildError::Automerge("empty change".into()))?;
+        let change = self
+            .doc
+            .get_change_by_hash(&hash)
+            .ok_or_else(|| GuildError::Automerge("change vanished".into()))?;
+        let env = SignedChange::sign(device, self.id, change.raw_bytes().to_vec());
+        let opened = env
+            .clone()
+            .open(&self.id)
+            .map_err(|e| GuildError::Rejected(e.into()))?;
+        let checked = self.validate(&opened)?;
+        self.commit(opened, checked, false)?;
+        Ok(env)
+    }
+
+    /// Builds and signs a change of `ops` on the current heads **without** authorizing it and
+    /// without recording it here: for adversarial tests and simulations of misbehaving peers.
+    #[doc(hidden)]
+    pub fn forge_change(
+        &self,
+        device: &DeviceSigningKey,
+        time: u64,
+        ops: &[GuildOp],
+    ) -> Result<SignedChange, GuildError> {
+        let mut doc = self.doc.clone();
+        doc.set_actor(actor_for(&device.public()));
+        let mut tx = doc.transaction();
+        for op in ops {
+            tx.put(ROOT, op.slot(), ScalarValue::Bytes(op.to_bytes()))
+                .map_err(|e| GuildError::Automerge(e.to_string()))?;
+        }
+        let (hash, _) = tx.commit_with(CommitOptions::default().with_time(to_i64(time)));
+        let hash = hash.ok_or_else(|| GuildError::Automerge("empty change".into()))?;
+        let change = doc
+            .get_change_by_hash(&hash)
+            .ok_or_else(|| GuildError::Automerge("change vanished".into()))?;
+        Ok(SignedChange::sign(
+            device,
+            self.id,
+            change.raw_bytes().to_vec(),
+        ))
+    }
+
+    // ---- resolved view -------------------------------------------------------------------
+
+    /// The resolved view of every accepted change.
+    pub fn view(&mut self) -> &GuildView {
+        let heads: Vec<u32> = self.heads.iter().copied().collect();
+        self.prepare_cache(&heads)
+    }
+
+    /// Recomputes the resolved view from scratch (the cache is ignored), for benchmarks and
+    /// tests of determinism.
+    pub fn resolve_from_scratch(&self) -> GuildView {
+        if self.nodes.is_empty() {
+            return GuildView::empty(self.id);
+        }
+        self.fold(None)
+    }
+
+    /// Membership changes since the last call, for the key-agreement layer.
+    pub fn take_membership_events(&mut self) -> Vec<MembershipEvent> {
+        let now = self.view().membership();
+        let events = membership_events(&self.last_membership, &now);
+        self.last_membership = now;
+        events
+    }
+
+    /// Folds the ancestors of `deps` (or everything) in canonical order with the conflict rules.
+    fn fold(&self, deps: Option<&[u32]>) -> GuildView {
+        let n = self.nodes.len();
+        let in_set: Vec<bool> = match deps {
+            None => vec![true; n],
+            Some(d) => {
+                let mut s = vec![false; n];
+                let mut stack: Vec<u32> = d.to_vec();
+                while let Some(i) = stack.pop() {
+                    if let Some(slot) = s.get_mut(i as usize)
+                        && !*slot
+                    {
+                        *slot = true;
+                        if let Some(node) = self.node(i) {
+                            stack.extend_from_slice(&node.deps);
+                        }
+                    }
+                }
+                s
+            }
+        };
+        let order = self.canonical_order(&in_set);
+        let idx = RestrictionIndex::build(&self.nodes, &order);
+        let mut view = GuildView::empty(self.id);
+        for i in order {
+            let Some(node) = self.node(i) else { continue };
+            if !self.is_void(i, node, &view, &idx) {
+                apply_node(&mut view, node);
+            }
+        }
+        view
+    }
+
+    /// Kahn's algorithm over the set, always taking the ready change with the smallest hash.
+    fn canonical_order(&self, in_set: &[bool]) -> Vec<u32> {
+        let mut indeg: Vec<u32> = vec![0; self.nodes.len()];
+        let mut heap = BinaryHeap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if in_set.get(i).copied().unwrap_or(false) {
+                let d = u32::try_from(node.deps.len()).unwrap_or(u32::MAX);
+                if let Some(x) = indeg.get_mut(i) {
+                    *x = d;
+                }
+                if d == 0 {
+                    heap.push(Reverse((node.hash, i as u32)));
+                }
+            }
+        }
+        let mut order = Vec::with_capacity(self.nodes.len());
+        while let Some(Reverse((_, i))) = heap.pop() {
+            order.push(i);
+            let Some(node) = self.node(i) else { continue };
+            for c in &node.children {
+                if !in_set.get(*c as usize).copied().unwrap_or(false) {
+                    continue;
+                }
+                if let Some(x) = indeg.get_mut(*c as usize) {
+                    *x = x.saturating_sub(1);
+                    if *x == 0
+                        && let Some(cn) = self.node(*c)
+                    {
+                        heap.push(Reverse((cn.hash, *c)));
+                    }
+                }
+            }
+        }
+        order
+    }
+
+    /// The conflict rules (crate docs, "Conflict rules").
+    fn is_void(&self, i: u32, a: &Node, view: &GuildView, idx: &RestrictionIndex) -> bool {
+        let Some(au) = a.fx.author else { return false };
+        // Rule 1: an action concurrent with its author's removal or demotion is void.
+        let held: Vec<crate::schema::RoleId> = view
+            .member(&au)
+            .map(|m| m.roles.iter().copied().collect())
+            .unwrap_or_default();
+        let mut candidates: Vec<u32> = idx.by_user.get(&au).cloned().unwrap_or_default();
+        if !a.fx.author_is_owner {
+            for r in &held {
+                if let Some(v) = idx.by_role.get(r) {
+                    candidates.extend_from_slice(v);
+                }
+            }
+        }
+        for r in candidates {
+            if r == i {
+                continue;
+            }
+            let Some(rn) = self.node(r) else { continue };
+            let hits_author = rn.fx.restricts.iter().any(|x| match x {
+                Restriction::Remove(u)
+                | Restriction::RevokeRole(u, _)
+                | Restriction::Ownership(u) => *u == au,
+                Restriction::ReduceRole(role) => !a.fx.author_is_owner && held.contains(role),
+                Restriction::RevokeInvite(_) => false,
+            });
+            if !hits_author || !self.concurrent(i, r) {
+                continue;
+            }
+            // Mutual removals remove both: removing exactly the one who removes you stands.
+            if a.fx.only_restricts.is_some() && a.fx.only_restricts == rn.fx.author {
+                continue;
+            }
+            // Racing ownership transfers: the smaller change hash wins.
+            if a.fx.transfers_ownership && rn.fx.transfers_ownership && a.hash < rn.hash {
+                continue;
+            }
+            return true;
+        }
+        // Rule 2: a (re-)addition racing the matching removal loses, unless the owner adds and
+        // a non-owner removes.
+        for add in &a.fx.adds {
+            let list = match add {
+                Addition::Member(v) | Addition::Role(v, _) => idx.by_user.get(v),
+                Addition::Redeem(code) => idx.by_invite.get(code),
+            };
+            for r in list.into_iter().flatten() {
+                let Some(rn) = self.node(*r) else { continue };
+                if *r == i
+                    || !rn.fx.restricts.iter().any(|x| undoes(add, x))
+                    || !self.concurrent(i, *r)
+                {
+                    continue;
+                }
+                if a.fx.author_is_owner && !rn.fx.author_is_owner {
+                    continue;
+                }
+                return true;
+            }
+        }
+        // Rule 3: the owner outranks all: a non-owner's removal racing the owner's (re-)addition
+        // of the same member or role is void.
+        if !a.fx.author_is_owner {
+            for x in &a.fx.restricts {
+                let (Restriction::Remove(v) | Restriction::RevokeRole(v, _)) = x else {
+                    continue;
+                };
+                for o in idx.owner_adds.get(v).into_iter().flatten() {
+                    let Some(on) = self.node(*o) else { continue };
+                    if *o != i
+                        && on.fx.adds.iter().any(|ad| undoes(ad, x))
+                        && self.concurrent(i, *o)
+                    {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    fn concurrent(&self, a: u32, b: u32) -> bool {
+        a != b && !self.is_ancestor(a, b) && !self.is_ancestor(b, a)
+    }
+
+    /// Whether `x` is a proper ancestor of `y`.
+    fn is_ancestor(&self, x: u32, y: u32) -> bool {
+        if x >= y {
+            return false; // ancestors always arrive first
+        }
+        let Some(yn) = self.node(y) else { return false };
+        if yn.full {
+            return true;
+        }
+        let mut seen = HashSet::new();
+        let mut stack: Vec<u32> = yn.deps.clone();
+        while let Some(z) = stack.pop() {
+            if z == x {
+                return true;
+            }
+            if z < x || !seen.insert(z) {
+                continue;
+            }
+            let Some(zn) = self.node(z) else { continue };
+            if zn.full {
+                return true; // z > x arrived later and covers everything before it
+            }
+            stack.extend_from_slice(&zn.deps);
+        }
+        false
+    }
+
+    /// Whether `x` is `deps` or an ancestor of one of them.
+    fn reaches(&self, x: u32, deps: &[u32]) -> bool {
+        deps.iter().any(|d| *d == x || self.is_ancestor(x, *d))
+    }
+
+    // ---- persistence -----------------------------------------------------------------------
+
+    /// Saves the document and the signatures, to be sealed by the caller.
+    pub fn save(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(SAVE_VERSION);
+        self.id.encode(&mut w);
+        w.bytes32(&self.doc.save());
+        w.u32(u32::try_from(self.nodes.len()).unwrap_or(u32::MAX));
+        for n in &self.nodes {
+            w.put(&n.hash.0);
+            n.sig.encode(&mut w);
+        }
+        w.into_bytes()
+    }
+
+    /// Loads a saved replica, re-checking every signature and re-validating every change.
+    pub fn load(bytes: &[u8]) -> Result<Self, GuildError> {
+        let mut r = Reader::new(bytes);
+        r.version("saved guild", SAVE_VERSION)?;
+        let id = GuildId::decode(&mut r)?;
+        let doc_bytes = r.bytes32("saved document", MAX_SAVED_DOC)?;
+        let count = r.u32()? as usize;
+        if count > r.remaining() / 96 {
+            return Err(DecodeError::TooLong {
+                what: "saved signatures",
+                max: r.remaining() / 96,
+                got: count,
+            }
+            .into());
+        }
+        let mut sigs = HashMap::with_capacity(count);
+        for _ in 0..count {
+            let h = ChangeHash(r.array()?);
+            sigs.insert(h, Signature::decode(&mut r)?);
+        }
+        r.finish()?;
+        let doc = std::panic::catch_unwind(|| Automerge::load(doc_bytes))
+            .map_err(|_| GuildError::Automerge("document parser panicked".into()))?
+            .map_err(|e| GuildError::Automerge(e.to_string()))?;
+        let mut g = Self::join(id);
+        // get_changes lists dependencies first.
+        for change in doc.get_changes(&[]) {
+            let change: automerge::Change = change;
+            let sig = sigs
+                .get(&change.hash())
+                .copied()
+                .ok_or(GuildError::UnsignedChanges)?;
+            let author = DevicePublicKey::from_bytes(
+                change
+                    .actor_id()
+                    .to_bytes()
+                    .try_into()
+                    .map_err(|_| DecodeError::Invalid("actor id"))?,
+            )
+            .map_err(|_| DecodeError::Invalid("actor id"))?;
+            let env = SignedChange {
+                guild: id,
+                author,
+                change: change.raw_bytes().to_vec(),
+                sig,
+            };
+            let opened = env
+                .open_parsed(&id, change)
+                .map_err(|e| GuildError::Rejected(e.into()))?;
+            let checked = g.validate(&opened)?;
+            g.commit(opened, checked, false)?;
+        }
+        g.doc = doc;
+        Ok(g)
+    }
+
+    // ---- sync ------------------------------------------------------------------------------
+
+    /// The next sync message for `peer`, or `None` if there is nothing to say. The Automerge
+    /// sync protocol decides what to send; every change goes out in its signed envelope.
+    pub fn generate_sync_message(&mut self, peer: &mut PeerSync) -> Option<Vec<u8>> {
+        // Never let Automerge ship a whole document: we need per-change envelopes.
+        peer.state.their_capabilities = None;
+        let mut msg = self.doc.generate_sync_message(&mut peer.state)?;
+        let mut envs = Vec::new();
+        for chunk in msg.changes.iter() {
+            if let Ok(c) = parse_change(chunk)
+                && let Some(e) = self.envelope(&c.hash())
+            {
+                envs.push(e);
+            }
+        }
+        msg.changes = automerge::sync::ChunkList::empty();
+        let mut w = Writer::new();
+        w.u8(SYNC_VERSION);
+        w.bytes32(&msg.encode());
+        w.u32(u32::try_from(envs.len()).unwrap_or(u32::MAX));
+        for e in &envs {
+            let b = e.to_bytes();
+            w.bytes32(&b);
+        }
+        Some(w.into_bytes())
+    }
+
+    /// Receives a sync message from `peer`: every change is opened and validated like any
+    /// received change; then Automerge's sync bookkeeping is updated.
+    pub fn receive_sync_message(
+        &mut self,
+        peer: &mut PeerSync,
+        bytes: &[u8],
+    ) -> Result<ReceiveReport, GuildError> {
+        let (control, envs) = decode_sync(bytes)?;
+        let msg = std::panic::catch_unwind(|| Message::decode(&control))
+            .map_err(|_| GuildError::Automerge("sync message parser panicked".into()))?
+            .map_err(|e| GuildError::Automerge(e.to_string()))?;
+        if !msg.changes.is_empty() {
+            return Err(GuildError::UnsignedChanges);
+        }
+        let report = self.receive(envs);
+        self.doc
+            .receive_sync_message(&mut peer.state, msg)
+            .map_err(|e| GuildError::Automerge(e.to_string()))?;
+        Ok(report)
+    }
+}
+
+/// Decodes a sync message into the Automerge control part and the envelopes.
+pub fn decode_sync(bytes: &[u8]) -> Result<(Vec<u8>, Vec<SignedChange>), DecodeError> {
+    let mut r = Reader::new(bytes);
+    r.version("sync message", SYNC_VERSION)?;
+    let control = r.bytes32("sync control", MAX_SYNC_CONTROL)?.to_vec();
+    let n = r.u32()? as usize;
+    if n > MAX_SYNC_CHANGES || n > r.remaining() / 4 {
+        return Err(DecodeError::TooLong {
+            what: "sync changes",
+            max: MAX_SYNC_CHANGES.min(r.remaining() / 4),
+            got: n,
+        });
+    }
+    let mut envs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let b = r.bytes32("sync envelope", crate::envelope::MAX_CHANGE_BYTES + 256)?;
+        envs.push(SignedChange::from_bytes(b)?);
+    }
+    r.finish()?;
+    Ok((control, envs))
+}
+
+#[derive(Debug)]
+struct Checked {
+    deps: Vec<u32>,
+    time: u64,
+    fx: Effects,
+}
+
+#[derive(Default)]
+struct RestrictionIndex {
+    by_user: HashMap<UserId, Vec<u32>>,
+    by_role: HashMap<crate::schema::RoleId, Vec<u32>>,
+    by_invite: HashMap<crate::schema::InviteCode, Vec<u32>>,
+    owner_adds: HashMap<UserId, Vec<u32>>,
+}
+
+impl RestrictionIndex {
+    fn build(nodes: &[Node], order: &[u32]) -> Self {
+        let mut idx = Self::default();
+        for i in order {
+            let Some(n) = nodes.get(*i as usize) else {
+                continue;
+            };
+            for r in &n.fx.restricts {
+                match r {
+                    Restriction::Remove(u)
+                    | Restriction::RevokeRole(u, _)
+                    | Restriction::Ownership(u) => idx.by_user.entry(*u).or_default().push(*i),
+                    Restriction::ReduceRole(role) => idx.by_role.entry(*role).or_default().push(*i),
+                    Restriction::RevokeInvite(c) => idx.by_invite.entry(*c).or_default().push(*i),
+                }
+            }
+            if n.fx.author_is_owner {
+                for a in &n.fx.adds {
+                    if let Addition::Member(u) | Addition::Role(u, _) = a {
+                        idx.owner_adds.entry(*u).or_default().push(*i);
+                    }
+                }
+            }
+        }
+        for v in idx
+            .by_user
+            .values_mut()
+            .chain(idx.by_role.values_mut())
+            .chain(idx.by_invite.values_mut())
+            .chain(idx.owner_adds.values_mut())
+        {
+            v.dedup();
+        }
+        idx
+    }
+}
+
+/// Whether removal `r` undoes addition `add` (same member, same role, same invite).
+fn undoes(add: &Addition, r: &Restriction) -> bool {
+    match (add, r) {
+        (Addition::Member(v) | Addition::Role(v, _), Restriction::Remove(u)) => u == v,
+        (Addition::Role(v, role), Restriction::RevokeRole(u, r)) => u == v && r == role,
+        (Addition::Redeem(c), Restriction::RevokeInvite(d)) => c == d,
+        _ => false,
+    }
+}
+
+fn apply_node(view: &mut GuildView, node: &Node) {
+    let Some(author) = node.fx.author else { return };
+    let ctx = ApplyCtx {
+        author,
+        time: node.time,
+    };
+    for op in &node.ops {
+        view.apply(op, ctx);
+    }
+}
+
+fn to_i64(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,344 @@
+//! Guild operations and how they sit inside Automerge changes.
+//!
+//! Every Automerge change of a guild document consists only of `put` operations on the root map.
+//! Each put writes one [`GuildOp`]: the key is the op's *slot* (a path such as `role/<id>` or
+//! `member/<user>/role/<id>`, see [`GuildOp::slot`]) and the value is `Bytes` holding the op's
+//! versioned encoding. [`ops_of`] turns a change back into its ops and rejects the whole change
+//! if any Automerge op is something else (another object, a delete, an insert, a non-bytes
+//! value), if a value does not decode strictly, if a key is not the slot of its op, if a slot is
+//! written twice, or if the change carries a message or extra bytes. The Automerge document is
+//! therefore a readable last-writer-wins map of the latest op per slot, and the slots are exactly
+//! the paths a change touches, which is what authorization judges.
+
+use std::collections::BTreeSet;
+
+use automerge::legacy::{Key, ObjectId, OpType};
+use automerge::{Change, ScalarValue};
+use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
+use securecomm_noise::keys::DevicePublicKey;
+use thiserror::Error;
+
+use crate::invite::InviteToken;
+use crate::schema::{
+    Channel, ChannelId, DeviceCert, InviteCode, MAX_NAME, MAX_REASON, Role, RoleId, Settings,
+    UserId, full_hex, put_str, read_str,
+};
+
+/// Version byte of an encoded [`GuildOp`].
+pub const OP_VERSION: u8 = 1;
+/// Most ops in one change.
+pub const MAX_OPS_PER_CHANGE: usize = 512;
+
+/// One typed modification of the guild.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // ops are decoded once per change and kept; no hot copies
+pub enum GuildOp {
+    /// Creates the guild: its name and owner. Only in the genesis change.
+    Genesis {
+        /// Guild name.
+        name: String,
+        /// The owner's certificate for the device authoring the genesis.
+        owner: DeviceCert,
+        /// Random bytes, so two guilds with the same owner, name and time differ.
+        nonce: [u8; 16],
+    },
+    /// Renames the guild (`MANAGE_GUILD`).
+    SetName(String),
+    /// Sets or clears the icon reference, a content hash (`MANAGE_GUILD`).
+    SetIcon(Option<[u8; 32]>),
+    /// Replaces the settings (`MANAGE_GUILD`).
+    SetSettings(Settings),
+    /// Makes another member the owner (owner only).
+    TransferOwnership(UserId),
+    /// Creates or replaces a role (`MANAGE_ROLES`, below the author's rank).
+    PutRole(RoleId, Role),
+    /// Deletes a role (`MANAGE_ROLES`, below the author's rank).
+    DeleteRole(RoleId),
+    /// Gives a member a role (`MANAGE_ROLES`, role below the author's rank).
+    GrantRole(UserId, RoleId),
+    /// Takes a role from a member (`MANAGE_ROLES`, role below the author's rank).
+    RevokeRole(UserId, RoleId),
+    /// Creates or replaces a channel (`MANAGE_CHANNELS`; changing overwrites also needs
+    /// `MANAGE_ROLES` in that channel).
+    PutChannel(ChannelId, Channel),
+    /// Deletes a channel (`MANAGE_CHANNELS` in that channel).
+    DeleteChannel(ChannelId),
+    /// Records an invite (`CREATE_INSTANT_INVITE`; the creator is the author).
+    CreateInvite(InviteCode, crate::schema::Invite),
+    /// Revokes an invite (its creator, or `MANAGE_GUILD`).
+    RevokeInvite(InviteCode),
+    /// Joins through an invite: authored by the joining device, alone in its change.
+    Redeem {
+        /// The signed invite.
+        token: InviteToken,
+        /// The joiner's certificate for the authoring device.
+        cert: DeviceCert,
+        /// Initial nickname.
+        nickname: String,
+    },
+    /// Removes a member of lower rank (`KICK_MEMBERS`).
+    Kick(UserId),
+    /// Bans a user, removing them if a member (`BAN_MEMBERS`, lower rank).
+    Ban(UserId, String),
+    /// Lifts a ban (`BAN_MEMBERS`).
+    Unban(UserId),
+    /// The author leaves (not the owner).
+    Leave(UserId),
+    /// The author changes its own nickname.
+    SetNickname(UserId, String),
+    /// The author registers another of its devices.
+    AddDevice(DeviceCert),
+    /// The author removes one of its devices.
+    RemoveDevice(UserId, DevicePublicKey),
+}
+
+impl GuildOp {
+    /// The root-map key this op is written under: the path it touches.
+    pub fn slot(&self) -> String {
+        match self {
+            Self::Genesis { .. } => "genesis".into(),
+            Self::SetName(_) => "guild/name".into(),
+            Self::SetIcon(_) => "guild/icon".into(),
+            Self::SetSettings(_) => "guild/settings".into(),
+            Self::TransferOwnership(_) => "guild/owner".into(),
+            Self::PutRole(id, _) | Self::DeleteRole(id) => format!("role/{}", id.0),
+            Self::GrantRole(u, r) | Self::RevokeRole(u, r) => {
+                format!("member/{}/role/{}", full_hex(u.as_bytes()), r.0)
+            }
+            Self::PutChannel(id, _) | Self::DeleteChannel(id) => format!("channel/{}", id.0),
+            Self::CreateInvite(c, _) | Self::RevokeInvite(c) => {
+                format!("invite/{}", full_hex(&c.0))
+            }
+            Self::Redeem { cert, .. } => format!("member/{}", full_hex(cert.user.as_bytes())),
+            Self::Kick(u) | Self::Leave(u) => format!("member/{}", full_hex(u.as_bytes())),
+            Self::Ban(u, _) | Self::Unban(u) => format!("ban/{}", full_hex(u.as_bytes())),
+            Self::SetNickname(u, _) => format!("member/{}/nick", full_hex(u.as_bytes())),
+            Self::AddDevice(c) => format!(
+                "member/{}/device/{}",
+                full_hex(c.user.as_bytes()),
+                full_hex(c.device.as_bytes())
+            ),
+            Self::RemoveDevice(u, d) => format!(
+                "member/{}/device/{}",
+                full_hex(u.as_bytes()),
+                full_hex(d.as_bytes())
+            ),
+        }
+    }
+
+    fn tag(&self) -> u8 {
+        match self {
+            Self::Genesis { .. } => 0,
+            Self::SetName(_) => 1,
+            Self::SetIcon(_) => 2,
+            Self::SetSettings(_) => 3,
+            Self::TransferOwnership(_) => 4,
+            Self::PutRole(..) => 5,
+            Self::DeleteRole(_) => 6,
+            Self::GrantRole(..) => 7,
+            Self::RevokeRole(..) => 8,
+            Self::PutChannel(..) => 9,
+            Self::DeleteChannel(_) => 10,
+            Self::CreateInvite(..) => 11,
+            Self::RevokeInvite(_) => 12,
+            Self::Redeem { .. } => 13,
+            Self::Kick(_) => 14,
+            Self::Ban(..) => 15,
+            Self::Unban(_) => 16,
+            Self::Leave(_) => 17,
+            Self::SetNickname(..) => 18,
+            Self::AddDevice(_) => 19,
+            Self::RemoveDevice(..) => 20,
+        }
+    }
+}
+
+impl Encode for GuildOp {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(OP_VERSION);
+        w.u8(self.tag());
+        match self {
+            Self::Genesis { name, owner, nonce } => {
+                put_str(w, name);
+                owner.encode(w);
+                w.put(nonce);
+            }
+            Self::SetName(n) => put_str(w, n),
+            Self::SetIcon(i) => match i {
+                None => w.u8(0),
+                Some(h) => {
+                    w.u8(1);
+                    w.put(h);
+                }
+            },
+            Self::SetSettings(s) => s.encode(w),
+            Self::TransferOwnership(u) | Self::Kick(u) | Self::Unban(u) | Self::Leave(u) => {
+                u.encode(w)
+            }
+            Self::PutRole(id, role) => {
+                id.encode(w);
+                role.encode(w);
+            }
+            Self::DeleteRole(id) => id.encode(w),
+            Self::GrantRole(u, r) | Self::RevokeRole(u, r) => {
+                u.encode(w);
+                r.encode(w);
+            }
+            Self::PutChannel(id, ch) => {
+                id.encode(w);
+                ch.encode(w);
+            }
+            Self::DeleteChannel(id) => id.encode(w),
+            Self::CreateInvite(c, inv) => {
+                c.encode(w);
+                inv.encode(w);
+            }
+            Self::RevokeInvite(c) => c.encode(w),
+            Self::Redeem {
+                token,
+                cert,
+                nickname,
+            } => {
+                token.encode(w);
+                cert.encode(w);
+                put_str(w, nickname);
+            }
+            Self::Ban(u, reason) => {
+                u.encode(w);
+                put_str(w, reason);
+            }
+            Self::SetNickname(u, n) => {
+                u.encode(w);
+                put_str(w, n);
+            }
+            Self::AddDevice(c) => c.encode(w),
+            Self::RemoveDevice(u, d) => {
+                u.encode(w);
+                d.encode(w);
+            }
+        }
+    }
+}
+
+impl Decode for GuildOp {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.version("guild op", OP_VERSION)?;
+        let tag = r.u8()?;
+        Ok(match tag {
+            0 => Self::Genesis {
+                name: read_str(r, "guild name", MAX_NAME)?,
+                owner: DeviceCert::decode(r)?,
+                nonce: r.array()?,
+            },
+            1 => Self::SetName(read_str(r, "guild name", MAX_NAME)?),
+            2 => Self::SetIcon(match r.u8()? {
+                0 => None,
+                1 => Some(r.array()?),
+                got => {
+                    return Err(DecodeError::UnknownTag {
+                        what: "icon",
+                        got: u64::from(got),
+                    });
+                }
+            }),
+            3 => Self::SetSettings(Settings::decode(r)?),
+            4 => Self::TransferOwnership(UserId::decode(r)?),
+            5 => Self::PutRole(RoleId::decode(r)?, Role::decode(r)?),
+            6 => Self::DeleteRole(RoleId::decode(r)?),
+            7 => Self::GrantRole(UserId::decode(r)?, RoleId::decode(r)?),
+            8 => Self::RevokeRole(UserId::decode(r)?, RoleId::decode(r)?),
+            9 => Self::PutChannel(ChannelId::decode(r)?, Channel::decode(r)?),
+            10 => Self::DeleteChannel(ChannelId::decode(r)?),
+            11 => Self::CreateInvite(InviteCode::decode(r)?, crate::schema::Invite::decode(r)?),
+            12 => Self::RevokeInvite(InviteCode::decode(r)?),
+            13 => Self::Redeem {
+                token: InviteToken::decode(r)?,
+                cert: DeviceCert::decode(r)?,
+                nickname: read_str(r, "nickname", MAX_REASON)?,
+            },
+            14 => Self::Kick(UserId::decode(r)?),
+            15 => Self::Ban(UserId::decode(r)?, read_str(r, "ban reason", MAX_REASON)?),
+            16 => Self::Unban(UserId::decode(r)?),
+            17 => Self::Leave(UserId::decode(r)?),
+            18 => Self::SetNickname(UserId::decode(r)?, read_str(r, "nickname", MAX_REASON)?),
+            19 => Self::AddDevice(DeviceCert::decode(r)?),
+            20 => Self::RemoveDevice(UserId::decode(r)?, DevicePublicKey::decode(r)?),
+            got => {
+                return Err(DecodeError::UnknownTag {
+                    what: "guild op",
+                    got: u64::from(got),
+                });
+            }
+        })
+    }
+}
+
+/// Why an Automerge change is not a well-formed list of guild ops.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum OpsError {
+    /// The change has no ops, or more than [`MAX_OPS_PER_CHANGE`].
+    #[error("expected 1 to {MAX_OPS_PER_CHANGE} ops in a change, got {0}")]
+    Count(usize),
+    /// An Automerge op is not a non-insert put of bytes on the root map.
+    #[error("op {0}: expected a put of bytes on the root map")]
+    NotAPut(usize),
+    /// An op's value does not decode.
+    #[error("op {index}: {error}")]
+    Decode {
+        /// Which op.
+        index: usize,
+        /// Why.
+        error: DecodeError,
+    },
+    /// An op's key is not the slot its value names.
+    #[error("op {index}: expected key {expected}, got {got}")]
+    WrongSlot {
+        /// Which op.
+        index: usize,
+        /// The op's slot.
+        expected: String,
+        /// The key it was written under.
+        got: String,
+    },
+    /// Two ops of one change write the same slot.
+    #[error("slot {0} written twice in one change")]
+    DuplicateSlot(String),
+    /// The change has a commit message or extra bytes, which guild changes never carry.
+    #[error("expected no message or extra bytes in a guild change")]
+    ExtraData,
+}
+
+/// Decodes the guild ops of `change`, rejecting anything that is not exactly a list of ops.
+pub fn ops_of(change: &Change) -> Result<Vec<GuildOp>, OpsError> {
+    if change.message().is_some() || !change.extra_bytes().is_empty() {
+        return Err(OpsError::ExtraData);
+    }
+    let n = change.len();
+    if n == 0 || n > MAX_OPS_PER_CHANGE {
+        return Err(OpsError::Count(n));
+    }
+    let expanded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode()))
+        .map_err(|_| OpsError::NotAPut(0))?;
+    let mut slots = BTreeSet::new();
+    let mut out = Vec::with_capacity(expanded.operations.len());
+    for (index, op) in expanded.operations.iter().enumerate() {
+        let (key, bytes) = match (&op.obj, &op.key, &op.action, op.insert) {
+            (ObjectId::Root, Key::Map(k), OpType::Put(ScalarValue::Bytes(b)), false) => (k, b),
+            _ => return Err(OpsError::NotAPut(index)),
+        };
+        let gop = GuildOp::from_bytes(bytes).map_err(|error| OpsError::Decode { index, error })?;
+        let slot = gop.slot();
+        if slot.as_str() != key.as_str() {
+            return Err(OpsError::WrongSlot {
+                index,
+                expected: slot,
+                got: key.to_string(),
+            });
+        }
+        if !slots.insert(slot.clone()) {
+            return Err(OpsError::DuplicateSlot(slot));
+        }
+        out.push(gop);
+    }
+    Ok(out)
+}

@@ -1,0 +1,486 @@
+//! The guild's data types and their canonical encodings.
+//!
+//! Everything here is plain data: the records a guild holds (roles, channels, members, invites,
+//! bans, settings) and the identifiers that name them. Each record has one canonical encoding
+//! through the shared codec, with a bound on every string and collection, so two replicas that
+//! hold the same record hold the same bytes. Records travel only inside guild operations
+//! ([`crate::ops::GuildOp`]), which carry the version byte.
+
+use std::collections::BTreeSet;
+
+use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
+use securecomm_noise::keys::{DevicePublicKey, RootPublicKey, SigLabel, Signature};
+
+use crate::perms::Permissions;
+
+/// Longest guild, role or channel name, in bytes.
+pub const MAX_NAME: usize = 100;
+/// Longest channel topic, in bytes.
+pub const MAX_TOPIC: usize = 1024;
+/// Longest ban reason or nickname, in bytes.
+pub const MAX_REASON: usize = 512;
+/// Most permission overwrites on one channel (one per role plus some members).
+pub const MAX_OVERWRITES: usize = 512;
+/// Most devices one member may register in a guild.
+pub const MAX_DEVICES: usize = 16;
+/// Most roles one member may hold.
+pub const MAX_MEMBER_ROLES: usize = 256;
+
+/// Signature label for a device certificate: a user's root key vouching for one device.
+pub const DEVICE_CERT_LABEL: SigLabel = SigLabel("SecureComm/crdt/device-cert v1");
+
+/// A user: identified by their root public key.
+pub type UserId = RootPublicKey;
+
+/// A guild's identifier: the Automerge hash of its genesis change.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GuildId(pub [u8; 32]);
+
+impl std::fmt::Debug for GuildId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GuildId({})", short_hex(&self.0))
+    }
+}
+
+pub(crate) fn short_hex(b: &[u8]) -> String {
+    b.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn full_hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A role's identifier. [`RoleId::EVERYONE`] is the `@everyone` role every member holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoleId(pub u64);
+
+impl RoleId {
+    /// The `@everyone` role: position 0, held implicitly by every member.
+    pub const EVERYONE: RoleId = RoleId(0);
+}
+
+/// A channel's (or category's) identifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub u64);
+
+/// An invite's identifier: 16 random bytes chosen by its creator.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InviteCode(pub [u8; 16]);
+
+impl std::fmt::Debug for InviteCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InviteCode({})", short_hex(&self.0))
+    }
+}
+
+/// A role: a named set of permission bits with a place in the hierarchy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Role {
+    /// Display name.
+    pub name: String,
+    /// RGB colour, `0` for none.
+    pub colour: u32,
+    /// Place in the hierarchy: higher positions outrank lower ones. `@everyone` is 0.
+    pub position: u16,
+    /// Guild-wide permission bits.
+    pub permissions: Permissions,
+    /// Whether anyone may mention the role.
+    pub mentionable: bool,
+    /// Whether members with this role are listed separately.
+    pub hoisted: bool,
+}
+
+/// What kind of channel this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// A text channel.
+    Text,
+    /// A voice channel.
+    Voice,
+    /// A category grouping other channels.
+    Category,
+}
+
+/// Whom a permission overwrite applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OverwriteTarget {
+    /// Every holder of a role (`RoleId::EVERYONE` for the `@everyone` overwrite).
+    Role(RoleId),
+    /// One member.
+    Member(UserId),
+}
+
+/// A channel permission overwrite: bits to allow and bits to deny for one target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overwrite {
+    /// Whom it applies to.
+    pub target: OverwriteTarget,
+    /// Bits granted in this channel.
+    pub allow: Permissions,
+    /// Bits taken away in this channel.
+    pub deny: Permissions,
+}
+
+/// A text or voice channel, or a category.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Channel {
+    /// Text, voice or category.
+    pub kind: ChannelKind,
+    /// Display name.
+    pub name: String,
+    /// Topic line (text channels).
+    pub topic: String,
+    /// The category it sits in, if any.
+    pub parent: Option<ChannelId>,
+    /// Sort position among siblings.
+    pub position: u16,
+    /// Per-role and per-member overwrites, at most one per target.
+    pub overwrites: Vec<Overwrite>,
+    /// Seconds a member must wait between messages; 0 for none.
+    pub slow_mode_secs: u32,
+    /// Voice bitrate in bits per second (voice channels).
+    pub bitrate: u32,
+    /// Most users in the voice channel at once; 0 for no limit.
+    pub user_limit: u16,
+}
+
+impl Channel {
+    /// The overwrite for `target`, if there is one.
+    pub fn overwrite(&self, target: &OverwriteTarget) -> Option<&Overwrite> {
+        self.overwrites.iter().find(|o| &o.target == target)
+    }
+}
+
+/// A member of the guild.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Devices certified by the member's root key, that may author changes for them.
+    pub devices: BTreeSet<DevicePublicKey>,
+    /// Display name in this guild; empty for none.
+    pub nickname: String,
+    /// When they joined (the joining change's time, seconds since the Unix epoch).
+    pub joined_at: u64,
+    /// Roles held, not counting `@everyone`.
+    pub roles: BTreeSet<RoleId>,
+}
+
+/// An invite as recorded in the guild.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Invite {
+    /// The member who created it.
+    pub creator: UserId,
+    /// Unix time after which it may not be redeemed; 0 for never.
+    pub expires_at: u64,
+    /// Most redemptions; 0 for unlimited.
+    pub max_uses: u32,
+}
+
+/// An invite with its redemption count and revocation flag, as the resolved view holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InviteState {
+    /// The invite as created.
+    pub invite: Invite,
+    /// Effective redemptions so far.
+    pub uses: u32,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+impl InviteState {
+    /// Whether a redemption at `time` would be allowed.
+    pub fn usable_at(&self, time: u64) -> bool {
+        !self.revoked
+            && (self.invite.expires_at == 0 || time < self.invite.expires_at)
+            && (self.invite.max_uses == 0 || self.uses < self.invite.max_uses)
+    }
+}
+
+/// A ban.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ban {
+    /// Why.
+    pub reason: String,
+    /// Who banned.
+    pub by: UserId,
+}
+
+/// Guild-wide settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// Whether new members may read history from before they joined.
+    pub history_visible_to_new_members: bool,
+    /// Default disappearing-message timer in seconds; 0 for off.
+    pub default_disappearing_secs: u32,
+    /// Largest attachment in bytes.
+    pub max_upload_bytes: u64,
+}
+
+/// A user's root key vouching that `device` may act for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceCert {
+    /// The user.
+    pub user: UserId,
+    /// The device.
+    pub device: DevicePublicKey,
+    /// Root-key signature over the device key under [`DEVICE_CERT_LABEL`].
+    pub sig: Signature,
+}
+
+impl DeviceCert {
+    /// Certifies `device` with the user's root key.
+    pub fn issue(root: &securecomm_noise::keys::RootSigningKey, device: DevicePublicKey) -> Self {
+        Self {
+            user: root.public(),
+            device,
+            sig: root.sign(DEVICE_CERT_LABEL, device.as_bytes()),
+        }
+    }
+
+    /// Whether the signature verifies.
+    pub fn verify(&self) -> bool {
+        self.user
+            .verify(DEVICE_CERT_LABEL, self.device.as_bytes(), &self.sig)
+            .is_ok()
+    }
+}
+
+// ---- codec helpers -------------------------------------------------------------------------
+
+pub(crate) fn put_str(w: &mut Writer, s: &str) {
+    w.bytes16(s.as_bytes());
+}
+
+pub(crate) fn read_str(
+    r: &mut Reader<'_>,
+    what: &'static str,
+    max: usize,
+) -> Result<String, DecodeError> {
+    let b = r.bytes16(what, max)?;
+    String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Invalid(what))
+}
+
+impl Encode for RoleId {
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.0);
+    }
+}
+impl Decode for RoleId {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self(r.u64()?))
+    }
+}
+impl Encode for ChannelId {
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.0);
+    }
+}
+impl Decode for ChannelId {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self(r.u64()?))
+    }
+}
+impl Encode for InviteCode {
+    fn encode(&self, w: &mut Writer) {
+        w.put(&self.0);
+    }
+}
+impl Decode for InviteCode {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self(r.array()?))
+    }
+}
+impl Encode for GuildId {
+    fn encode(&self, w: &mut Writer) {
+        w.put(&self.0);
+    }
+}
+impl Decode for GuildId {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self(r.array()?))
+    }
+}
+
+impl Encode for Role {
+    fn encode(&self, w: &mut Writer) {
+        put_str(w, &self.name);
+        w.u32(self.colour);
+        w.u16(self.position);
+        w.u64(self.permissions.bits());
+        w.bool(self.mentionable);
+        w.bool(self.hoisted);
+    }
+}
+impl Decode for Role {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            name: read_str(r, "role name", MAX_NAME)?,
+            colour: r.u32()?,
+            position: r.u16()?,
+            permissions: Permissions::from_wire(r.u64()?)?,
+            mentionable: r.bool()?,
+            hoisted: r.bool()?,
+        })
+    }
+}
+
+impl Encode for OverwriteTarget {
+    fn encode(&self, w: &mut Writer) {
+        match self {
+            Self::Role(id) => {
+                w.u8(0);
+                id.encode(w);
+            }
+            Self::Member(u) => {
+                w.u8(1);
+                u.encode(w);
+            }
+        }
+    }
+}
+impl Decode for OverwriteTarget {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match r.u8()? {
+            0 => Ok(Self::Role(RoleId::decode(r)?)),
+            1 => Ok(Self::Member(UserId::decode(r)?)),
+            got => Err(DecodeError::UnknownTag {
+                what: "overwrite target",
+                got: u64::from(got),
+            }),
+        }
+    }
+}
+
+impl Encode for Channel {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(match self.kind {
+            ChannelKind::Text => 0,
+            ChannelKind::Voice => 1,
+            ChannelKind::Category => 2,
+        });
+        put_str(w, &self.name);
+        put_str(w, &self.topic);
+        match self.parent {
+            None => w.u8(0),
+            Some(p) => {
+                w.u8(1);
+                p.encode(w);
+            }
+        }
+        w.u16(self.position);
+        w.u16(u16::try_from(self.overwrites.len()).unwrap_or(u16::MAX));
+        for o in &self.overwrites {
+            o.target.encode(w);
+            w.u64(o.allow.bits());
+            w.u64(o.deny.bits());
+        }
+        w.u32(self.slow_mode_secs);
+        w.u32(self.bitrate);
+        w.u16(self.user_limit);
+    }
+}
+impl Decode for Channel {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let kind = match r.u8()? {
+            0 => ChannelKind::Text,
+            1 => ChannelKind::Voice,
+            2 => ChannelKind::Category,
+            got => {
+                return Err(DecodeError::UnknownTag {
+                    what: "channel kind",
+                    got: u64::from(got),
+                });
+            }
+        };
+        let name = read_str(r, "channel name", MAX_NAME)?;
+        let topic = read_str(r, "channel topic", MAX_TOPIC)?;
+        let parent = match r.u8()? {
+            0 => None,
+            1 => Some(ChannelId::decode(r)?),
+            got => {
+                return Err(DecodeError::UnknownTag {
+                    what: "channel parent",
+                    got: u64::from(got),
+                });
+            }
+        };
+        let position = r.u16()?;
+        let n = r.count16("channel overwrites", MAX_OVERWRITES)?;
+        let mut overwrites: Vec<Overwrite> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let target = OverwriteTarget::decode(r)?;
+            let allow = Permissions::from_wire(r.u64()?)?;
+            let deny = Permissions::from_wire(r.u64()?)?;
+            // Canonical form: targets strictly increasing, so each appears once.
+            if overwrites.last().is_some_and(|p| p.target >= target) {
+                return Err(DecodeError::Invalid("overwrite order"));
+            }
+            overwrites.push(Overwrite {
+                target,
+                allow,
+                deny,
+            });
+        }
+        Ok(Self {
+            kind,
+            name,
+            topic,
+            parent,
+            position,
+            overwrites,
+            slow_mode_secs: r.u32()?,
+            bitrate: r.u32()?,
+            user_limit: r.u16()?,
+        })
+    }
+}
+
+impl Encode for Invite {
+    fn encode(&self, w: &mut Writer) {
+        self.creator.encode(w);
+        w.u64(self.expires_at);
+        w.u32(self.max_uses);
+    }
+}
+impl Decode for Invite {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            creator: UserId::decode(r)?,
+            expires_at: r.u64()?,
+            max_uses: r.u32()?,
+        })
+    }
+}
+
+impl Encode for Settings {
+    fn encode(&self, w: &mut Writer) {
+        w.bool(self.history_visible_to_new_members);
+        w.u32(self.default_disappearing_secs);
+        w.u64(self.max_upload_bytes);
+    }
+}
+impl Decode for Settings {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            history_visible_to_new_members: r.bool()?,
+            default_disappearing_secs: r.u32()?,
+            max_upload_bytes: r.u64()?,
+        })
+    }
+}
+
+impl Encode for DeviceCert {
+    fn encode(&self, w: &mut Writer) {
+        self.user.encode(w);
+        self.device.encode(w);
+        self.sig.encode(w);
+    }
+}
+impl Decode for DeviceCert {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            user: UserId::decode(r)?,
+            device: DevicePublicKey::decode(r)?,
+            sig: Signature::decode(r)?,
+        })
+    }
+}

@@ -1,0 +1,354 @@
+//! The scenario file: topology, NAT types, impairments and a timeline, validated before anything
+//! touches the kernel, so a typo is a clear error rather than a half-built network.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Why a scenario was refused.
+#[derive(Debug, Error)]
+pub enum ScenarioError {
+    /// Not valid TOML, or unknown or mistyped keys.
+    #[error("invalid scenario: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// Two hosts, sites or relays share a name.
+    #[error("duplicate name {0:?}")]
+    DuplicateName(String),
+    /// A name is unusable as a namespace name.
+    #[error("invalid name {0:?}: use 1-12 characters from [a-z0-9-]")]
+    BadName(String),
+    /// A reference points at nothing.
+    #[error("{context} refers to unknown {kind} {name:?}")]
+    UnknownRef {
+        /// Where the reference is.
+        context: String,
+        /// What kind of thing was expected.
+        kind: &'static str,
+        /// The missing name.
+        name: String,
+    },
+    /// An impairment value is out of range.
+    #[error("link {link}: {field} must be at most {max}, got {got}")]
+    Impairment {
+        /// The link's name.
+        link: String,
+        /// The offending field.
+        field: &'static str,
+        /// Largest allowed value.
+        max: f64,
+        /// The value found.
+        got: f64,
+    },
+    /// The timeline is not in time order.
+    #[error("timeline step {index} at {at_ms} ms comes before the previous step")]
+    TimelineOrder {
+        /// Step index.
+        index: usize,
+        /// Its time.
+        at_ms: u64,
+    },
+}
+
+/// A NAT router's behaviour (RFC 4787 mapping and filtering, plus the special sites).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatKind {
+    /// No NAT: the site's hosts have public addresses.
+    None,
+    /// Endpoint-independent mapping and filtering.
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering.
+    AddressRestricted,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering.
+    PortRestricted,
+    /// Address-and-port-dependent mapping and filtering.
+    Symmetric,
+    /// A port-restricted NAT behind a second, carrier-grade NAT layer.
+    Cgnat,
+    /// All UDP dropped at the router.
+    UdpBlocked,
+    /// Only outbound TCP to port 443 allowed.
+    Tcp443Only,
+}
+
+/// Link impairment, applied in user space (the kernel here has no netem).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Impairment {
+    /// One-way delay in milliseconds.
+    pub delay_ms: f64,
+    /// Jitter (standard deviation) in milliseconds.
+    pub jitter_ms: f64,
+    /// Random loss probability in percent.
+    pub loss_pct: f64,
+    /// Mean burst length in packets for bursty (Gilbert-Elliott) loss; 0 for independent loss.
+    pub loss_burst: f64,
+    /// Bandwidth limit in kbit/s; 0 for unlimited.
+    pub rate_kbit: f64,
+}
+
+/// A site: a LAN behind one router.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// Site name.
+    pub name: String,
+    /// Router behaviour.
+    pub nat: NatKind,
+    /// Hosts on the site's LAN.
+    pub hosts: Vec<String>,
+    /// Impairment of the site's uplink.
+    #[serde(default)]
+    pub uplink: Impairment,
+}
+
+/// One timeline step. (serde cannot deny unknown fields through `flatten`; the action's own
+/// fields are still checked by type.)
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Step {
+    /// Milliseconds after the start.
+    pub at_ms: u64,
+    /// What happens.
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// Actions and faults.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// Kill a relay process.
+    KillRelay {
+        /// The relay.
+        relay: String,
+    },
+    /// Restart a killed relay.
+    StartRelay {
+        /// The relay.
+        relay: String,
+    },
+    /// Cut a site off from the internet.
+    Partition {
+        /// The site.
+        site: String,
+    },
+    /// Reconnect a partitioned site.
+    Heal {
+        /// The site.
+        site: String,
+    },
+    /// Flush a site router's NAT mappings.
+    FlushNat {
+        /// The site.
+        site: String,
+    },
+    /// Give a site's router a new public address.
+    ChangeAddress {
+        /// The site.
+        site: String,
+    },
+    /// Have a host send a text message to a channel.
+    Send {
+        /// The sending host.
+        host: String,
+        /// Channel name.
+        channel: String,
+        /// Message text.
+        text: String,
+    },
+}
+
+/// A whole scenario.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Relays on the internet segment.
+    pub relays: Vec<String>,
+    /// Sites behind routers.
+    pub sites: Vec<Site>,
+    /// Timeline, in time order.
+    #[serde(default)]
+    pub timeline: Vec<Step>,
+}
+
+fn check_name(name: &str, seen: &mut BTreeSet<String>) -> Result<(), ScenarioError> {
+    let ok = !name.is_empty()
+        && name.len() <= 12
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        return Err(ScenarioError::BadName(name.into()));
+    }
+    if !seen.insert(name.into()) {
+        return Err(ScenarioError::DuplicateName(name.into()));
+    }
+    Ok(())
+}
+
+fn check_impairment(link: &str, i: &Impairment) -> Result<(), ScenarioError> {
+    let limits = [
+        ("delay_ms", i.delay_ms, 10_000.0),
+        ("jitter_ms", i.jitter_ms, 5_000.0),
+        ("loss_pct", i.loss_pct, 100.0),
+        ("loss_burst", i.loss_burst, 1_000.0),
+        ("rate_kbit", i.rate_kbit, 10_000_000.0),
+    ];
+    for (field, got, max) in limits {
+        if !(0.0..=max).contains(&got) {
+            return Err(ScenarioError::Impairment {
+                link: link.into(),
+                field,
+                max,
+                got,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Scenario {
+    /// Parses and validates a scenario file.
+    pub fn from_toml(text: &str) -> Result<Self, ScenarioError> {
+        let s: Self = toml::from_str(text)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks names, references, ranges and time order.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        let mut names = BTreeSet::new();
+        for r in &self.relays {
+            check_name(r, &mut names)?;
+        }
+        let mut hosts = BTreeSet::new();
+        for s in &self.sites {
+            check_name(&s.name, &mut names)?;
+            check_impairment(&s.name, &s.uplink)?;
+            for h in &s.hosts {
+                check_name(h, &mut names)?;
+                hosts.insert(h.clone());
+            }
+        }
+        let relays: BTreeSet<&String> = self.relays.iter().collect();
+        let sites: BTreeSet<&String> = self.sites.iter().map(|s| &s.name).collect();
+        let mut last = 0;
+        for (index, step) in self.timeline.iter().enumerate() {
+            if step.at_ms < last {
+                return Err(ScenarioError::TimelineOrder {
+                    index,
+                    at_ms: step.at_ms,
+                });
+            }
+            last = step.at_ms;
+            let context = format!("timeline step {index}");
+            let missing = |kind: &'static str, name: &String| ScenarioError::UnknownRef {
+                context: context.clone(),
+                kind,
+                name: name.clone(),
+            };
+            match &step.action {
+                Action::KillRelay { relay } | Action::StartRelay { relay }
+                    if !relays.contains(relay) =>
+                {
+                    return Err(missing("relay", relay));
+                }
+                Action::Partition { site }
+                | Action::Heal { site }
+                | Action::FlushNat { site }
+                | Action::ChangeAddress { site }
+                    if !sites.contains(site) =>
+                {
+                    return Err(missing("site", site));
+                }
+                Action::Send { host, .. } if !hosts.contains(host) => {
+                    return Err(missing("host", host));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+relays = ["relay1", "relay2"]
+
+[[sites]]
+name = "home"
+nat = "port-restricted"
+hosts = ["alice"]
+uplink = { delay_ms = 20, jitter_ms = 5, loss_pct = 1 }
+
+[[sites]]
+name = "mobile"
+nat = "cgnat"
+hosts = ["bob"]
+
+[[timeline]]
+at_ms = 1000
+action = "send"
+host = "alice"
+channel = "general"
+text = "hi"
+
+[[timeline]]
+at_ms = 2000
+action = "kill-relay"
+relay = "relay1"
+"#;
+
+    #[test]
+    fn example_parses() {
+        let s = Scenario::from_toml(EXAMPLE).unwrap();
+        assert_eq!(s.sites[1].nat, NatKind::Cgnat);
+        assert_eq!(s.sites[0].uplink.delay_ms, 20.0);
+        assert_eq!(
+            s.timeline[1].action,
+            Action::KillRelay {
+                relay: "relay1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_scenarios_are_clear_errors() {
+        let unknown = EXAMPLE.replace("relay = \"relay1\"", "relay = \"relay9\"");
+        assert_eq!(
+            Scenario::from_toml(&unknown).unwrap_err().to_string(),
+            "timeline step 1 refers to unknown relay \"relay9\""
+        );
+        let dup = EXAMPLE.replace("hosts = [\"bob\"]", "hosts = [\"alice\"]");
+        assert!(
+            matches!(Scenario::from_toml(&dup).unwrap_err(), ScenarioError::DuplicateName(n) if n == "alice")
+        );
+        let loss = EXAMPLE.replace("loss_pct = 1", "loss_pct = 101");
+        assert!(matches!(
+            Scenario::from_toml(&loss).unwrap_err(),
+            ScenarioError::Impairment {
+                field: "loss_pct",
+                ..
+            }
+        ));
+        let order = EXAMPLE.replace("at_ms = 2000", "at_ms = 10");
+        assert!(matches!(
+            Scenario::from_toml(&order).unwrap_err(),
+            ScenarioError::TimelineOrder { index: 1, .. }
+        ));
+        let nat = EXAMPLE.replace("\"cgnat\"", "\"moon\"");
+        assert!(matches!(
+            Scenario::from_toml(&nat).unwrap_err(),
+            ScenarioError::Parse(_)
+        ));
+        let name = EXAMPLE.replace("\"home\"", "\"Home Network\"");
+        assert!(matches!(
+            Scenario::from_toml(&name).unwrap_err(),
+            ScenarioError::BadName(_)
+        ));
+    }
+}

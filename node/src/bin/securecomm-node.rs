@@ -1,0 +1,434 @@
+//! `securecomm-node`: the headless SecureComm node. Thin: parses arguments and calls the library.
+//!
+//! ```text
+//! securecomm-node                          # create an identity on first run, then show it
+//! securecomm-node whoami
+//! securecomm-node safety-number <their root key (hex)> [--their-id ID]
+//! securecomm-node backup export FILE | backup import FILE
+//! securecomm-node passphrase
+//! securecomm-node run [--listen MULTIADDR]... [--relay MULTIADDR]... [--mdns]
+//! securecomm-node peers | listen-addrs | dial MULTIADDR | events | stop     (against a running node)
+//! ```
+//! Every command takes `--json` for machine-readable output.
+//! The passphrase is read from the terminal, or from `SECURECOMM_PASSPHRASE` for scripts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use libp2p::Multiaddr;
+use rand_core::OsRng;
+use securecomm_node::control::ControlClient;
+use securecomm_node::net::{Event, NetConfig};
+use securecomm_node::runtime::Node;
+use securecomm_node::store::{IdentityStore, LocalProfile, StoreError};
+use securecomm_noise::fingerprint::SafetyNumber;
+use securecomm_noise::keys::RootPublicKey;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(
+    name = "securecomm-node",
+    version,
+    about = "The SecureComm headless node"
+)]
+struct Cli {
+    /// Data directory (default: $XDG_DATA_HOME/securecomm or ~/.local/share/securecomm).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new identity (refuses to overwrite one).
+    Init {
+        /// The name others see.
+        #[arg(long)]
+        name: String,
+        /// This device's name.
+        #[arg(long, default_value = "desktop")]
+        device: String,
+    },
+    /// Unlock the identity and show its public keys.
+    Whoami,
+    /// The safety number between you and another user, to compare in person.
+    SafetyNumber {
+        /// Their root public key, 64 hex digits (from their `whoami`).
+        their_key: String,
+        /// Their user id (by default their root key in hex).
+        #[arg(long)]
+        their_id: Option<String>,
+    },
+    /// Encrypted backups of the identity.
+    Backup {
+        #[command(subcommand)]
+        action: BackupAction,
+    },
+    /// Change the passphrase.
+    Passphrase,
+    /// Run the node: join the network and serve the control socket in the data directory.
+    Run {
+        /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or /ip4/0.0.0.0/udp/4001/quic-v1.
+        #[arg(long)]
+        listen: Vec<String>,
+        /// Relay to use (repeatable): a full multiaddr with /p2p/.
+        #[arg(long)]
+        relay: Vec<String>,
+        /// Find peers on the local network with mDNS.
+        #[arg(long)]
+        mdns: bool,
+    },
+    /// Connected peers and whether each path is direct or relayed (running node).
+    Peers,
+    /// The running node's addresses.
+    ListenAddrs,
+    /// Connect to a peer or relay (running node).
+    Dial {
+        /// A multiaddr.
+        addr: String,
+    },
+    /// Stream the running node's events as JSON lines.
+    Events,
+    /// Stop the running node.
+    Stop,
+}
+
+#[derive(Subcommand)]
+enum BackupAction {
+    /// Write an encrypted backup, sealed under a backup passphrase you choose.
+    Export {
+        /// Destination file (must not exist).
+        file: PathBuf,
+    },
+    /// Restore from an encrypted backup into an empty data directory.
+    Import {
+        /// The backup file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SECURECOMM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn data_dir(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(d) = explicit {
+        return Ok(d);
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("securecomm"));
+    }
+    let home = std::env::var_os("HOME").ok_or("HOME is not set; pass --data-dir")?;
+    Ok(PathBuf::from(home).join(".local/share/securecomm"))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn passphrase(prompt: &str, confirm: bool) -> Result<Zeroizing<String>, String> {
+    if let Some(p) = std::env::var_os("SECURECOMM_PASSPHRASE") {
+        return p
+            .into_string()
+            .map(Zeroizing::new)
+            .map_err(|_| "SECURECOMM_PASSPHRASE is not UTF-8".into());
+    }
+    let p = Zeroizing::new(
+        rpassword::prompt_password(prompt).map_err(|e| format!("reading passphrase: {e}"))?,
+    );
+    if confirm {
+        let again = Zeroizing::new(
+            rpassword::prompt_password("Repeat it: ")
+                .map_err(|e| format!("reading passphrase: {e}"))?,
+        );
+        if *again != *p {
+            return Err("the passphrases differ; nothing was changed".into());
+        }
+        if p.len() < 8 {
+            return Err("use a passphrase of at least 8 characters".into());
+        }
+    }
+    Ok(p)
+}
+
+fn unlock(store: &IdentityStore) -> Result<LocalProfile, String> {
+    let p = passphrase("Passphrase: ", false)?;
+    store.unlock(p.as_bytes()).map_err(|e| match e {
+        StoreError::WrongPassphrase => {
+            "wrong passphrase (the identity file was not changed)".to_string()
+        }
+        other => other.to_string(),
+    })
+}
+
+fn show(profile: &LocalProfile) {
+    let id = &profile.identity;
+    println!("display name : {}", profile.display_name);
+    println!(
+        "user id      : {}",
+        hex::encode(id.root_public().as_bytes())
+    );
+    println!(
+        "device       : {} ({})",
+        hex::encode(id.device().public().as_bytes()),
+        id.certificate().name()
+    );
+    println!(
+        "device since : {} (unix seconds)",
+        id.certificate().created_at()
+    );
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let dir = data_dir(cli.data_dir)?;
+    let json = cli.json;
+    let store = IdentityStore::new(dir.clone());
+    let mut rng = OsRng;
+    match cli.command {
+        None if !store.exists() => {
+            println!(
+                "No identity yet in {}. Creating one.",
+                store.path().display()
+            );
+            let name = prompt_line("Display name: ")?;
+            let p = passphrase("Choose a passphrase: ", true)?;
+            let profile = store
+                .create(&mut rng, p.as_bytes(), &name, "desktop", now())
+                .map_err(|e| e.to_string())?;
+            show(&profile);
+            println!(
+                "\nBack it up with `securecomm-node backup export FILE`: without the passphrase or a backup, a lost device means a lost identity."
+            );
+        }
+        None | Some(Command::Whoami) => match ControlClient::connect(&dir).await {
+            Ok(mut c) => print_value(json, &c.call("whoami", Value::Null).await?),
+            Err(_) if json => print_value(true, &whoami_json(&unlock(&store)?)),
+            Err(_) => show(&unlock(&store)?),
+        },
+        Some(Command::Run {
+            listen,
+            relay,
+            mdns,
+        }) => {
+            let profile = unlock(&store)?;
+            let parse = |v: Vec<String>| -> Result<Vec<Multiaddr>, String> {
+                v.iter()
+                    .map(|a| a.parse().map_err(|e| format!("bad multiaddr {a}: {e}")))
+                    .collect()
+            };
+            let mut cfg = NetConfig {
+                relays: parse(relay)?,
+                mdns,
+                ..NetConfig::default()
+            };
+            if !listen.is_empty() {
+                cfg.listen = parse(listen)?;
+            }
+            let node = Node::start(dir.clone(), &profile, cfg)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut events = node.net.events();
+            let me = node.net.peer_id();
+            let printer = tokio::spawn(async move {
+                use std::io::Write;
+                while let Some(e) = events.next().await {
+                    if let Event::Listening(a) = &e {
+                        println!("listening {a}/p2p/{me}");
+                        let _ = std::io::stdout().flush();
+                    }
+                }
+            });
+            let net = node.net.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                net.shutdown().await;
+            });
+            node.wait().await;
+            printer.abort();
+        }
+        Some(Command::Peers) => remote(&dir, json, "peers", Value::Null).await?,
+        Some(Command::ListenAddrs) => remote(&dir, json, "listen-addrs", Value::Null).await?,
+        Some(Command::Dial { addr }) => {
+            remote(&dir, json, "dial", serde_json::json!({"addr": addr})).await?
+        }
+        Some(Command::Stop) => remote(&dir, json, "shutdown", Value::Null).await?,
+        Some(Command::Events) => {
+            let c = ControlClient::connect(&dir)
+                .await
+                .map_err(|e| no_node(&dir, e))?;
+            let mut lines = c.events().await?;
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("{line}");
+            }
+        }
+        Some(Command::Init { name, device }) => {
+            let p = passphrase("Choose a passphrase: ", true)?;
+            show(
+                &store
+                    .create(&mut rng, p.as_bytes(), &name, &device, now())
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Some(Command::SafetyNumber {
+            their_key,
+            their_id,
+        }) => {
+            let bytes: [u8; 32] = hex::decode(their_key.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or("their key must be 64 hex digits")?;
+            let theirs =
+                RootPublicKey::from_bytes(&bytes).map_err(|e| format!("their key: {e}"))?;
+            let me = unlock(&store)?;
+            let mine = me.identity.root_public();
+            let my_id = hex::encode(mine.as_bytes());
+            let their_id = their_id.unwrap_or_else(|| hex::encode(bytes));
+            let sn = SafetyNumber::for_roots(&mine, my_id.as_bytes(), &theirs, their_id.as_bytes())
+                .map_err(|e| e.to_string())?;
+            println!("{}", sn.grouped());
+        }
+        Some(Command::Backup {
+            action: BackupAction::Export { file },
+        }) => {
+            let p = passphrase("Passphrase: ", false)?;
+            let b = passphrase("Backup passphrase: ", true)?;
+            store
+                .export_backup(&mut rng, p.as_bytes(), b.as_bytes(), &file)
+                .map_err(|e| e.to_string())?;
+            println!("encrypted backup written to {}", file.display());
+        }
+        Some(Command::Backup {
+            action: BackupAction::Import { file },
+        }) => {
+            let b = passphrase("Backup passphrase: ", false)?;
+            let p = passphrase("New passphrase for this device: ", true)?;
+            show(
+                &store
+                    .import_backup(&mut rng, &file, b.as_bytes(), p.as_bytes())
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Some(Command::Passphrase) => {
+            let old = passphrase("Current passphrase: ", false)?;
+            let new = passphrase("New passphrase: ", true)?;
+            store
+                .change_passphrase(&mut rng, old.as_bytes(), new.as_bytes())
+                .map_err(|e| e.to_string())?;
+            println!("passphrase changed");
+        }
+    }
+    Ok(())
+}
+
+fn whoami_json(p: &LocalProfile) -> Value {
+    let id = &p.identity;
+    serde_json::json!({
+        "display_name": p.display_name,
+        "user_id": hex::encode(id.root_public().as_bytes()),
+        "device_id": hex::encode(id.device().public().as_bytes()),
+        "device_name": id.certificate().name(),
+    })
+}
+
+fn print_value(json: bool, v: &Value) {
+    if json {
+        println!("{v}");
+        return;
+    }
+    match v {
+        Value::Null => println!("ok"),
+        Value::Array(items) => items.iter().for_each(|i| println!("{}", plain(i))),
+        Value::Object(map) => map
+            .iter()
+            .for_each(|(k, v)| println!("{k:<13}: {}", plain(v))),
+        other => println!("{}", plain(other)),
+    }
+}
+
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", plain(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Value::Array(items) => items.iter().map(plain).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn no_node(dir: &std::path::Path, e: std::io::Error) -> String {
+    format!(
+        "no running node in {} ({e}); start one with `securecomm-node run`",
+        dir.display()
+    )
+}
+
+async fn remote(dir: &std::path::Path, json: bool, cmd: &str, args: Value) -> Result<(), String> {
+    let mut c = ControlClient::connect(dir)
+        .await
+        .map_err(|e| no_node(dir, e))?;
+    print_value(json, &c.call(cmd, args).await?);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn prompt_line(prompt: &str) -> Result<String, String> {
+    use std::io::Write;
+    print!("{prompt}");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    Ok(line.trim().to_owned())
+}

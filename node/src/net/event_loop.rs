@@ -1,0 +1,565 @@
+//! The event loop that owns the swarm, and the [`Client`] handle that drives it.
+//!
+//! Cancellation: every [`Client`] method is safe to cancel; a dropped reply channel is ignored by
+//! the loop. Bounds: commands queue up to [`COMMAND_BUFFER`](super::COMMAND_BUFFER), events up to
+//! [`EVENT_BUFFER`](super::EVENT_BUFFER), pending direct requests up to [`MAX_PENDING`].
+
+use std::collections::{HashMap, HashSet};
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{Behaviour, BehaviourEvent, COMMAND_BUFFER, EVENT_BUFFER, NetConfig, NetError};
+
+/// Most inbound direct requests awaiting our answer, and outbound ones awaiting theirs.
+pub const MAX_PENDING: usize = 1024;
+
+/// How a connection to a peer travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerPath {
+    /// A direct connection (possibly hole-punched).
+    Direct,
+    /// Through a relay circuit.
+    Relayed,
+}
+
+/// A connected peer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerInfo {
+    /// The peer.
+    #[serde(serialize_with = "ser_display")]
+    pub peer: PeerId,
+    /// Best path among its open connections (direct wins).
+    pub path: PeerPath,
+    /// Remote addresses of its open connections.
+    #[serde(serialize_with = "ser_display_vec")]
+    pub addrs: Vec<Multiaddr>,
+}
+
+fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn ser_display_vec<S: serde::Serializer, T: std::fmt::Display>(
+    v: &[T],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|x| x.to_string()))
+}
+
+/// Something that happened on the network.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A listener is up.
+    Listening(Multiaddr),
+    /// A relay accepted our reservation: we are reachable through it.
+    RelayReserved(PeerId),
+    /// A peer connected.
+    PeerConnected(PeerId, PeerPath),
+    /// A peer's last connection closed.
+    PeerDisconnected(PeerId),
+    /// A direct connection replaced a relayed one (DCUtR).
+    HolePunched(PeerId),
+    /// A gossip message arrived and awaits validation ([`Client::report_validation`]).
+    Gossip {
+        /// The topic it came on.
+        topic: String,
+        /// The peer that forwarded it (not necessarily its author).
+        source: PeerId,
+        /// Its content id.
+        id: MessageId,
+        /// The payload (an encrypted envelope).
+        data: Vec<u8>,
+    },
+    /// A peer asked us something on the direct protocol; answer with [`Client::respond`].
+    DirectRequest {
+        /// The asking peer.
+        peer: PeerId,
+        /// The id to answer.
+        id: InboundRequestId,
+        /// The request bytes.
+        data: Vec<u8>,
+    },
+    /// The subscriber missed this many events.
+    Lagged(u64),
+}
+
+enum Command {
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Dial(Multiaddr, oneshot::Sender<Result<(), NetError>>),
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    Subscribe(String, oneshot::Sender<Result<(), NetError>>),
+    Publish(
+        String,
+        Vec<u8>,
+        oneshot::Sender<Result<MessageId, NetError>>,
+    ),
+    TopicPeers(String, oneshot::Sender<usize>),
+    Validate(MessageId, PeerId, MessageAcceptance),
+    Request(PeerId, Vec<u8>, oneshot::Sender<Result<Vec<u8>, NetError>>),
+    Respond(InboundRequestId, Vec<u8>),
+    AddAddress(PeerId, Multiaddr),
+    Shutdown,
+}
+
+/// A cloneable handle to the node's network.
+#[derive(Clone, Debug)]
+pub struct Client {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Payloads are ciphertext, but keep them out of logs anyway.
+        f.write_str(match self {
+            Command::ListenAddrs(_) => "ListenAddrs",
+            Command::Dial(..) => "Dial",
+            Command::Peers(_) => "Peers",
+            Command::Subscribe(..) => "Subscribe",
+            Command::Publish(..) => "Publish",
+            Command::TopicPeers(..) => "TopicPeers",
+            Command::Validate(..) => "Validate",
+            Command::Request(..) => "Request",
+            Command::Respond(..) => "Respond",
+            Command::AddAddress(..) => "AddAddress",
+            Command::Shutdown => "Shutdown",
+        })
+    }
+}
+
+/// Receives events; see [`Client::events`].
+#[derive(Debug)]
+pub struct EventStream(broadcast::Receiver<Event>);
+
+impl EventStream {
+    /// The next event, or `None` once the node has shut down.
+    pub async fn next(&mut self) -> Option<Event> {
+        match self.0.recv().await {
+            Ok(e) => Some(e),
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(Event::Lagged(n)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+impl Client {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Subscribes to events from now on.
+    pub fn events(&self) -> EventStream {
+        EventStream(self.events.subscribe())
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Closed)?;
+        rx.await.map_err(|_| NetError::Closed)
+    }
+
+    /// Addresses we listen on, including relayed `/p2p-circuit` ones.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        self.ask(Command::ListenAddrs).await
+    }
+
+    /// Dials an address.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.ask(|tx| Command::Dial(addr, tx)).await?
+    }
+
+    /// Connected peers and how we reach them.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NetError> {
+        self.ask(Command::Peers).await
+    }
+
+    /// Subscribes to a gossip topic.
+    pub async fn subscribe(&self, topic: &str) -> Result<(), NetError> {
+        self.ask(|tx| Command::Subscribe(topic.to_owned(), tx))
+            .await?
+    }
+
+    /// Publishes on a topic. Fails with [`NetError::Publish`] while no peer is subscribed.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<MessageId, NetError> {
+        self.ask(|tx| Command::Publish(topic.to_owned(), data, tx))
+            .await?
+    }
+
+    /// How many connected peers are subscribed to `topic`.
+    pub async fn topic_peers(&self, topic: &str) -> Result<usize, NetError> {
+        self.ask(|tx| Command::TopicPeers(topic.to_owned(), tx))
+            .await
+    }
+
+    /// Tells gossipsub whether a received message is valid: accepted messages are forwarded,
+    /// rejected ones are dropped and their sender penalised.
+    pub async fn report_validation(
+        &self,
+        id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    ) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Validate(id, source, acceptance))
+            .await
+            .map_err(|_| NetError::Closed)
+    }
+
+    /// Sends a request on the direct protocol and waits for the answer.
+    pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        self.ask(|tx| Command::Request(peer, data, tx)).await?
+    }
+
+    /// Answers an inbound direct request.
+    pub async fn respond(&self, id: InboundRequestId, data: Vec<u8>) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Respond(id, data))
+            .await
+            .map_err(|_| NetError::Closed)
+    }
+
+    /// Records an address for a peer (for example from an invite).
+    pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), NetError> {
+        self.commands
+            .send(Command::AddAddress(peer, addr))
+            .await
+            .map_err(|_| NetError::Closed)
+    }
+
+    /// Stops the event loop.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+    }
+}
+
+/// Owns the swarm; run it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<Event>,
+    relays: Vec<Multiaddr>,
+    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
+    inbound: HashMap<InboundRequestId, ResponseChannel<Vec<u8>>>,
+    reserved: HashSet<PeerId>,
+    connections: HashMap<PeerId, Vec<(ConnectionId, PeerPath, Multiaddr)>>,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("peer_id", self.swarm.local_peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+fn path_of(endpoint: &ConnectedPoint) -> PeerPath {
+    let addr = match endpoint {
+        ConnectedPoint::Dialer { address, .. } => address,
+        ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+    };
+    if addr.iter().any(|p| p == Protocol::P2pCircuit) {
+        PeerPath::Relayed
+    } else {
+        PeerPath::Direct
+    }
+}
+
+impl EventLoop {
+    /// Builds the swarm, starts listening and returns the loop with its client.
+    pub fn new(
+        keypair: libp2p::identity::Keypair,
+        cfg: &NetConfig,
+    ) -> Result<(Self, Client), NetError> {
+        let mut swarm = super::build_swarm(keypair, cfg)?;
+        for addr in &cfg.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let (ctx, crx) = mpsc::channel(COMMAND_BUFFER);
+        let (etx, _) = broadcast::channel(EVENT_BUFFER);
+        let client = Client {
+            peer_id: *swarm.local_peer_id(),
+            commands: ctx,
+            events: etx.clone(),
+        };
+        let lp = Self {
+            swarm,
+            commands: crx,
+            events: etx,
+            relays: cfg.relays.clone(),
+            pending_requests: HashMap::new(),
+            inbound: HashMap::new(),
+            reserved: HashSet::new(),
+            connections: HashMap::new(),
+        };
+        Ok((lp, client))
+    }
+
+    fn emit(&self, e: Event) {
+        // No subscriber is fine: events are informational.
+        let _ = self.events.send(e);
+    }
+
+    /// Runs until [`Client::shutdown`] or until every client is dropped.
+    pub async fn run(mut self) {
+        for relay in self.relays.clone() {
+            if let Err(e) = self
+                .swarm
+                .listen_on(relay.clone().with(Protocol::P2pCircuit))
+            {
+                tracing::warn!(%relay, error = %e, "cannot use relay");
+            }
+        }
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                cmd = self.commands.recv() => match cmd {
+                    None | Some(Command::Shutdown) => break,
+                    Some(cmd) => self.on_command(cmd),
+                },
+            }
+        }
+    }
+
+    fn peers(&self) -> Vec<PeerInfo> {
+        let mut v: Vec<PeerInfo> = self
+            .connections
+            .iter()
+            .map(|(peer, conns)| PeerInfo {
+                peer: *peer,
+                path: if conns.iter().any(|c| c.1 == PeerPath::Direct) {
+                    PeerPath::Direct
+                } else {
+                    PeerPath::Relayed
+                },
+                addrs: conns.iter().map(|c| c.2.clone()).collect(),
+            })
+            .collect();
+        v.sort_by_key(|p| p.peer.to_bytes());
+        v
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let b = self.swarm.behaviour_mut();
+        match cmd {
+            Command::ListenAddrs(tx) => {
+                let _ = tx.send(
+                    self.swarm
+                        .listeners()
+                        .cloned()
+                        .chain(self.swarm.external_addresses().cloned())
+                        .collect(),
+                );
+            }
+            Command::Dial(addr, tx) => {
+                let _ = tx.send(
+                    self.swarm
+                        .dial(addr.clone())
+                        .map_err(|e| NetError::Dial(format!("{addr}: {e}"))),
+                );
+            }
+            Command::Peers(tx) => {
+                let _ = tx.send(self.peers());
+            }
+            Command::Subscribe(topic, tx) => {
+                let r = b
+                    .gossipsub
+                    .subscribe(&IdentTopic::new(topic))
+                    .map(|_| ())
+                    .map_err(|e| NetError::Publish(e.to_string()));
+                let _ = tx.send(r);
+            }
+            Command::Publish(topic, data, tx) => {
+                let r = b
+                    .gossipsub
+                    .publish(IdentTopic::new(topic), data)
+                    .map_err(|e| NetError::Publish(e.to_string()));
+                let _ = tx.send(r);
+            }
+            Command::TopicPeers(topic, tx) => {
+                let hash = IdentTopic::new(topic).hash();
+                let n = b
+                    .gossipsub
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&&hash))
+                    .count();
+                let _ = tx.send(n);
+            }
+            Command::Validate(id, source, acceptance) => {
+                b.gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Command::Request(peer, data, tx) => {
+                if self.pending_requests.len() >= MAX_PENDING {
+                    let _ = tx.send(Err(NetError::Request {
+                        peer,
+                        reason: "too many requests in flight".into(),
+                    }));
+                    return;
+                }
+                let id = b.direct.send_request(&peer, data);
+                self.pending_requests.insert(id, tx);
+            }
+            Command::Respond(id, data) => {
+                if let Some(ch) = self.inbound.remove(&id) {
+                    let _ = b.direct.send_response(ch, data);
+                }
+            }
+            Command::AddAddress(peer, addr) => {
+                self.swarm.add_peer_address(peer, addr);
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.emit(Event::Listening(address));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let path = path_of(&endpoint);
+                self.connections.entry(peer_id).or_default().push((
+                    connection_id,
+                    path,
+                    endpoint.get_remote_address().clone(),
+                ));
+                if num_established.get() == 1 {
+                    self.emit(Event::PeerConnected(peer_id, path));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    conns.retain(|c| c.0 != connection_id);
+                }
+                if num_established == 0 {
+                    self.connections.remove(&peer_id);
+                    self.emit(Event::PeerDisconnected(peer_id));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                libp2p::relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => {
+                if self.reserved.insert(relay_peer_id) {
+                    tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+                }
+                self.emit(Event::RelayReserved(relay_peer_id));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(libp2p::dcutr::Event {
+                remote_peer_id,
+                result: Ok(_),
+            })) => {
+                self.emit(Event::HolePunched(remote_peer_id));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(
+                libp2p::identify::Event::Received { peer_id, info, .. },
+            )) => {
+                // Remember where a peer listens so later dials (and gossip) can find it.
+                for addr in info.listen_addrs.into_iter().take(16) {
+                    self.swarm.add_peer_address(peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(list))) => {
+                for (peer, addr) in list.into_iter().take(64) {
+                    let _ = self.swarm.dial(addr.clone());
+                    self.swarm.add_peer_address(peer, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                self.emit(Event::Gossip {
+                    topic: message.topic.to_string(),
+                    source: propagation_source,
+                    id: message_id,
+                    data: message.data,
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Direct(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request {
+                    request_id,
+                    request,
+                    channel,
+                } => {
+                    if self.inbound.len() >= MAX_PENDING {
+                        tracing::warn!(%peer, "too many unanswered direct requests; dropping one");
+                        return;
+                    }
+                    self.inbound.insert(request_id, channel);
+                    self.emit(Event::DirectRequest {
+                        peer,
+                        id: request_id,
+                        data: request,
+                    });
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(tx) = self.pending_requests.remove(&request_id) {
+                        let _ = tx.send(Ok(response));
+                    }
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Direct(
+                request_response::Event::OutboundFailure {
+                    peer,
+                    request_id,
+                    error,
+                    ..
+                },
+            )) => {
+                if let Some(tx) = self.pending_requests.remove(&request_id) {
+                    let _ = tx.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Direct(
+                request_response::Event::InboundFailure { request_id, .. },
+            )) => {
+                self.inbound.remove(&request_id);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The node's libp2p stack.
+//!
+//! One [`EventLoop`] owns the `Swarm`; any number of cloneable [`Client`] handles talk to it over a
+//! bounded command channel and get answers on one-shot channels (the shape of libp2p's
+//! file-sharing example). Events go out on a bounded broadcast channel: a subscriber that falls
+//! more than [`EVENT_BUFFER`] events behind loses the oldest ones and is told how many.
+//!
+//! Protocols: TCP and QUIC, Noise, Yamux, identify, ping, AutoNAT, a rendezvous client, a relay
+//! client (reservations on every configured relay), DCUtR hole punching, mDNS, gossipsub and our
+//! own request-response protocol `/securecomm/direct/1` with bounded frames ([`codec`]).
+//!
+//! Gossipsub runs with `MessageAuthenticity::Anonymous`: no author, sequence number or signature
+//! at the gossip layer, since that would tell every forwarder who wrote each message. Authorship
+//! is proven inside the encrypted envelope instead. Message ids are content hashes, and every
+//! message is held until the application validates it ([`Client::report_validation`]) so invalid
+//! messages stop at the first honest peer.
+
+pub mod codec;
+mod event_loop;
+
+use std::time::Duration;
+
+use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
+use libp2p::identity::Keypair;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, dcutr, identify, mdns, noise, ping, relay,
+    rendezvous, request_response, tcp, yamux,
+};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+pub use event_loop::{Client, Event, EventLoop, PeerInfo, PeerPath};
+
+/// Identify protocol string: names the application, not the user.
+pub const PROTOCOL_VERSION: &str = "/securecomm/1.0.0";
+/// Our request-response protocol for two-party messages.
+pub const DIRECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/securecomm/direct/1");
+/// Largest gossip message (an envelope is at most 61,485 bytes).
+pub const MAX_GOSSIP_MESSAGE: usize = 64 * 1024;
+/// How many events a slow subscriber may fall behind before losing the oldest.
+pub const EVENT_BUFFER: usize = 1024;
+/// Commands waiting for the event loop.
+pub const COMMAND_BUFFER: usize = 256;
+
+/// Errors from the network layer.
+#[derive(Debug, Error)]
+pub enum NetError {
+    /// A multiaddr could not be used to listen.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// The transport stack could not be built.
+    #[error("building the transport failed: {0}")]
+    Transport(String),
+    /// A dial failed immediately.
+    #[error("cannot dial {0}")]
+    Dial(String),
+    /// Publishing failed (for example no peer is subscribed yet).
+    #[error("publish failed: {0}")]
+    Publish(String),
+    /// A direct request failed or timed out.
+    #[error("request to {peer} failed: {reason}")]
+    Request {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// The event loop has stopped.
+    #[error("the node has shut down")]
+    Closed,
+}
+
+/// How the node connects.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on (TCP and/or QUIC).
+    pub listen: Vec<Multiaddr>,
+    /// Relays to dial and hold reservations on (full multiaddrs with `/p2p/`).
+    pub relays: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// How long an idle connection stays open.
+    pub idle_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
+            ],
+            relays: Vec::new(),
+            mdns: false,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Every protocol the node speaks. (libp2p behaviours do not implement `Debug`.)
+#[allow(missing_debug_implementations)]
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    relay_client: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    autonat: autonat::Behaviour,
+    rendezvous: rendezvous::client::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    gossipsub: gossipsub::Behaviour,
+    direct: request_response::Behaviour<codec::FrameCodec>,
+}
+
+/// Content-addressed gossip message ids, so the same envelope is deduplicated whoever forwards it.
+fn message_id(msg: &gossipsub::Message) -> gossipsub::MessageId {
+    gossipsub::MessageId::from(Sha256::digest(&msg.data).to_vec())
+}
+
+/// Builds the swarm for a device key.
+pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
+    let t = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    let mdns_enabled = cfg.mdns;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| t(&e))?
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| t(&e))?
+        .with_behaviour(
+            |key, relay_client| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let peer_id = key.public().to_peer_id();
+                let gossip_cfg = gossipsub::ConfigBuilder::default()
+                    .validation_mode(ValidationMode::Anonymous)
+                    .message_id_fn(message_id)
+                    .validate_messages()
+                    .max_transmit_size(MAX_GOSSIP_MESSAGE + 1024)
+                    .heartbeat_interval(Duration::from_millis(500))
+                    .build()?;
+                let gossipsub =
+                    gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gossip_cfg)?;
+                let mdns = if mdns_enabled {
+                    Some(mdns::tokio::Behaviour::new(
+                        mdns::Config::default(),
+                        peer_id,
+                    )?)
+                } else {
+                    None
+                };
+                Ok(Behaviour {
+                    relay_client,
+                    dcutr: dcutr::Behaviour::new(peer_id),
+                    identify: identify::Behaviour::new(
+                        identify::Config::new(PROTOCOL_VERSION.into(), key.public())
+                            .with_agent_version(format!(
+                                "securecomm/{}",
+                                env!("CARGO_PKG_VERSION")
+                            )),
+                    ),
+                    ping: ping::Behaviour::new(ping::Config::new()),
+                    autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+                    rendezvous: rendezvous::client::Behaviour::new(key.clone()),
+                    mdns: Toggle::from(mdns),
+                    gossipsub,
+                    direct: request_response::Behaviour::new(
+                        [(DIRECT_PROTOCOL, request_response::ProtocolSupport::Full)],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(20))
+                            .with_max_concurrent_streams(64),
+                    ),
+                })
+            },
+        )
+        .map_err(|e| t(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
+        .build();
+    Ok(swarm)
+}
+
+/// The libp2p keypair of a device: its Ed25519 device key, so the PeerId is derived from it.
+pub fn device_keypair(
+    device: &securecomm_noise::keys::DeviceSigningKey,
+) -> Result<Keypair, NetError> {
+    let mut seed = *device.seed();
+    Keypair::ed25519_from_bytes(&mut seed).map_err(|e| NetError::Transport(e.to_string()))
+}
