@@ -9,7 +9,8 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use securecomm_noise::codec::Encode;
 use securecomm_noise::dcgka::{ControlBody, ControlMessage, Group, MemberKey, Output};
-use securecomm_noise::keys::{DeviceSigningKey, DhSecret};
+use securecomm_noise::keys::DeviceSigningKey;
+use securecomm_noise::oneshot::PrekeyStore;
 use std::hint::black_box;
 
 const GROUP: [u8; 32] = [9; 32];
@@ -22,13 +23,12 @@ struct Setup {
     new_member: MemberKey,
 }
 
-fn device(i: usize) -> (DeviceSigningKey, DhSecret, MemberKey) {
+fn device(i: usize) -> (DeviceSigningKey, PrekeyStore, MemberKey) {
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
     let k = DeviceSigningKey::from_seed(&seed);
-    seed[31] = 0xff;
-    let p = DhSecret::from_bytes(seed);
-    let mk = MemberKey::new(&k, p.public());
+    let p = PrekeyStore::new(&mut StdRng::seed_from_u64(i as u64), 0);
+    let mk = MemberKey::new(&k, &p);
     (k, p, mk)
 }
 

@@ -7,7 +7,8 @@ use securecomm_noise::codec::{Decode, Encode};
 use securecomm_noise::dcgka::{
     AppMessage, ControlBody, ControlMessage, DirectMessage, Group, GroupError, MemberKey, Output,
 };
-use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey, DhSecret};
+use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey};
+use securecomm_noise::oneshot::PrekeyStore;
 use std::collections::{BTreeMap, BTreeSet};
 
 type Vc = BTreeMap<DevicePublicKey, u64>;
@@ -52,11 +53,11 @@ struct Net {
     strict: bool,
 }
 
-fn new_device(seed: u8) -> (DeviceSigningKey, DhSecret, MemberKey) {
+fn new_device(seed: u8) -> (DeviceSigningKey, PrekeyStore, MemberKey) {
     let key = DeviceSigningKey::from_seed(&[seed; 32]);
-    let pk = DhSecret::from_bytes([seed.wrapping_add(100); 32]);
-    let mk = MemberKey::new(&key, pk.public());
-    (key, pk, mk)
+    let store = PrekeyStore::new(&mut StdRng::seed_from_u64(u64::from(seed) + 1000), 0);
+    let mk = MemberKey::new(&key, &store);
+    (key, store, mk)
 }
 
 fn le(a: &Vc, b: &Vc) -> bool {
@@ -671,7 +672,7 @@ fn tampered_replayed_and_forged_messages_are_rejected() {
     forged.sig = ControlMessage::sign(&net.nodes[&ids[1]].key, GROUP, m.seq, m.body.clone()).sig;
     let (mut fresh, _) = Net::new(3, 9);
     let n = fresh.nodes.get_mut(&ids[2]).unwrap();
-    let mut g = Group::new(GROUP, ids[2], DhSecret::from_bytes([3 + 100; 32]));
+    let mut g = Group::new(GROUP, ids[2], new_device(3).1);
     assert!(matches!(
         g.process(&n.key, &mut StdRng::seed_from_u64(1), &forged, None),
         Err(GroupError::Signature(_))

@@ -7,7 +7,8 @@ use zeroize::Zeroizing;
 
 use crate::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use crate::envelope::{self, EnvelopeError, EnvelopeHeader};
-use crate::keys::{DevicePublicKey, DeviceSigningKey, DhPublic, DhSecret, SignatureError};
+use crate::keys::{DevicePublicKey, DeviceSigningKey, SignatureError};
+use crate::oneshot::{OneShotError, PrekeyStore, SignedPrekey};
 use crate::secret::{Secret32, hkdf_sha256};
 
 use super::dgm::{Dgm, MAX_OPS, MemOp};
@@ -22,6 +23,7 @@ const STATE_VERSION: u8 = 1;
 const UPDATE_LABEL: &[u8] = b"SecureComm/dcgka/update-secret v1";
 const MEMBER_LABEL: &[u8] = b"SecureComm/dcgka/member-secret v1";
 const CHECK_LABEL: &[u8] = b"SecureComm/dcgka/key-check v1";
+const TWO_PARTY_CONTEXT: &[u8] = b"SecureComm/dcgka/2sm v1";
 const WELCOME_INPUT: &[u8] = b"SecureComm/dcgka/welcome-input v1";
 const ADD_INPUT: &[u8] = b"SecureComm/dcgka/add-input v1";
 /// Most outstanding member secrets (waiting for an acknowledgement) a member stores.
@@ -93,6 +95,9 @@ pub enum GroupError {
     /// The envelope was signed by another device than the ratchet's owner.
     #[error("application message signed by a different member than its key belongs to")]
     WrongSender,
+    /// A member key's prekey is invalid (bad signature or degenerate key).
+    #[error("member prekey: {0}")]
+    Prekey(#[from] OneShotError),
     /// History export or import failed.
     #[error("history: {0}")]
     History(#[from] HistoryError),
@@ -173,11 +178,11 @@ impl Outer {
 pub struct Group {
     group: [u8; 32],
     me: DevicePublicKey,
-    prekey: DhSecret,
+    store: PrekeyStore,
     seq: u64,
     status: Status,
     last_seq: BTreeMap<DevicePublicKey, u64>,
-    prekeys: BTreeMap<DevicePublicKey, DhPublic>,
+    prekeys: BTreeMap<DevicePublicKey, SignedPrekey>,
     dgm: Dgm,
     next_seed: Option<Secret32>,
     member_secrets: BTreeMap<(OpId, DevicePublicKey), Secret32>,
@@ -212,13 +217,14 @@ fn constant_input(label: &[u8]) -> Secret32 {
 }
 
 impl Group {
-    /// A fresh, not-yet-joined state for device `me` in group `group`. `prekey` is the secret
-    /// of the prekey this device publishes in its [`MemberKey`].
-    pub fn new(group: [u8; 32], me: DevicePublicKey, prekey: DhSecret) -> Self {
+    /// A fresh, not-yet-joined state for device `me` in group `group`. `store` holds the
+    /// one-shot prekeys this device publishes in its [`MemberKey`] (first 2SM messages from
+    /// each peer are sealed to them).
+    pub fn new(group: [u8; 32], me: DevicePublicKey, store: PrekeyStore) -> Self {
         Self {
             group,
             me,
-            prekey,
+            store,
             seq: 0,
             status: Status::Pending,
             last_seq: BTreeMap::new(),
@@ -232,6 +238,16 @@ impl Group {
             tags: BTreeMap::new(),
             history: History::default(),
         }
+    }
+
+    /// This device's member key (its current signed prekey) for a create or add.
+    pub fn member_key(&self, signer: &DeviceSigningKey) -> MemberKey {
+        MemberKey::new(signer, &self.store)
+    }
+
+    /// The prekey store, for rotation and expiry ([`PrekeyStore::rotate`], [`PrekeyStore::expire`]).
+    pub fn prekey_store_mut(&mut self) -> &mut PrekeyStore {
+        &mut self.store
     }
 
     /// This member's device.
@@ -310,18 +326,21 @@ impl Group {
         kind: DirectKind,
         msg: &[u8],
     ) -> Result<(DevicePublicKey, DirectMessage), GroupError> {
-        let prekey = *self
-            .prekeys
-            .get(&to)
-            .ok_or(GroupError::Invalid("no prekey for recipient"))?;
         if !self.two_party.contains_key(&to) && self.two_party.len() >= MAX_PEERS {
             return Err(GroupError::Bound("two-party states"));
         }
-        let ct = self
-            .two_party
-            .entry(to)
-            .or_default()
-            .send(rng, &prekey, msg)?;
+        let ctx = self.two_party_context(&self.me, &to);
+        let tp = self.two_party.entry(to).or_default();
+        let verified = if tp.needs_prekey() {
+            let p = self
+                .prekeys
+                .get(&to)
+                .ok_or(GroupError::Invalid("no prekey for recipient"))?;
+            Some(p.verify(&to)?)
+        } else {
+            None
+        };
+        let ct = tp.send(rng, verified.as_ref(), &ctx, msg)?;
         Ok((
             to,
             DirectMessage::sign(signer, self.group, to, op, kind, ct),
@@ -340,8 +359,18 @@ impl Group {
         if !self.two_party.contains_key(&dm.sender) && self.two_party.len() >= MAX_PEERS {
             return Err(GroupError::Bound("two-party states"));
         }
+        let ctx = self.two_party_context(&dm.sender, &self.me);
         let tp = self.two_party.entry(dm.sender).or_default();
-        Ok(tp.receive(&self.prekey, &dm.payload)?)
+        Ok(tp.receive(&self.store, &ctx, &dm.payload)?)
+    }
+
+    fn two_party_context(&self, from: &DevicePublicKey, to: &DevicePublicKey) -> Vec<u8> {
+        let mut c = Vec::with_capacity(TWO_PARTY_CONTEXT.len() + 96);
+        c.extend_from_slice(TWO_PARTY_CONTEXT);
+        c.extend_from_slice(&self.group);
+        c.extend_from_slice(from.as_bytes());
+        c.extend_from_slice(to.as_bytes());
+        c
     }
 
     fn seeds_to<R: RngCore + CryptoRng>(
@@ -375,7 +404,7 @@ impl Group {
         if self.status != Status::Pending || self.dgm.has_create() {
             return Err(GroupError::Invalid("group already exists"));
         }
-        if me_key.device != self.me || me_key.prekey != self.prekey.public() {
+        if me_key.device != self.me || me_key.prekey.public != self.store.current().public() {
             return Err(GroupError::Invalid("own member key does not match"));
         }
         let mut members = vec![me_key];
@@ -864,10 +893,10 @@ impl Group {
             _ => None,
         };
         let secret = self.member_secrets.remove(&(*of, acker)).or(forwarded);
-        if let Some(s) = secret {
-            if self.outer.contains_key(&acker) {
-                self.ratchet_and_start(acker, &s, &mut out);
-            }
+        if let Some(s) = secret
+            && self.outer.contains_key(&acker)
+        {
+            self.ratchet_and_start(acker, &s, &mut out);
         }
         self.sync_membership();
         Ok(out)
@@ -1004,7 +1033,10 @@ impl Group {
         let n = r.count16("welcome prekeys", 2 * MAX_MEMBERS)?;
         let mut prekeys = BTreeMap::new();
         for _ in 0..n {
-            prekeys.insert(DevicePublicKey::decode(&mut r)?, DhPublic::decode(&mut r)?);
+            prekeys.insert(
+                DevicePublicKey::decode(&mut r)?,
+                SignedPrekey::decode(&mut r)?,
+            );
         }
         r.finish()?;
         if self.status == Status::Pending {
@@ -1185,7 +1217,7 @@ impl Group {
         w.u8(STATE_VERSION);
         w.put(&self.group);
         self.me.encode(&mut w);
-        w.put(self.prekey.to_bytes().as_ref());
+        w.bytes32(&self.store.to_bytes());
         w.u64(self.seq);
         w.u8(match self.status {
             Status::Pending => 0,
@@ -1243,7 +1275,7 @@ impl Group {
         r.version("dcgka state", STATE_VERSION)?;
         let group = r.array()?;
         let me = DevicePublicKey::decode(&mut r)?;
-        let prekey = DhSecret::from_bytes(r.array()?);
+        let store = PrekeyStore::from_bytes(r.bytes32("prekey store", 64 * 1024)?)?;
         let seq = r.u64()?;
         let status = match r.u8()? {
             0 => Status::Pending,
@@ -1265,7 +1297,10 @@ impl Group {
         let n = r.count16("prekeys", 2 * MAX_MEMBERS)?;
         let mut prekeys = BTreeMap::new();
         for _ in 0..n {
-            prekeys.insert(DevicePublicKey::decode(&mut r)?, DhPublic::decode(&mut r)?);
+            prekeys.insert(
+                DevicePublicKey::decode(&mut r)?,
+                SignedPrekey::decode(&mut r)?,
+            );
         }
         let dgm = Dgm::decode(&mut r)?;
         let next_seed = if r.bool()? {
@@ -1323,7 +1358,7 @@ impl Group {
         Ok(Self {
             group,
             me,
-            prekey,
+            store,
             seq,
             status,
             last_seq,
@@ -1371,12 +1406,20 @@ mod tests {
 
     #[test]
     fn debug_shows_no_secrets() {
+        use rand::SeedableRng;
+        let store = PrekeyStore::new(&mut rand::rngs::StdRng::seed_from_u64(1), 0);
+        let secret = store.to_bytes();
         let g = Group::new(
             [1; 32],
             DeviceSigningKey::from_seed(&[2; 32]).public(),
-            DhSecret::from_bytes([0x5a; 32]),
+            store,
         );
         let d = format!("{g:?}");
-        assert!(!d.contains("5a5a") && !d.contains("90, 90"), "{d}");
+        // No 4-byte window of the serialized prekey secrets appears in the Debug output.
+        let hexed: String = d.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+        for w in secret[5..].windows(4) {
+            let h: String = w.iter().map(|b| format!("{b:02x}")).collect();
+            assert!(!hexed.contains(&h), "{d}");
+        }
     }
 }

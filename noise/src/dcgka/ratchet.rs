@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn round_trip_state() {
-        let (mut s, mut r) = chains();
+        let (mut s, r) = chains();
         let _ = s.next_send().unwrap();
         let k1 = s.next_send().unwrap();
         let mut w = Writer::new();

@@ -3,7 +3,10 @@
 //! paper.
 //!
 //! Each direction A→B is independent. A encrypts to one X25519 public key of B's at a time:
-//! * at first, B's signed **prekey** (from B's [`super::wire::MemberKey`]);
+//! * at first, B's signed **prekey** (from B's [`super::wire::MemberKey`]), through the Noise `X`
+//!   one-shot encryption of [`crate::oneshot`] (so prekey rotation and expiry are the one-shot
+//!   module's; the sender's static key there is a throw-away key, as sender authentication comes
+//!   from the Ed25519 signature on every direct message);
 //! * afterwards, the **chain key** A generated itself and sent the secret half of inside its
 //!   previous message to B (so B can delete the key it just used: forward secrecy without
 //!   waiting for B to reply);
@@ -12,12 +15,13 @@
 //!   A→B direction).
 //!
 //! ```text
-//! ciphertext = 0x01 || key_ref(tag u8: 1 prekey | 2 chain | 3 announced, index u32)
-//!              || ephemeral(32) || ChaCha20-Poly1305(inner), associated data = the first 6 bytes
+//! ciphertext = 0x01 || key_ref(tag u8: 1 prekey | 2 chain | 3 announced, index u32) || body
+//! body       = one-shot message (prekey)  |  ephemeral(32) || ChaCha20-Poly1305(inner)
+//!              bound to (the first 6 bytes || caller context): Noise prologue resp. AEAD data
 //! inner      = next_chain_secret(32) || next_chain_index(u32) || announce_index(u32)
 //!              || announce_public(32) || highest_announce_seen(u32) || message
 //! ```
-//! The public-key step ([`pke_seal`]/[`pke_open`]) is Noise `N`-shaped: an ephemeral X25519
+//! The public-key step after the first message ([`pke_seal`]/[`pke_open`]) is Noise `N`-shaped: an ephemeral X25519
 //! key, DH with the recipient key, HKDF-SHA256 (`"SecureComm/dcgka/2sm-pke v1"`) to a one-time
 //! AEAD key. Messages in one direction must be opened in the order sent (DCGKA's causal delivery
 //! of the accompanying control messages guarantees this).
@@ -29,8 +33,9 @@ use std::collections::VecDeque;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::codec::{DecodeError, Reader, Writer};
+use crate::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use crate::keys::{DhPublic, DhSecret};
+use crate::oneshot::{self, OneShotError, OneShotMessage, PrekeyStore, VerifiedPrekey};
 use crate::secret::hkdf_sha256;
 
 const VERSION: u8 = 1;
@@ -54,6 +59,9 @@ pub enum TwoPartyError {
     /// The peer's key is degenerate.
     #[error("2SM peer key has small order")]
     BadKey,
+    /// The first message (sealed to the prekey) failed in the one-shot layer.
+    #[error("2SM first message: {0}")]
+    OneShot(#[from] OneShotError),
 }
 
 /// Which receiving key a message was encrypted to.
@@ -183,10 +191,15 @@ impl TwoParty {
     pub fn send<R: RngCore + CryptoRng>(
         &mut self,
         rng: &mut R,
-        peer_prekey: &DhPublic,
+        peer_prekey: Option<&VerifiedPrekey>,
+        context: &[u8],
         msg: &[u8],
     ) -> Result<Vec<u8>, TwoPartyError> {
-        let (target, to) = self.send_to.unwrap_or((KeyRef::Prekey, *peer_prekey));
+        let (target, to) = match (self.send_to, peer_prekey) {
+            (Some(t), _) => t,
+            (None, Some(p)) => (KeyRef::Prekey, p.public()),
+            (None, None) => return Err(TwoPartyError::UnknownKey("peer prekey")),
+        };
         let next_chain = DhSecret::generate(rng);
         let chain_idx = self.send_chain.wrapping_add(1);
         // A fresh receiving key for the peer's next message, unless MAX_ANNOUNCED are already
@@ -211,8 +224,16 @@ impl TwoParty {
         let mut w = Writer::with_capacity(6 + 32 + inner.len() + 16);
         w.u8(VERSION);
         target.encode(&mut w);
-        let ad = w.clone().into_bytes();
-        w.put(&pke_seal(rng, &to, &ad, &inner)?);
+        let mut ad = w.clone().into_bytes();
+        ad.extend_from_slice(context);
+        if target == KeyRef::Prekey {
+            let throwaway = DhSecret::generate(rng);
+            let p = peer_prekey.ok_or(TwoPartyError::UnknownKey("peer prekey"))?;
+            let m = oneshot::seal(rng, &throwaway, p, &ad, &inner)?;
+            m.encode(&mut w);
+        } else {
+            w.put(&pke_seal(rng, &to, &ad, &inner)?);
+        }
 
         self.send_chain = chain_idx;
         self.send_to = Some((KeyRef::Chain(chain_idx), next_chain.public()));
@@ -223,21 +244,30 @@ impl TwoParty {
         Ok(w.into_bytes())
     }
 
-    /// Decrypts a message from the peer; `my_prekey` opens the peer's first message.
+    /// Whether the next message must be sealed to the peer's prekey.
+    pub fn needs_prekey(&self) -> bool {
+        self.send_to.is_none()
+    }
+
+    /// Decrypts a message from the peer; `prekeys` opens the peer's first message.
     pub fn receive(
         &mut self,
-        my_prekey: &DhSecret,
+        prekeys: &PrekeyStore,
+        context: &[u8],
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, TwoPartyError> {
         let mut r = Reader::new(ciphertext);
         r.version("2SM ciphertext", VERSION)?;
         let target = KeyRef::decode(&mut r)?;
-        let ad = ciphertext
+        let mut ad = ciphertext
             .get(..6)
-            .ok_or(TwoPartyError::UnknownKey("header"))?;
+            .ok_or(TwoPartyError::UnknownKey("header"))?
+            .to_vec();
+        ad.extend_from_slice(context);
+        let ad = &ad[..];
         let body = r.rest();
         let inner = match target {
-            KeyRef::Prekey => pke_open(my_prekey, ad, body)?,
+            KeyRef::Prekey => prekeys.open(&OneShotMessage::from_bytes(body)?, ad)?.1,
             KeyRef::Chain(i) => match &self.recv_chain {
                 Some((j, k)) if *j == i => pke_open(k, ad, body)?,
                 _ => return Err(TwoPartyError::UnknownKey("chain")),
@@ -345,19 +375,56 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
+    use crate::keys::DeviceSigningKey;
+
+    const CTX: &[u8] = b"test context";
+
     struct Side {
-        prekey: DhSecret,
+        prekey: Pk,
         st: TwoParty,
+    }
+
+    /// A prekey store and its verified public prekey.
+    struct Pk {
+        store: PrekeyStore,
+        public: VerifiedPrekey,
+    }
+
+    impl Pk {
+        fn public(&self) -> VerifiedPrekey {
+            self.public
+        }
+    }
+
+    fn pk(rng: &mut StdRng, seed: u8) -> Pk {
+        let dev = DeviceSigningKey::from_seed(&[seed; 32]);
+        let store = PrekeyStore::new(rng, 0);
+        let public = store.signed_current(&dev).verify(&dev.public()).unwrap();
+        Pk { store, public }
+    }
+
+    impl TwoParty {
+        fn tx(
+            &mut self,
+            rng: &mut StdRng,
+            to: &VerifiedPrekey,
+            m: &[u8],
+        ) -> Result<Vec<u8>, TwoPartyError> {
+            self.send(rng, Some(to), CTX, m)
+        }
+        fn rx(&mut self, mine: &Pk, c: &[u8]) -> Result<Zeroizing<Vec<u8>>, TwoPartyError> {
+            self.receive(&mine.store, CTX, c)
+        }
     }
 
     fn pair() -> (Side, Side, StdRng) {
         let mut rng = StdRng::seed_from_u64(7);
         let a = Side {
-            prekey: DhSecret::generate(&mut rng),
+            prekey: pk(&mut rng, 1),
             st: TwoParty::default(),
         };
         let b = Side {
-            prekey: DhSecret::generate(&mut rng),
+            prekey: pk(&mut rng, 2),
             st: TwoParty::default(),
         };
         (a, b, rng)
@@ -367,28 +434,28 @@ mod tests {
     fn round_trips_both_ways_and_interleaved() {
         let (mut a, mut b, mut rng) = pair();
         for i in 0..5u8 {
-            let c1 = a.st.send(&mut rng, &b.prekey.public(), &[i]).unwrap();
-            let c2 = a.st.send(&mut rng, &b.prekey.public(), &[i, i]).unwrap();
-            let c3 = b.st.send(&mut rng, &a.prekey.public(), &[i, 9]).unwrap();
-            assert_eq!(&b.st.receive(&b.prekey, &c1).unwrap()[..], &[i]);
-            assert_eq!(&a.st.receive(&a.prekey, &c3).unwrap()[..], &[i, 9]);
-            assert_eq!(&b.st.receive(&b.prekey, &c2).unwrap()[..], &[i, i]);
+            let c1 = a.st.tx(&mut rng, &b.prekey.public(), &[i]).unwrap();
+            let c2 = a.st.tx(&mut rng, &b.prekey.public(), &[i, i]).unwrap();
+            let c3 = b.st.tx(&mut rng, &a.prekey.public(), &[i, 9]).unwrap();
+            assert_eq!(&b.st.rx(&b.prekey, &c1).unwrap()[..], &[i]);
+            assert_eq!(&a.st.rx(&a.prekey, &c3).unwrap()[..], &[i, 9]);
+            assert_eq!(&b.st.rx(&b.prekey, &c2).unwrap()[..], &[i, i]);
         }
     }
 
     #[test]
     fn replay_and_tamper_rejected() {
         let (mut a, mut b, mut rng) = pair();
-        let c0 = a.st.send(&mut rng, &b.prekey.public(), b"x").unwrap();
-        b.st.receive(&b.prekey, &c0).unwrap();
-        let c = a.st.send(&mut rng, &b.prekey.public(), b"hello").unwrap();
+        let c0 = a.st.tx(&mut rng, &b.prekey.public(), b"x").unwrap();
+        b.st.rx(&b.prekey, &c0).unwrap();
+        let c = a.st.tx(&mut rng, &b.prekey.public(), b"hello").unwrap();
         let mut t = c.clone();
         let last = t.len() - 1;
         t[last] ^= 1;
-        assert_eq!(b.st.receive(&b.prekey, &t), Err(TwoPartyError::Decrypt));
-        b.st.receive(&b.prekey, &c).unwrap();
+        assert_eq!(b.st.rx(&b.prekey, &t), Err(TwoPartyError::Decrypt));
+        b.st.rx(&b.prekey, &c).unwrap();
         assert_eq!(
-            b.st.receive(&b.prekey, &c),
+            b.st.rx(&b.prekey, &c),
             Err(TwoPartyError::UnknownKey("chain"))
         );
     }
@@ -397,42 +464,77 @@ mod tests {
     #[test]
     fn state_after_receipt_does_not_open_old_messages() {
         let (mut a, mut b, mut rng) = pair();
-        let c0 = a.st.send(&mut rng, &b.prekey.public(), b"first").unwrap();
-        b.st.receive(&b.prekey, &c0).unwrap();
-        let c1 = a.st.send(&mut rng, &b.prekey.public(), b"secret").unwrap();
-        b.st.receive(&b.prekey, &c1).unwrap();
+        let c0 = a.st.tx(&mut rng, &b.prekey.public(), b"first").unwrap();
+        b.st.rx(&b.prekey, &c0).unwrap();
+        let c1 = a.st.tx(&mut rng, &b.prekey.public(), b"secret").unwrap();
+        b.st.rx(&b.prekey, &c1).unwrap();
         let mut stolen = b.st.clone();
-        assert!(stolen.receive(&b.prekey, &c1).is_err());
+        assert!(stolen.rx(&b.prekey, &c1).is_err());
     }
 
     /// Post-compromise security: once B has sent to A, A's next message uses B's fresh key.
     #[test]
     fn announced_key_heals_after_compromise() {
         let (mut a, mut b, mut rng) = pair();
-        let c0 = a.st.send(&mut rng, &b.prekey.public(), b"first").unwrap();
-        b.st.receive(&b.prekey, &c0).unwrap();
+        let c0 = a.st.tx(&mut rng, &b.prekey.public(), b"first").unwrap();
+        b.st.rx(&b.prekey, &c0).unwrap();
         let stolen = b.st.clone();
-        let back = b.st.send(&mut rng, &a.prekey.public(), b"reply").unwrap();
-        a.st.receive(&a.prekey, &back).unwrap();
-        let c1 = a.st.send(&mut rng, &b.prekey.public(), b"after").unwrap();
+        let back = b.st.tx(&mut rng, &a.prekey.public(), b"reply").unwrap();
+        a.st.rx(&a.prekey, &back).unwrap();
+        let c1 = a.st.tx(&mut rng, &b.prekey.public(), b"after").unwrap();
         let mut attacker = stolen;
-        assert!(attacker.receive(&b.prekey, &c1).is_err());
-        assert_eq!(&b.st.receive(&b.prekey, &c1).unwrap()[..], b"after");
+        assert!(attacker.rx(&b.prekey, &c1).is_err());
+        assert_eq!(&b.st.rx(&b.prekey, &c1).unwrap()[..], b"after");
     }
 
     #[test]
     fn state_round_trips() {
         let (mut a, mut b, mut rng) = pair();
-        let c0 = a.st.send(&mut rng, &b.prekey.public(), b"first").unwrap();
-        b.st.receive(&b.prekey, &c0).unwrap();
+        let c0 = a.st.tx(&mut rng, &b.prekey.public(), b"first").unwrap();
+        b.st.rx(&b.prekey, &c0).unwrap();
         let mut w = Writer::new();
         b.st.encode(&mut w);
         let bytes = w.into_bytes();
         let mut r = Reader::new(&bytes);
         let mut b2 = TwoParty::decode(&mut r).unwrap();
         r.finish().unwrap();
-        let c1 = a.st.send(&mut rng, &b.prekey.public(), b"next").unwrap();
-        assert_eq!(&b2.receive(&b.prekey, &c1).unwrap()[..], b"next");
+        let c1 = a.st.tx(&mut rng, &b.prekey.public(), b"next").unwrap();
+        assert_eq!(&b2.rx(&b.prekey, &c1).unwrap()[..], b"next");
         assert!(!format!("{b2:?}").contains("recv"));
+    }
+
+    /// Many messages one way without a reply, then replies that use old announcements: every
+    /// key the peer may still use is kept.
+    #[test]
+    fn long_one_way_runs_keep_usable_announcements() {
+        let (mut a, mut b, mut rng) = pair();
+        let c0 = b.st.tx(&mut rng, &a.prekey.public(), b"hi").unwrap();
+        a.st.rx(&a.prekey, &c0).unwrap();
+        let mut pending = Vec::new();
+        for i in 0..(3 * MAX_ANNOUNCED) {
+            pending.push(a.st.tx(&mut rng, &b.prekey.public(), &[i as u8]).unwrap());
+        }
+        // B processes them slowly, replying after each one.
+        for (i, c) in pending.iter().enumerate() {
+            assert_eq!(&b.st.rx(&b.prekey, c).unwrap()[..], &[i as u8]);
+            let r = b.st.tx(&mut rng, &a.prekey.public(), b"r").unwrap();
+            a.st.rx(&a.prekey, &r).unwrap();
+        }
+        assert!(a.st.announced.len() <= MAX_ANNOUNCED);
+    }
+
+    #[test]
+    fn wrong_context_rejected() {
+        let (mut a, mut b, mut rng) = pair();
+        let c0 = a.st.tx(&mut rng, &b.prekey.public(), b"x").unwrap();
+        assert!(b.st.receive(&b.prekey.store, b"other", &c0).is_err());
+        b.st.rx(&b.prekey, &c0).unwrap();
+        let c1 = a.st.tx(&mut rng, &b.prekey.public(), b"y").unwrap();
+        assert!(
+            b.st.clone()
+                .receive(&b.prekey.store, b"other", &c1)
+                .is_err()
+        );
+        b.st.rx(&b.prekey, &c1).unwrap();
     }
 }

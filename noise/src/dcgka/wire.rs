@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! control = 0x01 || group(32) || sender(32) || seq(u64) || body || sig(64)
-//! body    = 1 create  || count(u16) || member_key*      (member_key = device(32) prekey(32) sig(64))
+//! body    = 1 create  || count(u16) || member_key*      (member_key = device(32) || signed prekey)
 //!         | 2 add     || member_key
 //!         | 3 remove  || device(32)
 //!         | 4 update
@@ -19,9 +19,8 @@
 //! `"SecureComm/dcgka/direct v1"`.
 
 use crate::codec::{Decode, DecodeError, Encode, Reader, Writer};
-use crate::keys::{
-    DevicePublicKey, DeviceSigningKey, DhPublic, SigLabel, Signature, SignatureError,
-};
+use crate::keys::{DevicePublicKey, DeviceSigningKey, SigLabel, Signature, SignatureError};
+use crate::oneshot::{OneShotError, PrekeyStore, SignedPrekey, VerifiedPrekey};
 
 /// Control and direct message wire version.
 pub const VERSION: u8 = 1;
@@ -32,7 +31,6 @@ pub const MAX_DIRECT_PAYLOAD: usize = 4 * 1024 * 1024;
 
 const CONTROL_LABEL: SigLabel = SigLabel("SecureComm/dcgka/control v1");
 const DIRECT_LABEL: SigLabel = SigLabel("SecureComm/dcgka/direct v1");
-const PREKEY_LABEL: SigLabel = SigLabel("SecureComm/dcgka/prekey v1");
 
 /// The id of a control message: its sender and the sender's sequence number in this group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -59,31 +57,28 @@ impl Decode for OpId {
     }
 }
 
-/// A device and the X25519 prekey its first 2SM message is encrypted to, signed by the device.
+/// A device and its signed one-shot prekey ([`crate::oneshot`]), to which the first 2SM message
+/// from each peer is sealed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemberKey {
     /// The member's device identity.
     pub device: DevicePublicKey,
-    /// Its 2SM prekey.
-    pub prekey: DhPublic,
-    /// The device's signature over the prekey.
-    pub sig: Signature,
+    /// Its current prekey, signed by the device.
+    pub prekey: SignedPrekey,
 }
 
 impl MemberKey {
-    /// Signs `prekey` as `signer`'s DCGKA prekey.
-    pub fn new(signer: &DeviceSigningKey, prekey: DhPublic) -> Self {
+    /// `signer`'s member key for its store's current prekey.
+    pub fn new(signer: &DeviceSigningKey, prekeys: &PrekeyStore) -> Self {
         Self {
             device: signer.public(),
-            prekey,
-            sig: signer.sign(PREKEY_LABEL, prekey.as_bytes()),
+            prekey: prekeys.signed_current(signer),
         }
     }
 
-    /// Checks the prekey signature.
-    pub fn verify(&self) -> Result<(), SignatureError> {
-        self.device
-            .verify(PREKEY_LABEL, self.prekey.as_bytes(), &self.sig)
+    /// Checks the prekey signature (and that the key is not degenerate).
+    pub fn verify(&self) -> Result<VerifiedPrekey, OneShotError> {
+        self.prekey.verify(&self.device)
     }
 }
 
@@ -91,7 +86,6 @@ impl Encode for MemberKey {
     fn encode(&self, w: &mut Writer) {
         self.device.encode(w);
         self.prekey.encode(w);
-        self.sig.encode(w);
     }
 }
 
@@ -99,8 +93,7 @@ impl Decode for MemberKey {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self {
             device: DevicePublicKey::decode(r)?,
-            prekey: DhPublic::decode(r)?,
-            sig: Signature::decode(r)?,
+            prekey: SignedPrekey::decode(r)?,
         })
     }
 }
@@ -458,9 +451,13 @@ mod tests {
         DeviceSigningKey::from_seed(&[i; 32])
     }
 
+    fn store() -> PrekeyStore {
+        PrekeyStore::new(&mut rand::rngs::StdRng::seed_from_u64(3), 0)
+    }
+
     fn bodies() -> impl Strategy<Value = ControlBody> {
         let k = key(9);
-        let mk = MemberKey::new(&k, DhPublic([3; 32]));
+        let mk = MemberKey::new(&k, &store());
         let dev = key(8).public();
         let of = OpId {
             sender: dev,
@@ -536,15 +533,10 @@ mod tests {
 
     #[test]
     fn member_key_signature() {
-        let mut rng = rand_chacha_free_rng();
-        let k = DeviceSigningKey::generate(&mut rng);
-        let mut mk = MemberKey::new(&k, DhPublic([4; 32]));
+        let k = key(4);
+        let mut mk = MemberKey::new(&k, &store());
         mk.verify().unwrap();
-        mk.prekey = DhPublic([5; 32]);
+        mk.device = key(5).public();
         assert!(mk.verify().is_err());
-    }
-
-    fn rand_chacha_free_rng() -> rand::rngs::StdRng {
-        rand::rngs::StdRng::seed_from_u64(1)
     }
 }
