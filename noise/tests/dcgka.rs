@@ -816,3 +816,41 @@ fn repro() {
     let steps: usize = std::env::var("T").unwrap().parse().unwrap();
     random_run(seed, n, steps);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+    /// Poor man's fuzzing of every decoder and processor: mutated real messages and states never
+    /// panic, and a mutated message is never accepted as a different valid one.
+    #[test]
+    fn mutated_inputs_never_panic(pos in 0usize..100_000, byte: u8, cut in 0usize..100_000) {
+        let (mut net, ids) = Net::new(3, 42);
+        net.op(ids[0], |g, k, r| g.update(k, r)).unwrap();
+        let m = net.log.last().unwrap().clone();
+        let ai = net.send_app(ids[2], b"payload");
+        let app = net.apps[ai].msg.0.clone();
+        let state = net.group(&ids[1]).to_bytes().to_vec();
+        let control = m.control.to_bytes();
+        let direct = m.direct[&ids[1]].to_bytes();
+        for bytes in [control.clone(), direct.clone(), app.clone(), state.clone()] {
+            let mut b = bytes.clone();
+            let i = pos % b.len();
+            b[i] ^= byte | 1;
+            let mut t = bytes.clone();
+            t.truncate(cut % bytes.len());
+            for input in [b, t] {
+                let _ = Group::from_bytes(&input);
+                let n = net.nodes.get_mut(&ids[1]).unwrap();
+                let mut g = n.g.clone();
+                if let Ok(c) = ControlMessage::from_bytes(&input) {
+                    let _ = g.process(&n.key, &mut StdRng::seed_from_u64(1), &c, m.direct.get(&ids[1]));
+                }
+                if let Ok(d) = DirectMessage::from_bytes(&input) {
+                    let r = g.process(&n.key, &mut StdRng::seed_from_u64(1), &m.control, Some(&d));
+                    proptest::prop_assert!(r.is_err() || d == m.direct[&ids[1]]);
+                }
+                let r = n.g.clone().decrypt(&AppMessage(input.clone()));
+                proptest::prop_assert!(r.is_err() || input == app);
+            }
+        }
+    }
+}

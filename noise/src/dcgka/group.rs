@@ -1403,6 +1403,66 @@ fn parse_outer(pt: &[u8]) -> Result<(Secret32, u32), GroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    /// A member that knows another member's receiving chain forges a message in its name,
+    /// signing with its own key: the envelope opens but the signer is not the chain's owner.
+    #[test]
+    fn member_cannot_impersonate_another() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let keys: Vec<_> = (1u8..=3)
+            .map(|i| DeviceSigningKey::from_seed(&[i; 32]))
+            .collect();
+        let mut gs: Vec<_> = keys
+            .iter()
+            .map(|k| Group::new([1; 32], k.public(), PrekeyStore::new(&mut rng, 0)))
+            .collect();
+        let mks: Vec<_> = gs.iter().zip(&keys).map(|(g, k)| g.member_key(k)).collect();
+        let out = gs[0].create(&keys[0], &mut rng, mks[0], &mks[1..]).unwrap();
+        let create = out.broadcast.unwrap();
+        let mut acks = Vec::new();
+        for i in 1..3 {
+            let dm = out
+                .direct
+                .iter()
+                .find(|(r, _)| *r == keys[i].public())
+                .map(|(_, d)| d.clone());
+            let o = gs[i]
+                .process(&keys[i], &mut rng, &create, dm.as_ref())
+                .unwrap();
+            acks.push((i, o.broadcast.unwrap()));
+        }
+        for (from, ack) in &acks {
+            for i in 0..3 {
+                if i != *from {
+                    gs[i].process(&keys[i], &mut rng, ack, None).unwrap();
+                }
+            }
+        }
+        // Member 1 takes the next key of member 0's chain from its own receiving state.
+        let victim = keys[0].public();
+        let (epoch, tag, _) = gs[1].chains[&victim].current().unwrap();
+        let mk = gs[1]
+            .chains
+            .get_mut(&victim)
+            .unwrap()
+            .take_key(epoch, 0)
+            .unwrap();
+        let header = EnvelopeHeader {
+            epoch: u64::from(epoch),
+            sender_tag: tag,
+            generation: 0,
+        };
+        let forged = envelope::seal(&mk, &header, &[1; 32], &keys[1], b"I am member 0").unwrap();
+        assert_eq!(
+            gs[2].decrypt(&AppMessage(forged)).unwrap_err(),
+            GroupError::WrongSender
+        );
+        // The genuine message at that position still decrypts (the failed attempt used no key).
+        let real = gs[0].encrypt(&keys[0], b"hi").unwrap();
+        assert_eq!(gs[2].decrypt(&real).unwrap().sender, victim);
+    }
 
     #[test]
     fn debug_shows_no_secrets() {

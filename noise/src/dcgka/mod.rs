@@ -14,8 +14,8 @@
 //!   device key (`"SecureComm/dcgka/control v1"`). Id = (sender, seq), seq = 1, 2, 3, ... per
 //!   sender and group. Kinds: `create(member keys)`, `add(member key)`, `remove(device)`,
 //!   `update`, `ack(op id, refresh)`, `add-ack(op id)`, `history-export(device)`. A *member key*
-//!   is a device key plus the X25519 prekey its first 2SM message is encrypted to, signed by the
-//!   device.
+//!   is a device key plus its signed one-shot prekey ([`crate::oneshot::SignedPrekey`]), to which
+//!   each peer's first 2SM message is sealed.
 //! * **Direct messages** ([`DirectMessage`]): for one recipient, travelling with one control
 //!   message (their `op` field is that message's id), signed (`"SecureComm/dcgka/direct v1"`),
 //!   payload encrypted with the 2SM channel of [`twoparty`]. Kinds: *seed* (32-byte seed of a
@@ -96,10 +96,12 @@
 //!
 //! # Not guaranteed / deviations from the paper
 //!
-//! * The first 2SM message to a device is encrypted to its prekey, so its forward secrecy lasts
-//!   only as long as that prekey (prekey rotation is the caller's: new devices/groups use new
-//!   prekeys). The public-key step is a Noise-`N`-shaped construction in [`twoparty`]
-//!   (issue 2's one-shot module was not on `main` when this was written).
+//! * The first 2SM message from each peer is sealed (Noise `X`, [`crate::oneshot`]) to the
+//!   prekey in this device's member key, so its forward secrecy lasts as long as that prekey is
+//!   kept in the [`crate::oneshot::PrekeyStore`] ([`Group::prekey_store_mut`] rotates and
+//!   expires it; members learn a device's prekey only from its create/add, so rotate only after
+//!   every peer has sent its first message). Every later 2SM message uses a fresh per-message
+//!   key (Noise-`N`-shaped step in [`twoparty`]), not the one-shot module.
 //! * Refreshing acks (above) are an addition to the paper. Removal is final per device key, and
 //!   adding the same device twice concurrently is not supported (the second add is processed but
 //!   is not a tested path). The membership rules are this implementation's DGM, not the paper's

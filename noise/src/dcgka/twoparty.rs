@@ -16,10 +16,11 @@
 //!
 //! ```text
 //! ciphertext = 0x01 || key_ref(tag u8: 1 prekey | 2 chain | 3 announced, index u32) || body
-//! body       = one-shot message (prekey)  |  ephemeral(32) || ChaCha20-Poly1305(inner)
+//! body       = one-shot message(inner) || ChaCha20-Poly1305(bulk key, message)     (first)
+//!            | ephemeral(32) || ChaCha20-Poly1305(inner)                          (later)
 //!              bound to (the first 6 bytes || caller context): Noise prologue resp. AEAD data
 //! inner      = next_chain_secret(32) || next_chain_index(u32) || announce_index(u32)
-//!              || announce_public(32) || highest_announce_seen(u32) || message
+//!              || announce_public(32) || highest_announce_seen(u32) || (bulk key(32) | message)
 //! ```
 //! The public-key step after the first message ([`pke_seal`]/[`pke_open`]) is Noise `N`-shaped: an ephemeral X25519
 //! key, DH with the recipient key, HKDF-SHA256 (`"SecureComm/dcgka/2sm-pke v1"`) to a one-time
@@ -111,6 +112,19 @@ fn pke_key(dh: &[u8; 32], eph: &DhPublic, to: &DhPublic) -> Zeroizing<[u8; 32]> 
     ikm[32..64].copy_from_slice(eph.as_bytes());
     ikm[64..].copy_from_slice(to.as_bytes());
     Zeroizing::new(hkdf_sha256::<32>(None, ikm.as_ref(), PKE_LABEL))
+}
+
+/// ChaCha20-Poly1305 with a one-time key and a zero nonce.
+fn aead(key: &[u8; 32], ad: &[u8], data: &[u8], seal: bool) -> Result<Vec<u8>, TwoPartyError> {
+    let c = ChaCha20Poly1305::new(Key::from_slice(key));
+    let n = Nonce::from_slice(&[0; 12]);
+    let p = Payload { msg: data, aad: ad };
+    if seal {
+        c.encrypt(n, p)
+    } else {
+        c.decrypt(n, p)
+    }
+    .map_err(|_| TwoPartyError::Decrypt)
 }
 
 /// Public-key encryption to `to`: `ephemeral(32) || AEAD(plaintext)`.
@@ -219,7 +233,14 @@ impl TwoParty {
         inner.extend_from_slice(&announce_idx.to_be_bytes());
         inner.extend_from_slice(announce_pub.as_bytes());
         inner.extend_from_slice(&self.seen_announce.to_be_bytes());
-        inner.extend_from_slice(msg);
+        // A first message may exceed the one-shot plaintext limit (a welcome carries the whole
+        // membership history), so the one-shot message carries a fresh bulk key instead and
+        // the message follows under that key.
+        let bulk = (self.send_to.is_none()).then(|| crate::secret::Secret32::random(rng));
+        match &bulk {
+            Some(k) => inner.extend_from_slice(k.expose()),
+            None => inner.extend_from_slice(msg),
+        }
 
         let mut w = Writer::with_capacity(6 + 32 + inner.len() + 16);
         w.u8(VERSION);
@@ -231,6 +252,9 @@ impl TwoParty {
             let p = peer_prekey.ok_or(TwoPartyError::UnknownKey("peer prekey"))?;
             let m = oneshot::seal(rng, &throwaway, p, &ad, &inner)?;
             m.encode(&mut w);
+            if let Some(k) = &bulk {
+                w.put(&aead(k.expose(), &ad, msg, true)?);
+            }
         } else {
             w.put(&pke_seal(rng, &to, &ad, &inner)?);
         }
@@ -265,9 +289,16 @@ impl TwoParty {
             .to_vec();
         ad.extend_from_slice(context);
         let ad = &ad[..];
+        let first = match target {
+            KeyRef::Prekey => Some(OneShotMessage::decode(&mut r)?),
+            _ => None,
+        };
         let body = r.rest();
         let inner = match target {
-            KeyRef::Prekey => prekeys.open(&OneShotMessage::from_bytes(body)?, ad)?.1,
+            KeyRef::Prekey => match &first {
+                Some(m) => prekeys.open(m, ad)?.1,
+                None => return Err(TwoPartyError::UnknownKey("prekey")),
+            },
             KeyRef::Chain(i) => match &self.recv_chain {
                 Some((j, k)) if *j == i => pke_open(k, ad, body)?,
                 _ => return Err(TwoPartyError::UnknownKey("chain")),
@@ -288,7 +319,14 @@ impl TwoParty {
         let announce_idx = r.u32()?;
         let announce_pub = DhPublic(r.array()?);
         let seen = r.u32()?;
-        let msg = Zeroizing::new(r.rest().to_vec());
+        let msg = if target == KeyRef::Prekey {
+            let k: [u8; 32] = r.array()?;
+            r.finish()?;
+            let k = Zeroizing::new(k);
+            Zeroizing::new(aead(&k, ad, body, false)?)
+        } else {
+            Zeroizing::new(r.rest().to_vec())
+        };
 
         // Forward secrecy: the key just used is deleted, and so is every announced key the peer
         // will never use again.
