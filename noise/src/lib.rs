@@ -2,6 +2,7 @@
 //! no global RNG; randomness and time are passed in by the caller.
 
 pub mod codec;
+pub mod dcgka;
 pub mod dm;
 pub mod envelope;
 pub mod file;
