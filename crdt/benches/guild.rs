@@ -1,8 +1,8 @@
 //! Guild benchmark: 10,000 members, 250 roles, 500 channels.
 //!
 //! Prints: build time, validated changes applied per second next to plain Automerge
-//! `apply_changes` of the same changes (same run), load time from bytes (ours and plain
-//! Automerge), time to resolve the view from scratch, effective-permission queries per second,
+//! `apply_changes` of the same changes (same run), load time from bytes (verified, trusted
+//! local storage, and plain Automerge), time to resolve the view from scratch, effective-permission queries per second,
 //! saved size and live heap. Run with
 //! `cargo bench -p securecomm-crdt --bench guild -- --warm-up-time 1 --measurement-time 3`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -248,14 +248,22 @@ fn report(c: &mut Criterion) {
     let load = t.elapsed();
     assert_eq!(loaded.len(), fresh.len());
     let t = Instant::now();
+    let trusted = Guild::load_trusted(&saved).unwrap();
+    let load_trusted = t.elapsed();
+    assert_eq!(trusted.len(), fresh.len());
+    drop((loaded, trusted));
+    let t = Instant::now();
     let _ = Automerge::load(&doc_bytes).unwrap();
     let plain_load = t.elapsed();
     println!(
-        "load from bytes ({:.2} MiB saved, of which Automerge doc {:.2} MiB): {:.2?} (plain Automerge::load {:.2?})",
+        "load from bytes ({:.2} MiB saved, of which Automerge doc {:.2} MiB): verified {:.2?} | load_trusted (own sealed storage) {:.2?} | plain Automerge::load {:.2?} (ratios {:.2}x, {:.2}x)",
         mib(saved.len() as isize),
         mib(doc_bytes.len() as isize),
         load,
-        plain_load
+        load_trusted,
+        plain_load,
+        load.as_secs_f64() / plain_load.as_secs_f64(),
+        load_trusted.as_secs_f64() / plain_load.as_secs_f64(),
     );
 
     // Resolve from scratch.

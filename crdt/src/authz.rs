@@ -6,12 +6,16 @@
 //! restricts (removal, ban, role revocation, lowering a role's permissions or position, handing
 //! ownership away, revoking an invite) and what it (re-)adds.
 
+use std::collections::HashSet;
+
+use securecomm_noise::codec::Encode;
 use securecomm_noise::keys::DevicePublicKey;
 use thiserror::Error;
 
+use crate::invite::InviteToken;
 use crate::ops::GuildOp;
 use crate::perms::Permissions;
-use crate::schema::{Channel, ChannelKind, InviteCode, MAX_DEVICES, RoleId, UserId};
+use crate::schema::{Channel, ChannelKind, DeviceCert, InviteCode, MAX_DEVICES, RoleId, UserId};
 use crate::view::GuildView;
 
 /// Why a change is not authorized in its causal past.
@@ -103,6 +107,67 @@ pub enum Addition {
     Redeem(InviteCode),
 }
 
+/// Most invite tokens remembered as verified by one [`SigChecks`].
+pub const MAX_VERIFIED_TOKENS: usize = 1024;
+
+/// How [`authorize`] checks the signatures inside ops (device certificates, invite tokens).
+///
+/// Signature validity is a pure function of the signed bytes, so remembering a verified token
+/// changes no decision: it only avoids verifying the same token again for every member that
+/// redeems it (one Ed25519 verification per join instead of two). Only successes are
+/// remembered, keyed by the token's whole encoding; the set is bounded and forgotten when full.
+///
+/// [`SigChecks::trusted`] skips signature checks entirely. It exists for
+/// [`crate::Guild::load_trusted`] only: replaying changes this replica already verified and
+/// then stored itself. Network input never goes through it.
+#[derive(Debug, Default)]
+pub struct SigChecks {
+    trusted: bool,
+    tokens: HashSet<Vec<u8>>,
+}
+
+impl SigChecks {
+    /// Verifies every signature, remembering verified invite tokens.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Skips every signature check (input previously verified by this replica).
+    pub(crate) fn trusted() -> Self {
+        Self {
+            trusted: true,
+            tokens: HashSet::new(),
+        }
+    }
+
+    /// Whether signature checks are skipped.
+    pub(crate) fn is_trusted(&self) -> bool {
+        self.trusted
+    }
+
+    fn cert(&self, cert: &DeviceCert) -> bool {
+        self.trusted || cert.verify()
+    }
+
+    fn token(&mut self, token: &InviteToken) -> bool {
+        if self.trusted {
+            return true;
+        }
+        let key = token.to_bytes();
+        if self.tokens.contains(&key) {
+            return true;
+        }
+        if !token.verify() {
+            return false;
+        }
+        if self.tokens.len() >= MAX_VERIFIED_TOKENS {
+            self.tokens.clear();
+        }
+        self.tokens.insert(key);
+        true
+    }
+}
+
 struct Judge<'a> {
     view: &'a GuildView,
     user: UserId,
@@ -161,9 +226,21 @@ pub fn authorize(
     ops: &[GuildOp],
     genesis: bool,
 ) -> Result<Effects, AuthzError> {
+    authorize_with(view, device, time, ops, genesis, &mut SigChecks::new())
+}
+
+/// [`authorize`] with a reusable signature-check context (see [`SigChecks`]).
+pub fn authorize_with(
+    view: &GuildView,
+    device: &DevicePublicKey,
+    time: u64,
+    ops: &[GuildOp],
+    genesis: bool,
+    sigs: &mut SigChecks,
+) -> Result<Effects, AuthzError> {
     // Genesis and redemption are authored by devices that are not members yet.
     if let [GuildOp::Genesis { owner, .. }] = ops {
-        if !genesis || !owner.verify() || &owner.device != device {
+        if !genesis || !sigs.cert(owner) || &owner.device != device {
             return Err(AuthzError::Invalid {
                 index: 0,
                 why: "genesis must be the guild's first change, by the certified owner device",
@@ -189,7 +266,7 @@ pub fn authorize(
         },
     ] = ops
     {
-        return redeem(view, device, time, token, cert);
+        return redeem(view, device, time, token, cert, sigs);
     }
     let user = *view.user_of_device(device).ok_or(AuthzError::NotAMember)?;
     let j = Judge {
@@ -416,7 +493,7 @@ pub fn authorize(
                     .member(&user)
                     .is_some_and(|m| m.devices.len() >= MAX_DEVICES);
                 if cert.user != user
-                    || !cert.verify()
+                    || !sigs.cert(cert)
                     || full
                     || view.user_of_device(&cert.device).is_some()
                 {
@@ -445,10 +522,11 @@ fn redeem(
     view: &GuildView,
     device: &DevicePublicKey,
     time: u64,
-    token: &crate::invite::InviteToken,
-    cert: &crate::schema::DeviceCert,
+    token: &InviteToken,
+    cert: &DeviceCert,
+    sigs: &mut SigChecks,
 ) -> Result<Effects, AuthzError> {
-    if &cert.device != device || !cert.verify() {
+    if &cert.device != device || !sigs.cert(cert) {
         return Err(AuthzError::Invalid {
             index: 0,
             why: "redemption must be authored by the certified joining device",
@@ -466,7 +544,7 @@ fn redeem(
     let Some(state) = view.invites().get(&token.code) else {
         return Err(AuthzError::Invite("unknown invite"));
     };
-    if token.guild != view.guild() || token.invite != state.invite || !token.verify() {
+    if token.guild != view.guild() || token.invite != state.invite || !sigs.token(token) {
         return Err(AuthzError::Invite(
             "token does not match the recorded invite",
         ));

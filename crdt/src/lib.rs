@@ -23,6 +23,11 @@
 //! binding, op decoding and authorization pass), the signature of each change, a DAG index of
 //! accepted changes with their decoded ops and conflict-relevant effects ([`authz::Effects`]),
 //! a bounded buffer of changes waiting for dependencies, and one cached folded view.
+//! The DAG and the document always hold the same changes: a local change is validated like a
+//! received one before either is touched, and a received batch that Automerge refuses is rolled
+//! back out of the DAG and replayed one change at a time. [`Guild::load`] re-verifies a saved
+//! replica completely; [`Guild::load_trusted`] skips only the signature checks and is for the
+//! node's own encrypted, authenticated storage, never for bytes from elsewhere.
 //!
 //! # Authorization against the causal past
 //!
