@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use rand_core::{CryptoRng, RngCore};
+use securecomm_noise::dcgka::Group;
 use securecomm_noise::dm::ratchet::Session;
 use securecomm_noise::dm::x3dh::{DmIdentity, PrekeyStore as DmPrekeyStore};
 use securecomm_noise::file::FileKey;
@@ -78,6 +79,20 @@ fn no_secret_type_prints_its_secret() {
         format!("{:?}", PrekeyStore::new(&mut rng, 1)),
     );
     let device = DeviceSigningKey::from_seed(&[1; 32]).public();
+    let bob = DmIdentity::generate(&mut rng);
+    let mut store = DmPrekeyStore::new();
+    store.rotate_signed_prekey(&mut rng, &bob).unwrap();
+    let bundle = store.bundle(&bob, None).unwrap();
+    assert_redacted("DmIdentity", format!("{bob:?}"));
+    assert_redacted("dm::PrekeyStore", format!("{store:?}"));
+    let alice = DmIdentity::generate(&mut rng);
+    let session = Session::initiate(&mut rng, &alice, &bundle).unwrap();
+    assert_redacted("Session", format!("{session:?}"));
+    let signer = DeviceSigningKey::from_seed(&seed);
+    let mut group = Group::new([9; 32], signer.public(), PrekeyStore::new(&mut rng, 1));
+    let me = group.member_key(&signer);
+    group.create(&signer, &mut rng, me, &[]).unwrap();
+    assert_redacted("dcgka::Group", format!("{group:?}"));
     assert_redacted(
         "LinkQr",
         format!("{:?}", LinkQr::generate(&mut rng, device, b"hint").unwrap()),

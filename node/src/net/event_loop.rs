@@ -269,11 +269,17 @@ impl std::fmt::Debug for EventLoop {
 }
 
 fn path_of(endpoint: &ConnectedPoint) -> PeerPath {
-    let addr = match endpoint {
-        ConnectedPoint::Dialer { address, .. } => address,
-        ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+    // An inbound relayed connection has the circuit in its local (listen) address; its
+    // send-back address is only `/p2p/<peer>`. An outbound one has it in the dialled address.
+    let circuit = |a: &Multiaddr| a.iter().any(|p| p == Protocol::P2pCircuit);
+    let relayed = match endpoint {
+        ConnectedPoint::Dialer { address, .. } => circuit(address),
+        ConnectedPoint::Listener {
+            local_addr,
+            send_back_addr,
+        } => circuit(local_addr) || circuit(send_back_addr),
     };
-    if addr.iter().any(|p| p == Protocol::P2pCircuit) {
+    if relayed {
         PeerPath::Relayed
     } else {
         PeerPath::Direct

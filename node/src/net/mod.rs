@@ -31,7 +31,7 @@ use libp2p::{
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-pub use event_loop::{Client, Event, EventLoop, PeerInfo, PeerPath};
+pub use event_loop::{Client, Event, EventLoop, EventStream, PeerInfo, PeerPath};
 
 /// Identify protocol string: names the application, not the user.
 pub const PROTOCOL_VERSION: &str = "/securecomm/1.0.0";
@@ -86,6 +86,8 @@ pub struct NetConfig {
     pub relays: Vec<Multiaddr>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
+    /// Upgrade relayed connections to direct ones with DCUtR hole punching.
+    pub hole_punching: bool,
     /// How long an idle connection stays open.
     pub idle_timeout: Duration,
 }
@@ -103,6 +105,7 @@ impl Default for NetConfig {
             ],
             relays: Vec::new(),
             mdns: false,
+            hole_punching: true,
             idle_timeout: Duration::from_secs(300),
         }
     }
@@ -113,7 +116,7 @@ impl Default for NetConfig {
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     relay_client: relay::client::Behaviour,
-    dcutr: dcutr::Behaviour,
+    dcutr: Toggle<dcutr::Behaviour>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     autonat: autonat::Behaviour,
@@ -132,6 +135,7 @@ fn message_id(msg: &gossipsub::Message) -> gossipsub::MessageId {
 pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     let t = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
     let mdns_enabled = cfg.mdns;
+    let hole_punching = cfg.hole_punching;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -165,7 +169,7 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
                 };
                 Ok(Behaviour {
                     relay_client,
-                    dcutr: dcutr::Behaviour::new(peer_id),
+                    dcutr: Toggle::from(hole_punching.then(|| dcutr::Behaviour::new(peer_id))),
                     identify: identify::Behaviour::new(
                         identify::Config::new(PROTOCOL_VERSION.into(), key.public())
                             .with_agent_version(format!(
