@@ -258,17 +258,36 @@ async fn run(cli: Cli) -> Result<(), String> {
             if !listen.is_empty() {
                 cfg.listen = parse(listen)?;
             }
+            let listen_count = cfg.listen.len();
             let node = Node::start(dir.clone(), &profile, cfg)
                 .await
                 .map_err(|e| e.to_string())?;
+            // Listeners may report before anyone subscribes, so print what the swarm already
+            // has, then whatever events add (relay circuits, late listeners), each once.
             let mut events = node.net.events();
             let me = node.net.peer_id();
+            let wanted = listen_count;
+            let net = node.net.clone();
             let printer = tokio::spawn(async move {
                 use std::io::Write;
-                while let Some(e) = events.next().await {
-                    if let Event::Listening(a) = &e {
+                let mut printed = std::collections::HashSet::new();
+                let mut print = |a: &Multiaddr| {
+                    if printed.insert(a.clone()) {
                         println!("listening {a}/p2p/{me}");
                         let _ = std::io::stdout().flush();
+                    }
+                };
+                for _ in 0..250 {
+                    let addrs = net.listen_addrs().await.unwrap_or_default();
+                    addrs.iter().for_each(&mut print);
+                    if addrs.len() >= wanted {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                while let Some(e) = events.next().await {
+                    if let Event::Listening(a) = &e {
+                        print(a);
                     }
                 }
             });
