@@ -54,20 +54,22 @@ pub enum RatchetError {
     Exhausted,
 }
 
-fn hmac(ck: &Secret32, byte: u8) -> Secret32 {
-    // HMAC accepts keys of any length, so this cannot fail; a failure would produce a zero key
-    // that never matches a sender's.
+fn finish(mut m: Hmac<Sha256>, byte: u8) -> Secret32 {
+    m.update(&[byte]);
     let mut out = [0u8; 32];
-    if let Ok(mut m) = <Hmac<Sha256> as Mac>::new_from_slice(ck.expose()) {
-        m.update(&[byte]);
-        out.copy_from_slice(&m.finalize().into_bytes());
-    }
+    out.copy_from_slice(&m.finalize().into_bytes());
     Secret32::from_bytes(out)
 }
 
-/// Steps a chain key: returns (message key, next chain key).
+/// Steps a chain key: returns (message key, next chain key) = (HMAC(ck, 0x01), HMAC(ck, 0x02)).
+/// The keyed HMAC state is computed once and cloned for the two outputs.
 pub(crate) fn step(ck: &Secret32) -> (Secret32, Secret32) {
-    (hmac(ck, 1), hmac(ck, 2))
+    // HMAC accepts keys of any length, so this cannot fail; a failure would produce zero keys
+    // that never match a sender's.
+    match <Hmac<Sha256> as Mac>::new_from_slice(ck.expose()) {
+        Ok(m) => (finish(m.clone(), 1), finish(m, 2)),
+        Err(_) => (Secret32::from_bytes([0; 32]), Secret32::from_bytes([0; 32])),
+    }
 }
 
 /// The chain start and sender tag for an update secret.
@@ -362,6 +364,21 @@ mod tests {
         assert_eq!(r.take_key(1, 0).unwrap(), keys[0].3);
         assert_eq!(r.take_key(1, 1).unwrap(), keys[1].3);
         assert_eq!(r.take_key(1, 3).unwrap(), keys[3].3);
+    }
+
+    /// `step` is exactly (HMAC-SHA256(ck, 0x01), HMAC-SHA256(ck, 0x02)), computed independently.
+    #[test]
+    fn step_matches_its_definition() {
+        let ck = Secret32::from_bytes([0x5a; 32]);
+        let h = |b: u8| {
+            let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&[0x5a; 32]).unwrap();
+            m.update(&[b]);
+            m.finalize().into_bytes().to_vec()
+        };
+        let (mk, next) = step(&ck);
+        assert_eq!(mk.expose().to_vec(), h(1));
+        assert_eq!(next.expose().to_vec(), h(2));
+        assert_ne!(mk, next);
     }
 
     #[test]
