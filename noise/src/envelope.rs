@@ -26,6 +26,7 @@
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use subtle::ConstantTimeEq;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
@@ -91,6 +92,10 @@ pub enum EnvelopeError {
     /// The inner signature does not verify for the claimed sender.
     #[error("envelope signature invalid: {0}")]
     Signature(#[from] SignatureError),
+    /// The envelope names another signing device than the one the caller expected
+    /// ([`open_from`]).
+    #[error("envelope signed by another device than expected")]
+    WrongSender,
 }
 
 /// A decrypted, verified envelope.
@@ -185,7 +190,32 @@ pub fn peek_header(bytes: &[u8]) -> Result<EnvelopeHeader, EnvelopeError> {
 }
 
 /// Decrypts and verifies an envelope. Any change to any byte is rejected.
+///
+/// The sender's device key is parsed (point decompression, small-order check) from the
+/// plaintext. A receiver that already knows who must have sent it should call [`open_from`].
 pub fn open(key: &Secret32, context: &[u8], bytes: &[u8]) -> Result<Opened, EnvelopeError> {
+    open_inner(key, context, bytes, None)
+}
+
+/// Like [`open`], for a receiver that already knows which device must have signed the envelope
+/// (for example from the sender tag): the 32 key bytes inside the ciphertext are compared with
+/// `expected` in constant time ([`EnvelopeError::WrongSender`] if they differ), and the
+/// signature is verified strictly under `expected`, so the key is not parsed again.
+pub fn open_from(
+    key: &Secret32,
+    context: &[u8],
+    bytes: &[u8],
+    expected: &DevicePublicKey,
+) -> Result<Opened, EnvelopeError> {
+    open_inner(key, context, bytes, Some(expected))
+}
+
+fn open_inner(
+    key: &Secret32,
+    context: &[u8],
+    bytes: &[u8],
+    expected: Option<&DevicePublicKey>,
+) -> Result<Opened, EnvelopeError> {
     let header = peek_header(bytes)?;
     let header_len = 1 + HEADER_LEN;
     let body_len = bytes.len().saturating_sub(header_len + TAG_LEN);
@@ -215,7 +245,16 @@ pub fn open(key: &Secret32, context: &[u8], bytes: &[u8]) -> Result<Opened, Enve
         .map_err(|_| EnvelopeError::Decrypt)?;
 
     let mut ir = Reader::new(&body);
-    let sender = DevicePublicKey::from_bytes(&ir.array()?)?;
+    let sender_bytes: [u8; 32] = ir.array()?;
+    let sender = match expected {
+        Some(e) => {
+            if !bool::from(e.as_bytes().ct_eq(&sender_bytes)) {
+                return Err(EnvelopeError::WrongSender);
+            }
+            *e
+        }
+        None => DevicePublicKey::from_bytes(&sender_bytes)?,
+    };
     let sig = Signature(ir.array()?);
     let payload = ir.bytes32("payload", MAX_PAYLOAD)?;
     let padding = ir.rest();
@@ -328,6 +367,84 @@ mod tests {
     }
 
     #[test]
+    fn open_from_accepts_the_expected_sender_only() {
+        let (key, header, signer) = fixture();
+        let sealed = seal(&key, &header, b"ctx", &signer, b"hello").unwrap();
+        let opened = open_from(&key, b"ctx", &sealed, &signer.public()).unwrap();
+        assert_eq!(&opened.payload[..], b"hello");
+        assert_eq!(opened.sender, signer.public());
+        assert_eq!(opened.header, header);
+        let other = DeviceSigningKey::from_seed(&[2; 32]).public();
+        assert_eq!(
+            open_from(&key, b"ctx", &sealed, &other).unwrap_err(),
+            EnvelopeError::WrongSender
+        );
+        // Still authenticated and context-bound.
+        assert_eq!(
+            open_from(
+                &Secret32::from_bytes([8; 32]),
+                b"ctx",
+                &sealed,
+                &signer.public()
+            )
+            .unwrap_err(),
+            EnvelopeError::Decrypt
+        );
+        assert!(matches!(
+            open_from(&key, b"other", &sealed, &signer.public()).unwrap_err(),
+            EnvelopeError::Signature(_)
+        ));
+        for i in 0..sealed.len() * 8 {
+            let mut bad = sealed.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert!(
+                open_from(&key, b"ctx", &bad, &signer.public()).is_err(),
+                "flip of bit {i} accepted"
+            );
+        }
+    }
+
+    /// Mallory, who can decrypt, writes her own key and signature inside: `open` would accept
+    /// it as Mallory's message, `open_from` with the expected sender refuses it. With Alice's key
+    /// bytes and Mallory's signature, the signature check under Alice's key refuses it.
+    #[test]
+    fn open_from_rejects_a_member_signing_in_anothers_slot() {
+        let (key, header, alice) = fixture();
+        let mallory = DeviceSigningKey::from_seed(&[2; 32]);
+        let sealed = seal(&key, &header, b"ctx", &mallory, b"pay me").unwrap();
+        assert_eq!(
+            open(&key, b"ctx", &sealed).unwrap().sender,
+            mallory.public()
+        );
+        assert_eq!(
+            open_from(&key, b"ctx", &sealed, &alice.public()).unwrap_err(),
+            EnvelopeError::WrongSender
+        );
+        let mut hw = Writer::new();
+        hw.u8(VERSION);
+        header.encode(&mut hw);
+        let header_bytes = hw.into_bytes();
+        let sig = mallory.sign(SIG_LABEL, &signed_message(b"ctx", &header_bytes, b"pay me"));
+        let mut body = Vec::new();
+        body.extend_from_slice(alice.public().as_bytes());
+        body.extend_from_slice(&sig.0);
+        body.extend_from_slice(&6u32.to_be_bytes());
+        body.extend_from_slice(b"pay me");
+        body.resize(256, 0);
+        let (aead, nonce) = aead_for(&key, &header_bytes);
+        let tag = aead
+            .encrypt_in_place_detached(&nonce, &header_bytes, &mut body)
+            .unwrap();
+        let mut forged = header_bytes.clone();
+        forged.extend_from_slice(&body);
+        forged.extend_from_slice(&tag);
+        assert!(matches!(
+            open_from(&key, b"ctx", &forged, &alice.public()).unwrap_err(),
+            EnvelopeError::Signature(_)
+        ));
+    }
+
+    #[test]
     fn oversized_payload_refused() {
         let (key, header, signer) = fixture();
         let big = vec![0u8; MAX_PAYLOAD + 1];
@@ -364,6 +481,8 @@ mod tests {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = open(&Secret32::from_bytes([5; 32]), b"c", &bytes);
+            let who = DeviceSigningKey::from_seed(&[4; 32]).public();
+            let _ = open_from(&Secret32::from_bytes([5; 32]), b"c", &bytes, &who);
         }
     }
 }

@@ -212,6 +212,19 @@ fn member_secret(seed: &Secret32, op: &OpId, member: &DevicePublicKey) -> Secret
     Secret32::from_bytes(hkdf_sha256::<32>(None, seed.expose(), &info))
 }
 
+/// Opens an application envelope that must have been signed by `sender`.
+fn open_as(
+    mk: &Secret32,
+    group: &[u8; 32],
+    bytes: &[u8],
+    sender: &DevicePublicKey,
+) -> Result<envelope::Opened, GroupError> {
+    envelope::open_from(mk, group, bytes, sender).map_err(|e| match e {
+        EnvelopeError::WrongSender => GroupError::WrongSender,
+        e => GroupError::Envelope(e),
+    })
+}
+
 fn constant_input(label: &[u8]) -> Secret32 {
     Secret32::from_bytes(hkdf_sha256::<32>(None, label, label))
 }
@@ -1178,17 +1191,13 @@ impl Group {
         let (sender, mk) = match self.tags.get(&header.sender_tag) {
             Some(sender) => {
                 let sender = *sender;
-                let mut chains = self
-                    .chains
-                    .get(&sender)
-                    .cloned()
-                    .ok_or(GroupError::UnknownTag)?;
-                let mk = chains.take_key(epoch, header.generation)?;
-                let opened = envelope::open(&mk, &self.group, &msg.0)?;
-                if opened.sender != sender {
-                    return Err(GroupError::WrongSender);
-                }
-                self.chains.insert(sender, chains);
+                let chains = self.chains.get_mut(&sender).ok_or(GroupError::UnknownTag)?;
+                // The key is derived without touching the state; the chain only moves once the
+                // envelope has decrypted and its signature verified, so a refused message
+                // leaves the group exactly as it was.
+                let (mk, pending) = chains.peek_key(epoch, header.generation)?;
+                let opened = open_as(&mk, &self.group, &msg.0, &sender)?;
+                chains.commit(pending);
                 return Ok(Decrypted {
                     sender,
                     plaintext: opened.payload,
@@ -1199,10 +1208,7 @@ impl Group {
                 .key_for(&header.sender_tag, epoch, header.generation)
                 .ok_or(GroupError::UnknownTag)?,
         };
-        let opened = envelope::open(&mk, &self.group, &msg.0)?;
-        if opened.sender != sender {
-            return Err(GroupError::WrongSender);
-        }
+        let opened = open_as(&mk, &self.group, &msg.0, &sender)?;
         Ok(Decrypted {
             sender,
             plaintext: opened.payload,
@@ -1455,13 +1461,41 @@ mod tests {
             generation: 0,
         };
         let forged = envelope::seal(&mk, &header, &[1; 32], &keys[1], b"I am member 0").unwrap();
+        let before = gs[2].to_bytes();
         assert_eq!(
             gs[2].decrypt(&AppMessage(forged)).unwrap_err(),
             GroupError::WrongSender
         );
+        assert_eq!(
+            gs[2].to_bytes(),
+            before,
+            "a refused message changed the state"
+        );
         // The genuine message at that position still decrypts (the failed attempt used no key).
         let real = gs[0].encrypt(&keys[0], b"hi").unwrap();
         assert_eq!(gs[2].decrypt(&real).unwrap().sender, victim);
+
+        // Refused messages that would skip ahead (tampered, or wrong context) leave the state
+        // byte-for-byte unchanged, skipped keys included; the genuine ones still decrypt.
+        let m1 = gs[0].encrypt(&keys[0], b"one").unwrap();
+        let m2 = gs[0].encrypt(&keys[0], b"two").unwrap();
+        let m3 = gs[0].encrypt(&keys[0], b"three").unwrap();
+        let before = gs[2].to_bytes();
+        for i in 0..m3.0.len() {
+            let mut bad = m3.clone();
+            bad.0[i] ^= 0x40;
+            assert!(gs[2].decrypt(&bad).is_err());
+            assert_eq!(gs[2].to_bytes(), before, "byte {i}");
+        }
+        assert_eq!(&gs[2].decrypt(&m3).unwrap().plaintext[..], b"three");
+        assert_eq!(&gs[2].decrypt(&m1).unwrap().plaintext[..], b"one");
+        let before = gs[2].to_bytes();
+        assert!(matches!(
+            gs[2].decrypt(&m1).unwrap_err(),
+            GroupError::Ratchet(RatchetError::Replay { .. })
+        ));
+        assert_eq!(gs[2].to_bytes(), before);
+        assert_eq!(&gs[2].decrypt(&m2).unwrap().plaintext[..], b"two");
     }
 
     #[test]

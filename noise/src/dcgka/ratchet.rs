@@ -54,20 +54,22 @@ pub enum RatchetError {
     Exhausted,
 }
 
-fn hmac(ck: &Secret32, byte: u8) -> Secret32 {
-    // HMAC accepts keys of any length, so this cannot fail; a failure would produce a zero key
-    // that never matches a sender's.
+fn finish(mut m: Hmac<Sha256>, byte: u8) -> Secret32 {
+    m.update(&[byte]);
     let mut out = [0u8; 32];
-    if let Ok(mut m) = <Hmac<Sha256> as Mac>::new_from_slice(ck.expose()) {
-        m.update(&[byte]);
-        out.copy_from_slice(&m.finalize().into_bytes());
-    }
+    out.copy_from_slice(&m.finalize().into_bytes());
     Secret32::from_bytes(out)
 }
 
-/// Steps a chain key: returns (message key, next chain key).
+/// Steps a chain key: returns (message key, next chain key) = (HMAC(ck, 0x01), HMAC(ck, 0x02)).
+/// The keyed HMAC state is computed once and cloned for the two outputs.
 pub(crate) fn step(ck: &Secret32) -> (Secret32, Secret32) {
-    (hmac(ck, 1), hmac(ck, 2))
+    // HMAC accepts keys of any length, so this cannot fail; a failure would produce zero keys
+    // that never match a sender's.
+    match <Hmac<Sha256> as Mac>::new_from_slice(ck.expose()) {
+        Ok(m) => (finish(m.clone(), 1), finish(m, 2)),
+        Err(_) => (Secret32::from_bytes([0; 32]), Secret32::from_bytes([0; 32])),
+    }
 }
 
 /// The chain start and sender tag for an update secret.
@@ -119,6 +121,23 @@ impl Chain {
             skipped,
         })
     }
+}
+
+/// A receiving-chain change computed by [`SenderChains::peek_key`] and applied by
+/// [`SenderChains::commit`] once the message has been authenticated. Holds secrets (zeroized on
+/// drop through [`Secret32`]).
+pub(crate) enum Pending {
+    /// Delete the stored skipped key `index` of `epoch`.
+    Skipped { epoch: u32, index: u32 },
+    /// Advance the chain at position `pos` (epoch `epoch`) to `ck`/`next`, storing the keys of
+    /// the messages it skipped.
+    Advance {
+        pos: usize,
+        epoch: u32,
+        ck: Secret32,
+        next: u32,
+        skipped: Vec<(u32, Secret32)>,
+    },
 }
 
 /// One sender's message chains as seen by one member (or the member's own sending chain).
@@ -177,35 +196,89 @@ impl SenderChains {
     }
 
     /// The receiving key for message `index` of `epoch`, deleting it.
+    #[cfg(test)]
     pub(crate) fn take_key(&mut self, epoch: u32, index: u32) -> Result<Secret32, RatchetError> {
-        let c = self
+        let (mk, pending) = self.peek_key(epoch, index)?;
+        self.commit(pending);
+        Ok(mk)
+    }
+
+    /// The receiving key for message `index` of `epoch`, **without** changing the state: the
+    /// caller checks the message first and then calls [`SenderChains::commit`] with the returned
+    /// [`Pending`] to delete the key (and store the keys it skipped). Dropping the `Pending`
+    /// instead leaves the chains exactly as they were.
+    pub(crate) fn peek_key(
+        &self,
+        epoch: u32,
+        index: u32,
+    ) -> Result<(Secret32, Pending), RatchetError> {
+        let (pos, c) = self
             .epochs
-            .iter_mut()
-            .find(|c| c.epoch == epoch)
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.epoch == epoch)
             .ok_or(RatchetError::UnknownEpoch(epoch))?;
         if index < c.next {
-            return c
+            let mk = c
                 .skipped
-                .remove(&index)
-                .ok_or(RatchetError::Replay { epoch, index });
+                .get(&index)
+                .cloned()
+                .ok_or(RatchetError::Replay { epoch, index })?;
+            return Ok((mk, Pending::Skipped { epoch, index }));
         }
         let max = c.next.saturating_add(MAX_SKIP);
         if index > max {
             return Err(RatchetError::TooFarAhead { max, got: index });
         }
-        while c.next < index {
-            let (mk, ck) = step(&c.ck);
-            c.skipped.insert(c.next, mk);
-            c.ck = ck;
-            c.next += 1;
+        // In-order delivery (the common case) skips nothing and allocates nothing.
+        let mut skipped = Vec::new();
+        let mut ck = c.ck.clone();
+        let mut i = c.next;
+        while i < index {
+            let (mk, next) = step(&ck);
+            skipped.push((i, mk));
+            ck = next;
+            i += 1;
         }
-        while c.skipped.len() > MAX_SKIP as usize {
-            c.skipped.pop_first();
+        let (mk, ck) = step(&ck);
+        Ok((
+            mk,
+            Pending::Advance {
+                pos,
+                epoch,
+                ck,
+                next: index.saturating_add(1),
+                skipped,
+            },
+        ))
+    }
+
+    /// Applies a [`Pending`] from [`SenderChains::peek_key`] on the same, unchanged state.
+    pub(crate) fn commit(&mut self, pending: Pending) {
+        match pending {
+            Pending::Skipped { epoch, index } => {
+                if let Some(c) = self.epochs.iter_mut().find(|c| c.epoch == epoch) {
+                    c.skipped.remove(&index);
+                }
+            }
+            Pending::Advance {
+                pos,
+                epoch,
+                ck,
+                next,
+                skipped,
+            } => {
+                let Some(c) = self.epochs.get_mut(pos).filter(|c| c.epoch == epoch) else {
+                    return;
+                };
+                c.skipped.extend(skipped);
+                while c.skipped.len() > MAX_SKIP as usize {
+                    c.skipped.pop_first();
+                }
+                c.ck = ck;
+                c.next = next;
+            }
         }
-        let (mk, ck) = step(&c.ck);
-        c.ck = ck;
-        c.next = index.saturating_add(1);
-        Ok(mk)
     }
 
     pub(crate) fn encode(&self, w: &mut Writer) {
@@ -263,6 +336,49 @@ mod tests {
             })
         );
         assert_eq!(r.take_key(2, 0), Err(RatchetError::UnknownEpoch(2)));
+    }
+
+    /// `peek_key` never changes the state; dropping its `Pending` leaves everything usable, and
+    /// committing it matches `take_key`.
+    #[test]
+    fn peek_without_commit_changes_nothing() {
+        let (mut s, mut r) = chains();
+        let keys: Vec<_> = (0..4).map(|_| s.next_send().unwrap()).collect();
+        let mut w0 = Writer::new();
+        r.encode(&mut w0);
+        let (mk, _dropped) = r.peek_key(1, 2).unwrap();
+        assert_eq!(mk, keys[2].3);
+        let mut w1 = Writer::new();
+        r.encode(&mut w1);
+        assert_eq!(w0.into_bytes(), w1.into_bytes());
+        let (mk, p) = r.peek_key(1, 2).unwrap();
+        assert_eq!(mk, keys[2].3);
+        r.commit(p);
+        assert_eq!(
+            r.peek_key(1, 2).err(),
+            Some(RatchetError::Replay { epoch: 1, index: 2 })
+        );
+        // The skipped keys were stored; peeking one leaves it in place until committed.
+        assert_eq!(r.peek_key(1, 0).unwrap().0, keys[0].3);
+        assert_eq!(r.peek_key(1, 0).unwrap().0, keys[0].3);
+        assert_eq!(r.take_key(1, 0).unwrap(), keys[0].3);
+        assert_eq!(r.take_key(1, 1).unwrap(), keys[1].3);
+        assert_eq!(r.take_key(1, 3).unwrap(), keys[3].3);
+    }
+
+    /// `step` is exactly (HMAC-SHA256(ck, 0x01), HMAC-SHA256(ck, 0x02)), computed independently.
+    #[test]
+    fn step_matches_its_definition() {
+        let ck = Secret32::from_bytes([0x5a; 32]);
+        let h = |b: u8| {
+            let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&[0x5a; 32]).unwrap();
+            m.update(&[b]);
+            m.finalize().into_bytes().to_vec()
+        };
+        let (mk, next) = step(&ck);
+        assert_eq!(mk.expose().to_vec(), h(1));
+        assert_eq!(next.expose().to_vec(), h(2));
+        assert_ne!(mk, next);
     }
 
     #[test]
