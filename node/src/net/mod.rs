@@ -31,7 +31,7 @@ use libp2p::{
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-pub use event_loop::{Client, Event, EventLoop, PeerInfo, PeerPath};
+pub use event_loop::{Client, Event, EventLoop, EventStream, PeerInfo, PeerPath};
 
 /// Identify protocol string: names the application, not the user.
 pub const PROTOCOL_VERSION: &str = "/securecomm/1.0.0";
