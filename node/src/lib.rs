@@ -8,3 +8,4 @@ pub mod control;
 pub mod net;
 pub mod runtime;
 pub mod store;
+pub mod sync;

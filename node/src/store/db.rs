@@ -61,6 +61,27 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (guild, channel, sender, seq)
      ) STRICT;
      CREATE INDEX messages_by_time ON messages (guild, channel, sent_at);",
+    // 2: the causal log of each group (`sync::causal`), acknowledgements of own entries, and the
+    // outbox's retry schedule (`sync::outbox`).
+    "CREATE TABLE sync_entries (
+        grp BLOB NOT NULL,
+        author BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        delivered INTEGER NOT NULL,
+        dorder INTEGER,
+        head INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (grp, author, seq)
+     ) STRICT;
+     CREATE INDEX sync_entries_by_order ON sync_entries (grp, dorder);
+     CREATE TABLE sync_acks (
+        grp BLOB NOT NULL,
+        peer BLOB NOT NULL,
+        acked INTEGER NOT NULL,
+        PRIMARY KEY (grp, peer)
+     ) STRICT;
+     ALTER TABLE outbox ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX outbox_by_due ON outbox (next_attempt_at);",
 ];
 
 /// The newest schema version this build writes.
