@@ -1052,6 +1052,58 @@ mod tests {
         assert_eq!(a.log.pending_for(&a.db, p, 1).unwrap(), es[3..4]);
     }
 
+    /// Throughput on a file database (WAL, synchronous = FULL). Run with
+    /// `cargo test -p securecomm-node --lib measure_throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "measurement, prints numbers"]
+    fn measure_throughput() {
+        let mut ws: Vec<Writer> = (1..=4).map(Writer::new).collect();
+        let mut all = Vec::new();
+        for i in 0..500 {
+            for w in 0..4 {
+                let e = ws[w].write(&"x".repeat(200));
+                all.push(e.clone());
+                let next = &mut ws[(w + 1) % 4];
+                next.recv(&e);
+                let _ = i;
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("n.db"), &Secret32::from_bytes([2; 32])).unwrap();
+        let mut log = CausalLog::open(&db, G, author(9)).unwrap();
+        let t = std::time::Instant::now();
+        let mut n = 0;
+        for page in all.chunks(MAX_BATCH) {
+            n += log
+                .receive_batch(&mut db, page.to_vec(), &mut |_, _| Ok(()))
+                .unwrap()
+                .delivered
+                .len();
+        }
+        let batched = t.elapsed();
+        assert_eq!(n, all.len());
+        let t = std::time::Instant::now();
+        let (page, _) = log.missing_since(&db, &Frontier::new(), MAX_BATCH).unwrap();
+        let page_time = t.elapsed();
+        let mut db2 = Db::open(&dir.path().join("m.db"), &Secret32::from_bytes([2; 32])).unwrap();
+        let mut log2 = CausalLog::open(&db2, G, author(9)).unwrap();
+        let t = std::time::Instant::now();
+        for e in all.iter().take(200) {
+            log2.receive(&mut db2, e.clone()).unwrap();
+        }
+        let single = t.elapsed();
+        println!(
+            "{} entries (200-byte payloads) in batches of {MAX_BATCH}: {:?} ({:.0} entries/s); \
+             one entry per transaction: {:.2} ms each; missing_since page of {}: {:?}",
+            all.len(),
+            batched,
+            all.len() as f64 / batched.as_secs_f64(),
+            single.as_secs_f64() * 1000.0 / 200.0,
+            page.len(),
+            page_time
+        );
+    }
+
     /// Random histories: writers exchange random subsets, then a fresh node receives everything
     /// in a random order with duplicates.
     fn history(script: &[(u8, u8, bool)]) -> Vec<Entry> {

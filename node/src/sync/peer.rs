@@ -441,7 +441,11 @@ async fn pull(inner: &Arc<Inner>, group: GroupId, peer: PeerId) -> Result<(), Sy
             }
             g.log.frontier().clone()
         };
-        let req = SyncRequest::Pull { group, frontier }.to_bytes();
+        let req = SyncRequest::Pull {
+            group,
+            frontier: frontier.clone(),
+        }
+        .to_bytes();
         let resp = SyncResponse::from_bytes(&inner.client.request(peer, req).await?)?;
         match resp {
             SyncResponse::Entries {
@@ -449,9 +453,10 @@ async fn pull(inner: &Arc<Inner>, group: GroupId, peer: PeerId) -> Result<(), Sy
                 more,
                 entries,
             } if g == group => {
-                let progress = !entries.is_empty();
-                take_in(inner, group, entries).await?;
-                if !more || !progress {
+                let before = frontier.total();
+                let (after, _) = take_in(inner, group, entries).await?;
+                // No progress (everything refused or parked): stop rather than loop on one page.
+                if !more || after.total() <= before {
                     return Ok(());
                 }
             }
