@@ -335,6 +335,36 @@ mod tests {
         assert!(open(&key, b"ctx", &[]).is_err());
     }
 
+    /// An envelope that names `claimed` as sender but carries `signer`'s signature over "ctx",
+    /// encrypted correctly: what a member who holds the key could build by hand.
+    fn forge_in_slot(
+        key: &Secret32,
+        header: &EnvelopeHeader,
+        claimed: &DeviceSigningKey,
+        signer: &DeviceSigningKey,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut hw = Writer::new();
+        hw.u8(VERSION);
+        header.encode(&mut hw);
+        let header_bytes = hw.into_bytes();
+        let sig = signer.sign(SIG_LABEL, &signed_message(b"ctx", &header_bytes, payload));
+        let mut body = Vec::new();
+        body.extend_from_slice(claimed.public().as_bytes());
+        body.extend_from_slice(&sig.0);
+        body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        body.extend_from_slice(payload);
+        body.resize(256, 0);
+        let (aead, nonce) = aead_for(key, &header_bytes);
+        let tag = aead
+            .encrypt_in_place_detached(&nonce, &header_bytes, &mut body)
+            .unwrap();
+        let mut forged = header_bytes;
+        forged.extend_from_slice(&body);
+        forged.extend_from_slice(&tag);
+        forged
+    }
+
     /// A member who can decrypt must not be able to re-sign or re-wrap another member's message:
     /// replacing the sender key inside the ciphertext breaks the signature.
     #[test]
@@ -342,24 +372,7 @@ mod tests {
         let (key, header, alice) = fixture();
         let mallory = DeviceSigningKey::from_seed(&[2; 32]);
         // Mallory signs her text but claims Alice as the sender: build the inner by hand.
-        let mut hw = Writer::new();
-        hw.u8(VERSION);
-        header.encode(&mut hw);
-        let header_bytes = hw.into_bytes();
-        let sig = mallory.sign(SIG_LABEL, &signed_message(b"ctx", &header_bytes, b"pay me"));
-        let mut body = Vec::new();
-        body.extend_from_slice(alice.public().as_bytes());
-        body.extend_from_slice(&sig.0);
-        body.extend_from_slice(&6u32.to_be_bytes());
-        body.extend_from_slice(b"pay me");
-        body.resize(256, 0);
-        let (aead, nonce) = aead_for(&key, &header_bytes);
-        let tag = aead
-            .encrypt_in_place_detached(&nonce, &header_bytes, &mut body)
-            .unwrap();
-        let mut forged = header_bytes.clone();
-        forged.extend_from_slice(&body);
-        forged.extend_from_slice(&tag);
+        let forged = forge_in_slot(&key, &header, &alice, &mallory, b"pay me");
         assert!(matches!(
             open(&key, b"ctx", &forged).unwrap_err(),
             EnvelopeError::Signature(_)
@@ -420,24 +433,7 @@ mod tests {
             open_from(&key, b"ctx", &sealed, &alice.public()).unwrap_err(),
             EnvelopeError::WrongSender
         );
-        let mut hw = Writer::new();
-        hw.u8(VERSION);
-        header.encode(&mut hw);
-        let header_bytes = hw.into_bytes();
-        let sig = mallory.sign(SIG_LABEL, &signed_message(b"ctx", &header_bytes, b"pay me"));
-        let mut body = Vec::new();
-        body.extend_from_slice(alice.public().as_bytes());
-        body.extend_from_slice(&sig.0);
-        body.extend_from_slice(&6u32.to_be_bytes());
-        body.extend_from_slice(b"pay me");
-        body.resize(256, 0);
-        let (aead, nonce) = aead_for(&key, &header_bytes);
-        let tag = aead
-            .encrypt_in_place_detached(&nonce, &header_bytes, &mut body)
-            .unwrap();
-        let mut forged = header_bytes.clone();
-        forged.extend_from_slice(&body);
-        forged.extend_from_slice(&tag);
+        let forged = forge_in_slot(&key, &header, &alice, &mallory, b"pay me");
         assert!(matches!(
             open_from(&key, b"ctx", &forged, &alice.public()).unwrap_err(),
             EnvelopeError::Signature(_)
