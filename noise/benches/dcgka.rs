@@ -92,7 +92,12 @@ fn bytes(out: &Output) -> (usize, usize) {
 }
 
 fn bench(c: &mut Criterion) {
-    for n in [10usize, 100, 1000] {
+    // `DCGKA_BENCH_SIZES=10,100` limits the group sizes (setting up 1000 members takes a while).
+    let sizes: Vec<usize> = std::env::var("DCGKA_BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10, 100, 1000]);
+    for n in sizes {
         let s = setup(n);
         let mut group = c.benchmark_group(format!("dcgka_{n}"));
         if n >= 1000 {
