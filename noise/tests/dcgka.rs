@@ -5,7 +5,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use securecomm_noise::codec::{Decode, Encode};
 use securecomm_noise::dcgka::{
-    AppMessage, ControlBody, ControlMessage, DirectMessage, Group, GroupError, MemberKey, Output,
+    AppMessage, ControlBody, ControlMessage, DirectKind, DirectMessage, Group, GroupError,
+    MemberKey, Output,
 };
 use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey};
 use securecomm_noise::oneshot::PrekeyStore;
@@ -607,6 +608,98 @@ fn concurrent_remove_remove() {
             net.op(ids[1], |g, k, r| g.remove(k, r, ids[3])).unwrap();
         });
     }
+}
+
+/// Two concurrent removals plus a concurrent add. Members that processed the add before the
+/// second removal refresh their ratchet in their ack (the other removal's target received the
+/// seed) and forward their member secret to the new member in the same direct message
+/// (`SeedForward`). Everyone remaining agrees and reads everyone; neither removed device's
+/// state reads anything sent afterwards.
+#[test]
+fn concurrent_remove_remove_add() {
+    let mut seed_forward = 0;
+    for seed in 0..12 {
+        let (mut net, ids) = Net::new(6, seed);
+        let ghosts = [net.group(&ids[4]).clone(), net.group(&ids[5]).clone()];
+        net.op(ids[0], |g, k, r| g.remove(k, r, ids[4])).unwrap();
+        net.op(ids[1], |g, k, r| g.remove(k, r, ids[5])).unwrap();
+        let e = net.add(ids[2]);
+        net.settle();
+        net.assert_agree();
+        assert!(net.current().contains(&e));
+        net.all_talk();
+        for id in net.current() {
+            let ai = net.send_app(id, b"after");
+            for g in &ghosts {
+                assert!(g.clone().decrypt(&net.apps[ai].msg).is_err());
+            }
+        }
+        seed_forward += net
+            .log
+            .iter()
+            .flat_map(|m| m.direct.values())
+            .filter(|d| d.kind == DirectKind::SeedForward)
+            .count();
+    }
+    assert!(
+        seed_forward > 0,
+        "no run exercised a seed+forward direct message"
+    );
+}
+
+/// A removes B while B removes C: both removals stand, and the remaining members refresh
+/// (B's seed is known to B itself, A's seed reached C).
+#[test]
+fn removal_concurrent_with_a_removal_by_the_removed_member() {
+    for seed in 0..8 {
+        let (mut net, ids) = Net::new(5, seed);
+        let ghosts = [net.group(&ids[1]).clone(), net.group(&ids[2]).clone()];
+        net.op(ids[0], |g, k, r| g.remove(k, r, ids[1])).unwrap();
+        net.op(ids[1], |g, k, r| g.remove(k, r, ids[2])).unwrap();
+        net.settle();
+        net.assert_agree();
+        assert_eq!(net.current(), {
+            let mut v = vec![ids[0], ids[3], ids[4]];
+            v.sort();
+            v
+        });
+        net.all_talk();
+        for id in net.current() {
+            let ai = net.send_app(id, b"after");
+            for g in &ghosts {
+                assert!(g.clone().decrypt(&net.apps[ai].msg).is_err());
+            }
+        }
+    }
+}
+
+/// Refreshing acks cost a seed per member, so they are sent only when a removal's seed may
+/// have reached a non-member: never for a removal without concurrency, nor for two concurrent
+/// removals of the same device.
+#[test]
+fn plain_removals_do_not_refresh() {
+    let refreshes = |net: &Net| {
+        net.log
+            .iter()
+            .filter(|m| matches!(m.control.body, ControlBody::Ack { refresh: true, .. }))
+            .count()
+    };
+    let (mut net, ids) = Net::new(5, 3);
+    net.op(ids[0], |g, k, r| g.remove(k, r, ids[4])).unwrap();
+    net.settle();
+    assert_eq!(refreshes(&net), 0);
+    net.op(ids[1], |g, k, r| g.remove(k, r, ids[3])).unwrap();
+    net.op(ids[2], |g, k, r| g.remove(k, r, ids[3])).unwrap();
+    net.settle();
+    net.assert_agree();
+    assert_eq!(refreshes(&net), 0);
+    // Two removals of different devices, concurrent: every remaining member refreshes once.
+    let (mut net, ids) = Net::new(5, 3);
+    net.op(ids[0], |g, k, r| g.remove(k, r, ids[4])).unwrap();
+    net.op(ids[1], |g, k, r| g.remove(k, r, ids[3])).unwrap();
+    net.settle();
+    net.assert_agree();
+    assert_eq!(refreshes(&net), 3);
 }
 
 #[test]
