@@ -872,6 +872,34 @@ fn wrong_direct_message_rejected_and_state_unchanged() {
     assert_eq!(&n.g.to_bytes()[..], &before[..]);
     net.settle();
     net.assert_agree();
+
+    // A plain ack with a (correctly signed) seed, or a refreshing kind: refused before any
+    // 2SM decryption, state unchanged.
+    net.op(ids[0], |g, k, r| g.update(k, r)).unwrap();
+    let upd = net.log.len() - 1;
+    net.deliver(ids[1], upd);
+    let ack = net.log.last().unwrap().clone();
+    assert!(matches!(
+        ack.control.body,
+        ControlBody::Ack { refresh: false, .. }
+    ));
+    net.deliver(ids[2], upd);
+    let acker = net.nodes[&ids[1]].key.clone();
+    let n = net.nodes.get_mut(&ids[2]).unwrap();
+    let before = n.g.to_bytes();
+    for kind in [
+        DirectKind::Seed,
+        DirectKind::SeedForward,
+        DirectKind::Welcome,
+    ] {
+        let dm = DirectMessage::sign(&acker, GROUP, ids[2], ack.control.id(), kind, vec![0; 80]);
+        let r = n.g.process(&n.key, &mut net.rng, &ack.control, Some(&dm));
+        assert!(
+            matches!(r, Err(GroupError::DirectMismatch(_))),
+            "{kind:?}: {r:?}"
+        );
+        assert_eq!(&n.g.to_bytes()[..], &before[..]);
+    }
 }
 
 /// Random groups, random operations by random members while messages are in flight, random
