@@ -19,7 +19,8 @@
 //! p2panda-encryption's DCGKA; and the authors' prototype (`trvedata/key-agreement`:
 //! `FullDcgkaProtocol`, `StrongRemoveDgm`, `TwoPartyProtocol`). The paper's PDF itself (the
 //! October 2020 ePrint text and the CCS 2021 text) was reachable only up to its introduction,
-//! so its security proofs and its §7 messaging layer were not checked line by line.
+//! so its security definitions and proofs, and its construction of the full messaging protocol
+//! from DCGKA, were not checked line by line.
 //!
 //! # What travels
 //!
@@ -79,8 +80,8 @@
 //!   1. the acknowledger was not a recipient of the removal's seed (it was added concurrently),
 //!      and its own first member secret came from a ratchet the removed device tracked;
 //!   2. the removal's seed reached a device that is not a member for the acknowledger: its
-//!      sender's view still held a device removed by a concurrent removal (or added by one, and
-//!      so undone), or the sender itself was removed concurrently. Without the refresh, two
+//!      sender's view still held a device removed by a concurrent removal (or a device whose
+//!      add a concurrent removal undid), or the sender itself was removed concurrently. Without the refresh, two
 //!      concurrently removed devices together (one knows each removal's seed) read what the
 //!      remaining members send after processing both (test
 //!      `colluding_concurrently_removed_members_are_locked_out`). The authors' prototype sends
@@ -90,7 +91,8 @@
 //!   only devices M still counts as members, so M's ack absorbs a secret no removed device
 //!   knows, or M refreshes with a seed sent only to its current members; either way M's ratchet
 //!   is clean from then on (later inputs are mixed into an unknown chain), and so is the chain
-//!   of anyone M adds afterwards. Refreshes cost one 2SM message per member, and happen only
+//!   of anyone M adds afterwards. A refresh costs its sender one 2SM message per other member
+//!   and each receiver one 2SM decryption and one ratchet step, and refreshes happen only
 //!   with concurrency: never for a lone removal, nor for two removals of the same device
 //!   (`plain_removals_do_not_refresh`).
 //!
