@@ -5,7 +5,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use securecomm_noise::codec::{Decode, Encode};
 use securecomm_noise::dcgka::{
-    AppMessage, ControlBody, ControlMessage, DirectMessage, Group, GroupError, MemberKey, Output,
+    AppMessage, ControlBody, ControlMessage, DirectKind, DirectMessage, Group, GroupError,
+    MemberKey, Output,
 };
 use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey};
 use securecomm_noise::oneshot::PrekeyStore;
@@ -42,6 +43,8 @@ struct Node {
     join: Option<usize>,
     apps_seen: BTreeSet<usize>,
     received: Vec<(usize, Vec<u8>)>,
+    /// The state just before this node processed the removal that excluded it.
+    ghost: Option<Group>,
 }
 
 struct Net {
@@ -92,6 +95,7 @@ impl Net {
                     join: None,
                     apps_seen: BTreeSet::new(),
                     received: Vec::new(),
+                    ghost: None,
                 },
             );
             keys.push(mk);
@@ -166,6 +170,7 @@ impl Net {
                 join: Some(idx),
                 apps_seen: BTreeSet::new(),
                 received: Vec::new(),
+                ghost: None,
             },
         );
         id
@@ -202,9 +207,13 @@ impl Net {
         let node = self.nodes.get_mut(&id).unwrap();
         node.pending.retain(|i| *i != idx);
         node.join = None;
+        let before = matches!(m.control.body, ControlBody::Remove { .. }).then(|| node.g.clone());
         let r = node
             .g
             .process(&node.key, &mut self.rng, &m.control, dm.as_ref());
+        if node.g.is_removed() && node.ghost.is_none() {
+            node.ghost = before;
+        }
         let s = m.control.sender;
         node.vc.insert(s, m.control.seq);
         match r {
@@ -300,6 +309,22 @@ impl Net {
             .filter(|(_, n)| !n.g.is_removed() && n.join.is_none())
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// A removed device as an adversary: its stale state `ghost` processes every control message
+    /// it can (with the direct messages addressed to it), except its own removals.
+    fn follow(&self, id: DevicePublicKey, ghost: &Group) -> Group {
+        let mut g = ghost.clone();
+        let key = &self.nodes[&id].key;
+        let mut rng = StdRng::seed_from_u64(5);
+        for m in &self.log {
+            let own_removal =
+                matches!(m.control.body, ControlBody::Remove { removed } if removed == id);
+            if m.control.sender != id && !own_removal {
+                let _ = g.process(key, &mut rng, &m.control, m.direct.get(&id));
+            }
+        }
+        g
     }
 
     fn group(&self, id: &DevicePublicKey) -> &Group {
@@ -429,6 +454,7 @@ fn removed_member_cannot_decrypt_later_messages() {
     net.op(ids[0], |g, k, r| g.remove(k, r, victim)).unwrap();
     net.settle();
     net.assert_agree();
+    let ghost = net.follow(victim, &ghost);
     for id in net.current() {
         let ai = net.send_app(id, b"after removal");
         let mut g = ghost.clone();
@@ -574,16 +600,21 @@ fn concurrent_add_remove() {
     }
 }
 
-/// The removed member's pre-removal state cannot read what the concurrently added member sends.
+/// The removed member's pre-removal state cannot read what the concurrently added member sends,
+/// although it processed the add (so it knows the new member's first member secret): the new
+/// member was not a recipient of the removal's seed and refreshes in its ack.
 #[test]
 fn concurrent_add_remove_keeps_removed_out() {
     for seed in 0..8 {
         let (mut net, ids) = Net::new(4, seed);
-        let ghost = net.group(&ids[2]).clone();
         let e = net.add(ids[0]);
+        let add = net.log.len() - 1;
         net.op(ids[1], |g, k, r| g.remove(k, r, ids[2])).unwrap();
+        net.deliver(ids[2], add);
+        let ghost = net.group(&ids[2]).clone();
         net.settle();
         net.assert_agree();
+        let ghost = net.follow(ids[2], &ghost);
         for id in net.current() {
             let ai = net.send_app(id, b"x");
             assert!(
@@ -607,6 +638,106 @@ fn concurrent_remove_remove() {
             net.op(ids[1], |g, k, r| g.remove(k, r, ids[3])).unwrap();
         });
     }
+}
+
+/// Two concurrent removals plus a concurrent add. Members that processed the add before the
+/// second removal refresh their ratchet in their ack (the other removal's target received the
+/// seed) and forward their member secret to the new member in the same direct message
+/// (`SeedForward`). Everyone remaining agrees and reads everyone; neither removed device's
+/// state reads anything sent afterwards.
+#[test]
+fn concurrent_remove_remove_add() {
+    let mut seed_forward = 0;
+    for seed in 0..12 {
+        let (mut net, ids) = Net::new(6, seed);
+        let ghosts = [net.group(&ids[4]).clone(), net.group(&ids[5]).clone()];
+        net.op(ids[0], |g, k, r| g.remove(k, r, ids[4])).unwrap();
+        net.op(ids[1], |g, k, r| g.remove(k, r, ids[5])).unwrap();
+        let e = net.add(ids[2]);
+        net.settle();
+        net.assert_agree();
+        assert!(net.current().contains(&e));
+        net.all_talk();
+        let ghosts = [
+            net.follow(ids[4], &ghosts[0]),
+            net.follow(ids[5], &ghosts[1]),
+        ];
+        for id in net.current() {
+            let ai = net.send_app(id, b"after");
+            for g in &ghosts {
+                assert!(g.clone().decrypt(&net.apps[ai].msg).is_err());
+            }
+        }
+        seed_forward += net
+            .log
+            .iter()
+            .flat_map(|m| m.direct.values())
+            .filter(|d| d.kind == DirectKind::SeedForward)
+            .count();
+    }
+    assert!(
+        seed_forward > 0,
+        "no run exercised a seed+forward direct message"
+    );
+}
+
+/// A removes B while B removes C: both removals stand, and the remaining members refresh
+/// (B's seed is known to B itself, A's seed reached C).
+#[test]
+fn removal_concurrent_with_a_removal_by_the_removed_member() {
+    for seed in 0..8 {
+        let (mut net, ids) = Net::new(5, seed);
+        let ghosts = [net.group(&ids[1]).clone(), net.group(&ids[2]).clone()];
+        net.op(ids[0], |g, k, r| g.remove(k, r, ids[1])).unwrap();
+        net.op(ids[1], |g, k, r| g.remove(k, r, ids[2])).unwrap();
+        net.settle();
+        net.assert_agree();
+        assert_eq!(net.current(), {
+            let mut v = vec![ids[0], ids[3], ids[4]];
+            v.sort();
+            v
+        });
+        net.all_talk();
+        let ghosts = [
+            net.follow(ids[1], &ghosts[0]),
+            net.follow(ids[2], &ghosts[1]),
+        ];
+        for id in net.current() {
+            let ai = net.send_app(id, b"after");
+            for g in &ghosts {
+                assert!(g.clone().decrypt(&net.apps[ai].msg).is_err());
+            }
+        }
+    }
+}
+
+/// Refreshing acks cost a seed per member, so they are sent only when a removal's seed may
+/// have reached a non-member: never for a removal without concurrency, nor for two concurrent
+/// removals of the same device.
+#[test]
+fn plain_removals_do_not_refresh() {
+    let refreshes = |net: &Net| {
+        net.log
+            .iter()
+            .filter(|m| matches!(m.control.body, ControlBody::Ack { refresh: true, .. }))
+            .count()
+    };
+    let (mut net, ids) = Net::new(5, 3);
+    net.op(ids[0], |g, k, r| g.remove(k, r, ids[4])).unwrap();
+    net.settle();
+    assert_eq!(refreshes(&net), 0);
+    net.op(ids[1], |g, k, r| g.remove(k, r, ids[3])).unwrap();
+    net.op(ids[2], |g, k, r| g.remove(k, r, ids[3])).unwrap();
+    net.settle();
+    net.assert_agree();
+    assert_eq!(refreshes(&net), 0);
+    // Two removals of different devices, concurrent: every remaining member refreshes once.
+    let (mut net, ids) = Net::new(5, 3);
+    net.op(ids[0], |g, k, r| g.remove(k, r, ids[4])).unwrap();
+    net.op(ids[1], |g, k, r| g.remove(k, r, ids[3])).unwrap();
+    net.settle();
+    net.assert_agree();
+    assert_eq!(refreshes(&net), 3);
 }
 
 #[test]
@@ -641,6 +772,7 @@ fn removal_concurrent_with_removed_members_update() {
         net.settle();
         net.assert_agree();
         net.all_talk();
+        let ghost = net.follow(ids[3], &ghost);
         for id in net.current() {
             let ai = net.send_app(id, b"after");
             assert!(ghost.clone().decrypt(&net.apps[ai].msg).is_err());
@@ -740,6 +872,34 @@ fn wrong_direct_message_rejected_and_state_unchanged() {
     assert_eq!(&n.g.to_bytes()[..], &before[..]);
     net.settle();
     net.assert_agree();
+
+    // A plain ack with a (correctly signed) seed, or a refreshing kind: refused before any
+    // 2SM decryption, state unchanged.
+    net.op(ids[0], |g, k, r| g.update(k, r)).unwrap();
+    let upd = net.log.len() - 1;
+    net.deliver(ids[1], upd);
+    let ack = net.log.last().unwrap().clone();
+    assert!(matches!(
+        ack.control.body,
+        ControlBody::Ack { refresh: false, .. }
+    ));
+    net.deliver(ids[2], upd);
+    let acker = net.nodes[&ids[1]].key.clone();
+    let n = net.nodes.get_mut(&ids[2]).unwrap();
+    let before = n.g.to_bytes();
+    for kind in [
+        DirectKind::Seed,
+        DirectKind::SeedForward,
+        DirectKind::Welcome,
+    ] {
+        let dm = DirectMessage::sign(&acker, GROUP, ids[2], ack.control.id(), kind, vec![0; 80]);
+        let r = n.g.process(&n.key, &mut net.rng, &ack.control, Some(&dm));
+        assert!(
+            matches!(r, Err(GroupError::DirectMismatch(_))),
+            "{kind:?}: {r:?}"
+        );
+        assert_eq!(&n.g.to_bytes()[..], &before[..]);
+    }
 }
 
 /// Random groups, random operations by random members while messages are in flight, random
@@ -779,7 +939,22 @@ fn random_run(seed: u64, n: usize, steps: usize) {
     }
     net.settle();
     net.assert_agree();
+    let first = net.apps.len();
     net.all_talk();
+    // No removed device, with its state from just before it learnt of its removal, reads what
+    // the remaining members send once everything is processed.
+    for (id, n) in &net.nodes {
+        if let Some(ghost) = &n.ghost {
+            let ghost = net.follow(*id, ghost);
+            for a in &net.apps[first..] {
+                assert!(
+                    ghost.clone().decrypt(&a.msg).is_err(),
+                    "removed {id:?} read {:?}",
+                    a.sender
+                );
+            }
+        }
+    }
 }
 
 proptest::proptest! {

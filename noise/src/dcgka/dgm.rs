@@ -18,6 +18,12 @@
 //!   removed in every member's eventual view;
 //! * removal is final: a removed device is never a member again (re-adding needs a new device
 //!   key).
+//!
+//! The paper leaves the DGM function abstract and defines `member-view(ID)` as the DGM of the
+//! operations "sent or acknowledged by ID". These rules are those of the authors' prototype
+//! (`StrongRemoveDgm`: strong removal, adds at most once per device, a new member inherits its
+//! adder's acknowledgements, without which a new member's own view would hold only its add),
+//! evaluated per viewer over exactly the operations that viewer has seen.
 
 use std::collections::{BTreeMap, BTreeSet};
 

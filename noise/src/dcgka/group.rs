@@ -680,13 +680,10 @@ impl Group {
             }
             ControlBody::Update => self.process_seed(signer, rng, op, direct, false),
             ControlBody::Ack { of, refresh } => {
-                let mut out = self.process_ack(
-                    op.sender,
-                    of,
-                    direct.filter(|d| d.kind == DirectKind::Forward),
-                )?;
+                let (forwarded, seed) = self.open_ack_direct(*refresh, direct)?;
+                let mut out = self.process_ack(op.sender, of, forwarded)?;
                 if *refresh {
-                    out.merge(self.process_seed(signer, rng, op, direct, false)?);
+                    out.merge(self.process_refresh(op, seed)?);
                 }
                 Ok(out)
             }
@@ -766,7 +763,7 @@ impl Group {
             if direct.is_some() {
                 return Err(GroupError::DirectMismatch("seed for a non-recipient"));
             }
-            return self.send_ack(signer, rng, op, is_remove);
+            return self.acknowledge(signer, rng, op, None, is_remove);
         };
         if self.member_secrets.len().saturating_add(recipients.len()) > MAX_MEMBER_SECRETS {
             return Err(GroupError::Bound("member secrets"));
@@ -782,60 +779,154 @@ impl Group {
         if sender == self.me {
             return Ok(out);
         }
-        let ack_id = self.next_id();
-        let mut forward_to = self.members();
-        forward_to.retain(|m| *m != sender && *m != self.me && !recipients.contains(m));
-        if !forward_to.is_empty() {
-            let mine = self
-                .member_secrets
-                .get(&(op, self.me))
-                .cloned()
-                .ok_or(GroupError::Invalid("own member secret missing"))?;
-            for m in forward_to {
-                out.direct.push(self.encrypt_to(
-                    signer,
-                    rng,
-                    m,
-                    ack_id,
-                    DirectKind::Forward,
-                    mine.expose(),
-                )?);
-            }
-        }
-        out.broadcast = Some(self.sign_control(
+        // The paper's forwarding: members this member has added since the sender's view (added
+        // concurrently with the op) get this member's own member secret, so they can follow
+        // the ratchet step its ack makes.
+        let members = self.members();
+        let forward_to: BTreeSet<DevicePublicKey> = members
+            .iter()
+            .filter(|m| **m != sender && **m != self.me && !recipients.contains(*m))
+            .copied()
+            .collect();
+        // A removal whose seed reached a device that is not a member for us (removed, or added
+        // by a removed device, by a removal concurrent with this one; or the sender itself,
+        // removed concurrently): that device knows the member secret our ack absorbs, so the
+        // ack refreshes (module docs, "Removal secrecy under concurrency").
+        let leaked = !members.contains(&sender) || recipients.iter().any(|r| !members.contains(r));
+        let mine = if forward_to.is_empty() {
+            None
+        } else {
+            Some(
+                self.member_secrets
+                    .get(&(op, self.me))
+                    .cloned()
+                    .ok_or(GroupError::Invalid("own member secret missing"))?,
+            )
+        };
+        out.merge(self.acknowledge(
             signer,
-            ControlBody::Ack {
-                of: op,
-                refresh: false,
-            },
-        ));
-        let me = self.me;
-        out.merge(self.process_ack(me, &op, None)?);
+            rng,
+            op,
+            mine.as_ref().map(|m| (m, &forward_to)),
+            is_remove && leaked,
+        )?);
         Ok(out)
     }
 
-    fn send_ack<R: RngCore + CryptoRng>(
+    /// Sends this member's `ack` of `of` (already processed) and processes it locally.
+    /// `forward` is this member's member secret of `of` and the concurrently added members it
+    /// goes to. With `refresh`, the ack also carries a fresh seed for every other current
+    /// member, from which everyone derives one more update secret for this member (and only
+    /// for it: a refresh is not acknowledged).
+    fn acknowledge<R: RngCore + CryptoRng>(
         &mut self,
         signer: &DeviceSigningKey,
         rng: &mut R,
         of: OpId,
+        forward: Option<(&Secret32, &BTreeSet<DevicePublicKey>)>,
         refresh: bool,
     ) -> Result<Output, GroupError> {
         let me = self.me;
-        if refresh && self.status == Status::Member {
-            let ack_id = self.next_id();
-            let recipients = self.members();
-            let direct = self.seeds_to(signer, rng, ack_id, &recipients)?;
-            let msg = self.sign_control(signer, ControlBody::Ack { of, refresh: true });
-            let mut out = self.process_ack(me, &of, None)?;
-            out.merge(self.process_seed(signer, rng, ack_id, None, false)?);
-            out.broadcast = Some(msg);
-            out.direct = direct;
-            return Ok(out);
+        let ack_id = self.next_id();
+        let seed = refresh.then(|| Secret32::random(rng));
+        let mut targets = match (&seed, forward) {
+            (Some(_), _) => self.members(),
+            (None, Some((_, to))) => to.clone(),
+            (None, None) => BTreeSet::new(),
+        };
+        targets.remove(&me);
+        let mut direct = Vec::with_capacity(targets.len());
+        for t in targets {
+            let fwd = forward.filter(|(_, to)| to.contains(&t)).map(|(s, _)| s);
+            let mut payload = Zeroizing::new(Vec::with_capacity(64));
+            let kind = match (&seed, fwd) {
+                (Some(s), Some(f)) => {
+                    payload.extend_from_slice(s.expose());
+                    payload.extend_from_slice(f.expose());
+                    DirectKind::SeedForward
+                }
+                (Some(s), None) => {
+                    payload.extend_from_slice(s.expose());
+                    DirectKind::Seed
+                }
+                (None, Some(f)) => {
+                    payload.extend_from_slice(f.expose());
+                    DirectKind::Forward
+                }
+                (None, None) => continue,
+            };
+            direct.push(self.encrypt_to(signer, rng, t, ack_id, kind, &payload)?);
         }
-        let msg = self.sign_control(signer, ControlBody::Ack { of, refresh: false });
+        let msg = self.sign_control(signer, ControlBody::Ack { of, refresh });
         let mut out = self.process_ack(me, &of, None)?;
+        if let Some(s) = &seed {
+            let x = member_secret(s, &ack_id, &me);
+            self.ratchet_and_start(me, &x, &mut out);
+        }
         out.broadcast = Some(msg);
+        out.direct.extend(direct);
+        Ok(out)
+    }
+
+    /// Opens the direct message of another member's ack: `Forward` (a plain ack: the sender's
+    /// member secret of the acknowledged op), `Seed` or `SeedForward` (a refreshing ack: the
+    /// refresh seed, and the forwarded member secret). Returns (forwarded, seed).
+    fn open_ack_direct(
+        &mut self,
+        refresh: bool,
+        direct: Option<&DirectMessage>,
+    ) -> Result<(Option<Secret32>, Option<Secret32>), GroupError> {
+        let Some(dm) = direct else {
+            return Ok((None, None));
+        };
+        let kind = match (refresh, dm.kind) {
+            (false, DirectKind::Forward)
+            | (true, DirectKind::Seed)
+            | (true, DirectKind::SeedForward) => dm.kind,
+            _ => {
+                return Err(GroupError::DirectMismatch(
+                    "unexpected direct message kind for this ack",
+                ));
+            }
+        };
+        let pt = self.decrypt_from(Some(dm), kind)?;
+        let mut r = Reader::new(&pt);
+        let first = Secret32::from_bytes(r.array()?);
+        let second = match kind {
+            DirectKind::SeedForward => Some(Secret32::from_bytes(r.array()?)),
+            _ => None,
+        };
+        r.finish()?;
+        Ok(match kind {
+            DirectKind::Forward => (Some(first), None),
+            DirectKind::Seed => (None, Some(first)),
+            _ => (second, Some(first)),
+        })
+    }
+
+    /// A refreshing ack from another member: if it was sent to us (we are in its sender's
+    /// view), its seed gives the sender's next update secret.
+    fn process_refresh(&mut self, op: OpId, seed: Option<Secret32>) -> Result<Output, GroupError> {
+        let sender = op.sender;
+        let mut recipients = self.dgm.view(&sender);
+        recipients.remove(&sender);
+        let mut out = Output::default();
+        match (recipients.contains(&self.me), seed) {
+            (true, Some(s)) => {
+                let x = member_secret(&s, &op, &sender);
+                drop(s);
+                if self.outer.contains_key(&sender) {
+                    self.ratchet_and_start(sender, &x, &mut out);
+                }
+            }
+            (true, None) => return Err(GroupError::MissingDirect(DirectKind::Seed)),
+            (false, Some(_)) => {
+                return Err(GroupError::DirectMismatch(
+                    "refresh seed for a non-recipient",
+                ));
+            }
+            (false, None) => {}
+        }
         Ok(out)
     }
 
@@ -885,26 +976,16 @@ impl Group {
         });
     }
 
+    /// The paper's `process_ack`; `forwarded` is the acker's member secret of `of` if it
+    /// forwarded it to us (we were added concurrently with `of`).
     fn process_ack(
         &mut self,
         acker: DevicePublicKey,
         of: &OpId,
-        direct: Option<&DirectMessage>,
+        forwarded: Option<Secret32>,
     ) -> Result<Output, GroupError> {
         self.dgm.ack(of, acker);
         let mut out = Output::default();
-        // A direct message addressed to us is always opened, so the 2SM channel stays in step.
-        let forwarded = match direct {
-            Some(dm) if acker != self.me => {
-                let pt = self.decrypt_from(Some(dm), DirectKind::Forward)?;
-                let bytes: [u8; 32] = pt
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| GroupError::Invalid("forwarded secret is not 32 bytes"))?;
-                Some(Secret32::from_bytes(bytes))
-            }
-            _ => None,
-        };
         let secret = self.member_secrets.remove(&(*of, acker)).or(forwarded);
         if let Some(s) = secret
             && self.outer.contains_key(&acker)
@@ -1496,6 +1577,153 @@ mod tests {
         ));
         assert_eq!(gs[2].to_bytes(), before);
         assert_eq!(&gs[2].decrypt(&m2).unwrap().plaintext[..], b"two");
+    }
+
+    /// A minimal causal network for tests that need the state's internals: every node processes
+    /// the shared log in order (a causal order, as each message is appended after everything
+    /// its sender had processed).
+    struct Sim {
+        keys: Vec<DeviceSigningKey>,
+        gs: Vec<Group>,
+        log: Vec<(ControlMessage, Vec<(DevicePublicKey, DirectMessage)>)>,
+        next: Vec<usize>,
+    }
+
+    impl Sim {
+        fn new(n: u8, rng: &mut StdRng) -> Self {
+            let keys: Vec<_> = (1..=n)
+                .map(|i| DeviceSigningKey::from_seed(&[i; 32]))
+                .collect();
+            let gs: Vec<_> = keys
+                .iter()
+                .map(|k| Group::new([1; 32], k.public(), PrekeyStore::new(rng, 0)))
+                .collect();
+            let mks: Vec<_> = gs.iter().zip(&keys).map(|(g, k)| g.member_key(k)).collect();
+            let mut sim = Sim {
+                next: vec![0; keys.len()],
+                keys,
+                gs,
+                log: Vec::new(),
+            };
+            let out = sim.gs[0]
+                .create(&sim.keys[0], rng, mks[0], &mks[1..])
+                .unwrap();
+            sim.push(0, out);
+            sim.settle(rng);
+            sim
+        }
+
+        fn id(&self, i: usize) -> DevicePublicKey {
+            self.keys[i].public()
+        }
+
+        fn push(&mut self, from: usize, out: Output) -> Option<OpId> {
+            let c = out.broadcast?;
+            let id = c.id();
+            self.log.push((c, out.direct));
+            // The sender has its own message processed already.
+            if self.next[from] == self.log.len() - 1 {
+                self.next[from] = self.log.len();
+            }
+            Some(id)
+        }
+
+        /// Node `i` processes log entry `idx` (out of log order only when the test says so).
+        fn deliver(&mut self, i: usize, idx: usize, rng: &mut StdRng) {
+            let (c, direct) = self.log[idx].clone();
+            let me = self.id(i);
+            if c.sender == me || self.gs[i].is_removed() {
+                return;
+            }
+            let dm = direct.iter().find(|(r, _)| *r == me).map(|(_, d)| d);
+            let out = self.gs[i].process(&self.keys[i], rng, &c, dm).unwrap();
+            self.push(i, out);
+        }
+
+        fn settle(&mut self, rng: &mut StdRng) {
+            loop {
+                let mut progress = false;
+                for i in 0..self.gs.len() {
+                    while self.next[i] < self.log.len() {
+                        let idx = self.next[i];
+                        self.next[i] += 1;
+                        self.deliver(i, idx, rng);
+                        progress = true;
+                    }
+                }
+                if !progress {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Two concurrent removals: each removed device receives the other removal's seed (its
+    /// sender did not know of the other removal yet). Together they know both member secrets a
+    /// remaining member's ratchet absorbs when it acknowledges the two removals, and they knew
+    /// its chain before. The paper's authors' prototype answers with an ack carrying a fresh
+    /// update in exactly this case; so does this implementation (a refreshing ack). Before that
+    /// fix, the colluding pair read what C sent after processing both removals.
+    #[test]
+    fn colluding_concurrently_removed_members_are_locked_out() {
+        let mut rng = StdRng::seed_from_u64(17);
+        let mut sim = Sim::new(5, &mut rng);
+        let (a, b, c, r1, r2) = (0, 1, 2, 3, 4);
+        let cid = sim.id(c);
+        let r1_pre = sim.gs[r1].clone();
+        let r2_pre = sim.gs[r2].clone();
+        let rm1 = sim.id(r1);
+        let rm2 = sim.id(r2);
+        let out = sim.gs[a].remove(&sim.keys[a], &mut rng, rm1).unwrap();
+        let op_a = sim.push(a, out).unwrap();
+        let out = sim.gs[b].remove(&sim.keys[b], &mut rng, rm2).unwrap();
+        let op_b = sim.push(b, out).unwrap();
+        let (ia, ib) = (sim.log.len() - 2, sim.log.len() - 1);
+
+        // What each removed device learns from the removal it was (wrongly) a recipient of.
+        let mut k2 = r2_pre.clone();
+        let (ca, da) = sim.log[ia].clone();
+        let d = da.iter().find(|(r, _)| *r == rm2).map(|(_, d)| d);
+        k2.process(&sim.keys[r2], &mut rng, &ca, d).unwrap();
+        let a_c = k2.member_secrets[&(op_a, cid)].clone();
+        let mut k1 = r1_pre.clone();
+        let (cb, db) = sim.log[ib].clone();
+        let d = db.iter().find(|(r, _)| *r == rm1).map(|(_, d)| d);
+        k1.process(&sim.keys[r1], &mut rng, &cb, d).unwrap();
+        let b_c = k1.member_secrets[&(op_b, cid)].clone();
+
+        // C processes the first removal and talks: R2 (not yet removed for C) may read that,
+        // which also checks the attacker below follows C's ratchet exactly.
+        sim.deliver(c, ia, &mut rng);
+        sim.next[c] = ia + 1;
+        let m1 = sim.gs[c]
+            .encrypt(&sim.keys[c], b"after one removal")
+            .unwrap();
+        let mut atk = r1_pre.clone();
+        atk.ratchet_and_start(cid, &a_c, &mut Output::default());
+        assert_eq!(
+            &atk.clone().decrypt(&m1).unwrap().plaintext[..],
+            b"after one removal"
+        );
+
+        // Everyone processes everything; C has now processed both removals.
+        sim.settle(&mut rng);
+        assert!(sim.gs[r1].is_removed() && sim.gs[r2].is_removed());
+        let m2 = sim.gs[c]
+            .encrypt(&sim.keys[c], b"after both removals")
+            .unwrap();
+        atk.ratchet_and_start(cid, &b_c, &mut Output::default());
+        assert!(
+            atk.decrypt(&m2).is_err(),
+            "the two removed devices together read C after both removals"
+        );
+        // The remaining members still read each other.
+        for i in [a, b] {
+            assert_eq!(
+                &sim.gs[i].decrypt(&m2).unwrap().plaintext[..],
+                b"after both removals"
+            );
+        }
     }
 
     #[test]

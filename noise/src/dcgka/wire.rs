@@ -13,6 +13,7 @@
 //!         | 7 history || device(32)                       (history export to that device)
 //! direct  = 0x01 || group(32) || sender(32) || recipient(32) || op_id || kind(u8)
 //!           || payload(u32-len, 2SM ciphertext) || sig(64)
+//! kind    = 1 seed | 2 welcome | 3 forward | 4 add-ack state | 5 history | 6 seed+forward
 //! ```
 //! The control signature covers everything before it under
 //! `"SecureComm/dcgka/control v1"`; the direct-message signature likewise under
@@ -118,12 +119,13 @@ pub enum ControlBody {
     },
     /// A post-compromise-security update: a fresh seed for every member.
     Update,
-    /// Acknowledges a create, update, remove or ack-with-refresh.
+    /// Acknowledges a create, update or remove (refreshing acks are not acknowledged).
     Ack {
         /// The acknowledged control message.
         of: OpId,
-        /// Whether this ack also carries a fresh seed (see the module docs: sent when the
-        /// acknowledged op was a removal this member was not a recipient of).
+        /// Whether this ack also carries a fresh seed for its sender's own ratchet (see the
+        /// module docs: sent when the acknowledged op was a removal whose seed may be known to
+        /// a device that is not a member, or that this member did not receive).
         refresh: bool,
     },
     /// Acknowledges an add.
@@ -326,6 +328,10 @@ pub enum DirectKind {
     AddAckState,
     /// Archived message keys (history export).
     History,
+    /// A refreshing ack's seed followed by the acknowledger's member secret, for a member added
+    /// concurrently with the acknowledged removal (a [`Self::Seed`] and a [`Self::Forward`] for
+    /// the same recipient and control message).
+    SeedForward,
 }
 
 impl DirectKind {
@@ -336,6 +342,7 @@ impl DirectKind {
             Self::Forward => 3,
             Self::AddAckState => 4,
             Self::History => 5,
+            Self::SeedForward => 6,
         }
     }
 
@@ -346,6 +353,7 @@ impl DirectKind {
             3 => Self::Forward,
             4 => Self::AddAckState,
             5 => Self::History,
+            6 => Self::SeedForward,
             got => {
                 return Err(DecodeError::UnknownTag {
                     what: "dcgka direct kind",
@@ -491,7 +499,7 @@ mod tests {
         }
 
         #[test]
-        fn direct_round_trip(payload in proptest::collection::vec(any::<u8>(), 0..200), seq: u64, kind in 1u8..=5) {
+        fn direct_round_trip(payload in proptest::collection::vec(any::<u8>(), 0..200), seq: u64, kind in 1u8..=6) {
             let of = OpId { sender: key(2).public(), seq };
             let m = DirectMessage::sign(&key(1), [5; 32], key(3).public(), of, DirectKind::from_tag(kind).unwrap(), payload);
             let bytes = m.to_bytes();
