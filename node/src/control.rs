@@ -199,7 +199,9 @@ pub fn event_json(e: &Event) -> Value {
         Event::PeerDisconnected(p) => json!({"event": "peer-disconnected", "peer": p.to_string()}),
         Event::HolePunched(p) => json!({"event": "hole-punched", "peer": p.to_string()}),
         Event::Lagged(n) => json!({"event": "lagged", "missed": n}),
-        Event::Gossip { .. } | Event::DirectRequest { .. } => Value::Null,
+        Event::Gossip { .. } | Event::DirectRequest { .. } | Event::Identified { .. } => {
+            Value::Null
+        }
     }
 }
 

@@ -104,6 +104,7 @@ pub(crate) struct GuildState {
     pub authors: BTreeSet<DevicePublicKey>,
     pub dirty: bool,
     pending: VecDeque<PendingGossip>,
+    unreadable: u64,
 }
 
 impl std::fmt::Debug for GuildState {
@@ -120,6 +121,12 @@ impl GuildState {
     /// Whether this device takes part in key agreement (welcomed or creator, not removed).
     pub fn keyed(&self) -> bool {
         !self.dcgka.members().is_empty()
+    }
+
+    /// Gossip messages this device received and had no key for, since it started (held for a
+    /// retry while key agreement may still catch up; a removed member's count just grows).
+    pub fn undecryptable(&self) -> u64 {
+        self.unreadable
     }
 
     /// Every device of every member in the resolved view.
@@ -220,6 +227,7 @@ fn load_row(conn: &Connection, id: &GuildId) -> Result<GuildState, SyncError> {
         authors: decode_authors(&authors),
         dirty: false,
         pending: VecDeque::new(),
+        unreadable: 0,
     })
 }
 
@@ -389,8 +397,10 @@ impl Engine {
             .map_err(db_err)?;
         if g.dirty || db != Some(sql(g.applied)) {
             let pending = std::mem::take(&mut g.pending);
+            let unreadable = g.unreadable;
             *g = load_row(conn, &g.id)?;
             g.pending = pending;
+            g.unreadable = unreadable;
         }
         Ok(())
     }
@@ -649,6 +659,9 @@ impl Engine {
             return Ok(Verdict::Reject("oversized"));
         }
         let v = Self::decrypt_store(conn, g, data)?;
+        if let Verdict::Ignore("unknown key epoch" | "removed from the guild") = v {
+            g.unreadable = g.unreadable.saturating_add(1);
+        }
         if let Verdict::Ignore("unknown key epoch") = v {
             if g.pending.len() >= MAX_PENDING_GOSSIP {
                 g.pending.pop_front();
@@ -809,6 +822,7 @@ impl Engine {
             authors: BTreeSet::from([keys.me]),
             dirty: false,
             pending: VecDeque::new(),
+            unreadable: 0,
         };
         insert_row(conn, &g)?;
         push_out(conn, &id, out)?;
@@ -1045,6 +1059,7 @@ impl Engine {
             authors: BTreeSet::new(),
             dirty: false,
             pending: VecDeque::new(),
+            unreadable: 0,
         };
         let redeem = change(
             &mut g,

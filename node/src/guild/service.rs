@@ -7,7 +7,7 @@
 //! driver's lock ([`SyncPeer::with_db`] or the apply hook), never across an `await`, and no
 //! `SyncPeer` method is called while it is held.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,8 +53,13 @@ pub const GUILD_EVENT_BUFFER: usize = 1024;
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(40);
 /// Longest wait after a join for key agreement to welcome us.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(45);
-/// How often queued key-agreement output and pending gossip are retried regardless of events.
+/// How often queued key-agreement output and pending gossip are retried regardless of events,
+/// and disconnected members are considered for a re-dial.
 pub const TICK: Duration = Duration::from_secs(1);
+/// Most stored addresses per peer.
+pub const MAX_PEER_ADDRS: usize = 8;
+/// Most peers whose addresses are stored.
+pub const MAX_PEERS_STORED: usize = 4096;
 
 struct Inner {
     net: Client,
@@ -427,6 +432,7 @@ impl GuildService {
                 .values_mut()
                 .map(|g| {
                     let ready = g.keyed();
+                    let undecryptable = g.undecryptable();
                     let view = g.crdt.view();
                     json!({
                         "id": hex::encode(g.id.0),
@@ -434,6 +440,7 @@ impl GuildService {
                         "members": view.members().len(),
                         "channels": view.channels().len(),
                         "ready": ready,
+                        "undecryptable": undecryptable,
                     })
                 })
                 .collect();
@@ -529,7 +536,8 @@ impl GuildService {
 
     /// `guild join CODE`.
     pub async fn join(&self, code: &str) -> Result<Value, GuildError> {
-        let link = InviteLink::from_text(code)?;
+        let link = InviteLink::from_text(code)
+            .map_err(|e| GuildError::Join(format!("not a valid invite code: {e}")))?;
         let inviter = link
             .inviter()
             .ok_or_else(|| GuildError::Join("the invite carries no inviter address".into()))?;
@@ -539,6 +547,7 @@ impl GuildService {
         for a in &link.addrs {
             let _ = self.inner.net.add_address(inviter, a.clone()).await;
         }
+        self.remember_addrs(inviter, link.addrs.clone());
         for a in &link.addrs {
             let _ = self.inner.net.dial(a.clone()).await;
         }
@@ -760,6 +769,117 @@ impl GuildService {
         Ok(json!({"banned": hex::encode(u.as_bytes())}))
     }
 
+    /// Every device of every guild's members but this one.
+    fn member_peers(&self) -> HashSet<PeerId> {
+        self.with_engine(|e, _| {
+            let me = e.keys.me;
+            let mut out = HashSet::new();
+            for g in e.guilds.values_mut() {
+                out.extend(
+                    g.member_devices()
+                        .iter()
+                        .filter(|d| **d != me)
+                        .filter_map(peer_of),
+                );
+            }
+            out
+        })
+        .unwrap_or_default()
+    }
+
+    /// Stores where a peer listens (from identify, or from an invite), so this node can dial it
+    /// again after either side restarts if it is (or becomes) a guild member. At most
+    /// [`MAX_PEERS_STORED`] peers are kept, the least recently seen are dropped.
+    fn remember_addrs(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let mut w = securecomm_noise::codec::Writer::new();
+        let usable: Vec<&Multiaddr> = addrs
+            .iter()
+            .filter(|a| {
+                !a.iter().any(|p| {
+                    matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())
+                        || matches!(p, Protocol::Ip6(ip) if ip.is_unspecified())
+                })
+            })
+            .take(MAX_PEER_ADDRS)
+            .collect();
+        if usable.is_empty() {
+            return;
+        }
+        w.u8(u8::try_from(usable.len()).unwrap_or(0));
+        for a in usable {
+            w.bytes16(&a.to_vec());
+        }
+        let blob = w.into_bytes();
+        let _ = self.with_engine(|_, db| {
+            db.conn().execute(
+                "INSERT INTO peer_addrs (peer, addrs, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(peer) DO UPDATE SET addrs = excluded.addrs, updated_at = excluded.updated_at",
+                rusqlite::params![peer.to_bytes(), blob, i64::try_from(engine::now_ms()).unwrap_or(0)],
+            )?;
+            db.conn().execute(
+                "DELETE FROM peer_addrs WHERE peer NOT IN
+                 (SELECT peer FROM peer_addrs ORDER BY updated_at DESC LIMIT ?1)",
+                [i64::try_from(MAX_PEERS_STORED).unwrap_or(i64::MAX)],
+            )
+        });
+    }
+
+    fn stored_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        let blob: Option<Vec<u8>> = self
+            .with_engine(|_, db| {
+                db.conn()
+                    .query_row(
+                        "SELECT addrs FROM peer_addrs WHERE peer = ?1",
+                        [peer.to_bytes()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+            })
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        let Some(blob) = blob else { return Vec::new() };
+        let mut r = securecomm_noise::codec::Reader::new(&blob);
+        let n = r.u8().map(usize::from).unwrap_or(0).min(MAX_PEER_ADDRS);
+        (0..n)
+            .map_while(|_| r.bytes16("address", 512).ok())
+            .filter_map(|b| Multiaddr::try_from(b.to_vec()).ok())
+            .collect()
+    }
+
+    /// Dials guild members that are not connected, at their stored addresses, with a backoff
+    /// per peer (from [`TICK`] doubling to a minute).
+    async fn reconnect(&self, backoff: &mut HashMap<PeerId, (tokio::time::Instant, Duration)>) {
+        let Ok(connected) = self.inner.net.peers().await else {
+            return;
+        };
+        let connected: HashSet<PeerId> = connected.into_iter().map(|p| p.peer).collect();
+        let now = tokio::time::Instant::now();
+        backoff.retain(|p, _| !connected.contains(p));
+        for peer in self.member_peers() {
+            if connected.contains(&peer) {
+                continue;
+            }
+            let (next, delay) = backoff.get(&peer).copied().unwrap_or((now, TICK));
+            if next > now {
+                continue;
+            }
+            backoff.insert(
+                peer,
+                (now + delay, (delay * 2).min(Duration::from_secs(60))),
+            );
+            for a in self.stored_addrs(&peer) {
+                let a = if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+                    a
+                } else {
+                    a.with(Protocol::P2p(peer))
+                };
+                let _ = self.inner.net.add_address(peer, a.clone()).await;
+                let _ = self.inner.net.dial(a).await;
+            }
+        }
+    }
+
     /// A user's root key by id or nickname, searched in every guild (for `safety-number`).
     pub fn find_user(&self, user: &str) -> Result<RootPublicKey, GuildError> {
         self.with_engine(|e, _| {
@@ -799,6 +919,7 @@ async fn run_net_events(svc: GuildService, mut events: EventStream) {
                 id,
                 data,
             } => svc.on_gossip(topic, source, id, data).await,
+            Event::Identified { peer, listen_addrs } => svc.remember_addrs(peer, listen_addrs),
             Event::DirectRequest { peer, id, data } if data.first() == Some(&DIRECT_VERSION) => {
                 let s = svc.clone();
                 svc.spawn(async move { s.on_direct(peer, id, data).await });
@@ -811,8 +932,10 @@ async fn run_net_events(svc: GuildService, mut events: EventStream) {
 async fn run_ticks(svc: GuildService) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff: HashMap<PeerId, (tokio::time::Instant, Duration)> = HashMap::new();
     loop {
         tick.tick().await;
+        svc.reconnect(&mut backoff).await;
         svc.drain_outq().await;
         let ids: Vec<GuildId> = svc
             .with_engine(|e, _| e.guilds.keys().copied().collect())

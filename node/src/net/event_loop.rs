@@ -87,6 +87,13 @@ pub enum Event {
         /// The request bytes.
         data: Vec<u8>,
     },
+    /// A peer told us (identify) where it listens.
+    Identified {
+        /// The peer.
+        peer: PeerId,
+        /// Its listen addresses (at most 16).
+        listen_addrs: Vec<Multiaddr>,
+    },
     /// The subscriber missed this many events.
     Lagged(u64),
 }
@@ -493,9 +500,14 @@ impl EventLoop {
                 libp2p::identify::Event::Received { peer_id, info, .. },
             )) => {
                 // Remember where a peer listens so later dials (and gossip) can find it.
-                for addr in info.listen_addrs.into_iter().take(16) {
-                    self.swarm.add_peer_address(peer_id, addr);
+                let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(16).collect();
+                for addr in &addrs {
+                    self.swarm.add_peer_address(peer_id, addr.clone());
                 }
+                self.emit(Event::Identified {
+                    peer: peer_id,
+                    listen_addrs: addrs,
+                });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list.into_iter().take(64) {

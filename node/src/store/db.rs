@@ -84,8 +84,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX outbox_by_due ON outbox (next_attempt_at);",
     // 3: guilds (`guild`): per-guild state (secret, guild document, key-agreement state), key
     // agreement output waiting to enter the causal log, member keys for pending adds, control
-    // messages parked until this device is welcomed, invites this device issued, and decrypted
-    // guild messages.
+    // messages parked until this device is welcomed, invites this device issued, decrypted guild
+    // messages, and where guild members' devices listen (to reconnect after restarts).
     "CREATE TABLE guilds (
         id BLOB PRIMARY KEY,
         secret BLOB NOT NULL,
@@ -131,7 +131,12 @@ const MIGRATIONS: &[&str] = &[
         text TEXT NOT NULL,
         UNIQUE (guild, msg_id)
      ) STRICT;
-     CREATE INDEX guild_messages_by_channel ON guild_messages (guild, channel, sent_at);",
+     CREATE INDEX guild_messages_by_channel ON guild_messages (guild, channel, sent_at);
+     CREATE TABLE peer_addrs (
+        peer BLOB PRIMARY KEY,
+        addrs BLOB NOT NULL,
+        updated_at INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 /// The newest schema version this build writes.
