@@ -4,74 +4,20 @@
 //! messages flow in every direction, in order per sender.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::time::Duration;
 
-use rand_core::OsRng;
-use securecomm_node::guild::{GuildEvent, GuildService};
-use securecomm_node::net::{self, EventLoop, NetConfig};
-use securecomm_node::runtime::sync_config;
-use securecomm_node::store::{Db, LocalProfile};
-use securecomm_noise::identity::UserIdentity;
-use securecomm_noise::secret::Secret32;
-use serde_json::Value;
-use tokio::time::{Instant, sleep};
-
-struct TestNode {
-    guilds: GuildService,
-    _dir: tempfile::TempDir,
-}
-
-async fn start(name: &str) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
-    let profile = LocalProfile {
-        display_name: name.to_owned(),
-        identity: UserIdentity::generate(&mut OsRng, "test", 0).unwrap(),
-        db_key: Secret32::random(&mut OsRng),
-    };
-    let cfg = NetConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        hole_punching: false,
-        ..NetConfig::default()
-    };
-    let keypair = net::device_keypair(profile.identity.device().signing()).unwrap();
-    let (lp, client) = EventLoop::new(keypair, &cfg).unwrap();
-    tokio::spawn(lp.run());
-    let db = Db::open(&dir.path().join("node.db"), &profile.db_key).unwrap();
-    let guilds = GuildService::start(client, db, &profile, sync_config())
-        .await
-        .unwrap();
-    TestNode { guilds, _dir: dir }
-}
-
-async fn until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::{TestNode, start, until};
+use securecomm_node::guild::GuildEvent;
+use tokio::time::sleep;
 
 fn all_keyed(n: &TestNode, guild: &str, count: usize) -> bool {
-    let m = n.guilds.members(guild).unwrap();
-    let m = m.as_array().unwrap();
-    m.len() == count && m.iter().all(|x| x["keyed"] == Value::Bool(true))
+    n.all_keyed(guild, count)
 }
 
 fn texts(n: &TestNode, guild: &str) -> Vec<(String, String)> {
-    let h = n.guilds.history(guild, "general", 1000).unwrap();
-    h.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["nickname"].as_str().unwrap().to_owned(),
-                m["text"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
+    n.texts(guild)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,10 +36,14 @@ async fn three_nodes_create_invite_join_and_talk() {
         .unwrap();
     let code = invite["code"].as_str().unwrap().to_owned();
 
+    let t0 = std::time::Instant::now();
     let jb = b.guilds.join(&code).await.unwrap();
+    eprintln!("b joined in {:?}", t0.elapsed());
     assert_eq!(jb["name"], "Book Club");
     assert_eq!(jb["ready"], true, "{jb}");
+    let t0 = std::time::Instant::now();
     let jc = c.guilds.join(&code).await.unwrap();
+    eprintln!("c joined in {:?}", t0.elapsed());
     assert_eq!(jc["ready"], true, "{jc}");
 
     for n in [&a, &b, &c] {
@@ -106,7 +56,9 @@ async fn three_nodes_create_invite_join_and_talk() {
     let mut bad = code.clone();
     bad.push('a');
     assert!(c.guilds.join(&bad).await.is_err());
+    eprintln!("bad join refused at {:?}", t0.elapsed());
 
+    eprintln!("all keyed in {:?}", t0.elapsed());
     const PER: usize = 4;
     for i in 0..PER {
         for (n, who) in [(&a, "alice"), (&b, "bob"), (&c, "carol")] {
@@ -124,6 +76,7 @@ async fn three_nodes_create_invite_join_and_talk() {
             }
         }
     }
+    eprintln!("sent at {:?}", t0.elapsed());
     for (n, name) in [(&a, "alice"), (&b, "bob"), (&c, "carol")] {
         let got = until("every message everywhere", 60, || {
             let t = texts(n, &gid);
@@ -140,6 +93,7 @@ async fn three_nodes_create_invite_join_and_talk() {
             assert_eq!(mine, want, "{name} sees {who}'s messages out of order");
         }
     }
+    eprintln!("received at {:?}", t0.elapsed());
     // A saw message events for the others' messages.
     let mut seen = 0;
     while let Ok(e) = a_events.try_recv() {

@@ -105,6 +105,7 @@ pub(crate) struct GuildState {
     pub dirty: bool,
     pending: VecDeque<PendingGossip>,
     unreadable: u64,
+    rejected: u64,
 }
 
 impl std::fmt::Debug for GuildState {
@@ -127,6 +128,12 @@ impl GuildState {
     /// retry while key agreement may still catch up; a removed member's count just grows).
     pub fn undecryptable(&self) -> u64 {
         self.unreadable
+    }
+
+    /// Gossip messages this device rejected (malformed, forged, replayed, unauthorized) since
+    /// it started.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
     }
 
     /// Every device of every member in the resolved view.
@@ -228,6 +235,7 @@ fn load_row(conn: &Connection, id: &GuildId) -> Result<GuildState, SyncError> {
         dirty: false,
         pending: VecDeque::new(),
         unreadable: 0,
+        rejected: 0,
     })
 }
 
@@ -397,10 +405,11 @@ impl Engine {
             .map_err(db_err)?;
         if g.dirty || db != Some(sql(g.applied)) {
             let pending = std::mem::take(&mut g.pending);
-            let unreadable = g.unreadable;
+            let (unreadable, rejected) = (g.unreadable, g.rejected);
             *g = load_row(conn, &g.id)?;
             g.pending = pending;
             g.unreadable = unreadable;
+            g.rejected = rejected;
         }
         Ok(())
     }
@@ -655,10 +664,14 @@ impl Engine {
             return Ok(Verdict::Ignore("not a topic of ours"));
         };
         Self::fresh(conn, g)?;
-        if data.len() > MAX_GOSSIP_PAYLOAD {
-            return Ok(Verdict::Reject("oversized"));
+        let v = if data.len() > MAX_GOSSIP_PAYLOAD {
+            Verdict::Reject("oversized")
+        } else {
+            Self::decrypt_store(conn, g, data)?
+        };
+        if let Verdict::Reject(_) = v {
+            g.rejected = g.rejected.saturating_add(1);
         }
-        let v = Self::decrypt_store(conn, g, data)?;
         if let Verdict::Ignore("unknown key epoch" | "removed from the guild") = v {
             g.unreadable = g.unreadable.saturating_add(1);
         }
@@ -823,6 +836,7 @@ impl Engine {
             dirty: false,
             pending: VecDeque::new(),
             unreadable: 0,
+            rejected: 0,
         };
         insert_row(conn, &g)?;
         push_out(conn, &id, out)?;
@@ -1060,6 +1074,7 @@ impl Engine {
             dirty: false,
             pending: VecDeque::new(),
             unreadable: 0,
+            rejected: 0,
         };
         let redeem = change(
             &mut g,

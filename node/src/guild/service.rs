@@ -424,6 +424,12 @@ impl GuildService {
         Ok(json!({"id": hex::encode(gid.0), "name": name}))
     }
 
+    /// The guild's gossip topic (opaque; for tests and diagnostics).
+    pub fn topic(&self, guild: &str) -> Result<String, GuildError> {
+        let gid = self.resolve(guild)?;
+        self.with_engine(|e, _| e.guild_mut(&gid).map(|g| g.topic.clone()))?
+    }
+
     /// `guild list`.
     pub fn list_guilds(&self) -> Result<Value, GuildError> {
         self.with_engine(|e, _| {
@@ -433,6 +439,7 @@ impl GuildService {
                 .map(|g| {
                     let ready = g.keyed();
                     let undecryptable = g.undecryptable();
+                    let rejected = g.rejected();
                     let view = g.crdt.view();
                     json!({
                         "id": hex::encode(g.id.0),
@@ -441,6 +448,7 @@ impl GuildService {
                         "channels": view.channels().len(),
                         "ready": ready,
                         "undecryptable": undecryptable,
+                        "rejected": rejected,
                     })
                 })
                 .collect();

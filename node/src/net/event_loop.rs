@@ -41,6 +41,8 @@ pub struct PeerInfo {
     /// Remote addresses of its open connections.
     #[serde(serialize_with = "ser_display_vec")]
     pub addrs: Vec<Multiaddr>,
+    /// Its gossipsub score at this node (negative after invalid messages).
+    pub gossip_score: Option<f64>,
 }
 
 fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -366,6 +368,7 @@ impl EventLoop {
                     PeerPath::Relayed
                 },
                 addrs: conns.iter().map(|c| c.2.clone()).collect(),
+                gossip_score: self.swarm.behaviour().gossipsub.peer_score(peer),
             })
             .collect();
         v.sort_by_key(|p| p.peer.to_bytes());
@@ -395,9 +398,16 @@ impl EventLoop {
                 let _ = tx.send(self.peers());
             }
             Command::Subscribe(topic, tx) => {
+                let t = IdentTopic::new(topic);
+                if let Err(e) = b
+                    .gossipsub
+                    .set_topic_params(t.clone(), super::topic_score_params())
+                {
+                    tracing::warn!(error = e, "topic scoring not set");
+                }
                 let r = b
                     .gossipsub
-                    .subscribe(&IdentTopic::new(topic))
+                    .subscribe(&t)
                     .map(|_| ())
                     .map_err(|e| NetError::Publish(e.to_string()));
                 let _ = tx.send(r);
