@@ -108,3 +108,56 @@ async fn three_nodes_create_invite_join_and_talk() {
         n.guilds.stop();
     }
 }
+
+/// The inviter refuses what it must: a wrong secret, a used-up invite, a banned user; the
+/// joiner refuses an expired code itself. Refusals leave no guild behind at the joiner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_are_refused_for_bad_secrets_used_up_invites_bans_and_expiry() {
+    use securecomm_node::guild::wire::InviteLink;
+    use securecomm_noise::secret::Secret32;
+    let a = start("owner").await;
+    let b = start("banned").await;
+    let c = start("late").await;
+    let g = a.guilds.create_guild("Strict").await.unwrap();
+    let gid = g["id"].as_str().unwrap().to_owned();
+
+    // Wrong secret: the proof does not verify.
+    let inv = a.guilds.create_invite(&gid, None, 1).await.unwrap();
+    let code = inv["code"].as_str().unwrap();
+    let mut forged = InviteLink::from_text(code).unwrap();
+    forged.secret = Secret32::from_bytes([0x55; 32]);
+    let err = c
+        .guilds
+        .join(&forged.to_text())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown invite"), "{err}");
+    assert_eq!(c.guilds.list_guilds().unwrap(), serde_json::json!([]));
+
+    // Banned before joining: refused.
+    a.guilds.ban(&gid, &b.user, "no").await.unwrap();
+    let err = b.guilds.join(code).await.unwrap_err().to_string();
+    assert!(err.contains("banned"), "{err}");
+    assert_eq!(b.guilds.list_guilds().unwrap(), serde_json::json!([]));
+
+    // One use: C joins, then the same code is used up.
+    let j = c.guilds.join(code).await.unwrap();
+    assert_eq!(j["ready"], true);
+    let d = start("fourth").await;
+    let err = d.guilds.join(code).await.unwrap_err().to_string();
+    assert!(err.contains("used up") || err.contains("expired"), "{err}");
+
+    // Expired: the joiner does not even try.
+    let inv = a.guilds.create_invite(&gid, Some(0), 0).await.unwrap();
+    let err = d
+        .guilds
+        .join(inv["code"].as_str().unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expired"), "{err}");
+    for n in [&a, &b, &c, &d] {
+        n.guilds.stop();
+    }
+}

@@ -692,6 +692,67 @@ mod tests {
     }
 
     #[test]
+    fn log_payloads_round_trip_and_refuse_damage() {
+        use securecomm_noise::dcgka::Group;
+        use securecomm_noise::keys::{DeviceSigningKey, RootSigningKey};
+        use securecomm_noise::oneshot::PrekeyStore;
+        let mut rng = rand_core::OsRng;
+        let device = DeviceSigningKey::from_seed(&[7; 32]);
+        let root = RootSigningKey::from_seed(&[8; 32]);
+        let (guild, genesis) =
+            securecomm_crdt::Guild::create(&root, &device, "g", 1000, [1; 16]).unwrap();
+        let mut g = Group::new(guild.id().0, device.public(), PrekeyStore::new(&mut rng, 0));
+        let mk = g.member_key(&device);
+        let other = DeviceSigningKey::from_seed(&[9; 32]);
+        let other_mk = MemberKey::new(&other, &PrekeyStore::new(&mut rng, 0));
+        let out = g.create(&device, &mut rng, mk, &[other_mk]).unwrap();
+        let dcgka = LogPayload::Dcgka {
+            control: out.broadcast.unwrap(),
+            directs: out.direct.into_iter().map(|(_, d)| d).collect(),
+        };
+        assert!(dcgka.to_bytes().len() > 100);
+        for p in [LogPayload::CrdtChange(genesis), dcgka] {
+            let bytes = p.to_bytes();
+            assert_eq!(LogPayload::from_bytes(&bytes).unwrap(), p);
+            assert!(LogPayload::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+            let mut extra = bytes.clone();
+            extra.push(0);
+            assert!(LogPayload::from_bytes(&extra).is_err());
+            let mut v = bytes.clone();
+            v[0] = 9;
+            assert!(LogPayload::from_bytes(&v).is_err());
+            let mut t = bytes.clone();
+            t[1] = 7;
+            assert!(LogPayload::from_bytes(&t).is_err());
+        }
+    }
+
+    #[test]
+    fn offer_debug_hides_the_guild_secret() {
+        let offer = DirectResponse::Offer {
+            token: securecomm_crdt::invite::InviteToken::issue(
+                &securecomm_noise::keys::DeviceSigningKey::from_seed(&[1; 32]),
+                GuildId([2; 32]),
+                InviteCode([3; 16]),
+                securecomm_crdt::schema::Invite {
+                    creator: securecomm_noise::keys::RootSigningKey::from_seed(&[4; 32]).public(),
+                    expires_at: 0,
+                    max_uses: 0,
+                },
+            ),
+            secret: Secret32::from_bytes([0xab; 32]),
+            changes: Vec::new(),
+        };
+        let dbg = format!("{offer:?}");
+        assert!(
+            !dbg.to_lowercase().contains("abab") && !dbg.contains("171, 171"),
+            "{dbg}"
+        );
+        let back = DirectResponse::from_bytes(&offer.to_bytes()).unwrap();
+        assert_eq!(back, offer);
+    }
+
+    #[test]
     fn direct_messages_do_not_parse_as_sync_requests() {
         let r = DirectResponse::Refused("no".into()).to_bytes();
         assert!(crate::sync::SyncRequest::from_bytes(&r).is_err());

@@ -16,6 +16,8 @@ use serde_json::Value;
 use tokio::time::{Instant, sleep};
 
 pub struct TestNode {
+    /// The user id (root key, hex).
+    pub user: String,
     pub net: Client,
     pub guilds: GuildService,
     pub dir: tempfile::TempDir,
@@ -38,6 +40,7 @@ pub async fn start_with(name: &str, tweak: impl FnOnce(&mut NetConfig)) -> TestN
         ..NetConfig::default()
     };
     tweak(&mut cfg);
+    let user = hex::encode(profile.identity.root_public().as_bytes());
     let keypair = net::device_keypair(profile.identity.device().signing()).unwrap();
     let (lp, client) = EventLoop::new(keypair, &cfg).unwrap();
     tokio::spawn(lp.run());
@@ -46,6 +49,7 @@ pub async fn start_with(name: &str, tweak: impl FnOnce(&mut NetConfig)) -> TestN
         .await
         .unwrap();
     TestNode {
+        user,
         net: client,
         guilds,
         dir,
