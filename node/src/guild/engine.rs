@@ -1112,8 +1112,14 @@ impl Engine {
     /// Forgets a guild whose join failed, with its rows.
     pub fn abandon(&mut self, conn: &Connection, gid: &GuildId) -> Result<(), SyncError> {
         self.forget(gid);
-        conn.execute("DELETE FROM guilds WHERE id = ?1", [&gid.0[..]])
+        for table in ["guilds", "guild_outq", "guild_prejoin", "guild_member_keys"] {
+            let column = if table == "guilds" { "id" } else { "guild" };
+            conn.execute(
+                &format!("DELETE FROM {table} WHERE {column} = ?1"),
+                [&gid.0[..]],
+            )
             .map_err(db_err)?;
+        }
         Ok(())
     }
 

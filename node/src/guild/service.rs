@@ -216,47 +216,48 @@ impl GuildService {
         Ok(())
     }
 
-    /// Writes queued key-agreement output to the logs, oldest first. One drainer at a time.
+    /// Writes queued key-agreement output to the logs, oldest first per guild. One drainer at a
+    /// time. A guild whose log refuses an insert is skipped until the next call (its order is
+    /// kept); rows of a guild that is gone are dropped.
     async fn drain_outq(&self) {
         let _one = self.inner.drain.lock().await;
+        let mut blocked: BTreeSet<Vec<u8>> = BTreeSet::new();
         for _ in 0..10_000 {
-            let next = self.with_engine(|_, db| {
-                db.conn()
-                    .query_row(
-                        "SELECT id, guild, payload FROM guild_outq ORDER BY id LIMIT 1",
-                        [],
-                        |r| {
-                            Ok((
-                                r.get::<_, i64>(0)?,
-                                r.get::<_, Vec<u8>>(1)?,
-                                r.get::<_, Vec<u8>>(2)?,
-                            ))
-                        },
-                    )
-                    .optional()
+            let next = self.with_engine(|_, db| -> rusqlite::Result<_> {
+                let mut st = db.conn().prepare_cached(
+                    "SELECT id, guild, payload FROM guild_outq ORDER BY id LIMIT 64",
+                )?;
+                let rows = st.query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })?;
+                let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = rows.collect::<Result<_, _>>()?;
+                Ok(rows.into_iter().find(|(_, g, _)| !blocked.contains(g)))
             });
-            let Ok(Ok(Some((row, gid, payload)))) = next else {
+            let Ok(Ok(Some((row, gid_bytes, payload)))) = next else {
                 return;
             };
-            let Ok(gid) = <[u8; 32]>::try_from(gid) else {
-                let _ = self.with_engine(|_, db| {
+            let delete = |svc: &Self| {
+                let _ = svc.with_engine(|_, db| {
                     db.conn()
                         .execute("DELETE FROM guild_outq WHERE id = ?1", [row])
                 });
+            };
+            let Ok(gid) = <[u8; 32]>::try_from(gid_bytes.as_slice()) else {
+                delete(self);
                 continue;
             };
             match self.inner.sync.insert(GroupId(gid), payload).await {
-                Ok(_) => {
-                    // The hook removed the row with the entry; make sure, so a mismatch can
-                    // never loop.
-                    let _ = self.with_engine(|_, db| {
-                        db.conn()
-                            .execute("DELETE FROM guild_outq WHERE id = ?1", [row])
-                    });
-                }
+                // The hook removed the row with the entry; make sure, so a mismatch can never
+                // loop.
+                Ok(_) => delete(self),
+                Err(SyncError::UnknownGroup(_)) => delete(self),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot write key-agreement output to the log yet");
-                    return;
+                    blocked.insert(gid_bytes);
                 }
             }
         }
@@ -464,15 +465,18 @@ impl GuildService {
         uses: u32,
     ) -> Result<Value, GuildError> {
         let gid = self.resolve(guild)?;
+        let addrs = self.my_addrs().await?;
+        if addrs.is_empty() {
+            return Err(GuildError::Invalid(
+                "this node has no address to put in the invite yet (no listener, no relay \
+                 reservation)"
+                    .into(),
+            ));
+        }
         let (payload, mut link) =
             self.with_engine(|e, db| e.create_invite(db.conn(), &gid, expires, uses))??;
         self.write(&gid, payload).await?;
-        link.addrs = self.my_addrs().await?;
-        if link.addrs.is_empty() {
-            return Err(GuildError::Invalid(
-                "this node has no address to put in the invite (no listener, no relay)".into(),
-            ));
-        }
+        link.addrs = addrs;
         Ok(json!({
             "code": link.to_text(),
             "guild": hex::encode(gid.0),
