@@ -15,6 +15,14 @@
 //! <- {"event": "peer-connected", "peer": "12D3Koo...", "path": "relayed"}     (one per line, until closed)
 //! ```
 //!
+//! Guild commands (when the node runs its guild layer; arguments by name, GUILD and CHANNEL by
+//! name or id): `guild-create {name}`, `guild-list`, `guild-join {code}`, `invite-create {guild,
+//! expires?, uses?}`, `channel-create {guild, name, voice?}`, `channel-list {guild}`, `send
+//! {guild, channel, text}`, `history {guild, channel, limit?}`, `members {guild}`, `role-create
+//! {guild, name, perms}`, `role-grant {guild, user, role}`, `kick {guild, user}`, `ban {guild,
+//! user, reason?}`, `find-user {user}`. `events` adds `{"event": "message", ...}` for every
+//! stored guild message and `{"event": "guild-changed", "guild": ...}` after log deliveries.
+//!
 //! Bounds: a request line is at most [`MAX_LINE`] bytes, at most [`MAX_CLIENTS`] connections are
 //! served at once, and a slow `events` reader loses old events rather than growing a queue.
 

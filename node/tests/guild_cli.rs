@@ -696,8 +696,9 @@ fn kill_9_during_a_burst_keeps_every_acknowledged_message() {
     b.stop();
 }
 
+/// `safety-number` by nickname, `events` streaming message events, and clear errors.
 #[test]
-fn safety_number_by_nickname_and_bad_input() {
+fn safety_numbers_events_and_bad_input() {
     let mut a = Node::new("sam");
     let mut b = Node::new("kim");
     a.start(&["--listen", "/ip4/127.0.0.1/tcp/0"]);
@@ -711,6 +712,41 @@ fn safety_number_by_nickname_and_bad_input() {
     assert_eq!(by_name["safety_number"].as_str().unwrap().len(), 60);
     let from_b = b.cli(&["safety-number", "sam"]);
     assert_eq!(from_b["safety_number"], by_key["safety_number"]);
+
+    // `events` on B prints a JSON line for A's message.
+    let mut ev = bin()
+        .arg("--data-dir")
+        .arg(b.path())
+        .arg("events")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = ev.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The stream is live from the moment it is opened; send until one arrives.
+    let deadline = Instant::now() + WAIT;
+    let event = 'found: loop {
+        a.send(&gid, "general", "an event-worthy message");
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["event"] == "message" {
+                break 'found v;
+            }
+        }
+        assert!(Instant::now() < deadline, "no message event on B");
+    };
+    assert_eq!(event["text"], "an event-worthy message");
+    assert_eq!(event["nickname"], "sam");
+    let _ = ev.kill();
+    let _ = ev.wait();
     // Unknown names and guilds are clear errors.
     assert!(
         a.cli_err(&["send", "no-such-guild", "general", "x"])

@@ -76,6 +76,16 @@
 //! The joiner then pulls the log from the inviter and is keyed once the add (with its welcome)
 //! is delivered. History before the join is not readable (DCGKA's default).
 //!
+//! # Costs (measured shapes, not yet optimised)
+//!
+//! * Every stored or sent message rewrites the guild's whole DCGKA state in its row (the ratchet
+//!   moved; persisting it in the same transaction is what makes `kill -9` safe and keys
+//!   single-use across restarts). Its size grows with members and kept epochs.
+//! * A local guild change is taken from the log like a remote one: the guild is rebuilt from its
+//!   row first (`load_trusted`, which re-validates every change without signatures), so local
+//!   changes cost a fold of the document. Remote entries cost only their own validation.
+//! * A join offer carries the whole document and must fit one direct-protocol frame (1 MiB).
+//!
 //! # Limits and what is not here
 //!
 //! * Joiners reach the inviter at the addresses in the code (direct or relayed); the rendezvous
