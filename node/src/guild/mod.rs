@@ -21,7 +21,7 @@
 //!
 //! # The apply hook (engine)
 //!
-//! The log calls [`engine::Engine::apply_entry`] for every delivered entry, local or remote,
+//! The log calls the engine's `apply_entry` for every delivered entry, local or remote,
 //! in causal order, **inside the transaction that marks it delivered**:
 //!
 //! 1. a guild change goes to the document (which checks its signature and its authorization

@@ -1,5 +1,5 @@
 //! [`GuildService`]: the async side of the guild layer. It owns the sync driver, feeds gossip and
-//! join requests to the [`Engine`], writes queued key-agreement output to the logs, keeps each
+//! join requests to the engine, writes queued key-agreement output to the logs, keeps each
 //! log's members in step with the guild document, and offers the operations the control API
 //! exposes (all return JSON values, the shape scripts see).
 //!
