@@ -9,9 +9,19 @@
 //! <- {"id": 1, "ok": true, "result": [{"peer": "12D3Koo...", "path": "direct", "addrs": [...]}]}
 //! -> {"id": 2, "cmd": "dial", "args": {"addr": "/ip4/127.0.0.1/tcp/4001/p2p/12D3Koo..."}}
 //! <- {"id": 2, "ok": false, "error": "cannot dial ..."}
-//! -> {"id": 3, "cmd": "events"}
+//! -> {"id": 3, "cmd": "send", "args": {"guild": "Friends", "channel": "general", "text": "hi"}}
+//! <- {"id": 3, "ok": true, "result": {"id": "9f2c...", "sent_at": 1718000000000, ...}}
+//! -> {"id": 4, "cmd": "events"}
 //! <- {"event": "peer-connected", "peer": "12D3Koo...", "path": "relayed"}     (one per line, until closed)
 //! ```
+//!
+//! Guild commands (when the node runs its guild layer; arguments by name, GUILD and CHANNEL by
+//! name or id): `guild-create {name}`, `guild-list`, `guild-join {code}`, `invite-create {guild,
+//! expires?, uses?}`, `channel-create {guild, name, voice?}`, `channel-list {guild}`, `send
+//! {guild, channel, text}`, `history {guild, channel, limit?}`, `members {guild}`, `role-create
+//! {guild, name, perms}`, `role-grant {guild, user, role}`, `kick {guild, user}`, `ban {guild,
+//! user, reason?}`, `find-user {user}`. `events` adds `{"event": "message", ...}` for every
+//! stored guild message and `{"event": "guild-changed", "guild": ...}` after log deliveries.
 //!
 //! Bounds: a request line is at most [`MAX_LINE`] bytes, at most [`MAX_CLIENTS`] connections are
 //! served at once, and a slow `events` reader loses old events rather than growing a queue.
@@ -25,6 +35,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
+use crate::guild::{GuildEvent, GuildService};
 use crate::net::{Client, Event};
 
 /// Longest request line.
@@ -54,6 +65,8 @@ pub struct Context {
     pub net: Client,
     /// Public facts about this node, returned by `whoami`.
     pub whoami: Value,
+    /// The guild layer, when the node runs one.
+    pub guilds: Option<GuildService>,
 }
 
 /// The socket path for a data directory.
@@ -136,8 +149,29 @@ async fn stream_events(
     write: &mut tokio::net::unix::OwnedWriteHalf,
 ) -> std::io::Result<()> {
     let mut events = ctx.net.events();
-    while let Some(e) = events.next().await {
-        let v = event_json(&e);
+    let mut guild_events = ctx.guilds.as_ref().map(GuildService::events);
+    loop {
+        let v = tokio::select! {
+            e = events.next() => match e {
+                Some(e) => event_json(&e),
+                None => return Ok(()),
+            },
+            e = async {
+                match guild_events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match e {
+                Ok(e) => guild_event_json(&e),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    json!({"event": "lagged", "missed": n})
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    guild_events = None;
+                    Value::Null
+                }
+            },
+        };
         if v.is_null() {
             continue;
         }
@@ -145,7 +179,20 @@ async fn stream_events(
         out.push(b'\n');
         write.write_all(&out).await?;
     }
-    Ok(())
+}
+
+/// The JSON form of a guild event.
+pub fn guild_event_json(e: &GuildEvent) -> Value {
+    match e {
+        GuildEvent::Message(m) => {
+            let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("event".into(), json!("message"));
+            }
+            v
+        }
+        GuildEvent::Changed { guild } => json!({"event": "guild-changed", "guild": guild}),
+    }
 }
 
 /// The JSON form of an event, or null for events scripts do not see (raw gossip and requests,
@@ -160,7 +207,9 @@ pub fn event_json(e: &Event) -> Value {
         Event::PeerDisconnected(p) => json!({"event": "peer-disconnected", "peer": p.to_string()}),
         Event::HolePunched(p) => json!({"event": "hole-punched", "peer": p.to_string()}),
         Event::Lagged(n) => json!({"event": "lagged", "missed": n}),
-        Event::Gossip { .. } | Event::DirectRequest { .. } => Value::Null,
+        Event::Gossip { .. } | Event::DirectRequest { .. } | Event::Identified { .. } => {
+            Value::Null
+        }
     }
 }
 
@@ -170,8 +219,100 @@ fn arg<'a>(args: &'a Value, name: &str) -> Result<&'a str, String> {
         .ok_or_else(|| format!("missing string argument {name:?}"))
 }
 
+fn opt_u64(args: &Value, name: &str) -> Result<Option<u64>, String> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| format!("argument {name:?} must be a non-negative integer")),
+    }
+}
+
+async fn handle_guild(g: &GuildService, cmd: &str, a: &Value) -> Option<Result<Value, String>> {
+    let e = |r: Result<Value, crate::guild::GuildError>| r.map_err(|e| e.to_string());
+    Some(match cmd {
+        "guild-create" => match arg(a, "name") {
+            Ok(n) => e(g.create_guild(n).await),
+            Err(x) => Err(x),
+        },
+        "guild-list" => e(g.list_guilds()),
+        "guild-join" => match arg(a, "code") {
+            Ok(c) => e(g.join(c).await),
+            Err(x) => Err(x),
+        },
+        "invite-create" => {
+            let (guild, expires, uses) =
+                match (arg(a, "guild"), opt_u64(a, "expires"), opt_u64(a, "uses")) {
+                    (Ok(g), Ok(x), Ok(u)) => (g, x, u),
+                    (Err(x), _, _) | (_, Err(x), _) | (_, _, Err(x)) => return Some(Err(x)),
+                };
+            let uses = u32::try_from(uses.unwrap_or(0)).unwrap_or(u32::MAX);
+            e(g.create_invite(guild, expires, uses).await)
+        }
+        "channel-create" => match (arg(a, "guild"), arg(a, "name")) {
+            (Ok(guild), Ok(name)) => {
+                let voice = a.get("voice").and_then(Value::as_bool).unwrap_or(false);
+                e(g.create_channel(guild, name, voice).await)
+            }
+            (Err(x), _) | (_, Err(x)) => Err(x),
+        },
+        "channel-list" => match arg(a, "guild") {
+            Ok(guild) => e(g.list_channels(guild)),
+            Err(x) => Err(x),
+        },
+        "send" => match (arg(a, "guild"), arg(a, "channel"), arg(a, "text")) {
+            (Ok(guild), Ok(ch), Ok(text)) => e(g.send(guild, ch, text).await),
+            (Err(x), _, _) | (_, Err(x), _) | (_, _, Err(x)) => Err(x),
+        },
+        "history" => match (arg(a, "guild"), arg(a, "channel"), opt_u64(a, "limit")) {
+            (Ok(guild), Ok(ch), Ok(limit)) => {
+                let limit = usize::try_from(limit.unwrap_or(50)).unwrap_or(usize::MAX);
+                e(g.history(guild, ch, limit))
+            }
+            (Err(x), _, _) | (_, Err(x), _) | (_, _, Err(x)) => Err(x),
+        },
+        "members" => match arg(a, "guild") {
+            Ok(guild) => e(g.members(guild)),
+            Err(x) => Err(x),
+        },
+        "role-create" => match (arg(a, "guild"), arg(a, "name"), arg(a, "perms")) {
+            (Ok(guild), Ok(name), Ok(perms)) => e(g.create_role(guild, name, perms).await),
+            (Err(x), _, _) | (_, Err(x), _) | (_, _, Err(x)) => Err(x),
+        },
+        "role-grant" => match (arg(a, "guild"), arg(a, "user"), arg(a, "role")) {
+            (Ok(guild), Ok(user), Ok(role)) => e(g.grant_role(guild, user, role).await),
+            (Err(x), _, _) | (_, Err(x), _) | (_, _, Err(x)) => Err(x),
+        },
+        "kick" => match (arg(a, "guild"), arg(a, "user")) {
+            (Ok(guild), Ok(user)) => e(g.kick(guild, user).await),
+            (Err(x), _) | (_, Err(x)) => Err(x),
+        },
+        "ban" => match (arg(a, "guild"), arg(a, "user")) {
+            (Ok(guild), Ok(user)) => {
+                let reason = a.get("reason").and_then(Value::as_str).unwrap_or("");
+                e(g.ban(guild, user, reason).await)
+            }
+            (Err(x), _) | (_, Err(x)) => Err(x),
+        },
+        "find-user" => match arg(a, "user") {
+            Ok(user) => g
+                .find_user(user)
+                .map(|u| json!(hex::encode(u.as_bytes())))
+                .map_err(|e| e.to_string()),
+            Err(x) => Err(x),
+        },
+        _ => return None,
+    })
+}
+
 async fn handle(ctx: &Context, req: Request) -> Result<Value, String> {
     let net = &ctx.net;
+    if let Some(g) = &ctx.guilds
+        && let Some(r) = handle_guild(g, req.cmd.as_str(), &req.args).await
+    {
+        return r;
+    }
     match req.cmd.as_str() {
         "whoami" => Ok(ctx.whoami.clone()),
         "peers" => Ok(

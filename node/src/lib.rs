@@ -5,6 +5,7 @@
 //! it calls lives in `securecomm-noise`, which does no I/O.
 
 pub mod control;
+pub mod guild;
 pub mod net;
 pub mod runtime;
 pub mod store;

@@ -6,8 +6,10 @@ use serde_json::json;
 use thiserror::Error;
 
 use crate::control::{self, Context};
+use crate::guild::{GuildError, GuildService};
 use crate::net::{self, Client, EventLoop, NetConfig, NetError};
 use crate::store::{Db, DbError, LocalProfile};
+use crate::sync::SyncConfig;
 
 /// Why the node could not start.
 #[derive(Debug, Error)]
@@ -18,6 +20,9 @@ pub enum NodeError {
     /// The network failed.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The guild layer could not start.
+    #[error(transparent)]
+    Guild(#[from] GuildError),
     /// The control socket could not be served.
     #[error("control socket {path}: {source}")]
     Control {
@@ -33,8 +38,8 @@ pub enum NodeError {
 pub struct Node {
     /// The network handle.
     pub net: Client,
-    /// The database.
-    pub db: Db,
+    /// The guild layer (which owns the database through its sync driver).
+    pub guilds: GuildService,
     loop_task: tokio::task::JoinHandle<()>,
     control_task: tokio::task::JoinHandle<()>,
 }
@@ -50,6 +55,7 @@ impl Node {
         let keypair = net::device_keypair(profile.identity.device().signing())?;
         let (event_loop, client) = EventLoop::new(keypair, &cfg)?;
         let loop_task = tokio::spawn(event_loop.run());
+        let guilds = GuildService::start(client.clone(), db, profile, sync_config()).await?;
         let id = &profile.identity;
         let whoami = json!({
             "display_name": profile.display_name,
@@ -62,6 +68,7 @@ impl Node {
         let ctx = Context {
             net: client.clone(),
             whoami,
+            guilds: Some(guilds.clone()),
         };
         // Bind now so a second node on the same directory fails here, not later.
         let serve = control::serve(path.clone(), ctx);
@@ -72,7 +79,7 @@ impl Node {
         });
         Ok(Self {
             net: client,
-            db,
+            guilds,
             loop_task,
             control_task,
         })
@@ -82,5 +89,16 @@ impl Node {
     pub async fn wait(self) {
         let _ = self.loop_task.await;
         self.control_task.abort();
+        self.guilds.stop();
+    }
+}
+
+/// Sync timing for a node: anti-entropy every 10 s, retransmission every 2 s.
+pub fn sync_config() -> SyncConfig {
+    SyncConfig {
+        anti_entropy: std::time::Duration::from_secs(10),
+        retransmit: std::time::Duration::from_secs(2),
+        outbox_poll: std::time::Duration::from_millis(500),
+        delivery_buffer: 1024,
     }
 }

@@ -8,6 +8,12 @@
 //! securecomm-node passphrase
 //! securecomm-node run [--listen MULTIADDR]... [--relay MULTIADDR]... [--mdns]
 //! securecomm-node peers | listen-addrs | dial MULTIADDR | events | stop     (against a running node)
+//! securecomm-node guild create NAME | guild list | guild join CODE
+//! securecomm-node invite create GUILD [--expires SECS] [--uses N]
+//! securecomm-node channel create GUILD NAME [--voice] | channel list GUILD
+//! securecomm-node send GUILD CHANNEL TEXT | history GUILD CHANNEL [--limit N] | members GUILD
+//! securecomm-node role create GUILD NAME --perms LIST | role grant GUILD USER ROLE
+//! securecomm-node kick GUILD USER | ban GUILD USER [--reason TEXT]
 //! ```
 //! Every command takes `--json` for machine-readable output.
 //! The passphrase is read from the terminal, or from `SECURECOMM_PASSPHRASE` for scripts.
@@ -25,7 +31,7 @@ use securecomm_node::runtime::Node;
 use securecomm_node::store::{IdentityStore, LocalProfile, StoreError};
 use securecomm_noise::fingerprint::SafetyNumber;
 use securecomm_noise::keys::RootPublicKey;
-use serde_json::Value;
+use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
@@ -60,7 +66,8 @@ enum Command {
     Whoami,
     /// The safety number between you and another user, to compare in person.
     SafetyNumber {
-        /// Their root public key, 64 hex digits (from their `whoami`).
+        /// Their root public key, 64 hex digits (from their `whoami`), or, with a running
+        /// node, their nickname or user id in one of your guilds.
         their_key: String,
         /// Their user id (by default their root key in hex).
         #[arg(long)]
@@ -84,6 +91,12 @@ enum Command {
         /// Find peers on the local network with mDNS.
         #[arg(long)]
         mdns: bool,
+        /// Listen on no address (reachable only through relays).
+        #[arg(long, conflicts_with = "listen")]
+        no_listen: bool,
+        /// Do not upgrade relayed connections with hole punching (DCUtR).
+        #[arg(long)]
+        no_hole_punching: bool,
     },
     /// Connected peers and whether each path is direct or relayed (running node).
     Peers,
@@ -98,6 +111,140 @@ enum Command {
     Events,
     /// Stop the running node.
     Stop,
+    /// Guilds: create, list, join (running node).
+    Guild {
+        #[command(subcommand)]
+        action: GuildAction,
+    },
+    /// Invites (running node).
+    Invite {
+        #[command(subcommand)]
+        action: InviteAction,
+    },
+    /// Channels (running node).
+    Channel {
+        #[command(subcommand)]
+        action: ChannelAction,
+    },
+    /// Send a message to a guild channel (running node). Returns once it is stored durably.
+    Send {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+        /// The text.
+        text: String,
+    },
+    /// Messages of a guild channel, oldest first (running node).
+    History {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+        /// How many of the latest messages.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Members of a guild with their roles (running node).
+    Members {
+        /// Guild name or id.
+        guild: String,
+    },
+    /// Roles (running node).
+    Role {
+        #[command(subcommand)]
+        action: RoleAction,
+    },
+    /// Remove a member from a guild (running node).
+    Kick {
+        /// Guild name or id.
+        guild: String,
+        /// The member's nickname or user id.
+        user: String,
+    },
+    /// Ban a user from a guild (running node).
+    Ban {
+        /// Guild name or id.
+        guild: String,
+        /// The member's nickname or user id.
+        user: String,
+        /// Why (visible to members).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum GuildAction {
+    /// Create a guild you own, with a #general channel.
+    Create {
+        /// Its name.
+        name: String,
+    },
+    /// Guilds this node is in.
+    List,
+    /// Join with an invite code (`sc1...`).
+    Join {
+        /// The code.
+        code: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum InviteAction {
+    /// Create an invite code for a guild.
+    Create {
+        /// Guild name or id.
+        guild: String,
+        /// Seconds until it expires (default: never).
+        #[arg(long)]
+        expires: Option<u64>,
+        /// How many joins it admits (default: unlimited).
+        #[arg(long)]
+        uses: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChannelAction {
+    /// Create a channel.
+    Create {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name.
+        name: String,
+        /// A voice channel instead of a text channel.
+        #[arg(long)]
+        voice: bool,
+    },
+    /// Channels of a guild.
+    List {
+        /// Guild name or id.
+        guild: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoleAction {
+    /// Create a role.
+    Create {
+        /// Guild name or id.
+        guild: String,
+        /// Role name.
+        name: String,
+        /// Comma-separated permissions, e.g. manage_channels,kick_members.
+        #[arg(long)]
+        perms: String,
+    },
+    /// Give a member a role.
+    Grant {
+        /// Guild name or id.
+        guild: String,
+        /// The member's nickname or user id.
+        user: String,
+        /// Role name or id.
+        role: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -243,6 +390,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             listen,
             relay,
             mdns,
+            no_listen,
+            no_hole_punching,
         }) => {
             let profile = unlock(&store)?;
             let parse = |v: Vec<String>| -> Result<Vec<Multiaddr>, String> {
@@ -253,10 +402,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             let mut cfg = NetConfig {
                 relays: parse(relay)?,
                 mdns,
+                hole_punching: !no_hole_punching,
                 ..NetConfig::default()
             };
             if !listen.is_empty() {
                 cfg.listen = parse(listen)?;
+            }
+            if no_listen {
+                cfg.listen.clear();
             }
             let listen_count = cfg.listen.len();
             let node = Node::start(dir.clone(), &profile, cfg)
@@ -305,6 +458,100 @@ async fn run(cli: Cli) -> Result<(), String> {
             remote(&dir, json, "dial", serde_json::json!({"addr": addr})).await?
         }
         Some(Command::Stop) => remote(&dir, json, "shutdown", Value::Null).await?,
+        Some(Command::Guild { action }) => {
+            let (cmd, args) = match action {
+                GuildAction::Create { name } => ("guild-create", json!({"name": name})),
+                GuildAction::List => ("guild-list", Value::Null),
+                GuildAction::Join { code } => ("guild-join", json!({"code": code})),
+            };
+            remote(&dir, json, cmd, args).await?
+        }
+        Some(Command::Invite {
+            action:
+                InviteAction::Create {
+                    guild,
+                    expires,
+                    uses,
+                },
+        }) => {
+            let args = json!({"guild": guild, "expires": expires, "uses": uses});
+            remote(&dir, json, "invite-create", args).await?
+        }
+        Some(Command::Channel { action }) => {
+            let (cmd, args) = match action {
+                ChannelAction::Create { guild, name, voice } => (
+                    "channel-create",
+                    json!({"guild": guild, "name": name, "voice": voice}),
+                ),
+                ChannelAction::List { guild } => ("channel-list", json!({"guild": guild})),
+            };
+            remote(&dir, json, cmd, args).await?
+        }
+        Some(Command::Send {
+            guild,
+            channel,
+            text,
+        }) => {
+            let args = json!({"guild": guild, "channel": channel, "text": text});
+            remote(&dir, json, "send", args).await?
+        }
+        Some(Command::History {
+            guild,
+            channel,
+            limit,
+        }) => {
+            let args = json!({"guild": guild, "channel": channel, "limit": limit});
+            let mut c = ControlClient::connect(&dir)
+                .await
+                .map_err(|e| no_node(&dir, e))?;
+            let v = c.call("history", args).await?;
+            if json {
+                println!("{v}");
+            } else {
+                for m in v.as_array().into_iter().flatten() {
+                    let who = m
+                        .get("nickname")
+                        .and_then(Value::as_str)
+                        .filter(|n| !n.is_empty())
+                        .or_else(|| {
+                            m.get("sender")
+                                .and_then(Value::as_str)
+                                .map(|s| s.get(..12).unwrap_or(s))
+                        })
+                        .unwrap_or("?");
+                    let text = m.get("text").and_then(Value::as_str).unwrap_or("");
+                    let at = m.get("sent_at").and_then(Value::as_u64).unwrap_or(0);
+                    println!("[{at}] {who}: {text}");
+                }
+            }
+        }
+        Some(Command::Members { guild }) => {
+            remote(&dir, json, "members", json!({"guild": guild})).await?
+        }
+        Some(Command::Role { action }) => {
+            let (cmd, args) = match action {
+                RoleAction::Create { guild, name, perms } => (
+                    "role-create",
+                    json!({"guild": guild, "name": name, "perms": perms}),
+                ),
+                RoleAction::Grant { guild, user, role } => (
+                    "role-grant",
+                    json!({"guild": guild, "user": user, "role": role}),
+                ),
+            };
+            remote(&dir, json, cmd, args).await?
+        }
+        Some(Command::Kick { guild, user }) => {
+            remote(&dir, json, "kick", json!({"guild": guild, "user": user})).await?
+        }
+        Some(Command::Ban {
+            guild,
+            user,
+            reason,
+        }) => {
+            let args = json!({"guild": guild, "user": user, "reason": reason});
+            remote(&dir, json, "ban", args).await?
+        }
         Some(Command::Events) => {
             let c = ControlClient::connect(&dir)
                 .await
@@ -326,10 +573,26 @@ async fn run(cli: Cli) -> Result<(), String> {
             their_key,
             their_id,
         }) => {
-            let bytes: [u8; 32] = hex::decode(their_key.trim())
+            let parsed: Option<[u8; 32]> = hex::decode(their_key.trim())
                 .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or("their key must be 64 hex digits")?;
+                .and_then(|b| b.try_into().ok());
+            let bytes: [u8; 32] = match parsed {
+                Some(b) => b,
+                // Not a key: ask the running node to find the user in our guilds.
+                None => match ControlClient::connect(&dir).await {
+                    Ok(mut c) => {
+                        let v = c
+                            .call("find-user", json!({"user": their_key}))
+                            .await
+                            .map_err(|e| format!("their key must be 64 hex digits ({e})"))?;
+                        v.as_str()
+                            .and_then(|h| hex::decode(h).ok())
+                            .and_then(|b| b.try_into().ok())
+                            .ok_or("their key must be 64 hex digits")?
+                    }
+                    Err(_) => return Err("their key must be 64 hex digits".into()),
+                },
+            };
             let theirs =
                 RootPublicKey::from_bytes(&bytes).map_err(|e| format!("their key: {e}"))?;
             let me = unlock(&store)?;
@@ -338,7 +601,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             let their_id = their_id.unwrap_or_else(|| hex::encode(bytes));
             let sn = SafetyNumber::for_roots(&mine, my_id.as_bytes(), &theirs, their_id.as_bytes())
                 .map_err(|e| e.to_string())?;
-            println!("{}", sn.grouped());
+            if json {
+                println!(
+                    "{}",
+                    json!({"user": hex::encode(bytes), "safety_number": sn.digits(), "grouped": sn.grouped()})
+                );
+            } else {
+                println!("{}", sn.grouped());
+            }
         }
         Some(Command::Backup {
             action: BackupAction::Export { file },

@@ -41,6 +41,8 @@ pub struct PeerInfo {
     /// Remote addresses of its open connections.
     #[serde(serialize_with = "ser_display_vec")]
     pub addrs: Vec<Multiaddr>,
+    /// Its gossipsub score at this node (negative after invalid messages).
+    pub gossip_score: Option<f64>,
 }
 
 fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -86,6 +88,13 @@ pub enum Event {
         id: InboundRequestId,
         /// The request bytes.
         data: Vec<u8>,
+    },
+    /// A peer told us (identify) where it listens.
+    Identified {
+        /// The peer.
+        peer: PeerId,
+        /// Its listen addresses (at most 16).
+        listen_addrs: Vec<Multiaddr>,
     },
     /// The subscriber missed this many events.
     Lagged(u64),
@@ -359,6 +368,7 @@ impl EventLoop {
                     PeerPath::Relayed
                 },
                 addrs: conns.iter().map(|c| c.2.clone()).collect(),
+                gossip_score: self.swarm.behaviour().gossipsub.peer_score(peer),
             })
             .collect();
         v.sort_by_key(|p| p.peer.to_bytes());
@@ -388,9 +398,16 @@ impl EventLoop {
                 let _ = tx.send(self.peers());
             }
             Command::Subscribe(topic, tx) => {
+                let t = IdentTopic::new(topic);
+                if let Err(e) = b
+                    .gossipsub
+                    .set_topic_params(t.clone(), super::topic_score_params())
+                {
+                    tracing::warn!(error = e, "topic scoring not set");
+                }
                 let r = b
                     .gossipsub
-                    .subscribe(&IdentTopic::new(topic))
+                    .subscribe(&t)
                     .map(|_| ())
                     .map_err(|e| NetError::Publish(e.to_string()));
                 let _ = tx.send(r);
@@ -493,9 +510,14 @@ impl EventLoop {
                 libp2p::identify::Event::Received { peer_id, info, .. },
             )) => {
                 // Remember where a peer listens so later dials (and gossip) can find it.
-                for addr in info.listen_addrs.into_iter().take(16) {
-                    self.swarm.add_peer_address(peer_id, addr);
+                let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(16).collect();
+                for addr in &addrs {
+                    self.swarm.add_peer_address(peer_id, addr.clone());
                 }
+                self.emit(Event::Identified {
+                    peer: peer_id,
+                    listen_addrs: addrs,
+                });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list.into_iter().take(64) {

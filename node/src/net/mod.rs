@@ -13,14 +13,18 @@
 //! at the gossip layer, since that would tell every forwarder who wrote each message. Authorship
 //! is proven inside the encrypted envelope instead. Message ids are content hashes, and every
 //! message is held until the application validates it ([`Client::report_validation`]) so invalid
-//! messages stop at the first honest peer.
+//! messages stop at the first honest peer. Peer scoring is on ([`topic_score_params`]): peers
+//! that forward messages the application rejects lose score and are graylisted.
 
 pub mod codec;
 mod event_loop;
 
 use std::time::Duration;
 
-use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
+use libp2p::gossipsub::{
+    self, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds, TopicScoreParams,
+    ValidationMode,
+};
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -90,6 +94,9 @@ pub struct NetConfig {
     pub hole_punching: bool,
     /// How long an idle connection stays open.
     pub idle_timeout: Duration,
+    /// How long gossipsub remembers message ids to drop duplicates before the application sees
+    /// them (gossipsub's default is a minute; tests shorten it to exercise replays).
+    pub gossip_duplicate_cache: Duration,
 }
 
 impl Default for NetConfig {
@@ -107,6 +114,7 @@ impl Default for NetConfig {
             mdns: false,
             hole_punching: true,
             idle_timeout: Duration::from_secs(300),
+            gossip_duplicate_cache: Duration::from_secs(60),
         }
     }
 }
@@ -131,11 +139,45 @@ fn message_id(msg: &gossipsub::Message) -> gossipsub::MessageId {
     gossipsub::MessageId::from(Sha256::digest(&msg.data).to_vec())
 }
 
+/// Gossipsub peer scoring: on, with the IP colocation penalty off (members often share a LAN
+/// or a relay's address). Per-topic parameters come from [`topic_score_params`].
+pub fn peer_score_params() -> PeerScoreParams {
+    PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..PeerScoreParams::default()
+    }
+}
+
+/// Score parameters for a guild topic. Only two components count: a small bonus for time in the
+/// mesh and first deliveries, and the **invalid-message penalty** (P4): every message our
+/// application rejects adds one to the forwarding peer's counter, which costs
+/// `-10 x counter^2` and decays by 10 % a second. Three rejected messages in a row put a peer
+/// below gossipsub's graylist threshold (-80), so its traffic is ignored until the counter
+/// decays. Mesh-delivery-rate penalties (P3, P3b) are off: a quiet guild is normal, not a
+/// misbehaving peer.
+pub fn topic_score_params() -> TopicScoreParams {
+    TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 100.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_decay: 0.5,
+        first_message_deliveries_cap: 20.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..TopicScoreParams::default()
+    }
+}
+
 /// Builds the swarm for a device key.
 pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     let t = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
     let mdns_enabled = cfg.mdns;
     let hole_punching = cfg.hole_punching;
+    let duplicate_cache = cfg.gossip_duplicate_cache;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -156,9 +198,11 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
                     .validate_messages()
                     .max_transmit_size(MAX_GOSSIP_MESSAGE + 1024)
                     .heartbeat_interval(Duration::from_millis(500))
+                    .duplicate_cache_time(duplicate_cache)
                     .build()?;
-                let gossipsub =
+                let mut gossipsub =
                     gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gossip_cfg)?;
+                gossipsub.with_peer_score(peer_score_params(), PeerScoreThresholds::default())?;
                 let mdns = if mdns_enabled {
                     Some(mdns::tokio::Behaviour::new(
                         mdns::Config::default(),

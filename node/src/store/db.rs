@@ -82,6 +82,61 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;
      ALTER TABLE outbox ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX outbox_by_due ON outbox (next_attempt_at);",
+    // 3: guilds (`guild`): per-guild state (secret, guild document, key-agreement state), key
+    // agreement output waiting to enter the causal log, member keys for pending adds, control
+    // messages parked until this device is welcomed, invites this device issued, decrypted guild
+    // messages, and where guild members' devices listen (to reconnect after restarts).
+    "CREATE TABLE guilds (
+        id BLOB PRIMARY KEY,
+        secret BLOB NOT NULL,
+        crdt BLOB NOT NULL,
+        dcgka BLOB NOT NULL,
+        applied INTEGER NOT NULL,
+        authors BLOB NOT NULL,
+        joined_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE guild_outq (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        guild BLOB NOT NULL,
+        payload BLOB NOT NULL
+     ) STRICT;
+     CREATE TABLE guild_member_keys (
+        guild BLOB NOT NULL,
+        device BLOB NOT NULL,
+        member_key BLOB NOT NULL,
+        PRIMARY KEY (guild, device)
+     ) STRICT;
+     CREATE TABLE guild_prejoin (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        guild BLOB NOT NULL,
+        author BLOB NOT NULL,
+        seq INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE guild_invites (
+        code BLOB PRIMARY KEY,
+        guild BLOB NOT NULL,
+        secret BLOB NOT NULL,
+        token BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE guild_messages (
+        rorder INTEGER PRIMARY KEY AUTOINCREMENT,
+        guild BLOB NOT NULL,
+        channel INTEGER NOT NULL,
+        msg_id BLOB NOT NULL,
+        sender BLOB NOT NULL,
+        author BLOB NOT NULL,
+        sent_at INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        UNIQUE (guild, msg_id)
+     ) STRICT;
+     CREATE INDEX guild_messages_by_channel ON guild_messages (guild, channel, sent_at);
+     CREATE TABLE peer_addrs (
+        peer BLOB PRIMARY KEY,
+        addrs BLOB NOT NULL,
+        updated_at INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 /// The newest schema version this build writes.

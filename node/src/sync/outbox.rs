@@ -89,6 +89,18 @@ pub struct Outbox;
 impl Outbox {
     /// Queues a publication, due at once.
     pub fn enqueue(db: &Db, topic: &str, data: &[u8], now_ms: u64) -> Result<i64, SyncError> {
+        Self::enqueue_in(db.conn(), topic, data, now_ms)
+    }
+
+    /// [`Outbox::enqueue`] on a connection or an open transaction, so a publication can commit
+    /// atomically with the caller's own writes (for example the message it carries and the key
+    /// state that encrypted it).
+    pub fn enqueue_in(
+        conn: &rusqlite::Connection,
+        topic: &str,
+        data: &[u8],
+        now_ms: u64,
+    ) -> Result<i64, SyncError> {
         if topic.len() > MAX_TOPIC || data.len() > MAX_GOSSIP_MESSAGE {
             return Err(SyncError::PublicationTooLarge {
                 max_topic: MAX_TOPIC,
@@ -97,15 +109,15 @@ impl Outbox {
                 data: data.len(),
             });
         }
-        if Self::len(db)? >= MAX_OUTBOX {
+        let n: i64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+        if usize::try_from(n).unwrap_or(usize::MAX) >= MAX_OUTBOX {
             return Err(SyncError::OutboxFull { max: MAX_OUTBOX });
         }
-        db.conn()
-            .prepare_cached(
-                "INSERT INTO outbox (topic, data, created_at, attempts, next_attempt_at) VALUES (?1, ?2, ?3, 0, ?3)",
-            )?
-            .execute(params![topic, data, sql_u64(now_ms)])?;
-        Ok(db.conn().last_insert_rowid())
+        conn.prepare_cached(
+            "INSERT INTO outbox (topic, data, created_at, attempts, next_attempt_at) VALUES (?1, ?2, ?3, 0, ?3)",
+        )?
+        .execute(params![topic, data, sql_u64(now_ms)])?;
+        Ok(conn.last_insert_rowid())
     }
 
     /// How many publications wait.

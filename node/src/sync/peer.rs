@@ -203,10 +203,28 @@ impl SyncPeer {
 
     /// Joins `group` (opening its log) or updates its members.
     pub fn set_members(&self, group: GroupId, members: HashSet<PeerId>) -> Result<(), SyncError> {
-        if members.len() > MAX_MEMBERS {
+        let authors = members.clone();
+        self.set_members_with_authors(group, members, authors)
+    }
+
+    /// Like [`SyncPeer::set_members`], with a wider set of accepted entry authors: `members`
+    /// are the peers this node syncs with, `authors` (which should include them) the devices
+    /// whose entries it accepts. A guild passes every device that was ever a member as authors,
+    /// so entries written before a member left still reach replicas that have not seen them.
+    pub fn set_members_with_authors(
+        &self,
+        group: GroupId,
+        members: HashSet<PeerId>,
+        authors: HashSet<PeerId>,
+    ) -> Result<(), SyncError> {
+        if members.len() > MAX_MEMBERS || authors.len() > MAX_MEMBERS {
             return Err(SyncError::TooManyAuthors { max: MAX_MEMBERS });
         }
-        let authors = members.iter().filter_map(author_of).collect();
+        let authors = authors
+            .iter()
+            .chain(members.iter())
+            .filter_map(author_of)
+            .collect();
         let connected: Vec<PeerId> = {
             let mut st = lock(&self.inner.state)?;
             let st = &mut *st;
@@ -320,6 +338,20 @@ impl SyncPeer {
         };
         self.inner.outbox_wake.notify_one();
         Ok(id)
+    }
+
+    /// Runs `f` on the database under the driver's lock, so the caller's transaction is
+    /// serialised with deliveries (and their application hook). `f` must not call back into
+    /// this `SyncPeer`: the lock is not re-entrant.
+    pub fn with_db<R>(&self, f: impl FnOnce(&mut Db) -> R) -> Result<R, SyncError> {
+        let mut st = lock(&self.inner.state)?;
+        Ok(f(&mut st.db))
+    }
+
+    /// Wakes the outbox task, after publications were queued with
+    /// [`Outbox::enqueue_in`](super::Outbox::enqueue_in) inside [`SyncPeer::with_db`].
+    pub fn wake_outbox(&self) {
+        self.inner.outbox_wake.notify_one();
     }
 
     /// Publications still waiting in the outbox.

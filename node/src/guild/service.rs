@@ -1,0 +1,959 @@
+//! [`GuildService`]: the async side of the guild layer. It owns the sync driver, feeds gossip and
+//! join requests to the engine, writes queued key-agreement output to the logs, keeps each
+//! log's members in step with the guild document, and offers the operations the control API
+//! exposes (all return JSON values, the shape scripts see).
+//!
+//! Locking: the engine sits behind a `std::sync::Mutex` that is only ever taken inside the sync
+//! driver's lock ([`SyncPeer::with_db`] or the apply hook), never across an `await`, and no
+//! `SyncPeer` method is called while it is held.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p::gossipsub::MessageAcceptance;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::InboundRequestId;
+use libp2p::{Multiaddr, PeerId};
+use rusqlite::OptionalExtension;
+use securecomm_crdt::ops::GuildOp;
+use securecomm_crdt::schema::{ChannelId, ChannelKind, GuildId};
+use securecomm_noise::codec::{Decode, Encode};
+use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey, RootPublicKey, RootSigningKey};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
+
+use super::GuildError;
+use super::engine::{
+    self, Engine, Keys, StoredMessage, Verdict, new_role, parse_perms, perm_names, resolve_channel,
+    resolve_role, resolve_user, text_channel, voice_channel,
+};
+use super::wire::{DIRECT_VERSION, DirectRequest, DirectResponse, InviteLink, MAX_LINK_ADDRS};
+use crate::net::{Client, Event, EventStream, NetError};
+use crate::store::{Db, LocalProfile};
+use crate::sync::peer::{ApplyHook, author_of};
+use crate::sync::{Delivery, GroupId, SyncConfig, SyncError, SyncPeer};
+
+/// Guild events for subscribers (the control API's `events` stream).
+#[derive(Debug, Clone)]
+pub enum GuildEvent {
+    /// A message was stored (received, or sent here).
+    Message(StoredMessage),
+    /// The guild document or key agreement changed.
+    Changed {
+        /// Guild id (hex).
+        guild: String,
+    },
+}
+
+/// How many guild events a slow subscriber may fall behind.
+pub const GUILD_EVENT_BUFFER: usize = 1024;
+/// Longest wait for an inviter to answer (including dialling it).
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(40);
+/// Longest wait after a join for key agreement to welcome us.
+pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(45);
+/// How often queued key-agreement output and pending gossip are retried regardless of events,
+/// and disconnected members are considered for a re-dial.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Most stored addresses per peer.
+pub const MAX_PEER_ADDRS: usize = 8;
+/// Most peers whose addresses are stored.
+pub const MAX_PEERS_STORED: usize = 4096;
+
+struct Inner {
+    net: Client,
+    sync: SyncPeer,
+    engine: Arc<Mutex<Engine>>,
+    events: broadcast::Sender<GuildEvent>,
+    drain: tokio::sync::Mutex<()>,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+/// The guild layer of a running node. Cheap to clone.
+#[derive(Clone)]
+pub struct GuildService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for GuildService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuildService").finish_non_exhaustive()
+    }
+}
+
+fn peer_of(device: &DevicePublicKey) -> Option<PeerId> {
+    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(device.as_bytes()).ok()?;
+    Some(libp2p::identity::PublicKey::from(pk).to_peer_id())
+}
+
+fn device_of(peer: &PeerId) -> Option<DevicePublicKey> {
+    author_of(peer).and_then(|a| DevicePublicKey::from_bytes(&a.0).ok())
+}
+
+fn group(gid: &GuildId) -> GroupId {
+    GroupId(gid.0)
+}
+
+impl GuildService {
+    /// Starts the guild layer on `net` with `db`: opens every stored guild, starts the sync
+    /// driver with the engine's apply hook, subscribes to every guild topic.
+    pub async fn start(
+        net: Client,
+        db: Db,
+        profile: &LocalProfile,
+        config: SyncConfig,
+    ) -> Result<Self, GuildError> {
+        let id = &profile.identity;
+        let signer = id.device().signing();
+        let keys = Keys::new(
+            DeviceSigningKey::from_seed(&signer.seed()),
+            RootSigningKey::from_seed(&id.root().seed()),
+            profile.display_name.clone(),
+        );
+        let engine = Arc::new(Mutex::new(Engine::new(keys)));
+        let hook_engine = engine.clone();
+        let hook: ApplyHook = Box::new(move |tx, group, entry| {
+            let mut e = hook_engine.lock().map_err(|_| SyncError::Poisoned)?;
+            e.apply_entry(tx, group, entry)
+        });
+        // Subscribe to network events before anything can arrive.
+        let net_events = net.events();
+        let (sync, deliveries) = SyncPeer::start(
+            net.clone(),
+            db,
+            DeviceSigningKey::from_seed(&signer.seed()),
+            config,
+            Some(hook),
+        );
+        let (events, _) = broadcast::channel(GUILD_EVENT_BUFFER);
+        let svc = Self {
+            inner: Arc::new(Inner {
+                net,
+                sync,
+                engine,
+                events,
+                drain: tokio::sync::Mutex::new(()),
+                tasks: Mutex::new(JoinSet::new()),
+            }),
+        };
+        svc.with_engine(|e, db| e.load_all(db.conn()))??;
+        let ids: Vec<GuildId> = svc.with_engine(|e, _| e.guilds.keys().copied().collect())?;
+        for gid in &ids {
+            svc.refresh_members(gid)?;
+            svc.subscribe(gid).await?;
+        }
+        svc.spawn(run_deliveries(svc.clone(), deliveries));
+        svc.spawn(run_net_events(svc.clone(), net_events));
+        svc.spawn(run_ticks(svc.clone()));
+        svc.drain_outq().await;
+        Ok(svc)
+    }
+
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(mut t) = self.inner.tasks.lock() {
+            t.spawn(fut);
+        }
+    }
+
+    /// Stops the service's tasks and the sync driver.
+    pub fn stop(&self) {
+        if let Ok(mut t) = self.inner.tasks.lock() {
+            t.abort_all();
+        }
+        self.inner.sync.stop();
+    }
+
+    /// Subscribes to guild events.
+    pub fn events(&self) -> broadcast::Receiver<GuildEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The sync driver (for tests and tools).
+    pub fn sync(&self) -> &SyncPeer {
+        &self.inner.sync
+    }
+
+    fn emit(&self, e: GuildEvent) {
+        let _ = self.inner.events.send(e);
+    }
+
+    /// Runs `f` on the engine and the database, under the sync driver's lock.
+    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, &mut Db) -> R) -> Result<R, GuildError> {
+        self.inner
+            .sync
+            .with_db(|db| {
+                let mut e = self.inner.engine.lock().map_err(|_| GuildError::Poisoned)?;
+                Ok(f(&mut e, db))
+            })
+            .map_err(GuildError::from)?
+    }
+
+    async fn subscribe(&self, gid: &GuildId) -> Result<(), GuildError> {
+        let topic = self.with_engine(|e, _| e.guild_mut(gid).map(|g| g.topic.clone()))??;
+        self.inner.net.subscribe(&topic).await?;
+        Ok(())
+    }
+
+    /// Sets the log's sync members to the document's member devices (minus this one) and its
+    /// accepted authors to every device ever seen as a member.
+    fn refresh_members(&self, gid: &GuildId) -> Result<(), GuildError> {
+        let (members, authors) = self.with_engine(|e, _| {
+            let me = e.keys.me;
+            let g = e.guild_mut(gid)?;
+            let members: HashSet<PeerId> = g
+                .member_devices()
+                .iter()
+                .filter(|d| **d != me)
+                .filter_map(peer_of)
+                .collect();
+            let authors: HashSet<PeerId> = g.authors.iter().filter_map(peer_of).collect();
+            Ok::<_, GuildError>((members, authors))
+        })??;
+        self.inner
+            .sync
+            .set_members_with_authors(group(gid), members, authors)?;
+        Ok(())
+    }
+
+    /// Writes queued key-agreement output to the logs, oldest first per guild. One drainer at a
+    /// time. A guild whose log refuses an insert is skipped until the next call (its order is
+    /// kept); rows of a guild that is gone are dropped.
+    async fn drain_outq(&self) {
+        let _one = self.inner.drain.lock().await;
+        let mut blocked: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for _ in 0..10_000 {
+            let next = self.with_engine(|_, db| -> rusqlite::Result<_> {
+                let mut st = db.conn().prepare_cached(
+                    "SELECT id, guild, payload FROM guild_outq ORDER BY id LIMIT 64",
+                )?;
+                let rows = st.query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })?;
+                let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = rows.collect::<Result<_, _>>()?;
+                Ok(rows.into_iter().find(|(_, g, _)| !blocked.contains(g)))
+            });
+            let Ok(Ok(Some((row, gid_bytes, payload)))) = next else {
+                return;
+            };
+            let delete = |svc: &Self| {
+                let _ = svc.with_engine(|_, db| {
+                    db.conn()
+                        .execute("DELETE FROM guild_outq WHERE id = ?1", [row])
+                });
+            };
+            let Ok(gid) = <[u8; 32]>::try_from(gid_bytes.as_slice()) else {
+                delete(self);
+                continue;
+            };
+            match self.inner.sync.insert(GroupId(gid), payload).await {
+                // The hook removed the row with the entry; make sure, so a mismatch can never
+                // loop.
+                Ok(_) => delete(self),
+                Err(SyncError::UnknownGroup(_)) => delete(self),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write key-agreement output to the log yet");
+                    blocked.insert(gid_bytes);
+                }
+            }
+        }
+    }
+
+    /// After deliveries in `groups`: queued output, members, pending gossip, events.
+    async fn after_apply(&self, groups: BTreeSet<GroupId>) {
+        self.drain_outq().await;
+        for g in groups {
+            let gid = GuildId(g.0);
+            if let Err(e) = self.refresh_members(&gid) {
+                tracing::debug!(error = %e, "refreshing sync members failed");
+            }
+            self.retry_pending(&gid);
+            self.emit(GuildEvent::Changed {
+                guild: hex::encode(gid.0),
+            });
+        }
+    }
+
+    fn retry_pending(&self, gid: &GuildId) {
+        match self.with_engine(|e, db| e.retry_pending(db.conn_mut(), gid)) {
+            Ok(Ok(msgs)) => msgs
+                .into_iter()
+                .for_each(|m| self.emit(GuildEvent::Message(m))),
+            Ok(Err(e)) => tracing::warn!(error = %e, "retrying pending messages failed"),
+            Err(e) => tracing::warn!(error = %e, "retrying pending messages failed"),
+        }
+    }
+
+    async fn on_gossip(
+        &self,
+        topic: String,
+        source: PeerId,
+        id: libp2p::gossipsub::MessageId,
+        data: Vec<u8>,
+    ) {
+        let verdict = match self.with_engine(|e, db| e.on_gossip(db.conn_mut(), &topic, &data)) {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "gossip validation failed");
+                Verdict::Ignore("internal error")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "gossip validation failed");
+                Verdict::Ignore("internal error")
+            }
+        };
+        let acceptance = match verdict {
+            Verdict::Accept(m) => {
+                if let Some(m) = m {
+                    self.emit(GuildEvent::Message(m));
+                }
+                MessageAcceptance::Accept
+            }
+            Verdict::Reject(why) => {
+                tracing::info!(%source, reason = why, "gossip message rejected");
+                MessageAcceptance::Reject
+            }
+            Verdict::Ignore(why) => {
+                tracing::debug!(%source, reason = why, "gossip message ignored");
+                MessageAcceptance::Ignore
+            }
+        };
+        let _ = self
+            .inner
+            .net
+            .report_validation(id, source, acceptance)
+            .await;
+    }
+
+    async fn on_direct(&self, peer: PeerId, id: InboundRequestId, data: Vec<u8>) {
+        let resp = self.answer_direct(peer, &data).await;
+        let _ = self.inner.net.respond(id, resp.to_bytes()).await;
+    }
+
+    async fn answer_direct(&self, peer: PeerId, data: &[u8]) -> DirectResponse {
+        let refused = |s: &str| DirectResponse::Refused(s.to_owned());
+        let Some(device) = device_of(&peer) else {
+            return refused("unsupported peer key");
+        };
+        let req = match DirectRequest::from_bytes(data) {
+            Ok(r) => r,
+            Err(_) => return refused("malformed request"),
+        };
+        match &req {
+            DirectRequest::Hello { .. } => {
+                match self.with_engine(|e, db| e.on_hello(db.conn(), &device, &req)) {
+                    Ok(Ok(r)) => r,
+                    _ => refused("internal error"),
+                }
+            }
+            DirectRequest::Redeem { .. } => {
+                let (gid, payload) =
+                    match self.with_engine(|e, db| e.on_redeem(db.conn(), &device, &req)) {
+                        Ok(Ok(Ok(x))) => x,
+                        Ok(Ok(Err(refusal))) => return refusal,
+                        _ => return refused("internal error"),
+                    };
+                if let Err(e) = self.inner.sync.insert(group(&gid), payload).await {
+                    tracing::warn!(error = %e, "cannot write a redemption to the log");
+                    return refused("internal error");
+                }
+                let member = self
+                    .with_engine(|e, _| {
+                        e.guild_mut(&gid)
+                            .map(|g| g.crdt.view().user_of_device(&device).is_some())
+                    })
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(false);
+                if !member {
+                    return refused("the guild refused the redemption");
+                }
+                if self.refresh_members(&gid).is_err() {
+                    return refused("internal error");
+                }
+                self.drain_outq().await;
+                DirectResponse::Welcome
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ operations
+
+    async fn write(&self, gid: &GuildId, payload: Vec<u8>) -> Result<(), GuildError> {
+        let r = self.inner.sync.insert(group(gid), payload).await;
+        if r.is_err() {
+            let _ = self.with_engine(|e, _| {
+                if let Ok(g) = e.guild_mut(gid) {
+                    g.dirty = true;
+                }
+            });
+        }
+        r?;
+        self.drain_outq().await;
+        Ok(())
+    }
+
+    async fn change(&self, gid: &GuildId, ops: Vec<GuildOp>) -> Result<(), GuildError> {
+        let payload = self.with_engine(|e, _| e.local_change(gid, ops))??;
+        self.write(gid, payload).await
+    }
+
+    fn resolve(&self, guild: &str) -> Result<GuildId, GuildError> {
+        self.with_engine(|e, _| e.resolve_guild(guild))?
+    }
+
+    /// `guild create NAME`.
+    pub async fn create_guild(&self, name: &str) -> Result<Value, GuildError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > securecomm_crdt::schema::MAX_NAME {
+            return Err(GuildError::Invalid(format!(
+                "a guild name has 1 to {} bytes",
+                securecomm_crdt::schema::MAX_NAME
+            )));
+        }
+        let (gid, payloads) = self.with_engine(|e, db| e.create_guild(db.conn(), name))??;
+        self.refresh_members(&gid)?;
+        self.subscribe(&gid).await?;
+        for p in payloads {
+            self.inner.sync.insert(group(&gid), p).await?;
+        }
+        self.drain_outq().await;
+        Ok(json!({"id": hex::encode(gid.0), "name": name}))
+    }
+
+    /// The guild's gossip topic (opaque; for tests and diagnostics).
+    pub fn topic(&self, guild: &str) -> Result<String, GuildError> {
+        let gid = self.resolve(guild)?;
+        self.with_engine(|e, _| e.guild_mut(&gid).map(|g| g.topic.clone()))?
+    }
+
+    /// `guild list`.
+    pub fn list_guilds(&self) -> Result<Value, GuildError> {
+        self.with_engine(|e, _| {
+            let v: Vec<Value> = e
+                .guilds
+                .values_mut()
+                .map(|g| {
+                    let ready = g.keyed();
+                    let undecryptable = g.undecryptable();
+                    let rejected = g.rejected();
+                    let view = g.crdt.view();
+                    json!({
+                        "id": hex::encode(g.id.0),
+                        "name": view.name(),
+                        "members": view.members().len(),
+                        "channels": view.channels().len(),
+                        "ready": ready,
+                        "undecryptable": undecryptable,
+                        "rejected": rejected,
+                    })
+                })
+                .collect();
+            Value::Array(v)
+        })
+    }
+
+    /// `invite create GUILD [--expires SECS] [--uses N]`.
+    pub async fn create_invite(
+        &self,
+        guild: &str,
+        expires: Option<u64>,
+        uses: u32,
+    ) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        let addrs = self.my_addrs().await?;
+        if addrs.is_empty() {
+            return Err(GuildError::Invalid(
+                "this node has no address to put in the invite yet (no listener, no relay \
+                 reservation)"
+                    .into(),
+            ));
+        }
+        let (payload, mut link) =
+            self.with_engine(|e, db| e.create_invite(db.conn(), &gid, expires, uses))??;
+        self.write(&gid, payload).await?;
+        link.addrs = addrs;
+        Ok(json!({
+            "code": link.to_text(),
+            "guild": hex::encode(gid.0),
+            "expires_at": link.expires_at,
+            "uses": uses,
+            "addrs": link.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// Our addresses for an invite: direct ones first, then relay circuits, each with
+    /// `/p2p/<us>`, at most [`MAX_LINK_ADDRS`].
+    async fn my_addrs(&self) -> Result<Vec<Multiaddr>, GuildError> {
+        let me = self.inner.net.peer_id();
+        let mut direct = Vec::new();
+        let mut relayed = Vec::new();
+        for a in self.inner.net.listen_addrs().await? {
+            let unspecified = a.iter().any(|p| {
+                matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())
+                    || matches!(p, Protocol::Ip6(ip) if ip.is_unspecified())
+            });
+            if unspecified {
+                continue;
+            }
+            let a = if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+                a
+            } else {
+                a.with(Protocol::P2p(me))
+            };
+            if a.iter().any(|p| p == Protocol::P2pCircuit) {
+                relayed.push(a);
+            } else {
+                direct.push(a);
+            }
+        }
+        // Loopback last among direct ones: other machines cannot use it.
+        direct.sort_by_key(|a| {
+            a.iter()
+                .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()))
+        });
+        let mut out: Vec<Multiaddr> = Vec::new();
+        // Keep room for relayed addresses: they are what works across NATs.
+        let room_direct = MAX_LINK_ADDRS.saturating_sub(relayed.len().min(MAX_LINK_ADDRS / 2));
+        for a in direct.into_iter().take(room_direct).chain(relayed) {
+            if out.len() < MAX_LINK_ADDRS && !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<DirectResponse, GuildError> {
+        let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+        let mut last = None;
+        while tokio::time::Instant::now() < deadline {
+            match self.inner.net.request(peer, data.clone()).await {
+                Ok(r) => return Ok(DirectResponse::from_bytes(&r)?),
+                Err(NetError::Closed) => return Err(NetError::Closed.into()),
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+        Err(GuildError::Join(format!(
+            "the inviter did not answer: {}",
+            last.map_or_else(|| "timeout".into(), |e| e.to_string())
+        )))
+    }
+
+    /// `guild join CODE`.
+    pub async fn join(&self, code: &str) -> Result<Value, GuildError> {
+        let link = InviteLink::from_text(code)
+            .map_err(|e| GuildError::Join(format!("not a valid invite code: {e}")))?;
+        let inviter = link
+            .inviter()
+            .ok_or_else(|| GuildError::Join("the invite carries no inviter address".into()))?;
+        if link.expires_at != 0 && link.expires_at <= engine::now_ms() / 1000 {
+            return Err(GuildError::Join("the invite has expired".into()));
+        }
+        for a in &link.addrs {
+            let _ = self.inner.net.add_address(inviter, a.clone()).await;
+        }
+        self.remember_addrs(inviter, link.addrs.clone());
+        for a in &link.addrs {
+            let _ = self.inner.net.dial(a.clone()).await;
+        }
+        let (dcgka, hello) = self.with_engine(|e, _| e.join_hello(&link))??;
+        let offer = self.request(inviter, hello.to_bytes()).await?;
+        let redeem = self.with_engine(|e, db| e.join_offer(db.conn(), &link, dcgka, offer))??;
+        let gid = link.guild;
+        match self.request(inviter, redeem.to_bytes()).await {
+            Ok(DirectResponse::Welcome) => {}
+            Ok(DirectResponse::Refused(why)) => {
+                let _ = self.with_engine(|e, db| e.abandon(db.conn(), &gid));
+                return Err(GuildError::Join(why));
+            }
+            Ok(DirectResponse::Offer { .. }) => {
+                let _ = self.with_engine(|e, db| e.abandon(db.conn(), &gid));
+                return Err(GuildError::Join(
+                    "unexpected answer to the redemption".into(),
+                ));
+            }
+            Err(e) => {
+                // The inviter may have taken the redemption: keep the guild and let the log
+                // tell.
+                tracing::warn!(error = %e, "no answer to the redemption; waiting for the log");
+            }
+        }
+        self.refresh_members(&gid)?;
+        self.subscribe(&gid).await?;
+        let deadline = tokio::time::Instant::now() + WELCOME_TIMEOUT;
+        let mut ready = false;
+        while tokio::time::Instant::now() < deadline {
+            ready = self.with_engine(|e, _| e.guild_mut(&gid).map(|g| g.keyed()))??;
+            if ready {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let name =
+            self.with_engine(|e, _| e.guild_mut(&gid).map(|g| g.crdt.view().name().to_owned()))??;
+        Ok(json!({"id": hex::encode(gid.0), "name": name, "ready": ready}))
+    }
+
+    /// `channel create GUILD NAME [--voice]`.
+    pub async fn create_channel(
+        &self,
+        guild: &str,
+        name: &str,
+        voice: bool,
+    ) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        let name = name.trim().trim_start_matches('#');
+        if name.is_empty() || name.len() > securecomm_crdt::schema::MAX_NAME {
+            return Err(GuildError::Invalid(format!(
+                "a channel name has 1 to {} bytes",
+                securecomm_crdt::schema::MAX_NAME
+            )));
+        }
+        let id = ChannelId(rand_core::RngCore::next_u64(&mut rand_core::OsRng));
+        let ch = if voice {
+            voice_channel(name)
+        } else {
+            text_channel(name)
+        };
+        self.change(&gid, vec![GuildOp::PutChannel(id, ch)]).await?;
+        Ok(json!({"id": id.0, "name": name, "kind": if voice { "voice" } else { "text" }}))
+    }
+
+    /// `channel list GUILD`.
+    pub fn list_channels(&self, guild: &str) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        self.with_engine(|e, _| {
+            let user = e.keys.user;
+            let g = e.guild_mut(&gid)?;
+            let view = g.crdt.view();
+            let v: Vec<Value> = view
+                .channels()
+                .iter()
+                .map(|(id, c)| {
+                    json!({
+                        "id": id.0,
+                        "name": c.name,
+                        "kind": match c.kind {
+                            ChannelKind::Text => "text",
+                            ChannelKind::Voice => "voice",
+                            ChannelKind::Category => "category",
+                        },
+                        "my_permissions": perm_names(view.channel_permissions(&user, id)),
+                    })
+                })
+                .collect();
+            Ok(Value::Array(v))
+        })?
+    }
+
+    /// `send GUILD CHANNEL TEXT`. Returns once the message is stored and queued (durable).
+    pub async fn send(&self, guild: &str, channel: &str, text: &str) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        let m = self.with_engine(|e, db| {
+            let ch = resolve_channel(e.guild_mut(&gid)?.crdt.view(), channel)?;
+            e.send(db.conn_mut(), &gid, ch, text)
+        })??;
+        self.inner.sync.wake_outbox();
+        self.emit(GuildEvent::Message(m.clone()));
+        Ok(serde_json::to_value(&m).unwrap_or(Value::Null))
+    }
+
+    /// `history GUILD CHANNEL [--limit N]`: oldest first.
+    pub fn history(&self, guild: &str, channel: &str, limit: usize) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        self.with_engine(|e, db| {
+            let g = e.guild_mut(&gid)?;
+            let view = g.crdt.view();
+            let ch = resolve_channel(view, channel)?;
+            let mut msgs = engine::history(db.conn(), &gid, ch, limit.clamp(1, 10_000))?;
+            for m in &mut msgs {
+                if let Some(b) = hex::decode(&m.sender)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    && let Ok(u) = RootPublicKey::from_bytes(&b)
+                    && let Some(member) = view.member(&u)
+                {
+                    m.nickname.clone_from(&member.nickname);
+                }
+            }
+            Ok(serde_json::to_value(&msgs).unwrap_or(Value::Null))
+        })?
+    }
+
+    /// `members GUILD`.
+    pub fn members(&self, guild: &str) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        self.with_engine(|e, _| {
+            let g = e.guild_mut(&gid)?;
+            let keyed = g.dcgka.members();
+            let view = g.crdt.view();
+            let v: Vec<Value> = view
+                .members()
+                .iter()
+                .map(|(u, m)| {
+                    let roles: Vec<&str> = m
+                        .roles
+                        .iter()
+                        .filter_map(|r| view.roles().get(r).map(|r| r.name.as_str()))
+                        .collect();
+                    json!({
+                        "user": hex::encode(u.as_bytes()),
+                        "nickname": m.nickname,
+                        "owner": view.is_owner(u),
+                        "roles": roles,
+                        "devices": m.devices.iter().map(|d| hex::encode(d.as_bytes())).collect::<Vec<_>>(),
+                        "keyed": m.devices.iter().all(|d| keyed.contains(d)),
+                        "permissions": perm_names(view.base_permissions(u)),
+                    })
+                })
+                .collect();
+            Ok(Value::Array(v))
+        })?
+    }
+
+    /// `role create GUILD NAME --perms LIST`.
+    pub async fn create_role(
+        &self,
+        guild: &str,
+        name: &str,
+        perms: &str,
+    ) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        let perms = parse_perms(perms)?;
+        let name = name.trim();
+        if name.is_empty() || name.len() > securecomm_crdt::schema::MAX_NAME {
+            return Err(GuildError::Invalid("a role name has 1 to 100 bytes".into()));
+        }
+        let id = securecomm_crdt::schema::RoleId(
+            rand_core::RngCore::next_u64(&mut rand_core::OsRng) | 1,
+        );
+        let role = self.with_engine(|e, _| {
+            let user = e.keys.user;
+            let g = e.guild_mut(&gid)?;
+            let view = g.crdt.view();
+            Ok::<_, GuildError>(new_role(view, view.rank(&user), name, perms))
+        })??;
+        let position = role.position;
+        self.change(&gid, vec![GuildOp::PutRole(id, role)]).await?;
+        Ok(
+            json!({"id": id.0, "name": name, "position": position, "permissions": perm_names(perms)}),
+        )
+    }
+
+    /// `role grant GUILD USER ROLE`.
+    pub async fn grant_role(
+        &self,
+        guild: &str,
+        user: &str,
+        role: &str,
+    ) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        let (u, r) = self.with_engine(|e, _| {
+            let g = e.guild_mut(&gid)?;
+            let view = g.crdt.view();
+            Ok::<_, GuildError>((resolve_user(view, user)?, resolve_role(view, role)?))
+        })??;
+        self.change(&gid, vec![GuildOp::GrantRole(u, r)]).await?;
+        Ok(json!({"user": hex::encode(u.as_bytes()), "role": r.0}))
+    }
+
+    /// `kick GUILD USER`.
+    pub async fn kick(&self, guild: &str, user: &str) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        let u = self.with_engine(|e, _| resolve_user(e.guild_mut(&gid)?.crdt.view(), user))??;
+        self.change(&gid, vec![GuildOp::Kick(u)]).await?;
+        Ok(json!({"kicked": hex::encode(u.as_bytes())}))
+    }
+
+    /// `ban GUILD USER`.
+    pub async fn ban(&self, guild: &str, user: &str, reason: &str) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        let u = self.with_engine(|e, _| resolve_user(e.guild_mut(&gid)?.crdt.view(), user))??;
+        self.change(&gid, vec![GuildOp::Ban(u, reason.to_owned())])
+            .await?;
+        Ok(json!({"banned": hex::encode(u.as_bytes())}))
+    }
+
+    /// Every device of every guild's members but this one.
+    fn member_peers(&self) -> HashSet<PeerId> {
+        self.with_engine(|e, _| {
+            let me = e.keys.me;
+            let mut out = HashSet::new();
+            for g in e.guilds.values_mut() {
+                out.extend(
+                    g.member_devices()
+                        .iter()
+                        .filter(|d| **d != me)
+                        .filter_map(peer_of),
+                );
+            }
+            out
+        })
+        .unwrap_or_default()
+    }
+
+    /// Stores where a peer listens (from identify, or from an invite), so this node can dial it
+    /// again after either side restarts if it is (or becomes) a guild member. At most
+    /// [`MAX_PEERS_STORED`] peers are kept, the least recently seen are dropped.
+    fn remember_addrs(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let mut w = securecomm_noise::codec::Writer::new();
+        let usable: Vec<&Multiaddr> = addrs
+            .iter()
+            .filter(|a| {
+                !a.iter().any(|p| {
+                    matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())
+                        || matches!(p, Protocol::Ip6(ip) if ip.is_unspecified())
+                })
+            })
+            .take(MAX_PEER_ADDRS)
+            .collect();
+        if usable.is_empty() {
+            return;
+        }
+        w.u8(u8::try_from(usable.len()).unwrap_or(0));
+        for a in usable {
+            w.bytes16(&a.to_vec());
+        }
+        let blob = w.into_bytes();
+        let _ = self.with_engine(|_, db| {
+            db.conn().execute(
+                "INSERT INTO peer_addrs (peer, addrs, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(peer) DO UPDATE SET addrs = excluded.addrs, updated_at = excluded.updated_at",
+                rusqlite::params![peer.to_bytes(), blob, i64::try_from(engine::now_ms()).unwrap_or(0)],
+            )?;
+            db.conn().execute(
+                "DELETE FROM peer_addrs WHERE peer NOT IN
+                 (SELECT peer FROM peer_addrs ORDER BY updated_at DESC LIMIT ?1)",
+                [i64::try_from(MAX_PEERS_STORED).unwrap_or(i64::MAX)],
+            )
+        });
+    }
+
+    fn stored_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        let blob: Option<Vec<u8>> = self
+            .with_engine(|_, db| {
+                db.conn()
+                    .query_row(
+                        "SELECT addrs FROM peer_addrs WHERE peer = ?1",
+                        [peer.to_bytes()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+            })
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        let Some(blob) = blob else { return Vec::new() };
+        let mut r = securecomm_noise::codec::Reader::new(&blob);
+        let n = r.u8().map(usize::from).unwrap_or(0).min(MAX_PEER_ADDRS);
+        (0..n)
+            .map_while(|_| r.bytes16("address", 512).ok())
+            .filter_map(|b| Multiaddr::try_from(b.to_vec()).ok())
+            .collect()
+    }
+
+    /// Dials guild members that are not connected, at their stored addresses, with a backoff
+    /// per peer (from [`TICK`] doubling to a minute).
+    async fn reconnect(&self, backoff: &mut HashMap<PeerId, (tokio::time::Instant, Duration)>) {
+        let Ok(connected) = self.inner.net.peers().await else {
+            return;
+        };
+        let connected: HashSet<PeerId> = connected.into_iter().map(|p| p.peer).collect();
+        let now = tokio::time::Instant::now();
+        backoff.retain(|p, _| !connected.contains(p));
+        for peer in self.member_peers() {
+            if connected.contains(&peer) {
+                continue;
+            }
+            let (next, delay) = backoff.get(&peer).copied().unwrap_or((now, TICK));
+            if next > now {
+                continue;
+            }
+            backoff.insert(
+                peer,
+                (now + delay, (delay * 2).min(Duration::from_secs(60))),
+            );
+            for a in self.stored_addrs(&peer) {
+                let a = if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+                    a
+                } else {
+                    a.with(Protocol::P2p(peer))
+                };
+                let _ = self.inner.net.add_address(peer, a.clone()).await;
+                let _ = self.inner.net.dial(a).await;
+            }
+        }
+    }
+
+    /// A user's root key by id or nickname, searched in every guild (for `safety-number`).
+    pub fn find_user(&self, user: &str) -> Result<RootPublicKey, GuildError> {
+        self.with_engine(|e, _| {
+            let mut found = BTreeSet::new();
+            for g in e.guilds.values_mut() {
+                if let Ok(u) = resolve_user(g.crdt.view(), user) {
+                    found.insert(u.to_bytes());
+                }
+            }
+            let mut it = found.into_iter();
+            match (it.next(), it.next()) {
+                (Some(b), None) => RootPublicKey::from_bytes(&b)
+                    .map_err(|_| GuildError::UnknownUser(user.to_owned())),
+                (None, _) => Err(GuildError::UnknownUser(user.to_owned())),
+                _ => Err(GuildError::Ambiguous(format!("user {user:?}"))),
+            }
+        })?
+    }
+}
+
+async fn run_deliveries(svc: GuildService, mut rx: mpsc::Receiver<Delivery>) {
+    while let Some(d) = rx.recv().await {
+        let mut groups = BTreeSet::from([d.group]);
+        while let Ok(d) = rx.try_recv() {
+            groups.insert(d.group);
+        }
+        svc.after_apply(groups).await;
+    }
+}
+
+async fn run_net_events(svc: GuildService, mut events: EventStream) {
+    while let Some(e) = events.next().await {
+        match e {
+            Event::Gossip {
+                topic,
+                source,
+                id,
+                data,
+            } => svc.on_gossip(topic, source, id, data).await,
+            Event::Identified { peer, listen_addrs } => svc.remember_addrs(peer, listen_addrs),
+            Event::DirectRequest { peer, id, data } if data.first() == Some(&DIRECT_VERSION) => {
+                let s = svc.clone();
+                svc.spawn(async move { s.on_direct(peer, id, data).await });
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn run_ticks(svc: GuildService) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff: HashMap<PeerId, (tokio::time::Instant, Duration)> = HashMap::new();
+    loop {
+        tick.tick().await;
+        svc.reconnect(&mut backoff).await;
+        svc.drain_outq().await;
+        let ids: Vec<GuildId> = svc
+            .with_engine(|e, _| e.guilds.keys().copied().collect())
+            .unwrap_or_default();
+        for gid in ids {
+            svc.retry_pending(&gid);
+        }
+    }
+}

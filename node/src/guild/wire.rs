@@ -1,0 +1,768 @@
+//! Wire formats of the guild layer, each versioned (first byte) and decoded strictly.
+//!
+//! * [`LogPayload`]: the payload of a guild's causal-log entry (`sync::Entry`): a signed guild
+//!   document change, or a DCGKA control message with the two-party messages that travel with it.
+//! * [`AppPayload`]: the plaintext of a guild message, sealed by `Group::encrypt` before it is
+//!   published on the guild topic.
+//! * [`DirectRequest`] / [`DirectResponse`]: the join protocol on the direct request-response
+//!   protocol. Their first byte, [`DIRECT_VERSION`], differs from the sync protocol's version
+//!   byte, so both protocols share `/securecomm/direct/1` and each side ignores the other's.
+//! * [`InviteLink`]: the copyable invite string (`sc1` + lowercase RFC 4648 base32).
+//!
+//! Derived values: the gossip topic ([`topic_for`]) and the rendezvous namespace
+//! ([`rendezvous_namespace`]) are hashes, never a guild id or name in clear; the join proof
+//! ([`join_proof`]) is an HMAC under a key derived from the invite's one-time secret.
+
+use hmac::{Hmac, Mac};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use securecomm_crdt::envelope::SignedChange;
+use securecomm_crdt::invite::InviteToken;
+use securecomm_crdt::schema::{DeviceCert, GuildId, InviteCode};
+use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
+use securecomm_noise::dcgka::{ControlMessage, DirectMessage, MemberKey};
+use securecomm_noise::keys::DevicePublicKey;
+use securecomm_noise::secret::{Secret32, hkdf_sha256};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Version byte of [`LogPayload`].
+pub const LOG_VERSION: u8 = 1;
+/// Version byte of [`AppPayload`].
+pub const APP_VERSION: u8 = 1;
+/// Version byte of the join protocol (distinct from the sync protocol's `1`).
+pub const DIRECT_VERSION: u8 = 0x47;
+/// Version byte inside an invite link.
+pub const LINK_VERSION: u8 = 1;
+/// Prefix of the invite link's text form.
+pub const LINK_PREFIX: &str = "sc1";
+
+/// Longest message text, in bytes.
+pub const MAX_TEXT: usize = 16 * 1024;
+/// Most two-party messages with one control message (one per other member).
+pub const MAX_DIRECTS: usize = 1024;
+/// Largest encoded signed change inside a log entry.
+pub const MAX_CHANGE: usize = securecomm_crdt::envelope::MAX_CHANGE_BYTES + 1024;
+/// Largest encoded control or direct message.
+pub const MAX_DCGKA_MESSAGE: usize = 256 * 1024;
+/// Most guild changes in a join offer.
+pub const MAX_OFFER_CHANGES: usize = 100_000;
+/// Longest nickname (the guild's own bound).
+pub const MAX_NICKNAME: usize = securecomm_crdt::schema::MAX_REASON;
+/// Longest refusal reason.
+pub const MAX_REASON: usize = 512;
+/// Most addresses in an invite link.
+pub const MAX_LINK_ADDRS: usize = 8;
+/// Longest multiaddr in an invite link.
+pub const MAX_ADDR: usize = 512;
+/// Longest rendezvous namespace.
+pub const MAX_NAMESPACE: usize = 64;
+
+const TOPIC_LABEL: &[u8] = b"SecureComm/guild-topic v1";
+const RENDEZVOUS_LABEL: &[u8] = b"SecureComm/guild/rendezvous v1";
+const PROOF_KEY_LABEL: &[u8] = b"SecureComm/guild/join-proof v1";
+
+fn strict<T>(
+    what: &'static str,
+    bytes: &[u8],
+    f: impl Fn(&[u8]) -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    f(bytes).map_err(|_| DecodeError::Invalid(what))
+}
+
+// ---------------------------------------------------------------------------------- log
+
+/// One entry of a guild's causal log.
+#[allow(clippy::large_enum_variant)] // decoded once per entry, never stored in bulk
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogPayload {
+    /// A guild document change (signed by its author device inside; any member may carry it,
+    /// for example the inviter carries a joiner's redemption).
+    CrdtChange(SignedChange),
+    /// A DCGKA control message and the two-party messages that go with it, one per recipient.
+    /// Embedding them here means every member stores every member's 2SM ciphertexts; they are
+    /// encrypted to their recipient and signed, so this costs space, not secrecy.
+    Dcgka {
+        /// The control message (signed by its sender, who must be the entry's author).
+        control: ControlMessage,
+        /// Per-recipient direct messages.
+        directs: Vec<DirectMessage>,
+    },
+}
+
+impl Encode for LogPayload {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(LOG_VERSION);
+        match self {
+            Self::CrdtChange(c) => {
+                w.u8(1);
+                w.bytes32(&c.to_bytes());
+            }
+            Self::Dcgka { control, directs } => {
+                w.u8(2);
+                w.bytes32(&control.to_bytes());
+                w.u16(u16::try_from(directs.len()).unwrap_or(u16::MAX));
+                for d in directs.iter().take(usize::from(u16::MAX)) {
+                    w.bytes32(&d.to_bytes());
+                }
+            }
+        }
+    }
+}
+
+impl Decode for LogPayload {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.version("guild log payload", LOG_VERSION)?;
+        match r.u8()? {
+            1 => {
+                let b = r.bytes32("signed change", MAX_CHANGE)?;
+                Ok(Self::CrdtChange(strict(
+                    "signed change",
+                    b,
+                    SignedChange::from_bytes,
+                )?))
+            }
+            2 => {
+                let b = r.bytes32("control message", MAX_DCGKA_MESSAGE)?;
+                let control = strict("control message", b, ControlMessage::from_bytes)?;
+                let n = r.count16("direct messages", MAX_DIRECTS)?;
+                let mut directs = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    let b = r.bytes32("direct message", MAX_DCGKA_MESSAGE)?;
+                    directs.push(strict("direct message", b, DirectMessage::from_bytes)?);
+                }
+                Ok(Self::Dcgka { control, directs })
+            }
+            got => Err(DecodeError::UnknownTag {
+                what: "guild log payload",
+                got: u64::from(got),
+            }),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------- messages
+
+/// The plaintext of a guild message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppPayload {
+    /// The channel it was posted in.
+    pub channel: u64,
+    /// A random id, unique per guild (duplicates are stored once).
+    pub msg_id: [u8; 16],
+    /// The sender's clock when sending, in milliseconds since the Unix epoch.
+    pub sent_at: u64,
+    /// The text (UTF-8).
+    pub text: String,
+}
+
+impl Encode for AppPayload {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(APP_VERSION);
+        w.u64(self.channel);
+        w.put(&self.msg_id);
+        w.u64(self.sent_at);
+        w.bytes32(self.text.as_bytes());
+    }
+}
+
+impl Decode for AppPayload {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.version("guild message", APP_VERSION)?;
+        let channel = r.u64()?;
+        let msg_id = r.array()?;
+        let sent_at = r.u64()?;
+        let text = String::from_utf8(r.bytes32("message text", MAX_TEXT)?.to_vec())
+            .map_err(|_| DecodeError::Invalid("message text (not UTF-8)"))?;
+        Ok(Self {
+            channel,
+            msg_id,
+            sent_at,
+            text,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------- join
+
+/// A join-protocol request (joiner to inviter).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirectRequest {
+    /// "I hold this invite": asks for the guild document, the invite token and the guild
+    /// secret.
+    Hello {
+        /// The guild.
+        guild: GuildId,
+        /// Which invite.
+        invite: InviteCode,
+        /// The joiner's certificate for its device (which must be the requesting peer).
+        cert: DeviceCert,
+        /// The joiner's DCGKA member key (device and signed prekey).
+        member_key: MemberKey,
+        /// [`join_proof`] over the above.
+        proof: [u8; 32],
+    },
+    /// The joiner's redemption change, authored by its device on the offered document.
+    Redeem {
+        /// The guild.
+        guild: GuildId,
+        /// Which invite.
+        invite: InviteCode,
+        /// The joiner's DCGKA member key (the inviter adds it to key agreement).
+        member_key: MemberKey,
+        /// The signed redemption change.
+        change: SignedChange,
+        /// [`join_proof`] over guild, invite, device and member key.
+        proof: [u8; 32],
+    },
+}
+
+/// A join-protocol answer. `Debug` leaves the secret out.
+#[allow(clippy::large_enum_variant)] // one per join
+#[derive(Clone, PartialEq, Eq)]
+pub enum DirectResponse {
+    /// The guild as the inviter has it, and what the joiner needs to redeem.
+    Offer {
+        /// The signed invite token for the redemption.
+        token: InviteToken,
+        /// The guild secret (topic key); travels only inside the encrypted connection.
+        secret: Secret32,
+        /// Every accepted change of the guild document, dependencies first.
+        changes: Vec<SignedChange>,
+    },
+    /// The redemption is in the guild's log; key agreement follows through the log.
+    Welcome,
+    /// Refused, and why.
+    Refused(String),
+}
+
+impl std::fmt::Debug for DirectResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Offer { token, changes, .. } => f
+                .debug_struct("Offer")
+                .field("token", token)
+                .field("changes", &changes.len())
+                .finish_non_exhaustive(),
+            Self::Welcome => f.write_str("Welcome"),
+            Self::Refused(r) => f.debug_tuple("Refused").field(r).finish(),
+        }
+    }
+}
+
+impl Encode for DirectRequest {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(DIRECT_VERSION);
+        match self {
+            Self::Hello {
+                guild,
+                invite,
+                cert,
+                member_key,
+                proof,
+            } => {
+                w.u8(1);
+                guild.encode(w);
+                invite.encode(w);
+                cert.encode(w);
+                member_key.encode(w);
+                w.put(proof);
+            }
+            Self::Redeem {
+                guild,
+                invite,
+                member_key,
+                change,
+                proof,
+            } => {
+                w.u8(2);
+                guild.encode(w);
+                invite.encode(w);
+                member_key.encode(w);
+                w.bytes32(&change.to_bytes());
+                w.put(proof);
+            }
+        }
+    }
+}
+
+impl Decode for DirectRequest {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.version("guild direct request", DIRECT_VERSION)?;
+        match r.u8()? {
+            1 => Ok(Self::Hello {
+                guild: GuildId::decode(r)?,
+                invite: InviteCode::decode(r)?,
+                cert: DeviceCert::decode(r)?,
+                member_key: MemberKey::decode(r)?,
+                proof: r.array()?,
+            }),
+            2 => {
+                let guild = GuildId::decode(r)?;
+                let invite = InviteCode::decode(r)?;
+                let member_key = MemberKey::decode(r)?;
+                let b = r.bytes32("signed change", MAX_CHANGE)?;
+                let change = strict("signed change", b, SignedChange::from_bytes)?;
+                Ok(Self::Redeem {
+                    guild,
+                    invite,
+                    member_key,
+                    change,
+                    proof: r.array()?,
+                })
+            }
+            got => Err(DecodeError::UnknownTag {
+                what: "guild direct request",
+                got: u64::from(got),
+            }),
+        }
+    }
+}
+
+impl Encode for DirectResponse {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(DIRECT_VERSION);
+        match self {
+            Self::Offer {
+                token,
+                secret,
+                changes,
+            } => {
+                w.u8(1);
+                token.encode(w);
+                w.put(secret.expose());
+                w.u32(u32::try_from(changes.len()).unwrap_or(u32::MAX));
+                for c in changes {
+                    w.bytes32(&c.to_bytes());
+                }
+            }
+            Self::Welcome => w.u8(2),
+            Self::Refused(reason) => {
+                w.u8(3);
+                let cut = reason
+                    .char_indices()
+                    .map(|(i, c)| i + c.len_utf8())
+                    .take_while(|&end| end <= MAX_REASON)
+                    .last()
+                    .unwrap_or(0);
+                w.bytes16(reason.get(..cut).unwrap_or("").as_bytes());
+            }
+        }
+    }
+}
+
+impl Decode for DirectResponse {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.version("guild direct response", DIRECT_VERSION)?;
+        match r.u8()? {
+            1 => {
+                let token = InviteToken::decode(r)?;
+                let secret = Secret32::from_bytes(r.array()?);
+                let n = r.u32()? as usize;
+                if n > MAX_OFFER_CHANGES {
+                    return Err(DecodeError::TooLong {
+                        what: "offered changes",
+                        max: MAX_OFFER_CHANGES,
+                        got: n,
+                    });
+                }
+                let mut changes = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    let b = r.bytes32("signed change", MAX_CHANGE)?;
+                    changes.push(strict("signed change", b, SignedChange::from_bytes)?);
+                }
+                Ok(Self::Offer {
+                    token,
+                    secret,
+                    changes,
+                })
+            }
+            2 => Ok(Self::Welcome),
+            3 => {
+                let reason = String::from_utf8(r.bytes16("refusal", MAX_REASON)?.to_vec())
+                    .map_err(|_| DecodeError::Invalid("refusal (not UTF-8)"))?;
+                Ok(Self::Refused(reason))
+            }
+            got => Err(DecodeError::UnknownTag {
+                what: "guild direct response",
+                got: u64::from(got),
+            }),
+        }
+    }
+}
+
+/// The HMAC a joiner sends to prove it holds the invite's one-time secret, bound to the guild,
+/// the invite, the joiner's device and its DCGKA member key:
+/// `HMAC-SHA256(HKDF(secret, "SecureComm/guild/join-proof v1"), guild | invite | device | member key)`.
+pub fn join_proof(
+    secret: &Secret32,
+    guild: &GuildId,
+    invite: &InviteCode,
+    device: &DevicePublicKey,
+    member_key: &MemberKey,
+) -> [u8; 32] {
+    let key = zeroize::Zeroizing::new(hkdf_sha256::<32>(None, secret.expose(), PROOF_KEY_LABEL));
+    let mut w = Writer::new();
+    guild.encode(&mut w);
+    invite.encode(&mut w);
+    device.encode(&mut w);
+    member_key.encode(&mut w);
+    // HMAC accepts keys of any length; this cannot fail.
+    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(key.as_slice()) {
+        Ok(m) => m,
+        Err(_) => return [0; 32],
+    };
+    mac.update(&w.into_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// Constant-time check of a [`join_proof`].
+pub fn check_proof(expected: &[u8; 32], got: &[u8; 32]) -> bool {
+    bool::from(expected.ct_eq(got))
+}
+
+// ---------------------------------------------------------------------------------- topic
+
+/// The guild's gossip topic: `hex(SHA-256("SecureComm/guild-topic v1" | guild secret))`.
+pub fn topic_for(secret: &Secret32) -> String {
+    let mut h = Sha256::new();
+    h.update(TOPIC_LABEL);
+    h.update(secret.expose());
+    hex::encode(h.finalize())
+}
+
+/// The guild's rendezvous namespace: 32 hex digits of
+/// `SHA-256("SecureComm/guild/rendezvous v1" | guild id)`. Opaque to the relay.
+pub fn rendezvous_namespace(guild: &GuildId) -> String {
+    let mut h = Sha256::new();
+    h.update(RENDEZVOUS_LABEL);
+    h.update(guild.0);
+    hex::encode(&h.finalize()[..16])
+}
+
+// ---------------------------------------------------------------------------------- invite link
+
+/// Everything a joiner needs, as one copyable string.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InviteLink {
+    /// The guild.
+    pub guild: GuildId,
+    /// The invite recorded in the guild.
+    pub invite: InviteCode,
+    /// The one-time secret the joiner proves (never sent on the wire by the joiner).
+    pub secret: Secret32,
+    /// Unix seconds after which the invite is void; 0 for never.
+    pub expires_at: u64,
+    /// The guild's rendezvous namespace.
+    pub namespace: String,
+    /// The inviter's addresses, each ending in `/p2p/<inviter>`.
+    pub addrs: Vec<Multiaddr>,
+}
+
+impl std::fmt::Debug for InviteLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InviteLink")
+            .field("guild", &self.guild)
+            .field("invite", &self.invite)
+            .field("expires_at", &self.expires_at)
+            .field("addrs", &self.addrs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl InviteLink {
+    /// The inviter's peer id (from the first address's `/p2p/` component).
+    pub fn inviter(&self) -> Option<PeerId> {
+        self.addrs.iter().find_map(|a| {
+            a.iter().last().and_then(|p| match p {
+                Protocol::P2p(id) => Some(id),
+                _ => None,
+            })
+        })
+    }
+
+    /// The text form: `sc1` followed by base32.
+    pub fn to_text(&self) -> String {
+        format!("{LINK_PREFIX}{}", base32_encode(&self.to_bytes()))
+    }
+
+    /// Parses the text form (whitespace around it is ignored).
+    pub fn from_text(s: &str) -> Result<Self, DecodeError> {
+        let s = s.trim();
+        let body = s.strip_prefix(LINK_PREFIX).ok_or(DecodeError::Invalid(
+            "invite code (expected it to start with sc1)",
+        ))?;
+        let bytes = base32_decode(body).ok_or(DecodeError::Invalid("invite code (not base32)"))?;
+        Self::from_bytes(&bytes)
+    }
+}
+
+impl Encode for InviteLink {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(LINK_VERSION);
+        self.guild.encode(w);
+        self.invite.encode(w);
+        w.put(self.secret.expose());
+        w.u64(self.expires_at);
+        w.bytes16(self.namespace.as_bytes());
+        let n = self.addrs.len().min(MAX_LINK_ADDRS);
+        w.u8(u8::try_from(n).unwrap_or(0));
+        for a in self.addrs.iter().take(n) {
+            w.bytes16(&a.to_vec());
+        }
+    }
+}
+
+impl Decode for InviteLink {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.version("invite link", LINK_VERSION)?;
+        let guild = GuildId::decode(r)?;
+        let invite = InviteCode::decode(r)?;
+        let secret = Secret32::from_bytes(r.array()?);
+        let expires_at = r.u64()?;
+        let namespace = String::from_utf8(r.bytes16("namespace", MAX_NAMESPACE)?.to_vec())
+            .map_err(|_| DecodeError::Invalid("namespace (not UTF-8)"))?;
+        let n = usize::from(r.u8()?);
+        if n > MAX_LINK_ADDRS {
+            return Err(DecodeError::TooLong {
+                what: "invite addresses",
+                max: MAX_LINK_ADDRS,
+                got: n,
+            });
+        }
+        let mut addrs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let b = r.bytes16("invite address", MAX_ADDR)?;
+            let a = Multiaddr::try_from(b.to_vec())
+                .map_err(|_| DecodeError::Invalid("invite address"))?;
+            addrs.push(a);
+        }
+        Ok(Self {
+            guild,
+            invite,
+            secret,
+            expires_at,
+            namespace,
+            addrs,
+        })
+    }
+}
+
+const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// RFC 4648 base32, lowercase, no padding.
+pub fn base32_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len() * 8 / 5 + 1);
+    let mut acc: u32 = 0;
+    let mut bits = 0u32;
+    for &b in data {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            let i = ((acc >> bits) & 31) as usize;
+            out.push(char::from(B32.get(i).copied().unwrap_or(b'a')));
+        }
+        acc &= (1 << bits) - 1;
+    }
+    if bits > 0 {
+        let i = ((acc << (5 - bits)) & 31) as usize;
+        out.push(char::from(B32.get(i).copied().unwrap_or(b'a')));
+    }
+    out
+}
+
+/// Decodes [`base32_encode`]'s output (case-insensitive); `None` on any other character or on
+/// non-zero trailing bits.
+pub fn base32_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 5 / 8);
+    let mut acc: u32 = 0;
+    let mut bits = 0u32;
+    for c in s.bytes() {
+        let c = c.to_ascii_lowercase();
+        let v = B32.iter().position(|&x| x == c)? as u32;
+        acc = (acc << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+        acc &= (1 << bits) - 1;
+    }
+    // Leftover bits must be fewer than 5 and zero (canonical encoding).
+    if bits >= 5 || acc != 0 {
+        return None;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn base32_known_answers() {
+        // RFC 4648 section 10, lowercased, without padding.
+        for (plain, enc) in [
+            ("", ""),
+            ("f", "my"),
+            ("fo", "mzxq"),
+            ("foo", "mzxw6"),
+            ("foob", "mzxw6yq"),
+            ("fooba", "mzxw6ytb"),
+            ("foobar", "mzxw6ytboi"),
+        ] {
+            assert_eq!(base32_encode(plain.as_bytes()), enc);
+            assert_eq!(base32_decode(enc).unwrap(), plain.as_bytes());
+        }
+        assert!(base32_decode("my1").is_none());
+        // Non-canonical trailing bits.
+        assert!(base32_decode("mz").is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn base32_round_trips(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            prop_assert_eq!(base32_decode(&base32_encode(&data)).unwrap(), data);
+        }
+
+        #[test]
+        fn app_payload_round_trips(channel in any::<u64>(), id in any::<[u8; 16]>(), at in any::<u64>(), text in ".{0,200}") {
+            let p = AppPayload { channel, msg_id: id, sent_at: at, text };
+            prop_assert_eq!(AppPayload::from_bytes(&p.to_bytes()).unwrap(), p);
+        }
+
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = LogPayload::from_bytes(&bytes);
+            let _ = AppPayload::from_bytes(&bytes);
+            let _ = DirectRequest::from_bytes(&bytes);
+            let _ = DirectResponse::from_bytes(&bytes);
+            let _ = InviteLink::from_bytes(&bytes);
+        }
+    }
+
+    fn link() -> InviteLink {
+        InviteLink {
+            guild: GuildId([3; 32]),
+            invite: InviteCode([4; 16]),
+            secret: Secret32::from_bytes([5; 32]),
+            expires_at: 1_700_000_000,
+            namespace: rendezvous_namespace(&GuildId([3; 32])),
+            addrs: vec![
+                "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+                    .parse()
+                    .unwrap(),
+            ],
+        }
+    }
+
+    #[test]
+    fn invite_link_round_trips_and_is_strict() {
+        let l = link();
+        let text = l.to_text();
+        assert!(text.starts_with("sc1"));
+        let back = InviteLink::from_text(&format!("  {text}\n")).unwrap();
+        assert_eq!(back, l);
+        assert_eq!(
+            back.inviter().unwrap().to_string(),
+            "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+        );
+        // Debug never shows the secret.
+        let dbg = format!("{l:?}");
+        assert!(!dbg.contains("5, 5") && !dbg.contains("0505"));
+        // Truncated, trailing, wrong version, wrong prefix.
+        let bytes = l.to_bytes();
+        assert!(InviteLink::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(InviteLink::from_bytes(&extra).is_err());
+        let mut v = bytes.clone();
+        v[0] = 2;
+        assert!(InviteLink::from_bytes(&v).is_err());
+        assert!(InviteLink::from_text(&text.replacen("sc1", "sc2", 1)).is_err());
+    }
+
+    #[test]
+    fn topic_is_opaque_and_keyed() {
+        let a = topic_for(&Secret32::from_bytes([1; 32]));
+        let b = topic_for(&Secret32::from_bytes([2; 32]));
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn log_payloads_round_trip_and_refuse_damage() {
+        use securecomm_noise::dcgka::Group;
+        use securecomm_noise::keys::{DeviceSigningKey, RootSigningKey};
+        use securecomm_noise::oneshot::PrekeyStore;
+        let mut rng = rand_core::OsRng;
+        let device = DeviceSigningKey::from_seed(&[7; 32]);
+        let root = RootSigningKey::from_seed(&[8; 32]);
+        let (guild, genesis) =
+            securecomm_crdt::Guild::create(&root, &device, "g", 1000, [1; 16]).unwrap();
+        let mut g = Group::new(guild.id().0, device.public(), PrekeyStore::new(&mut rng, 0));
+        let mk = g.member_key(&device);
+        let other = DeviceSigningKey::from_seed(&[9; 32]);
+        let other_mk = MemberKey::new(&other, &PrekeyStore::new(&mut rng, 0));
+        let out = g.create(&device, &mut rng, mk, &[other_mk]).unwrap();
+        let dcgka = LogPayload::Dcgka {
+            control: out.broadcast.unwrap(),
+            directs: out.direct.into_iter().map(|(_, d)| d).collect(),
+        };
+        assert!(dcgka.to_bytes().len() > 100);
+        for p in [LogPayload::CrdtChange(genesis), dcgka] {
+            let bytes = p.to_bytes();
+            assert_eq!(LogPayload::from_bytes(&bytes).unwrap(), p);
+            assert!(LogPayload::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+            let mut extra = bytes.clone();
+            extra.push(0);
+            assert!(LogPayload::from_bytes(&extra).is_err());
+            let mut v = bytes.clone();
+            v[0] = 9;
+            assert!(LogPayload::from_bytes(&v).is_err());
+            let mut t = bytes.clone();
+            t[1] = 7;
+            assert!(LogPayload::from_bytes(&t).is_err());
+        }
+    }
+
+    #[test]
+    fn offer_debug_hides_the_guild_secret() {
+        let offer = DirectResponse::Offer {
+            token: securecomm_crdt::invite::InviteToken::issue(
+                &securecomm_noise::keys::DeviceSigningKey::from_seed(&[1; 32]),
+                GuildId([2; 32]),
+                InviteCode([3; 16]),
+                securecomm_crdt::schema::Invite {
+                    creator: securecomm_noise::keys::RootSigningKey::from_seed(&[4; 32]).public(),
+                    expires_at: 0,
+                    max_uses: 0,
+                },
+            ),
+            secret: Secret32::from_bytes([0xab; 32]),
+            changes: Vec::new(),
+        };
+        let dbg = format!("{offer:?}");
+        assert!(
+            !dbg.to_lowercase().contains("abab") && !dbg.contains("171, 171"),
+            "{dbg}"
+        );
+        let back = DirectResponse::from_bytes(&offer.to_bytes()).unwrap();
+        assert_eq!(back, offer);
+    }
+
+    #[test]
+    fn direct_messages_do_not_parse_as_sync_requests() {
+        let r = DirectResponse::Refused("no".into()).to_bytes();
+        assert!(crate::sync::SyncRequest::from_bytes(&r).is_err());
+        assert_eq!(
+            DirectResponse::from_bytes(&r).unwrap(),
+            DirectResponse::Refused("no".into())
+        );
+        assert_eq!(
+            DirectResponse::from_bytes(&DirectResponse::Welcome.to_bytes()).unwrap(),
+            DirectResponse::Welcome
+        );
+    }
+}
