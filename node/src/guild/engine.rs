@@ -771,7 +771,9 @@ impl Engine {
                 }
             }
         };
-        let r = (|| -> Result<Verdict, SyncError> {
+        // A live receipt, acknowledged to nobody: committed without an fsync (see
+        // `store::db::relaxed` for why that is safe and what a power cut may cost).
+        let r = crate::store::db::relaxed(conn, |conn| -> Result<Verdict, SyncError> {
             let tx = conn.transaction().map_err(db_err)?;
             let verdict = match verdict {
                 Verdict::Accept(Some(m)) => {
@@ -785,7 +787,9 @@ impl Engine {
                 .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
             Ok(verdict)
-        })();
+        })
+        .map_err(db_err)
+        .and_then(|r| r);
         if r.is_err() {
             g.dirty = true;
         }
