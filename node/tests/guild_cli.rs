@@ -1,6 +1,6 @@
 //! Guilds end to end with the real `securecomm-node` binary: separate processes on loopback,
-//! driven through the CLI (`--json`), with a real SecureComm relay (the relay library, in this
-//! test process, with its byte capture on).
+//! driven through the CLI (`--json`), with the real `securecomm-relay` binary (its byte capture
+//! on where a test needs it).
 //!
 //! Every wait polls with a generous deadline; nothing asserts on a fixed sleep.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -10,12 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use libp2p::identity::Keypair;
 use securecomm_node::control::ControlClient;
 use securecomm_node::store::{Db, IdentityStore};
 use securecomm_rendezvous::capture::{Layer, read_capture};
-use securecomm_rendezvous::config::RelayConfig;
-use securecomm_rendezvous::server::{Relay, RelayHandle, RelayOptions};
 use serde_json::{Value, json};
 
 const PASS: &str = "correct horse battery";
@@ -220,48 +217,84 @@ fn wait_keyed(n: &Node, guild: &str, count: usize) {
     });
 }
 
-/// A relay in its own runtime (the test body stays synchronous).
+/// The real `securecomm-relay` binary, as a relay operator runs it.
+///
+/// Cargo gives integration tests the path of their own package's binaries only; the relay's
+/// binary sits next to ours in the same target directory when the workspace is built (as
+/// `make test` does).
 struct TestRelay {
-    rt: tokio::runtime::Runtime,
-    handle: Option<RelayHandle>,
+    child: Child,
     addr: String,
+    _dir: tempfile::TempDir,
+}
+
+fn relay_binary() -> PathBuf {
+    let node = PathBuf::from(env!("CARGO_BIN_EXE_securecomm-node"));
+    let relay = node.with_file_name("securecomm-relay");
+    assert!(
+        relay.exists(),
+        "{} is missing: build it first (`cargo build -p securecomm-rendezvous`, or run the \
+         whole workspace's tests as `make test` does)",
+        relay.display()
+    );
+    relay
 }
 
 impl TestRelay {
     fn start(capture: Option<PathBuf>) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let cfg = RelayConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-            ..RelayConfig::default()
-        };
-        let handle = rt
-            .block_on(Relay::spawn(
-                cfg,
-                Keypair::generate_ed25519(),
-                RelayOptions {
-                    capture,
-                    ..RelayOptions::default()
-                },
-            ))
-            .unwrap();
-        let addr = handle.listen_addrs()[0].to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = std::fs::File::create(dir.path().join("relay.log")).unwrap();
+        let mut cmd = Command::new(relay_binary());
+        cmd.arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        if let Some(c) = &capture {
+            cmd.arg("--capture").arg(c);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(dir.path().join("relay.log")).unwrap_or_default();
+                panic!("the relay printed no address; its log:\n{log}")
+            });
+        assert!(addr.starts_with("/ip4/127.0.0.1/tcp/") && addr.contains("/p2p/"), "{addr}");
         Self {
-            rt,
-            handle: Some(handle),
+            child,
             addr,
+            _dir: dir,
         }
     }
 }
 
 impl Drop for TestRelay {
+    /// SIGTERM (graceful: the capture file is flushed), then wait.
     fn drop(&mut self) {
-        if let Some(h) = self.handle.take() {
-            self.rt.block_on(h.shutdown());
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
