@@ -30,10 +30,11 @@ use thiserror::Error;
 
 use crate::authz::{Addition, AuthzError, Effects, Restriction, SigChecks, authorize_with};
 use crate::envelope::{
-    EnvelopeError, MAX_CHANGE_BYTES, OpenedChange, SignedChange, actor_for, parse_change,
+    EnvelopeError, MAX_CHANGE_BYTES, OpenedChange, SignedChange, actor_for, open_all, parse_change,
 };
 use crate::ops::{GuildOp, MAX_OPS_PER_CHANGE};
 use crate::schema::{DeviceCert, GuildId, UserId};
+use crate::verify::verify_each;
 use crate::view::{ApplyCtx, GuildView, MembershipEvent, membership_events};
 
 /// Most changes parked while waiting for their dependencies.
@@ -45,7 +46,8 @@ pub const MAX_SYNC_CONTROL: usize = 1 << 20;
 /// Largest saved Automerge document we load.
 pub const MAX_SAVED_DOC: usize = 1 << 30;
 
-const SAVE_VERSION: u8 = 1;
+/// Version 2: the signatures are version-2 (ZIP-215) envelope signatures.
+const SAVE_VERSION: u8 = 2;
 const SYNC_VERSION: u8 = 1;
 
 /// Why a change was refused.
@@ -299,8 +301,17 @@ impl Guild {
         if self.rejected.len() > MAX_PENDING {
             self.rejected.clear();
         }
-        for env in envelopes {
-            let opened = match env.open(&self.id) {
+        // Signatures are verified in batches (crate::verify): first the envelopes', then the
+        // certificates of the redemptions among them. Each result equals single verification.
+        let opened_all = open_all(envelopes, &self.id);
+        self.sigs.preverify(
+            opened_all
+                .iter()
+                .flatten()
+                .map(|o| (&o.envelope.author, o.ops.as_slice())),
+        );
+        for opened in opened_all {
+            let opened = match opened {
                 Ok(o) => o,
                 Err(e) => {
                     report.rejected.push((None, e.into()));
@@ -342,6 +353,7 @@ impl Guild {
             self.pending.insert(hash, opened);
         }
         self.drain(ready, &mut report);
+        self.sigs.end_batch();
         report.pending = self.pending.len();
         report
     }
@@ -1011,6 +1023,7 @@ impl Guild {
         let mut g = Self::join(id);
         g.sigs = checks;
         // get_changes lists dependencies first.
+        let mut envs = Vec::new();
         for change in doc.get_changes(&[]) {
             let change: automerge::Change = change;
             let sig = sigs
@@ -1031,14 +1044,28 @@ impl Guild {
                 change: change.raw_bytes().to_vec(),
                 sig,
             };
-            let opened = if g.sigs.is_trusted() {
-                env.open_parsed_trusted(&id, change)
-            } else {
-                env.open_parsed(&id, change)
+            envs.push((env, change));
+        }
+        // Signatures in batches (crate::verify), then every other check change by change.
+        if !g.sigs.is_trusted() {
+            let items: Vec<_> = envs.iter().map(|(e, _)| e.sig_item()).collect();
+            if verify_each(&items).contains(&false) {
+                return Err(GuildError::Rejected(EnvelopeError::BadSignature.into()));
             }
+        }
+        let opened = envs
+            .into_iter()
+            .map(|(env, change)| env.open_parsed_trusted(&id, change))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| GuildError::Rejected(e.into()))?;
-            let checked = g.validate(&opened)?;
-            g.commit(opened, checked);
+        g.sigs.preverify(
+            opened
+                .iter()
+                .map(|o| (&o.envelope.author, o.ops.as_slice())),
+        );
+        for o in opened {
+            let checked = g.validate(&o)?;
+            g.commit(o, checked);
         }
         g.doc = doc;
         // From here on the replica takes network input: verify every signature again.

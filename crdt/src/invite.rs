@@ -72,15 +72,21 @@ impl InviteToken {
         }
     }
 
-    /// Whether the signature verifies under `issuer`.
+    /// Whether the signature verifies under `issuer`, under the ZIP-215 rules of
+    /// [`crate::verify`] (the rules of version-2 envelopes, which carry tokens inside their ops).
     pub fn verify(&self) -> bool {
-        self.issuer
-            .verify(
-                INVITE_LABEL,
-                &Self::signed_bytes(&self.guild, &self.code, &self.invite, &self.issuer),
-                &self.sig,
-            )
-            .is_ok()
+        crate::verify::SigItem::device(
+            &self.issuer,
+            INVITE_LABEL,
+            &[&Self::signed_bytes(
+                &self.guild,
+                &self.code,
+                &self.invite,
+                &self.issuer,
+            )],
+            &self.sig,
+        )
+        .verify()
     }
 }
 

@@ -122,6 +122,7 @@ pub mod invite;
 pub mod ops;
 pub mod perms;
 pub mod schema;
+pub mod verify;
 pub mod view;
 
 pub use guild::{Guild, GuildError, PeerSync, ReceiveReport, RejectReason};

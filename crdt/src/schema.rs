@@ -236,11 +236,32 @@ impl DeviceCert {
         }
     }
 
-    /// Whether the signature verifies.
+    /// Whether the signature verifies, under the ZIP-215 rules of [`crate::verify`] (the rules
+    /// of version-2 envelopes, which carry certificates inside their ops).
     pub fn verify(&self) -> bool {
-        self.user
-            .verify(DEVICE_CERT_LABEL, self.device.as_bytes(), &self.sig)
-            .is_ok()
+        self.sig_item().verify()
+    }
+
+    /// The certificate's signature as a [`crate::verify::SigItem`], for batch verification.
+    pub fn sig_item(&self) -> crate::verify::SigItem {
+        crate::verify::SigItem::root(
+            &self.user,
+            DEVICE_CERT_LABEL,
+            &[self.device.as_bytes()],
+            &self.sig,
+        )
+    }
+
+    /// The certificate's full encoding (user, device, signature), as a cache key: two
+    /// certificates share it only if they are the same certificate.
+    pub(crate) fn cache_key(&self) -> [u8; 128] {
+        let mut k = [0u8; 128];
+        let (u, rest) = k.split_at_mut(32);
+        let (d, s) = rest.split_at_mut(32);
+        u.copy_from_slice(self.user.as_bytes());
+        d.copy_from_slice(self.device.as_bytes());
+        s.copy_from_slice(&self.sig.0);
+        k
     }
 }
 
