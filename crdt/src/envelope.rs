@@ -32,8 +32,8 @@ use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey, SigLabel, Signature};
 use thiserror::Error;
 
-use crate::ops::{GuildOp, OpsError, ops_of};
-use crate::schema::GuildId;
+use crate::ops::{GuildOp, OpsError, ops_of_with};
+use crate::schema::{GuildId, KeyCache};
 use crate::verify::{SigItem, verify_each};
 
 /// Signature label for guild changes.
@@ -172,7 +172,7 @@ impl SignedChange {
         if !self.sig_item().verify() {
             return Err(EnvelopeError::BadSignature);
         }
-        self.open_verified()
+        self.open_verified(&mut KeyCache::new())
     }
 
     /// The envelope's signature as a [`SigItem`] (ZIP-215, see [`crate::verify`]).
@@ -186,9 +186,9 @@ impl SignedChange {
     }
 
     /// The checks of [`SignedChange::open`] after the guild and signature checks.
-    fn open_verified(self) -> Result<OpenedChange, EnvelopeError> {
+    fn open_verified(self, keys: &mut KeyCache) -> Result<OpenedChange, EnvelopeError> {
         let change = parse_change(&self.change).map_err(EnvelopeError::BadChange)?;
-        self.finish_open(change)
+        self.finish_open(change, keys)
     }
 
     /// Like [`SignedChange::open`] for a change already parsed from `self.change` (when loading
@@ -198,7 +198,7 @@ impl SignedChange {
         guild: &GuildId,
         change: Change,
     ) -> Result<OpenedChange, EnvelopeError> {
-        self.open_parsed_inner(guild, change, true)
+        self.open_parsed_inner(guild, change, true, &mut KeyCache::new())
     }
 
     /// [`SignedChange::open_parsed`] without the signature check, for
@@ -207,8 +207,9 @@ impl SignedChange {
         self,
         guild: &GuildId,
         change: Change,
+        keys: &mut KeyCache,
     ) -> Result<OpenedChange, EnvelopeError> {
-        self.open_parsed_inner(guild, change, false)
+        self.open_parsed_inner(guild, change, false, keys)
     }
 
     fn open_parsed_inner(
@@ -216,6 +217,7 @@ impl SignedChange {
         guild: &GuildId,
         change: Change,
         check_sig: bool,
+        keys: &mut KeyCache,
     ) -> Result<OpenedChange, EnvelopeError> {
         if &self.guild != guild {
             return Err(EnvelopeError::WrongGuild {
@@ -231,14 +233,20 @@ impl SignedChange {
         if check_sig && !self.sig_item().verify() {
             return Err(EnvelopeError::BadSignature);
         }
-        self.finish_open(change)
+        self.finish_open(change, keys)
     }
 
-    fn finish_open(self, change: Change) -> Result<OpenedChange, EnvelopeError> {
+    fn finish_open(
+        self,
+        change: Change,
+        keys: &mut KeyCache,
+    ) -> Result<OpenedChange, EnvelopeError> {
         if change.actor_id() != &actor_for(&self.author) {
             return Err(EnvelopeError::ActorMismatch);
         }
-        let ops = ops_of(&change)?;
+        // The author's key is already decoded: a redemption's certificate names it again.
+        keys.note_device(self.author);
+        let ops = ops_of_with(&change, keys)?;
         Ok(OpenedChange {
             envelope: self,
             change,
@@ -265,6 +273,7 @@ pub fn open_all(
         }
     }
     let ok = verify_each(&items);
+    let mut keys = KeyCache::new();
     envelopes
         .into_iter()
         .zip(slots)
@@ -273,7 +282,7 @@ pub fn open_all(
                 expected: *guild,
                 got: e.guild,
             }),
-            Some(i) if ok.get(i).copied().unwrap_or(false) => e.open_verified(),
+            Some(i) if ok.get(i).copied().unwrap_or(false) => e.open_verified(&mut keys),
             Some(_) => Err(EnvelopeError::BadSignature),
         })
         .collect()

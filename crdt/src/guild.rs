@@ -33,7 +33,7 @@ use crate::envelope::{
     EnvelopeError, MAX_CHANGE_BYTES, OpenedChange, SignedChange, actor_for, open_all, parse_change,
 };
 use crate::ops::{GuildOp, MAX_OPS_PER_CHANGE};
-use crate::schema::{DeviceCert, GuildId, UserId};
+use crate::schema::{DeviceCert, GuildId, KeyCache, KeySource, UserId};
 use crate::verify::verify_each;
 use crate::view::{ApplyCtx, GuildView, MembershipEvent, membership_events};
 
@@ -1023,6 +1023,7 @@ impl Guild {
         let mut g = Self::join(id);
         g.sigs = checks;
         // get_changes lists dependencies first.
+        let mut keys = KeyCache::new();
         let mut envs = Vec::new();
         for change in doc.get_changes(&[]) {
             let change: automerge::Change = change;
@@ -1030,14 +1031,14 @@ impl Guild {
                 .get(&change.hash())
                 .copied()
                 .ok_or(GuildError::UnsignedChanges)?;
-            let author = DevicePublicKey::from_bytes(
-                change
-                    .actor_id()
-                    .to_bytes()
-                    .try_into()
-                    .map_err(|_| DecodeError::Invalid("actor id"))?,
-            )
-            .map_err(|_| DecodeError::Invalid("actor id"))?;
+            let author = {
+                let mut r = Reader::new(change.actor_id().to_bytes());
+                let k = keys
+                    .device(&mut r)
+                    .map_err(|_| DecodeError::Invalid("actor id"))?;
+                r.finish().map_err(|_| DecodeError::Invalid("actor id"))?;
+                k
+            };
             let env = SignedChange {
                 guild: id,
                 author,
@@ -1055,7 +1056,7 @@ impl Guild {
         }
         let opened = envs
             .into_iter()
-            .map(|(env, change)| env.open_parsed_trusted(&id, change))
+            .map(|(env, change)| env.open_parsed_trusted(&id, change, &mut keys))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| GuildError::Rejected(e.into()))?;
         g.sigs.preverify(

@@ -6,7 +6,7 @@
 //! hold the same record hold the same bytes. Records travel only inside guild operations
 //! ([`crate::ops::GuildOp`]), which carry the version byte.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use securecomm_noise::keys::{DevicePublicKey, RootPublicKey, SigLabel, Signature};
@@ -47,7 +47,13 @@ pub(crate) fn short_hex(b: &[u8]) -> String {
 }
 
 pub(crate) fn full_hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(char::from(DIGITS[usize::from(x >> 4)]));
+        s.push(char::from(DIGITS[usize::from(x & 15)]));
+    }
+    s
 }
 
 /// A role's identifier. [`RoleId::EVERYONE`] is the `@everyone` role every member holds.
@@ -265,6 +271,85 @@ impl DeviceCert {
     }
 }
 
+// ---- key decoding ---------------------------------------------------------------------------
+
+/// Where the decoders of this crate get public keys from. Decoding a key validates it (a point
+/// decompression and a small-order check, the dearest part of decoding an op), and the same
+/// keys recur (an invite token in every redemption; a redemption certifies the very device that
+/// signed its envelope), so [`KeyCache`] remembers keys already decoded. A key's decoding is a
+/// pure function of its 32 bytes, so the cache changes no result.
+pub trait KeySource {
+    /// Reads a user's root public key.
+    fn root(&mut self, r: &mut Reader<'_>) -> Result<RootPublicKey, DecodeError>;
+    /// Reads a device public key.
+    fn device(&mut self, r: &mut Reader<'_>) -> Result<DevicePublicKey, DecodeError>;
+}
+
+/// Decodes every key afresh (the plain [`Decode`] impls use it).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoCache;
+
+impl KeySource for NoCache {
+    fn root(&mut self, r: &mut Reader<'_>) -> Result<RootPublicKey, DecodeError> {
+        RootPublicKey::decode(r)
+    }
+    fn device(&mut self, r: &mut Reader<'_>) -> Result<DevicePublicKey, DecodeError> {
+        DevicePublicKey::decode(r)
+    }
+}
+
+/// Most keys of each kind a [`KeyCache`] holds before it starts afresh.
+pub const MAX_CACHED_KEYS: usize = 4096;
+
+/// Remembers decoded keys by their bytes (bounded; see [`KeySource`]). Only valid keys are
+/// remembered; an invalid key is rejected with the same error as [`Decode`] gives.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    roots: HashMap<[u8; 32], RootPublicKey>,
+    devices: HashMap<[u8; 32], DevicePublicKey>,
+}
+
+impl KeyCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Remembers a device key decoded elsewhere (an envelope's author).
+    pub fn note_device(&mut self, key: DevicePublicKey) {
+        if self.devices.len() >= MAX_CACHED_KEYS {
+            self.devices.clear();
+        }
+        self.devices.insert(key.to_bytes(), key);
+    }
+}
+
+impl KeySource for KeyCache {
+    fn root(&mut self, r: &mut Reader<'_>) -> Result<RootPublicKey, DecodeError> {
+        let b: [u8; 32] = r.array()?;
+        if let Some(k) = self.roots.get(&b) {
+            return Ok(*k);
+        }
+        let k =
+            RootPublicKey::from_bytes(&b).map_err(|_| DecodeError::Invalid("root public key"))?;
+        if self.roots.len() >= MAX_CACHED_KEYS {
+            self.roots.clear();
+        }
+        self.roots.insert(b, k);
+        Ok(k)
+    }
+    fn device(&mut self, r: &mut Reader<'_>) -> Result<DevicePublicKey, DecodeError> {
+        let b: [u8; 32] = r.array()?;
+        if let Some(k) = self.devices.get(&b) {
+            return Ok(*k);
+        }
+        let k = DevicePublicKey::from_bytes(&b)
+            .map_err(|_| DecodeError::Invalid("device public key"))?;
+        self.note_device(k);
+        Ok(k)
+    }
+}
+
 // ---- codec helpers -------------------------------------------------------------------------
 
 pub(crate) fn put_str(w: &mut Writer, s: &str) {
@@ -360,9 +445,17 @@ impl Encode for OverwriteTarget {
 }
 impl Decode for OverwriteTarget {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_with(r, &mut NoCache)
+    }
+}
+impl OverwriteTarget {
+    pub(crate) fn decode_with(
+        r: &mut Reader<'_>,
+        keys: &mut impl KeySource,
+    ) -> Result<Self, DecodeError> {
         match r.u8()? {
             0 => Ok(Self::Role(RoleId::decode(r)?)),
-            1 => Ok(Self::Member(UserId::decode(r)?)),
+            1 => Ok(Self::Member(keys.root(r)?)),
             got => Err(DecodeError::UnknownTag {
                 what: "overwrite target",
                 got: u64::from(got),
@@ -401,6 +494,14 @@ impl Encode for Channel {
 }
 impl Decode for Channel {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_with(r, &mut NoCache)
+    }
+}
+impl Channel {
+    pub(crate) fn decode_with(
+        r: &mut Reader<'_>,
+        keys: &mut impl KeySource,
+    ) -> Result<Self, DecodeError> {
         let kind = match r.u8()? {
             0 => ChannelKind::Text,
             1 => ChannelKind::Voice,
@@ -428,7 +529,7 @@ impl Decode for Channel {
         let n = r.count16("channel overwrites", MAX_OVERWRITES)?;
         let mut overwrites: Vec<Overwrite> = Vec::with_capacity(n);
         for _ in 0..n {
-            let target = OverwriteTarget::decode(r)?;
+            let target = OverwriteTarget::decode_with(r, keys)?;
             let allow = Permissions::from_wire(r.u64()?)?;
             let deny = Permissions::from_wire(r.u64()?)?;
             // Canonical form: targets strictly increasing, so each appears once.
@@ -464,8 +565,16 @@ impl Encode for Invite {
 }
 impl Decode for Invite {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_with(r, &mut NoCache)
+    }
+}
+impl Invite {
+    pub(crate) fn decode_with(
+        r: &mut Reader<'_>,
+        keys: &mut impl KeySource,
+    ) -> Result<Self, DecodeError> {
         Ok(Self {
-            creator: UserId::decode(r)?,
+            creator: keys.root(r)?,
             expires_at: r.u64()?,
             max_uses: r.u32()?,
         })
@@ -498,9 +607,17 @@ impl Encode for DeviceCert {
 }
 impl Decode for DeviceCert {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_with(r, &mut NoCache)
+    }
+}
+impl DeviceCert {
+    pub(crate) fn decode_with(
+        r: &mut Reader<'_>,
+        keys: &mut impl KeySource,
+    ) -> Result<Self, DecodeError> {
         Ok(Self {
-            user: UserId::decode(r)?,
-            device: DevicePublicKey::decode(r)?,
+            user: keys.root(r)?,
+            device: keys.device(r)?,
             sig: Signature::decode(r)?,
         })
     }
