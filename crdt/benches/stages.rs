@@ -122,6 +122,18 @@ fn report(c: &mut Criterion) {
     });
     g.finish();
 
+    let mut g = c.benchmark_group("crdt_verify_batch");
+    g.sample_size(10);
+    let ours: Vec<securecomm_crdt::verify::SigItem> = joins.iter().map(|e| e.sig_item()).collect();
+    g.bench_function("single", |b| b.iter(|| assert!(ours[next()].verify())));
+    for size in [16usize, 64, 256, 1024, 4096] {
+        g.throughput(criterion::Throughput::Elements(size as u64));
+        g.bench_function(format!("batch_{size}"), |b| {
+            b.iter(|| assert!(securecomm_crdt::verify::verify_batch(&ours[..size])))
+        });
+    }
+    g.finish();
+
     let mut g = c.benchmark_group("zebra_batch_verify");
     g.sample_size(10);
     let items: Vec<(
