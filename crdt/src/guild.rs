@@ -28,12 +28,13 @@ use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey, RootSigningKey, Signature};
 use thiserror::Error;
 
-use crate::authz::{Addition, AuthzError, Effects, Restriction, SigChecks, authorize_with};
+use crate::authz::{AuthzError, Effects, SigChecks, authorize_with};
 use crate::envelope::{
     EnvelopeError, MAX_CHANGE_BYTES, OpenedChange, SignedChange, actor_for, open_all, parse_change,
 };
 use crate::ops::{GuildOp, MAX_OPS_PER_CHANGE};
 use crate::schema::{DeviceCert, GuildId, KeyCache, KeySource, UserId};
+use crate::store::{Ad, Interner, NodeFx, Rs, StoredOp};
 use crate::verify::verify_each;
 use crate::view::{ApplyCtx, GuildView, MembershipEvent, membership_events};
 
@@ -132,11 +133,12 @@ struct Node {
     deps: Vec<u32>,
     children: Vec<u32>,
     full: bool,
-    author: DevicePublicKey,
+    /// The authoring device, in [`Guild::keys`].
+    author: u32,
     sig: Signature,
     time: u64,
-    ops: Vec<GuildOp>,
-    fx: Effects,
+    ops: Box<[StoredOp]>,
+    fx: NodeFx,
 }
 
 /// One replica of a guild.
@@ -147,7 +149,10 @@ pub struct Guild {
     nodes: Vec<Node>,
     index: HashMap<ChangeHash, u32>,
     heads: BTreeSet<u32>,
-    actor_last: HashMap<DevicePublicKey, (u64, u32)>,
+    /// Per device (index in `keys`): its last sequence number and node.
+    actor_last: HashMap<u32, (u64, u32)>,
+    /// Every user and device key the accepted changes name, once (see [`crate::store`]).
+    keys: Interner,
     pending: HashMap<ChangeHash, OpenedChange>,
     missing: HashMap<ChangeHash, usize>,
     waiting_on: HashMap<ChangeHash, Vec<ChangeHash>>,
@@ -188,6 +193,7 @@ impl Guild {
             index: HashMap::new(),
             heads: BTreeSet::new(),
             actor_last: HashMap::new(),
+            keys: Interner::default(),
             pending: HashMap::new(),
             missing: HashMap::new(),
             waiting_on: HashMap::new(),
@@ -279,7 +285,7 @@ impl Guild {
         let change = self.doc.get_change_by_hash(&n.hash)?;
         Some(SignedChange {
             guild: self.id,
-            author: n.author,
+            author: *self.keys.get_device(n.author)?,
             change: change.raw_bytes().to_vec(),
             sig: n.sig,
         })
@@ -445,7 +451,7 @@ impl Guild {
         max_op_before: u64,
         undo: Vec<Undo>,
         batch: Vec<automerge::Change>,
-    ) -> Vec<OpenedChange> {
+    ) -> Vec<(ChangeHash, Result<OpenedChange, RejectReason>)> {
         let removed: Vec<Node> = self.nodes.drain(start..).collect();
         let start32 = u32::try_from(start).unwrap_or(u32::MAX);
         for n in &mut self.nodes {
@@ -462,18 +468,24 @@ impl Guild {
         self.max_op = max_op_before;
         // The cache may hold a view that includes removed changes.
         self.cache_heads = vec![u32::MAX];
+        // The nodes keep compact ops: decode the changes again (they decoded before).
+        let mut keys = KeyCache::new();
         removed
             .into_iter()
             .zip(batch)
-            .map(|(n, change)| OpenedChange {
-                envelope: SignedChange {
-                    guild: self.id,
-                    author: n.author,
-                    change: change.raw_bytes().to_vec(),
-                    sig: n.sig,
-                },
-                change,
-                ops: n.ops,
+            .map(|(n, change)| {
+                let opened = match self.keys.get_device(n.author) {
+                    Some(author) => SignedChange {
+                        guild: self.id,
+                        author: *author,
+                        change: change.raw_bytes().to_vec(),
+                        sig: n.sig,
+                    }
+                    .open_parsed_trusted(&self.id, change, &mut keys)
+                    .map_err(RejectReason::from),
+                    None => Err(RejectReason::Document("unknown author".into())),
+                };
+                (n.hash, opened)
             })
             .collect()
     }
@@ -482,12 +494,19 @@ impl Guild {
     /// the document alone, and recorded only if the document took it.
     fn replay_one_by_one(
         &mut self,
-        changes: Vec<OpenedChange>,
+        changes: Vec<(ChangeHash, Result<OpenedChange, RejectReason>)>,
         batch_error: &str,
         report: &mut ReceiveReport,
     ) {
-        for o in changes {
-            let h = o.hash();
+        for (h, o) in changes {
+            let o = match o {
+                Ok(o) => o,
+                Err(e) => {
+                    self.rejected.insert(h);
+                    report.rejected.push((Some(h), e));
+                    continue;
+                }
+            };
             let outcome = if o.change.deps().iter().any(|d| !self.index.contains_key(d)) {
                 Err(RejectReason::RejectedDependency)
             } else {
@@ -527,7 +546,11 @@ impl Guild {
         }
         // The device's changes form one chain: seq n must descend from seq n-1.
         let seq = change.seq();
-        match self.actor_last.get(&o.envelope.author) {
+        let last = self
+            .keys
+            .device_index(&o.envelope.author)
+            .and_then(|d| self.actor_last.get(&d));
+        match last {
             None if seq == 1 => {}
             Some((last, prev)) if *last + 1 == seq && self.reaches(*prev, &deps) => {}
             other => {
@@ -586,29 +609,41 @@ impl Guild {
             self.heads.remove(d);
         }
         self.heads.insert(idx);
-        let prev = self
-            .actor_last
-            .insert(o.envelope.author, (o.change.seq(), idx));
+        let author = self.keys.device(&o.envelope.author);
+        let prev = self.actor_last.insert(author, (o.change.seq(), idx));
         self.index.insert(hash, idx);
         self.max_op = self.max_op.max(o.change.max_op());
+        // The cache held the view of this change's causal past; the change is the last in the
+        // canonical order of its past plus itself and concurrent with nothing there, so it
+        // applies directly.
+        let advance = self.cache_heads == checked.deps;
+        if advance && let Some(author) = checked.fx.author {
+            let ctx = ApplyCtx {
+                author,
+                time: checked.time,
+            };
+            for op in &o.ops {
+                self.cache_view.apply(op, ctx);
+            }
+        }
+        if advance {
+            self.cache_heads = vec![idx];
+        }
         let node = Node {
             hash,
             deps: checked.deps,
             children: Vec::new(),
             full,
-            author: o.envelope.author,
+            author,
             sig: o.envelope.sig,
             time: checked.time,
-            ops: o.ops,
-            fx: checked.fx,
+            fx: NodeFx::new(&checked.fx, &mut self.keys),
+            ops: o
+                .ops
+                .into_iter()
+                .map(|op| StoredOp::new(op, &mut self.keys))
+                .collect(),
         };
-        // The cache held the view of this change's causal past; the change is the last in the
-        // canonical order of its past plus itself and concurrent with nothing there, so it
-        // applies directly.
-        if self.cache_heads == node.deps {
-            apply_node(&mut self.cache_view, &node);
-            self.cache_heads = vec![idx];
-        }
         self.nodes.push(node);
         (o.change, prev)
     }
@@ -687,7 +722,11 @@ impl Guild {
         time: u64,
         ops: &[GuildOp],
     ) -> Result<automerge::Change, GuildError> {
-        let seq = self.actor_last.get(author).map_or(1, |(last, _)| last + 1);
+        let seq = self
+            .keys
+            .device_index(author)
+            .and_then(|d| self.actor_last.get(&d))
+            .map_or(1, |(last, _)| last + 1);
         let start_op = NonZeroU64::new(self.max_op.saturating_add(1))
             .ok_or_else(|| GuildError::Automerge("op counter overflow".into()))?;
         let mut deps: Vec<ChangeHash> = self.heads().into_iter().collect();
@@ -798,7 +837,7 @@ impl Guild {
         for i in order {
             let Some(node) = self.node(i) else { continue };
             if !self.is_void(i, node, &view, &idx) {
-                apply_node(&mut view, node);
+                apply_node(&mut view, node, &self.keys);
             }
         }
         view
@@ -844,8 +883,10 @@ impl Guild {
     fn is_void(&self, i: u32, a: &Node, view: &GuildView, idx: &RestrictionIndex) -> bool {
         let Some(au) = a.fx.author else { return false };
         // Rule 1: an action concurrent with its author's removal or demotion is void.
-        let held: Vec<crate::schema::RoleId> = view
-            .member(&au)
+        let held: Vec<crate::schema::RoleId> = self
+            .keys
+            .get_user(au)
+            .and_then(|u| view.member(u))
             .map(|m| m.roles.iter().copied().collect())
             .unwrap_or_default();
         let mut candidates: Vec<u32> = idx.by_user.get(&au).cloned().unwrap_or_default();
@@ -862,11 +903,9 @@ impl Guild {
             }
             let Some(rn) = self.node(r) else { continue };
             let hits_author = rn.fx.restricts.iter().any(|x| match x {
-                Restriction::Remove(u)
-                | Restriction::RevokeRole(u, _)
-                | Restriction::Ownership(u) => *u == au,
-                Restriction::ReduceRole(role) => !a.fx.author_is_owner && held.contains(role),
-                Restriction::RevokeInvite(_) => false,
+                Rs::Remove(u) | Rs::RevokeRole(u, _) | Rs::Ownership(u) => *u == au,
+                Rs::ReduceRole(role) => !a.fx.author_is_owner && held.contains(role),
+                Rs::RevokeInvite(_) => false,
             });
             if !hits_author || !self.concurrent(i, r) {
                 continue;
@@ -883,10 +922,10 @@ impl Guild {
         }
         // Rule 2: a (re-)addition racing the matching removal loses, unless the owner adds and
         // a non-owner removes.
-        for add in &a.fx.adds {
+        for add in a.fx.adds.iter() {
             let list = match add {
-                Addition::Member(v) | Addition::Role(v, _) => idx.by_user.get(v),
-                Addition::Redeem(code) => idx.by_invite.get(code),
+                Ad::Member(v) | Ad::Role(v, _) => idx.by_user.get(v),
+                Ad::Redeem(code) => idx.by_invite.get(code),
             };
             for r in list.into_iter().flatten() {
                 let Some(rn) = self.node(*r) else { continue };
@@ -905,8 +944,8 @@ impl Guild {
         // Rule 3: the owner outranks all: a non-owner's removal racing the owner's (re-)addition
         // of the same member or role is void.
         if !a.fx.author_is_owner {
-            for x in &a.fx.restricts {
-                let (Restriction::Remove(v) | Restriction::RevokeRole(v, _)) = x else {
+            for x in a.fx.restricts.iter() {
+                let (Rs::Remove(v) | Rs::RevokeRole(v, _)) = x else {
                     continue;
                 };
                 for o in idx.owner_adds.get(v).into_iter().flatten() {
@@ -1155,10 +1194,10 @@ struct Checked {
 
 #[derive(Default)]
 struct RestrictionIndex {
-    by_user: HashMap<UserId, Vec<u32>>,
+    by_user: HashMap<u32, Vec<u32>>,
     by_role: HashMap<crate::schema::RoleId, Vec<u32>>,
     by_invite: HashMap<crate::schema::InviteCode, Vec<u32>>,
-    owner_adds: HashMap<UserId, Vec<u32>>,
+    owner_adds: HashMap<u32, Vec<u32>>,
 }
 
 impl RestrictionIndex {
@@ -1168,18 +1207,18 @@ impl RestrictionIndex {
             let Some(n) = nodes.get(*i as usize) else {
                 continue;
             };
-            for r in &n.fx.restricts {
+            for r in n.fx.restricts.iter() {
                 match r {
-                    Restriction::Remove(u)
-                    | Restriction::RevokeRole(u, _)
-                    | Restriction::Ownership(u) => idx.by_user.entry(*u).or_default().push(*i),
-                    Restriction::ReduceRole(role) => idx.by_role.entry(*role).or_default().push(*i),
-                    Restriction::RevokeInvite(c) => idx.by_invite.entry(*c).or_default().push(*i),
+                    Rs::Remove(u) | Rs::RevokeRole(u, _) | Rs::Ownership(u) => {
+                        idx.by_user.entry(*u).or_default().push(*i)
+                    }
+                    Rs::ReduceRole(role) => idx.by_role.entry(*role).or_default().push(*i),
+                    Rs::RevokeInvite(c) => idx.by_invite.entry(*c).or_default().push(*i),
                 }
             }
             if n.fx.author_is_owner {
-                for a in &n.fx.adds {
-                    if let Addition::Member(u) | Addition::Role(u, _) = a {
+                for a in n.fx.adds.iter() {
+                    if let Ad::Member(u) | Ad::Role(u, _) = a {
                         idx.owner_adds.entry(*u).or_default().push(*i);
                     }
                 }
@@ -1199,23 +1238,25 @@ impl RestrictionIndex {
 }
 
 /// Whether removal `r` undoes addition `add` (same member, same role, same invite).
-fn undoes(add: &Addition, r: &Restriction) -> bool {
+fn undoes(add: &Ad, r: &Rs) -> bool {
     match (add, r) {
-        (Addition::Member(v) | Addition::Role(v, _), Restriction::Remove(u)) => u == v,
-        (Addition::Role(v, role), Restriction::RevokeRole(u, r)) => u == v && r == role,
-        (Addition::Redeem(c), Restriction::RevokeInvite(d)) => c == d,
+        (Ad::Member(v) | Ad::Role(v, _), Rs::Remove(u)) => u == v,
+        (Ad::Role(v, role), Rs::RevokeRole(u, r)) => u == v && r == role,
+        (Ad::Redeem(c), Rs::RevokeInvite(d)) => c == d,
         _ => false,
     }
 }
 
-fn apply_node(view: &mut GuildView, node: &Node) {
-    let Some(author) = node.fx.author else { return };
+fn apply_node(view: &mut GuildView, node: &Node, keys: &Interner) {
+    let Some(author) = node.fx.author.and_then(|a| keys.get_user(a)) else {
+        return;
+    };
     let ctx = ApplyCtx {
-        author,
+        author: *author,
         time: node.time,
     };
-    for op in &node.ops {
-        view.apply(op, ctx);
+    for op in node.ops.iter() {
+        op.apply(view, keys, ctx);
     }
 }
 
@@ -1299,6 +1340,7 @@ mod tests {
         );
         // The device chain was restored: dev's next change after e1 is accepted (seq 3 again
         // from the DAG's point of view is what it expects).
-        assert_eq!(r.actor_last.get(&dev.public()).map(|x| x.0), Some(2));
+        let d = r.keys.device_index(&dev.public()).unwrap();
+        assert_eq!(r.actor_last.get(&d).map(|x| x.0), Some(2));
     }
 }

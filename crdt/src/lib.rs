@@ -122,6 +122,7 @@ pub mod invite;
 pub mod ops;
 pub mod perms;
 pub mod schema;
+mod store;
 pub mod verify;
 pub mod view;
 

@@ -244,6 +244,41 @@ impl GuildView {
         );
     }
 
+    /// [`GuildOp::GrantRole`] applied (see [`GuildView::apply`]).
+    pub(crate) fn grant_role(&mut self, u: &UserId, r: RoleId) {
+        if self.roles.contains_key(&r)
+            && r != RoleId::EVERYONE
+            && let Some(m) = self.members.get_mut(u)
+            && m.roles.len() < MAX_MEMBER_ROLES
+        {
+            m.roles.insert(r);
+        }
+    }
+
+    /// [`GuildOp::Redeem`] applied (see [`GuildView::apply`]): only the parts the view keeps.
+    pub(crate) fn redeem(
+        &mut self,
+        code: &InviteCode,
+        user: UserId,
+        device: DevicePublicKey,
+        nickname: &str,
+        time: u64,
+    ) -> bool {
+        let usable = self.invites.get(code).is_some_and(|i| i.usable_at(time));
+        if !usable
+            || self.bans.contains_key(&user)
+            || self.members.contains_key(&user)
+            || self.device_owner.contains_key(&device)
+        {
+            return false;
+        }
+        if let Some(i) = self.invites.get_mut(code) {
+            i.uses = i.uses.saturating_add(1);
+        }
+        self.add_member(user, device, nickname, time);
+        true
+    }
+
     /// Applies one op without checking authority; returns whether it had an effect the fold
     /// must honour (`false` only for a redemption that is no longer possible).
     pub(crate) fn apply(&mut self, op: &GuildOp, ctx: ApplyCtx) -> bool {
@@ -286,15 +321,7 @@ impl GuildView {
                     }
                 }
             }
-            GuildOp::GrantRole(u, r) => {
-                if self.roles.contains_key(r)
-                    && *r != RoleId::EVERYONE
-                    && let Some(m) = self.members.get_mut(u)
-                    && m.roles.len() < MAX_MEMBER_ROLES
-                {
-                    m.roles.insert(*r);
-                }
-            }
+            GuildOp::GrantRole(u, r) => self.grant_role(u, *r),
             GuildOp::RevokeRole(u, r) => {
                 if let Some(m) = self.members.get_mut(u) {
                     m.roles.remove(r);
@@ -322,23 +349,7 @@ impl GuildView {
                 token,
                 cert,
                 nickname,
-            } => {
-                let usable = self
-                    .invites
-                    .get(&token.code)
-                    .is_some_and(|i| i.usable_at(ctx.time));
-                if !usable
-                    || self.bans.contains_key(&cert.user)
-                    || self.members.contains_key(&cert.user)
-                    || self.device_owner.contains_key(&cert.device)
-                {
-                    return false;
-                }
-                if let Some(i) = self.invites.get_mut(&token.code) {
-                    i.uses = i.uses.saturating_add(1);
-                }
-                self.add_member(cert.user, cert.device, nickname, ctx.time);
-            }
+            } => return self.redeem(&token.code, cert.user, cert.device, nickname, ctx.time),
             GuildOp::Kick(u) | GuildOp::Leave(u) => self.remove_member(u),
             GuildOp::Ban(u, reason) => {
                 self.remove_member(u);
