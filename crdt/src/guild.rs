@@ -44,6 +44,8 @@ pub const MAX_PENDING: usize = 65_536;
 pub const MAX_SYNC_CHANGES: usize = 1 << 20;
 /// Largest encoded Automerge sync message (without changes) we accept.
 pub const MAX_SYNC_CONTROL: usize = 1 << 20;
+/// Most missing dependencies requested in one sync message.
+pub const MAX_SYNC_NEEDS: usize = 1024;
 /// Largest saved Automerge document we load.
 pub const MAX_SAVED_DOC: usize = 1 << 30;
 
@@ -1121,6 +1123,18 @@ impl Guild {
         // Never let Automerge ship a whole document: we need per-change envelopes.
         peer.state.their_capabilities = None;
         let mut msg = self.doc.generate_sync_message(&mut peer.state)?;
+        // Changes parked for missing dependencies are not in the document, so Automerge does not
+        // know to ask for those dependencies, and a false positive in the peer's view of our
+        // Bloom filter would leave them parked for ever: ask for them explicitly. (Peers ignore
+        // needs they cannot serve.)
+        for h in self.waiting_on.keys().take(MAX_SYNC_NEEDS) {
+            if !self.index.contains_key(h) {
+                msg.need.push(*h);
+            }
+        }
+        // The encoding requires them sorted and distinct.
+        msg.need.sort_unstable();
+        msg.need.dedup();
         let mut envs = Vec::new();
         for chunk in msg.changes.iter() {
             if let Ok(c) = parse_change(chunk)

@@ -13,8 +13,8 @@ use securecomm_noise::keys::DevicePublicKey;
 use crate::ops::GuildOp;
 use crate::perms::{self, Permissions};
 use crate::schema::{
-    Ban, Channel, ChannelId, GuildId, InviteCode, InviteState, MAX_DEVICES, MAX_MEMBER_ROLES,
-    Member, Role, RoleId, Settings, UserId,
+    Ban, Channel, ChannelId, DeviceSet, GuildId, InviteCode, InviteState, MAX_DEVICES,
+    MAX_MEMBER_ROLES, Member, Role, RoleId, Settings, UserId,
 };
 
 /// Permissions of `@everyone` in a new guild (Discord's defaults for the listed bits).
@@ -78,7 +78,8 @@ pub struct GuildView {
     owner: Option<UserId>,
     settings: Settings,
     members: BTreeMap<UserId, Member>,
-    device_owner: HashMap<DevicePublicKey, UserId>,
+    /// Device bytes to member (a `DevicePublicKey` key would hold 192 bytes per entry).
+    device_owner: HashMap<[u8; 32], UserId>,
     roles: BTreeMap<RoleId, Role>,
     channels: BTreeMap<ChannelId, Channel>,
     invites: BTreeMap<InviteCode, InviteState>,
@@ -153,7 +154,7 @@ impl GuildView {
     }
     /// The member a device belongs to.
     pub fn user_of_device(&self, device: &DevicePublicKey) -> Option<&UserId> {
-        self.device_owner.get(device)
+        self.device_owner.get(device.as_bytes())
     }
 
     /// A member's rank: [`OWNER_RANK`] for the owner, else the highest position among its roles
@@ -222,21 +223,21 @@ impl GuildView {
 
     fn remove_member(&mut self, user: &UserId) {
         if let Some(m) = self.members.remove(user) {
-            for d in m.devices {
-                self.device_owner.remove(&d);
+            for d in &m.devices {
+                self.device_owner.remove(d.as_bytes());
             }
         }
     }
 
     fn add_member(&mut self, user: UserId, device: DevicePublicKey, nickname: &str, time: u64) {
-        if self.device_owner.contains_key(&device) {
+        if self.device_owner.contains_key(device.as_bytes()) {
             return;
         }
-        self.device_owner.insert(device, user);
+        self.device_owner.insert(device.to_bytes(), user);
         self.members.insert(
             user,
             Member {
-                devices: BTreeSet::from([device]),
+                devices: DeviceSet::one(device),
                 nickname: nickname.to_owned(),
                 joined_at: time,
                 roles: BTreeSet::new(),
@@ -268,7 +269,7 @@ impl GuildView {
         if !usable
             || self.bans.contains_key(&user)
             || self.members.contains_key(&user)
-            || self.device_owner.contains_key(&device)
+            || self.device_owner.contains_key(device.as_bytes())
         {
             return false;
         }
@@ -370,12 +371,12 @@ impl GuildView {
                 }
             }
             GuildOp::AddDevice(cert) => {
-                if !self.device_owner.contains_key(&cert.device)
+                if !self.device_owner.contains_key(cert.device.as_bytes())
                     && let Some(m) = self.members.get_mut(&cert.user)
                     && m.devices.len() < MAX_DEVICES
                 {
                     m.devices.insert(cert.device);
-                    self.device_owner.insert(cert.device, cert.user);
+                    self.device_owner.insert(cert.device.to_bytes(), cert.user);
                 }
             }
             GuildOp::RemoveDevice(u, d) => {
@@ -383,7 +384,7 @@ impl GuildView {
                     && m.devices.len() > 1
                     && m.devices.remove(d)
                 {
-                    self.device_owner.remove(d);
+                    self.device_owner.remove(d.as_bytes());
                 }
             }
         }
