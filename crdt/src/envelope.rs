@@ -33,7 +33,7 @@ use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey, SigLabel, Signat
 use thiserror::Error;
 
 use crate::ops::{GuildOp, OpsError, ops_of_with};
-use crate::schema::{GuildId, KeyCache};
+use crate::schema::{GuildId, KeyCache, KeySource};
 use crate::verify::{SigItem, verify_each};
 
 /// Signature label for guild changes.
@@ -186,7 +186,7 @@ impl SignedChange {
     }
 
     /// The checks of [`SignedChange::open`] after the guild and signature checks.
-    fn open_verified(self, keys: &mut KeyCache) -> Result<OpenedChange, EnvelopeError> {
+    fn open_verified(self, keys: &mut impl KeySource) -> Result<OpenedChange, EnvelopeError> {
         let change = parse_change(&self.change).map_err(EnvelopeError::BadChange)?;
         self.finish_open(change, keys)
     }
@@ -207,7 +207,7 @@ impl SignedChange {
         self,
         guild: &GuildId,
         change: Change,
-        keys: &mut KeyCache,
+        keys: &mut impl KeySource,
     ) -> Result<OpenedChange, EnvelopeError> {
         self.open_parsed_inner(guild, change, false, keys)
     }
@@ -217,7 +217,7 @@ impl SignedChange {
         guild: &GuildId,
         change: Change,
         check_sig: bool,
-        keys: &mut KeyCache,
+        keys: &mut impl KeySource,
     ) -> Result<OpenedChange, EnvelopeError> {
         if &self.guild != guild {
             return Err(EnvelopeError::WrongGuild {
@@ -239,7 +239,7 @@ impl SignedChange {
     fn finish_open(
         self,
         change: Change,
-        keys: &mut KeyCache,
+        keys: &mut impl KeySource,
     ) -> Result<OpenedChange, EnvelopeError> {
         if change.actor_id() != &actor_for(&self.author) {
             return Err(EnvelopeError::ActorMismatch);
@@ -262,6 +262,15 @@ pub fn open_all(
     envelopes: Vec<SignedChange>,
     guild: &GuildId,
 ) -> Vec<Result<OpenedChange, EnvelopeError>> {
+    open_all_with(envelopes, guild, &mut KeyCache::new())
+}
+
+/// [`open_all`] decoding keys through `keys`.
+pub(crate) fn open_all_with(
+    envelopes: Vec<SignedChange>,
+    guild: &GuildId,
+    keys: &mut impl KeySource,
+) -> Vec<Result<OpenedChange, EnvelopeError>> {
     let mut items = Vec::with_capacity(envelopes.len());
     let mut slots = Vec::with_capacity(envelopes.len());
     for e in &envelopes {
@@ -273,7 +282,6 @@ pub fn open_all(
         }
     }
     let ok = verify_each(&items);
-    let mut keys = KeyCache::new();
     envelopes
         .into_iter()
         .zip(slots)
@@ -282,7 +290,7 @@ pub fn open_all(
                 expected: *guild,
                 got: e.guild,
             }),
-            Some(i) if ok.get(i).copied().unwrap_or(false) => e.open_verified(&mut keys),
+            Some(i) if ok.get(i).copied().unwrap_or(false) => e.open_verified(keys),
             Some(_) => Err(EnvelopeError::BadSignature),
         })
         .collect()

@@ -30,11 +30,12 @@ use thiserror::Error;
 
 use crate::authz::{AuthzError, Effects, SigChecks, authorize_with};
 use crate::envelope::{
-    EnvelopeError, MAX_CHANGE_BYTES, OpenedChange, SignedChange, actor_for, open_all, parse_change,
+    EnvelopeError, MAX_CHANGE_BYTES, OpenedChange, SignedChange, actor_for, open_all_with,
+    parse_change,
 };
 use crate::ops::{GuildOp, MAX_OPS_PER_CHANGE};
 use crate::schema::{DeviceCert, GuildId, KeyCache, KeySource, UserId};
-use crate::store::{Ad, Interner, NodeFx, Rs, StoredOp};
+use crate::store::{Ad, Interner, KnownKeys, NodeFx, Rs, StoredOp};
 use crate::verify::verify_each;
 use crate::view::{ApplyCtx, GuildView, MembershipEvent, membership_events};
 
@@ -311,7 +312,15 @@ impl Guild {
         }
         // Signatures are verified in batches (crate::verify): first the envelopes', then the
         // certificates of the redemptions among them. Each result equals single verification.
-        let opened_all = open_all(envelopes, &self.id);
+        let mut cache = KeyCache::new();
+        let opened_all = open_all_with(
+            envelopes,
+            &self.id,
+            &mut KnownKeys {
+                known: &self.keys,
+                cache: &mut cache,
+            },
+        );
         self.sigs.preverify(
             opened_all
                 .iter()

@@ -348,6 +348,8 @@ pub trait KeySource {
     fn root(&mut self, r: &mut Reader<'_>) -> Result<RootPublicKey, DecodeError>;
     /// Reads a device public key.
     fn device(&mut self, r: &mut Reader<'_>) -> Result<DevicePublicKey, DecodeError>;
+    /// Remembers a device key decoded elsewhere (an envelope's author), if this source caches.
+    fn note_device(&mut self, _key: DevicePublicKey) {}
 }
 
 /// Decodes every key afresh (the plain [`Decode`] impls use it).
@@ -363,8 +365,10 @@ impl KeySource for NoCache {
     }
 }
 
-/// Most keys of each kind a [`KeyCache`] holds before it starts afresh.
-pub const MAX_CACHED_KEYS: usize = 4096;
+/// Most keys of each kind a [`KeyCache`] holds before it starts afresh (about 16 MiB of
+/// each kind at most; a cache lives for one received batch, and a batch that names more
+/// distinct keys is itself larger than that).
+pub const MAX_CACHED_KEYS: usize = 65_536;
 
 /// Remembers decoded keys by their bytes (bounded; see [`KeySource`]). Only valid keys are
 /// remembered; an invalid key is rejected with the same error as [`Decode`] gives.
@@ -380,18 +384,8 @@ impl KeyCache {
         Self::default()
     }
 
-    /// Remembers a device key decoded elsewhere (an envelope's author).
-    pub fn note_device(&mut self, key: DevicePublicKey) {
-        if self.devices.len() >= MAX_CACHED_KEYS {
-            self.devices.clear();
-        }
-        self.devices.insert(key.to_bytes(), key);
-    }
-}
-
-impl KeySource for KeyCache {
-    fn root(&mut self, r: &mut Reader<'_>) -> Result<RootPublicKey, DecodeError> {
-        let b: [u8; 32] = r.array()?;
+    /// A root key from its bytes, decoded or remembered.
+    pub(crate) fn root_from(&mut self, b: [u8; 32]) -> Result<RootPublicKey, DecodeError> {
         if let Some(k) = self.roots.get(&b) {
             return Ok(*k);
         }
@@ -403,8 +397,9 @@ impl KeySource for KeyCache {
         self.roots.insert(b, k);
         Ok(k)
     }
-    fn device(&mut self, r: &mut Reader<'_>) -> Result<DevicePublicKey, DecodeError> {
-        let b: [u8; 32] = r.array()?;
+
+    /// A device key from its bytes, decoded or remembered.
+    pub(crate) fn device_from(&mut self, b: [u8; 32]) -> Result<DevicePublicKey, DecodeError> {
         if let Some(k) = self.devices.get(&b) {
             return Ok(*k);
         }
@@ -412,6 +407,23 @@ impl KeySource for KeyCache {
             .map_err(|_| DecodeError::Invalid("device public key"))?;
         self.note_device(k);
         Ok(k)
+    }
+}
+
+impl KeySource for KeyCache {
+    fn root(&mut self, r: &mut Reader<'_>) -> Result<RootPublicKey, DecodeError> {
+        let b: [u8; 32] = r.array()?;
+        self.root_from(b)
+    }
+    fn device(&mut self, r: &mut Reader<'_>) -> Result<DevicePublicKey, DecodeError> {
+        let b: [u8; 32] = r.array()?;
+        self.device_from(b)
+    }
+    fn note_device(&mut self, key: DevicePublicKey) {
+        if self.devices.len() >= MAX_CACHED_KEYS {
+            self.devices.clear();
+        }
+        self.devices.insert(key.to_bytes(), key);
     }
 }
 

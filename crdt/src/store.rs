@@ -16,11 +16,12 @@
 
 use std::collections::HashMap;
 
+use securecomm_noise::codec::{DecodeError, Reader};
 use securecomm_noise::keys::DevicePublicKey;
 
 use crate::authz::{Addition, Effects, Restriction};
 use crate::ops::GuildOp;
-use crate::schema::{InviteCode, RoleId, UserId};
+use crate::schema::{InviteCode, KeyCache, KeySource, RoleId, UserId};
 use crate::view::{ApplyCtx, GuildView};
 
 /// Each user and device key a replica's changes name, stored once.
@@ -55,12 +56,48 @@ impl Interner {
         self.device_ix.get(d.as_bytes()).copied()
     }
 
+    pub(crate) fn user_by_bytes(&self, b: &[u8; 32]) -> Option<&UserId> {
+        self.users.get(*self.user_ix.get(b)? as usize)
+    }
+
+    pub(crate) fn device_by_bytes(&self, b: &[u8; 32]) -> Option<&DevicePublicKey> {
+        self.devices.get(*self.device_ix.get(b)? as usize)
+    }
+
     pub(crate) fn get_user(&self, i: u32) -> Option<&UserId> {
         self.users.get(i as usize)
     }
 
     pub(crate) fn get_device(&self, i: u32) -> Option<&DevicePublicKey> {
         self.devices.get(i as usize)
+    }
+}
+
+/// Decodes keys from a replica's [`Interner`] when it knows them (every member's key, once it
+/// joined), else through a per-batch [`KeyCache`]. Both hold only keys that decoded validly,
+/// so the result is [`Decode`](securecomm_noise::codec::Decode)'s.
+pub(crate) struct KnownKeys<'a> {
+    pub known: &'a Interner,
+    pub cache: &'a mut KeyCache,
+}
+
+impl KeySource for KnownKeys<'_> {
+    fn root(&mut self, r: &mut Reader<'_>) -> Result<UserId, DecodeError> {
+        let b: [u8; 32] = r.array()?;
+        match self.known.user_by_bytes(&b) {
+            Some(u) => Ok(*u),
+            None => self.cache.root_from(b),
+        }
+    }
+    fn device(&mut self, r: &mut Reader<'_>) -> Result<DevicePublicKey, DecodeError> {
+        let b: [u8; 32] = r.array()?;
+        match self.known.device_by_bytes(&b) {
+            Some(d) => Ok(*d),
+            None => self.cache.device_from(b),
+        }
+    }
+    fn note_device(&mut self, key: DevicePublicKey) {
+        self.cache.note_device(key);
     }
 }
 
