@@ -2,8 +2,14 @@
 //!
 //! See the crate docs for the rules. This module holds the mechanics:
 //!
-//! * [`Guild::receive`] opens envelopes, parks changes whose dependencies are missing (bounded),
-//!   validates ready ones against their causal past and only then applies them to the document.
+//! * [`Guild::receive`] opens envelopes (signatures verified in batches, [`crate::verify`];
+//!   certificates of redemptions pre-verified in batches, [`crate::authz::SigChecks`]), parks
+//!   changes whose dependencies are missing (bounded), validates ready ones against their causal
+//!   past and only then applies them to the document.
+//! * Accepted changes are kept compactly (module `store`): keys interned once per replica,
+//!   the fold applies the compact ops exactly as the decoded ones.
+//! * Sync messages also ask peers for the missing dependencies of parked changes, which
+//!   Automerge itself cannot know about (they are not in the document).
 //! * The state of a causal past is a [`GuildView`] folded from exactly the change's ancestors.
 //!   One folded view is cached with the head set it was computed for; a change whose
 //!   dependencies equal that head set (the common case: linear history, or the next change of
