@@ -16,7 +16,7 @@ use crate::invite::InviteToken;
 use crate::ops::GuildOp;
 use crate::perms::Permissions;
 use crate::schema::{Channel, ChannelKind, DeviceCert, InviteCode, MAX_DEVICES, RoleId, UserId};
-use crate::verify::{SigItem, verify_each};
+use crate::verify::{SigItem, verify_each_threads};
 use crate::view::GuildView;
 
 /// Why a change is not authorized in its causal past.
@@ -136,6 +136,7 @@ pub struct SigChecks {
     trusted: bool,
     tokens: HashSet<Vec<u8>>,
     certs: HashSet<[u8; 128]>,
+    threads: usize,
 }
 
 impl SigChecks {
@@ -155,6 +156,11 @@ impl SigChecks {
     /// Whether signature checks are skipped.
     pub(crate) fn is_trusted(&self) -> bool {
         self.trusted
+    }
+
+    /// Threads [`SigChecks::preverify`] may use (see [`crate::verify::verify_each_threads`]).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads;
     }
 
     /// Batch-verifies the device certificates that authorization will check for these changes
@@ -180,7 +186,7 @@ impl SigChecks {
             }
         }
         let items: Vec<SigItem> = certs.iter().map(|c| c.sig_item()).collect();
-        for (cert, ok) in certs.iter().zip(verify_each(&items)) {
+        for (cert, ok) in certs.iter().zip(verify_each_threads(&items, self.threads)) {
             if ok {
                 self.certs.insert(cert.cache_key());
             }

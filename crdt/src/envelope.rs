@@ -34,7 +34,7 @@ use thiserror::Error;
 
 use crate::ops::{GuildOp, OpsError, ops_of_with};
 use crate::schema::{GuildId, KeyCache, KeySource};
-use crate::verify::{SigItem, verify_each};
+use crate::verify::{SigItem, verify_each_threads};
 
 /// Signature label for guild changes.
 pub const CHANGE_LABEL: SigLabel = SigLabel("SecureComm/crdt/change v1");
@@ -256,20 +256,21 @@ impl SignedChange {
 }
 
 /// [`SignedChange::open`] for many envelopes: the same checks in the same order, with the
-/// signatures verified in batches ([`verify_each`]), so each result is exactly what `open` would
+/// signatures verified in batches ([`crate::verify::verify_each`]), so each result is exactly what `open` would
 /// have returned for that envelope.
 pub fn open_all(
     envelopes: Vec<SignedChange>,
     guild: &GuildId,
 ) -> Vec<Result<OpenedChange, EnvelopeError>> {
-    open_all_with(envelopes, guild, &mut KeyCache::new())
+    open_all_with(envelopes, guild, &mut KeyCache::new(), 1)
 }
 
-/// [`open_all`] decoding keys through `keys`.
+/// [`open_all`] decoding keys through `keys`, verifying on up to `threads` threads.
 pub(crate) fn open_all_with(
     envelopes: Vec<SignedChange>,
     guild: &GuildId,
     keys: &mut impl KeySource,
+    threads: usize,
 ) -> Vec<Result<OpenedChange, EnvelopeError>> {
     let mut items = Vec::with_capacity(envelopes.len());
     let mut slots = Vec::with_capacity(envelopes.len());
@@ -281,7 +282,7 @@ pub(crate) fn open_all_with(
             slots.push(None);
         }
     }
-    let ok = verify_each(&items);
+    let ok = verify_each_threads(&items, threads);
     envelopes
         .into_iter()
         .zip(slots)

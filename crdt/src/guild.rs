@@ -173,6 +173,8 @@ pub struct Guild {
     sigs: SigChecks,
     /// Largest Automerge op counter of any accepted change (= the document's).
     max_op: u64,
+    /// Threads signature batches may use (1 unless [`Guild::set_verify_threads`]).
+    verify_threads: usize,
 }
 
 /// What undoes one [`Guild::commit`]: the author's previous chain entry.
@@ -212,6 +214,7 @@ impl Guild {
             last_membership: Default::default(),
             sigs: SigChecks::new(),
             max_op: 0,
+            verify_threads: 1,
         }
     }
 
@@ -246,6 +249,15 @@ impl Guild {
             return Err(GuildError::Rejected(why));
         }
         Ok((g, env))
+    }
+
+    /// Lets [`Guild::receive`] verify signature batches on up to `threads` threads (at most
+    /// [`crate::verify::MAX_VERIFY_THREADS`]; default 1, the calling thread only). The verdict
+    /// on every change is the same for any thread count; only the wall time changes. The
+    /// caller decides, because `receive` runs wherever the caller runs it.
+    pub fn set_verify_threads(&mut self, threads: usize) {
+        self.verify_threads = threads.clamp(1, crate::verify::MAX_VERIFY_THREADS);
+        self.sigs.set_threads(self.verify_threads);
     }
 
     /// The guild's id.
@@ -326,6 +338,7 @@ impl Guild {
                 known: &self.keys,
                 cache: &mut cache,
             },
+            self.verify_threads,
         );
         self.sigs.preverify(
             opened_all

@@ -211,6 +211,42 @@ pub fn verify_batch(items: &[SigItem]) -> bool {
     check.mul_by_cofactor().is_identity()
 }
 
+/// Most threads [`verify_each_threads`] uses.
+pub const MAX_VERIFY_THREADS: usize = 16;
+
+/// [`verify_each`] spread over up to `threads` scoped threads (each takes a contiguous run of
+/// whole chunks). The answer is the same whatever the thread count; a thread that cannot be
+/// started, or fails, leaves its run to be verified on the calling thread.
+pub fn verify_each_threads(items: &[SigItem], threads: usize) -> Vec<bool> {
+    let threads = threads.clamp(1, MAX_VERIFY_THREADS);
+    let chunks = items.len().div_ceil(BATCH_CHUNK);
+    if threads == 1 || chunks < 2 {
+        return verify_each(items);
+    }
+    let per = chunks.div_ceil(threads.min(chunks)) * BATCH_CHUNK;
+    let parts: Vec<&[SigItem]> = items.chunks(per).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .iter()
+            .skip(1)
+            .map(|part| {
+                std::thread::Builder::new()
+                    .name("crdt-verify".into())
+                    .spawn_scoped(scope, move || verify_each(part))
+                    .ok()
+            })
+            .collect();
+        let mut out = verify_each(parts.first().copied().unwrap_or_default());
+        for (part, h) in parts.iter().skip(1).zip(handles) {
+            match h.and_then(|h| h.join().ok()) {
+                Some(r) => out.extend(r),
+                None => out.extend(verify_each(part)),
+            }
+        }
+        out
+    })
+}
+
 /// Verifies each item: chunks of at most [`BATCH_CHUNK`] are batch-verified, and a chunk that
 /// fails is checked one item at a time, so the answer for each item is exactly its
 /// single-verification answer.

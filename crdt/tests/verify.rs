@@ -8,7 +8,9 @@ use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT as B, EIGHT_TORSION};
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::Identity;
-use securecomm_crdt::verify::{BATCH_CHUNK, SigItem, verify_batch, verify_each};
+use securecomm_crdt::verify::{
+    BATCH_CHUNK, SigItem, verify_batch, verify_each, verify_each_threads,
+};
 use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey, SigLabel, Signature};
 use sha2::{Digest, Sha512};
 
