@@ -341,6 +341,14 @@ fn a_forged_signature_is_found_inside_large_batches() {
             "item {i}"
         );
     }
+    // Spread over threads: the same answer, whatever the count.
+    for threads in [0, 1, 2, 3, 64] {
+        assert_eq!(
+            verify_each_threads(&items, threads),
+            res,
+            "{threads} threads"
+        );
+    }
     // Without the forgeries everything passes, in one batch (keys repeat: coalesced terms).
     let good: Vec<SigItem> = items
         .iter()
