@@ -272,29 +272,34 @@ pub(crate) fn open_all_with(
     keys: &mut impl KeySource,
     threads: usize,
 ) -> Vec<Result<OpenedChange, EnvelopeError>> {
-    let mut items = Vec::with_capacity(envelopes.len());
-    let mut slots = Vec::with_capacity(envelopes.len());
-    for e in &envelopes {
-        if &e.guild == guild {
-            slots.push(Some(items.len()));
-            items.push(e.sig_item());
-        } else {
-            slots.push(None);
+    // Window by window (a few batches' worth), so each envelope is still in cache when it is
+    // parsed right after its signature is checked.
+    let window = crate::verify::BATCH_CHUNK * threads.clamp(1, crate::verify::MAX_VERIFY_THREADS);
+    let mut out = Vec::with_capacity(envelopes.len());
+    let mut rest = envelopes.into_iter().peekable();
+    while rest.peek().is_some() {
+        let envs: Vec<SignedChange> = rest.by_ref().take(window).collect();
+        let mut items = Vec::with_capacity(envs.len());
+        let mut slots = Vec::with_capacity(envs.len());
+        for e in &envs {
+            if &e.guild == guild {
+                slots.push(Some(items.len()));
+                items.push(e.sig_item());
+            } else {
+                slots.push(None);
+            }
         }
-    }
-    let ok = verify_each_threads(&items, threads);
-    envelopes
-        .into_iter()
-        .zip(slots)
-        .map(|(e, slot)| match slot {
+        let ok = verify_each_threads(&items, threads);
+        out.extend(envs.into_iter().zip(slots).map(|(e, slot)| match slot {
             None => Err(EnvelopeError::WrongGuild {
                 expected: *guild,
                 got: e.guild,
             }),
             Some(i) if ok.get(i).copied().unwrap_or(false) => e.open_verified(keys),
             Some(_) => Err(EnvelopeError::BadSignature),
-        })
-        .collect()
+        }));
+    }
+    out
 }
 
 impl Encode for SignedChange {
