@@ -16,6 +16,7 @@ use crate::invite::InviteToken;
 use crate::ops::GuildOp;
 use crate::perms::Permissions;
 use crate::schema::{Channel, ChannelKind, DeviceCert, InviteCode, MAX_DEVICES, RoleId, UserId};
+use crate::verify::{SigItem, verify_each_threads};
 use crate::view::GuildView;
 
 /// Why a change is not authorized in its causal past.
@@ -112,10 +113,20 @@ pub const MAX_VERIFIED_TOKENS: usize = 1024;
 
 /// How [`authorize`] checks the signatures inside ops (device certificates, invite tokens).
 ///
-/// Signature validity is a pure function of the signed bytes, so remembering a verified token
-/// changes no decision: it only avoids verifying the same token again for every member that
-/// redeems it (one Ed25519 verification per join instead of two). Only successes are
-/// remembered, keyed by the token's whole encoding; the set is bounded and forgotten when full.
+/// Signature validity is a pure function of the signed bytes, so remembering a verified
+/// signature changes no decision: it only avoids verifying the same bytes twice. Only successes
+/// are remembered, each keyed by the **whole** signed object (a certificate's user, device and
+/// signature; a token's whole encoding), so a remembered certificate vouches for exactly one
+/// (user, device) pair and nothing else, and the cache belongs to one replica of one guild.
+///
+/// * Invite tokens: verified tokens are remembered (bounded by [`MAX_VERIFIED_TOKENS`], forgotten
+///   when full), so a token shared by many joiners is verified once, not once per join.
+/// * Device certificates: [`SigChecks::preverify`] batch-verifies the certificates of the
+///   redemptions and genesis in a received batch ([`crate::verify`]) before authorization looks
+///   at them one by one; the successes are kept until [`SigChecks::end_batch`]. Only
+///   certificates that authorization is certain to check are pre-verified (the certificate of
+///   a change's single redemption or genesis op, for the authoring device), so a peer cannot
+///   make a replica verify certificates that authorization would never have looked at.
 ///
 /// [`SigChecks::trusted`] skips signature checks entirely. It exists for
 /// [`crate::Guild::load_trusted`] only: replaying changes this replica already verified and
@@ -124,6 +135,8 @@ pub const MAX_VERIFIED_TOKENS: usize = 1024;
 pub struct SigChecks {
     trusted: bool,
     tokens: HashSet<Vec<u8>>,
+    certs: HashSet<[u8; 128]>,
+    threads: usize,
 }
 
 impl SigChecks {
@@ -136,7 +149,7 @@ impl SigChecks {
     pub(crate) fn trusted() -> Self {
         Self {
             trusted: true,
-            tokens: HashSet::new(),
+            ..Self::default()
         }
     }
 
@@ -145,8 +158,48 @@ impl SigChecks {
         self.trusted
     }
 
+    /// Threads [`SigChecks::preverify`] may use (see [`crate::verify::verify_each_threads`]).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads;
+    }
+
+    /// Batch-verifies the device certificates that authorization will check for these changes
+    /// (each given as its authoring device and ops) and remembers the valid ones until
+    /// [`SigChecks::end_batch`]. Invalid ones are not remembered: authorization verifies them
+    /// again on its own and refuses them, so the decision is the single-verification one.
+    pub fn preverify<'a>(
+        &mut self,
+        changes: impl IntoIterator<Item = (&'a DevicePublicKey, &'a [GuildOp])>,
+    ) {
+        if self.trusted {
+            return;
+        }
+        let mut certs: Vec<&DeviceCert> = Vec::new();
+        for (author, ops) in changes {
+            let cert = match ops {
+                [GuildOp::Redeem { cert, .. }] => cert,
+                [GuildOp::Genesis { owner, .. }] => owner,
+                _ => continue,
+            };
+            if &cert.device == author && !self.certs.contains(&cert.cache_key()) {
+                certs.push(cert);
+            }
+        }
+        let items: Vec<SigItem> = certs.iter().map(|c| c.sig_item()).collect();
+        for (cert, ok) in certs.iter().zip(verify_each_threads(&items, self.threads)) {
+            if ok {
+                self.certs.insert(cert.cache_key());
+            }
+        }
+    }
+
+    /// Forgets the pre-verified certificates (the end of a received batch).
+    pub fn end_batch(&mut self) {
+        self.certs = HashSet::new();
+    }
+
     fn cert(&self, cert: &DeviceCert) -> bool {
-        self.trusted || cert.verify()
+        self.trusted || self.certs.contains(&cert.cache_key()) || cert.verify()
     }
 
     fn token(&mut self, token: &InviteToken) -> bool {

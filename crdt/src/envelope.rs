@@ -1,9 +1,9 @@
 //! The signed envelope every guild change travels in.
 //!
-//! Wire format (version 1), through the shared codec:
+//! Wire format (version 2), through the shared codec:
 //!
 //! ```text
-//! u8 version = 1 | guild id (32) | author device public key (32)
+//! u8 version = 2 | guild id (32) | author device public key (32)
 //! | u32 length + Automerge change bytes (at most MAX_CHANGE_BYTES) | Ed25519 signature (64)
 //! ```
 //!
@@ -12,20 +12,34 @@
 //! the signature, that the Automerge change parses (which also checks its hash), and that the
 //! change's Automerge actor id is exactly the author's device public key ([`actor_for`]), so a
 //! device cannot author changes under another device's actor id and an actor id names one device.
-//! Only then are the ops decoded ([`crate::ops::ops_of`]).
-
+//! Only then are the ops decoded ([`crate::ops::ops_of`]). [`open_all`] does the same for many
+//! envelopes, verifying their signatures in batches.
+//!
+//! # Version 2: ZIP-215 signatures
+//!
+//! Version 1 verified with `ed25519-dalek`'s `verify_strict` (cofactorless). Version 2 verifies
+//! the envelope signature, and every device certificate and invite token inside its ops, under
+//! the ZIP-215 rules of [`crate::verify`] (cofactored, canonical `S`, keys never of small order),
+//! because only with those rules does batch verification always agree with single verification.
+//! The two rules agree on every honestly made signature; they differ only on signatures crafted
+//! with torsion components (for example a small-order `R`, or a key with a torsion component),
+//! which version 2 accepts when the cofactored equation holds. So that no two replicas can judge
+//! such a signature differently, the rule is bound to the version byte, which the signature
+//! covers: a version-2 replica refuses version-1 envelopes (unknown version) and a version-1
+//! replica refuses version-2 envelopes, rather than silently disagreeing.
 use automerge::{ActorId, Change, ChangeHash};
 use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey, SigLabel, Signature};
 use thiserror::Error;
 
-use crate::ops::{GuildOp, OpsError, ops_of};
-use crate::schema::GuildId;
+use crate::ops::{GuildOp, OpsError, ops_of_with};
+use crate::schema::{GuildId, KeyCache, KeySource};
+use crate::verify::{SigItem, verify_each_threads};
 
 /// Signature label for guild changes.
 pub const CHANGE_LABEL: SigLabel = SigLabel("SecureComm/crdt/change v1");
 /// Version byte of [`SignedChange`].
-pub const ENVELOPE_VERSION: u8 = 1;
+pub const ENVELOPE_VERSION: u8 = 2;
 /// Largest Automerge change accepted, in bytes.
 pub const MAX_CHANGE_BYTES: usize = 256 * 1024;
 
@@ -155,15 +169,26 @@ impl SignedChange {
                 got: self.guild,
             });
         }
-        self.author
-            .verify(
-                CHANGE_LABEL,
-                &Self::signed_part(&self.guild, &self.author, &self.change),
-                &self.sig,
-            )
-            .map_err(|_| EnvelopeError::BadSignature)?;
+        if !self.sig_item().verify() {
+            return Err(EnvelopeError::BadSignature);
+        }
+        self.open_verified(&mut KeyCache::new())
+    }
+
+    /// The envelope's signature as a [`SigItem`] (ZIP-215, see [`crate::verify`]).
+    pub fn sig_item(&self) -> SigItem {
+        SigItem::device(
+            &self.author,
+            CHANGE_LABEL,
+            &[&Self::signed_part(&self.guild, &self.author, &self.change)],
+            &self.sig,
+        )
+    }
+
+    /// The checks of [`SignedChange::open`] after the guild and signature checks.
+    fn open_verified(self, keys: &mut impl KeySource) -> Result<OpenedChange, EnvelopeError> {
         let change = parse_change(&self.change).map_err(EnvelopeError::BadChange)?;
-        self.finish_open(change)
+        self.finish_open(change, keys)
     }
 
     /// Like [`SignedChange::open`] for a change already parsed from `self.change` (when loading
@@ -173,7 +198,7 @@ impl SignedChange {
         guild: &GuildId,
         change: Change,
     ) -> Result<OpenedChange, EnvelopeError> {
-        self.open_parsed_inner(guild, change, true)
+        self.open_parsed_inner(guild, change, true, &mut KeyCache::new())
     }
 
     /// [`SignedChange::open_parsed`] without the signature check, for
@@ -182,8 +207,9 @@ impl SignedChange {
         self,
         guild: &GuildId,
         change: Change,
+        keys: &mut impl KeySource,
     ) -> Result<OpenedChange, EnvelopeError> {
-        self.open_parsed_inner(guild, change, false)
+        self.open_parsed_inner(guild, change, false, keys)
     }
 
     fn open_parsed_inner(
@@ -191,6 +217,7 @@ impl SignedChange {
         guild: &GuildId,
         change: Change,
         check_sig: bool,
+        keys: &mut impl KeySource,
     ) -> Result<OpenedChange, EnvelopeError> {
         if &self.guild != guild {
             return Err(EnvelopeError::WrongGuild {
@@ -203,29 +230,76 @@ impl SignedChange {
                 "parsed change differs from envelope".into(),
             ));
         }
-        if check_sig {
-            self.author
-                .verify(
-                    CHANGE_LABEL,
-                    &Self::signed_part(&self.guild, &self.author, &self.change),
-                    &self.sig,
-                )
-                .map_err(|_| EnvelopeError::BadSignature)?;
+        if check_sig && !self.sig_item().verify() {
+            return Err(EnvelopeError::BadSignature);
         }
-        self.finish_open(change)
+        self.finish_open(change, keys)
     }
 
-    fn finish_open(self, change: Change) -> Result<OpenedChange, EnvelopeError> {
+    fn finish_open(
+        self,
+        change: Change,
+        keys: &mut impl KeySource,
+    ) -> Result<OpenedChange, EnvelopeError> {
         if change.actor_id() != &actor_for(&self.author) {
             return Err(EnvelopeError::ActorMismatch);
         }
-        let ops = ops_of(&change)?;
+        // The author's key is already decoded: a redemption's certificate names it again.
+        keys.note_device(self.author);
+        let ops = ops_of_with(&change, keys)?;
         Ok(OpenedChange {
             envelope: self,
             change,
             ops,
         })
     }
+}
+
+/// [`SignedChange::open`] for many envelopes: the same checks in the same order, with the
+/// signatures verified in batches ([`crate::verify::verify_each`]), so each result is exactly what `open` would
+/// have returned for that envelope.
+pub fn open_all(
+    envelopes: Vec<SignedChange>,
+    guild: &GuildId,
+) -> Vec<Result<OpenedChange, EnvelopeError>> {
+    open_all_with(envelopes, guild, &mut KeyCache::new(), 1)
+}
+
+/// [`open_all`] decoding keys through `keys`, verifying on up to `threads` threads.
+pub(crate) fn open_all_with(
+    envelopes: Vec<SignedChange>,
+    guild: &GuildId,
+    keys: &mut impl KeySource,
+    threads: usize,
+) -> Vec<Result<OpenedChange, EnvelopeError>> {
+    // Window by window (a few batches' worth), so each envelope is still in cache when it is
+    // parsed right after its signature is checked.
+    let window = crate::verify::BATCH_CHUNK * threads.clamp(1, crate::verify::MAX_VERIFY_THREADS);
+    let mut out = Vec::with_capacity(envelopes.len());
+    let mut rest = envelopes.into_iter().peekable();
+    while rest.peek().is_some() {
+        let envs: Vec<SignedChange> = rest.by_ref().take(window).collect();
+        let mut items = Vec::with_capacity(envs.len());
+        let mut slots = Vec::with_capacity(envs.len());
+        for e in &envs {
+            if &e.guild == guild {
+                slots.push(Some(items.len()));
+                items.push(e.sig_item());
+            } else {
+                slots.push(None);
+            }
+        }
+        let ok = verify_each_threads(&items, threads);
+        out.extend(envs.into_iter().zip(slots).map(|(e, slot)| match slot {
+            None => Err(EnvelopeError::WrongGuild {
+                expected: *guild,
+                got: e.guild,
+            }),
+            Some(i) if ok.get(i).copied().unwrap_or(false) => e.open_verified(keys),
+            Some(_) => Err(EnvelopeError::BadSignature),
+        }));
+    }
+    out
 }
 
 impl Encode for SignedChange {

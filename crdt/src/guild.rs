@@ -2,8 +2,14 @@
 //!
 //! See the crate docs for the rules. This module holds the mechanics:
 //!
-//! * [`Guild::receive`] opens envelopes, parks changes whose dependencies are missing (bounded),
-//!   validates ready ones against their causal past and only then applies them to the document.
+//! * [`Guild::receive`] opens envelopes (signatures verified in batches, [`crate::verify`];
+//!   certificates of redemptions pre-verified in batches, [`crate::authz::SigChecks`]), parks
+//!   changes whose dependencies are missing (bounded), validates ready ones against their causal
+//!   past and only then applies them to the document.
+//! * Accepted changes are kept compactly (module `store`): keys interned once per replica,
+//!   the fold applies the compact ops exactly as the decoded ones.
+//! * Sync messages also ask peers for the missing dependencies of parked changes, which
+//!   Automerge itself cannot know about (they are not in the document).
 //! * The state of a causal past is a [`GuildView`] folded from exactly the change's ancestors.
 //!   One folded view is cached with the head set it was computed for; a change whose
 //!   dependencies equal that head set (the common case: linear history, or the next change of
@@ -28,12 +34,15 @@ use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey, RootSigningKey, Signature};
 use thiserror::Error;
 
-use crate::authz::{Addition, AuthzError, Effects, Restriction, SigChecks, authorize_with};
+use crate::authz::{AuthzError, Effects, SigChecks, authorize_with};
 use crate::envelope::{
-    EnvelopeError, MAX_CHANGE_BYTES, OpenedChange, SignedChange, actor_for, parse_change,
+    EnvelopeError, MAX_CHANGE_BYTES, OpenedChange, SignedChange, actor_for, open_all_with,
+    parse_change,
 };
 use crate::ops::{GuildOp, MAX_OPS_PER_CHANGE};
-use crate::schema::{DeviceCert, GuildId, UserId};
+use crate::schema::{DeviceCert, GuildId, KeyCache, KeySource, UserId};
+use crate::store::{Ad, Interner, KnownKeys, NodeFx, Rs, StoredOp};
+use crate::verify::verify_each;
 use crate::view::{ApplyCtx, GuildView, MembershipEvent, membership_events};
 
 /// Most changes parked while waiting for their dependencies.
@@ -42,10 +51,13 @@ pub const MAX_PENDING: usize = 65_536;
 pub const MAX_SYNC_CHANGES: usize = 1 << 20;
 /// Largest encoded Automerge sync message (without changes) we accept.
 pub const MAX_SYNC_CONTROL: usize = 1 << 20;
+/// Most missing dependencies requested in one sync message.
+pub const MAX_SYNC_NEEDS: usize = 1024;
 /// Largest saved Automerge document we load.
 pub const MAX_SAVED_DOC: usize = 1 << 30;
 
-const SAVE_VERSION: u8 = 1;
+/// Version 2: the signatures are version-2 (ZIP-215) envelope signatures.
+const SAVE_VERSION: u8 = 2;
 const SYNC_VERSION: u8 = 1;
 
 /// Why a change was refused.
@@ -130,11 +142,12 @@ struct Node {
     deps: Vec<u32>,
     children: Vec<u32>,
     full: bool,
-    author: DevicePublicKey,
+    /// The authoring device, in [`Guild::keys`].
+    author: u32,
     sig: Signature,
     time: u64,
-    ops: Vec<GuildOp>,
-    fx: Effects,
+    ops: Box<[StoredOp]>,
+    fx: NodeFx,
 }
 
 /// One replica of a guild.
@@ -145,7 +158,10 @@ pub struct Guild {
     nodes: Vec<Node>,
     index: HashMap<ChangeHash, u32>,
     heads: BTreeSet<u32>,
-    actor_last: HashMap<DevicePublicKey, (u64, u32)>,
+    /// Per device (index in `keys`): its last sequence number and node.
+    actor_last: HashMap<u32, (u64, u32)>,
+    /// Every user and device key the accepted changes name, once (see [`crate::store`]).
+    keys: Interner,
     pending: HashMap<ChangeHash, OpenedChange>,
     missing: HashMap<ChangeHash, usize>,
     waiting_on: HashMap<ChangeHash, Vec<ChangeHash>>,
@@ -157,6 +173,8 @@ pub struct Guild {
     sigs: SigChecks,
     /// Largest Automerge op counter of any accepted change (= the document's).
     max_op: u64,
+    /// Threads signature batches may use (1 unless [`Guild::set_verify_threads`]).
+    verify_threads: usize,
 }
 
 /// What undoes one [`Guild::commit`]: the author's previous chain entry.
@@ -186,6 +204,7 @@ impl Guild {
             index: HashMap::new(),
             heads: BTreeSet::new(),
             actor_last: HashMap::new(),
+            keys: Interner::default(),
             pending: HashMap::new(),
             missing: HashMap::new(),
             waiting_on: HashMap::new(),
@@ -195,6 +214,7 @@ impl Guild {
             last_membership: Default::default(),
             sigs: SigChecks::new(),
             max_op: 0,
+            verify_threads: 1,
         }
     }
 
@@ -229,6 +249,15 @@ impl Guild {
             return Err(GuildError::Rejected(why));
         }
         Ok((g, env))
+    }
+
+    /// Lets [`Guild::receive`] verify signature batches on up to `threads` threads (at most
+    /// [`crate::verify::MAX_VERIFY_THREADS`]; default 1, the calling thread only). The verdict
+    /// on every change is the same for any thread count; only the wall time changes. The
+    /// caller decides, because `receive` runs wherever the caller runs it.
+    pub fn set_verify_threads(&mut self, threads: usize) {
+        self.verify_threads = threads.clamp(1, crate::verify::MAX_VERIFY_THREADS);
+        self.sigs.set_threads(self.verify_threads);
     }
 
     /// The guild's id.
@@ -277,7 +306,7 @@ impl Guild {
         let change = self.doc.get_change_by_hash(&n.hash)?;
         Some(SignedChange {
             guild: self.id,
-            author: n.author,
+            author: *self.keys.get_device(n.author)?,
             change: change.raw_bytes().to_vec(),
             sig: n.sig,
         })
@@ -299,8 +328,26 @@ impl Guild {
         if self.rejected.len() > MAX_PENDING {
             self.rejected.clear();
         }
-        for env in envelopes {
-            let opened = match env.open(&self.id) {
+        // Signatures are verified in batches (crate::verify): first the envelopes', then the
+        // certificates of the redemptions among them. Each result equals single verification.
+        let mut cache = KeyCache::new();
+        let opened_all = open_all_with(
+            envelopes,
+            &self.id,
+            &mut KnownKeys {
+                known: &self.keys,
+                cache: &mut cache,
+            },
+            self.verify_threads,
+        );
+        self.sigs.preverify(
+            opened_all
+                .iter()
+                .flatten()
+                .map(|o| (&o.envelope.author, o.ops.as_slice())),
+        );
+        for opened in opened_all {
+            let opened = match opened {
                 Ok(o) => o,
                 Err(e) => {
                     report.rejected.push((None, e.into()));
@@ -342,6 +389,7 @@ impl Guild {
             self.pending.insert(hash, opened);
         }
         self.drain(ready, &mut report);
+        self.sigs.end_batch();
         report.pending = self.pending.len();
         report
     }
@@ -433,7 +481,7 @@ impl Guild {
         max_op_before: u64,
         undo: Vec<Undo>,
         batch: Vec<automerge::Change>,
-    ) -> Vec<OpenedChange> {
+    ) -> Vec<(ChangeHash, Result<OpenedChange, RejectReason>)> {
         let removed: Vec<Node> = self.nodes.drain(start..).collect();
         let start32 = u32::try_from(start).unwrap_or(u32::MAX);
         for n in &mut self.nodes {
@@ -450,18 +498,24 @@ impl Guild {
         self.max_op = max_op_before;
         // The cache may hold a view that includes removed changes.
         self.cache_heads = vec![u32::MAX];
+        // The nodes keep compact ops: decode the changes again (they decoded before).
+        let mut keys = KeyCache::new();
         removed
             .into_iter()
             .zip(batch)
-            .map(|(n, change)| OpenedChange {
-                envelope: SignedChange {
-                    guild: self.id,
-                    author: n.author,
-                    change: change.raw_bytes().to_vec(),
-                    sig: n.sig,
-                },
-                change,
-                ops: n.ops,
+            .map(|(n, change)| {
+                let opened = match self.keys.get_device(n.author) {
+                    Some(author) => SignedChange {
+                        guild: self.id,
+                        author: *author,
+                        change: change.raw_bytes().to_vec(),
+                        sig: n.sig,
+                    }
+                    .open_parsed_trusted(&self.id, change, &mut keys)
+                    .map_err(RejectReason::from),
+                    None => Err(RejectReason::Document("unknown author".into())),
+                };
+                (n.hash, opened)
             })
             .collect()
     }
@@ -470,12 +524,19 @@ impl Guild {
     /// the document alone, and recorded only if the document took it.
     fn replay_one_by_one(
         &mut self,
-        changes: Vec<OpenedChange>,
+        changes: Vec<(ChangeHash, Result<OpenedChange, RejectReason>)>,
         batch_error: &str,
         report: &mut ReceiveReport,
     ) {
-        for o in changes {
-            let h = o.hash();
+        for (h, o) in changes {
+            let o = match o {
+                Ok(o) => o,
+                Err(e) => {
+                    self.rejected.insert(h);
+                    report.rejected.push((Some(h), e));
+                    continue;
+                }
+            };
             let outcome = if o.change.deps().iter().any(|d| !self.index.contains_key(d)) {
                 Err(RejectReason::RejectedDependency)
             } else {
@@ -515,7 +576,11 @@ impl Guild {
         }
         // The device's changes form one chain: seq n must descend from seq n-1.
         let seq = change.seq();
-        match self.actor_last.get(&o.envelope.author) {
+        let last = self
+            .keys
+            .device_index(&o.envelope.author)
+            .and_then(|d| self.actor_last.get(&d));
+        match last {
             None if seq == 1 => {}
             Some((last, prev)) if *last + 1 == seq && self.reaches(*prev, &deps) => {}
             other => {
@@ -574,29 +639,41 @@ impl Guild {
             self.heads.remove(d);
         }
         self.heads.insert(idx);
-        let prev = self
-            .actor_last
-            .insert(o.envelope.author, (o.change.seq(), idx));
+        let author = self.keys.device(&o.envelope.author);
+        let prev = self.actor_last.insert(author, (o.change.seq(), idx));
         self.index.insert(hash, idx);
         self.max_op = self.max_op.max(o.change.max_op());
+        // The cache held the view of this change's causal past; the change is the last in the
+        // canonical order of its past plus itself and concurrent with nothing there, so it
+        // applies directly.
+        let advance = self.cache_heads == checked.deps;
+        if advance && let Some(author) = checked.fx.author {
+            let ctx = ApplyCtx {
+                author,
+                time: checked.time,
+            };
+            for op in &o.ops {
+                self.cache_view.apply(op, ctx);
+            }
+        }
+        if advance {
+            self.cache_heads = vec![idx];
+        }
         let node = Node {
             hash,
             deps: checked.deps,
             children: Vec::new(),
             full,
-            author: o.envelope.author,
+            author,
             sig: o.envelope.sig,
             time: checked.time,
-            ops: o.ops,
-            fx: checked.fx,
+            fx: NodeFx::new(&checked.fx, &mut self.keys),
+            ops: o
+                .ops
+                .into_iter()
+                .map(|op| StoredOp::new(op, &mut self.keys))
+                .collect(),
         };
-        // The cache held the view of this change's causal past; the change is the last in the
-        // canonical order of its past plus itself and concurrent with nothing there, so it
-        // applies directly.
-        if self.cache_heads == node.deps {
-            apply_node(&mut self.cache_view, &node);
-            self.cache_heads = vec![idx];
-        }
         self.nodes.push(node);
         (o.change, prev)
     }
@@ -675,7 +752,11 @@ impl Guild {
         time: u64,
         ops: &[GuildOp],
     ) -> Result<automerge::Change, GuildError> {
-        let seq = self.actor_last.get(author).map_or(1, |(last, _)| last + 1);
+        let seq = self
+            .keys
+            .device_index(author)
+            .and_then(|d| self.actor_last.get(&d))
+            .map_or(1, |(last, _)| last + 1);
         let start_op = NonZeroU64::new(self.max_op.saturating_add(1))
             .ok_or_else(|| GuildError::Automerge("op counter overflow".into()))?;
         let mut deps: Vec<ChangeHash> = self.heads().into_iter().collect();
@@ -786,7 +867,7 @@ impl Guild {
         for i in order {
             let Some(node) = self.node(i) else { continue };
             if !self.is_void(i, node, &view, &idx) {
-                apply_node(&mut view, node);
+                apply_node(&mut view, node, &self.keys);
             }
         }
         view
@@ -832,8 +913,10 @@ impl Guild {
     fn is_void(&self, i: u32, a: &Node, view: &GuildView, idx: &RestrictionIndex) -> bool {
         let Some(au) = a.fx.author else { return false };
         // Rule 1: an action concurrent with its author's removal or demotion is void.
-        let held: Vec<crate::schema::RoleId> = view
-            .member(&au)
+        let held: Vec<crate::schema::RoleId> = self
+            .keys
+            .get_user(au)
+            .and_then(|u| view.member(u))
             .map(|m| m.roles.iter().copied().collect())
             .unwrap_or_default();
         let mut candidates: Vec<u32> = idx.by_user.get(&au).cloned().unwrap_or_default();
@@ -850,11 +933,9 @@ impl Guild {
             }
             let Some(rn) = self.node(r) else { continue };
             let hits_author = rn.fx.restricts.iter().any(|x| match x {
-                Restriction::Remove(u)
-                | Restriction::RevokeRole(u, _)
-                | Restriction::Ownership(u) => *u == au,
-                Restriction::ReduceRole(role) => !a.fx.author_is_owner && held.contains(role),
-                Restriction::RevokeInvite(_) => false,
+                Rs::Remove(u) | Rs::RevokeRole(u, _) | Rs::Ownership(u) => *u == au,
+                Rs::ReduceRole(role) => !a.fx.author_is_owner && held.contains(role),
+                Rs::RevokeInvite(_) => false,
             });
             if !hits_author || !self.concurrent(i, r) {
                 continue;
@@ -871,10 +952,10 @@ impl Guild {
         }
         // Rule 2: a (re-)addition racing the matching removal loses, unless the owner adds and
         // a non-owner removes.
-        for add in &a.fx.adds {
+        for add in a.fx.adds.iter() {
             let list = match add {
-                Addition::Member(v) | Addition::Role(v, _) => idx.by_user.get(v),
-                Addition::Redeem(code) => idx.by_invite.get(code),
+                Ad::Member(v) | Ad::Role(v, _) => idx.by_user.get(v),
+                Ad::Redeem(code) => idx.by_invite.get(code),
             };
             for r in list.into_iter().flatten() {
                 let Some(rn) = self.node(*r) else { continue };
@@ -893,8 +974,8 @@ impl Guild {
         // Rule 3: the owner outranks all: a non-owner's removal racing the owner's (re-)addition
         // of the same member or role is void.
         if !a.fx.author_is_owner {
-            for x in &a.fx.restricts {
-                let (Restriction::Remove(v) | Restriction::RevokeRole(v, _)) = x else {
+            for x in a.fx.restricts.iter() {
+                let (Rs::Remove(v) | Rs::RevokeRole(v, _)) = x else {
                     continue;
                 };
                 for o in idx.owner_adds.get(v).into_iter().flatten() {
@@ -1011,34 +1092,50 @@ impl Guild {
         let mut g = Self::join(id);
         g.sigs = checks;
         // get_changes lists dependencies first.
+        let mut keys = KeyCache::new();
+        let mut envs = Vec::new();
         for change in doc.get_changes(&[]) {
             let change: automerge::Change = change;
             let sig = sigs
                 .get(&change.hash())
                 .copied()
                 .ok_or(GuildError::UnsignedChanges)?;
-            let author = DevicePublicKey::from_bytes(
-                change
-                    .actor_id()
-                    .to_bytes()
-                    .try_into()
-                    .map_err(|_| DecodeError::Invalid("actor id"))?,
-            )
-            .map_err(|_| DecodeError::Invalid("actor id"))?;
+            let author = {
+                let mut r = Reader::new(change.actor_id().to_bytes());
+                let k = keys
+                    .device(&mut r)
+                    .map_err(|_| DecodeError::Invalid("actor id"))?;
+                r.finish().map_err(|_| DecodeError::Invalid("actor id"))?;
+                k
+            };
             let env = SignedChange {
                 guild: id,
                 author,
                 change: change.raw_bytes().to_vec(),
                 sig,
             };
-            let opened = if g.sigs.is_trusted() {
-                env.open_parsed_trusted(&id, change)
-            } else {
-                env.open_parsed(&id, change)
+            envs.push((env, change));
+        }
+        // Signatures in batches (crate::verify), then every other check change by change.
+        if !g.sigs.is_trusted() {
+            let items: Vec<_> = envs.iter().map(|(e, _)| e.sig_item()).collect();
+            if verify_each(&items).contains(&false) {
+                return Err(GuildError::Rejected(EnvelopeError::BadSignature.into()));
             }
+        }
+        let opened = envs
+            .into_iter()
+            .map(|(env, change)| env.open_parsed_trusted(&id, change, &mut keys))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| GuildError::Rejected(e.into()))?;
-            let checked = g.validate(&opened)?;
-            g.commit(opened, checked);
+        g.sigs.preverify(
+            opened
+                .iter()
+                .map(|o| (&o.envelope.author, o.ops.as_slice())),
+        );
+        for o in opened {
+            let checked = g.validate(&o)?;
+            g.commit(o, checked);
         }
         g.doc = doc;
         // From here on the replica takes network input: verify every signature again.
@@ -1054,6 +1151,18 @@ impl Guild {
         // Never let Automerge ship a whole document: we need per-change envelopes.
         peer.state.their_capabilities = None;
         let mut msg = self.doc.generate_sync_message(&mut peer.state)?;
+        // Changes parked for missing dependencies are not in the document, so Automerge does not
+        // know to ask for those dependencies, and a false positive in the peer's view of our
+        // Bloom filter would leave them parked for ever: ask for them explicitly. (Peers ignore
+        // needs they cannot serve.)
+        for h in self.waiting_on.keys().take(MAX_SYNC_NEEDS) {
+            if !self.index.contains_key(h) {
+                msg.need.push(*h);
+            }
+        }
+        // The encoding requires them sorted and distinct.
+        msg.need.sort_unstable();
+        msg.need.dedup();
         let mut envs = Vec::new();
         for chunk in msg.changes.iter() {
             if let Ok(c) = parse_change(chunk)
@@ -1127,10 +1236,10 @@ struct Checked {
 
 #[derive(Default)]
 struct RestrictionIndex {
-    by_user: HashMap<UserId, Vec<u32>>,
+    by_user: HashMap<u32, Vec<u32>>,
     by_role: HashMap<crate::schema::RoleId, Vec<u32>>,
     by_invite: HashMap<crate::schema::InviteCode, Vec<u32>>,
-    owner_adds: HashMap<UserId, Vec<u32>>,
+    owner_adds: HashMap<u32, Vec<u32>>,
 }
 
 impl RestrictionIndex {
@@ -1140,18 +1249,18 @@ impl RestrictionIndex {
             let Some(n) = nodes.get(*i as usize) else {
                 continue;
             };
-            for r in &n.fx.restricts {
+            for r in n.fx.restricts.iter() {
                 match r {
-                    Restriction::Remove(u)
-                    | Restriction::RevokeRole(u, _)
-                    | Restriction::Ownership(u) => idx.by_user.entry(*u).or_default().push(*i),
-                    Restriction::ReduceRole(role) => idx.by_role.entry(*role).or_default().push(*i),
-                    Restriction::RevokeInvite(c) => idx.by_invite.entry(*c).or_default().push(*i),
+                    Rs::Remove(u) | Rs::RevokeRole(u, _) | Rs::Ownership(u) => {
+                        idx.by_user.entry(*u).or_default().push(*i)
+                    }
+                    Rs::ReduceRole(role) => idx.by_role.entry(*role).or_default().push(*i),
+                    Rs::RevokeInvite(c) => idx.by_invite.entry(*c).or_default().push(*i),
                 }
             }
             if n.fx.author_is_owner {
-                for a in &n.fx.adds {
-                    if let Addition::Member(u) | Addition::Role(u, _) = a {
+                for a in n.fx.adds.iter() {
+                    if let Ad::Member(u) | Ad::Role(u, _) = a {
                         idx.owner_adds.entry(*u).or_default().push(*i);
                     }
                 }
@@ -1171,23 +1280,25 @@ impl RestrictionIndex {
 }
 
 /// Whether removal `r` undoes addition `add` (same member, same role, same invite).
-fn undoes(add: &Addition, r: &Restriction) -> bool {
+fn undoes(add: &Ad, r: &Rs) -> bool {
     match (add, r) {
-        (Addition::Member(v) | Addition::Role(v, _), Restriction::Remove(u)) => u == v,
-        (Addition::Role(v, role), Restriction::RevokeRole(u, r)) => u == v && r == role,
-        (Addition::Redeem(c), Restriction::RevokeInvite(d)) => c == d,
+        (Ad::Member(v) | Ad::Role(v, _), Rs::Remove(u)) => u == v,
+        (Ad::Role(v, role), Rs::RevokeRole(u, r)) => u == v && r == role,
+        (Ad::Redeem(c), Rs::RevokeInvite(d)) => c == d,
         _ => false,
     }
 }
 
-fn apply_node(view: &mut GuildView, node: &Node) {
-    let Some(author) = node.fx.author else { return };
+fn apply_node(view: &mut GuildView, node: &Node, keys: &Interner) {
+    let Some(author) = node.fx.author.and_then(|a| keys.get_user(a)) else {
+        return;
+    };
     let ctx = ApplyCtx {
-        author,
+        author: *author,
         time: node.time,
     };
-    for op in &node.ops {
-        view.apply(op, ctx);
+    for op in node.ops.iter() {
+        op.apply(view, keys, ctx);
     }
 }
 
@@ -1271,6 +1382,7 @@ mod tests {
         );
         // The device chain was restored: dev's next change after e1 is accepted (seq 3 again
         // from the DAG's point of view is what it expects).
-        assert_eq!(r.actor_last.get(&dev.public()).map(|x| x.0), Some(2));
+        let d = r.keys.device_index(&dev.public()).unwrap();
+        assert_eq!(r.actor_last.get(&d).map(|x| x.0), Some(2));
     }
 }

@@ -13,7 +13,7 @@
 use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey, SigLabel, Signature};
 
-use crate::schema::{GuildId, Invite, InviteCode};
+use crate::schema::{GuildId, Invite, InviteCode, KeySource, NoCache};
 
 /// Signature label for invite tokens.
 pub const INVITE_LABEL: SigLabel = SigLabel("SecureComm/crdt/invite v1");
@@ -72,15 +72,21 @@ impl InviteToken {
         }
     }
 
-    /// Whether the signature verifies under `issuer`.
+    /// Whether the signature verifies under `issuer`, under the ZIP-215 rules of
+    /// [`crate::verify`] (the rules of version-2 envelopes, which carry tokens inside their ops).
     pub fn verify(&self) -> bool {
-        self.issuer
-            .verify(
-                INVITE_LABEL,
-                &Self::signed_bytes(&self.guild, &self.code, &self.invite, &self.issuer),
-                &self.sig,
-            )
-            .is_ok()
+        crate::verify::SigItem::device(
+            &self.issuer,
+            INVITE_LABEL,
+            &[&Self::signed_bytes(
+                &self.guild,
+                &self.code,
+                &self.invite,
+                &self.issuer,
+            )],
+            &self.sig,
+        )
+        .verify()
     }
 }
 
@@ -97,12 +103,21 @@ impl Encode for InviteToken {
 
 impl Decode for InviteToken {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_with(r, &mut NoCache)
+    }
+}
+
+impl InviteToken {
+    pub(crate) fn decode_with(
+        r: &mut Reader<'_>,
+        keys: &mut impl KeySource,
+    ) -> Result<Self, DecodeError> {
         r.version("invite token", TOKEN_VERSION)?;
         Ok(Self {
             guild: GuildId::decode(r)?,
             code: InviteCode::decode(r)?,
-            invite: Invite::decode(r)?,
-            issuer: DevicePublicKey::decode(r)?,
+            invite: Invite::decode_with(r, keys)?,
+            issuer: keys.device(r)?,
             sig: Signature::decode(r)?,
         })
     }

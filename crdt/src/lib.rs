@@ -4,9 +4,13 @@
 //!
 //! # What is on the wire
 //!
-//! Every Automerge change is wrapped in a [`envelope::SignedChange`]: version, guild id, author
-//! device key, raw change bytes, and the device's Ed25519 signature under
-//! `"SecureComm/crdt/change v1"`. The change's Automerge **actor id is the author device's public
+//! Every Automerge change is wrapped in a [`envelope::SignedChange`]: version (2), guild id,
+//! author device key, raw change bytes, and the device's Ed25519 signature under
+//! `"SecureComm/crdt/change v1"` over all of that. Version 2 verifies this signature, and the
+//! device certificates and invite tokens inside ops, under the ZIP-215 rules ([`verify`]:
+//! cofactored equation, canonical `S`, keys never of small order), so that signatures can be
+//! verified in batches whose verdict always equals one-by-one verification; the rule is bound
+//! to the signed version byte (see [`envelope`]). The change's Automerge **actor id is the author device's public
 //! key** (32 bytes), so a change names exactly one device and nobody can write under another
 //! device's actor. A change's content is a list of typed guild operations ([`ops::GuildOp`]):
 //! each is one Automerge `put` on the root map whose key is the op's *slot* (the path it touches,
@@ -21,8 +25,10 @@
 //!
 //! The Automerge document of accepted changes only (nothing touches it before its signature, actor
 //! binding, op decoding and authorization pass), the signature of each change, a DAG index of
-//! accepted changes with their decoded ops and conflict-relevant effects ([`authz::Effects`]),
-//! a bounded buffer of changes waiting for dependencies, and one cached folded view.
+//! accepted changes with their ops and conflict-relevant effects ([`authz::Effects`]) in a
+//! compact form (every user and device key stored once, role grants and redemptions reduced to
+//! what the fold applies), a bounded buffer of changes waiting for dependencies, and one cached
+//! folded view.
 //! The DAG and the document always hold the same changes: a local change is validated like a
 //! received one before either is touched, and a received batch that Automerge refuses is rolled
 //! back out of the DAG and replayed one change at a time. [`Guild::load`] re-verifies a saved
@@ -110,6 +116,12 @@
 //!
 //! # Cost
 //!
+//! Signatures dominate: a join carries two (its envelope, by the joining device; its device
+//! certificate, by the user's root key). [`Guild::receive`] verifies all envelope signatures of a
+//! call in batches of up to [`verify::BATCH_CHUNK`], then the certificates of the redemptions
+//! among them, each batch costing about a quarter of one-by-one verification; a batch that
+//! fails is re-checked one by one, so the verdict per change never depends on the batching.
+//! Keys are decoded (a point decompression each) once per replica or per received batch.
 //! Validating a change whose dependencies are the current heads (or the previous change of a
 //! branch being replayed) is O(its ops); a change on another head set costs a fold of its
 //! ancestors. Resolving the view after concurrent changes arrive costs one fold, O(changes ·
@@ -122,6 +134,8 @@ pub mod invite;
 pub mod ops;
 pub mod perms;
 pub mod schema;
+mod store;
+pub mod verify;
 pub mod view;
 
 pub use guild::{Guild, GuildError, PeerSync, ReceiveReport, RejectReason};

@@ -20,8 +20,8 @@ use thiserror::Error;
 
 use crate::invite::InviteToken;
 use crate::schema::{
-    Channel, ChannelId, DeviceCert, InviteCode, MAX_NAME, MAX_REASON, Role, RoleId, Settings,
-    UserId, full_hex, put_str, read_str,
+    Channel, ChannelId, DeviceCert, InviteCode, KeySource, MAX_NAME, MAX_REASON, NoCache, Role,
+    RoleId, Settings, UserId, full_hex, put_str, read_str,
 };
 
 /// Version byte of an encoded [`GuildOp`].
@@ -222,12 +222,19 @@ impl Encode for GuildOp {
 
 impl Decode for GuildOp {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_with(r, &mut NoCache)
+    }
+}
+
+impl GuildOp {
+    /// [`Decode::decode`] with keys from `keys` (see [`KeySource`]).
+    pub fn decode_with(r: &mut Reader<'_>, keys: &mut impl KeySource) -> Result<Self, DecodeError> {
         r.version("guild op", OP_VERSION)?;
         let tag = r.u8()?;
         Ok(match tag {
             0 => Self::Genesis {
                 name: read_str(r, "guild name", MAX_NAME)?,
-                owner: DeviceCert::decode(r)?,
+                owner: DeviceCert::decode_with(r, keys)?,
                 nonce: r.array()?,
             },
             1 => Self::SetName(read_str(r, "guild name", MAX_NAME)?),
@@ -242,27 +249,30 @@ impl Decode for GuildOp {
                 }
             }),
             3 => Self::SetSettings(Settings::decode(r)?),
-            4 => Self::TransferOwnership(UserId::decode(r)?),
+            4 => Self::TransferOwnership(keys.root(r)?),
             5 => Self::PutRole(RoleId::decode(r)?, Role::decode(r)?),
             6 => Self::DeleteRole(RoleId::decode(r)?),
-            7 => Self::GrantRole(UserId::decode(r)?, RoleId::decode(r)?),
-            8 => Self::RevokeRole(UserId::decode(r)?, RoleId::decode(r)?),
-            9 => Self::PutChannel(ChannelId::decode(r)?, Channel::decode(r)?),
+            7 => Self::GrantRole(keys.root(r)?, RoleId::decode(r)?),
+            8 => Self::RevokeRole(keys.root(r)?, RoleId::decode(r)?),
+            9 => Self::PutChannel(ChannelId::decode(r)?, Channel::decode_with(r, keys)?),
             10 => Self::DeleteChannel(ChannelId::decode(r)?),
-            11 => Self::CreateInvite(InviteCode::decode(r)?, crate::schema::Invite::decode(r)?),
+            11 => Self::CreateInvite(
+                InviteCode::decode(r)?,
+                crate::schema::Invite::decode_with(r, keys)?,
+            ),
             12 => Self::RevokeInvite(InviteCode::decode(r)?),
             13 => Self::Redeem {
-                token: InviteToken::decode(r)?,
-                cert: DeviceCert::decode(r)?,
+                token: InviteToken::decode_with(r, keys)?,
+                cert: DeviceCert::decode_with(r, keys)?,
                 nickname: read_str(r, "nickname", MAX_REASON)?,
             },
-            14 => Self::Kick(UserId::decode(r)?),
-            15 => Self::Ban(UserId::decode(r)?, read_str(r, "ban reason", MAX_REASON)?),
-            16 => Self::Unban(UserId::decode(r)?),
-            17 => Self::Leave(UserId::decode(r)?),
-            18 => Self::SetNickname(UserId::decode(r)?, read_str(r, "nickname", MAX_REASON)?),
-            19 => Self::AddDevice(DeviceCert::decode(r)?),
-            20 => Self::RemoveDevice(UserId::decode(r)?, DevicePublicKey::decode(r)?),
+            14 => Self::Kick(keys.root(r)?),
+            15 => Self::Ban(keys.root(r)?, read_str(r, "ban reason", MAX_REASON)?),
+            16 => Self::Unban(keys.root(r)?),
+            17 => Self::Leave(keys.root(r)?),
+            18 => Self::SetNickname(keys.root(r)?, read_str(r, "nickname", MAX_REASON)?),
+            19 => Self::AddDevice(DeviceCert::decode_with(r, keys)?),
+            20 => Self::RemoveDevice(keys.root(r)?, keys.device(r)?),
             got => {
                 return Err(DecodeError::UnknownTag {
                     what: "guild op",
@@ -310,6 +320,11 @@ pub enum OpsError {
 
 /// Decodes the guild ops of `change`, rejecting anything that is not exactly a list of ops.
 pub fn ops_of(change: &Change) -> Result<Vec<GuildOp>, OpsError> {
+    ops_of_with(change, &mut NoCache)
+}
+
+/// [`ops_of`] with keys from `keys` (see [`KeySource`]).
+pub fn ops_of_with(change: &Change, keys: &mut impl KeySource) -> Result<Vec<GuildOp>, OpsError> {
     if change.message().is_some() || !change.extra_bytes().is_empty() {
         return Err(OpsError::ExtraData);
     }
@@ -326,7 +341,12 @@ pub fn ops_of(change: &Change) -> Result<Vec<GuildOp>, OpsError> {
             (ObjectId::Root, Key::Map(k), OpType::Put(ScalarValue::Bytes(b)), false) => (k, b),
             _ => return Err(OpsError::NotAPut(index)),
         };
-        let gop = GuildOp::from_bytes(bytes).map_err(|error| OpsError::Decode { index, error })?;
+        let gop = {
+            let mut r = Reader::new(bytes);
+            GuildOp::decode_with(&mut r, keys)
+                .and_then(|op| r.finish().map(|()| op))
+                .map_err(|error| OpsError::Decode { index, error })?
+        };
         let slot = gop.slot();
         if slot.as_str() != key.as_str() {
             return Err(OpsError::WrongSlot {

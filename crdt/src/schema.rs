@@ -6,7 +6,7 @@
 //! hold the same record hold the same bytes. Records travel only inside guild operations
 //! ([`crate::ops::GuildOp`]), which carry the version byte.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use securecomm_noise::keys::{DevicePublicKey, RootPublicKey, SigLabel, Signature};
@@ -47,7 +47,13 @@ pub(crate) fn short_hex(b: &[u8]) -> String {
 }
 
 pub(crate) fn full_hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(char::from(DIGITS[usize::from(x >> 4)]));
+        s.push(char::from(DIGITS[usize::from(x & 15)]));
+    }
+    s
 }
 
 /// A role's identifier. [`RoleId::EVERYONE`] is the `@everyone` role every member holds.
@@ -151,11 +157,76 @@ impl Channel {
     }
 }
 
+/// A member's devices: a set (sorted, each device once, at most [`MAX_DEVICES`]) kept in one
+/// small allocation. A `BTreeSet` of 192-byte keys allocated a 2 KiB node even for the single
+/// device most members have, which in a 10,000-member guild was 20 MiB.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceSet(Vec<DevicePublicKey>);
+
+impl DeviceSet {
+    /// A set of one device.
+    pub fn one(device: DevicePublicKey) -> Self {
+        Self(vec![device])
+    }
+    /// The devices in ascending order of their bytes.
+    pub fn iter(&self) -> std::slice::Iter<'_, DevicePublicKey> {
+        self.0.iter()
+    }
+    /// How many devices.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// Whether `device` is in the set.
+    pub fn contains(&self, device: &DevicePublicKey) -> bool {
+        self.0.binary_search(device).is_ok()
+    }
+    /// Adds `device`; whether it was new.
+    pub fn insert(&mut self, device: DevicePublicKey) -> bool {
+        match self.0.binary_search(&device) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, device);
+                true
+            }
+        }
+    }
+    /// Removes `device`; whether it was there.
+    pub fn remove(&mut self, device: &DevicePublicKey) -> bool {
+        match self.0.binary_search(device) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a DeviceSet {
+    type Item = &'a DevicePublicKey;
+    type IntoIter = std::slice::Iter<'a, DevicePublicKey>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl IntoIterator for DeviceSet {
+    type Item = DevicePublicKey;
+    type IntoIter = std::vec::IntoIter<DevicePublicKey>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 /// A member of the guild.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     /// Devices certified by the member's root key, that may author changes for them.
-    pub devices: BTreeSet<DevicePublicKey>,
+    pub devices: DeviceSet,
     /// Display name in this guild; empty for none.
     pub nickname: String,
     /// When they joined (the joining change's time, seconds since the Unix epoch).
@@ -236,11 +307,123 @@ impl DeviceCert {
         }
     }
 
-    /// Whether the signature verifies.
+    /// Whether the signature verifies, under the ZIP-215 rules of [`crate::verify`] (the rules
+    /// of version-2 envelopes, which carry certificates inside their ops).
     pub fn verify(&self) -> bool {
-        self.user
-            .verify(DEVICE_CERT_LABEL, self.device.as_bytes(), &self.sig)
-            .is_ok()
+        self.sig_item().verify()
+    }
+
+    /// The certificate's signature as a [`crate::verify::SigItem`], for batch verification.
+    pub fn sig_item(&self) -> crate::verify::SigItem {
+        crate::verify::SigItem::root(
+            &self.user,
+            DEVICE_CERT_LABEL,
+            &[self.device.as_bytes()],
+            &self.sig,
+        )
+    }
+
+    /// The certificate's full encoding (user, device, signature), as a cache key: two
+    /// certificates share it only if they are the same certificate.
+    pub(crate) fn cache_key(&self) -> [u8; 128] {
+        let mut k = [0u8; 128];
+        let (u, rest) = k.split_at_mut(32);
+        let (d, s) = rest.split_at_mut(32);
+        u.copy_from_slice(self.user.as_bytes());
+        d.copy_from_slice(self.device.as_bytes());
+        s.copy_from_slice(&self.sig.0);
+        k
+    }
+}
+
+// ---- key decoding ---------------------------------------------------------------------------
+
+/// Where the decoders of this crate get public keys from. Decoding a key validates it (a point
+/// decompression and a small-order check, the dearest part of decoding an op), and the same
+/// keys recur (an invite token in every redemption; a redemption certifies the very device that
+/// signed its envelope), so [`KeyCache`] remembers keys already decoded. A key's decoding is a
+/// pure function of its 32 bytes, so the cache changes no result.
+pub trait KeySource {
+    /// Reads a user's root public key.
+    fn root(&mut self, r: &mut Reader<'_>) -> Result<RootPublicKey, DecodeError>;
+    /// Reads a device public key.
+    fn device(&mut self, r: &mut Reader<'_>) -> Result<DevicePublicKey, DecodeError>;
+    /// Remembers a device key decoded elsewhere (an envelope's author), if this source caches.
+    fn note_device(&mut self, _key: DevicePublicKey) {}
+}
+
+/// Decodes every key afresh (the plain [`Decode`] impls use it).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoCache;
+
+impl KeySource for NoCache {
+    fn root(&mut self, r: &mut Reader<'_>) -> Result<RootPublicKey, DecodeError> {
+        RootPublicKey::decode(r)
+    }
+    fn device(&mut self, r: &mut Reader<'_>) -> Result<DevicePublicKey, DecodeError> {
+        DevicePublicKey::decode(r)
+    }
+}
+
+/// Most keys of each kind a [`KeyCache`] holds before it starts afresh (about 16 MiB of
+/// each kind at most; a cache lives for one received batch, and a batch that names more
+/// distinct keys is itself larger than that).
+pub const MAX_CACHED_KEYS: usize = 65_536;
+
+/// Remembers decoded keys by their bytes (bounded; see [`KeySource`]). Only valid keys are
+/// remembered; an invalid key is rejected with the same error as [`Decode`] gives.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    roots: HashMap<[u8; 32], RootPublicKey>,
+    devices: HashMap<[u8; 32], DevicePublicKey>,
+}
+
+impl KeyCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A root key from its bytes, decoded or remembered.
+    pub(crate) fn root_from(&mut self, b: [u8; 32]) -> Result<RootPublicKey, DecodeError> {
+        if let Some(k) = self.roots.get(&b) {
+            return Ok(*k);
+        }
+        let k =
+            RootPublicKey::from_bytes(&b).map_err(|_| DecodeError::Invalid("root public key"))?;
+        if self.roots.len() >= MAX_CACHED_KEYS {
+            self.roots.clear();
+        }
+        self.roots.insert(b, k);
+        Ok(k)
+    }
+
+    /// A device key from its bytes, decoded or remembered.
+    pub(crate) fn device_from(&mut self, b: [u8; 32]) -> Result<DevicePublicKey, DecodeError> {
+        if let Some(k) = self.devices.get(&b) {
+            return Ok(*k);
+        }
+        let k = DevicePublicKey::from_bytes(&b)
+            .map_err(|_| DecodeError::Invalid("device public key"))?;
+        self.note_device(k);
+        Ok(k)
+    }
+}
+
+impl KeySource for KeyCache {
+    fn root(&mut self, r: &mut Reader<'_>) -> Result<RootPublicKey, DecodeError> {
+        let b: [u8; 32] = r.array()?;
+        self.root_from(b)
+    }
+    fn device(&mut self, r: &mut Reader<'_>) -> Result<DevicePublicKey, DecodeError> {
+        let b: [u8; 32] = r.array()?;
+        self.device_from(b)
+    }
+    fn note_device(&mut self, key: DevicePublicKey) {
+        if self.devices.len() >= MAX_CACHED_KEYS {
+            self.devices.clear();
+        }
+        self.devices.insert(key.to_bytes(), key);
     }
 }
 
@@ -339,9 +522,17 @@ impl Encode for OverwriteTarget {
 }
 impl Decode for OverwriteTarget {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_with(r, &mut NoCache)
+    }
+}
+impl OverwriteTarget {
+    pub(crate) fn decode_with(
+        r: &mut Reader<'_>,
+        keys: &mut impl KeySource,
+    ) -> Result<Self, DecodeError> {
         match r.u8()? {
             0 => Ok(Self::Role(RoleId::decode(r)?)),
-            1 => Ok(Self::Member(UserId::decode(r)?)),
+            1 => Ok(Self::Member(keys.root(r)?)),
             got => Err(DecodeError::UnknownTag {
                 what: "overwrite target",
                 got: u64::from(got),
@@ -380,6 +571,14 @@ impl Encode for Channel {
 }
 impl Decode for Channel {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_with(r, &mut NoCache)
+    }
+}
+impl Channel {
+    pub(crate) fn decode_with(
+        r: &mut Reader<'_>,
+        keys: &mut impl KeySource,
+    ) -> Result<Self, DecodeError> {
         let kind = match r.u8()? {
             0 => ChannelKind::Text,
             1 => ChannelKind::Voice,
@@ -407,7 +606,7 @@ impl Decode for Channel {
         let n = r.count16("channel overwrites", MAX_OVERWRITES)?;
         let mut overwrites: Vec<Overwrite> = Vec::with_capacity(n);
         for _ in 0..n {
-            let target = OverwriteTarget::decode(r)?;
+            let target = OverwriteTarget::decode_with(r, keys)?;
             let allow = Permissions::from_wire(r.u64()?)?;
             let deny = Permissions::from_wire(r.u64()?)?;
             // Canonical form: targets strictly increasing, so each appears once.
@@ -443,8 +642,16 @@ impl Encode for Invite {
 }
 impl Decode for Invite {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_with(r, &mut NoCache)
+    }
+}
+impl Invite {
+    pub(crate) fn decode_with(
+        r: &mut Reader<'_>,
+        keys: &mut impl KeySource,
+    ) -> Result<Self, DecodeError> {
         Ok(Self {
-            creator: UserId::decode(r)?,
+            creator: keys.root(r)?,
             expires_at: r.u64()?,
             max_uses: r.u32()?,
         })
@@ -477,9 +684,17 @@ impl Encode for DeviceCert {
 }
 impl Decode for DeviceCert {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_with(r, &mut NoCache)
+    }
+}
+impl DeviceCert {
+    pub(crate) fn decode_with(
+        r: &mut Reader<'_>,
+        keys: &mut impl KeySource,
+    ) -> Result<Self, DecodeError> {
         Ok(Self {
-            user: UserId::decode(r)?,
-            device: DevicePublicKey::decode(r)?,
+            user: keys.root(r)?,
+            device: keys.device(r)?,
             sig: Signature::decode(r)?,
         })
     }

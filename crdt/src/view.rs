@@ -13,8 +13,8 @@ use securecomm_noise::keys::DevicePublicKey;
 use crate::ops::GuildOp;
 use crate::perms::{self, Permissions};
 use crate::schema::{
-    Ban, Channel, ChannelId, GuildId, InviteCode, InviteState, MAX_DEVICES, MAX_MEMBER_ROLES,
-    Member, Role, RoleId, Settings, UserId,
+    Ban, Channel, ChannelId, DeviceSet, GuildId, InviteCode, InviteState, MAX_DEVICES,
+    MAX_MEMBER_ROLES, Member, Role, RoleId, Settings, UserId,
 };
 
 /// Permissions of `@everyone` in a new guild (Discord's defaults for the listed bits).
@@ -78,7 +78,8 @@ pub struct GuildView {
     owner: Option<UserId>,
     settings: Settings,
     members: BTreeMap<UserId, Member>,
-    device_owner: HashMap<DevicePublicKey, UserId>,
+    /// Device bytes to member (a `DevicePublicKey` key would hold 192 bytes per entry).
+    device_owner: HashMap<[u8; 32], UserId>,
     roles: BTreeMap<RoleId, Role>,
     channels: BTreeMap<ChannelId, Channel>,
     invites: BTreeMap<InviteCode, InviteState>,
@@ -153,7 +154,7 @@ impl GuildView {
     }
     /// The member a device belongs to.
     pub fn user_of_device(&self, device: &DevicePublicKey) -> Option<&UserId> {
-        self.device_owner.get(device)
+        self.device_owner.get(device.as_bytes())
     }
 
     /// A member's rank: [`OWNER_RANK`] for the owner, else the highest position among its roles
@@ -222,26 +223,61 @@ impl GuildView {
 
     fn remove_member(&mut self, user: &UserId) {
         if let Some(m) = self.members.remove(user) {
-            for d in m.devices {
-                self.device_owner.remove(&d);
+            for d in &m.devices {
+                self.device_owner.remove(d.as_bytes());
             }
         }
     }
 
     fn add_member(&mut self, user: UserId, device: DevicePublicKey, nickname: &str, time: u64) {
-        if self.device_owner.contains_key(&device) {
+        if self.device_owner.contains_key(device.as_bytes()) {
             return;
         }
-        self.device_owner.insert(device, user);
+        self.device_owner.insert(device.to_bytes(), user);
         self.members.insert(
             user,
             Member {
-                devices: BTreeSet::from([device]),
+                devices: DeviceSet::one(device),
                 nickname: nickname.to_owned(),
                 joined_at: time,
                 roles: BTreeSet::new(),
             },
         );
+    }
+
+    /// [`GuildOp::GrantRole`] applied (see [`GuildView::apply`]).
+    pub(crate) fn grant_role(&mut self, u: &UserId, r: RoleId) {
+        if self.roles.contains_key(&r)
+            && r != RoleId::EVERYONE
+            && let Some(m) = self.members.get_mut(u)
+            && m.roles.len() < MAX_MEMBER_ROLES
+        {
+            m.roles.insert(r);
+        }
+    }
+
+    /// [`GuildOp::Redeem`] applied (see [`GuildView::apply`]): only the parts the view keeps.
+    pub(crate) fn redeem(
+        &mut self,
+        code: &InviteCode,
+        user: UserId,
+        device: DevicePublicKey,
+        nickname: &str,
+        time: u64,
+    ) -> bool {
+        let usable = self.invites.get(code).is_some_and(|i| i.usable_at(time));
+        if !usable
+            || self.bans.contains_key(&user)
+            || self.members.contains_key(&user)
+            || self.device_owner.contains_key(device.as_bytes())
+        {
+            return false;
+        }
+        if let Some(i) = self.invites.get_mut(code) {
+            i.uses = i.uses.saturating_add(1);
+        }
+        self.add_member(user, device, nickname, time);
+        true
     }
 
     /// Applies one op without checking authority; returns whether it had an effect the fold
@@ -286,15 +322,7 @@ impl GuildView {
                     }
                 }
             }
-            GuildOp::GrantRole(u, r) => {
-                if self.roles.contains_key(r)
-                    && *r != RoleId::EVERYONE
-                    && let Some(m) = self.members.get_mut(u)
-                    && m.roles.len() < MAX_MEMBER_ROLES
-                {
-                    m.roles.insert(*r);
-                }
-            }
+            GuildOp::GrantRole(u, r) => self.grant_role(u, *r),
             GuildOp::RevokeRole(u, r) => {
                 if let Some(m) = self.members.get_mut(u) {
                     m.roles.remove(r);
@@ -322,23 +350,7 @@ impl GuildView {
                 token,
                 cert,
                 nickname,
-            } => {
-                let usable = self
-                    .invites
-                    .get(&token.code)
-                    .is_some_and(|i| i.usable_at(ctx.time));
-                if !usable
-                    || self.bans.contains_key(&cert.user)
-                    || self.members.contains_key(&cert.user)
-                    || self.device_owner.contains_key(&cert.device)
-                {
-                    return false;
-                }
-                if let Some(i) = self.invites.get_mut(&token.code) {
-                    i.uses = i.uses.saturating_add(1);
-                }
-                self.add_member(cert.user, cert.device, nickname, ctx.time);
-            }
+            } => return self.redeem(&token.code, cert.user, cert.device, nickname, ctx.time),
             GuildOp::Kick(u) | GuildOp::Leave(u) => self.remove_member(u),
             GuildOp::Ban(u, reason) => {
                 self.remove_member(u);
@@ -359,12 +371,12 @@ impl GuildView {
                 }
             }
             GuildOp::AddDevice(cert) => {
-                if !self.device_owner.contains_key(&cert.device)
+                if !self.device_owner.contains_key(cert.device.as_bytes())
                     && let Some(m) = self.members.get_mut(&cert.user)
                     && m.devices.len() < MAX_DEVICES
                 {
                     m.devices.insert(cert.device);
-                    self.device_owner.insert(cert.device, cert.user);
+                    self.device_owner.insert(cert.device.to_bytes(), cert.user);
                 }
             }
             GuildOp::RemoveDevice(u, d) => {
@@ -372,7 +384,7 @@ impl GuildView {
                     && m.devices.len() > 1
                     && m.devices.remove(d)
                 {
-                    self.device_owner.remove(d);
+                    self.device_owner.remove(d.as_bytes());
                 }
             }
         }

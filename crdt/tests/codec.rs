@@ -11,10 +11,10 @@ use securecomm_crdt::invite::InviteToken;
 use securecomm_crdt::ops::GuildOp;
 use securecomm_crdt::perms::Permissions;
 use securecomm_crdt::schema::{
-    ChannelId, ChannelKind, GuildId, Invite, InviteCode, Overwrite, OverwriteTarget, RoleId,
-    Settings,
+    ChannelId, ChannelKind, GuildId, Invite, InviteCode, KeyCache, Overwrite, OverwriteTarget,
+    RoleId, Settings,
 };
-use securecomm_noise::codec::{Decode, DecodeError, Encode};
+use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader};
 
 fn sample_ops() -> Vec<GuildOp> {
     let u = U::new(1);
@@ -73,6 +73,43 @@ fn ops_round_trip_and_reject_every_truncation_and_trailing_byte() {
             Err(DecodeError::UnknownVersion { .. })
         ));
     }
+}
+
+/// Decoding through a key cache gives exactly what plain decoding gives: the same ops, the same
+/// errors for every truncation and for invalid keys, even when the cache is warm.
+#[test]
+fn cached_key_decoding_equals_plain_decoding() {
+    let mut keys = KeyCache::new();
+    let decode_cached = |keys: &mut KeyCache, b: &[u8]| {
+        let mut r = Reader::new(b);
+        GuildOp::decode_with(&mut r, keys).and_then(|op| r.finish().map(|()| op))
+    };
+    for _ in 0..2 {
+        for op in sample_ops() {
+            let b = op.to_bytes();
+            assert_eq!(decode_cached(&mut keys, &b), GuildOp::from_bytes(&b));
+            for n in 0..b.len() {
+                assert_eq!(
+                    decode_cached(&mut keys, &b[..n]),
+                    GuildOp::from_bytes(&b[..n])
+                );
+            }
+        }
+    }
+    // A small-order key (the identity) where a user key goes: refused, cache warm or not.
+    let u = U::new(1);
+    let mut b = GuildOp::GrantRole(u.id(), RoleId(1)).to_bytes();
+    let mut id = [0u8; 32];
+    id[0] = 1;
+    b[2..34].copy_from_slice(&id);
+    assert_eq!(
+        decode_cached(&mut keys, &b),
+        Err(DecodeError::Invalid("root public key"))
+    );
+    assert_eq!(
+        GuildOp::from_bytes(&b),
+        Err(DecodeError::Invalid("root public key"))
+    );
 }
 
 #[test]

@@ -209,6 +209,12 @@ macro_rules! ed25519_pair {
             pub fn verify(&self, label: SigLabel, msg: &[u8], sig: &Signature) -> Result<(), SignatureError> {
                 verify(&self.0, label, msg, sig)
             }
+
+            /// The key's (already decompressed) Edwards point, for verifiers that need the
+            /// point itself, such as the crdt crate's batch verification.
+            pub fn to_edwards(&self) -> curve25519_dalek::edwards::EdwardsPoint {
+                self.0.to_edwards()
+            }
         }
 
         impl std::fmt::Debug for $public {

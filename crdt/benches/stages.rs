@@ -1,0 +1,204 @@
+//! Where validated ingest spends its time: one criterion sub-benchmark per stage, each on the
+//! join changes of the 10,000-member benchmark guild (the bulk of its changes).
+//!
+//! Run with
+//! `cargo bench -p securecomm-crdt --bench stages -- --warm-up-time 1 --measurement-time 3`.
+//! With `STAGES_PROFILE=<n>` it only ingests the guild `n` times and exits (for `perf record`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Instant;
+
+use automerge::Automerge;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use securecomm_crdt::envelope::{CHANGE_LABEL, SignedChange, parse_change};
+use securecomm_crdt::guild::Guild;
+use securecomm_crdt::ops::{GuildOp, ops_of};
+use securecomm_noise::codec::{Decode, Encode};
+use securecomm_noise::keys::DevicePublicKey;
+
+mod common;
+
+fn report(c: &mut Criterion) {
+    let t = Instant::now();
+    let (envs, _users) = common::cached_envelopes();
+    println!("fixture: {} envelopes in {:.2?}", envs.len(), t.elapsed());
+    let id = securecomm_crdt::schema::GuildId(parse_change(&envs[0].change).unwrap().hash().0);
+
+    if let Ok(n) = std::env::var("STAGES_PROFILE") {
+        for _ in 0..n.parse::<usize>().unwrap() {
+            let t = Instant::now();
+            let mut g = Guild::join(id);
+            let rep = g.receive(envs.clone());
+            assert_eq!(rep.accepted.len(), envs.len());
+            println!("ingest {:.2?}", t.elapsed());
+        }
+        std::process::exit(0);
+    }
+
+    // The join envelopes.
+    let joins: Vec<&SignedChange> = envs
+        .iter()
+        .filter(|e| {
+            matches!(
+                ops_of(&parse_change(&e.change).unwrap())
+                    .unwrap()
+                    .as_slice(),
+                [GuildOp::Redeem { .. }]
+            )
+        })
+        .collect();
+    let wire: Vec<Vec<u8>> = joins.iter().map(|e| e.to_bytes()).collect();
+    let parsed: Vec<automerge::Change> = joins
+        .iter()
+        .map(|e| parse_change(&e.change).unwrap())
+        .collect();
+    let ops: Vec<Vec<GuildOp>> = parsed.iter().map(|c| ops_of(c).unwrap()).collect();
+    let n = joins.len();
+    let mut i = 0usize;
+    let mut next = || {
+        i = (i + 1) % n;
+        i
+    };
+
+    let mut g = c.benchmark_group("ingest_stage_per_join");
+    g.sample_size(20);
+    g.bench_function("envelope_decode", |b| {
+        b.iter(|| SignedChange::from_bytes(&wire[next()]).unwrap())
+    });
+    g.bench_function("device_key_decode", |b| {
+        b.iter(|| DevicePublicKey::from_bytes(joins[next()].author.as_bytes()).unwrap())
+    });
+    g.bench_function("envelope_sig_verify", |b| {
+        b.iter(|| {
+            let k = next();
+            let w = &wire[k];
+            let signed = &w[..w.len() - 64];
+            joins[k]
+                .author
+                .verify(CHANGE_LABEL, signed, &joins[k].sig)
+                .unwrap()
+        })
+    });
+    g.bench_function("envelope_open_total", |b| {
+        b.iter_batched(
+            || joins[next()].clone(),
+            |e| e.open(&id).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("automerge_parse_change", |b| {
+        b.iter(|| parse_change(&joins[next()].change).unwrap())
+    });
+    g.bench_function("ops_decode", |b| {
+        b.iter(|| ops_of(&parsed[next()]).unwrap())
+    });
+    g.bench_function("cert_verify", |b| {
+        b.iter(|| {
+            let [GuildOp::Redeem { cert, .. }] = ops[next()].as_slice() else {
+                panic!()
+            };
+            assert!(cert.verify())
+        })
+    });
+    g.bench_function("zebra_single_verify", |b| {
+        let items: Vec<_> = joins
+            .iter()
+            .zip(&wire)
+            .map(|(e, w)| {
+                let mut m = CHANGE_LABEL.0.as_bytes().to_vec();
+                m.push(0);
+                m.extend_from_slice(&w[..w.len() - 64]);
+                (
+                    ed25519_zebra::VerificationKey::try_from(e.author.to_bytes()).unwrap(),
+                    ed25519_zebra::Signature::from_bytes(&e.sig.0),
+                    m,
+                )
+            })
+            .collect();
+        b.iter(|| {
+            let (vk, s, m) = &items[next()];
+            vk.verify(s, m).unwrap()
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("crdt_verify_batch");
+    g.sample_size(10);
+    let ours: Vec<securecomm_crdt::verify::SigItem> = joins.iter().map(|e| e.sig_item()).collect();
+    g.bench_function("single", |b| b.iter(|| assert!(ours[next()].verify())));
+    for size in [16usize, 64, 256, 1024, 4096] {
+        g.throughput(criterion::Throughput::Elements(size as u64));
+        g.bench_function(format!("batch_{size}"), |b| {
+            b.iter(|| assert!(securecomm_crdt::verify::verify_batch(&ours[..size])))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("zebra_batch_verify");
+    g.sample_size(10);
+    let items: Vec<(
+        ed25519_zebra::VerificationKeyBytes,
+        ed25519_zebra::Signature,
+        Vec<u8>,
+    )> = joins
+        .iter()
+        .zip(&wire)
+        .map(|(e, w)| {
+            let mut m = CHANGE_LABEL.0.as_bytes().to_vec();
+            m.push(0);
+            m.extend_from_slice(&w[..w.len() - 64]);
+            (
+                e.author.to_bytes().into(),
+                ed25519_zebra::Signature::from_bytes(&e.sig.0),
+                m,
+            )
+        })
+        .collect();
+    for size in [16usize, 64, 256, 1024, 4096] {
+        g.throughput(criterion::Throughput::Elements(size as u64));
+        g.bench_function(format!("batch_{size}"), |b| {
+            b.iter(|| {
+                let mut v = ed25519_zebra::batch::Verifier::new();
+                for (k, s, m) in items.iter().take(size) {
+                    v.queue((*k, *s, m.as_slice()));
+                }
+                v.verify(rand::thread_rng()).unwrap()
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("ingest_whole");
+    g.sample_size(10);
+    g.throughput(criterion::Throughput::Elements(envs.len() as u64));
+    g.bench_function("automerge_apply_changes_batch", |b| {
+        let all: Vec<automerge::Change> = envs
+            .iter()
+            .map(|e| parse_change(&e.change).unwrap())
+            .collect();
+        b.iter_batched(
+            || all.clone(),
+            |all| {
+                let mut d = Automerge::new();
+                d.apply_changes(all).unwrap();
+                d
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("guild_receive", |b| {
+        b.iter_batched(
+            || envs.clone(),
+            |envs| {
+                let mut g = Guild::join(id);
+                g.receive(envs);
+                g
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, report);
+criterion_main!(benches);
