@@ -271,7 +271,10 @@ impl TestRelay {
                 let log = std::fs::read_to_string(dir.path().join("relay.log")).unwrap_or_default();
                 panic!("the relay printed no address; its log:\n{log}")
             });
-        assert!(addr.starts_with("/ip4/127.0.0.1/tcp/") && addr.contains("/p2p/"), "{addr}");
+        assert!(
+            addr.starts_with("/ip4/127.0.0.1/tcp/") && addr.contains("/p2p/"),
+            "{addr}"
+        );
         Self {
             child,
             addr,
