@@ -3,7 +3,8 @@
 //! Criterion measures each function in its own time window; on a shared, loaded machine the load
 //! changes between windows and a 10% difference drowns in it. This binary alternates the two
 //! contenders in short rounds (a batch of ours, a batch of Megolm, ...) so both see the same
-//! load, and reports the median of the per-round times and of the per-round ratios.
+//! load, alternating which goes first, and reports the median of the per-round times and of the
+//! per-round ratios.
 //!
 //! Measured per 200-byte message: encrypt, decrypt (a fresh message each time, so the receiver's
 //! ratchet moves as in real traffic), and both together. Megolm is vodozemac as shipped, whose
@@ -68,24 +69,37 @@ fn main() {
     let mut t: [Vec<f64>; 4] = Default::default();
     let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / batch as f64;
     for round in 0..rounds + 1 {
-        let s = Instant::now();
-        let ours: Vec<_> = (0..batch)
-            .map(|_| g0.encrypt(&k0, &text).unwrap())
-            .collect();
-        let oe = per(s.elapsed());
-        let s = Instant::now();
-        for m in &ours {
-            black_box(g1.decrypt(m).unwrap());
-        }
-        let od = per(s.elapsed());
-        let s = Instant::now();
-        let theirs: Vec<_> = (0..batch).map(|_| out.encrypt(text)).collect();
-        let me = per(s.elapsed());
-        let s = Instant::now();
-        for m in &theirs {
-            black_box(inbound.decrypt(m).unwrap());
-        }
-        let md = per(s.elapsed());
+        // Alternate who goes first (ABBA), so neither always runs on a cache or a frequency
+        // state the other left behind.
+        let mut run_ours = || {
+            let s = Instant::now();
+            let ours: Vec<_> = (0..batch)
+                .map(|_| g0.encrypt(&k0, &text).unwrap())
+                .collect();
+            let e = per(s.elapsed());
+            let s = Instant::now();
+            for m in &ours {
+                black_box(g1.decrypt(m).unwrap());
+            }
+            (e, per(s.elapsed()))
+        };
+        let mut run_megolm = || {
+            let s = Instant::now();
+            let theirs: Vec<_> = (0..batch).map(|_| out.encrypt(text)).collect();
+            let e = per(s.elapsed());
+            let s = Instant::now();
+            for m in &theirs {
+                black_box(inbound.decrypt(m).unwrap());
+            }
+            (e, per(s.elapsed()))
+        };
+        let ((oe, od), (me, md)) = if round % 2 == 0 {
+            let o = run_ours();
+            (o, run_megolm())
+        } else {
+            let m = run_megolm();
+            (run_ours(), m)
+        };
         if round > 0 {
             // Round 0 warms caches and is not counted.
             for (v, x) in t.iter_mut().zip([oe, od, me, md]) {

@@ -135,7 +135,11 @@ fn verify(
     use ed25519_dalek::Verifier;
     let bad = || SignatureError::BadSignature(label.0);
     let r = sig.0.get(..32).ok_or_else(bad)?;
-    if vk.is_weak() || SMALL_ORDER_ENCODINGS.iter().any(|e| e[..] == *r) {
+    // `verify_strict` also rejects small-order keys. Ours never are: the only ways to build a
+    // public key type are `from_bytes` (which refuses them, see `verifying_key`) and `public()`
+    // of a secret key ([a]B for a clamped `a`, never of small order), so the check is made once,
+    // at construction, not on every signature.
+    if SMALL_ORDER_ENCODINGS.iter().any(|e| e[..] == *r) {
         return Err(bad());
     }
     let s = ed25519_dalek::Signature::from_bytes(&sig.0);
@@ -386,8 +390,9 @@ mod tests {
         }
     }
 
+    /// Our verdict, with the key built as every public key type builds it (`verifying_key`).
     fn ours(pk: &[u8; 32], label: SigLabel, msg: &[u8], sig: &Signature) -> bool {
-        match VerifyingKey::from_bytes(pk) {
+        match verifying_key(pk) {
             Ok(vk) => verify(&vk, label, msg, sig).is_ok(),
             Err(_) => false,
         }
