@@ -53,6 +53,28 @@ async fn listen_addr(c: &Client) -> libp2p::Multiaddr {
     panic!("no listen address");
 }
 
+/// Waits until every node has at least three peers on `topic`, then lets the mesh settle
+/// (GRAFTs follow subscriptions by a heartbeat).
+async fn wait_mesh(clients: &[Client], topic: &str) {
+    timeout(Duration::from_secs(60), async {
+        loop {
+            let mut ready = true;
+            for c in clients {
+                if c.topic_peers(topic).await.unwrap() < 3 {
+                    ready = false;
+                }
+            }
+            if ready {
+                break;
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("gossip mesh did not form");
+    sleep(Duration::from_secs(2)).await;
+}
+
 /// Each node dials the next three and node 0.
 async fn connect(clients: &[Client], addrs: &[libp2p::Multiaddr]) {
     for (i, c) in clients.iter().enumerate() {
@@ -112,24 +134,7 @@ impl Bare {
             addrs.push(listen_addr(c).await);
         }
         connect(&clients, &addrs).await;
-        timeout(Duration::from_secs(60), async {
-            loop {
-                let mut ready = true;
-                for c in &clients {
-                    if c.topic_peers(TOPIC).await.unwrap() < 3 {
-                        ready = false;
-                    }
-                }
-                if ready {
-                    break;
-                }
-                sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await
-        .expect("gossip mesh did not form");
-        // Let the mesh settle (GRAFTs follow subscriptions by a heartbeat).
-        sleep(Duration::from_secs(2)).await;
+        wait_mesh(&clients, TOPIC).await;
         Self { clients, arrivals }
     }
 
@@ -303,23 +308,7 @@ impl Guild {
         }
         connect(&clients, &addrs).await;
         let topic = nodes[0].guilds.topic(&gid).unwrap();
-        timeout(Duration::from_secs(60), async {
-            loop {
-                let mut ready = true;
-                for c in &clients {
-                    if c.topic_peers(&topic).await.unwrap() < 3 {
-                        ready = false;
-                    }
-                }
-                if ready {
-                    break;
-                }
-                sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await
-        .expect("gossip mesh did not form");
-        sleep(Duration::from_secs(2)).await;
+        wait_mesh(&clients, &topic).await;
         let arrivals: Arrivals = Arc::default();
         for n in &nodes {
             let mut events = n.guilds.events();
