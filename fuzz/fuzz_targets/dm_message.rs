@@ -5,36 +5,12 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use rand_core::{CryptoRng, RngCore};
 use securecomm_noise::Decode;
 use securecomm_noise::dm::{DmIdentity, DmMessage, PrekeyStore, Session};
 
-/// A deterministic counter-based RNG, so every run builds the same session.
-struct FixedRng(u64);
-
-impl RngCore for FixedRng {
-    fn next_u32(&mut self) -> u32 {
-        self.next_u64() as u32
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0
-    }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        for b in dest {
-            *b = (self.next_u64() >> 33) as u8;
-        }
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.fill_bytes(dest);
-        Ok(())
-    }
-}
-
-impl CryptoRng for FixedRng {}
+#[path = "common/fixed_rng.rs"]
+mod fixed_rng;
+use fixed_rng::FixedRng;
 
 /// Serialized Alice, Bob and Bob's prekey store after the initial exchange, built once.
 struct Fixture {
