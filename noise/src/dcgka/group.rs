@@ -325,6 +325,24 @@ impl Group {
         }
     }
 
+    /// The shape shared by create, remove and update: a fresh seed to each of `recipients`
+    /// over the two-party channel, the signed control message `body`, applied here first.
+    fn seeded_op<R: RngCore + CryptoRng>(
+        &mut self,
+        signer: &DeviceSigningKey,
+        rng: &mut R,
+        recipients: &BTreeSet<DevicePublicKey>,
+        body: ControlBody,
+    ) -> Result<Output, GroupError> {
+        let op = self.next_id();
+        let direct = self.seeds_to(signer, rng, op, recipients)?;
+        let msg = self.sign_control(signer, body);
+        let mut out = self.apply(signer, rng, &msg, None)?;
+        out.broadcast = Some(msg);
+        out.direct = direct;
+        Ok(out)
+    }
+
     fn sign_control(&mut self, signer: &DeviceSigningKey, body: ControlBody) -> ControlMessage {
         self.seq += 1;
         ControlMessage::sign(signer, self.group, self.seq, body)
@@ -431,19 +449,13 @@ impl Group {
             return Err(GroupError::Bound("members"));
         }
         let backup = self.clone();
-        let r = (|| {
+        let r = {
             for m in &members {
                 self.prekeys.insert(m.device, m.prekey);
             }
-            let op = self.next_id();
             let recipients: BTreeSet<_> = members.iter().map(|m| m.device).collect();
-            let direct = self.seeds_to(signer, rng, op, &recipients)?;
-            let msg = self.sign_control(signer, ControlBody::Create { members });
-            let mut out = self.apply(signer, rng, &msg, None)?;
-            out.broadcast = Some(msg);
-            out.direct = direct;
-            Ok(out)
-        })();
+            self.seeded_op(signer, rng, &recipients, ControlBody::Create { members })
+        };
         if r.is_err() {
             *self = backup;
         }
@@ -512,15 +524,7 @@ impl Group {
             return Err(GroupError::Bound("membership ops"));
         }
         let backup = self.clone();
-        let r = (|| {
-            let op = self.next_id();
-            let direct = self.seeds_to(signer, rng, op, &recipients)?;
-            let msg = self.sign_control(signer, ControlBody::Remove { removed });
-            let mut out = self.apply(signer, rng, &msg, None)?;
-            out.broadcast = Some(msg);
-            out.direct = direct;
-            Ok(out)
-        })();
+        let r = self.seeded_op(signer, rng, &recipients, ControlBody::Remove { removed });
         if r.is_err() {
             *self = backup;
         }
@@ -536,16 +540,10 @@ impl Group {
         self.check_signer(signer)?;
         self.check_member()?;
         let backup = self.clone();
-        let r = (|| {
-            let op = self.next_id();
+        let r = {
             let recipients = self.members();
-            let direct = self.seeds_to(signer, rng, op, &recipients)?;
-            let msg = self.sign_control(signer, ControlBody::Update);
-            let mut out = self.apply(signer, rng, &msg, None)?;
-            out.broadcast = Some(msg);
-            out.direct = direct;
-            Ok(out)
-        })();
+            self.seeded_op(signer, rng, &recipients, ControlBody::Update)
+        };
         if r.is_err() {
             *self = backup;
         }
