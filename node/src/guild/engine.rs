@@ -76,6 +76,9 @@ pub struct StoredMessage {
     pub id: String,
     /// Sending device (hex).
     pub sender_device: String,
+    /// The sending device's sequence number in this guild (1, 2, 3, ...; 0 when unknown, for
+    /// messages stored before history sync existed).
+    pub seq: u64,
     /// Sending user (hex root key).
     pub sender: String,
     /// The sender's nickname in the guild when received.
@@ -667,7 +670,7 @@ impl Engine {
         let v = if data.len() > MAX_GOSSIP_PAYLOAD {
             Verdict::Reject("oversized")
         } else {
-            Self::decrypt_store(conn, g, data)?
+            Self::decrypt_store(conn, g, data, None)?
         };
         if let Verdict::Reject(_) = v {
             g.rejected = g.rejected.saturating_add(1);
@@ -703,7 +706,7 @@ impl Engine {
         let mut out = Vec::new();
         let items: Vec<PendingGossip> = g.pending.drain(..).collect();
         for p in items {
-            match Self::decrypt_store(conn, g, &p.data)? {
+            match Self::decrypt_store(conn, g, &p.data, None)? {
                 Verdict::Accept(Some(m)) => out.push(m),
                 Verdict::Ignore("unknown key epoch") if p.since.elapsed() < PENDING_GOSSIP_TTL => {
                     g.pending.push_back(p);
@@ -714,10 +717,39 @@ impl Engine {
         Ok(out)
     }
 
+    /// History sync: validates and stores one fetched envelope exactly like live gossip, and
+    /// also checks that it is what the serving peer claimed (sending device and sequence
+    /// number); a mismatch is a rejection.
+    pub(crate) fn on_history_item(
+        &mut self,
+        conn: &mut Connection,
+        gid: &GuildId,
+        sender: DevicePublicKey,
+        seq: u64,
+        data: &[u8],
+    ) -> Result<Verdict, SyncError> {
+        let Some(g) = self.guilds.get_mut(gid) else {
+            return Ok(Verdict::Ignore("not a guild of ours"));
+        };
+        Self::fresh(conn, g)?;
+        if data.len() > MAX_GOSSIP_PAYLOAD {
+            return Ok(Verdict::Reject("oversized"));
+        }
+        Self::decrypt_store(conn, g, data, Some((sender, seq)))
+    }
+
+    /// Whether `device` is a member device of `gid` in the resolved view now.
+    pub(crate) fn is_member_device(&mut self, gid: &GuildId, device: &DevicePublicKey) -> bool {
+        self.guilds
+            .get_mut(gid)
+            .is_some_and(|g| g.crdt.view().user_of_device(device).is_some())
+    }
+
     fn decrypt_store(
         conn: &mut Connection,
         g: &mut GuildState,
         data: &[u8],
+        claim: Option<(DevicePublicKey, u64)>,
     ) -> Result<Verdict, SyncError> {
         let d = match g.dcgka.decrypt(&AppMessage(data.to_vec())) {
             Ok(d) => d,
@@ -734,6 +766,9 @@ impl Engine {
         // The ratchet moved: persist it whatever the payload turns out to be.
         let verdict = match AppPayload::from_bytes(&d.plaintext) {
             Err(_) => Verdict::Reject("malformed payload"),
+            Ok(p) if claim.is_some_and(|c| c != (d.sender, p.seq)) => {
+                Verdict::Reject("history item is not what it claims")
+            }
             Ok(p) => {
                 let view = g.crdt.view();
                 match view.user_of_device(&d.sender).copied() {
@@ -760,6 +795,7 @@ impl Engine {
                                 channel: p.channel,
                                 id: hex::encode(p.msg_id),
                                 sender_device: hex::encode(d.sender.as_bytes()),
+                                seq: p.seq,
                                 sender: hex::encode(user.as_bytes()),
                                 nickname,
                                 sent_at: p.sent_at,
@@ -778,6 +814,7 @@ impl Engine {
             let verdict = match verdict {
                 Verdict::Accept(Some(m)) => {
                     let new = store_message(&tx, &g.id, &m)?;
+                    store_envelope(&tx, &g.id, &m, data)?;
                     Verdict::Accept(new.then_some(m))
                 }
                 v => v,
@@ -928,9 +965,11 @@ impl Engine {
         let mut msg_id = [0u8; 16];
         keys.rng.fill_bytes(&mut msg_id);
         let now = now_ms();
+        let seq = last_seq(conn, gid, &keys.me)?.saturating_add(1);
         let payload = AppPayload {
             channel: channel.0,
             msg_id,
+            seq,
             sent_at: now,
             text: text.to_owned(),
         };
@@ -940,6 +979,7 @@ impl Engine {
             channel: channel.0,
             id: hex::encode(msg_id),
             sender_device: hex::encode(keys.me.as_bytes()),
+            seq,
             sender: hex::encode(keys.user.as_bytes()),
             nickname,
             sent_at: now,
@@ -949,6 +989,7 @@ impl Engine {
         let r = (|| -> Result<(), SyncError> {
             let tx = conn.transaction().map_err(db_err)?;
             store_message(&tx, gid, &m)?;
+            store_envelope(&tx, gid, &m, &sealed.0)?;
             tx.prepare_cached("UPDATE guilds SET dcgka = ?2 WHERE id = ?1")
                 .and_then(|mut s| s.execute(params![&gid.0[..], &g.dcgka.to_bytes()[..]]))
                 .map_err(db_err)?;
@@ -1298,8 +1339,8 @@ fn store_message(
     let author = hex::decode(&m.sender).unwrap_or_default();
     let n = tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO guild_messages (guild, channel, msg_id, sender, author, sent_at, received_at, text)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT OR IGNORE INTO guild_messages (guild, channel, msg_id, sender, author, sent_at, received_at, text, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -1310,11 +1351,50 @@ fn store_message(
                 author,
                 sql(m.sent_at),
                 sql(m.received_at),
-                m.text
+                m.text,
+                sql(m.seq)
             ])
         })
         .map_err(db_err)?;
     Ok(n == 1)
+}
+
+/// Keeps a message's sealed envelope for history sync (once per sender and sequence number).
+fn store_envelope(
+    tx: &Transaction<'_>,
+    gid: &GuildId,
+    m: &StoredMessage,
+    envelope: &[u8],
+) -> Result<(), SyncError> {
+    let sender = hex::decode(&m.sender_device).unwrap_or_default();
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO guild_envelopes (guild, sender, seq, sent_at, envelope)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            &gid.0[..],
+            sender,
+            sql(m.seq),
+            sql(m.sent_at),
+            envelope
+        ])
+    })
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// The highest sequence number `device` used in `gid` that this node holds (0 if none).
+pub(crate) fn last_seq(
+    conn: &Connection,
+    gid: &GuildId,
+    device: &DevicePublicKey,
+) -> Result<u64, SyncError> {
+    let n: Option<i64> = conn
+        .prepare_cached("SELECT MAX(seq) FROM guild_envelopes WHERE guild = ?1 AND sender = ?2")
+        .and_then(|mut s| s.query_row(params![&gid.0[..], &device.as_bytes()[..]], |r| r.get(0)))
+        .map_err(db_err)?;
+    Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
 }
 
 /// A text channel with default settings.
@@ -1510,8 +1590,9 @@ pub fn history(
 ) -> Result<Vec<StoredMessage>, SyncError> {
     let mut st = conn
         .prepare_cached(
-            "SELECT msg_id, sender, author, sent_at, received_at, text FROM guild_messages
-             WHERE guild = ?1 AND channel = ?2 ORDER BY sent_at DESC, sender DESC, rorder DESC LIMIT ?3",
+            "SELECT msg_id, sender, author, sent_at, received_at, text, seq FROM guild_messages
+             WHERE guild = ?1 AND channel = ?2
+             ORDER BY sent_at DESC, sender DESC, seq DESC, rorder DESC LIMIT ?3",
         )
         .map_err(db_err)?;
     let rows = st
@@ -1523,6 +1604,7 @@ pub fn history(
                     channel: channel.0,
                     id: hex::encode(r.get::<_, Vec<u8>>(0)?),
                     sender_device: hex::encode(r.get::<_, Vec<u8>>(1)?),
+                    seq: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
                     sender: hex::encode(r.get::<_, Vec<u8>>(2)?),
                     nickname: String::new(),
                     sent_at: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),

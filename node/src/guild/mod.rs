@@ -98,6 +98,7 @@
 //!   the topic (and cannot read any sent after the removal was processed).
 
 pub mod engine;
+pub mod history;
 pub mod service;
 pub mod wire;
 

@@ -29,6 +29,7 @@ use super::engine::{
     self, Engine, Keys, StoredMessage, Verdict, new_role, parse_perms, perm_names, resolve_channel,
     resolve_role, resolve_user, text_channel, voice_channel,
 };
+use super::history::{self, HISTORY_VERSION, HistoryRequest, HistoryResponse};
 use super::wire::{DIRECT_VERSION, DirectRequest, DirectResponse, InviteLink, MAX_LINK_ADDRS};
 use crate::net::{Client, Event, EventStream, NetError};
 use crate::store::{Db, LocalProfile};
@@ -68,6 +69,42 @@ struct Inner {
     events: broadcast::Sender<GuildEvent>,
     drain: tokio::sync::Mutex<()>,
     tasks: Mutex<JoinSet<()>>,
+    history: Mutex<HistoryState>,
+}
+
+/// Which guilds want a history session, and which have one running.
+#[derive(Default)]
+struct HistoryState {
+    /// Guilds due for a session, with a peer to try first.
+    due: HashMap<GuildId, Option<PeerId>>,
+    /// Guilds with a session running.
+    running: HashSet<GuildId>,
+    /// When each guild's last session started.
+    last: HashMap<GuildId, tokio::time::Instant>,
+}
+
+/// How often every guild runs a history session even without a trigger.
+pub const HISTORY_EVERY: Duration = Duration::from_secs(60);
+/// Shortest gap between two history sessions of a guild triggered by key agreement.
+pub const HISTORY_MIN_GAP: Duration = Duration::from_secs(10);
+/// Items validated per engine lock while applying a history page.
+const HISTORY_CHUNK: usize = 128;
+
+/// What one history session did (`history sync` in the CLI).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct HistoryStats {
+    /// Pages fetched.
+    pub pages: usize,
+    /// Items received.
+    pub items: usize,
+    /// New messages stored.
+    pub stored: usize,
+    /// Items this node already had.
+    pub duplicates: usize,
+    /// Items that did not decrypt yet (key agreement behind; fetched again next session).
+    pub undecryptable: usize,
+    /// Bytes of responses received.
+    pub bytes: usize,
 }
 
 /// The guild layer of a running node. Cheap to clone.
@@ -135,6 +172,7 @@ impl GuildService {
                 events,
                 drain: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(JoinSet::new()),
+                history: Mutex::new(HistoryState::default()),
             }),
         };
         svc.with_engine(|e, db| e.load_all(db.conn()))??;
@@ -142,6 +180,7 @@ impl GuildService {
         for gid in &ids {
             svc.refresh_members(gid)?;
             svc.subscribe(gid).await?;
+            svc.history_due(*gid, None, Duration::ZERO);
         }
         svc.spawn(run_deliveries(svc.clone(), deliveries));
         svc.spawn(run_net_events(svc.clone(), net_events));
@@ -272,6 +311,7 @@ impl GuildService {
                 tracing::debug!(error = %e, "refreshing sync members failed");
             }
             self.retry_pending(&gid);
+            self.history_due(gid, None, HISTORY_MIN_GAP);
             self.emit(GuildEvent::Changed {
                 guild: hex::encode(gid.0),
             });
@@ -892,6 +932,202 @@ impl GuildService {
         }
     }
 
+    // ------------------------------------------------------------------ history sync
+
+    /// Marks `gid` due for a history session, with `peer` to ask first, unless its last session
+    /// started less than `gap` ago.
+    fn history_due(&self, gid: GuildId, peer: Option<PeerId>, gap: Duration) {
+        if let Ok(mut h) = self.inner.history.lock() {
+            if h.last.get(&gid).is_some_and(|t| t.elapsed() < gap) {
+                return;
+            }
+            let slot = h.due.entry(gid).or_insert(None);
+            if peer.is_some() {
+                *slot = peer;
+            }
+        }
+    }
+
+    fn on_peer_connected(&self, peer: PeerId) {
+        let Some(device) = device_of(&peer) else {
+            return;
+        };
+        let gids: Vec<GuildId> = self
+            .with_engine(|e, _| {
+                let ids: Vec<GuildId> = e.guilds.keys().copied().collect();
+                ids.into_iter()
+                    .filter(|g| e.is_member_device(g, &device))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for gid in gids {
+            self.history_due(gid, Some(peer), Duration::ZERO);
+        }
+    }
+
+    /// Starts a session for every due guild that is keyed and has a member connected.
+    async fn start_history(&self) {
+        let due: Vec<(GuildId, Option<PeerId>)> = match self.inner.history.lock() {
+            Ok(h) => h
+                .due
+                .iter()
+                .filter(|(g, _)| !h.running.contains(g))
+                .map(|(g, p)| (*g, *p))
+                .collect(),
+            Err(_) => return,
+        };
+        if due.is_empty() {
+            return;
+        }
+        let Ok(connected) = self.inner.net.peers().await else {
+            return;
+        };
+        let connected: HashSet<PeerId> = connected.into_iter().map(|p| p.peer).collect();
+        for (gid, hint) in due {
+            let candidates: Vec<PeerId> = self
+                .with_engine(|e, _| {
+                    let me = e.keys.me;
+                    match e.guilds.get_mut(&gid) {
+                        Some(g) if g.keyed() => g
+                            .member_devices()
+                            .iter()
+                            .filter(|d| **d != me)
+                            .filter_map(peer_of)
+                            .filter(|p| connected.contains(p))
+                            .collect(),
+                        _ => Vec::new(),
+                    }
+                })
+                .unwrap_or_default();
+            let Some(peer) = hint
+                .filter(|p| candidates.contains(p))
+                .or_else(|| candidates.first().copied())
+            else {
+                continue;
+            };
+            if let Ok(mut h) = self.inner.history.lock() {
+                h.due.remove(&gid);
+                h.running.insert(gid);
+                h.last.insert(gid, tokio::time::Instant::now());
+            }
+            let s = self.clone();
+            self.spawn(async move {
+                match s.sync_history(&gid, peer).await {
+                    Ok(st) if st.stored > 0 => {
+                        tracing::info!(stored = st.stored, pages = st.pages, "history caught up")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::info!(%peer, error = %e, "history session failed"),
+                }
+                if let Ok(mut h) = s.inner.history.lock() {
+                    h.running.remove(&gid);
+                }
+            });
+        }
+    }
+
+    /// The responder's side of history sync.
+    fn answer_history(&self, peer: PeerId, data: &[u8]) -> HistoryResponse {
+        let refused = |s: &str| HistoryResponse::Refused(s.to_owned());
+        let Some(device) = device_of(&peer) else {
+            return refused("unsupported peer key");
+        };
+        let Ok(req) = HistoryRequest::from_bytes(data) else {
+            return refused("malformed request");
+        };
+        match self.with_engine(|e, db| {
+            if e.is_member_device(&req.guild, &device) {
+                history::serve(db.conn(), &req).map_err(|e| e.to_string())
+            } else {
+                Ok(refused("not a member of that guild"))
+            }
+        }) {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "serving history failed");
+                refused("internal error")
+            }
+            Err(_) => refused("internal error"),
+        }
+    }
+
+    /// Fetches from `peer` the messages of `gid` this node lacks, page by page, validating each
+    /// like live gossip. Returns what it did.
+    pub async fn sync_history(
+        &self,
+        gid: &GuildId,
+        peer: PeerId,
+    ) -> Result<HistoryStats, GuildError> {
+        let (since, mut held) = self.with_engine(|_, db| {
+            Ok::<_, SyncError>((
+                history::since(db.conn(), gid)?,
+                history::held(db.conn(), gid)?,
+            ))
+        })??;
+        let mut st = HistoryStats::default();
+        for _ in 0..history::MAX_PAGES {
+            let req = history::request(*gid, since, &held);
+            let resp = self
+                .inner
+                .net
+                .request(peer, req.to_bytes())
+                .await
+                .map_err(GuildError::Net)?;
+            st.bytes += resp.len();
+            let (items, more) = match HistoryResponse::from_bytes(&resp) {
+                Ok(HistoryResponse::Page { items, more }) => (items, more),
+                Ok(HistoryResponse::Refused(r)) => {
+                    return Err(GuildError::Invalid(format!(
+                        "history refused by {peer}: {r}"
+                    )));
+                }
+                Err(e) => return Err(GuildError::Invalid(format!("bad history page: {e}"))),
+            };
+            st.pages += 1;
+            st.items += items.len();
+            for chunk in items.chunks(HISTORY_CHUNK) {
+                let (msgs, bad) = self.with_engine(|e, db| {
+                    let mut msgs = Vec::new();
+                    for it in chunk {
+                        held.entry(it.sender).or_default().insert(it.seq);
+                        if history::holds(db.conn(), gid, &it.sender, it.seq)? {
+                            st.duplicates += 1;
+                            continue;
+                        }
+                        match e.on_history_item(
+                            db.conn_mut(),
+                            gid,
+                            it.sender,
+                            it.seq,
+                            &it.envelope,
+                        )? {
+                            Verdict::Accept(Some(m)) => {
+                                st.stored += 1;
+                                msgs.push(m);
+                            }
+                            Verdict::Accept(None) => st.duplicates += 1,
+                            Verdict::Ignore(_) => st.undecryptable += 1,
+                            Verdict::Reject(why) => return Ok((msgs, Some(why))),
+                        }
+                    }
+                    Ok::<_, SyncError>((msgs, None))
+                })??;
+                for m in msgs {
+                    self.emit(GuildEvent::Message(m));
+                }
+                if let Some(why) = bad {
+                    return Err(GuildError::Invalid(format!(
+                        "peer {peer} served a bad history item: {why}"
+                    )));
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(st)
+    }
+
     /// A user's root key by id or nickname, searched in every guild (for `safety-number`).
     pub fn find_user(&self, user: &str) -> Result<RootPublicKey, GuildError> {
         self.with_engine(|e, _| {
@@ -936,6 +1172,11 @@ async fn run_net_events(svc: GuildService, mut events: EventStream) {
                 let s = svc.clone();
                 svc.spawn(async move { s.on_direct(peer, id, data).await });
             }
+            Event::DirectRequest { peer, id, data } if data.first() == Some(&HISTORY_VERSION) => {
+                let resp = svc.answer_history(peer, &data).to_bytes();
+                let _ = svc.inner.net.respond(id, resp).await;
+            }
+            Event::PeerConnected(peer, _) => svc.on_peer_connected(peer),
             _ => {}
         }
     }
@@ -945,9 +1186,20 @@ async fn run_ticks(svc: GuildService) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff: HashMap<PeerId, (tokio::time::Instant, Duration)> = HashMap::new();
+    let mut every = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         svc.reconnect(&mut backoff).await;
+        if every.elapsed() >= HISTORY_EVERY {
+            every = tokio::time::Instant::now();
+            let ids: Vec<GuildId> = svc
+                .with_engine(|e, _| e.guilds.keys().copied().collect())
+                .unwrap_or_default();
+            for gid in ids {
+                svc.history_due(gid, None, Duration::ZERO);
+            }
+        }
+        svc.start_history().await;
         svc.drain_outq().await;
         let ids: Vec<GuildId> = svc
             .with_engine(|e, _| e.guilds.keys().copied().collect())

@@ -27,8 +27,9 @@ use subtle::ConstantTimeEq;
 
 /// Version byte of [`LogPayload`].
 pub const LOG_VERSION: u8 = 1;
-/// Version byte of [`AppPayload`].
-pub const APP_VERSION: u8 = 1;
+/// Version byte of [`AppPayload`]. Version 2 added the per-sender sequence number that history
+/// sync uses; version 1 payloads are refused.
+pub const APP_VERSION: u8 = 2;
 /// Version byte of the join protocol (distinct from the sync protocol's `1`).
 pub const DIRECT_VERSION: u8 = 0x47;
 /// Version byte inside an invite link.
@@ -149,6 +150,9 @@ pub struct AppPayload {
     pub channel: u64,
     /// A random id, unique per guild (duplicates are stored once).
     pub msg_id: [u8; 16],
+    /// The sending device's sequence number in this guild: 1, 2, 3, ... without gaps. History
+    /// sync ([`super::history`]) asks for what it lacks by these numbers.
+    pub seq: u64,
     /// The sender's clock when sending, in milliseconds since the Unix epoch.
     pub sent_at: u64,
     /// The text (UTF-8).
@@ -160,6 +164,7 @@ impl Encode for AppPayload {
         w.u8(APP_VERSION);
         w.u64(self.channel);
         w.put(&self.msg_id);
+        w.u64(self.seq);
         w.u64(self.sent_at);
         w.bytes32(self.text.as_bytes());
     }
@@ -170,12 +175,17 @@ impl Decode for AppPayload {
         r.version("guild message", APP_VERSION)?;
         let channel = r.u64()?;
         let msg_id = r.array()?;
+        let seq = r.u64()?;
+        if seq == 0 {
+            return Err(DecodeError::Invalid("message sequence number 0"));
+        }
         let sent_at = r.u64()?;
         let text = String::from_utf8(r.bytes32("message text", MAX_TEXT)?.to_vec())
             .map_err(|_| DecodeError::Invalid("message text (not UTF-8)"))?;
         Ok(Self {
             channel,
             msg_id,
+            seq,
             sent_at,
             text,
         })
@@ -627,8 +637,8 @@ mod tests {
         }
 
         #[test]
-        fn app_payload_round_trips(channel in any::<u64>(), id in any::<[u8; 16]>(), at in any::<u64>(), text in ".{0,200}") {
-            let p = AppPayload { channel, msg_id: id, sent_at: at, text };
+        fn app_payload_round_trips(channel in any::<u64>(), id in any::<[u8; 16]>(), seq in 1..u64::MAX, at in any::<u64>(), text in ".{0,200}") {
+            let p = AppPayload { channel, msg_id: id, seq, sent_at: at, text };
             prop_assert_eq!(AppPayload::from_bytes(&p.to_bytes()).unwrap(), p);
         }
 

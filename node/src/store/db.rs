@@ -160,6 +160,17 @@ const MIGRATIONS: &[&str] = &[
         addrs BLOB NOT NULL,
         updated_at INTEGER NOT NULL
      ) STRICT;",
+    // 4: the sealed envelope of every guild message, by sender device and sequence number, so
+    // members that were offline can fetch what they missed (`guild::history`).
+    "CREATE TABLE guild_envelopes (
+        guild BLOB NOT NULL,
+        sender BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        sent_at INTEGER NOT NULL,
+        envelope BLOB NOT NULL,
+        PRIMARY KEY (guild, sender, seq)
+     ) STRICT, WITHOUT ROWID;
+     ALTER TABLE guild_messages ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The newest schema version this build writes.
