@@ -192,6 +192,13 @@ pub fn guild_event_json(e: &GuildEvent) -> Value {
             v
         }
         GuildEvent::Changed { guild } => json!({"event": "guild-changed", "guild": guild}),
+        GuildEvent::Dm(m) => {
+            let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("event".into(), json!("dm"));
+            }
+            v
+        }
     }
 }
 
@@ -292,6 +299,17 @@ async fn handle_guild(g: &GuildService, cmd: &str, a: &Value) -> Option<Result<V
             (Ok(guild), Ok(user)) => {
                 let reason = a.get("reason").and_then(Value::as_str).unwrap_or("");
                 e(g.ban(guild, user, reason).await)
+            }
+            (Err(x), _) | (_, Err(x)) => Err(x),
+        },
+        "dm-send" => match (arg(a, "user"), arg(a, "text")) {
+            (Ok(user), Ok(text)) => e(g.dm_send(user, text).await),
+            (Err(x), _) | (_, Err(x)) => Err(x),
+        },
+        "dm-history" => match (arg(a, "user"), opt_u64(a, "limit")) {
+            (Ok(user), Ok(limit)) => {
+                let limit = usize::try_from(limit.unwrap_or(50)).unwrap_or(usize::MAX);
+                e(g.dm_history(user, limit))
             }
             (Err(x), _) | (_, Err(x)) => Err(x),
         },

@@ -75,3 +75,93 @@ fn an_offline_member_catches_up_on_100_messages() {
         n.stop();
     }
 }
+
+fn dm_texts(n: &Node, user: &str) -> Vec<(bool, String)> {
+    n.cli(&["dm", "history", user, "--limit", "100"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["outgoing"].as_bool().unwrap(),
+                m["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// DMs between two members: delivered directly while both run, queued while the recipient is
+/// down and delivered when it returns, and sessions survive restarts of either side.
+#[test]
+fn dms_are_delivered_queued_and_survive_restarts() {
+    let mut a = Node::new("ann");
+    let mut b = Node::new("ben");
+    a.start(&["--listen", "/ip4/127.0.0.1/tcp/0"]);
+    b.start(&["--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let (gid, code) = create_and_invite(&a, "Pen Pals", 1);
+    b.cli(&["guild", "join", &code]);
+    wait_keyed(&a, &gid, 2);
+    wait_keyed(&b, &gid, 2);
+    let (ua, ub) = (a.user_id(), b.user_id());
+    // Nicknames work as well as ids; a DM to oneself is refused.
+    let sent = a.cli(&["dm", "send", "ben", "hello ben"]);
+    assert_eq!(sent["outgoing"], true, "{sent}");
+    let err = a.cli_err(&["dm", "send", &ua, "me"]);
+    assert!(err.contains("that is you"), "{err}");
+    until("ben to get the first DM", || {
+        (dm_texts(&b, &ua) == vec![(false, "hello ben".to_owned())]).then_some(())
+    });
+    until("ann to see it delivered", || {
+        let h = a.cli(&["dm", "history", &ub]);
+        (h[0]["delivery"][0]["state"] == "delivered").then_some(())
+    });
+    b.cli(&["dm", "send", &ua, "hi ann"]);
+    until("ann to get the reply", || {
+        (dm_texts(&a, &ub).len() == 2).then_some(())
+    });
+
+    // Ben goes down; Ann's DM waits and arrives when he is back.
+    b.stop();
+    a.cli(&["dm", "send", &ub, "are you there?"]);
+    let h = a.cli(&["dm", "history", &ub]);
+    assert_eq!(h[2]["delivery"][0]["state"], "queued", "{h}");
+    b.restart();
+    until("ben to get the queued DM after his restart", || {
+        (dm_texts(&b, &ua).len() == 3).then_some(())
+    });
+    // Ann restarts; the session continues both ways.
+    a.stop();
+    a.restart();
+    b.cli(&["dm", "send", &ua, "back again"]);
+    a.cli(&["dm", "send", &ub, "welcome back"]);
+    let want = vec![
+        (true, "hello ben".to_owned()),
+        (false, "hi ann".to_owned()),
+        (true, "are you there?".to_owned()),
+        (false, "back again".to_owned()),
+        (true, "welcome back".to_owned()),
+    ];
+    let got = until("both to hold the whole conversation", || {
+        let t = dm_texts(&a, &ub);
+        (t.len() == 5).then_some(t)
+    });
+    let mut sorted_got = got.clone();
+    sorted_got.sort();
+    let mut sorted_want = want.clone();
+    sorted_want.sort();
+    assert_eq!(sorted_got, sorted_want);
+    until("ben to hold it too", || {
+        (dm_texts(&b, &ua).len() == 5).then_some(())
+    });
+    // The databases hold no DM text in clear.
+    for n in [&a, &b] {
+        let raw = std::fs::read(n.path().join("node.db")).unwrap_or_default();
+        assert!(
+            !raw.windows(9).any(|w| w == b"hello ben"),
+            "plaintext DM in {}'s database file",
+            n.name
+        );
+    }
+    a.stop();
+    b.stop();
+}

@@ -145,6 +145,11 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u64,
     },
+    /// Direct messages with users you share a guild with (running node).
+    Dm {
+        #[command(subcommand)]
+        action: DmAction,
+    },
     /// Members of a guild with their roles (running node).
     Members {
         /// Guild name or id.
@@ -221,6 +226,25 @@ enum ChannelAction {
     List {
         /// Guild name or id.
         guild: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DmAction {
+    /// Send a direct message (delivered when the user's device is reachable).
+    Send {
+        /// User id or nickname.
+        user: String,
+        /// The text.
+        text: String,
+    },
+    /// Direct messages with a user, oldest first, with delivery state for yours.
+    History {
+        /// User id or nickname.
+        user: String,
+        /// How many of the latest messages.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
     },
 }
 
@@ -524,6 +548,15 @@ async fn run(cli: Cli) -> Result<(), String> {
                     println!("[{at}] {who}: {text}");
                 }
             }
+        }
+        Some(Command::Dm { action }) => {
+            let (cmd, args) = match action {
+                DmAction::Send { user, text } => ("dm-send", json!({"user": user, "text": text})),
+                DmAction::History { user, limit } => {
+                    ("dm-history", json!({"user": user, "limit": limit}))
+                }
+            };
+            remote(&dir, json, cmd, args).await?
         }
         Some(Command::Members { guild }) => {
             remote(&dir, json, "members", json!({"guild": guild})).await?

@@ -458,6 +458,14 @@ impl Engine {
                     Self::process_control(tx, keys, g, entry, &control, direct)?;
                 }
             }
+            Ok(LogPayload::DmBundle(b)) => {
+                let member = g.crdt.view().user_of_device(&b.identity.signing).is_some();
+                if Some(b.identity.signing) != author || !member || b.verify().is_err() {
+                    tracing::debug!("DM prekey bundle not from a member's own device skipped");
+                } else {
+                    super::dm::store_bundle(tx, &b)?;
+                }
+            }
         }
         let events = g.crdt.take_membership_events();
         Self::reconcile(tx, keys, g, author, &events)?;

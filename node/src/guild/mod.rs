@@ -97,6 +97,7 @@
 //! * The topic is not rotated after a removal: a removed member can still see ciphertext on
 //!   the topic (and cannot read any sent after the removal was processed).
 
+pub mod dm;
 pub mod engine;
 pub mod history;
 pub mod service;
@@ -107,7 +108,7 @@ use securecomm_noise::dcgka::GroupError;
 use thiserror::Error;
 
 pub use engine::{StoredMessage, Verdict};
-pub use service::{GuildEvent, GuildService};
+pub use service::{GuildEvent, GuildService, HistoryStats};
 
 use crate::net::NetError;
 use crate::sync::SyncError;

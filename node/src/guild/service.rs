@@ -29,6 +29,7 @@ use super::engine::{
     self, Engine, Keys, StoredMessage, Verdict, new_role, parse_perms, perm_names, resolve_channel,
     resolve_role, resolve_user, text_channel, voice_channel,
 };
+use super::dm::{self, DM_VERSION, DmKeys, DmPayload, DmRequest, DmResponse, StoredDm};
 use super::history::{self, HISTORY_VERSION, HistoryRequest, HistoryResponse};
 use super::wire::{DIRECT_VERSION, DirectRequest, DirectResponse, InviteLink, MAX_LINK_ADDRS};
 use crate::net::{Client, Event, EventStream, NetError};
@@ -46,6 +47,8 @@ pub enum GuildEvent {
         /// Guild id (hex).
         guild: String,
     },
+    /// A direct message arrived.
+    Dm(StoredDm),
 }
 
 /// How many guild events a slow subscriber may fall behind.
@@ -70,6 +73,8 @@ struct Inner {
     drain: tokio::sync::Mutex<()>,
     tasks: Mutex<JoinSet<()>>,
     history: Mutex<HistoryState>,
+    dm: DmKeys,
+    dm_flush: tokio::sync::Mutex<()>,
 }
 
 /// Which guilds want a history session, and which have one running.
@@ -81,6 +86,8 @@ struct HistoryState {
     running: HashSet<GuildId>,
     /// When each guild's last session started.
     last: HashMap<GuildId, tokio::time::Instant>,
+    /// Everything every session did since start.
+    totals: HistoryStats,
 }
 
 /// How often every guild runs a history session even without a trigger.
@@ -105,6 +112,23 @@ pub struct HistoryStats {
     pub undecryptable: usize,
     /// Bytes of responses received.
     pub bytes: usize,
+    /// Bytes of requests sent.
+    pub sent_bytes: usize,
+    /// Time spent, in milliseconds.
+    pub millis: u64,
+}
+
+impl HistoryStats {
+    fn add(&mut self, o: &HistoryStats) {
+        self.pages += o.pages;
+        self.items += o.items;
+        self.stored += o.stored;
+        self.duplicates += o.duplicates;
+        self.undecryptable += o.undecryptable;
+        self.bytes += o.bytes;
+        self.sent_bytes += o.sent_bytes;
+        self.millis += o.millis;
+    }
 }
 
 /// The guild layer of a running node. Cheap to clone.
@@ -148,6 +172,12 @@ impl GuildService {
             RootSigningKey::from_seed(&id.root().seed()),
             profile.display_name.clone(),
         );
+        let dm_keys = DmKeys {
+            me: securecomm_noise::dm::DmIdentity::new(
+                DeviceSigningKey::from_seed(&signer.seed()),
+                id.device().dh().clone(),
+            ),
+        };
         let engine = Arc::new(Mutex::new(Engine::new(keys)));
         let hook_engine = engine.clone();
         let hook: ApplyHook = Box::new(move |tx, group, entry| {
@@ -173,6 +203,8 @@ impl GuildService {
                 drain: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(JoinSet::new()),
                 history: Mutex::new(HistoryState::default()),
+                dm: dm_keys,
+                dm_flush: tokio::sync::Mutex::new(()),
             }),
         };
         svc.with_engine(|e, db| e.load_all(db.conn()))??;
@@ -181,6 +213,9 @@ impl GuildService {
             svc.refresh_members(gid)?;
             svc.subscribe(gid).await?;
             svc.history_due(*gid, None, Duration::ZERO);
+        }
+        for gid in &ids {
+            svc.publish_bundle(gid).await;
         }
         svc.spawn(run_deliveries(svc.clone(), deliveries));
         svc.spawn(run_net_events(svc.clone(), net_events));
@@ -462,6 +497,7 @@ impl GuildService {
             self.inner.sync.insert(group(&gid), p).await?;
         }
         self.drain_outq().await;
+        self.publish_bundle(&gid).await;
         Ok(json!({"id": hex::encode(gid.0), "name": name}))
     }
 
@@ -638,6 +674,7 @@ impl GuildService {
         }
         let name =
             self.with_engine(|e, _| e.guild_mut(&gid).map(|g| g.crdt.view().name().to_owned()))??;
+        self.publish_bundle(&gid).await;
         Ok(json!({"id": hex::encode(gid.0), "name": name, "ready": ready}))
     }
 
@@ -1012,7 +1049,8 @@ impl GuildService {
             }
             let s = self.clone();
             self.spawn(async move {
-                match s.sync_history(&gid, peer).await {
+                let r = s.sync_history(&gid, peer).await;
+                match &r {
                     Ok(st) if st.stored > 0 => {
                         tracing::info!(stored = st.stored, pages = st.pages, "history caught up")
                     }
@@ -1021,9 +1059,21 @@ impl GuildService {
                 }
                 if let Ok(mut h) = s.inner.history.lock() {
                     h.running.remove(&gid);
+                    if let Ok(st) = &r {
+                        h.totals.add(st);
+                    }
                 }
             });
         }
+    }
+
+    /// What every history session of this service did, summed.
+    pub fn history_totals(&self) -> HistoryStats {
+        self.inner
+            .history
+            .lock()
+            .map(|h| h.totals.clone())
+            .unwrap_or_default()
     }
 
     /// The responder's side of history sync.
@@ -1065,12 +1115,14 @@ impl GuildService {
             ))
         })??;
         let mut st = HistoryStats::default();
+        let t0 = std::time::Instant::now();
         for _ in 0..history::MAX_PAGES {
-            let req = history::request(*gid, since, &held);
+            let req = history::request(*gid, since, &held).to_bytes();
+            st.sent_bytes += req.len();
             let resp = self
                 .inner
                 .net
-                .request(peer, req.to_bytes())
+                .request(peer, req)
                 .await
                 .map_err(GuildError::Net)?;
             st.bytes += resp.len();
@@ -1125,7 +1177,242 @@ impl GuildService {
                 break;
             }
         }
+        st.millis = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(st)
+    }
+
+    // ------------------------------------------------------------------ direct messages
+
+    /// Writes this device's DM prekey bundle into `gid`'s log unless that bundle is there.
+    async fn publish_bundle(&self, gid: &GuildId) {
+        let key = format!("dm_published:{}", hex::encode(gid.0));
+        let r = self.with_engine(|_, db| -> Result<Option<Vec<u8>>, GuildError> {
+            let b = dm::published_bundle(db, &self.inner.dm.me)?;
+            let spk = b.signed_prekey_id.to_be_bytes();
+            let done = db
+                .get(&key)
+                .map_err(|e| GuildError::Invalid(e.to_string()))?
+                .is_some_and(|v| v == spk);
+            Ok((!done).then(|| super::wire::LogPayload::DmBundle(b).to_bytes()))
+        });
+        let payload = match r {
+            Ok(Ok(Some(p))) => p,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(error = %e, "cannot prepare the DM prekey bundle");
+                return;
+            }
+        };
+        let spk = super::wire::LogPayload::from_bytes(&payload)
+            .ok()
+            .and_then(|p| match p {
+                super::wire::LogPayload::DmBundle(b) => Some(b.signed_prekey_id),
+                _ => None,
+            });
+        match self.inner.sync.insert(group(gid), payload).await {
+            Ok(_) => {
+                if let Some(spk) = spk {
+                    let _ = self.with_engine(|_, db| db.put(&key, &spk.to_be_bytes()));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "DM prekey bundle not published yet"),
+        }
+    }
+
+    /// The devices of `user` in every guild this node is in.
+    fn devices_of_user(
+        &self,
+        user: &RootPublicKey,
+    ) -> Result<BTreeSet<DevicePublicKey>, GuildError> {
+        self.with_engine(|e, _| {
+            let mut out = BTreeSet::new();
+            for g in e.guilds.values_mut() {
+                if let Some(m) = g.crdt.view().member(user) {
+                    out.extend(m.devices.iter().copied());
+                }
+            }
+            out
+        })
+    }
+
+    /// The user a device belongs to, in any guild this node is in.
+    fn user_of_device(&self, device: &DevicePublicKey) -> Option<RootPublicKey> {
+        self.with_engine(|e, _| {
+            e.guilds
+                .values_mut()
+                .find_map(|g| g.crdt.view().user_of_device(device).copied())
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// `dm send USER TEXT`: encrypts to every device of `user` and queues delivery.
+    pub async fn dm_send(&self, user: &str, text: &str) -> Result<Value, GuildError> {
+        if text.len() > dm::MAX_DM_TEXT {
+            return Err(GuildError::Invalid(format!(
+                "message too long: at most {} bytes, got {}",
+                dm::MAX_DM_TEXT,
+                text.len()
+            )));
+        }
+        let target = self.find_user(user)?;
+        let me_user = self.with_engine(|e, _| e.keys.user)?;
+        if target == me_user {
+            return Err(GuildError::Invalid(
+                "that is you: direct messages go to other users".into(),
+            ));
+        }
+        let devices = self.devices_of_user(&target)?;
+        let with_session = self.with_engine(|_, db| dm::devices_with_sessions(db.conn()))??;
+        let connected: HashSet<PeerId> = self
+            .inner
+            .net
+            .peers()
+            .await
+            .map(|v| v.into_iter().map(|p| p.peer).collect())
+            .unwrap_or_default();
+        let mut targets = Vec::new();
+        for d in devices {
+            if with_session.contains(&d) {
+                targets.push((d, None));
+                continue;
+            }
+            let mut bundle = None;
+            if let Some(peer) = peer_of(&d).filter(|p| connected.contains(p)) {
+                match self
+                    .inner
+                    .net
+                    .request(peer, DmRequest::Bundle.to_bytes())
+                    .await
+                    .map(|b| DmResponse::from_bytes(&b))
+                {
+                    Ok(Ok(DmResponse::Bundle(b)))
+                        if b.identity.signing == d && b.verify().is_ok() =>
+                    {
+                        bundle = Some(b)
+                    }
+                    _ => tracing::debug!(%peer, "no DM bundle from a connected device"),
+                }
+            }
+            if bundle.is_none() {
+                bundle = self.with_engine(|_, db| dm::stored_bundle(db.conn(), &d))??;
+            }
+            targets.push((d, bundle));
+        }
+        let mut msg_id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut msg_id);
+        let now = engine::now_ms();
+        let payload = DmPayload {
+            msg_id,
+            sent_at: now,
+            text: text.to_owned(),
+        };
+        let peer_user = target.to_bytes();
+        self.with_engine(|_, db| {
+            dm::send(db, &self.inner.dm.me, &peer_user, &targets, &payload, now)
+        })??;
+        self.flush_dms().await;
+        let h = self.with_engine(|_, db| dm::history(db.conn(), &peer_user, 1))??;
+        let m = h
+            .into_iter()
+            .find(|m| m.id == hex::encode(msg_id))
+            .ok_or_else(|| GuildError::Invalid("the message vanished".into()))?;
+        Ok(serde_json::to_value(m).unwrap_or(Value::Null))
+    }
+
+    /// `dm history USER`: the latest `limit` DMs with `user`, oldest first.
+    pub fn dm_history(&self, user: &str, limit: usize) -> Result<Value, GuildError> {
+        let target = self.find_user(user)?;
+        let h = self.with_engine(|_, db| dm::history(db.conn(), &target.to_bytes(), limit))??;
+        Ok(serde_json::to_value(h).unwrap_or(Value::Null))
+    }
+
+    /// Delivers due DMs to connected devices; the others wait with a backoff.
+    async fn flush_dms(&self) {
+        let Ok(_guard) = self.inner.dm_flush.try_lock() else {
+            return;
+        };
+        let now = engine::now_ms();
+        let Ok(Ok(due)) = self.with_engine(|_, db| dm::due(db.conn(), now, 256)) else {
+            return;
+        };
+        if due.is_empty() {
+            return;
+        }
+        let connected: HashSet<PeerId> = self
+            .inner
+            .net
+            .peers()
+            .await
+            .map(|v| v.into_iter().map(|p| p.peer).collect())
+            .unwrap_or_default();
+        for d in due {
+            let delivered = match peer_of(&d.device).filter(|p| connected.contains(p)) {
+                Some(peer) => matches!(
+                    self.inner
+                        .net
+                        .request(peer, DmRequest::Deliver(d.message.clone()).to_bytes())
+                        .await
+                        .map(|b| DmResponse::from_bytes(&b)),
+                    Ok(Ok(DmResponse::Delivered))
+                ),
+                None => false,
+            };
+            let _ = self.with_engine(|_, db| {
+                if delivered {
+                    dm::mark(db.conn(), d.id, "delivered")
+                } else {
+                    dm::backoff(db.conn(), &d, engine::now_ms())
+                }
+            });
+        }
+    }
+
+    /// Answers a DM request from a connected device.
+    fn answer_dm(&self, peer: PeerId, data: &[u8]) -> DmResponse {
+        let refused = |s: &str| DmResponse::Refused(s.to_owned());
+        let Some(device) = device_of(&peer) else {
+            return refused("unsupported peer key");
+        };
+        let Some(user) = self.user_of_device(&device) else {
+            return refused("direct messages are accepted from guild members only");
+        };
+        let req = match DmRequest::from_bytes(data) {
+            Ok(r) => r,
+            Err(_) => return refused("malformed request"),
+        };
+        match req {
+            DmRequest::Bundle => {
+                match self.with_engine(|_, db| dm::bundle_for_peer(db, &self.inner.dm.me)) {
+                    Ok(Ok(b)) => DmResponse::Bundle(b),
+                    _ => refused("internal error"),
+                }
+            }
+            DmRequest::Deliver(bytes) => {
+                let r = self.with_engine(|_, db| {
+                    dm::receive(
+                        db,
+                        &self.inner.dm.me,
+                        &device,
+                        &user.to_bytes(),
+                        &bytes,
+                        engine::now_ms(),
+                    )
+                });
+                match r {
+                    Ok(Ok(dm::Received::New(m))) => {
+                        self.emit(GuildEvent::Dm(m));
+                        DmResponse::Delivered
+                    }
+                    Ok(Ok(dm::Received::Duplicate)) => DmResponse::Delivered,
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "direct message refused");
+                        refused("does not decrypt")
+                    }
+                    Err(_) => refused("internal error"),
+                }
+            }
+        }
     }
 
     /// A user's root key by id or nickname, searched in every guild (for `safety-number`).
@@ -1176,7 +1463,22 @@ async fn run_net_events(svc: GuildService, mut events: EventStream) {
                 let resp = svc.answer_history(peer, &data).to_bytes();
                 let _ = svc.inner.net.respond(id, resp).await;
             }
-            Event::PeerConnected(peer, _) => svc.on_peer_connected(peer),
+            Event::DirectRequest { peer, id, data } if data.first() == Some(&DM_VERSION) => {
+                let s = svc.clone();
+                svc.spawn(async move {
+                    let resp = s.answer_dm(peer, &data).to_bytes();
+                    let _ = s.inner.net.respond(id, resp).await;
+                });
+            }
+            Event::PeerConnected(peer, _) => {
+                svc.on_peer_connected(peer);
+                if let Some(d) = device_of(&peer)
+                    && svc.with_engine(|_, db| dm::wake(db.conn(), &d)).is_ok()
+                {
+                    let s = svc.clone();
+                    svc.spawn(async move { s.flush_dms().await });
+                }
+            }
             _ => {}
         }
     }
@@ -1200,6 +1502,7 @@ async fn run_ticks(svc: GuildService) {
             }
         }
         svc.start_history().await;
+        svc.flush_dms().await;
         svc.drain_outq().await;
         let ids: Vec<GuildId> = svc
             .with_engine(|e, _| e.guilds.keys().copied().collect())

@@ -20,6 +20,7 @@ use securecomm_crdt::invite::InviteToken;
 use securecomm_crdt::schema::{DeviceCert, GuildId, InviteCode};
 use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use securecomm_noise::dcgka::{ControlMessage, DirectMessage, MemberKey};
+use securecomm_noise::dm::PrekeyBundle;
 use securecomm_noise::keys::DevicePublicKey;
 use securecomm_noise::secret::{Secret32, hkdf_sha256};
 use sha2::{Digest, Sha256};
@@ -39,6 +40,8 @@ pub const LINK_PREFIX: &str = "sc1";
 
 /// Longest message text, in bytes.
 pub const MAX_TEXT: usize = 16 * 1024;
+/// Largest encoded DM prekey bundle.
+pub const MAX_BUNDLE: usize = 1024;
 /// Most two-party messages with one control message (one per other member).
 pub const MAX_DIRECTS: usize = 1024;
 /// Largest encoded signed change inside a log entry.
@@ -88,6 +91,10 @@ pub enum LogPayload {
         /// Per-recipient direct messages.
         directs: Vec<DirectMessage>,
     },
+    /// The author device's DM prekey bundle (signed prekey, no one-time prekey), so members
+    /// can start a DM session with it while it is offline. Accepted only from the device the
+    /// bundle belongs to.
+    DmBundle(PrekeyBundle),
 }
 
 impl Encode for LogPayload {
@@ -105,6 +112,10 @@ impl Encode for LogPayload {
                 for d in directs.iter().take(usize::from(u16::MAX)) {
                     w.bytes32(&d.to_bytes());
                 }
+            }
+            Self::DmBundle(b) => {
+                w.u8(3);
+                w.bytes16(&b.to_bytes());
             }
         }
     }
@@ -132,6 +143,14 @@ impl Decode for LogPayload {
                     directs.push(strict("direct message", b, DirectMessage::from_bytes)?);
                 }
                 Ok(Self::Dcgka { control, directs })
+            }
+            3 => {
+                let b = r.bytes16("prekey bundle", MAX_BUNDLE)?;
+                Ok(Self::DmBundle(strict(
+                    "prekey bundle",
+                    b,
+                    PrekeyBundle::from_bytes,
+                )?))
             }
             got => Err(DecodeError::UnknownTag {
                 what: "guild log payload",

@@ -171,6 +171,43 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (guild, sender, seq)
      ) STRICT, WITHOUT ROWID;
      ALTER TABLE guild_messages ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;",
+    // 5: direct messages (`guild::dm`): Double Ratchet sessions per peer device and role,
+    // messages, the outbox of ciphertexts with their delivery state, and peers' prekey bundles.
+    "CREATE TABLE dm_sessions (
+        device BLOB NOT NULL,
+        role INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        used_at INTEGER NOT NULL,
+        PRIMARY KEY (device, role)
+     ) STRICT;
+     CREATE TABLE dm_messages (
+        rorder INTEGER PRIMARY KEY AUTOINCREMENT,
+        peer_user BLOB NOT NULL,
+        peer_device BLOB NOT NULL,
+        outgoing INTEGER NOT NULL,
+        msg_id BLOB NOT NULL,
+        sent_at INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        UNIQUE (msg_id, peer_device, outgoing)
+     ) STRICT;
+     CREATE INDEX dm_messages_by_user ON dm_messages (peer_user, sent_at);
+     CREATE TABLE dm_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device BLOB NOT NULL,
+        msg_id BLOB NOT NULL,
+        message BLOB,
+        created_at INTEGER NOT NULL,
+        next_attempt_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL
+     ) STRICT;
+     CREATE INDEX dm_outbox_by_msg ON dm_outbox (msg_id);
+     CREATE TABLE dm_bundles (
+        device BLOB PRIMARY KEY,
+        spk_id INTEGER NOT NULL,
+        bundle BLOB NOT NULL
+     ) STRICT;",
 ];
 
 /// The newest schema version this build writes.
