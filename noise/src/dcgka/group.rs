@@ -202,7 +202,7 @@ impl std::fmt::Debug for Group {
             .field("me", &self.me)
             .field("seq", &self.seq)
             .field("status", &self.status)
-            .field("members", &self.members().len())
+            .field("members", &self.member_view().len())
             .finish()
     }
 }
@@ -292,8 +292,13 @@ impl Group {
 
     /// The membership as this member sees it now (empty before joining and after removal).
     pub fn members(&self) -> BTreeSet<DevicePublicKey> {
+        BTreeSet::clone(&self.member_view())
+    }
+
+    /// [`Group::members`], shared with the membership history's memoised view.
+    fn member_view(&self) -> std::sync::Arc<BTreeSet<DevicePublicKey>> {
         if self.status != Status::Member {
-            return BTreeSet::new();
+            return std::sync::Arc::default();
         }
         self.dgm.view(&self.me)
     }
@@ -494,7 +499,7 @@ impl Group {
                 "device already added or removed before",
             ));
         }
-        if self.members().len() >= MAX_MEMBERS || self.dgm.len() >= MAX_OPS {
+        if self.member_view().len() >= MAX_MEMBERS || self.dgm.len() >= MAX_OPS {
             return Err(GroupError::Bound("members"));
         }
         let backup = self.clone();
@@ -558,7 +563,7 @@ impl Group {
         self.check_member()?;
         let backup = self.clone();
         let r = {
-            let recipients = self.members();
+            let recipients = self.member_view();
             self.seeded_op(signer, rng, &recipients, ControlBody::Update)
         };
         if r.is_err() {
@@ -579,7 +584,7 @@ impl Group {
     ) -> Result<Output, GroupError> {
         self.check_signer(signer)?;
         self.check_member()?;
-        if to == self.me || !self.members().contains(&to) {
+        if to == self.me || !self.member_view().contains(&to) {
             return Err(GroupError::Invalid(
                 "history goes to another current member",
             ));
@@ -758,7 +763,7 @@ impl Group {
         is_remove: bool,
     ) -> Result<Output, GroupError> {
         let sender = op.sender;
-        let mut recipients = self.dgm.view(&sender);
+        let mut recipients = BTreeSet::clone(&self.dgm.view(&sender));
         recipients.remove(&sender);
         let seed = if sender == self.me {
             self.next_seed
@@ -797,7 +802,7 @@ impl Group {
         // The paper's forwarding: members this member has added since the sender's view (added
         // concurrently with the op) get this member's own member secret, so they can follow
         // the ratchet step its ack makes.
-        let members = self.members();
+        let members = self.member_view();
         let forward_to: BTreeSet<DevicePublicKey> = members
             .iter()
             .filter(|m| **m != sender && **m != self.me && !recipients.contains(*m))
@@ -923,7 +928,7 @@ impl Group {
     /// view), its seed gives the sender's next update secret.
     fn process_refresh(&mut self, op: OpId, seed: Option<Secret32>) -> Result<Output, GroupError> {
         let sender = op.sender;
-        let mut recipients = self.dgm.view(&sender);
+        let mut recipients = BTreeSet::clone(&self.dgm.view(&sender));
         recipients.remove(&sender);
         let mut out = Output::default();
         match (recipients.contains(&self.me), seed) {
@@ -973,7 +978,7 @@ impl Group {
     /// Ratchets `member` with `input` and starts its next message epoch with the result, if
     /// `member` is a current member (a removed member's chain is never used again).
     fn ratchet_and_start(&mut self, member: DevicePublicKey, input: &Secret32, out: &mut Output) {
-        if self.status != Status::Member || !self.members().contains(&member) {
+        if self.status != Status::Member || !self.member_view().contains(&member) {
             return;
         }
         let i = self.update_ratchet(member, input);
@@ -1075,7 +1080,7 @@ impl Group {
             return Ok(out);
         }
         let ack_id = self.next_id();
-        if self.members().contains(&added) {
+        if self.member_view().contains(&added) {
             let o = self
                 .outer
                 .get(&self.me)
@@ -1177,7 +1182,7 @@ impl Group {
         ));
         let me = self.me;
         out.merge(self.process_ack(me, &op, None)?);
-        if !self.members().contains(&self.me) {
+        if !self.member_view().contains(&self.me) {
             return Err(GroupError::Invalid(
                 "welcome does not make this device a member",
             ));
