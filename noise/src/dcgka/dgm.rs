@@ -26,6 +26,7 @@
 //! evaluated per viewer over exactly the operations that viewer has seen.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 use crate::codec::{DecodeError, Encode, Reader, Writer};
 use crate::keys::DevicePublicKey;
@@ -53,10 +54,42 @@ pub(crate) struct OpRecord {
     pub(crate) seen: BTreeSet<DevicePublicKey>,
 }
 
+/// Most viewers whose evaluated view is memoised between changes.
+const VIEW_CACHE: usize = 4;
+
 /// The membership history.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Default)]
 pub(crate) struct Dgm {
     ops: BTreeMap<OpId, OpRecord>,
+    /// Views evaluated since the last change to `ops` (at most [`VIEW_CACHE`] viewers, public
+    /// data derived from `ops`): a control message asks for the same views several times, and
+    /// evaluating one walks every operation and builds a set of every member. Every method
+    /// taking `&mut self` empties it; it is neither compared nor serialised.
+    views: Mutex<Vec<(DevicePublicKey, Arc<BTreeSet<DevicePublicKey>>)>>,
+}
+
+impl Clone for Dgm {
+    fn clone(&self) -> Self {
+        let views = self.views.lock().map(|v| v.clone()).unwrap_or_default();
+        Self {
+            ops: self.ops.clone(),
+            views: Mutex::new(views),
+        }
+    }
+}
+
+impl PartialEq for Dgm {
+    fn eq(&self, other: &Self) -> bool {
+        self.ops == other.ops
+    }
+}
+
+impl Eq for Dgm {}
+
+impl std::fmt::Debug for Dgm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dgm").field("ops", &self.ops).finish()
+    }
 }
 
 impl Dgm {
@@ -83,6 +116,7 @@ impl Dgm {
 
     /// Records an operation processed by `me`. For a remove, the kept adds are computed here.
     pub(crate) fn record(&mut self, id: OpId, op: MemOp, me: DevicePublicKey) {
+        self.views = Mutex::default();
         let op = match op {
             MemOp::Remove { removed, .. } => {
                 let kept = self
@@ -118,13 +152,31 @@ impl Dgm {
 
     /// Records that `by` has seen `id` (an ack or add-ack). Unknown ids are ignored.
     pub(crate) fn ack(&mut self, id: &OpId, by: DevicePublicKey) {
+        self.views = Mutex::default();
         if let Some(r) = self.ops.get_mut(id) {
             r.seen.insert(by);
         }
     }
 
-    /// The group membership as `viewer` last saw it.
-    pub(crate) fn view(&self, viewer: &DevicePublicKey) -> BTreeSet<DevicePublicKey> {
+    /// The group membership as `viewer` last saw it (memoised until the next change).
+    pub(crate) fn view(&self, viewer: &DevicePublicKey) -> Arc<BTreeSet<DevicePublicKey>> {
+        if let Ok(views) = self.views.lock()
+            && let Some((_, v)) = views.iter().find(|(d, _)| d == viewer)
+        {
+            return Arc::clone(v);
+        }
+        let v = Arc::new(self.evaluate(viewer));
+        if let Ok(mut views) = self.views.lock() {
+            if views.len() >= VIEW_CACHE {
+                views.remove(0);
+            }
+            views.push((*viewer, Arc::clone(&v)));
+        }
+        v
+    }
+
+    /// Evaluates `viewer`'s view from the operations (see the module docs).
+    fn evaluate(&self, viewer: &DevicePublicKey) -> BTreeSet<DevicePublicKey> {
         let mut removed = BTreeSet::new();
         // For each removed device, the kept-add lists of every removal of it.
         let mut removals: BTreeMap<DevicePublicKey, Vec<&Vec<OpId>>> = BTreeMap::new();
@@ -248,7 +300,10 @@ impl Dgm {
         if creates > 1 {
             return Err(DecodeError::Invalid("two create ops"));
         }
-        Ok(Self { ops })
+        Ok(Self {
+            ops,
+            views: Mutex::default(),
+        })
     }
 }
 
@@ -308,5 +363,50 @@ mod tests {
         let mut r = Reader::new(&b);
         assert_eq!(Dgm::decode(&mut r).unwrap(), g);
         r.finish().unwrap();
+    }
+
+    /// The memoised view always equals a fresh evaluation: after each record and ack, for
+    /// more viewers than the cache holds, asked twice, and on clones taken in between.
+    #[test]
+    fn memoised_views_follow_every_change() {
+        let mut g = Dgm::default();
+        let me = d(1);
+        let viewers: Vec<_> = (1..=8).map(d).collect();
+        let check = |g: &Dgm| {
+            for _ in 0..2 {
+                for v in &viewers {
+                    assert_eq!(*g.view(v), g.evaluate(v), "viewer {v:?}");
+                }
+            }
+            let c = g.clone();
+            for v in &viewers {
+                assert_eq!(*c.view(v), g.evaluate(v));
+            }
+        };
+        check(&g);
+        g.record(id(1, 1), MemOp::Create(vec![d(1), d(2), d(3), d(4)]), me);
+        check(&g);
+        for i in 2..=4 {
+            g.ack(&id(1, 1), d(i));
+            check(&g);
+        }
+        g.record(id(2, 1), MemOp::Add(d(5)), me);
+        check(&g);
+        g.ack(&id(2, 1), d(3));
+        check(&g);
+        g.record(
+            id(3, 1),
+            MemOp::Remove {
+                removed: d(2),
+                kept: vec![],
+            },
+            me,
+        );
+        check(&g);
+        g.ack(&id(3, 1), d(4));
+        check(&g);
+        g.record(id(4, 1), MemOp::Add(d(6)), me);
+        check(&g);
+        assert!(!g.view(&me).contains(&d(2)));
     }
 }

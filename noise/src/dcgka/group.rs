@@ -7,7 +7,7 @@ use zeroize::Zeroizing;
 
 use crate::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use crate::envelope::{self, EnvelopeError, EnvelopeHeader};
-use crate::keys::{DevicePublicKey, DeviceSigningKey, SignatureError};
+use crate::keys::{DevicePublicKey, DeviceSigningKey, PrecomputedDeviceKey, SignatureError};
 use crate::oneshot::{OneShotError, PrekeyStore, SignedPrekey};
 use crate::secret::{Secret32, hkdf_sha256};
 
@@ -15,6 +15,7 @@ use super::dgm::{Dgm, MAX_OPS, MemOp};
 use super::history::{ArchiveEntry, History, HistoryError};
 use super::ratchet::{RatchetError, SenderChains};
 use super::twoparty::{TwoParty, TwoPartyError};
+use super::verifiers::Verifiers;
 use super::wire::{
     ControlBody, ControlMessage, DirectKind, DirectMessage, MAX_MEMBERS, MemberKey, OpId,
 };
@@ -191,6 +192,8 @@ pub struct Group {
     chains: BTreeMap<DevicePublicKey, SenderChains>,
     tags: BTreeMap<[u8; 16], DevicePublicKey>,
     history: History,
+    /// Signature tables of busy senders: derived, public, not serialised.
+    verifiers: Verifiers,
 }
 
 impl std::fmt::Debug for Group {
@@ -199,7 +202,7 @@ impl std::fmt::Debug for Group {
             .field("me", &self.me)
             .field("seq", &self.seq)
             .field("status", &self.status)
-            .field("members", &self.members().len())
+            .field("members", &self.member_view().len())
             .finish()
     }
 }
@@ -220,6 +223,19 @@ fn open_as(
     sender: &DevicePublicKey,
 ) -> Result<envelope::Opened, GroupError> {
     envelope::open_from(mk, group, bytes, sender).map_err(|e| match e {
+        EnvelopeError::WrongSender => GroupError::WrongSender,
+        e => GroupError::Envelope(e),
+    })
+}
+
+/// [`open_as`] with the sender's precomputed verification table.
+fn open_as_precomputed(
+    mk: &Secret32,
+    group: &[u8; 32],
+    bytes: &[u8],
+    sender: &PrecomputedDeviceKey,
+) -> Result<envelope::Opened, GroupError> {
+    envelope::open_from_precomputed(mk, group, bytes, sender).map_err(|e| match e {
         EnvelopeError::WrongSender => GroupError::WrongSender,
         e => GroupError::Envelope(e),
     })
@@ -250,6 +266,7 @@ impl Group {
             chains: BTreeMap::new(),
             tags: BTreeMap::new(),
             history: History::default(),
+            verifiers: Verifiers::default(),
         }
     }
 
@@ -275,8 +292,13 @@ impl Group {
 
     /// The membership as this member sees it now (empty before joining and after removal).
     pub fn members(&self) -> BTreeSet<DevicePublicKey> {
+        BTreeSet::clone(&self.member_view())
+    }
+
+    /// [`Group::members`], shared with the membership history's memoised view.
+    fn member_view(&self) -> std::sync::Arc<BTreeSet<DevicePublicKey>> {
         if self.status != Status::Member {
-            return BTreeSet::new();
+            return std::sync::Arc::default();
         }
         self.dgm.view(&self.me)
     }
@@ -477,7 +499,7 @@ impl Group {
                 "device already added or removed before",
             ));
         }
-        if self.members().len() >= MAX_MEMBERS || self.dgm.len() >= MAX_OPS {
+        if self.member_view().len() >= MAX_MEMBERS || self.dgm.len() >= MAX_OPS {
             return Err(GroupError::Bound("members"));
         }
         let backup = self.clone();
@@ -541,7 +563,7 @@ impl Group {
         self.check_member()?;
         let backup = self.clone();
         let r = {
-            let recipients = self.members();
+            let recipients = self.member_view();
             self.seeded_op(signer, rng, &recipients, ControlBody::Update)
         };
         if r.is_err() {
@@ -562,7 +584,7 @@ impl Group {
     ) -> Result<Output, GroupError> {
         self.check_signer(signer)?;
         self.check_member()?;
-        if to == self.me || !self.members().contains(&to) {
+        if to == self.me || !self.member_view().contains(&to) {
             return Err(GroupError::Invalid(
                 "history goes to another current member",
             ));
@@ -741,7 +763,7 @@ impl Group {
         is_remove: bool,
     ) -> Result<Output, GroupError> {
         let sender = op.sender;
-        let mut recipients = self.dgm.view(&sender);
+        let mut recipients = BTreeSet::clone(&self.dgm.view(&sender));
         recipients.remove(&sender);
         let seed = if sender == self.me {
             self.next_seed
@@ -780,7 +802,7 @@ impl Group {
         // The paper's forwarding: members this member has added since the sender's view (added
         // concurrently with the op) get this member's own member secret, so they can follow
         // the ratchet step its ack makes.
-        let members = self.members();
+        let members = self.member_view();
         let forward_to: BTreeSet<DevicePublicKey> = members
             .iter()
             .filter(|m| **m != sender && **m != self.me && !recipients.contains(*m))
@@ -906,7 +928,7 @@ impl Group {
     /// view), its seed gives the sender's next update secret.
     fn process_refresh(&mut self, op: OpId, seed: Option<Secret32>) -> Result<Output, GroupError> {
         let sender = op.sender;
-        let mut recipients = self.dgm.view(&sender);
+        let mut recipients = BTreeSet::clone(&self.dgm.view(&sender));
         recipients.remove(&sender);
         let mut out = Output::default();
         match (recipients.contains(&self.me), seed) {
@@ -956,7 +978,7 @@ impl Group {
     /// Ratchets `member` with `input` and starts its next message epoch with the result, if
     /// `member` is a current member (a removed member's chain is never used again).
     fn ratchet_and_start(&mut self, member: DevicePublicKey, input: &Secret32, out: &mut Output) {
-        if self.status != Status::Member || !self.members().contains(&member) {
+        if self.status != Status::Member || !self.member_view().contains(&member) {
             return;
         }
         let i = self.update_ratchet(member, input);
@@ -1058,7 +1080,7 @@ impl Group {
             return Ok(out);
         }
         let ack_id = self.next_id();
-        if self.members().contains(&added) {
+        if self.member_view().contains(&added) {
             let o = self
                 .outer
                 .get(&self.me)
@@ -1160,7 +1182,7 @@ impl Group {
         ));
         let me = self.me;
         out.merge(self.process_ack(me, &op, None)?);
-        if !self.members().contains(&self.me) {
+        if !self.member_view().contains(&self.me) {
             return Err(GroupError::Invalid(
                 "welcome does not make this device a member",
             ));
@@ -1215,6 +1237,7 @@ impl Group {
             self.chains.clear();
             self.tags.clear();
             self.history = History::default();
+            self.verifiers.clear();
             return;
         }
         let gone: Vec<_> = self
@@ -1228,6 +1251,7 @@ impl Group {
             self.outer.remove(&d);
             self.chains.remove(&d);
             self.tags.retain(|_, m| *m != d);
+            self.verifiers.forget(&d);
         }
         self.member_secrets.retain(|(_, d), _| members.contains(d));
     }
@@ -1275,7 +1299,18 @@ impl Group {
                 // envelope has decrypted and its signature verified, so a refused message
                 // leaves the group exactly as it was.
                 let (mk, pending) = chains.peek_key(epoch, header.generation)?;
-                let opened = open_as(&mk, &self.group, &msg.0, &sender)?;
+                let opened = match self.verifiers.table(&sender) {
+                    Some(table) => {
+                        let opened = open_as_precomputed(&mk, &self.group, &msg.0, table)?;
+                        self.verifiers.verified(&sender, true);
+                        opened
+                    }
+                    None => {
+                        let opened = open_as(&mk, &self.group, &msg.0, &sender)?;
+                        self.verifiers.verified(&sender, false);
+                        opened
+                    }
+                };
                 chains.commit(pending);
                 return Ok(Decrypted {
                     sender,
@@ -1456,6 +1491,7 @@ impl Group {
             chains,
             tags,
             history,
+            verifiers: Verifiers::default(),
         })
     }
 
@@ -1722,6 +1758,104 @@ mod tests {
                 b"after both removals"
             );
         }
+    }
+
+    /// After `BUILD_AFTER` messages from one sender a receiver verifies that sender with a
+    /// precomputed table; on that path forged, tampered and replayed messages are still refused
+    /// (leaving the state unchanged), and the table goes when the sender is removed.
+    #[test]
+    fn busy_sender_table_path_refuses_the_same_messages() {
+        use super::super::verifiers::BUILD_AFTER;
+        let mut rng = StdRng::seed_from_u64(23);
+        let mut sim = Sim::new(3, &mut rng);
+        let (a, b, c) = (0, 1, 2);
+        let aid = sim.id(a);
+        for i in 0..BUILD_AFTER {
+            let m = sim.gs[a].encrypt(&sim.keys[a], &i.to_be_bytes()).unwrap();
+            assert_eq!(sim.gs[c].decrypt(&m).unwrap().sender, aid);
+            assert_eq!(
+                sim.gs[c].verifiers.with_tables().is_empty(),
+                i + 1 < BUILD_AFTER
+            );
+        }
+        assert_eq!(sim.gs[c].verifiers.with_tables(), vec![aid]);
+        assert!(sim.gs[b].verifiers.with_tables().is_empty());
+
+        // B, who can derive A's next key, signs in A's slot: refused, state unchanged.
+        let (epoch, tag, next) = sim.gs[c].chains[&aid].current().unwrap();
+        let mut b_view = sim.gs[b].clone();
+        let mk = b_view
+            .chains
+            .get_mut(&aid)
+            .unwrap()
+            .take_key(epoch, next)
+            .unwrap();
+        let header = EnvelopeHeader {
+            epoch: u64::from(epoch),
+            sender_tag: tag,
+            generation: next,
+        };
+        let forged = envelope::seal(&mk, &header, &[1; 32], &sim.keys[b], b"I am A").unwrap();
+        let before = sim.gs[c].to_bytes();
+        assert_eq!(
+            sim.gs[c].decrypt(&AppMessage(forged.clone())).unwrap_err(),
+            GroupError::WrongSender
+        );
+        // The same forgery with A's key bytes inside and B's signature: a signature error.
+        let mut inner = forged;
+        let body_start = 1 + envelope::HEADER_LEN;
+        let (k, n) = {
+            let okm = hkdf_sha256::<44>(
+                Some(&inner[..body_start]),
+                mk.expose(),
+                b"SecureComm/envelope/aead v1",
+            );
+            let mut k = [0u8; 32];
+            k.copy_from_slice(&okm[..32]);
+            let mut n = [0u8; 12];
+            n.copy_from_slice(&okm[32..]);
+            (k, n)
+        };
+        {
+            use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+            let aead = chacha20poly1305::ChaCha20Poly1305::new(&k.into());
+            let tag_at = inner.len() - 16;
+            let (head, rest) = inner.split_at_mut(body_start);
+            let (body, tag) = rest.split_at_mut(tag_at - body_start);
+            aead.decrypt_in_place_detached(&n.into(), head, body, (&*tag).into())
+                .unwrap();
+            body[..32].copy_from_slice(aid.as_bytes());
+            let t = aead
+                .encrypt_in_place_detached(&n.into(), head, body)
+                .unwrap();
+            tag.copy_from_slice(&t);
+        }
+        assert!(matches!(
+            sim.gs[c].decrypt(&AppMessage(inner)).unwrap_err(),
+            GroupError::Envelope(EnvelopeError::Signature(_))
+        ));
+        assert_eq!(sim.gs[c].to_bytes(), before);
+
+        // Tampered bytes refused without a state change; the genuine message and a replay.
+        let m = sim.gs[a].encrypt(&sim.keys[a], b"real").unwrap();
+        for i in 0..m.0.len() {
+            let mut bad = m.clone();
+            bad.0[i] ^= 0x20;
+            assert!(sim.gs[c].decrypt(&bad).is_err(), "byte {i}");
+        }
+        assert_eq!(sim.gs[c].to_bytes(), before);
+        assert_eq!(&sim.gs[c].decrypt(&m).unwrap().plaintext[..], b"real");
+        assert!(matches!(
+            sim.gs[c].decrypt(&m).unwrap_err(),
+            GroupError::Ratchet(RatchetError::Replay { .. })
+        ));
+
+        // A is removed: C drops its table and counter.
+        let out = sim.gs[b].remove(&sim.keys[b], &mut rng, aid).unwrap();
+        sim.push(b, out);
+        sim.settle(&mut rng);
+        assert!(sim.gs[c].verifiers.with_tables().is_empty());
+        assert!(sim.gs[c].verifiers.counted().iter().all(|d| *d != aid));
     }
 
     #[test]

@@ -192,6 +192,7 @@ pub mod group;
 pub mod history;
 pub mod ratchet;
 pub mod twoparty;
+pub mod verifiers;
 pub mod wire;
 
 pub use group::{AppMessage, Decrypted, Group, GroupError, Output, UpdateEvent};
