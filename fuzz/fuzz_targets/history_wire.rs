@@ -3,11 +3,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use securecomm_node::guild::history::{HistoryRequest, HistoryResponse};
+use securecomm_node::guild::history::{HistoryRequest, HistoryResponse, Receipt};
 use securecomm_noise::codec::{Decode, Encode};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = HistoryRequest::from_bytes(data) {
+        assert_eq!(r.to_bytes(), data);
+    }
+    if let Ok(r) = Receipt::from_bytes(data) {
         assert_eq!(r.to_bytes(), data);
     }
     if let Ok(r) = HistoryResponse::from_bytes(data) {

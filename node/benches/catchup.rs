@@ -77,11 +77,7 @@ fn main() {
             .unwrap()
             .to_owned();
         for (name, svc) in [("witness", &c.guilds), ("returning", &b_svc)] {
-            let inv = a
-                .guilds
-                .create_invite(&gid, Some(3600), 1)
-                .await
-                .unwrap();
+            let inv = a.guilds.create_invite(&gid, Some(3600), 1).await.unwrap();
             let j = svc.join(inv["code"].as_str().unwrap()).await.unwrap();
             assert_eq!(j["ready"], true, "{name}: {j}");
         }

@@ -45,6 +45,25 @@ fn an_offline_member_catches_up_on_100_messages() {
         (t.len() == 2 * PER + 1).then_some(t)
     });
 
+    // Alice's own messages say who holds them: bob (receipts), not carol.
+    until("bob's receipts to reach alice", || {
+        let h = nodes[0].cli(&["history", &gid, "general", "--limit", "1000"]);
+        let mine: Vec<&serde_json::Value> = h
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["nickname"] == "alice")
+            .collect();
+        assert_eq!(mine.len(), PER);
+        mine.iter()
+            .all(|m| {
+                m["delivery"]["delivered"] == 1
+                    && m["delivery"]["members"] == 2
+                    && m["delivery"]["pending"][0]["nickname"] == "carol"
+            })
+            .then_some(())
+    });
+
     nodes[2].restart();
     let got = until("carol to catch up", || {
         let t = nodes[2].texts(&gid, "general");
@@ -66,6 +85,15 @@ fn an_offline_member_catches_up_on_100_messages() {
         let expect: Vec<String> = (0..PER).map(|i| format!("{who} {i}")).collect();
         assert_eq!(theirs, expect, "carol sees {who}'s messages out of order");
     }
+    until("carol's receipts to reach alice", || {
+        let h = nodes[0].cli(&["history", &gid, "general", "--limit", "1000"]);
+        h.as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["nickname"] == "alice")
+            .all(|m| m["delivery"]["delivered"] == 2)
+            .then_some(())
+    });
     let mut a: Vec<_> = want.clone();
     let mut c: Vec<_> = got.clone();
     a.sort();

@@ -43,9 +43,7 @@ use std::collections::BTreeSet;
 use rand_core::OsRng;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
-use securecomm_noise::dm::{
-    DmError, DmIdentity, DmMessage, PrekeyBundle, PrekeyStore, Session,
-};
+use securecomm_noise::dm::{DmError, DmIdentity, DmMessage, PrekeyBundle, PrekeyStore, Session};
 use securecomm_noise::keys::DevicePublicKey;
 use serde::Serialize;
 
@@ -119,6 +117,7 @@ pub enum DmRequest {
 }
 
 /// The answer to a [`DmRequest`].
+#[allow(clippy::large_enum_variant)] // one per request
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DmResponse {
     /// A bundle, with a one-time prekey when one was available.
@@ -297,13 +296,14 @@ impl std::fmt::Debug for DmKeys {
 /// Loads the prekey store, creating (and saving) one with a signed prekey and a stock of
 /// one-time prekeys on first use.
 pub(crate) fn prekeys(db: &Db, me: &DmIdentity) -> Result<PrekeyStore, GuildError> {
-    if let Some(b) = db.get(KV_PREKEYS).map_err(|e| GuildError::Invalid(e.to_string()))? {
+    if let Some(b) = db
+        .get(KV_PREKEYS)
+        .map_err(|e| GuildError::Invalid(e.to_string()))?
+    {
         return PrekeyStore::from_bytes(&b).map_err(GuildError::Decode);
     }
     let mut store = PrekeyStore::new();
-    store
-        .rotate_signed_prekey(&mut OsRng, me)
-        .map_err(dm_err)?;
+    store.rotate_signed_prekey(&mut OsRng, me).map_err(dm_err)?;
     store
         .generate_one_time_prekeys(&mut OsRng, ONE_TIME_BATCH)
         .map_err(dm_err)?;
@@ -645,9 +645,8 @@ pub(crate) fn history(
             })
         })?
         .collect::<Result<_, _>>()?;
-    let mut st = conn.prepare_cached(
-        "SELECT device, state FROM dm_outbox WHERE msg_id = ?1 ORDER BY device",
-    )?;
+    let mut st = conn
+        .prepare_cached("SELECT device, state FROM dm_outbox WHERE msg_id = ?1 ORDER BY device")?;
     for m in v.iter_mut().filter(|m| m.outgoing) {
         let id = hex::decode(&m.id).unwrap_or_default();
         m.delivery = st

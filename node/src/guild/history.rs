@@ -81,6 +81,70 @@ pub struct HistoryRequest {
     pub have: Vec<(DevicePublicKey, Vec<(u64, u64)>)>,
 }
 
+/// A delivery receipt: "of your messages in this guild, I hold these sequence numbers". Sent by
+/// a member to a sender after storing its messages (live or through history); the sender
+/// shows per-member delivery from it. Answered with an empty page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The guild.
+    pub guild: GuildId,
+    /// The ranges of the recipient's (the sender's) sequence numbers held, ascending.
+    pub held: Vec<(u64, u64)>,
+}
+
+impl Encode for Receipt {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(HISTORY_VERSION);
+        w.u8(4);
+        self.guild.encode(w);
+        w.u16(u16::try_from(self.held.len()).unwrap_or(u16::MAX));
+        for (lo, hi) in &self.held {
+            w.u64(*lo);
+            w.u64(*hi);
+        }
+    }
+}
+
+impl Decode for Receipt {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.version("delivery receipt", HISTORY_VERSION)?;
+        match r.u8()? {
+            4 => {}
+            got => {
+                return Err(DecodeError::UnknownTag {
+                    what: "delivery receipt",
+                    got: u64::from(got),
+                });
+            }
+        }
+        let guild = GuildId::decode(r)?;
+        let held = decode_ranges(r)?;
+        Ok(Self { guild, held })
+    }
+}
+
+fn decode_ranges(r: &mut Reader<'_>) -> Result<Vec<(u64, u64)>, DecodeError> {
+    let k = usize::from(r.u16()?);
+    if k > MAX_RANGES {
+        return Err(DecodeError::TooLong {
+            what: "history ranges",
+            max: MAX_RANGES,
+            got: k,
+        });
+    }
+    let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(k);
+    for _ in 0..k {
+        let (lo, hi) = (r.u64()?, r.u64()?);
+        if lo > hi || ranges.last().is_some_and(|&(_, ph)| ph >= lo) {
+            return Err(DecodeError::Invalid(
+                "history ranges not ascending and disjoint",
+            ));
+        }
+        ranges.push((lo, hi));
+    }
+    Ok(ranges)
+}
+
 /// One message as the responder holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryItem {
@@ -154,24 +218,7 @@ impl Decode for HistoryRequest {
                     "history senders not in ascending order",
                 ));
             }
-            let k = usize::from(r.u16()?);
-            if k > MAX_RANGES {
-                return Err(DecodeError::TooLong {
-                    what: "history ranges",
-                    max: MAX_RANGES,
-                    got: k,
-                });
-            }
-            let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(k);
-            for _ in 0..k {
-                let (lo, hi) = (r.u64()?, r.u64()?);
-                if lo > hi || ranges.last().is_some_and(|&(_, ph)| ph >= lo) {
-                    return Err(DecodeError::Invalid(
-                        "history ranges not ascending and disjoint",
-                    ));
-                }
-                ranges.push((lo, hi));
-            }
+            let ranges = decode_ranges(r)?;
             have.push((sender, ranges));
         }
         Ok(Self {
@@ -369,6 +416,83 @@ pub(crate) fn held(
     Ok(out)
 }
 
+/// What this node holds of `sender`'s messages in `gid`.
+pub(crate) fn held_from(
+    conn: &Connection,
+    gid: &GuildId,
+    sender: &DevicePublicKey,
+) -> Result<Ranges, SyncError> {
+    let mut st = conn.prepare_cached(
+        "SELECT MIN(seq), MAX(seq) FROM (
+            SELECT seq, seq - ROW_NUMBER() OVER (ORDER BY seq) AS run
+            FROM guild_envelopes WHERE guild = ?1 AND sender = ?2)
+         GROUP BY run ORDER BY MIN(seq)",
+    )?;
+    let rows = st.query_map(params![&gid.0[..], &sender.as_bytes()[..]], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    let mut out = Ranges::default();
+    for row in rows {
+        let (lo, hi) = row?;
+        if let (Ok(lo), Ok(hi)) = (u64::try_from(lo), u64::try_from(hi)) {
+            out.push(lo, hi);
+        }
+    }
+    Ok(out)
+}
+
+/// Records a receipt from `member`: the ranges of this node's messages it holds.
+pub(crate) fn record_receipt(
+    conn: &Connection,
+    gid: &GuildId,
+    member: &DevicePublicKey,
+    held: &[(u64, u64)],
+    now: u64,
+) -> Result<(), SyncError> {
+    let mut w = Writer::new();
+    w.u16(u16::try_from(held.len()).unwrap_or(u16::MAX));
+    for (lo, hi) in held {
+        w.u64(*lo);
+        w.u64(*hi);
+    }
+    conn.prepare_cached(
+        "INSERT INTO guild_receipts (guild, member, held, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(guild, member) DO UPDATE SET held = excluded.held, updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        &gid.0[..],
+        &member.as_bytes()[..],
+        w.into_bytes(),
+        sql(now)
+    ])?;
+    Ok(())
+}
+
+/// Every member's last receipt in `gid`.
+pub(crate) fn receipts(
+    conn: &Connection,
+    gid: &GuildId,
+) -> Result<BTreeMap<DevicePublicKey, Ranges>, SyncError> {
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = conn
+        .prepare_cached("SELECT member, held FROM guild_receipts WHERE guild = ?1")?
+        .query_map(params![&gid.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut out = BTreeMap::new();
+    for (m, h) in rows {
+        let Some(m) = device_from(&m) else { continue };
+        let mut r = Reader::new(&h);
+        let Ok(ranges) = decode_ranges(&mut r) else {
+            continue;
+        };
+        let mut set = Ranges::default();
+        for (lo, hi) in ranges {
+            set.push(lo, hi);
+        }
+        out.insert(m, set);
+    }
+    Ok(out)
+}
+
 /// Whether this node holds `(sender, seq)` of `gid`.
 pub(crate) fn holds(
     conn: &Connection,
@@ -548,6 +672,7 @@ mod tests {
 
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Receipt::from_bytes(&bytes);
             let _ = HistoryRequest::from_bytes(&bytes);
             let _ = HistoryResponse::from_bytes(&bytes);
         }

@@ -25,11 +25,11 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 
 use super::GuildError;
+use super::dm::{self, DM_VERSION, DmKeys, DmPayload, DmRequest, DmResponse, StoredDm};
 use super::engine::{
     self, Engine, Keys, StoredMessage, Verdict, new_role, parse_perms, perm_names, resolve_channel,
     resolve_role, resolve_user, text_channel, voice_channel,
 };
-use super::dm::{self, DM_VERSION, DmKeys, DmPayload, DmRequest, DmResponse, StoredDm};
 use super::history::{self, HISTORY_VERSION, HistoryRequest, HistoryResponse};
 use super::wire::{DIRECT_VERSION, DirectRequest, DirectResponse, InviteLink, MAX_LINK_ADDRS};
 use crate::net::{Client, Event, EventStream, NetError};
@@ -88,7 +88,12 @@ struct HistoryState {
     last: HashMap<GuildId, tokio::time::Instant>,
     /// Everything every session did since start.
     totals: HistoryStats,
+    /// Senders owed a delivery receipt (bounded by [`MAX_RECEIPTS_DUE`]).
+    receipts_due: HashSet<(GuildId, DevicePublicKey)>,
 }
+
+/// Most senders owed a receipt at once.
+const MAX_RECEIPTS_DUE: usize = 4096;
 
 /// How often every guild runs a history session even without a trigger.
 pub const HISTORY_EVERY: Duration = Duration::from_secs(60);
@@ -141,6 +146,12 @@ impl std::fmt::Debug for GuildService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuildService").finish_non_exhaustive()
     }
+}
+
+fn hex_array(s: &str) -> Option<[u8; 32]> {
+    hex::decode(s)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
 }
 
 fn peer_of(device: &DevicePublicKey) -> Option<PeerId> {
@@ -249,6 +260,15 @@ impl GuildService {
     }
 
     fn emit(&self, e: GuildEvent) {
+        if let GuildEvent::Message(m) = &e
+            && let Some(gid) = hex_array(&m.guild).map(GuildId)
+            && let Some(sender) =
+                hex_array(&m.sender_device).and_then(|b| DevicePublicKey::from_bytes(&b).ok())
+            && let Ok(mut h) = self.inner.history.lock()
+            && h.receipts_due.len() < MAX_RECEIPTS_DUE
+        {
+            h.receipts_due.insert((gid, sender));
+        }
         let _ = self.inner.events.send(e);
     }
 
@@ -746,21 +766,51 @@ impl GuildService {
     pub fn history(&self, guild: &str, channel: &str, limit: usize) -> Result<Value, GuildError> {
         let gid = self.resolve(guild)?;
         self.with_engine(|e, db| {
+            let me = hex::encode(e.keys.me.as_bytes());
             let g = e.guild_mut(&gid)?;
             let view = g.crdt.view();
             let ch = resolve_channel(view, channel)?;
             let mut msgs = engine::history(db.conn(), &gid, ch, limit.clamp(1, 10_000))?;
             for m in &mut msgs {
-                if let Some(b) = hex::decode(&m.sender)
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                if let Some(b) = hex_array(&m.sender)
                     && let Ok(u) = RootPublicKey::from_bytes(&b)
                     && let Some(member) = view.member(&u)
                 {
                     m.nickname.clone_from(&member.nickname);
                 }
             }
-            Ok(serde_json::to_value(&msgs).unwrap_or(Value::Null))
+            // Delivery state of this device's own messages, from members' receipts.
+            let others: Vec<(DevicePublicKey, String)> = view
+                .members()
+                .values()
+                .flat_map(|m| m.devices.iter().map(|d| (*d, m.nickname.clone())))
+                .filter(|(d, _)| hex::encode(d.as_bytes()) != me)
+                .collect();
+            let receipts = history::receipts(db.conn(), &gid)?;
+            let mut out = serde_json::to_value(&msgs).unwrap_or(Value::Null);
+            if let Some(arr) = out.as_array_mut() {
+                for (v, m) in arr.iter_mut().zip(&msgs) {
+                    if m.sender_device != me {
+                        continue;
+                    }
+                    let pending: Vec<Value> = others
+                        .iter()
+                        .filter(|(d, _)| !receipts.get(d).is_some_and(|r| r.contains(m.seq)))
+                        .map(|(d, nick)| json!({"device": hex::encode(d.as_bytes()), "nickname": nick}))
+                        .collect();
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert(
+                            "delivery".into(),
+                            json!({
+                                "delivered": others.len() - pending.len(),
+                                "members": others.len(),
+                                "pending": pending,
+                            }),
+                        );
+                    }
+                }
+            }
+            Ok(out)
         })?
     }
 
@@ -1076,12 +1126,68 @@ impl GuildService {
             .unwrap_or_default()
     }
 
-    /// The responder's side of history sync.
+    /// Sends owed delivery receipts to connected senders.
+    async fn send_receipts(&self) {
+        let due: Vec<(GuildId, DevicePublicKey)> = match self.inner.history.lock() {
+            Ok(mut h) => h.receipts_due.drain().collect(),
+            Err(_) => return,
+        };
+        if due.is_empty() {
+            return;
+        }
+        let connected: HashSet<PeerId> = self
+            .inner
+            .net
+            .peers()
+            .await
+            .map(|v| v.into_iter().map(|p| p.peer).collect())
+            .unwrap_or_default();
+        for (gid, sender) in due {
+            let Some(peer) = peer_of(&sender).filter(|p| connected.contains(p)) else {
+                continue;
+            };
+            let Ok(Ok(held)) =
+                self.with_engine(|_, db| history::held_from(db.conn(), &gid, &sender))
+            else {
+                continue;
+            };
+            let r = history::Receipt {
+                guild: gid,
+                held: held.to_wire(),
+            };
+            let _ = self.inner.net.request(peer, r.to_bytes()).await;
+        }
+    }
+
+    /// The responder's side of history sync (requests and receipts).
     fn answer_history(&self, peer: PeerId, data: &[u8]) -> HistoryResponse {
         let refused = |s: &str| HistoryResponse::Refused(s.to_owned());
         let Some(device) = device_of(&peer) else {
             return refused("unsupported peer key");
         };
+        if data.get(1) == Some(&4) {
+            let Ok(r) = history::Receipt::from_bytes(data) else {
+                return refused("malformed receipt");
+            };
+            let ok = self.with_engine(|e, db| {
+                e.is_member_device(&r.guild, &device)
+                    && history::record_receipt(
+                        db.conn(),
+                        &r.guild,
+                        &device,
+                        &r.held,
+                        engine::now_ms(),
+                    )
+                    .is_ok()
+            });
+            return match ok {
+                Ok(true) => HistoryResponse::Page {
+                    items: Vec::new(),
+                    more: false,
+                },
+                _ => refused("not a member of that guild"),
+            };
+        }
         let Ok(req) = HistoryRequest::from_bytes(data) else {
             return refused("malformed request");
         };
@@ -1502,6 +1608,7 @@ async fn run_ticks(svc: GuildService) {
             }
         }
         svc.start_history().await;
+        svc.send_receipts().await;
         svc.flush_dms().await;
         svc.drain_outq().await;
         let ids: Vec<GuildId> = svc

@@ -208,6 +208,15 @@ const MIGRATIONS: &[&str] = &[
         spk_id INTEGER NOT NULL,
         bundle BLOB NOT NULL
      ) STRICT;",
+    // 6: delivery receipts (`guild::history`): which of this device's guild messages each
+    // member holds, as sequence-number ranges.
+    "CREATE TABLE guild_receipts (
+        guild BLOB NOT NULL,
+        member BLOB NOT NULL,
+        held BLOB NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (guild, member)
+     ) STRICT;",
 ];
 
 /// The newest schema version this build writes.
