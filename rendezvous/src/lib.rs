@@ -14,6 +14,7 @@
 pub mod capture;
 pub mod config;
 pub mod identity;
+pub mod mailbox;
 pub mod metrics;
 pub mod server;
 

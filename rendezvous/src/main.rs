@@ -97,6 +97,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         RelayOptions {
             capture: args.capture,
             metrics: args.metrics,
+            data_dir: Some(args.data_dir.clone()),
+            mailbox: Default::default(),
         },
     )
     .await?;
