@@ -238,7 +238,11 @@ pub fn relay_config(config: &RelayConfig) -> relay::Config {
         .circuit_src_per_ip(nz(c.circuit_rate_per_ip), interval)
 }
 
-fn behaviour(config: &RelayConfig, key: &Keypair) -> RelayBehaviour {
+fn behaviour(
+    config: &RelayConfig,
+    key: &Keypair,
+    mailbox: Option<&MailboxMetrics>,
+) -> RelayBehaviour {
     let peer_id = key.public().to_peer_id();
     let n = &config.connections;
     let limits = ConnectionLimits::default()
@@ -272,18 +276,21 @@ fn behaviour(config: &RelayConfig, key: &Keypair) -> RelayBehaviour {
         autonat: autonat::v2::server::Behaviour::default(),
         ping: ping::Behaviour::default(),
         kad,
-        mailbox: Toggle::from(config.mailbox.enabled.then(|| mailbox_behaviour(config))),
+        mailbox: Toggle::from(mailbox.map(|m| mailbox_behaviour(config, m))),
     }
 }
 
 /// The relay's side of the mailbox protocol: inbound only, requests bounded by the largest
 /// item this relay stores.
-fn mailbox_behaviour(config: &RelayConfig) -> request_response::Behaviour<MailboxCodec> {
+fn mailbox_behaviour(
+    config: &RelayConfig,
+    metrics: &MailboxMetrics,
+) -> request_response::Behaviour<MailboxCodec> {
     let max_request = usize::try_from(config.mailbox.max_item_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(FRAME_OVERHEAD);
     request_response::Behaviour::with_codec(
-        MailboxCodec::with_limits(max_request, 0),
+        MailboxCodec::with_limits(max_request, 0).counting_malformed(metrics.malformed()),
         [(MAILBOX_PROTOCOL, ProtocolSupport::Inbound)],
         request_response::Config::default().with_request_timeout(MAILBOX_TIMEOUT),
     )
@@ -294,6 +301,7 @@ fn build_swarm(
     key: &Keypair,
     capture: Option<Arc<CaptureSink>>,
     registry: &mut Registry,
+    mailbox: Option<&MailboxMetrics>,
 ) -> Result<Swarm<RelayBehaviour>, RelayError> {
     let noise = TappedNoise::new(key, capture.clone())?;
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
@@ -314,7 +322,7 @@ fn build_swarm(
         .with_idle_connection_timeout(Duration::from_secs(config.connections.idle_timeout_secs));
     Ok(Swarm::new(
         transport,
-        behaviour(config, key),
+        behaviour(config, key, mailbox),
         key.public().to_peer_id(),
         swarm_config,
     ))
@@ -339,10 +347,20 @@ impl Relay {
             None => None,
         };
         let mut registry = Registry::default();
-        let mut swarm = build_swarm(&config, &key, capture, &mut registry)?;
+        let mailbox_metrics = config
+            .mailbox
+            .enabled
+            .then(|| MailboxMetrics::register(&mut registry));
+        let mut swarm = build_swarm(
+            &config,
+            &key,
+            capture,
+            &mut registry,
+            mailbox_metrics.as_ref(),
+        )?;
         let metrics = Metrics::new(&mut registry);
         let peer_id = *swarm.local_peer_id();
-        let (mailbox, replies) = if config.mailbox.enabled {
+        let (mailbox, replies) = if let Some(mailbox_metrics) = mailbox_metrics {
             let ttl = options
                 .mailbox
                 .ttl_override
@@ -350,7 +368,6 @@ impl Relay {
                 .unwrap_or(config.mailbox.ttl_secs);
             let path = options.data_dir.as_ref().map(|d| d.join(DB_FILE));
             let store = Store::open(path.as_deref(), &config.mailbox, ttl, peer_id)?;
-            let mailbox_metrics = MailboxMetrics::register(&mut registry);
             let mut service =
                 Service::start(store, mailbox_metrics, options.mailbox.sweep_interval).map_err(
                     |source| RelayError::Io {
@@ -652,14 +669,6 @@ impl EventLoop {
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                if let (
-                    request_response::InboundFailure::Io(_)
-                    | request_response::InboundFailure::Timeout,
-                    Some(service),
-                ) = (&error, &self.mailbox)
-                {
-                    service.metrics().malformed();
-                }
                 tracing::debug!(%peer, error = %error, "mailbox request failed");
             }
             _ => {}

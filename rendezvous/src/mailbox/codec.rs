@@ -10,6 +10,7 @@ use std::io;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{StreamProtocol, request_response};
+use prometheus_client::metrics::counter::Counter;
 use securecomm_noise::codec::{Decode, Encode};
 
 use super::wire::{MAX_BLOB, Request, Response};
@@ -21,10 +22,12 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/securecomm/mailbox/1.
 pub const MAX_FRAME: usize = MAX_BLOB + (64 << 10);
 
 /// Reads and writes mailbox messages on libp2p streams.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MailboxCodec {
     max_request: usize,
     max_response: usize,
+    /// Counts inbound frames that were refused (libp2p does not report read failures).
+    malformed: Option<Counter>,
 }
 
 impl Default for MailboxCodec {
@@ -32,6 +35,7 @@ impl Default for MailboxCodec {
         Self {
             max_request: MAX_FRAME,
             max_response: MAX_FRAME,
+            malformed: None,
         }
     }
 }
@@ -43,7 +47,23 @@ impl MailboxCodec {
         Self {
             max_request: max_request.min(MAX_FRAME),
             max_response: max_response.min(MAX_FRAME),
+            malformed: None,
         }
+    }
+
+    /// Also counts every inbound frame that is too long, cut off or does not decode.
+    pub fn counting_malformed(mut self, counter: Counter) -> Self {
+        self.malformed = Some(counter);
+        self
+    }
+
+    fn count<V>(&self, result: io::Result<V>) -> io::Result<V> {
+        if result.is_err()
+            && let Some(c) = &self.malformed
+        {
+            c.inc();
+        }
+        result
     }
 }
 
@@ -99,14 +119,16 @@ impl request_response::Codec for MailboxCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.max_request).await
+        let r = read_frame(io, self.max_request).await;
+        self.count(r)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.max_response).await
+        let r = read_frame(io, self.max_response).await;
+        self.count(r)
     }
 
     async fn write_request<T>(

@@ -92,11 +92,11 @@ impl MailboxMetrics {
         m
     }
 
-    /// Counts a request that could not be decoded or was cut off.
-    pub fn malformed(&self) {
+    /// The counter of requests that could not be decoded or were cut off.
+    pub fn malformed(&self) -> Counter {
         self.refusals
             .get_or_create(&[("reason", "malformed")])
-            .inc();
+            .clone()
     }
 
     /// Counts a refusal.
