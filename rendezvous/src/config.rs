@@ -471,6 +471,14 @@ mod tests {
             err.to_string(),
             "connections.max_established_per_peer must be between 8 and 1024, got 4"
         );
+        let err = RelayConfig::from_toml("[mailbox]\nmax_items = 10\nmax_items_per_sender = 11\n")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mailbox.max_items must be between 10000 and 268435456, got 10"
+        );
+        let err = RelayConfig::from_toml("[mailbox]\nmax_item_bytes = 67108865\n").unwrap_err();
+        assert!(err.to_string().starts_with("mailbox.max_item_bytes"));
         let err = RelayConfig::from_toml("[circuit]\nrate_interval_secs = 0\n").unwrap_err();
         assert!(err.to_string().starts_with("circuit.rate_interval_secs"));
     }

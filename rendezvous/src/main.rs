@@ -23,7 +23,7 @@ use tokio::signal::unix::{SignalKind, signal};
     about = "SecureComm community relay node"
 )]
 struct Args {
-    /// Directory for the relay's identity key (created with mode 0700).
+    /// Directory for the relay's identity key and mailbox database (created with mode 0700).
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
     /// TOML configuration file (defaults apply when omitted).

@@ -11,6 +11,9 @@
 //!   server (clients ask us to dial them back to learn whether they are reachable), ping, and
 //!   Kademlia in server mode on SecureComm's own protocol name ([`KAD_PROTOCOL`]), never the
 //!   public IPFS DHT.
+//! * when `[mailbox] enabled`, the mailbox and prekey directory ([`crate::mailbox`]) on
+//!   `/securecomm/mailbox/1.0.0`: requests are decoded here and applied by a worker thread
+//!   that owns the SQLite database in [`RelayOptions::data_dir`], answers come back to this task.
 //!
 //! Transports are TCP and QUIC, Noise and Yamux on TCP. The TCP socket can be wrapped by a
 //! [`crate::capture`] tap below Noise, so an audit sees exactly the bytes on the wire.

@@ -816,3 +816,61 @@ async fn disabled_mailbox_is_not_served() {
     relay.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Throughput over loopback (run with `--ignored --nocapture`): 500 deposits of 1 KiB, then
+/// pickup in pages and one ack per page, against the on-disk database (`synchronous = FULL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, prints timings"]
+async fn throughput_500_items() {
+    let dir = temp_dir("throughput");
+    let relay = spawn(
+        config(MailboxLimits::default()),
+        Keypair::generate_ed25519(),
+        &dir,
+        MailboxOptions::default(),
+        false,
+    )
+    .await;
+    let a = mailbox_key();
+    let mut sender = Client::new(&relay);
+    sender.stored(&[tag(&a)], blob(1024)).await;
+    let start = std::time::Instant::now();
+    for _ in 0..499 {
+        sender.stored(&[tag(&a)], blob(1024)).await;
+    }
+    let deposit = start.elapsed();
+    let mut r = Client::new(&relay);
+    let start = std::time::Instant::now();
+    let (mut after, mut got) = (0, 0);
+    loop {
+        let auth = PickupAuth::sign(&a, &relay.peer_id(), unix_now());
+        let Response::Page { items, more } = r
+            .call(Request::Pickup {
+                auth,
+                after,
+                max_items: 256,
+                max_bytes: 1 << 20,
+            })
+            .await
+        else {
+            panic!()
+        };
+        got += items.len();
+        after = items.last().unwrap().id;
+        let ids = items.iter().map(|i| i.id).collect::<Vec<_>>();
+        assert!(matches!(r.ack(&a, ids).await, Response::Acked { .. }));
+        if !more {
+            break;
+        }
+    }
+    let pickup = start.elapsed();
+    assert_eq!(got, 500);
+    println!(
+        "499 sequential deposits: {:?} ({:.2} ms each); pickup+ack of 500 in pages: {:?}",
+        deposit,
+        deposit.as_secs_f64() * 1000.0 / 499.0,
+        pickup
+    );
+    relay.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
