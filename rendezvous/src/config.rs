@@ -134,6 +134,16 @@ pub struct MailboxLimits {
     pub max_total_bytes: u64,
     /// Largest single item.
     pub max_item_bytes: u64,
+    /// Items stored for one recipient tag.
+    pub max_items_per_recipient: u64,
+    /// Items one sender may have stored at once.
+    pub max_items_per_sender: u64,
+    /// Items stored in total (also the bound on delivery records kept for status queries).
+    pub max_items: u64,
+    /// How long a published prekey bundle is kept unless republished, in seconds.
+    pub prekey_ttl_secs: u64,
+    /// Prekey bundles held in total (one per device).
+    pub max_prekey_entries: u64,
 }
 
 impl Default for RelayConfig {
@@ -201,6 +211,11 @@ impl Default for MailboxLimits {
             max_bytes_per_sender: 64 << 20,
             max_total_bytes: 8 << 30,
             max_item_bytes: 1 << 20,
+            max_items_per_recipient: 10_000,
+            max_items_per_sender: 100_000,
+            max_items: 1_000_000,
+            prekey_ttl_secs: 30 * 24 * 3600,
+            max_prekey_entries: 100_000,
         }
     }
 }
@@ -343,6 +358,36 @@ impl RelayConfig {
             m.max_bytes_per_recipient,
             1 << 44,
         )?;
+        range(
+            "mailbox.max_items_per_recipient",
+            m.max_items_per_recipient,
+            1,
+            1 << 24,
+        )?;
+        range(
+            "mailbox.max_items_per_sender",
+            m.max_items_per_sender,
+            1,
+            1 << 24,
+        )?;
+        range(
+            "mailbox.max_items",
+            m.max_items,
+            m.max_items_per_recipient.max(m.max_items_per_sender),
+            1 << 28,
+        )?;
+        range(
+            "mailbox.prekey_ttl_secs",
+            m.prekey_ttl_secs,
+            3600,
+            365 * 24 * 3600,
+        )?;
+        range(
+            "mailbox.max_prekey_entries",
+            m.max_prekey_entries,
+            1,
+            1 << 24,
+        )?;
         Ok(())
     }
 
@@ -426,6 +471,14 @@ mod tests {
             err.to_string(),
             "connections.max_established_per_peer must be between 8 and 1024, got 4"
         );
+        let err = RelayConfig::from_toml("[mailbox]\nmax_items = 10\nmax_items_per_sender = 11\n")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mailbox.max_items must be between 10000 and 268435456, got 10"
+        );
+        let err = RelayConfig::from_toml("[mailbox]\nmax_item_bytes = 67108865\n").unwrap_err();
+        assert!(err.to_string().starts_with("mailbox.max_item_bytes"));
         let err = RelayConfig::from_toml("[circuit]\nrate_interval_secs = 0\n").unwrap_err();
         assert!(err.to_string().starts_with("circuit.rate_interval_secs"));
     }

@@ -8,12 +8,14 @@
 //! parses flags). The operator's configuration, with the limits that keep a relay fair and
 //! alive, is [`config::RelayConfig`]; [`server::Relay::spawn`] runs a relay and returns a
 //! [`server::RelayHandle`]; [`identity`] keeps the relay's peer id stable across restarts;
-//! [`capture`] records raw socket bytes so audits can check that no plaintext crosses the relay;
+//! [`mailbox`] stores ciphertext for offline members and prekey bundles; [`capture`] records
+//! raw socket bytes so audits can check that no plaintext crosses the relay;
 //! [`metrics`] serves counts to Prometheus.
 
 pub mod capture;
 pub mod config;
 pub mod identity;
+pub mod mailbox;
 pub mod metrics;
 pub mod server;
 

@@ -23,7 +23,7 @@ use tokio::signal::unix::{SignalKind, signal};
     about = "SecureComm community relay node"
 )]
 struct Args {
-    /// Directory for the relay's identity key (created with mode 0700).
+    /// Directory for the relay's identity key and mailbox database (created with mode 0700).
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
     /// TOML configuration file (defaults apply when omitted).
@@ -97,6 +97,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         RelayOptions {
             capture: args.capture,
             metrics: args.metrics,
+            data_dir: Some(args.data_dir.clone()),
+            mailbox: Default::default(),
         },
     )
     .await?;

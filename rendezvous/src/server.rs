@@ -11,6 +11,9 @@
 //!   server (clients ask us to dial them back to learn whether they are reachable), ping, and
 //!   Kademlia in server mode on SecureComm's own protocol name ([`KAD_PROTOCOL`]), never the
 //!   public IPFS DHT.
+//! * when `[mailbox] enabled`, the mailbox and prekey directory ([`crate::mailbox`]) on
+//!   `/securecomm/mailbox/1.0.0`: requests are decoded here and applied by a worker thread
+//!   that owns the SQLite database in [`RelayOptions::data_dir`], answers come back to this task.
 //!
 //! Transports are TCP and QUIC, Noise and Yamux on TCP. The TCP socket can be wrapped by a
 //! [`crate::capture`] tap below Noise, so an audit sees exactly the bytes on the wire.
@@ -56,18 +59,31 @@ use libp2p::{
     metrics::{BandwidthTransport, Metrics, Recorder},
     multiaddr::Protocol,
     noise, ping, quic, relay, rendezvous,
-    swarm::{NetworkBehaviour, SwarmEvent},
+    request_response::{self, ProtocolSupport},
+    swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle},
     tcp, yamux,
 };
 use prometheus_client::registry::Registry;
 use thiserror::Error;
-use tokio::{sync::oneshot, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 
 use crate::{
     capture::{self, CaptureSink, Layer, TappedNoise},
     config::{ConfigError, RelayConfig},
+    mailbox::{
+        MailboxCodec, MailboxOptions, PROTOCOL as MAILBOX_PROTOCOL, Refusal, Response,
+        codec::FRAME_OVERHEAD,
+        service::{Job, MailboxMetrics, Reply, Service},
+        store::{DB_FILE, Store, StoreError},
+    },
     metrics::MetricsServer,
 };
+
+/// How long a mailbox request or response may take on the wire (large blobs on slow links).
+const MAILBOX_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Kademlia protocol name of SecureComm's DHT (kept apart from the public IPFS DHT).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/securecomm/kad/1.0.0");
@@ -102,6 +118,9 @@ pub enum RelayError {
     /// Listeners did not report an address in time.
     #[error("expected every listener to report an address within {0:?}, got none")]
     ListenTimeout(Duration),
+    /// The mailbox database could not be opened.
+    #[error(transparent)]
+    Mailbox(#[from] StoreError),
     /// The capture file or metrics socket could not be opened.
     #[error("{what}: {source}")]
     Io {
@@ -119,6 +138,11 @@ pub struct RelayOptions {
     pub capture: Option<PathBuf>,
     /// Serve Prometheus metrics over plain HTTP at `GET /metrics` on this address.
     pub metrics: Option<SocketAddr>,
+    /// Directory holding the mailbox database (`mailbox.sqlite3`). Without one the mailbox
+    /// lives in memory and is lost when the relay stops (tests, throwaway relays).
+    pub data_dir: Option<PathBuf>,
+    /// Mailbox settings that are not the operator's (test TTLs, sweep interval).
+    pub mailbox: MailboxOptions,
 }
 
 /// The composed behaviour of a relay node (private: [`Relay::spawn`] is the interface).
@@ -131,6 +155,7 @@ struct RelayBehaviour {
     autonat: autonat::v2::server::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
+    mailbox: Toggle<request_response::Behaviour<MailboxCodec>>,
 }
 
 /// Entry point of the relay library.
@@ -216,7 +241,11 @@ pub fn relay_config(config: &RelayConfig) -> relay::Config {
         .circuit_src_per_ip(nz(c.circuit_rate_per_ip), interval)
 }
 
-fn behaviour(config: &RelayConfig, key: &Keypair) -> RelayBehaviour {
+fn behaviour(
+    config: &RelayConfig,
+    key: &Keypair,
+    mailbox: Option<&MailboxMetrics>,
+) -> RelayBehaviour {
     let peer_id = key.public().to_peer_id();
     let n = &config.connections;
     let limits = ConnectionLimits::default()
@@ -250,7 +279,24 @@ fn behaviour(config: &RelayConfig, key: &Keypair) -> RelayBehaviour {
         autonat: autonat::v2::server::Behaviour::default(),
         ping: ping::Behaviour::default(),
         kad,
+        mailbox: Toggle::from(mailbox.map(|m| mailbox_behaviour(config, m))),
     }
+}
+
+/// The relay's side of the mailbox protocol: inbound only, requests bounded by the largest
+/// item this relay stores.
+fn mailbox_behaviour(
+    config: &RelayConfig,
+    metrics: &MailboxMetrics,
+) -> request_response::Behaviour<MailboxCodec> {
+    let max_request = usize::try_from(config.mailbox.max_item_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(FRAME_OVERHEAD);
+    request_response::Behaviour::with_codec(
+        MailboxCodec::with_limits(max_request, 0).counting_malformed(metrics.malformed()),
+        [(MAILBOX_PROTOCOL, ProtocolSupport::Inbound)],
+        request_response::Config::default().with_request_timeout(MAILBOX_TIMEOUT),
+    )
 }
 
 fn build_swarm(
@@ -258,6 +304,7 @@ fn build_swarm(
     key: &Keypair,
     capture: Option<Arc<CaptureSink>>,
     registry: &mut Registry,
+    mailbox: Option<&MailboxMetrics>,
 ) -> Result<Swarm<RelayBehaviour>, RelayError> {
     let noise = TappedNoise::new(key, capture.clone())?;
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
@@ -278,7 +325,7 @@ fn build_swarm(
         .with_idle_connection_timeout(Duration::from_secs(config.connections.idle_timeout_secs));
     Ok(Swarm::new(
         transport,
-        behaviour(config, key),
+        behaviour(config, key, mailbox),
         key.public().to_peer_id(),
         swarm_config,
     ))
@@ -303,9 +350,39 @@ impl Relay {
             None => None,
         };
         let mut registry = Registry::default();
-        let mut swarm = build_swarm(&config, &key, capture, &mut registry)?;
+        let mailbox_metrics = config
+            .mailbox
+            .enabled
+            .then(|| MailboxMetrics::register(&mut registry));
+        let mut swarm = build_swarm(
+            &config,
+            &key,
+            capture,
+            &mut registry,
+            mailbox_metrics.as_ref(),
+        )?;
         let metrics = Metrics::new(&mut registry);
         let peer_id = *swarm.local_peer_id();
+        let (mailbox, replies) = if let Some(mailbox_metrics) = mailbox_metrics {
+            let ttl = options
+                .mailbox
+                .ttl_override
+                .map(|d| d.as_secs().max(1))
+                .unwrap_or(config.mailbox.ttl_secs);
+            let path = options.data_dir.as_ref().map(|d| d.join(DB_FILE));
+            let store = Store::open(path.as_deref(), &config.mailbox, ttl, peer_id)?;
+            let mut service =
+                Service::start(store, mailbox_metrics, options.mailbox.sweep_interval).map_err(
+                    |source| RelayError::Io {
+                        what: "mailbox worker thread".into(),
+                        source,
+                    },
+                )?;
+            let replies = service.take_replies();
+            (Some(service), replies)
+        } else {
+            (None, None)
+        };
 
         for addr in &external {
             swarm.add_external_address(addr.clone());
@@ -328,6 +405,7 @@ impl Relay {
             announce_listen_addrs: external.is_empty(),
             listen_addrs: Vec::new(),
             listeners,
+            mailbox,
         };
         let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
         while !pending.is_empty() {
@@ -385,7 +463,7 @@ impl Relay {
         };
 
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
-        let task = tokio::spawn(state.run(swarm, shutdown_rx));
+        let task = tokio::spawn(state.run(swarm, shutdown_rx, replies));
         tracing::info!(%peer_id, "relay started");
         Ok(RelayHandle {
             peer_id,
@@ -404,6 +482,16 @@ struct EventLoop {
     announce_listen_addrs: bool,
     listen_addrs: Vec<Multiaddr>,
     listeners: HashMap<Multiaddr, ListenerId>,
+    /// The mailbox worker, when the mailbox is enabled.
+    mailbox: Option<Service>,
+}
+
+/// The next answer from the mailbox worker; pending forever without one.
+async fn next_reply(replies: &mut Option<mpsc::Receiver<Reply>>) -> Option<Reply> {
+    match replies {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl EventLoop {
@@ -415,12 +503,33 @@ impl EventLoop {
             .unwrap_or_else(Multiaddr::empty)
     }
 
-    async fn run(mut self, mut swarm: Swarm<RelayBehaviour>, mut shutdown: oneshot::Receiver<()>) {
+    async fn run(
+        mut self,
+        mut swarm: Swarm<RelayBehaviour>,
+        mut shutdown: oneshot::Receiver<()>,
+        mut replies: Option<mpsc::Receiver<Reply>>,
+    ) {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 event = swarm.select_next_some() => self.handle(&mut swarm, event),
+                reply = next_reply(&mut replies) => match reply {
+                    Some((channel, response)) => {
+                        if let Some(b) = swarm.behaviour_mut().mailbox.as_mut() {
+                            // Fails only when the peer gave up waiting; nothing to do then.
+                            let _ = b.send_response(channel, response);
+                        }
+                    }
+                    None => {
+                        tracing::error!("mailbox worker stopped; mailbox requests now fail");
+                        replies = None;
+                        self.mailbox = None;
+                    }
+                },
             }
+        }
+        if let Some(mailbox) = self.mailbox.take() {
+            mailbox.stop().await;
         }
         let listeners: Vec<ListenerId> = self.listeners.values().copied().collect();
         for id in listeners {
@@ -448,7 +557,7 @@ impl EventLoop {
     ) {
         self.metrics.record(&event);
         match event {
-            SwarmEvent::Behaviour(event) => self.behaviour_event(event),
+            SwarmEvent::Behaviour(event) => self.behaviour_event(swarm, event),
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
                 if self.announce_listen_addrs {
@@ -485,8 +594,9 @@ impl EventLoop {
         }
     }
 
-    fn behaviour_event(&mut self, event: RelayBehaviourEvent) {
+    fn behaviour_event(&mut self, swarm: &mut Swarm<RelayBehaviour>, event: RelayBehaviourEvent) {
         match event {
+            RelayBehaviourEvent::Mailbox(e) => self.mailbox_event(swarm, e),
             RelayBehaviourEvent::Relay(e) => {
                 self.metrics.record(&e);
                 relay_log(&e);
@@ -516,6 +626,55 @@ impl EventLoop {
                     "autonat dial-back");
             }
             RelayBehaviourEvent::Limits(never) => match never {},
+        }
+    }
+}
+
+impl EventLoop {
+    /// Hands a mailbox request to the worker, or answers at once when it cannot take it.
+    /// Logs carry the peer id and the failure kind, never a request's content.
+    fn mailbox_event(
+        &mut self,
+        swarm: &mut Swarm<RelayBehaviour>,
+        event: request_response::Event<crate::mailbox::Request, Response>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let job = Job {
+                    peer,
+                    request,
+                    channel,
+                };
+                let refused = match &self.mailbox {
+                    Some(service) => match service.submit(job) {
+                        Ok(()) => None,
+                        Err(job) => {
+                            let refusal = Refusal::Busy {
+                                retry_after_secs: 5,
+                            };
+                            service.metrics().refused(&refusal);
+                            Some((job.channel, refusal))
+                        }
+                    },
+                    None => Some((job.channel, Refusal::Internal)),
+                };
+                if let Some((channel, refusal)) = refused
+                    && let Some(b) = swarm.behaviour_mut().mailbox.as_mut()
+                {
+                    let _ = b.send_response(channel, Response::Refused(refusal));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, error = %error, "mailbox request failed");
+            }
+            _ => {}
         }
     }
 }
