@@ -56,6 +56,7 @@ impl Node {
         let (event_loop, client) = EventLoop::new(keypair, &cfg)?;
         let loop_task = tokio::spawn(event_loop.run());
         let guilds = GuildService::start(client.clone(), db, profile, sync_config()).await?;
+        guilds.set_relays(cfg.relays.clone()).await;
         let id = &profile.identity;
         let whoami = json!({
             "display_name": profile.display_name,

@@ -193,3 +193,92 @@ fn dms_are_delivered_queued_and_survive_restarts() {
     a.stop();
     b.stop();
 }
+
+/// Everyone but the sender is offline: the sender's guild message and DM go to the mailbox
+/// relay, the sender goes offline too, and a member that returns gets both from the relay.
+/// The relay's database and log hold none of the texts, names or nicknames.
+#[test]
+fn mailbox_relay_delivers_when_everyone_else_is_offline() {
+    let relay = TestRelay::start(None);
+    let mut nodes: Vec<Node> = ["amy", "bea", "cal"].iter().map(|n| Node::new(n)).collect();
+    for n in &mut nodes {
+        n.start(&["--listen", "/ip4/127.0.0.1/tcp/0", "--relay", &relay.addr]);
+    }
+    let (gid, code) = create_and_invite(&nodes[0], "Lantern Society", 2);
+    for n in &nodes[1..] {
+        let j = n.cli(&["guild", "join", &code]);
+        assert_eq!(j["ready"], true, "{j}");
+    }
+    for n in &nodes {
+        wait_keyed(n, &gid, 3);
+    }
+    for n in &nodes[1..] {
+        n.send(&gid, "general", &format!("{} is here", n.name));
+    }
+    until("amy to hear from both", || {
+        (nodes[0].texts(&gid, "general").len() == 2).then_some(())
+    });
+    let bea = nodes[1].user_id();
+    nodes[1].stop();
+    nodes[2].stop();
+
+    nodes[0].send(&gid, "general", "a lantern in the window");
+    nodes[0].cli(&["dm", "send", &bea, "meet at the old mill"]);
+    until("amy's message to be deposited for both", || {
+        let h = nodes[0].cli(&["history", &gid, "general"]);
+        let last = h.as_array().unwrap().last().unwrap().clone();
+        let p = last["delivery"]["pending"].as_array().unwrap().clone();
+        (p.len() == 2 && p.iter().all(|x| x["state"] == "deposited")).then_some(())
+    });
+    until("amy's DM to be deposited", || {
+        let h = nodes[0].cli(&["dm", "history", &bea]);
+        (h[0]["delivery"][0]["state"] == "deposited").then_some(())
+    });
+    nodes[0].stop();
+
+    nodes[1].restart();
+    until("bea to pick up the guild message", || {
+        nodes[1]
+            .texts(&gid, "general")
+            .iter()
+            .any(|(_, t)| t == "a lantern in the window")
+            .then_some(())
+    });
+    let amy = nodes[0].user_id();
+    until("bea to pick up the DM", || {
+        let h = nodes[1].cli(&["dm", "history", &amy]);
+        (h[0]["text"] == "meet at the old mill").then_some(())
+    });
+    nodes[1].stop();
+    let mut seen = Vec::new();
+    for entry in walk(relay.dir.path()) {
+        seen.extend(std::fs::read(&entry).unwrap_or_default());
+    }
+    assert!(!seen.is_empty(), "the relay wrote nothing");
+    for secret in [
+        "a lantern in the window",
+        "meet at the old mill",
+        "Lantern Society",
+        "is here",
+        "amy",
+        "bea",
+    ] {
+        assert!(
+            !seen.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret:?} appears in the relay's files"
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -466,6 +466,12 @@ impl Engine {
                     super::dm::store_bundle(tx, &b)?;
                 }
             }
+            Ok(LogPayload::Mailbox(a)) => {
+                match author.filter(|d| g.crdt.view().user_of_device(d).is_some()) {
+                    Some(d) => super::mailbox::store_announcement(tx, &d, &a)?,
+                    None => tracing::debug!("mailbox announcement not from a member skipped"),
+                }
+            }
         }
         let events = g.crdt.take_membership_events();
         Self::reconcile(tx, keys, g, author, &events)?;

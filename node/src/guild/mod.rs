@@ -100,6 +100,7 @@
 pub mod dm;
 pub mod engine;
 pub mod history;
+pub mod mailbox;
 pub mod service;
 pub mod wire;
 

@@ -75,7 +75,17 @@ struct Inner {
     history: Mutex<HistoryState>,
     dm: DmKeys,
     dm_flush: tokio::sync::Mutex<()>,
+    /// This device's mailbox key (see [`super::mailbox`]).
+    mailbox_key: libp2p::identity::ed25519::Keypair,
+    /// The relays this node holds reservations on and picks mail up from.
+    relays: Mutex<Vec<Multiaddr>>,
+    mailbox_busy: tokio::sync::Mutex<()>,
 }
+
+/// How often the node picks up mail and deposits for offline members.
+pub const MAILBOX_EVERY: Duration = Duration::from_secs(3);
+/// Own messages per guild considered for mailbox deposits (the most recent ones).
+const DEPOSIT_WINDOW: usize = 256;
 
 /// Which guilds want a history session, and which have one running.
 #[derive(Default)]
@@ -91,6 +101,8 @@ struct HistoryState {
     /// Senders owed a delivery receipt (bounded by [`MAX_RECEIPTS_DUE`]).
     receipts_due: HashSet<(GuildId, DevicePublicKey)>,
 }
+
+type Secret32Pair = (GuildId, securecomm_noise::secret::Secret32);
 
 /// Most senders owed a receipt at once.
 const MAX_RECEIPTS_DUE: usize = 4096;
@@ -189,6 +201,7 @@ impl GuildService {
                 id.device().dh().clone(),
             ),
         };
+        let mailbox_key = super::mailbox::mailbox_keypair(&signer.seed());
         let engine = Arc::new(Mutex::new(Engine::new(keys)));
         let hook_engine = engine.clone();
         let hook: ApplyHook = Box::new(move |tx, group, entry| {
@@ -216,6 +229,9 @@ impl GuildService {
                 history: Mutex::new(HistoryState::default()),
                 dm: dm_keys,
                 dm_flush: tokio::sync::Mutex::new(()),
+                mailbox_key,
+                relays: Mutex::new(Vec::new()),
+                mailbox_busy: tokio::sync::Mutex::new(()),
             }),
         };
         svc.with_engine(|e, db| e.load_all(db.conn()))??;
@@ -759,6 +775,8 @@ impl GuildService {
         })??;
         self.inner.sync.wake_outbox();
         self.emit(GuildEvent::Message(m.clone()));
+        let s = self.clone();
+        self.spawn(async move { s.deposit_guild(&gid).await });
         Ok(serde_json::to_value(&m).unwrap_or(Value::Null))
     }
 
@@ -793,11 +811,22 @@ impl GuildService {
                     if m.sender_device != me {
                         continue;
                     }
-                    let pending: Vec<Value> = others
-                        .iter()
-                        .filter(|(d, _)| !receipts.get(d).is_some_and(|r| r.contains(m.seq)))
-                        .map(|(d, nick)| json!({"device": hex::encode(d.as_bytes()), "nickname": nick}))
-                        .collect();
+                    let mut pending: Vec<Value> = Vec::new();
+                    for (d, nick) in &others {
+                        if receipts.get(d).is_some_and(|r| r.contains(m.seq)) {
+                            continue;
+                        }
+                        let deposited: i64 = db.conn().query_row(
+                            "SELECT COUNT(*) FROM guild_deposits WHERE guild = ?1 AND seq = ?2 AND device = ?3",
+                            rusqlite::params![&gid.0[..], i64::try_from(m.seq).unwrap_or(0), &d.as_bytes()[..]],
+                            |r| r.get(0),
+                        )?;
+                        pending.push(json!({
+                            "device": hex::encode(d.as_bytes()),
+                            "nickname": nick,
+                            "state": if deposited > 0 { "deposited" } else { "sent" },
+                        }));
+                    }
                     if let Some(o) = v.as_object_mut() {
                         o.insert(
                             "delivery".into(),
@@ -1289,8 +1318,14 @@ impl GuildService {
 
     // ------------------------------------------------------------------ direct messages
 
-    /// Writes this device's DM prekey bundle into `gid`'s log unless that bundle is there.
+    /// Writes this device's DM prekey bundle and mailbox announcement into `gid`'s log unless
+    /// they are there already.
     async fn publish_bundle(&self, gid: &GuildId) {
+        self.publish_dm_bundle(gid).await;
+        self.announce_mailbox(gid).await;
+    }
+
+    async fn publish_dm_bundle(&self, gid: &GuildId) {
         let key = format!("dm_published:{}", hex::encode(gid.0));
         let r = self.with_engine(|_, db| -> Result<Option<Vec<u8>>, GuildError> {
             let b = dm::published_bundle(db, &self.inner.dm.me)?;
@@ -1453,7 +1488,7 @@ impl GuildService {
             .map(|v| v.into_iter().map(|p| p.peer).collect())
             .unwrap_or_default();
         for d in due {
-            let delivered = match peer_of(&d.device).filter(|p| connected.contains(p)) {
+            let state = match peer_of(&d.device).filter(|p| connected.contains(p)) {
                 Some(peer) => matches!(
                     self.inner
                         .net
@@ -1461,17 +1496,423 @@ impl GuildService {
                         .await
                         .map(|b| DmResponse::from_bytes(&b)),
                     Ok(Ok(DmResponse::Delivered))
-                ),
-                None => false,
+                )
+                .then_some("delivered"),
+                None => self
+                    .deposit_dm(&d.device, &d.message)
+                    .await
+                    .then_some("deposited"),
             };
-            let _ = self.with_engine(|_, db| {
-                if delivered {
-                    dm::mark(db.conn(), d.id, "delivered")
-                } else {
-                    dm::backoff(db.conn(), &d, engine::now_ms())
-                }
+            let _ = self.with_engine(|_, db| match state {
+                Some(st) => dm::mark(db.conn(), d.id, st),
+                None => dm::backoff(db.conn(), &d, engine::now_ms()),
             });
         }
+    }
+
+    // ------------------------------------------------------------------ mailboxes
+
+    /// Sets the relays this node picks mail up from (its reservation relays) and announces
+    /// them in every guild.
+    pub async fn set_relays(&self, relays: Vec<Multiaddr>) {
+        if let Ok(mut r) = self.inner.relays.lock() {
+            *r = relays
+                .into_iter()
+                .filter(|a| matches!(a.iter().last(), Some(Protocol::P2p(_))))
+                .take(super::mailbox::MAX_ANNOUNCED_RELAYS)
+                .collect();
+        }
+        let ids: Vec<GuildId> = self
+            .with_engine(|e, _| e.guilds.keys().copied().collect())
+            .unwrap_or_default();
+        for gid in ids {
+            self.announce_mailbox(&gid).await;
+        }
+    }
+
+    fn own_relays(&self) -> Vec<Multiaddr> {
+        self.inner
+            .relays
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    async fn announce_mailbox(&self, gid: &GuildId) {
+        let relays = self.own_relays();
+        if relays.is_empty() {
+            return;
+        }
+        let a = super::mailbox::Announcement {
+            tag: securecomm_rendezvous::mailbox::tag_for(
+                &self.inner.mailbox_key.public().to_bytes(),
+            ),
+            relays: relays.iter().map(|r| r.to_vec()).collect(),
+        };
+        let key = format!("mb_announced:{}", hex::encode(gid.0));
+        let bytes = a.to_bytes();
+        let done = self
+            .with_engine(|_, db| db.get(&key).ok().flatten())
+            .ok()
+            .flatten()
+            .is_some_and(|v| v == bytes);
+        if done {
+            return;
+        }
+        let payload = super::wire::LogPayload::Mailbox(a).to_bytes();
+        match self.inner.sync.insert(group(gid), payload).await {
+            Ok(_) => {
+                let _ = self.with_engine(|_, db| db.put(&key, &bytes));
+            }
+            Err(e) => tracing::debug!(error = %e, "mailbox announcement not published yet"),
+        }
+    }
+
+    /// Dials `addr`'s relay unless connected; returns its peer id once connected.
+    async fn relay_peer(&self, addr: &Multiaddr, connected: &HashSet<PeerId>) -> Option<PeerId> {
+        let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+            return None;
+        };
+        if connected.contains(&peer) {
+            return Some(peer);
+        }
+        let _ = self.inner.net.add_address(peer, addr.clone()).await;
+        let _ = self.inner.net.dial(addr.clone()).await;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(p) = self.inner.net.peers().await
+                && p.iter().any(|x| x.peer == peer)
+            {
+                return Some(peer);
+            }
+        }
+        None
+    }
+
+    async fn connected(&self) -> HashSet<PeerId> {
+        self.inner
+            .net
+            .peers()
+            .await
+            .map(|v| v.into_iter().map(|p| p.peer).collect())
+            .unwrap_or_default()
+    }
+
+    /// Deposits this device's recent messages of `gid` for members that are offline, hold no
+    /// copy (by their receipts) and have no deposit yet, one deposit per relay.
+    async fn deposit_guild(&self, gid: &GuildId) {
+        let connected = self.connected().await;
+        type Plan = Vec<(u64, Vec<u8>, Vec<(DevicePublicKey, [u8; 32], Multiaddr)>)>;
+        let plan: Result<Result<Plan, SyncError>, GuildError> = self.with_engine(|e, db| {
+            let me = e.keys.me;
+            let Some(g) = e.guilds.get_mut(gid) else {
+                return Ok(Vec::new());
+            };
+            let others: Vec<DevicePublicKey> = g
+                .member_devices()
+                .into_iter()
+                .filter(|d| *d != me && !peer_of(d).is_some_and(|p| connected.contains(&p)))
+                .collect();
+            if others.is_empty() {
+                return Ok(Vec::new());
+            }
+            let receipts = history::receipts(db.conn(), gid)?;
+            let mine: Vec<(i64, Vec<u8>)> = db
+                .conn()
+                .prepare_cached(
+                    "SELECT seq, envelope FROM guild_envelopes WHERE guild = ?1 AND sender = ?2
+                     ORDER BY seq DESC LIMIT ?3",
+                )?
+                .query_map(
+                    rusqlite::params![
+                        &gid.0[..],
+                        &me.as_bytes()[..],
+                        i64::try_from(DEPOSIT_WINDOW).unwrap_or(0)
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
+                .collect::<Result<_, _>>()?;
+            let mut plan = Vec::new();
+            for (seq, env) in mine {
+                let seq = u64::try_from(seq).unwrap_or(0);
+                let mut who = Vec::new();
+                for d in &others {
+                    if receipts.get(d).is_some_and(|r| r.contains(seq)) {
+                        continue;
+                    }
+                    let done: i64 = db
+                        .conn()
+                        .prepare_cached(
+                            "SELECT COUNT(*) FROM guild_deposits WHERE guild = ?1 AND seq = ?2 AND device = ?3",
+                        )?
+                        .query_row(
+                            rusqlite::params![&gid.0[..], i64::try_from(seq).unwrap_or(0), &d.as_bytes()[..]],
+                            |r| r.get(0),
+                        )?;
+                    if done > 0 {
+                        continue;
+                    }
+                    let Some(a) = super::mailbox::announcement(db.conn(), d)? else {
+                        continue;
+                    };
+                    let Some(relay) = a
+                        .relays
+                        .iter()
+                        .find_map(|b| Multiaddr::try_from(b.clone()).ok())
+                    else {
+                        continue;
+                    };
+                    who.push((*d, a.tag, relay));
+                }
+                if !who.is_empty() {
+                    let blob = super::mailbox::seal(
+                        &g.secret,
+                        &super::mailbox::BlobBody::Guild {
+                            guild: *gid,
+                            sender: me,
+                            seq,
+                            envelope: env,
+                        },
+                    );
+                    plan.push((seq, blob, who));
+                }
+            }
+            Ok(plan)
+        });
+        let plan = match plan {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "planning mailbox deposits failed");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "planning mailbox deposits failed");
+                return;
+            }
+        };
+        for (seq, blob, who) in plan {
+            let mut by_relay: HashMap<Multiaddr, Vec<(DevicePublicKey, [u8; 32])>> = HashMap::new();
+            for (d, tag, relay) in who {
+                by_relay.entry(relay).or_default().push((d, tag));
+            }
+            for (relay, targets) in by_relay {
+                let Some(peer) = self.relay_peer(&relay, &connected).await else {
+                    continue;
+                };
+                for chunk in targets.chunks(securecomm_rendezvous::mailbox::wire::MAX_TAGS) {
+                    let Ok(dep) = securecomm_rendezvous::mailbox::wire::Deposit::new(
+                        chunk.iter().map(|(_, t)| *t),
+                        blob.clone(),
+                    ) else {
+                        continue;
+                    };
+                    match self
+                        .inner
+                        .net
+                        .mailbox(
+                            peer,
+                            securecomm_rendezvous::mailbox::wire::Request::Deposit(dep),
+                        )
+                        .await
+                    {
+                        Ok(securecomm_rendezvous::mailbox::wire::Response::Stored { .. }) => {
+                            let _ = self.with_engine(|_, db| -> rusqlite::Result<()> {
+                                for (d, _) in chunk {
+                                    db.conn().execute(
+                                        "INSERT OR IGNORE INTO guild_deposits (guild, seq, device) VALUES (?1, ?2, ?3)",
+                                        rusqlite::params![&gid.0[..], i64::try_from(seq).unwrap_or(0), &d.as_bytes()[..]],
+                                    )?;
+                                }
+                                Ok(())
+                            });
+                        }
+                        Ok(other) => {
+                            tracing::info!(%peer, answer = ?other, "mailbox deposit refused; retrying later")
+                        }
+                        Err(e) => tracing::info!(%peer, error = %e, "mailbox deposit failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deposits a queued DM for `device` on its mailbox; true once a relay stored it.
+    async fn deposit_dm(&self, device: &DevicePublicKey, message: &[u8]) -> bool {
+        let found = self.with_engine(|e, db| {
+            let me = e.keys.me;
+            let secret = e.guilds.values_mut().find_map(|g| {
+                let members = g.member_devices();
+                (members.contains(device) && members.contains(&me))
+                    .then(|| (g.id, g.secret.clone()))
+            });
+            let a = super::mailbox::announcement(db.conn(), device)
+                .ok()
+                .flatten();
+            (me, secret, a)
+        });
+        let Ok((me, Some((gid, secret)), Some(a))) = found else {
+            return false;
+        };
+        let Some(relay) = a
+            .relays
+            .iter()
+            .find_map(|b| Multiaddr::try_from(b.clone()).ok())
+        else {
+            return false;
+        };
+        let connected = self.connected().await;
+        let Some(peer) = self.relay_peer(&relay, &connected).await else {
+            return false;
+        };
+        let blob = super::mailbox::seal(
+            &secret,
+            &super::mailbox::BlobBody::Dm {
+                guild: gid,
+                sender: me,
+                message: message.to_vec(),
+            },
+        );
+        let Ok(dep) = securecomm_rendezvous::mailbox::wire::Deposit::new([a.tag], blob) else {
+            return false;
+        };
+        matches!(
+            self.inner
+                .net
+                .mailbox(
+                    peer,
+                    securecomm_rendezvous::mailbox::wire::Request::Deposit(dep)
+                )
+                .await,
+            Ok(securecomm_rendezvous::mailbox::wire::Response::Stored { .. })
+        )
+    }
+
+    /// One mailbox round: deposit for offline members of every guild, then pick up and
+    /// acknowledge this device's mail on each of its relays.
+    async fn mailbox_round(&self) {
+        let Ok(_guard) = self.inner.mailbox_busy.try_lock() else {
+            return;
+        };
+        let ids: Vec<GuildId> = self
+            .with_engine(|e, _| e.guilds.keys().copied().collect())
+            .unwrap_or_default();
+        for gid in &ids {
+            self.deposit_guild(gid).await;
+        }
+        let connected = self.connected().await;
+        for relay in self.own_relays() {
+            let Some(peer) = self.relay_peer(&relay, &connected).await else {
+                continue;
+            };
+            let mut after = 0;
+            for _ in 0..16 {
+                match self.pickup_page(peer, after).await {
+                    Some(last) => after = last,
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// Picks up one page from `relay` after item `after`, stores what it can, acknowledges it;
+    /// returns the last item id when more wait.
+    async fn pickup_page(&self, relay: PeerId, after: u64) -> Option<u64> {
+        use securecomm_rendezvous::mailbox::wire::{PickupAuth, Request, Response};
+        let now = engine::now_ms() / 1000;
+        let auth = PickupAuth::sign(&self.inner.mailbox_key, &relay, now);
+        let req = Request::Pickup {
+            auth,
+            after,
+            max_items: 256,
+            max_bytes: 8 << 20,
+        };
+        let (items, more) = match self.inner.net.mailbox(relay, req).await {
+            Ok(Response::Page { items, more }) => (items, more),
+            Ok(other) => {
+                tracing::debug!(%relay, answer = ?other, "mailbox pickup refused");
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(%relay, error = %e, "mailbox pickup failed");
+                return None;
+            }
+        };
+        let last = items.last().map(|i| i.id)?;
+        let mut acks = Vec::new();
+        for it in &items {
+            let secrets: Vec<Secret32Pair> = self
+                .with_engine(|e, _| {
+                    e.guilds
+                        .values()
+                        .map(|g| (g.id, g.secret.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let body = secrets
+                .iter()
+                .find_map(|(_, s)| super::mailbox::open(s, &it.blob));
+            let done = match body {
+                None => true, // not for any guild of ours: nothing will ever open it
+                Some(super::mailbox::BlobBody::Guild {
+                    guild,
+                    sender,
+                    seq,
+                    envelope,
+                }) => {
+                    let r = self.with_engine(|e, db| -> Result<Verdict, SyncError> {
+                        if history::holds(db.conn(), &guild, &sender, seq)? {
+                            return Ok(Verdict::Accept(None));
+                        }
+                        e.on_history_item(db.conn_mut(), &guild, sender, seq, &envelope)
+                    });
+                    match r {
+                        Ok(Ok(Verdict::Accept(Some(m)))) => {
+                            self.emit(GuildEvent::Message(m));
+                            true
+                        }
+                        Ok(Ok(Verdict::Accept(None) | Verdict::Reject(_))) => true,
+                        _ => false,
+                    }
+                }
+                Some(super::mailbox::BlobBody::Dm {
+                    sender, message, ..
+                }) => match self.user_of_device(&sender) {
+                    None => true,
+                    Some(user) => {
+                        let r = self.with_engine(|_, db| {
+                            dm::receive(
+                                db,
+                                &self.inner.dm.me,
+                                &sender,
+                                &user.to_bytes(),
+                                &message,
+                                engine::now_ms(),
+                            )
+                        });
+                        match r {
+                            Ok(Ok(dm::Received::New(m))) => {
+                                self.emit(GuildEvent::Dm(m));
+                                true
+                            }
+                            Ok(Ok(dm::Received::Duplicate)) | Ok(Err(_)) => true,
+                            Err(_) => false,
+                        }
+                    }
+                },
+            };
+            if done {
+                acks.push(it.id);
+            }
+        }
+        if !acks.is_empty() {
+            let auth = PickupAuth::sign(&self.inner.mailbox_key, &relay, now);
+            let _ = self
+                .inner
+                .net
+                .mailbox(relay, Request::Ack { auth, ids: acks })
+                .await;
+        }
+        more.then_some(last)
     }
 
     /// Answers a DM request from a connected device.
@@ -1595,8 +2036,14 @@ async fn run_ticks(svc: GuildService) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff: HashMap<PeerId, (tokio::time::Instant, Duration)> = HashMap::new();
     let mut every = tokio::time::Instant::now();
+    let mut mail = tokio::time::Instant::now();
     loop {
         tick.tick().await;
+        if mail.elapsed() >= MAILBOX_EVERY {
+            mail = tokio::time::Instant::now();
+            let s = svc.clone();
+            svc.spawn(async move { s.mailbox_round().await });
+        }
         svc.reconnect(&mut backoff).await;
         if every.elapsed() >= HISTORY_EVERY {
             every = tokio::time::Instant::now();

@@ -95,6 +95,9 @@ pub enum LogPayload {
     /// can start a DM session with it while it is offline. Accepted only from the device the
     /// bundle belongs to.
     DmBundle(PrekeyBundle),
+    /// The author device's mailbox: its tag on relays and the relays it picks up from.
+    /// Accepted only from the device itself.
+    Mailbox(super::mailbox::Announcement),
 }
 
 impl Encode for LogPayload {
@@ -116,6 +119,10 @@ impl Encode for LogPayload {
             Self::DmBundle(b) => {
                 w.u8(3);
                 w.bytes16(&b.to_bytes());
+            }
+            Self::Mailbox(a) => {
+                w.u8(4);
+                w.bytes16(&a.to_bytes());
             }
         }
     }
@@ -150,6 +157,14 @@ impl Decode for LogPayload {
                     "prekey bundle",
                     b,
                     PrekeyBundle::from_bytes,
+                )?))
+            }
+            4 => {
+                let b = r.bytes16("mailbox announcement", MAX_BUNDLE * 4)?;
+                Ok(Self::Mailbox(strict(
+                    "mailbox announcement",
+                    b,
+                    super::mailbox::Announcement::from_bytes,
                 )?))
             }
             got => Err(DecodeError::UnknownTag {

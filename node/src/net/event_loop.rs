@@ -13,6 +13,9 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm};
+use securecomm_rendezvous::mailbox::wire::{
+    Request as MailboxRequest, Response as MailboxResponse,
+};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{Behaviour, BehaviourEvent, COMMAND_BUFFER, EVENT_BUFFER, NetConfig, NetError};
@@ -113,6 +116,11 @@ enum Command {
     TopicPeers(String, oneshot::Sender<usize>),
     Validate(MessageId, PeerId, MessageAcceptance),
     Request(PeerId, Vec<u8>, oneshot::Sender<Result<Vec<u8>, NetError>>),
+    Mailbox(
+        PeerId,
+        MailboxRequest,
+        oneshot::Sender<Result<MailboxResponse, NetError>>,
+    ),
     Respond(InboundRequestId, Vec<u8>),
     AddAddress(PeerId, Multiaddr),
     Shutdown,
@@ -138,6 +146,7 @@ impl std::fmt::Debug for Command {
             Command::TopicPeers(..) => "TopicPeers",
             Command::Validate(..) => "Validate",
             Command::Request(..) => "Request",
+            Command::Mailbox(..) => "Mailbox",
             Command::Respond(..) => "Respond",
             Command::AddAddress(..) => "AddAddress",
             Command::Shutdown => "Shutdown",
@@ -236,6 +245,15 @@ impl Client {
     }
 
     /// Answers an inbound direct request.
+    /// Sends a request to a relay's mailbox and waits for its answer.
+    pub async fn mailbox(
+        &self,
+        relay: PeerId,
+        req: MailboxRequest,
+    ) -> Result<MailboxResponse, NetError> {
+        self.ask(|tx| Command::Mailbox(relay, req, tx)).await?
+    }
+
     pub async fn respond(&self, id: InboundRequestId, data: Vec<u8>) -> Result<(), NetError> {
         self.commands
             .send(Command::Respond(id, data))
@@ -264,6 +282,7 @@ pub struct EventLoop {
     events: broadcast::Sender<Event>,
     relays: Vec<Multiaddr>,
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
+    pending_mailbox: HashMap<OutboundRequestId, oneshot::Sender<Result<MailboxResponse, NetError>>>,
     inbound: HashMap<InboundRequestId, ResponseChannel<Vec<u8>>>,
     reserved: HashSet<PeerId>,
     connections: HashMap<PeerId, Vec<(ConnectionId, PeerPath, Multiaddr)>>,
@@ -323,6 +342,7 @@ impl EventLoop {
             events: etx,
             relays: cfg.relays.clone(),
             pending_requests: HashMap::new(),
+            pending_mailbox: HashMap::new(),
             inbound: HashMap::new(),
             reserved: HashSet::new(),
             connections: HashMap::new(),
@@ -442,6 +462,17 @@ impl EventLoop {
                 }
                 let id = b.direct.send_request(&peer, data);
                 self.pending_requests.insert(id, tx);
+            }
+            Command::Mailbox(peer, req, tx) => {
+                if self.pending_mailbox.len() >= MAX_PENDING {
+                    let _ = tx.send(Err(NetError::Request {
+                        peer,
+                        reason: "too many mailbox requests in flight".into(),
+                    }));
+                    return;
+                }
+                let id = b.mailbox.send_request(&peer, req);
+                self.pending_mailbox.insert(id, tx);
             }
             Command::Respond(id, data) => {
                 if let Some(ch) = self.inbound.remove(&id) {
@@ -586,6 +617,33 @@ impl EventLoop {
                 request_response::Event::InboundFailure { request_id, .. },
             )) => {
                 self.inbound.remove(&request_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mailbox(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            })) => {
+                if let Some(tx) = self.pending_mailbox.remove(&request_id) {
+                    let _ = tx.send(Ok(response));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mailbox(
+                request_response::Event::OutboundFailure {
+                    peer,
+                    request_id,
+                    error,
+                    ..
+                },
+            )) => {
+                if let Some(tx) = self.pending_mailbox.remove(&request_id) {
+                    let _ = tx.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
             }
             _ => {}
         }

@@ -132,6 +132,8 @@ pub struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     gossipsub: gossipsub::Behaviour,
     direct: request_response::Behaviour<codec::FrameCodec>,
+    /// The relays' mailbox protocol (client side only).
+    mailbox: request_response::Behaviour<securecomm_rendezvous::mailbox::MailboxCodec>,
 }
 
 /// Content-addressed gossip message ids, so the same envelope is deduplicated whoever forwards it.
@@ -231,6 +233,16 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
                         request_response::Config::default()
                             .with_request_timeout(Duration::from_secs(20))
                             .with_max_concurrent_streams(64),
+                    ),
+                    mailbox: request_response::Behaviour::with_codec(
+                        securecomm_rendezvous::mailbox::MailboxCodec::default(),
+                        [(
+                            securecomm_rendezvous::mailbox::PROTOCOL,
+                            request_response::ProtocolSupport::Outbound,
+                        )],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(30))
+                            .with_max_concurrent_streams(16),
                     ),
                 })
             },

@@ -217,6 +217,18 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL,
         PRIMARY KEY (guild, member)
      ) STRICT;",
+    // 7: mailboxes (`guild::mailbox`): members' announced mailbox tags and relays, and which
+    // of this device's guild messages were deposited for which member.
+    "CREATE TABLE member_mailboxes (
+        device BLOB PRIMARY KEY,
+        announcement BLOB NOT NULL
+     ) STRICT;
+     CREATE TABLE guild_deposits (
+        guild BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        device BLOB NOT NULL,
+        PRIMARY KEY (guild, seq, device)
+     ) STRICT, WITHOUT ROWID;",
 ];
 
 /// The newest schema version this build writes.
