@@ -174,23 +174,13 @@ impl SigChecks {
         if self.trusted {
             return;
         }
-        let mut certs: Vec<&DeviceCert> = Vec::new();
-        for (author, ops) in changes {
-            let cert = match ops {
-                [GuildOp::Redeem { cert, .. }] => cert,
-                [GuildOp::Genesis { owner, .. }] => owner,
-                _ => continue,
-            };
-            if &cert.device == author && !self.certs.contains(&cert.cache_key()) {
-                certs.push(cert);
-            }
-        }
-        let items: Vec<SigItem> = certs.iter().map(|c| c.sig_item()).collect();
-        for (cert, ok) in certs.iter().zip(verify_each_threads(&items, self.threads)) {
-            if ok {
-                self.certs.insert(cert.cache_key());
-            }
-        }
+        let verified = verified_certs(changes, &self.certs, self.threads);
+        self.remember_certs(verified);
+    }
+
+    /// Remembers certificates [`verified_certs`] found valid, until [`SigChecks::end_batch`].
+    pub(crate) fn remember_certs(&mut self, verified: Vec<[u8; 128]>) {
+        self.certs.extend(verified);
     }
 
     /// Forgets the pre-verified certificates (the end of a received batch).
@@ -219,6 +209,34 @@ impl SigChecks {
         self.tokens.insert(key);
         true
     }
+}
+
+/// The certificates [`SigChecks::preverify`] pre-verifies for `changes` (the certificate of a
+/// change's single redemption or genesis op, for the authoring device), minus those in `known`:
+/// batch-verified on up to `threads` threads, and the cache keys of the valid ones returned.
+pub(crate) fn verified_certs<'a>(
+    changes: impl IntoIterator<Item = (&'a DevicePublicKey, &'a [GuildOp])>,
+    known: &HashSet<[u8; 128]>,
+    threads: usize,
+) -> Vec<[u8; 128]> {
+    let mut certs: Vec<&DeviceCert> = Vec::new();
+    for (author, ops) in changes {
+        let cert = match ops {
+            [GuildOp::Redeem { cert, .. }] => cert,
+            [GuildOp::Genesis { owner, .. }] => owner,
+            _ => continue,
+        };
+        if &cert.device == author && !known.contains(&cert.cache_key()) {
+            certs.push(cert);
+        }
+    }
+    let items: Vec<SigItem> = certs.iter().map(|c| c.sig_item()).collect();
+    certs
+        .iter()
+        .zip(verify_each_threads(&items, threads))
+        .filter(|(_, ok)| *ok)
+        .map(|(c, _)| c.cache_key())
+        .collect()
 }
 
 struct Judge<'a> {

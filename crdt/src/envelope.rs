@@ -177,18 +177,38 @@ impl SignedChange {
 
     /// The envelope's signature as a [`SigItem`] (ZIP-215, see [`crate::verify`]).
     pub fn sig_item(&self) -> SigItem {
-        SigItem::device(
-            &self.author,
-            CHANGE_LABEL,
-            &[&Self::signed_part(&self.guild, &self.author, &self.change)],
-            &self.sig,
-        )
+        // The signed bytes are `signed_part`: this fixed-size header, then the change bytes
+        // exactly as `Writer::bytes32` writes them. Hashed in two parts, without copying the
+        // change into one buffer.
+        let len = u32::try_from(self.change.len()).unwrap_or(u32::MAX);
+        let mut w = Writer::with_capacity(69);
+        w.u8(ENVELOPE_VERSION);
+        self.guild.encode(&mut w);
+        self.author.encode(&mut w);
+        w.u32(len);
+        let header = w.into_bytes();
+        let body = self.change.get(..len as usize).unwrap_or(&self.change);
+        SigItem::device(&self.author, CHANGE_LABEL, &[&header, body], &self.sig)
     }
 
     /// The checks of [`SignedChange::open`] after the guild and signature checks.
     fn open_verified(self, keys: &mut impl KeySource) -> Result<OpenedChange, EnvelopeError> {
+        let (change, ops) = self.check_verified(keys)?;
+        Ok(OpenedChange {
+            envelope: self,
+            change,
+            ops,
+        })
+    }
+
+    /// [`SignedChange::open_verified`] by reference: the parsed change and its ops.
+    fn check_verified(
+        &self,
+        keys: &mut impl KeySource,
+    ) -> Result<(Change, Vec<GuildOp>), EnvelopeError> {
         let change = parse_change(&self.change).map_err(EnvelopeError::BadChange)?;
-        self.finish_open(change, keys)
+        let ops = self.check_parsed(&change, keys)?;
+        Ok((change, ops))
     }
 
     /// Like [`SignedChange::open`] for a change already parsed from `self.change` (when loading
@@ -241,18 +261,64 @@ impl SignedChange {
         change: Change,
         keys: &mut impl KeySource,
     ) -> Result<OpenedChange, EnvelopeError> {
-        if change.actor_id() != &actor_for(&self.author) {
-            return Err(EnvelopeError::ActorMismatch);
-        }
-        // The author's key is already decoded: a redemption's certificate names it again.
-        keys.note_device(self.author);
-        let ops = ops_of_with(&change, keys)?;
+        let ops = self.check_parsed(&change, keys)?;
         Ok(OpenedChange {
             envelope: self,
             change,
             ops,
         })
     }
+
+    /// The actor binding, then the ops.
+    fn check_parsed(
+        &self,
+        change: &Change,
+        keys: &mut impl KeySource,
+    ) -> Result<Vec<GuildOp>, EnvelopeError> {
+        if change.actor_id() != &actor_for(&self.author) {
+            return Err(EnvelopeError::ActorMismatch);
+        }
+        // The author's key is already decoded: a redemption's certificate names it again.
+        keys.note_device(self.author);
+        Ok(ops_of_with(change, keys)?)
+    }
+}
+
+/// What opening an envelope yields besides the envelope itself: the parsed change and its ops.
+pub(crate) type Checked = Result<(Change, Vec<GuildOp>), EnvelopeError>;
+
+/// [`open_all_with`] by reference, for one window: the signatures of `envelopes` in batches,
+/// then each verified one parsed and its ops decoded. Each result is what
+/// [`SignedChange::open`] gives for that envelope, without the envelope.
+pub(crate) fn check_window(
+    envelopes: &[SignedChange],
+    guild: &GuildId,
+    keys: &mut impl KeySource,
+    threads: usize,
+) -> Vec<Checked> {
+    let mut items = Vec::with_capacity(envelopes.len());
+    let mut slots = Vec::with_capacity(envelopes.len());
+    for e in envelopes {
+        if &e.guild == guild {
+            slots.push(Some(items.len()));
+            items.push(e.sig_item());
+        } else {
+            slots.push(None);
+        }
+    }
+    let ok = verify_each_threads(&items, threads);
+    envelopes
+        .iter()
+        .zip(slots)
+        .map(|(e, slot)| match slot {
+            None => Err(EnvelopeError::WrongGuild {
+                expected: *guild,
+                got: e.guild,
+            }),
+            Some(i) if ok.get(i).copied().unwrap_or(false) => e.check_verified(keys),
+            Some(_) => Err(EnvelopeError::BadSignature),
+        })
+        .collect()
 }
 
 /// [`SignedChange::open`] for many envelopes: the same checks in the same order, with the
@@ -279,24 +345,13 @@ pub(crate) fn open_all_with(
     let mut rest = envelopes.into_iter().peekable();
     while rest.peek().is_some() {
         let envs: Vec<SignedChange> = rest.by_ref().take(window).collect();
-        let mut items = Vec::with_capacity(envs.len());
-        let mut slots = Vec::with_capacity(envs.len());
-        for e in &envs {
-            if &e.guild == guild {
-                slots.push(Some(items.len()));
-                items.push(e.sig_item());
-            } else {
-                slots.push(None);
-            }
-        }
-        let ok = verify_each_threads(&items, threads);
-        out.extend(envs.into_iter().zip(slots).map(|(e, slot)| match slot {
-            None => Err(EnvelopeError::WrongGuild {
-                expected: *guild,
-                got: e.guild,
-            }),
-            Some(i) if ok.get(i).copied().unwrap_or(false) => e.open_verified(keys),
-            Some(_) => Err(EnvelopeError::BadSignature),
+        let checked = check_window(&envs, guild, keys, threads);
+        out.extend(envs.into_iter().zip(checked).map(|(envelope, c)| {
+            c.map(|(change, ops)| OpenedChange {
+                envelope,
+                change,
+                ops,
+            })
         }));
     }
     out

@@ -25,6 +25,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use std::num::NonZeroU64;
+use std::sync::Mutex;
 
 use automerge::legacy::{Key, ObjectId, OpId, OpType};
 use automerge::sync::{Message, State as SyncState, SyncDoc};
@@ -34,10 +35,10 @@ use securecomm_noise::codec::{Decode, DecodeError, Encode, Reader, Writer};
 use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey, RootSigningKey, Signature};
 use thiserror::Error;
 
-use crate::authz::{AuthzError, Effects, SigChecks, authorize_with};
+use crate::authz::{AuthzError, Effects, SigChecks, authorize_with, verified_certs};
 use crate::envelope::{
-    EnvelopeError, MAX_CHANGE_BYTES, OpenedChange, SignedChange, actor_for, open_all_with,
-    parse_change,
+    Checked as CheckedEnvelope, EnvelopeError, MAX_CHANGE_BYTES, OpenedChange, SignedChange,
+    actor_for, check_window, open_all_with, parse_change,
 };
 use crate::ops::{GuildOp, MAX_OPS_PER_CHANGE};
 use crate::schema::{DeviceCert, GuildId, KeyCache, KeySource, UserId};
@@ -53,6 +54,9 @@ pub const MAX_SYNC_CHANGES: usize = 1 << 20;
 pub const MAX_SYNC_CONTROL: usize = 1 << 20;
 /// Most missing dependencies requested in one sync message.
 pub const MAX_SYNC_NEEDS: usize = 1024;
+/// Envelopes per window when [`Guild::receive`] pipelines a large batch over two threads (see
+/// [`Guild::set_verify_threads`]).
+pub const PIPELINE_WINDOW: usize = crate::verify::BATCH_CHUNK;
 /// Largest saved Automerge document we load.
 pub const MAX_SAVED_DOC: usize = 1 << 30;
 
@@ -175,6 +179,8 @@ pub struct Guild {
     max_op: u64,
     /// Threads signature batches may use (1 unless [`Guild::set_verify_threads`]).
     verify_threads: usize,
+    /// Envelopes per window of a pipelined receive ([`PIPELINE_WINDOW`]; smaller in tests).
+    window: usize,
 }
 
 /// What undoes one [`Guild::commit`]: the author's previous chain entry.
@@ -215,6 +221,7 @@ impl Guild {
             sigs: SigChecks::new(),
             max_op: 0,
             verify_threads: 1,
+            window: PIPELINE_WINDOW,
         }
     }
 
@@ -251,10 +258,14 @@ impl Guild {
         Ok((g, env))
     }
 
-    /// Lets [`Guild::receive`] verify signature batches on up to `threads` threads (at most
-    /// [`crate::verify::MAX_VERIFY_THREADS`]; default 1, the calling thread only). The verdict
-    /// on every change is the same for any thread count; only the wall time changes. The
-    /// caller decides, because `receive` runs wherever the caller runs it.
+    /// Lets [`Guild::receive`] use up to `threads` threads (at most
+    /// [`crate::verify::MAX_VERIFY_THREADS`]; default 1, the calling thread only). With two or
+    /// more, a batch of more than [`PIPELINE_WINDOW`] envelopes is pipelined: a worker thread
+    /// verifies the signatures of the next window (on `threads - 1` threads) and decodes it
+    /// while the calling thread authorizes and applies the current one; a smaller batch has
+    /// its signature batches spread over the threads. The verdict on every change is the same
+    /// for any thread count; only the wall time changes. The caller decides, because `receive`
+    /// runs wherever the caller runs it.
     pub fn set_verify_threads(&mut self, threads: usize) {
         self.verify_threads = threads.clamp(1, crate::verify::MAX_VERIFY_THREADS);
         self.sigs.set_threads(self.verify_threads);
@@ -323,75 +334,163 @@ impl Guild {
     /// accepted changes reach the document.
     pub fn receive(&mut self, envelopes: Vec<SignedChange>) -> ReceiveReport {
         let mut report = ReceiveReport::default();
-        let mut ready: Vec<ChangeHash> = Vec::new();
         // The rejected set only short-circuits re-delivery; forgetting it is safe.
         if self.rejected.len() > MAX_PENDING {
             self.rejected.clear();
         }
-        // Signatures are verified in batches (crate::verify): first the envelopes', then the
-        // certificates of the redemptions among them. Each result equals single verification.
-        let mut cache = KeyCache::new();
-        let opened_all = open_all_with(
-            envelopes,
-            &self.id,
-            &mut KnownKeys {
-                known: &self.keys,
-                cache: &mut cache,
-            },
-            self.verify_threads,
-        );
-        self.sigs.preverify(
-            opened_all
-                .iter()
-                .flatten()
-                .map(|o| (&o.envelope.author, o.ops.as_slice())),
-        );
-        for opened in opened_all {
-            let opened = match opened {
-                Ok(o) => o,
-                Err(e) => {
-                    report.rejected.push((None, e.into()));
-                    continue;
-                }
-            };
-            let hash = opened.hash();
-            if self.index.contains_key(&hash) || self.pending.contains_key(&hash) {
-                report.duplicates += 1;
-                continue;
+        if self.verify_threads >= 2 && envelopes.len() > self.window && !self.sigs.is_trusted() {
+            self.receive_pipelined(envelopes, &mut report);
+        } else {
+            // Signatures are verified in batches (crate::verify): first the envelopes', then the
+            // certificates of the redemptions among them. Each result equals single
+            // verification.
+            let mut cache = KeyCache::new();
+            let opened_all = open_all_with(
+                envelopes,
+                &self.id,
+                &mut KnownKeys {
+                    known: &self.keys,
+                    cache: &mut cache,
+                },
+                self.verify_threads,
+            );
+            self.sigs.preverify(
+                opened_all
+                    .iter()
+                    .flatten()
+                    .map(|o| (&o.envelope.author, o.ops.as_slice())),
+            );
+            let mut ready = Vec::new();
+            for opened in opened_all {
+                self.admit(opened, &mut ready, &mut report);
             }
-            let deps = opened.change.deps();
-            if self.rejected.contains(&hash) || deps.iter().any(|d| self.rejected.contains(d)) {
-                self.rejected.insert(hash);
-                report
-                    .rejected
-                    .push((Some(hash), RejectReason::RejectedDependency));
-                continue;
-            }
-            if self.pending.len() >= MAX_PENDING {
-                report
-                    .rejected
-                    .push((Some(hash), RejectReason::PendingFull));
-                continue;
-            }
-            let missing: Vec<ChangeHash> = deps
-                .iter()
-                .filter(|d| !self.index.contains_key(d))
-                .copied()
-                .collect();
-            if missing.is_empty() {
-                ready.push(hash);
-            } else {
-                for d in &missing {
-                    self.waiting_on.entry(*d).or_default().push(hash);
-                }
-            }
-            self.missing.insert(hash, missing.len());
-            self.pending.insert(hash, opened);
+            self.drain(ready, &mut report);
         }
-        self.drain(ready, &mut report);
         self.sigs.end_batch();
         report.pending = self.pending.len();
         report
+    }
+
+    /// [`Guild::receive`] of a large batch on two threads: a worker verifies the signatures of
+    /// window `i + 1` (envelopes, then the certificates of redemptions), parses the changes
+    /// and decodes their ops, while this thread authorizes window `i` and applies it to the
+    /// document. The queue between them holds one finished window, so the worker is at most
+    /// two windows ahead. The document only ever sees changes of windows whose checks are
+    /// complete, and each change gets exactly the verdict of [`SignedChange::open`] followed by
+    /// authorization, as on one thread. If the worker cannot be started or stops, this thread
+    /// does the rest of the work itself.
+    ///
+    /// The worker decodes keys through its own [`KeyCache`] (it cannot read the replica's
+    /// interner while this thread extends it), so a key this replica already knows costs one
+    /// decompression per receive call there; the decoded key is the same either way.
+    fn receive_pipelined(&mut self, envelopes: Vec<SignedChange>, report: &mut ReceiveReport) {
+        let window = self.window.max(1);
+        let mut windows: Vec<Mutex<Vec<SignedChange>>> = Vec::new();
+        let mut rest = envelopes.into_iter().peekable();
+        while rest.peek().is_some() {
+            windows.push(Mutex::new(rest.by_ref().take(window).collect()));
+        }
+        let id = self.id;
+        let worker_threads = self.verify_threads.saturating_sub(1).max(1);
+        let windows = &windows;
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Prepared)>(1);
+            let worker = std::thread::Builder::new()
+                .name("crdt-verify".into())
+                .spawn_scoped(scope, move || {
+                    let mut keys = KeyCache::new();
+                    let mut certs = HashSet::new();
+                    for (i, w) in windows.iter().enumerate() {
+                        let Ok(envs) = w.lock() else { break };
+                        let p = prepare_window(&envs, &id, &mut keys, &mut certs, worker_threads);
+                        drop(envs);
+                        if tx.send((i, p)).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .ok();
+            let mut own_keys = KeyCache::new();
+            let mut own_certs = HashSet::new();
+            for (i, w) in windows.iter().enumerate() {
+                let prepared = match rx.recv() {
+                    Ok((j, p)) if j == i => Some(p),
+                    _ => None,
+                };
+                let envs = std::mem::take(
+                    &mut *w.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
+                let (checked, certs) = prepared.unwrap_or_else(|| {
+                    prepare_window(&envs, &id, &mut own_keys, &mut own_certs, 1)
+                });
+                self.sigs.remember_certs(certs);
+                let mut ready = Vec::new();
+                for (envelope, c) in envs.into_iter().zip(checked) {
+                    let opened = c.map(|(change, ops)| OpenedChange {
+                        envelope,
+                        change,
+                        ops,
+                    });
+                    self.admit(opened, &mut ready, report);
+                }
+                self.drain(ready, report);
+            }
+            drop(rx);
+            if let Some(h) = worker {
+                // A panic in the worker is not propagated: its windows were redone here.
+                let _ = h.join();
+            }
+        });
+    }
+
+    /// Takes one opened (or refused) envelope: refused, duplicate, parked until its
+    /// dependencies are known, or pushed onto `ready`.
+    fn admit(
+        &mut self,
+        opened: Result<OpenedChange, EnvelopeError>,
+        ready: &mut Vec<ChangeHash>,
+        report: &mut ReceiveReport,
+    ) {
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                report.rejected.push((None, e.into()));
+                return;
+            }
+        };
+        let hash = opened.hash();
+        if self.index.contains_key(&hash) || self.pending.contains_key(&hash) {
+            report.duplicates += 1;
+            return;
+        }
+        let deps = opened.change.deps();
+        if self.rejected.contains(&hash) || deps.iter().any(|d| self.rejected.contains(d)) {
+            self.rejected.insert(hash);
+            report
+                .rejected
+                .push((Some(hash), RejectReason::RejectedDependency));
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            report
+                .rejected
+                .push((Some(hash), RejectReason::PendingFull));
+            return;
+        }
+        let missing: Vec<ChangeHash> = deps
+            .iter()
+            .filter(|d| !self.index.contains_key(d))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            ready.push(hash);
+        } else {
+            for d in &missing {
+                self.waiting_on.entry(*d).or_default().push(hash);
+            }
+        }
+        self.missing.insert(hash, missing.len());
+        self.pending.insert(hash, opened);
     }
 
     /// Processes ready changes; each acceptance may make parked dependents ready, each
@@ -1203,6 +1302,32 @@ impl Guild {
             .map_err(|e| GuildError::Automerge(e.to_string()))?;
         Ok(report)
     }
+}
+
+/// One window checked by [`prepare_window`]: each envelope's result, and the cache keys of the
+/// certificates found valid.
+type Prepared = (Vec<CheckedEnvelope>, Vec<[u8; 128]>);
+
+/// Everything [`Guild::receive_pipelined`] does to a window before authorization: envelope
+/// signatures (batched), parsing and ops, then the certificates that authorization will check
+/// (batched; `seen` skips those already verified in this receive call).
+fn prepare_window(
+    envs: &[SignedChange],
+    id: &GuildId,
+    keys: &mut KeyCache,
+    seen: &mut HashSet<[u8; 128]>,
+    threads: usize,
+) -> Prepared {
+    let checked = check_window(envs, id, keys, threads);
+    let certs = verified_certs(
+        envs.iter()
+            .zip(&checked)
+            .filter_map(|(e, c)| c.as_ref().ok().map(|(_, ops)| (&e.author, ops.as_slice()))),
+        seen,
+        threads,
+    );
+    seen.extend(certs.iter().copied());
+    (checked, certs)
 }
 
 /// Decodes a sync message into the Automerge control part and the envelopes.
