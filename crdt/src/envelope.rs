@@ -201,6 +201,17 @@ impl SignedChange {
         })
     }
 
+    /// The checks of [`SignedChange::open`] after the guild and signature checks, made
+    /// **before** the signature verdict is known: the caller must refuse the result with
+    /// [`EnvelopeError::BadSignature`] if the signature fails, whatever this returned (the
+    /// pipelined [`crate::Guild::receive`] does).
+    pub(crate) fn open_unverified(
+        self,
+        keys: &mut impl KeySource,
+    ) -> Result<OpenedChange, EnvelopeError> {
+        self.open_verified(keys)
+    }
+
     /// [`SignedChange::open_verified`] by reference: the parsed change and its ops.
     fn check_verified(
         &self,
@@ -284,43 +295,6 @@ impl SignedChange {
     }
 }
 
-/// What opening an envelope yields besides the envelope itself: the parsed change and its ops.
-pub(crate) type Checked = Result<(Change, Vec<GuildOp>), EnvelopeError>;
-
-/// [`open_all_with`] by reference, for one window: the signatures of `envelopes` in batches,
-/// then each verified one parsed and its ops decoded. Each result is what
-/// [`SignedChange::open`] gives for that envelope, without the envelope.
-pub(crate) fn check_window(
-    envelopes: &[SignedChange],
-    guild: &GuildId,
-    keys: &mut impl KeySource,
-    threads: usize,
-) -> Vec<Checked> {
-    let mut items = Vec::with_capacity(envelopes.len());
-    let mut slots = Vec::with_capacity(envelopes.len());
-    for e in envelopes {
-        if &e.guild == guild {
-            slots.push(Some(items.len()));
-            items.push(e.sig_item());
-        } else {
-            slots.push(None);
-        }
-    }
-    let ok = verify_each_threads(&items, threads);
-    envelopes
-        .iter()
-        .zip(slots)
-        .map(|(e, slot)| match slot {
-            None => Err(EnvelopeError::WrongGuild {
-                expected: *guild,
-                got: e.guild,
-            }),
-            Some(i) if ok.get(i).copied().unwrap_or(false) => e.check_verified(keys),
-            Some(_) => Err(EnvelopeError::BadSignature),
-        })
-        .collect()
-}
-
 /// [`SignedChange::open`] for many envelopes: the same checks in the same order, with the
 /// signatures verified in batches ([`crate::verify::verify_each`]), so each result is exactly what `open` would
 /// have returned for that envelope.
@@ -345,13 +319,24 @@ pub(crate) fn open_all_with(
     let mut rest = envelopes.into_iter().peekable();
     while rest.peek().is_some() {
         let envs: Vec<SignedChange> = rest.by_ref().take(window).collect();
-        let checked = check_window(&envs, guild, keys, threads);
-        out.extend(envs.into_iter().zip(checked).map(|(envelope, c)| {
-            c.map(|(change, ops)| OpenedChange {
-                envelope,
-                change,
-                ops,
-            })
+        let mut items = Vec::with_capacity(envs.len());
+        let mut slots = Vec::with_capacity(envs.len());
+        for e in &envs {
+            if &e.guild == guild {
+                slots.push(Some(items.len()));
+                items.push(e.sig_item());
+            } else {
+                slots.push(None);
+            }
+        }
+        let ok = verify_each_threads(&items, threads);
+        out.extend(envs.into_iter().zip(slots).map(|(e, slot)| match slot {
+            None => Err(EnvelopeError::WrongGuild {
+                expected: *guild,
+                got: e.guild,
+            }),
+            Some(i) if ok.get(i).copied().unwrap_or(false) => e.open_verified(keys),
+            Some(_) => Err(EnvelopeError::BadSignature),
         }));
     }
     out
