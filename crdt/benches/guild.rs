@@ -92,24 +92,26 @@ fn report(c: &mut Criterion) {
     let mut live_guild = 0;
     let mut live_plain = 0;
     let mut fresh = None;
-    let (mut plain_t, mut one_t, mut one_cpu, mut two_t, mut two_cpu, mut wire_t) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut plain_t, mut plain_cpu, mut one_t, mut one_cpu, mut two_t, mut two_cpu, mut wire_t) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     for round in 0..ROUNDS {
-        let input = raw.clone();
+        // Live heap is counted from before the input copy: the input moves into the result.
         let live1 = LIVE.load(Ordering::Relaxed);
-        let t = Instant::now();
+        let input = raw.clone();
+        let (t, c) = (Instant::now(), cpu_secs());
         let mut plain = Automerge::new();
         plain
             .apply_changes(input.into_iter().map(|b| Change::from_bytes(b).unwrap()))
             .unwrap();
         plain_t.push(t.elapsed().as_secs_f64());
+        plain_cpu.push(cpu_secs() - c);
         if round == 0 {
             live_plain = LIVE.load(Ordering::Relaxed) - live1;
         }
         drop(plain);
 
-        let input = built.envs.clone();
         let live0 = LIVE.load(Ordering::Relaxed);
+        let input = built.envs.clone();
         let (t, c) = (Instant::now(), cpu_secs());
         let mut g = Guild::join(id);
         let rep = g.receive(input);
@@ -147,66 +149,61 @@ fn report(c: &mut Criterion) {
         assert!(rep.rejected.is_empty() && rep.accepted.len() == built.envs.len());
         drop(g);
         println!(
-            "round {round}: plain {:.1} ms | validated, 1 thread {:.1} ms ({:.2}x, CPU {:.2}x) | pipelined on 2 threads {:.1} ms ({:.2}x wall, CPU {:.2}x) | pipelined from wire bytes {:.1} ms ({:.2}x)",
+            "round {round}: plain {:.1} ms (CPU {:.0} ms) | validated, 1 thread {:.1} ms (CPU {:.0} ms; {:.2}x wall, {:.2}x CPU) | pipelined on 2 threads {:.1} ms (CPU {:.0} ms; {:.2}x wall, {:.2}x CPU) | pipelined from wire bytes {:.1} ms ({:.2}x wall)",
             plain_t[round] * 1e3,
+            plain_cpu[round] * 1e3,
             one_t[round] * 1e3,
+            one_cpu[round] * 1e3,
             one_t[round] / plain_t[round],
-            one_cpu[round] / plain_t[round],
+            one_cpu[round] / plain_cpu[round],
             two_t[round] * 1e3,
+            two_cpu[round] * 1e3,
             two_t[round] / plain_t[round],
-            two_cpu[round] / plain_t[round],
+            two_cpu[round] / plain_cpu[round],
             wire_t[round] * 1e3,
             wire_t[round] / plain_t[round],
         );
     }
     let fresh = fresh.unwrap();
     let us = |v: &[f64]| median(v) * 1e6 / n;
-    let ratios = |v: &[f64]| {
-        let r: Vec<f64> = v.iter().zip(&plain_t).map(|(a, b)| a / b).collect();
+    // Ratios per round (each side against plain Automerge of the same round), then median,
+    // min and max over the rounds.
+    let ratios = |v: &[f64], base: &[f64]| {
+        let r: Vec<f64> = v.iter().zip(base).map(|(a, b)| a / b).collect();
         (
             median(&r),
             r.iter().copied().fold(f64::MAX, f64::min),
             r.iter().copied().fold(0.0, f64::max),
         )
     };
-    let (one_r, two_r, two_cpu_r, wire_r) = (
-        ratios(&one_t),
-        ratios(&two_t),
-        ratios(&two_cpu),
-        ratios(&wire_t),
-    );
+    let show = |(m, lo, hi): (f64, f64, f64)| format!("{m:.2}x (rounds {lo:.2}-{hi:.2})");
     println!(
-        "plain Automerge apply_changes (parse + one call): {:.1} us/change = {:.0} changes/s",
+        "plain Automerge apply_changes (parse + one call): wall {:.1} us/change = {:.0} changes/s, CPU {:.1} us/change",
         us(&plain_t),
-        n / median(&plain_t)
+        n / median(&plain_t),
+        us(&plain_cpu)
     );
     println!(
-        "validated apply, 1 thread (wall = CPU): {:.1} us/change = {:.0} changes/s, ratio {:.2}x (rounds {:.2}-{:.2})",
+        "validated apply, 1 thread: wall {:.1} us/change = {:.0} changes/s, ratio {}; CPU {:.1} us/change, ratio {}",
         us(&one_t),
         n / median(&one_t),
-        one_r.0,
-        one_r.1,
-        one_r.2
+        show(ratios(&one_t, &plain_t)),
+        us(&one_cpu),
+        show(ratios(&one_cpu, &plain_cpu)),
     );
     println!(
-        "validated apply, pipelined on 2 threads (Guild::set_verify_threads(2)): wall {:.1} us/change = {:.0} changes/s, ratio {:.2}x (rounds {:.2}-{:.2}); process CPU {:.1} us/change, ratio {:.2}x (rounds {:.2}-{:.2})",
+        "validated apply, pipelined on 2 threads (Guild::set_verify_threads(2)): wall {:.1} us/change = {:.0} changes/s, ratio {}; process CPU {:.1} us/change, ratio {}",
         us(&two_t),
         n / median(&two_t),
-        two_r.0,
-        two_r.1,
-        two_r.2,
+        show(ratios(&two_t, &plain_t)),
         us(&two_cpu),
-        two_cpu_r.0,
-        two_cpu_r.1,
-        two_cpu_r.2
+        show(ratios(&two_cpu, &plain_cpu)),
     );
     println!(
-        "validated apply from wire bytes (envelope decoding included), pipelined: {:.1} us/change = {:.0} changes/s, ratio {:.2}x (rounds {:.2}-{:.2})",
+        "validated apply from wire bytes (envelope decoding included), pipelined: wall {:.1} us/change = {:.0} changes/s, ratio {}",
         us(&wire_t),
         n / median(&wire_t),
-        wire_r.0,
-        wire_r.1,
-        wire_r.2
+        show(ratios(&wire_t, &plain_t)),
     );
     let plain_batch = {
         let mut d = Automerge::new();
