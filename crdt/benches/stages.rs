@@ -3,7 +3,8 @@
 //!
 //! Run with
 //! `cargo bench -p securecomm-crdt --bench stages -- --warm-up-time 1 --measurement-time 3`.
-//! With `STAGES_PROFILE=<n>` it only ingests the guild `n` times and exits (for `perf record`).
+//! With `STAGES_PROFILE=<n>` it only ingests the guild `n` times and exits (for `perf record`);
+//! `STAGES_THREADS=<t>` sets `Guild::set_verify_threads` for those ingests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Instant;
@@ -28,6 +29,9 @@ fn report(c: &mut Criterion) {
         for _ in 0..n.parse::<usize>().unwrap() {
             let t = Instant::now();
             let mut g = Guild::join(id);
+            if let Ok(t) = std::env::var("STAGES_THREADS") {
+                g.set_verify_threads(t.parse().unwrap());
+            }
             let rep = g.receive(envs.clone());
             assert_eq!(rep.accepted.len(), envs.len());
             println!("ingest {:.2?}", t.elapsed());

@@ -174,23 +174,19 @@ impl SigChecks {
         if self.trusted {
             return;
         }
-        let mut certs: Vec<&DeviceCert> = Vec::new();
-        for (author, ops) in changes {
-            let cert = match ops {
-                [GuildOp::Redeem { cert, .. }] => cert,
-                [GuildOp::Genesis { owner, .. }] => owner,
-                _ => continue,
-            };
-            if &cert.device == author && !self.certs.contains(&cert.cache_key()) {
-                certs.push(cert);
-            }
-        }
-        let items: Vec<SigItem> = certs.iter().map(|c| c.sig_item()).collect();
-        for (cert, ok) in certs.iter().zip(verify_each_threads(&items, self.threads)) {
-            if ok {
-                self.certs.insert(cert.cache_key());
-            }
-        }
+        let verified = verified_certs(changes, &self.certs, self.threads);
+        self.remember_certs(verified);
+    }
+
+    /// Remembers certificates (by [`DeviceCert`] cache key) that verified, until
+    /// [`SigChecks::end_batch`].
+    pub(crate) fn remember_certs(&mut self, verified: Vec<[u8; 128]>) {
+        self.certs.extend(verified);
+    }
+
+    /// Whether `cert` is remembered as verified (or checks are skipped).
+    pub(crate) fn remembers_cert(&self, cert: &DeviceCert) -> bool {
+        self.trusted || self.certs.contains(&cert.cache_key())
     }
 
     /// Forgets the pre-verified certificates (the end of a received batch).
@@ -219,6 +215,43 @@ impl SigChecks {
         self.tokens.insert(key);
         true
     }
+}
+
+/// The certificate [`SigChecks::preverify`] pre-verifies for a change by `author` made of
+/// `ops`: that of its single redemption or genesis op, if it certifies the authoring device
+/// (the one authorization is certain to check).
+pub(crate) fn checked_cert<'a>(
+    author: &DevicePublicKey,
+    ops: &'a [GuildOp],
+) -> Option<&'a DeviceCert> {
+    let cert = match ops {
+        [GuildOp::Redeem { cert, .. }] => cert,
+        [GuildOp::Genesis { owner, .. }] => owner,
+        _ => return None,
+    };
+    (&cert.device == author).then_some(cert)
+}
+
+/// The certificates [`SigChecks::preverify`] pre-verifies for `changes`, minus those in
+/// `known`: batch-verified on up to `threads` threads, and the cache keys of the valid ones
+/// returned.
+fn verified_certs<'a>(
+    changes: impl IntoIterator<Item = (&'a DevicePublicKey, &'a [GuildOp])>,
+    known: &HashSet<[u8; 128]>,
+    threads: usize,
+) -> Vec<[u8; 128]> {
+    let certs: Vec<&DeviceCert> = changes
+        .into_iter()
+        .filter_map(|(author, ops)| checked_cert(author, ops))
+        .filter(|c| !known.contains(&c.cache_key()))
+        .collect();
+    let items: Vec<SigItem> = certs.iter().map(|c| c.sig_item()).collect();
+    certs
+        .iter()
+        .zip(verify_each_threads(&items, threads))
+        .filter(|(_, ok)| *ok)
+        .map(|(c, _)| c.cache_key())
+        .collect()
 }
 
 struct Judge<'a> {

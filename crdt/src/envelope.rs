@@ -177,18 +177,49 @@ impl SignedChange {
 
     /// The envelope's signature as a [`SigItem`] (ZIP-215, see [`crate::verify`]).
     pub fn sig_item(&self) -> SigItem {
-        SigItem::device(
-            &self.author,
-            CHANGE_LABEL,
-            &[&Self::signed_part(&self.guild, &self.author, &self.change)],
-            &self.sig,
-        )
+        // The signed bytes are `signed_part`: this fixed-size header, then the change bytes
+        // exactly as `Writer::bytes32` writes them. Hashed in two parts, without copying the
+        // change into one buffer.
+        let len = u32::try_from(self.change.len()).unwrap_or(u32::MAX);
+        let mut w = Writer::with_capacity(69);
+        w.u8(ENVELOPE_VERSION);
+        self.guild.encode(&mut w);
+        self.author.encode(&mut w);
+        w.u32(len);
+        let header = w.into_bytes();
+        let body = self.change.get(..len as usize).unwrap_or(&self.change);
+        SigItem::device(&self.author, CHANGE_LABEL, &[&header, body], &self.sig)
     }
 
     /// The checks of [`SignedChange::open`] after the guild and signature checks.
     fn open_verified(self, keys: &mut impl KeySource) -> Result<OpenedChange, EnvelopeError> {
+        let (change, ops) = self.check_verified(keys)?;
+        Ok(OpenedChange {
+            envelope: self,
+            change,
+            ops,
+        })
+    }
+
+    /// The checks of [`SignedChange::open`] after the guild and signature checks, made
+    /// **before** the signature verdict is known: the caller must refuse the result with
+    /// [`EnvelopeError::BadSignature`] if the signature fails, whatever this returned (the
+    /// pipelined [`crate::Guild::receive`] does).
+    pub(crate) fn open_unverified(
+        self,
+        keys: &mut impl KeySource,
+    ) -> Result<OpenedChange, EnvelopeError> {
+        self.open_verified(keys)
+    }
+
+    /// [`SignedChange::open_verified`] by reference: the parsed change and its ops.
+    fn check_verified(
+        &self,
+        keys: &mut impl KeySource,
+    ) -> Result<(Change, Vec<GuildOp>), EnvelopeError> {
         let change = parse_change(&self.change).map_err(EnvelopeError::BadChange)?;
-        self.finish_open(change, keys)
+        let ops = self.check_parsed(&change, keys)?;
+        Ok((change, ops))
     }
 
     /// Like [`SignedChange::open`] for a change already parsed from `self.change` (when loading
@@ -241,17 +272,26 @@ impl SignedChange {
         change: Change,
         keys: &mut impl KeySource,
     ) -> Result<OpenedChange, EnvelopeError> {
-        if change.actor_id() != &actor_for(&self.author) {
-            return Err(EnvelopeError::ActorMismatch);
-        }
-        // The author's key is already decoded: a redemption's certificate names it again.
-        keys.note_device(self.author);
-        let ops = ops_of_with(&change, keys)?;
+        let ops = self.check_parsed(&change, keys)?;
         Ok(OpenedChange {
             envelope: self,
             change,
             ops,
         })
+    }
+
+    /// The actor binding, then the ops.
+    fn check_parsed(
+        &self,
+        change: &Change,
+        keys: &mut impl KeySource,
+    ) -> Result<Vec<GuildOp>, EnvelopeError> {
+        if change.actor_id() != &actor_for(&self.author) {
+            return Err(EnvelopeError::ActorMismatch);
+        }
+        // The author's key is already decoded: a redemption's certificate names it again.
+        keys.note_device(self.author);
+        Ok(ops_of_with(change, keys)?)
     }
 }
 

@@ -25,6 +25,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use std::num::NonZeroU64;
+use std::sync::Arc;
 
 use automerge::legacy::{Key, ObjectId, OpId, OpType};
 use automerge::sync::{Message, State as SyncState, SyncDoc};
@@ -42,7 +43,7 @@ use crate::envelope::{
 use crate::ops::{GuildOp, MAX_OPS_PER_CHANGE};
 use crate::schema::{DeviceCert, GuildId, KeyCache, KeySource, UserId};
 use crate::store::{Ad, Interner, KnownKeys, NodeFx, Rs, StoredOp};
-use crate::verify::verify_each;
+use crate::verify::{SigItem, verify_each, verify_each_threads};
 use crate::view::{ApplyCtx, GuildView, MembershipEvent, membership_events};
 
 /// Most changes parked while waiting for their dependencies.
@@ -53,6 +54,9 @@ pub const MAX_SYNC_CHANGES: usize = 1 << 20;
 pub const MAX_SYNC_CONTROL: usize = 1 << 20;
 /// Most missing dependencies requested in one sync message.
 pub const MAX_SYNC_NEEDS: usize = 1024;
+/// Envelopes per window when [`Guild::receive`] pipelines a large batch over two threads (see
+/// [`Guild::set_verify_threads`]).
+pub const PIPELINE_WINDOW: usize = crate::verify::BATCH_CHUNK;
 /// Largest saved Automerge document we load.
 pub const MAX_SAVED_DOC: usize = 1 << 30;
 
@@ -175,10 +179,23 @@ pub struct Guild {
     max_op: u64,
     /// Threads signature batches may use (1 unless [`Guild::set_verify_threads`]).
     verify_threads: usize,
+    /// Envelopes per window of a pipelined receive ([`PIPELINE_WINDOW`]; smaller in tests).
+    window: usize,
 }
 
 /// What undoes one [`Guild::commit`]: the author's previous chain entry.
 type Undo = Option<(u64, u32)>;
+
+/// Changes recorded in the DAG but not yet in the document (see [`Guild::begin_pass`]), and
+/// what undoes them.
+struct Pass {
+    start: usize,
+    accepted_before: usize,
+    heads_before: BTreeSet<u32>,
+    max_op_before: u64,
+    undo: Vec<Undo>,
+    batch: Vec<automerge::Change>,
+}
 
 /// Per-peer sync state.
 #[derive(Debug, Default)]
@@ -215,6 +232,7 @@ impl Guild {
             sigs: SigChecks::new(),
             max_op: 0,
             verify_threads: 1,
+            window: PIPELINE_WINDOW,
         }
     }
 
@@ -251,10 +269,14 @@ impl Guild {
         Ok((g, env))
     }
 
-    /// Lets [`Guild::receive`] verify signature batches on up to `threads` threads (at most
-    /// [`crate::verify::MAX_VERIFY_THREADS`]; default 1, the calling thread only). The verdict
-    /// on every change is the same for any thread count; only the wall time changes. The
-    /// caller decides, because `receive` runs wherever the caller runs it.
+    /// Lets [`Guild::receive`] use up to `threads` threads (at most
+    /// [`crate::verify::MAX_VERIFY_THREADS`]; default 1, the calling thread only). With two or
+    /// more, a batch of more than [`PIPELINE_WINDOW`] envelopes is pipelined: a worker thread
+    /// verifies the signatures of the next window (on `threads - 1` threads) and decodes it
+    /// while the calling thread authorizes and applies the current one; a smaller batch has
+    /// its signature batches spread over the threads. The verdict on every change is the same
+    /// for any thread count; only the wall time changes. The caller decides, because `receive`
+    /// runs wherever the caller runs it.
     pub fn set_verify_threads(&mut self, threads: usize) {
         self.verify_threads = threads.clamp(1, crate::verify::MAX_VERIFY_THREADS);
         self.sigs.set_threads(self.verify_threads);
@@ -323,91 +345,264 @@ impl Guild {
     /// accepted changes reach the document.
     pub fn receive(&mut self, envelopes: Vec<SignedChange>) -> ReceiveReport {
         let mut report = ReceiveReport::default();
-        let mut ready: Vec<ChangeHash> = Vec::new();
         // The rejected set only short-circuits re-delivery; forgetting it is safe.
         if self.rejected.len() > MAX_PENDING {
             self.rejected.clear();
         }
-        // Signatures are verified in batches (crate::verify): first the envelopes', then the
-        // certificates of the redemptions among them. Each result equals single verification.
-        let mut cache = KeyCache::new();
-        let opened_all = open_all_with(
-            envelopes,
-            &self.id,
-            &mut KnownKeys {
-                known: &self.keys,
-                cache: &mut cache,
-            },
-            self.verify_threads,
-        );
-        self.sigs.preverify(
-            opened_all
-                .iter()
-                .flatten()
-                .map(|o| (&o.envelope.author, o.ops.as_slice())),
-        );
-        for opened in opened_all {
-            let opened = match opened {
-                Ok(o) => o,
-                Err(e) => {
-                    report.rejected.push((None, e.into()));
-                    continue;
-                }
-            };
-            let hash = opened.hash();
-            if self.index.contains_key(&hash) || self.pending.contains_key(&hash) {
-                report.duplicates += 1;
-                continue;
+        if self.verify_threads >= 2 && envelopes.len() > self.window && !self.sigs.is_trusted() {
+            self.receive_pipelined(envelopes, &mut report);
+        } else {
+            // Signatures are verified in batches (crate::verify): first the envelopes', then the
+            // certificates of the redemptions among them. Each result equals single
+            // verification.
+            let mut cache = KeyCache::new();
+            let opened_all = open_all_with(
+                envelopes,
+                &self.id,
+                &mut KnownKeys {
+                    known: &self.keys,
+                    cache: &mut cache,
+                },
+                self.verify_threads,
+            );
+            self.sigs.preverify(
+                opened_all
+                    .iter()
+                    .flatten()
+                    .map(|o| (&o.envelope.author, o.ops.as_slice())),
+            );
+            let mut ready = Vec::new();
+            for opened in opened_all {
+                self.admit(opened, &mut ready, &mut report);
             }
-            let deps = opened.change.deps();
-            if self.rejected.contains(&hash) || deps.iter().any(|d| self.rejected.contains(d)) {
-                self.rejected.insert(hash);
-                report
-                    .rejected
-                    .push((Some(hash), RejectReason::RejectedDependency));
-                continue;
-            }
-            if self.pending.len() >= MAX_PENDING {
-                report
-                    .rejected
-                    .push((Some(hash), RejectReason::PendingFull));
-                continue;
-            }
-            let missing: Vec<ChangeHash> = deps
-                .iter()
-                .filter(|d| !self.index.contains_key(d))
-                .copied()
-                .collect();
-            if missing.is_empty() {
-                ready.push(hash);
-            } else {
-                for d in &missing {
-                    self.waiting_on.entry(*d).or_default().push(hash);
-                }
-            }
-            self.missing.insert(hash, missing.len());
-            self.pending.insert(hash, opened);
+            self.drain(ready, &mut report);
         }
-        self.drain(ready, &mut report);
         self.sigs.end_batch();
         report.pending = self.pending.len();
         report
     }
 
+    /// [`Guild::receive`] of a large batch on two threads. Window by window (of
+    /// [`PIPELINE_WINDOW`] envelopes), this thread parses the changes and decodes their ops and
+    /// prepares the signature items (envelopes, and the certificates authorization will check),
+    /// and a worker thread verifies them in batches; meanwhile this thread authorizes the
+    /// previous window, whose verdicts are in. The queues hold at most two windows each way.
+    /// Accepted changes go to the document in one Automerge call at the end, as on one thread.
+    ///
+    /// Each change gets exactly the verdict [`SignedChange::open`] and authorization give it:
+    /// a wrong guild, then a bad signature, then a parse or ops error, whichever comes first in
+    /// that order, although here the change is parsed before its signature verdict is known.
+    /// Certificates are verified only for changes whose envelope signature passed. Nothing
+    /// reaches the DAG or the document before both verdicts are in. If the worker cannot be
+    /// started or stops, this thread verifies the rest itself.
+    fn receive_pipelined(&mut self, envelopes: Vec<SignedChange>, report: &mut ReceiveReport) {
+        let window = self.window.max(1);
+        let threads = self.verify_threads.saturating_sub(1).max(1);
+        let mut rest = envelopes.into_iter().peekable();
+        let mut cache = KeyCache::new();
+        let mut pass = self.begin_pass(report);
+        std::thread::scope(|scope| {
+            let (to_worker, worker_in) = std::sync::mpsc::sync_channel::<Arc<SigJob>>(2);
+            let (worker_out, from_worker) = std::sync::mpsc::sync_channel::<SigVerdict>(2);
+            let worker = std::thread::Builder::new()
+                .name("crdt-verify".into())
+                .spawn_scoped(scope, move || {
+                    while let Ok(job) = worker_in.recv() {
+                        if worker_out.send(job.run(threads)).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .ok();
+            let mut worker_ok = worker.is_some();
+            let mut in_flight: std::collections::VecDeque<(Arc<SigJob>, Window)> =
+                std::collections::VecDeque::new();
+            loop {
+                // Prepare the next window while the worker verifies the ones in flight.
+                if rest.peek().is_some() {
+                    let envs: Vec<SignedChange> = rest.by_ref().take(window).collect();
+                    let (job, win) = self.prepare_window(envs, &mut cache);
+                    let job = Arc::new(job);
+                    if worker_ok && to_worker.send(Arc::clone(&job)).is_err() {
+                        worker_ok = false;
+                    }
+                    in_flight.push_back((job, win));
+                    // Keep up to two windows in flight before authorizing.
+                    if in_flight.len() < 2 && rest.peek().is_some() {
+                        continue;
+                    }
+                }
+                let Some((job, win)) = in_flight.pop_front() else {
+                    break;
+                };
+                let verdict = match worker_ok.then(|| from_worker.recv()) {
+                    Some(Ok(v)) => v,
+                    _ => {
+                        worker_ok = false;
+                        job.run(self.verify_threads)
+                    }
+                };
+                self.take_window(win, &verdict, report, &mut pass);
+            }
+            drop(to_worker);
+            if let Some(h) = worker {
+                // A panic there is not propagated: its windows were verified here.
+                let _ = h.join();
+            }
+        });
+        self.finish_pass(pass, report);
+    }
+
+    /// The first half of a pipelined window: each envelope parsed and its ops decoded, and its
+    /// signature and the certificate authorization will check as items to verify.
+    fn prepare_window(&self, envs: Vec<SignedChange>, cache: &mut KeyCache) -> (SigJob, Window) {
+        let mut job = SigJob::default();
+        let mut entries = Vec::with_capacity(envs.len());
+        let mut keys = KnownKeys {
+            known: &self.keys,
+            cache,
+        };
+        for envelope in envs {
+            if envelope.guild != self.id {
+                let got = envelope.guild;
+                entries.push((
+                    None,
+                    Err(EnvelopeError::WrongGuild {
+                        expected: self.id,
+                        got,
+                    }),
+                ));
+                continue;
+            }
+            let slot = job.envelopes.len();
+            job.envelopes.push(envelope.sig_item());
+            let opened = envelope.open_unverified(&mut keys);
+            if let Ok(o) = &opened
+                && let Some(cert) = crate::authz::checked_cert(&o.envelope.author, &o.ops)
+                && !self.sigs.remembers_cert(cert)
+            {
+                job.certs.push((slot, cert.sig_item(), cert.cache_key()));
+            }
+            entries.push((Some(slot), opened));
+        }
+        (job, Window { entries })
+    }
+
+    /// The second half of a pipelined window: the verdicts applied in `open`'s order, then
+    /// every surviving change admitted and the ready ones authorized and recorded.
+    fn take_window(
+        &mut self,
+        win: Window,
+        verdict: &SigVerdict,
+        report: &mut ReceiveReport,
+        pass: &mut Pass,
+    ) {
+        self.sigs.remember_certs(
+            verdict
+                .certs
+                .iter()
+                .filter(|(_, ok)| *ok)
+                .map(|(key, _)| *key)
+                .collect(),
+        );
+        let mut ready = Vec::new();
+        for (slot, opened) in win.entries {
+            let opened = match slot {
+                Some(i) if !verdict.envelopes.get(i).copied().unwrap_or(false) => {
+                    Err(EnvelopeError::BadSignature)
+                }
+                _ => opened,
+            };
+            self.admit(opened, &mut ready, report);
+        }
+        self.validate_ready(ready, report, pass);
+    }
+
+    /// Takes one opened (or refused) envelope: refused, duplicate, parked until its
+    /// dependencies are known, or pushed onto `ready`.
+    fn admit(
+        &mut self,
+        opened: Result<OpenedChange, EnvelopeError>,
+        ready: &mut Vec<ChangeHash>,
+        report: &mut ReceiveReport,
+    ) {
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                report.rejected.push((None, e.into()));
+                return;
+            }
+        };
+        let hash = opened.hash();
+        if self.index.contains_key(&hash) || self.pending.contains_key(&hash) {
+            report.duplicates += 1;
+            return;
+        }
+        let deps = opened.change.deps();
+        if self.rejected.contains(&hash) || deps.iter().any(|d| self.rejected.contains(d)) {
+            self.rejected.insert(hash);
+            report
+                .rejected
+                .push((Some(hash), RejectReason::RejectedDependency));
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            report
+                .rejected
+                .push((Some(hash), RejectReason::PendingFull));
+            return;
+        }
+        let missing: Vec<ChangeHash> = deps
+            .iter()
+            .filter(|d| !self.index.contains_key(d))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            ready.push(hash);
+        } else {
+            for d in &missing {
+                self.waiting_on.entry(*d).or_default().push(hash);
+            }
+        }
+        self.missing.insert(hash, missing.len());
+        self.pending.insert(hash, opened);
+    }
+
     /// Processes ready changes; each acceptance may make parked dependents ready, each
     /// rejection rejects them.
-    fn drain(&mut self, mut ready: Vec<ChangeHash>, report: &mut ReceiveReport) {
-        // Automerge applies a batch far faster than the same changes one by one, so accepted
-        // changes are recorded in the DAG as they are validated and applied to the document
-        // together at the end. If Automerge refuses the batch, the DAG is rolled back to where
-        // it was and the batch replayed one change at a time, each applied to the document
-        // before it is recorded: the DAG and the document never disagree.
-        let start = self.nodes.len();
-        let accepted_before = report.accepted.len();
-        let heads_before = self.heads.clone();
-        let max_op_before = self.max_op;
-        let mut undo: Vec<Undo> = Vec::new();
-        let mut batch: Vec<automerge::Change> = Vec::new();
+    fn drain(&mut self, ready: Vec<ChangeHash>, report: &mut ReceiveReport) {
+        let mut pass = self.begin_pass(report);
+        self.validate_ready(ready, report, &mut pass);
+        self.finish_pass(pass, report);
+    }
+
+    /// Starts recording accepted changes for one Automerge batch.
+    ///
+    /// Automerge applies a batch far faster than the same changes one by one (and adding
+    /// actors to a document that already holds ops costs a pass over its columns per actor),
+    /// so accepted changes are recorded in the DAG as they are validated and applied to the
+    /// document together by [`Guild::finish_pass`]. If Automerge refuses the batch, the DAG is
+    /// rolled back to where it was and the batch replayed one change at a time, each applied to
+    /// the document before it is recorded: the DAG and the document never disagree.
+    fn begin_pass(&self, report: &ReceiveReport) -> Pass {
+        Pass {
+            start: self.nodes.len(),
+            accepted_before: report.accepted.len(),
+            heads_before: self.heads.clone(),
+            max_op_before: self.max_op,
+            undo: Vec::new(),
+            batch: Vec::new(),
+        }
+    }
+
+    /// Validates and records (in the DAG) the ready changes and every parked change they make
+    /// ready; rejections reject their parked dependents.
+    fn validate_ready(
+        &mut self,
+        mut ready: Vec<ChangeHash>,
+        report: &mut ReceiveReport,
+        pass: &mut Pass,
+    ) {
         while let Some(h) = ready.pop() {
             self.missing.remove(&h);
             let Some(o) = self.pending.remove(&h) else {
@@ -417,8 +612,8 @@ impl Guild {
             let dependents = self.waiting_on.remove(&h).unwrap_or_default();
             match outcome {
                 Ok((change, prev)) => {
-                    batch.push(change);
-                    undo.push(prev);
+                    pass.batch.push(change);
+                    pass.undo.push(prev);
                     report.accepted.push(h);
                     for d in dependents {
                         if let Some(m) = self.missing.get_mut(&d) {
@@ -432,14 +627,24 @@ impl Guild {
                 Err(e) => self.reject_with_dependents(h, e, dependents, report),
             }
         }
-        if !batch.is_empty()
-            && let Err(e) = self.doc.apply_changes(batch.iter().cloned())
+    }
+
+    /// Applies the changes recorded since [`Guild::begin_pass`] to the document in one call.
+    fn finish_pass(&mut self, pass: Pass, report: &mut ReceiveReport) {
+        if !pass.batch.is_empty()
+            && let Err(e) = self.doc.apply_changes(pass.batch.iter().cloned())
         {
             // Every change was validated and its dependencies are present, so Automerge should
             // not refuse (its refusals, a repeated sequence number or author, are excluded by
             // the chain rule and by `ops_of`); if it does anyway, undo and replay.
-            let replay = self.rollback(start, heads_before, max_op_before, undo, batch);
-            report.accepted.truncate(accepted_before);
+            let replay = self.rollback(
+                pass.start,
+                pass.heads_before,
+                pass.max_op_before,
+                pass.undo,
+                pass.batch,
+            );
+            report.accepted.truncate(pass.accepted_before);
             self.replay_one_by_one(replay, &e.to_string(), report);
         }
         // Give back the memory of a large receive once nothing waits.
@@ -1205,6 +1410,48 @@ impl Guild {
     }
 }
 
+/// The signatures of one pipelined window, for the worker.
+#[derive(Default)]
+struct SigJob {
+    /// Each envelope's signature.
+    envelopes: Vec<SigItem>,
+    /// Certificates: the envelope they depend on, the signature, and the cache key.
+    certs: Vec<(usize, SigItem, [u8; 128])>,
+}
+
+/// What [`SigJob::run`] found.
+struct SigVerdict {
+    envelopes: Vec<bool>,
+    /// Each certificate's cache key and whether it verified.
+    certs: Vec<([u8; 128], bool)>,
+}
+
+impl SigJob {
+    /// Verifies the envelopes in batches, then (in batches) the certificates of the envelopes
+    /// that passed; certificates of envelopes that failed are not verified (reported false).
+    fn run(&self, threads: usize) -> SigVerdict {
+        let envelopes = verify_each_threads(&self.envelopes, threads);
+        let wanted: Vec<&(usize, SigItem, [u8; 128])> = self
+            .certs
+            .iter()
+            .filter(|(slot, _, _)| envelopes.get(*slot).copied().unwrap_or(false))
+            .collect();
+        let items: Vec<SigItem> = wanted.iter().map(|(_, item, _)| item.clone()).collect();
+        let certs = wanted
+            .iter()
+            .zip(verify_each_threads(&items, threads))
+            .map(|((_, _, key), ok)| (*key, ok))
+            .collect();
+        SigVerdict { envelopes, certs }
+    }
+}
+
+/// The opened envelopes of one pipelined window, waiting for their signature verdicts: each
+/// with its slot in [`SigJob::envelopes`] (none if refused before that).
+struct Window {
+    entries: Vec<(Option<usize>, Result<OpenedChange, EnvelopeError>)>,
+}
+
 /// Decodes a sync message into the Automerge control part and the envelopes.
 pub fn decode_sync(bytes: &[u8]) -> Result<(Vec<u8>, Vec<SignedChange>), DecodeError> {
     let mut r = Reader::new(bytes);
@@ -1384,5 +1631,163 @@ mod tests {
         // from the DAG's point of view is what it expects).
         let d = r.keys.device_index(&dev.public()).unwrap();
         assert_eq!(r.actor_last.get(&d).map(|x| x.0), Some(2));
+    }
+
+    use crate::invite::InviteToken;
+    use crate::schema::{Invite, InviteCode, RoleId};
+
+    /// Owner, an open invite, `n` joiners, and role grants to them: the envelopes in order.
+    fn history(n: u8) -> (Guild, Vec<SignedChange>, InviteToken) {
+        let root = RootSigningKey::from_seed(&[1; 32]);
+        let dev = DeviceSigningKey::from_seed(&[2; 32]);
+        let (mut g, genesis) = Guild::create(&root, &dev, "g", 1000, [0; 16]).unwrap();
+        let mut envs = vec![genesis];
+        let (code, inv) = (
+            InviteCode([5; 16]),
+            Invite {
+                creator: root.public(),
+                expires_at: 0,
+                max_uses: 0,
+            },
+        );
+        envs.push(
+            g.change(&dev, 1001, vec![GuildOp::CreateInvite(code, inv)])
+                .unwrap(),
+        );
+        envs.push(
+            g.change(
+                &dev,
+                1001,
+                vec![GuildOp::PutRole(
+                    RoleId(1),
+                    crate::schema::Role {
+                        name: "r".into(),
+                        colour: 0,
+                        position: 1,
+                        permissions: crate::perms::Permissions::NONE,
+                        mentionable: false,
+                        hoisted: false,
+                    },
+                )],
+            )
+            .unwrap(),
+        );
+        let token = InviteToken::issue(&dev, g.id(), code, inv);
+        for i in 0..n {
+            let r = RootSigningKey::from_seed(&[100 + i; 32]);
+            let d = DeviceSigningKey::from_seed(&[200 - i; 32]);
+            let op = GuildOp::Redeem {
+                token: token.clone(),
+                cert: DeviceCert::issue(&r, d.public()),
+                nickname: format!("m{i}"),
+            };
+            envs.push(g.change(&d, 1003, vec![op]).unwrap());
+            if i % 3 == 0 {
+                envs.push(
+                    g.change(&dev, 1003, vec![GuildOp::GrantRole(r.public(), RoleId(1))])
+                        .unwrap(),
+                );
+            }
+        }
+        (g, envs, token)
+    }
+
+    fn outcome(g: &mut Guild, batch: Vec<SignedChange>) -> (BTreeSet<ChangeHash>, Vec<String>) {
+        let rep = g.receive(batch);
+        let mut rejected: Vec<String> = rep.rejected.iter().map(|r| format!("{r:?}")).collect();
+        rejected.sort();
+        (rep.accepted.into_iter().collect(), rejected)
+    }
+
+    #[test]
+    fn pipelined_receive_gives_every_change_the_single_thread_verdict() {
+        let (mut origin, envs, token) = history(14);
+        let mut batch = envs.clone();
+        // A bad envelope signature mid-batch (on a copy of a genuine redemption that also
+        // arrives intact later): rejected alone, and its certificate is not remembered.
+        let mut flipped = envs[9].clone();
+        flipped.sig.0[3] ^= 0x10;
+        batch.insert(6, flipped);
+        // A forged certificate mid-batch: the victim's certificate signature claimed for
+        // another device.
+        let victim = RootSigningKey::from_seed(&[90; 32]);
+        let vdev = DeviceSigningKey::from_seed(&[91; 32]);
+        let thief = DeviceSigningKey::from_seed(&[92; 32]);
+        let real = DeviceCert::issue(&victim, vdev.public());
+        let forged = origin
+            .forge_change(
+                &thief,
+                1004,
+                &[GuildOp::Redeem {
+                    token: token.clone(),
+                    cert: DeviceCert {
+                        user: victim.public(),
+                        device: thief.public(),
+                        sig: real.sig,
+                    },
+                    nickname: "x".into(),
+                }],
+            )
+            .unwrap();
+        batch.insert(13, forged.clone());
+        // An envelope of another guild, and a change delivered a window before its
+        // dependency.
+        let mut other = envs[4].clone();
+        other.guild.0[0] ^= 1;
+        batch.insert(2, other);
+        let late = batch.remove(3);
+        batch.push(late);
+        let early = batch.remove(20);
+        batch.insert(1, early);
+
+        let mut one = Guild::join(origin.id());
+        let (acc1, rej1) = outcome(&mut one, batch.clone());
+        for window in [1, 3, 4, 7] {
+            let mut two = Guild::join(origin.id());
+            two.set_verify_threads(2);
+            two.window = window;
+            let (acc2, rej2) = outcome(&mut two, batch.clone());
+            assert_eq!(acc1, acc2, "window {window}");
+            assert_eq!(rej1, rej2, "window {window}");
+            assert_eq!(two.view(), one.view());
+            assert_eq!(two.doc.get_heads(), one.doc.get_heads());
+            assert_eq!(two.len(), two.doc.get_changes(&[]).len());
+        }
+        // Every genuine change accepted, exactly the three bad ones refused.
+        assert_eq!(acc1.len(), envs.len());
+        assert_eq!(rej1.len(), 3, "{rej1:?}");
+        assert!(rej1.iter().any(|r| r.contains("BadSignature")));
+        assert!(rej1.iter().any(|r| r.contains("WrongGuild")));
+        assert!(rej1.iter().any(|r| r.contains("certified")));
+        assert_eq!(one.view(), origin.view());
+        assert_eq!(one.view().user_of_device(&thief.public()), None);
+    }
+
+    #[test]
+    fn a_certificate_behind_a_bad_envelope_signature_is_not_remembered() {
+        let (origin, envs, _) = history(4);
+        let mut two = Guild::join(origin.id());
+        two.set_verify_threads(2);
+        two.window = 2;
+        let mut batch = envs.clone();
+        let mut bad = envs[5].clone();
+        bad.sig.0[40] ^= 1;
+        batch.insert(4, bad.clone());
+        let opened = bad.clone().open_unverified(&mut KeyCache::new()).unwrap();
+        let cert = *crate::authz::checked_cert(&opened.envelope.author, &opened.ops).unwrap();
+        let (mut job, _) = two.prepare_window(vec![bad], &mut KeyCache::new());
+        assert_eq!(job.certs.len(), 1);
+        let verdict = job.run(1);
+        assert_eq!(verdict.envelopes, vec![false]);
+        assert!(
+            verdict.certs.is_empty(),
+            "certificate verified behind a bad signature"
+        );
+        job.certs.clear();
+        let rep = two.receive(batch);
+        assert_eq!(rep.accepted.len(), envs.len());
+        assert_eq!(rep.rejected.len(), 1);
+        // The receive call's certificate memory is gone afterwards.
+        assert!(!two.sigs.remembers_cert(&cert));
     }
 }
