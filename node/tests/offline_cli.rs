@@ -282,3 +282,73 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A relay whose mailbox holds little: DMs to an offline user beyond its quota are refused
+/// there, stay queued at the sender (nothing lost) and are retried; when the user returns,
+/// every DM arrives exactly once.
+#[test]
+fn a_full_mailbox_refuses_and_the_sender_retries_later() {
+    let relay = TestRelay::start_with(
+        None,
+        Some("[mailbox]\nmax_item_bytes = 1024\nmax_bytes_per_recipient = 1200\n"),
+    );
+    let mut a = Node::new("ida");
+    let mut b = Node::new("joe");
+    a.start(&["--listen", "/ip4/127.0.0.1/tcp/0", "--relay", &relay.addr]);
+    b.start(&["--listen", "/ip4/127.0.0.1/tcp/0", "--relay", &relay.addr]);
+    let (gid, code) = create_and_invite(&a, "Tiny Box", 1);
+    b.cli(&["guild", "join", &code]);
+    wait_keyed(&a, &gid, 2);
+    wait_keyed(&b, &gid, 2);
+    b.send(&gid, "general", "joe was here");
+    until("ida to hear from joe", || {
+        (a.texts(&gid, "general").len() == 1).then_some(())
+    });
+    let (ui, uj) = (a.user_id(), b.user_id());
+    b.stop();
+    const N: usize = 8;
+    for i in 0..N {
+        a.cli(&["dm", "send", &uj, &format!("note {i}")]);
+    }
+    let states = until("the mailbox to take some and refuse the rest", || {
+        let h = a.cli(&["dm", "history", &uj, "--limit", "100"]);
+        let states: Vec<String> = h
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["delivery"][0]["state"].as_str().unwrap().to_owned())
+            .collect();
+        let deposited = states.iter().filter(|s| *s == "deposited").count();
+        (deposited >= 1 && deposited + states.iter().filter(|s| *s == "queued").count() == N)
+            .then_some(states)
+    });
+    assert!(
+        states.iter().any(|s| s == "queued"),
+        "the quota never refused anything: {states:?}"
+    );
+    b.restart();
+    let got = until("joe to get every DM", || {
+        let h = b.cli(&["dm", "history", &ui, "--limit", "100"]);
+        let t: Vec<String> = h
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect();
+        (t.len() >= N).then_some(t)
+    });
+    let mut sorted = got.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), N, "duplicates or losses: {got:?}");
+    until("ida to see every DM delivered or picked up", || {
+        let h = a.cli(&["dm", "history", &uj, "--limit", "100"]);
+        h.as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["delivery"][0]["state"] != "queued")
+            .then_some(())
+    });
+    a.stop();
+    b.stop();
+}

@@ -236,6 +236,11 @@ pub fn relay_binary() -> PathBuf {
 
 impl TestRelay {
     pub fn start(capture: Option<PathBuf>) -> Self {
+        Self::start_with(capture, None)
+    }
+
+    /// Starts a relay with a capture file and/or a TOML configuration (as `--config`).
+    pub fn start_with(capture: Option<PathBuf>, config: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let stderr = std::fs::File::create(dir.path().join("relay.log")).unwrap();
         let mut cmd = Command::new(relay_binary());
@@ -247,6 +252,11 @@ impl TestRelay {
             .stderr(stderr);
         if let Some(c) = &capture {
             cmd.arg("--capture").arg(c);
+        }
+        if let Some(toml) = config {
+            let path = dir.path().join("relay.toml");
+            std::fs::write(&path, toml).unwrap();
+            cmd.arg("--config").arg(path);
         }
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
