@@ -80,6 +80,9 @@ struct Inner {
     /// The relays this node holds reservations on and picks mail up from.
     relays: Mutex<Vec<Multiaddr>>,
     mailbox_busy: tokio::sync::Mutex<()>,
+    /// Guilds whose deposits must be (re)considered: a local send, or a refused or failed
+    /// deposit.
+    deposit_due: Mutex<HashSet<GuildId>>,
 }
 
 /// How often the node picks up mail and deposits for offline members.
@@ -232,6 +235,7 @@ impl GuildService {
                 mailbox_key,
                 relays: Mutex::new(Vec::new()),
                 mailbox_busy: tokio::sync::Mutex::new(()),
+                deposit_due: Mutex::new(HashSet::new()),
             }),
         };
         svc.with_engine(|e, db| e.load_all(db.conn()))??;
@@ -775,8 +779,11 @@ impl GuildService {
         })??;
         self.inner.sync.wake_outbox();
         self.emit(GuildEvent::Message(m.clone()));
+        if let Ok(mut d) = self.inner.deposit_due.lock() {
+            d.insert(gid);
+        }
         let s = self.clone();
-        self.spawn(async move { s.deposit_guild(&gid).await });
+        self.spawn(async move { s.mailbox_round().await });
         Ok(serde_json::to_value(&m).unwrap_or(Value::Null))
     }
 
@@ -1599,8 +1606,9 @@ impl GuildService {
     }
 
     /// Deposits this device's recent messages of `gid` for members that are offline, hold no
-    /// copy (by their receipts) and have no deposit yet, one deposit per relay.
-    async fn deposit_guild(&self, gid: &GuildId) {
+    /// copy (by their receipts) and have no deposit yet, one deposit per relay. Returns whether
+    /// everything that should be deposited was.
+    async fn deposit_guild(&self, gid: &GuildId) -> bool {
         let connected = self.connected().await;
         type Plan = Vec<(u64, Vec<u8>, Vec<(DevicePublicKey, [u8; 32], Multiaddr)>)>;
         let plan: Result<Result<Plan, SyncError>, GuildError> = self.with_engine(|e, db| {
@@ -1683,13 +1691,14 @@ impl GuildService {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "planning mailbox deposits failed");
-                return;
+                return false;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "planning mailbox deposits failed");
-                return;
+                return false;
             }
         };
+        let mut complete = true;
         for (seq, blob, who) in plan {
             let mut by_relay: HashMap<Multiaddr, Vec<(DevicePublicKey, [u8; 32])>> = HashMap::new();
             for (d, tag, relay) in who {
@@ -1697,6 +1706,7 @@ impl GuildService {
             }
             for (relay, targets) in by_relay {
                 let Some(peer) = self.relay_peer(&relay, &connected).await else {
+                    complete = false;
                     continue;
                 };
                 for chunk in targets.chunks(securecomm_rendezvous::mailbox::wire::MAX_TAGS) {
@@ -1727,13 +1737,18 @@ impl GuildService {
                             });
                         }
                         Ok(other) => {
+                            complete = false;
                             tracing::info!(%peer, answer = ?other, "mailbox deposit refused; retrying later")
                         }
-                        Err(e) => tracing::info!(%peer, error = %e, "mailbox deposit failed"),
+                        Err(e) => {
+                            complete = false;
+                            tracing::info!(%peer, error = %e, "mailbox deposit failed")
+                        }
                     }
                 }
             }
         }
+        complete
     }
 
     /// Deposits a queued DM for `device` on its mailbox; true once a relay stored it.
@@ -1793,11 +1808,18 @@ impl GuildService {
         let Ok(_guard) = self.inner.mailbox_busy.try_lock() else {
             return;
         };
-        let ids: Vec<GuildId> = self
-            .with_engine(|e, _| e.guilds.keys().copied().collect())
+        let due: Vec<GuildId> = self
+            .inner
+            .deposit_due
+            .lock()
+            .map(|mut d| d.drain().collect())
             .unwrap_or_default();
-        for gid in &ids {
-            self.deposit_guild(gid).await;
+        for gid in &due {
+            if !self.deposit_guild(gid).await
+                && let Ok(mut d) = self.inner.deposit_due.lock()
+            {
+                d.insert(*gid);
+            }
         }
         let connected = self.connected().await;
         for relay in self.own_relays() {
