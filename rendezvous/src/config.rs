@@ -417,6 +417,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let cfg = RelayConfig::from_toml(include_str!("../../examples/relay.toml")).unwrap();
+        assert!(cfg.mailbox.enabled);
+        assert_eq!(cfg.mailbox.max_items_per_recipient, 20_000);
+    }
+
+    #[test]
     fn defaults_are_valid_and_suit_voice() {
         let cfg = RelayConfig::from_toml("").unwrap();
         assert_eq!(cfg, RelayConfig::default());
