@@ -288,45 +288,64 @@ impl GuildService {
         }
     }
 
-    async fn on_gossip(
-        &self,
-        topic: String,
-        source: PeerId,
-        id: libp2p::gossipsub::MessageId,
-        data: Vec<u8>,
-    ) {
-        let verdict = match self.with_engine(|e, db| e.on_gossip(db.conn_mut(), &topic, &data)) {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "gossip validation failed");
-                Verdict::Ignore("internal error")
-            }
+    /// Handles a batch of gossip messages (those queued while the previous batch ran): all
+    /// are validated and decrypted under one lock, gossipsub is told at once (so valid
+    /// messages are forwarded before this node touches its disk), then the accepted messages
+    /// and the receiving chains they moved are stored in one transaction.
+    async fn on_gossip_batch(&self, batch: Vec<Gossip>) {
+        let verdicts = self.with_engine(|e, db| {
+            batch
+                .iter()
+                .map(|g| match e.validate_gossip(db.conn(), &g.topic, &g.data) {
+                    Ok(v) => v,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "gossip validation failed");
+                        Verdict::Ignore("internal error")
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        let verdicts = match verdicts {
+            Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %e, "gossip validation failed");
-                Verdict::Ignore("internal error")
+                batch
+                    .iter()
+                    .map(|_| Verdict::Ignore("internal error"))
+                    .collect()
             }
         };
-        let acceptance = match verdict {
-            Verdict::Accept(m) => {
-                if let Some(m) = m {
-                    self.emit(GuildEvent::Message(m));
+        let mut accepted = Vec::new();
+        for (g, verdict) in batch.into_iter().zip(verdicts) {
+            let source = g.source;
+            let acceptance = match verdict {
+                Verdict::Accept(m) => {
+                    accepted.extend(m);
+                    MessageAcceptance::Accept
                 }
-                MessageAcceptance::Accept
-            }
-            Verdict::Reject(why) => {
-                tracing::info!(%source, reason = why, "gossip message rejected");
-                MessageAcceptance::Reject
-            }
-            Verdict::Ignore(why) => {
-                tracing::debug!(%source, reason = why, "gossip message ignored");
-                MessageAcceptance::Ignore
-            }
-        };
-        let _ = self
-            .inner
-            .net
-            .report_validation(id, source, acceptance)
-            .await;
+                Verdict::Reject(why) => {
+                    tracing::info!(%source, reason = why, "gossip message rejected");
+                    MessageAcceptance::Reject
+                }
+                Verdict::Ignore(why) => {
+                    tracing::debug!(%source, reason = why, "gossip message ignored");
+                    MessageAcceptance::Ignore
+                }
+            };
+            let _ = self
+                .inner
+                .net
+                .report_validation(g.id, source, acceptance)
+                .await;
+        }
+        // Runs even with no message: a rejected payload may still have moved a chain.
+        match self.with_engine(|e, db| e.store_received(db.conn_mut(), accepted)) {
+            Ok(Ok(new)) => new
+                .into_iter()
+                .for_each(|m| self.emit(GuildEvent::Message(m))),
+            Ok(Err(e)) => tracing::warn!(error = %e, "storing received messages failed"),
+            Err(e) => tracing::warn!(error = %e, "storing received messages failed"),
+        }
     }
 
     async fn on_direct(&self, peer: PeerId, id: InboundRequestId, data: Vec<u8>) {
@@ -653,16 +672,35 @@ impl GuildService {
         })?
     }
 
-    /// `send GUILD CHANNEL TEXT`. Returns once the message is stored and queued (durable).
+    /// `send GUILD CHANNEL TEXT`. Returns once the message is stored durably (and published,
+    /// or queued in the outbox).
+    ///
+    /// The ciphertext is published before the message is stored: its ratchet index was
+    /// reserved durably first ([`Engine::prepare_send`]), so a crash in between loses only
+    /// this unacknowledged message and never reuses a key. If gossipsub refuses (no peer
+    /// subscribed yet), or older publications still wait, the outbox takes it in the same
+    /// transaction as the message.
     pub async fn send(&self, guild: &str, channel: &str, text: &str) -> Result<Value, GuildError> {
         let gid = self.resolve(guild)?;
-        let m = self.with_engine(|e, db| {
+        let p = self.with_engine(|e, db| {
             let ch = resolve_channel(e.guild_mut(&gid)?.crdt.view(), channel)?;
-            e.send(db.conn_mut(), &gid, ch, text)
+            e.prepare_send(db.conn_mut(), &gid, ch, text)
         })??;
-        self.inner.sync.wake_outbox();
-        self.emit(GuildEvent::Message(m.clone()));
-        Ok(serde_json::to_value(&m).unwrap_or(Value::Null))
+        let published = !p.queued
+            && self
+                .inner
+                .net
+                .publish(&p.topic, p.sealed.clone())
+                .await
+                .is_ok();
+        let unpublished = (!published).then_some((p.topic.as_str(), p.sealed.as_slice()));
+        self.with_engine(|e, db| e.commit_send(db.conn_mut(), &gid, &p.message, unpublished))??;
+        if !published {
+            self.inner.sync.wake_outbox();
+        }
+        let value = serde_json::to_value(&p.message).unwrap_or(Value::Null);
+        self.emit(GuildEvent::Message(p.message));
+        Ok(value)
     }
 
     /// `history GUILD CHANNEL [--limit N]`: oldest first.
@@ -922,7 +960,37 @@ async fn run_deliveries(svc: GuildService, mut rx: mpsc::Receiver<Delivery>) {
     }
 }
 
+/// A gossip message waiting for validation.
+struct Gossip {
+    topic: String,
+    source: PeerId,
+    id: libp2p::gossipsub::MessageId,
+    data: Vec<u8>,
+}
+
+/// Most gossip messages handled as one batch.
+pub const GOSSIP_BATCH: usize = 64;
+
+/// Validates gossip in batches of what queued up meanwhile (see
+/// [`GuildService::on_gossip_batch`]).
+async fn run_gossip(svc: GuildService, mut rx: mpsc::Receiver<Gossip>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < GOSSIP_BATCH {
+            match rx.try_recv() {
+                Ok(g) => batch.push(g),
+                Err(_) => break,
+            }
+        }
+        svc.on_gossip_batch(batch).await;
+    }
+}
+
 async fn run_net_events(svc: GuildService, mut events: EventStream) {
+    // Bounded: when validation falls behind, this loop waits, and the event stream's own
+    // bound applies.
+    let (gossip, rx) = mpsc::channel(4 * GOSSIP_BATCH);
+    svc.spawn(run_gossip(svc.clone(), rx));
     while let Some(e) = events.next().await {
         match e {
             Event::Gossip {
@@ -930,7 +998,17 @@ async fn run_net_events(svc: GuildService, mut events: EventStream) {
                 source,
                 id,
                 data,
-            } => svc.on_gossip(topic, source, id, data).await,
+            } => {
+                let g = Gossip {
+                    topic,
+                    source,
+                    id,
+                    data,
+                };
+                if gossip.send(g).await.is_err() {
+                    return;
+                }
+            }
             Event::Identified { peer, listen_addrs } => svc.remember_addrs(peer, listen_addrs),
             Event::DirectRequest { peer, id, data } if data.first() == Some(&DIRECT_VERSION) => {
                 let s = svc.clone();

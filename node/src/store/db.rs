@@ -8,16 +8,19 @@
 //! disk and survives `kill -9` or a power cut. Schema changes are numbered migrations tracked in
 //! `PRAGMA user_version`; each runs in its own transaction.
 //!
-//! One exception, [`relaxed`]: storing a live gossip message we received commits without waiting
-//! for the disk (`synchronous = NORMAL` for that transaction). It still survives `kill -9` (the
-//! WAL frames are in the OS's page cache before the commit returns, and the WAL keeps every
-//! transaction atomic); a power cut may lose the last few such receipts, which were
-//! acknowledged to nobody, and roll back the receiving ratchet with them, so the same
-//! ciphertext decrypts again when history sync brings it back. The next ordinary commit makes
-//! them durable too (its fsync covers the whole WAL). Measured on the ten-node channel bench:
-//! one fsync per receipt was 75% of the send-to-stored latency (p50 9.8 ms vs 2.5 ms). Sends,
-//! key agreement, the causal log and anything acknowledged to a peer stay fully synchronous: a
-//! sender's ratchet must never roll back, or a key and nonce would be used twice.
+//! One exception, [`relaxed`]: storing live gossip messages we received (a batch at a time, with
+//! the receiving chains they moved) commits without waiting for the disk (`synchronous =
+//! NORMAL` for that transaction). It still survives `kill -9` (the WAL frames are in the OS's
+//! page cache before the commit returns, and the WAL keeps every transaction atomic); a power
+//! cut may lose the last few such receipts, which were acknowledged to nobody, and roll back
+//! the receiving ratchet with them, so the same ciphertext decrypts again when history sync
+//! brings it back. The next ordinary commit makes them durable too (its fsync covers the whole
+//! WAL). Measured on the ten-node channel bench: one fsync per receipt was 75% of the
+//! send-to-stored latency (p50 9.8 ms vs 2.5 ms). Sends, key agreement, the causal log and
+//! anything acknowledged to a peer stay fully synchronous. A sender's ratchet must never roll
+//! back, or a key and nonce would be used twice: its indices are reserved in blocks by a
+//! synchronous write before any of them is used (`guild::engine::RESERVE_BLOCK`), and a sent
+//! message is acknowledged only after its own synchronous commit.
 
 use std::path::Path;
 
@@ -159,6 +162,16 @@ const MIGRATIONS: &[&str] = &[
         peer BLOB PRIMARY KEY,
         addrs BLOB NOT NULL,
         updated_at INTEGER NOT NULL
+     ) STRICT;",
+    // 4: message chains of one guild sender (`guild::engine`), stored apart from the whole
+    // key-agreement state in `guilds.dcgka` so a message moves a small row, not the whole state;
+    // rows are always newer than the whole state (writing it deletes them). This device's own
+    // row holds its sending chain at the end of a block of reserved message indices.
+    "CREATE TABLE guild_chains (
+        guild BLOB NOT NULL,
+        sender BLOB NOT NULL,
+        chains BLOB NOT NULL,
+        PRIMARY KEY (guild, sender)
      ) STRICT;",
 ];
 
