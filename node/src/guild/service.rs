@@ -8,6 +8,7 @@
 //! `SyncPeer` method is called while it is held.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use super::engine::{
 };
 use super::wire::{DIRECT_VERSION, DirectRequest, DirectResponse, InviteLink, MAX_LINK_ADDRS};
 use crate::net::{Client, Event, EventStream, NetError};
+use crate::store::db::WalSync;
 use crate::store::{Db, LocalProfile};
 use crate::sync::peer::{ApplyHook, author_of};
 use crate::sync::{Delivery, GroupId, SyncConfig, SyncError, SyncPeer};
@@ -61,7 +63,47 @@ pub const MAX_PEER_ADDRS: usize = 8;
 /// Most peers whose addresses are stored.
 pub const MAX_PEERS_STORED: usize = 4096;
 
+/// Group commit for sends: each send commits without waiting for the disk, then waits until
+/// one fsync of the write-ahead log started after its commit has completed; sends that commit
+/// while an fsync runs share the next one. The fsync runs on a blocking thread, without the
+/// database lock.
+struct GroupCommit {
+    wal: WalSync,
+    /// Relaxed commits counted so far (each counted after it returned).
+    committed: AtomicU64,
+    /// Every commit up to this count is on disk.
+    durable: AtomicU64,
+    syncing: tokio::sync::Mutex<()>,
+}
+
+impl GroupCommit {
+    /// Counts a commit that has just returned; returns its number.
+    fn committed(&self) -> u64 {
+        self.committed.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Waits until commit number `n` is durable.
+    async fn durable(&self, n: u64) -> Result<(), GuildError> {
+        if self.durable.load(Ordering::SeqCst) >= n {
+            return Ok(());
+        }
+        let _one = self.syncing.lock().await;
+        if self.durable.load(Ordering::SeqCst) >= n {
+            return Ok(());
+        }
+        let upto = self.committed.load(Ordering::SeqCst);
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || wal.sync())
+            .await
+            .map_err(|_| GuildError::Invalid("the disk sync task failed".into()))?
+            .map_err(SyncError::from)?;
+        self.durable.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 struct Inner {
+    commit: GroupCommit,
     net: Client,
     sync: SyncPeer,
     engine: Arc<Mutex<Engine>>,
@@ -119,6 +161,7 @@ impl GuildService {
         });
         // Subscribe to network events before anything can arrive.
         let net_events = net.events();
+        let wal = db.wal_sync();
         let (sync, deliveries) = SyncPeer::start(
             net.clone(),
             db,
@@ -129,6 +172,12 @@ impl GuildService {
         let (events, _) = broadcast::channel(GUILD_EVENT_BUFFER);
         let svc = Self {
             inner: Arc::new(Inner {
+                commit: GroupCommit {
+                    wal,
+                    committed: AtomicU64::new(0),
+                    durable: AtomicU64::new(0),
+                    syncing: tokio::sync::Mutex::new(()),
+                },
                 net,
                 sync,
                 engine,
@@ -679,7 +728,8 @@ impl GuildService {
     /// reserved durably first ([`Engine::prepare_send`]), so a crash in between loses only
     /// this unacknowledged message and never reuses a key. If gossipsub refuses (no peer
     /// subscribed yet), or older publications still wait, the outbox takes it in the same
-    /// transaction as the message.
+    /// transaction as the message. That transaction commits without an fsync; the send
+    /// returns after the next group commit ([`GroupCommit`]) made it durable.
     pub async fn send(&self, guild: &str, channel: &str, text: &str) -> Result<Value, GuildError> {
         let gid = self.resolve(guild)?;
         let p = self.with_engine(|e, db| {
@@ -695,6 +745,8 @@ impl GuildService {
                 .is_ok();
         let unpublished = (!published).then_some((p.topic.as_str(), p.sealed.as_slice()));
         self.with_engine(|e, db| e.commit_send(db.conn_mut(), &gid, &p.message, unpublished))??;
+        let n = self.inner.commit.committed();
+        self.inner.commit.durable(n).await?;
         if !published {
             self.inner.sync.wake_outbox();
         }

@@ -22,7 +22,7 @@
 //! synchronous write before any of them is used (`guild::engine::RESERVE_BLOCK`), and a sent
 //! message is acknowledged only after its own synchronous commit.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use securecomm_noise::secret::Secret32;
@@ -39,6 +39,39 @@ pub fn relaxed<T>(
     let out = f(conn);
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(out)
+}
+
+/// Makes relaxed commits durable without holding the connection: an fsync of the database's
+/// write-ahead log, which may run on another thread while the connection keeps working. It
+/// covers every transaction whose commit returned before the call (in WAL mode a commit has
+/// written its frames to the log file when it returns; `synchronous = NORMAL` only skips the
+/// fsync; frames moved into the main file by a checkpoint were synced by that checkpoint).
+/// Several relaxed commits followed by one `sync` are one group commit.
+#[derive(Debug, Clone)]
+pub struct WalSync {
+    wal: Option<PathBuf>,
+}
+
+impl WalSync {
+    /// Flushes the write-ahead log to the disk. Blocking (an fsync): call it from a blocking
+    /// thread. A no-op for in-memory databases.
+    pub fn sync(&self) -> Result<(), rusqlite::Error> {
+        let Some(path) = &self.wal else {
+            return Ok(());
+        };
+        let io = |e: std::io::Error| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
+                Some(format!("syncing the write-ahead log: {e}")),
+            )
+        };
+        match std::fs::File::open(path) {
+            Ok(f) => f.sync_data().map_err(io),
+            // No log: everything is in the main file, synced when the log was checkpointed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(e)),
+        }
+    }
 }
 
 /// Why the database failed.
@@ -182,6 +215,7 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 #[derive(Debug)]
 pub struct Db {
     conn: Connection,
+    wal: Option<PathBuf>,
 }
 
 impl Db {
@@ -193,7 +227,11 @@ impl Db {
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        Self::unlock(conn, key)
+        let mut db = Self::unlock(conn, key)?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        db.wal = Some(PathBuf::from(wal));
+        Ok(db)
     }
 
     /// An encrypted in-memory database (tests).
@@ -222,7 +260,7 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut db = Self { conn };
+        let mut db = Self { conn, wal: None };
         db.migrate()?;
         Ok(db)
     }
@@ -268,6 +306,13 @@ impl Db {
             params![key, value],
         )?;
         Ok(())
+    }
+
+    /// A handle that makes relaxed commits durable from another thread (group commit).
+    pub fn wal_sync(&self) -> WalSync {
+        WalSync {
+            wal: self.wal.clone(),
+        }
     }
 
     /// The underlying connection, for the modules that own their tables.
