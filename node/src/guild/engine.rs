@@ -1781,12 +1781,14 @@ mod tests {
                 6 => {
                     e.commit_send(db.conn_mut(), &gid, &p.message, None)
                         .unwrap();
+                    db.wal_sync().sync().unwrap();
                     acked.push(p.message.id.clone());
                     true
                 }
                 _ => {
                     e.commit_send(db.conn_mut(), &gid, &p.message, None)
                         .unwrap();
+                    db.wal_sync().sync().unwrap();
                     acked.push(p.message.id.clone());
                     false
                 }
@@ -1812,6 +1814,7 @@ mod tests {
                 last = Some((h.epoch, h.generation));
                 e.commit_send(db.conn_mut(), &gid, &p.message, None)
                     .unwrap();
+                db.wal_sync().sync().unwrap();
                 acked.push(p.message.id.clone());
             }
         }
