@@ -8,13 +8,15 @@
 //! `Accept` at once, no encryption, no storage), measured in the same run, same topology
 //! (each node dials the next three and node 0).
 //!
-//! Run: `cargo bench -p securecomm-node --bench channel10` (env `MESSAGES`, `BURST`, `PAYLOAD`).
+//! Run: `cargo bench -p securecomm-node --bench channel10` (env `MESSAGES`, `BURST`, `WINDOW`,
+//! `PAYLOAD`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
@@ -164,11 +166,13 @@ struct Report {
     delivered: usize,
     expected: usize,
     msgs_per_sec: f64,
+    pipelined_per_sec: f64,
 }
 
 /// Latency phase: `messages` sends, rotating senders, paced at one every 20 ms; then a burst
-/// of `burst` messages from one sender as fast as publishing allows, timed until every member
-/// has every message (or 60 s pass).
+/// of `burst` messages from one sender as fast as publishing allows, each send waiting for the
+/// previous one, timed until every member has every message (or 60 s pass); then the same
+/// with up to `window` sends in flight.
 trait Channel {
     async fn send(&self, from: usize, seq: u64, payload: &[u8]);
     fn arrivals(&self) -> &Arrivals;
@@ -183,7 +187,13 @@ impl Channel for Bare {
     }
 }
 
-async fn run(b: &impl Channel, messages: usize, burst: usize, payload: &[u8]) -> Report {
+async fn run(
+    b: &impl Channel,
+    messages: usize,
+    burst: usize,
+    window: usize,
+    payload: &[u8],
+) -> Report {
     let mut sent = HashMap::new();
     for i in 0..messages {
         let seq = i as u64;
@@ -221,11 +231,37 @@ async fn run(b: &impl Channel, messages: usize, burst: usize, payload: &[u8]) ->
     for i in 0..burst {
         b.send(0, base + i as u64, payload).await;
     }
+    wait_all(b, base, burst).await;
+    let sequential = burst as f64 / start.elapsed().as_secs_f64();
+
+    // The same burst with up to `window` sends in flight: what the channel sustains when the
+    // sender does not wait for each acknowledgement before the next send (several senders, or
+    // an app that pipelines). The sequential figure above is bounded by one fsync per send.
+    let base = 2_000_000u64;
+    let start = Instant::now();
+    futures::stream::iter(0..burst)
+        .for_each_concurrent(window, |i| b.send(0, base + i as u64, payload))
+        .await;
+    wait_all(b, base, burst).await;
+    let pipelined = burst as f64 / start.elapsed().as_secs_f64();
+    Report {
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+        delivered: lat.len(),
+        expected: messages * want,
+        msgs_per_sec: sequential,
+        pipelined_per_sec: pipelined,
+    }
+}
+
+/// Waits until every member has messages `base..base + n` (or 60 s pass).
+async fn wait_all(b: &impl Channel, base: u64, n: usize) {
+    let want = NODES - 1;
     let _ = timeout(Duration::from_secs(60), async {
         loop {
             let done = {
                 let a = b.arrivals().lock().unwrap();
-                (base..base + burst as u64).all(|s| a.get(&s).map(|v| v.len()).unwrap_or(0) >= want)
+                (base..base + n as u64).all(|s| a.get(&s).map(|v| v.len()).unwrap_or(0) >= want)
             };
             if done {
                 break;
@@ -234,20 +270,12 @@ async fn run(b: &impl Channel, messages: usize, burst: usize, payload: &[u8]) ->
         }
     })
     .await;
-    let elapsed = start.elapsed().as_secs_f64();
-    Report {
-        p50_ms: percentile(&lat, 0.5),
-        p99_ms: percentile(&lat, 0.99),
-        delivered: lat.len(),
-        expected: messages * want,
-        msgs_per_sec: burst as f64 / elapsed,
-    }
 }
 
 fn print(name: &str, r: &Report) {
     println!(
-        "{name:>14}: latency p50 {:7.2} ms  p99 {:7.2} ms  ({} of {} deliveries)  burst {:8.0} msg/s",
-        r.p50_ms, r.p99_ms, r.delivered, r.expected, r.msgs_per_sec
+        "{name:>14}: latency p50 {:7.2} ms  p99 {:7.2} ms  ({} of {} deliveries)  burst {:6.0} msg/s  pipelined {:6.0} msg/s",
+        r.p50_ms, r.p99_ms, r.delivered, r.expected, r.msgs_per_sec, r.pipelined_per_sec
     );
 }
 
@@ -255,29 +283,31 @@ fn print(name: &str, r: &Report) {
 async fn main() {
     let messages = env("MESSAGES", 200);
     let burst = env("BURST", 1000);
+    let window = env("WINDOW", 32).max(1);
     let payload = vec![b'x'; env("PAYLOAD", 200)];
     println!(
-        "{NODES} nodes on loopback, {messages} paced messages, burst of {burst}, {} B payloads",
+        "{NODES} nodes on loopback, {messages} paced messages, bursts of {burst} (sequential, then {window} in flight), {} B payloads",
         payload.len()
     );
     let ours = Guild::start().await;
-    let r_ours = run(&ours, messages, burst, &payload).await;
+    let r_ours = run(&ours, messages, burst, window, &payload).await;
     for n in &ours.nodes {
         n.guilds.stop();
         n.net.shutdown().await;
     }
     let bare = Bare::start().await;
-    let r_bare = run(&bare, messages, burst, &payload).await;
+    let r_bare = run(&bare, messages, burst, window, &payload).await;
     for c in &bare.clients {
         c.shutdown().await;
     }
     print("securecomm", &r_ours);
     print("bare gossipsub", &r_bare);
     println!(
-        "ours / bare: p50 {:.2}x  p99 {:.2}x  throughput {:.2}x (bare / ours)",
+        "ours / bare: p50 {:.2}x  p99 {:.2}x  throughput {:.2}x sequential, {:.2}x pipelined (bare / ours)",
         r_ours.p50_ms / r_bare.p50_ms,
         r_ours.p99_ms / r_bare.p99_ms,
-        r_bare.msgs_per_sec / r_ours.msgs_per_sec
+        r_bare.msgs_per_sec / r_ours.msgs_per_sec,
+        r_bare.pipelined_per_sec / r_ours.pipelined_per_sec
     );
 }
 

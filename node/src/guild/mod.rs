@@ -45,18 +45,22 @@
 //!
 //! `send` checks `VIEW_CHANNEL | SEND_MESSAGES` in a text channel on the resolved view, refuses
 //! while key agreement still holds a device the document removed (a removal is in flight),
-//! encrypts a [`wire::AppPayload`] with `Group::encrypt`, and in one transaction stores the
-//! message, the advanced ratchet and the publication in the outbox. Once `send` returns, the
-//! message survives `kill -9` and is published when gossipsub accepts it.
+//! encrypts a [`wire::AppPayload`] with `Group::encrypt` under a ratchet index reserved
+//! durably beforehand (in blocks, see `engine::RESERVE_BLOCK`), publishes it, and then stores
+//! the message in one synchronous transaction (with the publication in the outbox if
+//! gossipsub refused it). Once `send` returns, the message survives `kill -9` and a power cut
+//! and is published, or will be when gossipsub accepts it.
 //!
 //! Receivers validate before gossipsub forwards: decrypt and verify (sender, epoch, signature
 //! inside the envelope), decode, and re-check that the sender's user may post in that channel.
 //! Malformed, forged, replayed or unauthorized messages are **rejected** (gossipsub drops them and
 //! scores the forwarding peer down); messages under a key epoch this node does not have yet are
 //! **ignored** and kept (bounded, [`engine::MAX_PENDING_GOSSIP`] for
-//! [`engine::PENDING_GOSSIP_TTL`]) to retry after the next control message. Accepted messages
-//! are stored in `guild_messages` (unique per guild and message id) with the ratchet state in
-//! the same transaction.
+//! [`engine::PENDING_GOSSIP_TTL`]) to retry after the next control message. Gossip is handled
+//! in batches of what queued up: all are validated first and reported to gossipsub (valid ones
+//! are forwarded before this node writes anything), then the accepted messages are stored in
+//! `guild_messages` (unique per guild and message id) with the receiving chains they moved, in
+//! one transaction per batch.
 //!
 //! # Joining
 //!

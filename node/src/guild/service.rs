@@ -8,6 +8,7 @@
 //! `SyncPeer` method is called while it is held.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use super::engine::{
 use super::history::{self, HISTORY_VERSION, HistoryRequest, HistoryResponse};
 use super::wire::{DIRECT_VERSION, DirectRequest, DirectResponse, InviteLink, MAX_LINK_ADDRS};
 use crate::net::{Client, Event, EventStream, NetError};
+use crate::store::db::WalSync;
 use crate::store::{Db, LocalProfile};
 use crate::sync::peer::{ApplyHook, author_of};
 use crate::sync::{Delivery, GroupId, SyncConfig, SyncError, SyncPeer};
@@ -65,7 +67,47 @@ pub const MAX_PEER_ADDRS: usize = 8;
 /// Most peers whose addresses are stored.
 pub const MAX_PEERS_STORED: usize = 4096;
 
+/// Group commit for sends: each send commits without waiting for the disk, then waits until
+/// one fsync of the write-ahead log started after its commit has completed; sends that commit
+/// while an fsync runs share the next one. The fsync runs on a blocking thread, without the
+/// database lock.
+struct GroupCommit {
+    wal: WalSync,
+    /// Relaxed commits counted so far (each counted after it returned).
+    committed: AtomicU64,
+    /// Every commit up to this count is on disk.
+    durable: AtomicU64,
+    syncing: tokio::sync::Mutex<()>,
+}
+
+impl GroupCommit {
+    /// Counts a commit that has just returned; returns its number.
+    fn committed(&self) -> u64 {
+        self.committed.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Waits until commit number `n` is durable.
+    async fn durable(&self, n: u64) -> Result<(), GuildError> {
+        if self.durable.load(Ordering::SeqCst) >= n {
+            return Ok(());
+        }
+        let _one = self.syncing.lock().await;
+        if self.durable.load(Ordering::SeqCst) >= n {
+            return Ok(());
+        }
+        let upto = self.committed.load(Ordering::SeqCst);
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || wal.sync())
+            .await
+            .map_err(|_| GuildError::Invalid("the disk sync task failed".into()))?
+            .map_err(SyncError::from)?;
+        self.durable.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 struct Inner {
+    commit: GroupCommit,
     net: Client,
     sync: SyncPeer,
     engine: Arc<Mutex<Engine>>,
@@ -213,6 +255,7 @@ impl GuildService {
         });
         // Subscribe to network events before anything can arrive.
         let net_events = net.events();
+        let wal = db.wal_sync();
         let (sync, deliveries) = SyncPeer::start(
             net.clone(),
             db,
@@ -223,6 +266,12 @@ impl GuildService {
         let (events, _) = broadcast::channel(GUILD_EVENT_BUFFER);
         let svc = Self {
             inner: Arc::new(Inner {
+                commit: GroupCommit {
+                    wal,
+                    committed: AtomicU64::new(0),
+                    durable: AtomicU64::new(0),
+                    syncing: tokio::sync::Mutex::new(()),
+                },
                 net,
                 sync,
                 engine,
@@ -403,45 +452,64 @@ impl GuildService {
         }
     }
 
-    async fn on_gossip(
-        &self,
-        topic: String,
-        source: PeerId,
-        id: libp2p::gossipsub::MessageId,
-        data: Vec<u8>,
-    ) {
-        let verdict = match self.with_engine(|e, db| e.on_gossip(db.conn_mut(), &topic, &data)) {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "gossip validation failed");
-                Verdict::Ignore("internal error")
-            }
+    /// Handles a batch of gossip messages (those queued while the previous batch ran): all
+    /// are validated and decrypted under one lock, gossipsub is told at once (so valid
+    /// messages are forwarded before this node touches its disk), then the accepted messages
+    /// and the receiving chains they moved are stored in one transaction.
+    async fn on_gossip_batch(&self, batch: Vec<Gossip>) {
+        let verdicts = self.with_engine(|e, db| {
+            batch
+                .iter()
+                .map(|g| match e.validate_gossip(db.conn(), &g.topic, &g.data) {
+                    Ok(v) => v,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "gossip validation failed");
+                        Verdict::Ignore("internal error")
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        let verdicts = match verdicts {
+            Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %e, "gossip validation failed");
-                Verdict::Ignore("internal error")
+                batch
+                    .iter()
+                    .map(|_| Verdict::Ignore("internal error"))
+                    .collect()
             }
         };
-        let acceptance = match verdict {
-            Verdict::Accept(m) => {
-                if let Some(m) = m {
-                    self.emit(GuildEvent::Message(m));
+        let mut accepted = Vec::new();
+        for (g, verdict) in batch.into_iter().zip(verdicts) {
+            let source = g.source;
+            let acceptance = match verdict {
+                Verdict::Accept(m) => {
+                    accepted.extend(m);
+                    MessageAcceptance::Accept
                 }
-                MessageAcceptance::Accept
-            }
-            Verdict::Reject(why) => {
-                tracing::info!(%source, reason = why, "gossip message rejected");
-                MessageAcceptance::Reject
-            }
-            Verdict::Ignore(why) => {
-                tracing::debug!(%source, reason = why, "gossip message ignored");
-                MessageAcceptance::Ignore
-            }
-        };
-        let _ = self
-            .inner
-            .net
-            .report_validation(id, source, acceptance)
-            .await;
+                Verdict::Reject(why) => {
+                    tracing::info!(%source, reason = why, "gossip message rejected");
+                    MessageAcceptance::Reject
+                }
+                Verdict::Ignore(why) => {
+                    tracing::debug!(%source, reason = why, "gossip message ignored");
+                    MessageAcceptance::Ignore
+                }
+            };
+            let _ = self
+                .inner
+                .net
+                .report_validation(g.id, source, acceptance)
+                .await;
+        }
+        // Runs even with no message: a rejected payload may still have moved a chain.
+        match self.with_engine(|e, db| e.store_received(db.conn_mut(), accepted)) {
+            Ok(Ok(new)) => new
+                .into_iter()
+                .for_each(|m| self.emit(GuildEvent::Message(m))),
+            Ok(Err(e)) => tracing::warn!(error = %e, "storing received messages failed"),
+            Err(e) => tracing::warn!(error = %e, "storing received messages failed"),
+        }
     }
 
     async fn on_direct(&self, peer: PeerId, id: InboundRequestId, data: Vec<u8>) {
@@ -770,21 +838,43 @@ impl GuildService {
         })?
     }
 
-    /// `send GUILD CHANNEL TEXT`. Returns once the message is stored and queued (durable).
+    /// `send GUILD CHANNEL TEXT`. Returns once the message is stored durably (and published,
+    /// or queued in the outbox).
+    ///
+    /// The ciphertext is published before the message is stored: its ratchet index was
+    /// reserved durably first ([`Engine::prepare_send`]), so a crash in between loses only
+    /// this unacknowledged message and never reuses a key. If gossipsub refuses (no peer
+    /// subscribed yet), or older publications still wait, the outbox takes it in the same
+    /// transaction as the message. That transaction commits without an fsync; the send
+    /// returns after the next group commit ([`GroupCommit`]) made it durable.
     pub async fn send(&self, guild: &str, channel: &str, text: &str) -> Result<Value, GuildError> {
         let gid = self.resolve(guild)?;
-        let m = self.with_engine(|e, db| {
+        let p = self.with_engine(|e, db| {
             let ch = resolve_channel(e.guild_mut(&gid)?.crdt.view(), channel)?;
-            e.send(db.conn_mut(), &gid, ch, text)
+            e.prepare_send(db.conn_mut(), &gid, ch, text)
         })??;
-        self.inner.sync.wake_outbox();
-        self.emit(GuildEvent::Message(m.clone()));
+        let published = !p.queued
+            && self
+                .inner
+                .net
+                .publish(&p.topic, p.sealed.clone())
+                .await
+                .is_ok();
+        let unpublished = (!published).then_some((p.topic.as_str(), p.sealed.as_slice()));
+        self.with_engine(|e, db| e.commit_send(db.conn_mut(), &gid, &p.message, unpublished))??;
+        let n = self.inner.commit.committed();
+        self.inner.commit.durable(n).await?;
+        if !published {
+            self.inner.sync.wake_outbox();
+        }
+        let value = serde_json::to_value(&p.message).unwrap_or(Value::Null);
+        self.emit(GuildEvent::Message(p.message));
         if let Ok(mut d) = self.inner.deposit_due.lock() {
             d.insert(gid);
         }
         let s = self.clone();
         self.spawn(async move { s.mailbox_round().await });
-        Ok(serde_json::to_value(&m).unwrap_or(Value::Null))
+        Ok(value)
     }
 
     /// `history GUILD CHANNEL [--limit N]`: oldest first.
@@ -1281,30 +1371,29 @@ impl GuildService {
             st.items += items.len();
             for chunk in items.chunks(HISTORY_CHUNK) {
                 let (msgs, bad) = self.with_engine(|e, db| {
-                    let mut msgs = Vec::new();
+                    let mut fresh: Vec<(DevicePublicKey, u64, &[u8])> = Vec::new();
                     for it in chunk {
                         held.entry(it.sender).or_default().insert(it.seq);
                         if history::holds(db.conn(), gid, &it.sender, it.seq)? {
                             st.duplicates += 1;
-                            continue;
+                        } else {
+                            fresh.push((it.sender, it.seq, &it.envelope));
                         }
-                        match e.on_history_item(
-                            db.conn_mut(),
-                            gid,
-                            it.sender,
-                            it.seq,
-                            &it.envelope,
-                        )? {
+                    }
+                    let mut msgs = Vec::new();
+                    let mut bad = None;
+                    for v in e.on_history_items(db.conn_mut(), gid, &fresh)? {
+                        match v {
                             Verdict::Accept(Some(m)) => {
                                 st.stored += 1;
                                 msgs.push(m);
                             }
                             Verdict::Accept(None) => st.duplicates += 1,
                             Verdict::Ignore(_) => st.undecryptable += 1,
-                            Verdict::Reject(why) => return Ok((msgs, Some(why))),
+                            Verdict::Reject(why) => bad = bad.or(Some(why)),
                         }
                     }
-                    Ok::<_, SyncError>((msgs, None))
+                    Ok::<_, SyncError>((msgs, bad))
                 })??;
                 for m in msgs {
                     self.emit(GuildEvent::Message(m));
@@ -1885,7 +1974,13 @@ impl GuildService {
                         if history::holds(db.conn(), &guild, &sender, seq)? {
                             return Ok(Verdict::Accept(None));
                         }
-                        e.on_history_item(db.conn_mut(), &guild, sender, seq, &envelope)
+                        Ok(e.on_history_items(
+                            db.conn_mut(),
+                            &guild,
+                            &[(sender, seq, envelope.as_slice())],
+                        )?
+                        .pop()
+                        .unwrap_or(Verdict::Ignore("no verdict")))
                     });
                     match r {
                         Ok(Ok(Verdict::Accept(Some(m)))) => {
@@ -2014,7 +2109,37 @@ async fn run_deliveries(svc: GuildService, mut rx: mpsc::Receiver<Delivery>) {
     }
 }
 
+/// A gossip message waiting for validation.
+struct Gossip {
+    topic: String,
+    source: PeerId,
+    id: libp2p::gossipsub::MessageId,
+    data: Vec<u8>,
+}
+
+/// Most gossip messages handled as one batch.
+pub const GOSSIP_BATCH: usize = 64;
+
+/// Validates gossip in batches of what queued up meanwhile (see
+/// [`GuildService::on_gossip_batch`]).
+async fn run_gossip(svc: GuildService, mut rx: mpsc::Receiver<Gossip>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < GOSSIP_BATCH {
+            match rx.try_recv() {
+                Ok(g) => batch.push(g),
+                Err(_) => break,
+            }
+        }
+        svc.on_gossip_batch(batch).await;
+    }
+}
+
 async fn run_net_events(svc: GuildService, mut events: EventStream) {
+    // Bounded: when validation falls behind, this loop waits, and the event stream's own
+    // bound applies.
+    let (gossip, rx) = mpsc::channel(4 * GOSSIP_BATCH);
+    svc.spawn(run_gossip(svc.clone(), rx));
     while let Some(e) = events.next().await {
         match e {
             Event::Gossip {
@@ -2022,7 +2147,17 @@ async fn run_net_events(svc: GuildService, mut events: EventStream) {
                 source,
                 id,
                 data,
-            } => svc.on_gossip(topic, source, id, data).await,
+            } => {
+                let g = Gossip {
+                    topic,
+                    source,
+                    id,
+                    data,
+                };
+                if gossip.send(g).await.is_err() {
+                    return;
+                }
+            }
             Event::Identified { peer, listen_addrs } => svc.remember_addrs(peer, listen_addrs),
             Event::DirectRequest { peer, id, data } if data.first() == Some(&DIRECT_VERSION) => {
                 let s = svc.clone();

@@ -8,18 +8,21 @@
 //! disk and survives `kill -9` or a power cut. Schema changes are numbered migrations tracked in
 //! `PRAGMA user_version`; each runs in its own transaction.
 //!
-//! One exception, [`relaxed`]: storing a live gossip message we received commits without waiting
-//! for the disk (`synchronous = NORMAL` for that transaction). It still survives `kill -9` (the
-//! WAL frames are in the OS's page cache before the commit returns, and the WAL keeps every
-//! transaction atomic); a power cut may lose the last few such receipts, which were
-//! acknowledged to nobody, and roll back the receiving ratchet with them, so the same
-//! ciphertext decrypts again when history sync brings it back. The next ordinary commit makes
-//! them durable too (its fsync covers the whole WAL). Measured on the ten-node channel bench:
-//! one fsync per receipt was 75% of the send-to-stored latency (p50 9.8 ms vs 2.5 ms). Sends,
-//! key agreement, the causal log and anything acknowledged to a peer stay fully synchronous: a
-//! sender's ratchet must never roll back, or a key and nonce would be used twice.
+//! One exception, [`relaxed`]: storing live gossip messages we received (a batch at a time, with
+//! the receiving chains they moved) commits without waiting for the disk (`synchronous =
+//! NORMAL` for that transaction). It still survives `kill -9` (the WAL frames are in the OS's
+//! page cache before the commit returns, and the WAL keeps every transaction atomic); a power
+//! cut may lose the last few such receipts, which were acknowledged to nobody, and roll back
+//! the receiving ratchet with them, so the same ciphertext decrypts again when history sync
+//! brings it back. The next ordinary commit makes them durable too (its fsync covers the whole
+//! WAL). Measured on the ten-node channel bench: one fsync per receipt was 75% of the
+//! send-to-stored latency (p50 9.8 ms vs 2.5 ms). Sends, key agreement, the causal log and
+//! anything acknowledged to a peer stay fully synchronous. A sender's ratchet must never roll
+//! back, or a key and nonce would be used twice: its indices are reserved in blocks by a
+//! synchronous write before any of them is used (`guild::engine::RESERVE_BLOCK`), and a sent
+//! message is acknowledged only after its own synchronous commit.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use securecomm_noise::secret::Secret32;
@@ -36,6 +39,39 @@ pub fn relaxed<T>(
     let out = f(conn);
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(out)
+}
+
+/// Makes relaxed commits durable without holding the connection: an fsync of the database's
+/// write-ahead log, which may run on another thread while the connection keeps working. It
+/// covers every transaction whose commit returned before the call (in WAL mode a commit has
+/// written its frames to the log file when it returns; `synchronous = NORMAL` only skips the
+/// fsync; frames moved into the main file by a checkpoint were synced by that checkpoint).
+/// Several relaxed commits followed by one `sync` are one group commit.
+#[derive(Debug, Clone)]
+pub struct WalSync {
+    wal: Option<PathBuf>,
+}
+
+impl WalSync {
+    /// Flushes the write-ahead log to the disk. Blocking (an fsync): call it from a blocking
+    /// thread. A no-op for in-memory databases.
+    pub fn sync(&self) -> Result<(), rusqlite::Error> {
+        let Some(path) = &self.wal else {
+            return Ok(());
+        };
+        let io = |e: std::io::Error| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
+                Some(format!("syncing the write-ahead log: {e}")),
+            )
+        };
+        match std::fs::File::open(path) {
+            Ok(f) => f.sync_data().map_err(io),
+            // No log: everything is in the main file, synced when the log was checkpointed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(e)),
+        }
+    }
 }
 
 /// Why the database failed.
@@ -229,6 +265,21 @@ const MIGRATIONS: &[&str] = &[
         device BLOB NOT NULL,
         PRIMARY KEY (guild, seq, device)
      ) STRICT, WITHOUT ROWID;",
+    // 8: message chains of one guild sender (`guild::engine`), stored apart from the whole
+    // key-agreement state in `guilds.dcgka` so a message moves a small row, not the whole state;
+    // rows are always newer than the whole state (writing it deletes them). This device's own
+    // row holds its sending chain at the end of a block of reserved message indices, and
+    // `guild_seq_reserved` the history sequence numbers reserved with it.
+    "CREATE TABLE guild_chains (
+        guild BLOB NOT NULL,
+        sender BLOB NOT NULL,
+        chains BLOB NOT NULL,
+        PRIMARY KEY (guild, sender)
+     ) STRICT;
+     CREATE TABLE guild_seq_reserved (
+        guild BLOB PRIMARY KEY,
+        upto INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 /// The newest schema version this build writes.
@@ -238,6 +289,7 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 #[derive(Debug)]
 pub struct Db {
     conn: Connection,
+    wal: Option<PathBuf>,
 }
 
 impl Db {
@@ -249,7 +301,11 @@ impl Db {
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        Self::unlock(conn, key)
+        let mut db = Self::unlock(conn, key)?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        db.wal = Some(PathBuf::from(wal));
+        Ok(db)
     }
 
     /// An encrypted in-memory database (tests).
@@ -278,7 +334,7 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut db = Self { conn };
+        let mut db = Self { conn, wal: None };
         db.migrate()?;
         Ok(db)
     }
@@ -324,6 +380,13 @@ impl Db {
             params![key, value],
         )?;
         Ok(())
+    }
+
+    /// A handle that makes relaxed commits durable from another thread (group commit).
+    pub fn wal_sync(&self) -> WalSync {
+        WalSync {
+            wal: self.wal.clone(),
+        }
     }
 
     /// The underlying connection, for the modules that own their tables.

@@ -303,6 +303,28 @@ impl SenderChains {
         }
         Ok(Self { epochs })
     }
+
+    /// The newest epoch's sending position: (epoch, index of the next key).
+    pub(crate) fn send_position(&self) -> Option<(u32, u32)> {
+        self.epochs.back().map(|c| (c.epoch, c.next))
+    }
+
+    /// A copy whose newest epoch has handed out `n` more sending keys (they are stepped over and
+    /// forgotten, never stored: a sender does not receive its own messages).
+    pub(crate) fn advanced(&self, n: u32) -> Result<Self, RatchetError> {
+        let mut copy = self.clone();
+        let c = copy
+            .epochs
+            .back_mut()
+            .ok_or(RatchetError::UnknownEpoch(0))?;
+        let target = c.next.checked_add(n).ok_or(RatchetError::Exhausted)?;
+        while c.next < target {
+            let (_, ck) = step(&c.ck);
+            c.ck = ck;
+            c.next += 1;
+        }
+        Ok(copy)
+    }
 }
 
 #[cfg(test)]
