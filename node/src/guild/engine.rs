@@ -19,7 +19,7 @@
 //! is always newer than the state it is laid over. Received messages move the sender's row
 //! (in the receipt's relaxed transaction, see `store::db`); this device's own row is written
 //! durably once per [`RESERVE_BLOCK`] sends, holding the chain as it will be at the end of the
-//! block ([`Engine::prepare_send`]), so a crash can skip indices but never reuse one.
+//! block (`Engine::prepare_send`), so a crash can skip indices but never reuse one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -64,7 +64,7 @@ pub const MAX_PREJOIN: usize = 1 << 16;
 /// Most guilds per node.
 pub const MAX_GUILDS: usize = 256;
 /// Message indices reserved per durable write of this device's sending chain (see
-/// [`Engine::prepare_send`]). A crash skips at most this many indices, which receivers bridge
+/// `Engine::prepare_send`). A crash skips at most this many indices, which receivers bridge
 /// with skipped keys: well inside the ratchet's `MAX_SKIP` (1024).
 pub const RESERVE_BLOCK: u32 = 64;
 
@@ -113,7 +113,7 @@ struct PendingGossip {
     since: Instant,
 }
 
-/// A message encrypted by [`Engine::prepare_send`], not stored yet.
+/// A message encrypted by `Engine::prepare_send`, not stored yet.
 #[derive(Debug)]
 pub struct PreparedSend {
     /// The message as it will be stored.
@@ -758,7 +758,7 @@ impl Engine {
     }
 
     /// Validates and decrypts one gossip message without storing it: an accepted message is
-    /// returned for [`Engine::store_received`], and the receiving chain it moved is written by
+    /// returned for `Engine::store_received`, and the receiving chain it moved is written by
     /// that call (or by the next write of the whole state, whichever comes first). So the
     /// caller can tell gossipsub to forward before it touches the disk.
     pub fn validate_gossip(
@@ -1985,7 +1985,10 @@ mod tests {
                 let h = peek_header(&p.sealed).unwrap();
                 assert_eq!((h.epoch, h.generation), (at.0, at.1 + 1), "send {i}");
                 assert!(used.insert((h.epoch, h.generation), i).is_none());
-                assert!(seqs.insert(p.message.seq, i).is_none(), "seq reused after a reload");
+                assert!(
+                    seqs.insert(p.message.seq, i).is_none(),
+                    "seq reused after a reload"
+                );
                 last = Some((h.epoch, h.generation));
                 e.commit_send(db.conn_mut(), &gid, &p.message, None)
                     .unwrap();

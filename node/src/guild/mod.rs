@@ -80,11 +80,22 @@
 //! The joiner then pulls the log from the inviter and is keyed once the add (with its welcome)
 //! is delivered. History before the join is not readable (DCGKA's default).
 //!
-//! # Costs (measured shapes, not yet optimised)
+//! # Offline members, DMs
 //!
-//! * Every stored or sent message rewrites the guild's whole DCGKA state in its row (the ratchet
-//!   moved; persisting it in the same transaction is what makes `kill -9` safe and keys
-//!   single-use across restarts). Its size grows with members and kept epochs.
+//! * [`history`]: every message carries its sender's sequence number; members keep the sealed
+//!   envelopes and a member that was offline fetches what it missed from an online member, in
+//!   pages, validating each like live gossip; members send senders receipts of what they hold.
+//! * [`mailbox`]: members announce a mailbox tag and relays in the log; a sender deposits its
+//!   messages for offline members on their relays (sealed under a guild-derived key) and every
+//!   node picks up and acknowledges its own mail.
+//! * [`dm`]: X3DH + Double Ratchet direct messages between users who share a guild, with
+//!   prekey bundles from the peer or from the guild log, a durable outbox, and mailbox delivery.
+//!
+//! # Costs (measured shapes)
+//!
+//! * A message moves one sender's chains: stored as a small `guild_chains` row (the whole
+//!   DCGKA state is written only when key agreement changes); a send's indices and sequence
+//!   numbers are reserved durably in blocks, so sends wait for one shared WAL fsync only.
 //! * A local guild change is taken from the log like a remote one: the guild is rebuilt from its
 //!   row first (`load_trusted`, which re-validates every change without signatures), so local
 //!   changes cost a fold of the document. Remote entries cost only their own validation.

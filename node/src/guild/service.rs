@@ -842,11 +842,11 @@ impl GuildService {
     /// or queued in the outbox).
     ///
     /// The ciphertext is published before the message is stored: its ratchet index was
-    /// reserved durably first ([`Engine::prepare_send`]), so a crash in between loses only
+    /// reserved durably first (`Engine::prepare_send`), so a crash in between loses only
     /// this unacknowledged message and never reuses a key. If gossipsub refuses (no peer
     /// subscribed yet), or older publications still wait, the outbox takes it in the same
     /// transaction as the message. That transaction commits without an fsync; the send
-    /// returns after the next group commit ([`GroupCommit`]) made it durable.
+    /// returns after the next group commit (`GroupCommit`) made it durable.
     pub async fn send(&self, guild: &str, channel: &str, text: &str) -> Result<Value, GuildError> {
         let gid = self.resolve(guild)?;
         let p = self.with_engine(|e, db| {

@@ -8,7 +8,7 @@
 //! exponential backoff from [`BACKOFF_MIN_MS`] to [`BACKOFF_MAX_MS`], across restarts.
 //!
 //! Bounds: at most [`MAX_OUTBOX`] publications, each at most
-//! [`MAX_GOSSIP_MESSAGE`](crate::net::MAX_GOSSIP_MESSAGE) bytes on a topic of at most
+//! [`crate::net::MAX_GOSSIP_MESSAGE`] bytes on a topic of at most
 //! [`MAX_TOPIC`] bytes; [`Outbox::enqueue`] fails with [`SyncError::OutboxFull`] beyond that, so
 //! the caller sees back-pressure instead of silent loss.
 //!
