@@ -107,9 +107,17 @@ async fn a_node_that_knows_one_relay_learns_another_and_moves_there_when_it_dies
     .await;
     let r2_info = relays.iter().find(|r| r.peer == p2).unwrap();
     assert!(!r2_info.configured, "R2 came from discovery: {relays:?}");
-    assert!(r2_info.addrs.iter().all(|x| x.iter().last() == Some(Protocol::P2p(p2))));
+    assert!(
+        r2_info
+            .addrs
+            .iter()
+            .all(|x| x.iter().last() == Some(Protocol::P2p(p2)))
+    );
     let addrs = a.listen_addrs().await.unwrap();
-    assert!(circuit_via(&addrs, p1) && circuit_via(&addrs, p2), "{addrs:?}");
+    assert!(
+        circuit_via(&addrs, p1) && circuit_via(&addrs, p2),
+        "{addrs:?}"
+    );
 
     let b_addr = wait_for("B to listen", || async {
         b.listen_addrs().await.unwrap().into_iter().next()
@@ -137,7 +145,10 @@ async fn a_node_that_knows_one_relay_learns_another_and_moves_there_when_it_dies
     })
     .await;
     let addrs = a.listen_addrs().await.unwrap();
-    assert!(!circuit_via(&addrs, p1) && circuit_via(&addrs, p2), "{addrs:?}");
+    assert!(
+        !circuit_via(&addrs, p1) && circuit_via(&addrs, p2),
+        "{addrs:?}"
+    );
 
     // B hears about it from A's identify push, without asking.
     let pushed = tokio::time::timeout(WAIT, async {
@@ -217,6 +228,36 @@ fn killing_one_of_two_relays_nodes_move_to_the_other_and_delivery_continues() {
         });
     }
 
+    // Which members are connected to which (the guild layer may connect joiners only through
+    // the inviter): the same links must come back after the kill, through R2.
+    let ids: Vec<String> = nodes.iter().map(peer_id).collect();
+    let links = |n: &Node, through_r1_ok: bool| -> Vec<String> {
+        let peers = n.cli(&["peers"]);
+        let mut v: Vec<String> = peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| ids.iter().any(|id| p["peer"] == id.as_str()))
+            .filter(|p| {
+                through_r1_ok
+                    || p["addrs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .all(|x| !x.contains(&p1))
+            })
+            .map(|p| p["peer"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before: Vec<Vec<String>> = nodes.iter().map(|n| links(n, true)).collect();
+    assert!(
+        before.iter().all(|l| !l.is_empty()),
+        "every member talks to someone: {before:?}"
+    );
+
     r1.kill9();
     for n in &nodes {
         until(&format!("{} to hold R2 and not R1", n.name), || {
@@ -225,28 +266,11 @@ fn killing_one_of_two_relays_nodes_move_to_the_other_and_delivery_continues() {
             .then_some(())
         });
     }
-    // Every member reaches every other one again, through R2.
-    let ids: Vec<String> = nodes.iter().map(peer_id).collect();
-    for (i, n) in nodes.iter().enumerate() {
-        until(&format!("{} to be connected to the others via R2", n.name), || {
-            let peers = n.cli(&["peers"]);
-            let peers = peers.as_array().unwrap();
-            ids.iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .all(|(_, id)| {
-                    peers.iter().any(|p| {
-                        p["peer"] == id.as_str()
-                            && p["addrs"]
-                                .as_array()
-                                .unwrap()
-                                .iter()
-                                .filter_map(Value::as_str)
-                                .all(|x| !x.contains(&p1))
-                    })
-                })
-                .then_some(())
-        });
+    for (n, want) in nodes.iter().zip(&before) {
+        until(
+            &format!("{} to reconnect to {want:?} via R2", n.name),
+            || (links(n, false) == *want).then_some(()),
+        );
     }
     for n in &nodes {
         n.send(&gid, "general", &format!("{} after", n.name));
@@ -274,4 +298,21 @@ fn killing_one_of_two_relays_nodes_move_to_the_other_and_delivery_continues() {
     for n in &mut nodes {
         n.stop();
     }
+}
+
+/// A relay's `peers` entries must name the peer: without `/p2p/<id>` the relay could not put
+/// it in its routing table, so the configuration is refused with a clear error.
+#[test]
+fn relay_peers_must_end_in_a_peer_id() {
+    let id = Keypair::generate_ed25519().public().to_peer_id();
+    let ok =
+        RelayConfig::from_toml(&format!("peers = [\"/ip4/192.0.2.1/tcp/4001/p2p/{id}\"]")).unwrap();
+    assert_eq!(ok.peer_addresses().unwrap()[0].0, id);
+    let err = RelayConfig::from_toml("peers = [\"/ip4/192.0.2.1/tcp/4001\"]").unwrap_err();
+    assert!(err.to_string().contains("/p2p/<peer id>"), "{err}");
+    let many: Vec<String> = (0..=securecomm_rendezvous::config::MAX_PEERS)
+        .map(|i| format!("\"/ip4/192.0.2.1/tcp/{}/p2p/{id}\"", 4000 + i))
+        .collect();
+    let err = RelayConfig::from_toml(&format!("peers = [{}]", many.join(","))).unwrap_err();
+    assert!(err.to_string().contains("peers"), "{err}");
 }

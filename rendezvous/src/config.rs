@@ -236,7 +236,12 @@ impl RelayConfig {
             return Err(ConfigError::NoListenAddress);
         }
         self.addresses()?;
-        range("peers (count)", self.peers.len() as u64, 0, MAX_PEERS as u64)?;
+        range(
+            "peers (count)",
+            self.peers.len() as u64,
+            0,
+            MAX_PEERS as u64,
+        )?;
         self.peer_addresses()?;
         let c = &self.circuit;
         range(

@@ -481,7 +481,10 @@ impl EventLoop {
             })) if info.protocols.contains(&KAD_PROTOCOL) => {
                 // Another relay: put it in the routing table so clients can learn it from us.
                 for addr in info.listen_addrs.iter().take(MAX_KAD_ADDRS) {
-                    swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                    swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
                 }
                 if let SwarmEvent::Behaviour(e) = event {
                     self.behaviour_event(e);

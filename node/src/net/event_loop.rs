@@ -54,7 +54,10 @@ pub struct PeerInfo {
     pub gossip_score: Option<f64>,
 }
 
-pub(super) fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn ser_display<S: serde::Serializer, T: std::fmt::Display>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
@@ -497,7 +500,10 @@ impl EventLoop {
         // Each round either starts a request or backs the relay off, so this ends after at
         // most `relay_target` + known-relay rounds.
         while let Some((relay, addr)) = self.relays.next_attempt(now) {
-            match self.swarm.listen_on(addr.clone().with(Protocol::P2pCircuit)) {
+            match self
+                .swarm
+                .listen_on(addr.clone().with(Protocol::P2pCircuit))
+            {
                 Ok(listener) => {
                     tracing::debug!(%relay, %addr, "requesting a relay reservation");
                     self.relays.started(relay, listener, now);
@@ -517,7 +523,11 @@ impl EventLoop {
                 .behaviour_mut()
                 .kad
                 .get_closest_peers(PeerId::random());
-            let wait = if short { DISCOVER_SHORT } else { DISCOVER_EVERY };
+            let wait = if short {
+                DISCOVER_SHORT
+            } else {
+                DISCOVER_EVERY
+            };
             self.discovery = (Some(id), now + wait);
         }
     }
@@ -536,11 +546,9 @@ impl EventLoop {
                     self.discovery.0 = None;
                 }
                 match result {
-                    kad::QueryResult::GetClosestPeers(Ok(ok)) => ok
-                        .peers
-                        .into_iter()
-                        .map(|p| (p.peer_id, p.addrs))
-                        .collect(),
+                    kad::QueryResult::GetClosestPeers(Ok(ok)) => {
+                        ok.peers.into_iter().map(|p| (p.peer_id, p.addrs)).collect()
+                    }
                     kad::QueryResult::GetClosestPeers(Err(
                         kad::GetClosestPeersError::Timeout { peers, .. },
                     )) => peers.into_iter().map(|p| (p.peer_id, p.addrs)).collect(),
@@ -613,8 +621,7 @@ impl EventLoop {
                 ..
             } => {
                 let now = tokio::time::Instant::now();
-                if let Some((relay, was_reserved)) = self.relays.listener_closed(listener_id, now)
-                {
+                if let Some((relay, was_reserved)) = self.relays.listener_closed(listener_id, now) {
                     tracing::info!(%relay, ?reason, was_reserved, "relay reservation ended");
                     if was_reserved {
                         self.emit(Event::RelayLost(relay));

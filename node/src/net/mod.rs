@@ -261,10 +261,7 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
                     dcutr: Toggle::from(hole_punching.then(|| dcutr::Behaviour::new(peer_id))),
                     identify: identify::Behaviour::new(
                         identify::Config::new(PROTOCOL_VERSION.into(), key.public())
-                            .with_agent_version(format!(
-                                "securecomm/{}",
-                                env!("CARGO_PKG_VERSION")
-                            ))
+                            .with_agent_version(format!("securecomm/{}", env!("CARGO_PKG_VERSION")))
                             // A new or lost relay circuit changes where we can be reached: tell
                             // connected peers at once, not at the next periodic identify.
                             .with_push_listen_addr_updates(true),

@@ -119,7 +119,12 @@ fn backoff(failures: u32) -> Duration {
 impl RelayBook {
     /// A book for node `me` that wants `target` reservations (at least one), starting from the
     /// configured relay addresses (those without `/p2p/<id>` are skipped and returned).
-    pub fn new(me: PeerId, target: usize, configured: &[Multiaddr], now: Instant) -> (Self, Vec<Multiaddr>) {
+    pub fn new(
+        me: PeerId,
+        target: usize,
+        configured: &[Multiaddr],
+        now: Instant,
+    ) -> (Self, Vec<Multiaddr>) {
         let mut book = Self {
             me,
             target: target.max(1),
@@ -255,7 +260,11 @@ impl RelayBook {
 
     /// A listener closed; if it was one of our reservations, the relay goes back to idle with a
     /// backoff. Returns the relay and whether it had been reserved.
-    pub fn listener_closed(&mut self, listener: ListenerId, now: Instant) -> Option<(PeerId, bool)> {
+    pub fn listener_closed(
+        &mut self,
+        listener: ListenerId,
+        now: Instant,
+    ) -> Option<(PeerId, bool)> {
         let (peer, was_reserved) = self.relays.iter().find_map(|(p, e)| match e.state {
             Slot::Reserving(l, _) if l == listener => Some((*p, false)),
             Slot::Reserved(l) if l == listener => Some((*p, true)),
@@ -324,7 +333,9 @@ mod tests {
     use super::*;
 
     fn addr(port: u16, peer: PeerId) -> Multiaddr {
-        format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}").parse().unwrap()
+        format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}")
+            .parse()
+            .unwrap()
     }
 
     fn bare(port: u16) -> Multiaddr {
@@ -335,9 +346,12 @@ mod tests {
     fn holds_target_reservations_configured_first_and_moves_on_failure() {
         let now = Instant::now();
         let (r1, r2, r3) = (PeerId::random(), PeerId::random(), PeerId::random());
-        let (mut b, skipped) =
-            RelayBook::new(PeerId::random(), 2, &[addr(1, r1), bare(9)], now);
-        assert_eq!(skipped, vec![bare(9)], "an address without /p2p/ cannot be a relay");
+        let (mut b, skipped) = RelayBook::new(PeerId::random(), 2, &[addr(1, r1), bare(9)], now);
+        assert_eq!(
+            skipped,
+            vec![bare(9)],
+            "an address without /p2p/ cannot be a relay"
+        );
         assert!(b.learn(r2, &[bare(2)], now));
         assert!(b.learn(r3, &[bare(3)], now));
         assert!(!b.learn(r3, &[bare(3)], now), "not new the second time");
@@ -359,7 +373,10 @@ mod tests {
 
         // r1 dies: its slot goes to the third relay, and r1 waits out a backoff.
         assert_eq!(b.listener_closed(l1, now), Some((r1, true)));
-        assert!(b.listener_closed(l1, now).is_none(), "closing twice is ignored");
+        assert!(
+            b.listener_closed(l1, now).is_none(),
+            "closing twice is ignored"
+        );
         let (p3, _) = b.next_attempt(now).unwrap();
         let other = if p2 == r2 { r3 } else { r2 };
         assert_eq!(p3, other);
@@ -383,7 +400,10 @@ mod tests {
             b.started(p, ListenerId::next(), now);
             b.failed(p, now);
             let wait = backoff(failures);
-            assert!(b.next_attempt(now + wait - Duration::from_millis(1)).is_none());
+            assert!(
+                b.next_attempt(now + wait - Duration::from_millis(1))
+                    .is_none()
+            );
             now += wait;
         }
         assert_eq!(backoff(10), MAX_BACKOFF);
@@ -392,10 +412,13 @@ mod tests {
         let (p, _) = b.next_attempt(now).unwrap();
         let l = ListenerId::next();
         b.started(p, l, now);
-        assert!(b.timed_out(now + RESERVE_TIMEOUT - Duration::from_millis(1)).is_empty());
+        assert!(
+            b.timed_out(now + RESERVE_TIMEOUT - Duration::from_millis(1))
+                .is_empty()
+        );
         assert_eq!(b.timed_out(now + RESERVE_TIMEOUT), vec![l]);
         assert_eq!(b.listener_closed(l, now), Some((r1, false)));
-        assert!(b.accepted(r1) == false, "an idle relay cannot be accepted");
+        assert!(!b.accepted(r1), "an idle relay cannot be accepted");
     }
 
     #[test]
@@ -425,7 +448,10 @@ mod tests {
             b.failed(p, now);
         }
         let newcomer = PeerId::random();
-        assert!(!b.learn(newcomer, &[bare(5)], now), "no discovered relay failed");
+        assert!(
+            !b.learn(newcomer, &[bare(5)], now),
+            "no discovered relay failed"
+        );
         let loser = discovered[7];
         b.started(loser, ListenerId::next(), now);
         b.failed(loser, now);
