@@ -85,7 +85,8 @@ enum Command {
         /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or /ip4/0.0.0.0/udp/4001/quic-v1.
         #[arg(long)]
         listen: Vec<String>,
-        /// Relay to use (repeatable): a full multiaddr with /p2p/.
+        /// Relay to start from (repeatable): a full multiaddr with /p2p/. The node learns more
+        /// relays from it and holds reservations on two, moving to another when one dies.
         #[arg(long)]
         relay: Vec<String>,
         /// Find peers on the local network with mDNS.
