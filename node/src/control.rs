@@ -208,6 +208,8 @@ pub fn event_json(e: &Event) -> Value {
     match e {
         Event::Listening(a) => json!({"event": "listening", "addr": a.to_string()}),
         Event::RelayReserved(p) => json!({"event": "relay-reserved", "relay": p.to_string()}),
+        Event::RelayLost(p) => json!({"event": "relay-lost", "relay": p.to_string()}),
+        Event::RelayDiscovered(p) => json!({"event": "relay-discovered", "relay": p.to_string()}),
         Event::PeerConnected(p, path) => {
             json!({"event": "peer-connected", "peer": p.to_string(), "path": path})
         }
@@ -335,6 +337,10 @@ async fn handle(ctx: &Context, req: Request) -> Result<Value, String> {
         "whoami" => Ok(ctx.whoami.clone()),
         "peers" => Ok(
             serde_json::to_value(net.peers().await.map_err(|e| e.to_string())?).unwrap_or_default(),
+        ),
+        "relays" => Ok(
+            serde_json::to_value(net.relays().await.map_err(|e| e.to_string())?)
+                .unwrap_or_default(),
         ),
         "listen-addrs" => {
             let addrs = net.listen_addrs().await.map_err(|e| e.to_string())?;

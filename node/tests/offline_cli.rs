@@ -291,6 +291,7 @@ fn a_full_mailbox_refuses_and_the_sender_retries_later() {
     let relay = TestRelay::start_with(
         None,
         Some("[mailbox]\nmax_item_bytes = 1024\nmax_bytes_per_recipient = 1200\n"),
+        &[],
     );
     let mut a = Node::new("ida");
     let mut b = Node::new("joe");

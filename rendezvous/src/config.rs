@@ -51,6 +51,10 @@ pub struct RelayConfig {
     /// or `/ip4/203.0.113.7/tcp/4001`). When empty, the addresses the listeners actually bound are
     /// announced, which is right on loopback and on a host with a public interface address.
     pub external: Vec<String>,
+    /// Other relays to join SecureComm's relay DHT through (multiaddrs ending in
+    /// `/p2p/<peer id>`, at most [`MAX_PEERS`]). A relay started with one peer is soon known to
+    /// every relay that knows that peer, and clients that know any of them learn it.
+    pub peers: Vec<String>,
     /// Circuit relay limits.
     pub circuit: CircuitLimits,
     /// Connection limits.
@@ -154,6 +158,7 @@ impl Default for RelayConfig {
                 "/ip4/0.0.0.0/udp/4001/quic-v1".into(),
             ],
             external: Vec::new(),
+            peers: Vec::new(),
             circuit: CircuitLimits::default(),
             connections: ConnectionLimits::default(),
             rendezvous: RendezvousLimits::default(),
@@ -246,6 +251,13 @@ impl RelayConfig {
             return Err(ConfigError::NoListenAddress);
         }
         self.addresses()?;
+        range(
+            "peers (count)",
+            self.peers.len() as u64,
+            0,
+            MAX_PEERS as u64,
+        )?;
+        self.peer_addresses()?;
         let c = &self.circuit;
         range(
             "circuit.max_duration_secs",
@@ -410,7 +422,28 @@ impl RelayConfig {
         };
         Ok((parse(&self.listen)?, parse(&self.external)?))
     }
+
+    /// Parses the `peers` list: each must be a multiaddr ending in `/p2p/<peer id>`.
+    pub fn peer_addresses(&self) -> Result<Vec<(libp2p::PeerId, Multiaddr)>, ConfigError> {
+        self.peers
+            .iter()
+            .map(|a| {
+                let bad = |reason: String| ConfigError::BadAddress {
+                    addr: a.clone(),
+                    reason,
+                };
+                let addr: Multiaddr = a.parse().map_err(|e| bad(format!("{e}")))?;
+                match addr.iter().last() {
+                    Some(libp2p::multiaddr::Protocol::P2p(peer)) => Ok((peer, addr)),
+                    _ => Err(bad("a relay peer needs /p2p/<peer id> at the end".into())),
+                }
+            })
+            .collect()
+    }
 }
+
+/// Most relay peers in the `peers` list.
+pub const MAX_PEERS: usize = 64;
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@
 //! ```text
 //! securecomm-relay --data-dir /var/lib/securecomm-relay --config relay.toml \
 //!     [--listen /ip4/0.0.0.0/tcp/4001]... [--external /dns4/relay.example/tcp/4001]... \
+//!     [--peer /ip4/198.51.100.2/tcp/4001/p2p/12D3Koo...]... \
 //!     [--metrics 127.0.0.1:9090] [--capture FILE]
 //! ```
 //!
@@ -35,6 +36,10 @@ struct Args {
     /// Public address to announce; repeatable; replaces the config file's `external` list.
     #[arg(long, value_name = "MULTIADDR")]
     external: Vec<String>,
+    /// Another relay to join the relay DHT through (ends in /p2p/<peer id>); repeatable;
+    /// replaces the config file's `peers` list.
+    #[arg(long, value_name = "MULTIADDR")]
+    peer: Vec<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -86,6 +91,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if !args.external.is_empty() {
         config.external = args.external;
+    }
+    if !args.peer.is_empty() {
+        config.peers = args.peer;
     }
     config.validate()?;
     let key = identity::load_or_create(&args.data_dir)?;

@@ -15,6 +15,15 @@
 //!   `/securecomm/mailbox/1.0.0`: requests are decoded here and applied by a worker thread
 //!   that owns the SQLite database in [`RelayOptions::data_dir`], answers come back to this task.
 //!
+//! # Relays find each other
+//! Only relays run that DHT in server mode (nodes are clients), so its routing tables hold
+//! exactly the relays: that is the relay directory. A relay joins through the relays in its
+//! `peers` list (added to its routing table, then a bootstrap query, repeated every
+//! [`PEER_BOOTSTRAP_EVERY`]); a relay that identifies a peer speaking [`KAD_PROTOCOL`] adds it
+//! (at most [`MAX_KAD_ADDRS`] of its listen addresses), which is how the relay dialled learns the
+//! one that dialled it. A client that knows one relay asks it for closest peers and so learns
+//! the others with their addresses.
+//!
 //! Transports are TCP and QUIC, Noise and Yamux on TCP. The TCP socket can be wrapped by a
 //! [`crate::capture`] tap below Noise, so an audit sees exactly the bytes on the wire.
 //!
@@ -87,6 +96,12 @@ const MAILBOX_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Kademlia protocol name of SecureComm's DHT (kept apart from the public IPFS DHT).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/securecomm/kad/1.0.0");
+
+/// How often a relay with configured `peers` re-runs its DHT bootstrap.
+pub const PEER_BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
+
+/// Most listen addresses of another relay put in the routing table.
+pub const MAX_KAD_ADDRS: usize = 8;
 
 /// Identify protocol version string announced by the relay.
 pub const IDENTIFY_PROTOCOL: &str = "/securecomm/0.1.0";
@@ -259,8 +274,11 @@ fn behaviour(
         .with_max_registration_total(r.max_registrations as usize);
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     kad_config.set_record_ttl(Some(Duration::from_secs(24 * 3600)));
-    // A relay is a well-known entry point that others bootstrap from; it has no one to ask.
-    kad_config.set_periodic_bootstrap_interval(None);
+    // A relay is a well-known entry point that others bootstrap from; it asks only the relays
+    // it was told about (see `peers`).
+    kad_config.set_periodic_bootstrap_interval(
+        (!config.peers.is_empty()).then_some(PEER_BOOTSTRAP_EVERY),
+    );
     let mut kad =
         kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
     kad.set_mode(Some(kad::Mode::Server));
@@ -386,6 +404,14 @@ impl Relay {
 
         for addr in &external {
             swarm.add_external_address(addr.clone());
+        }
+        let peers = config.peer_addresses()?;
+        for (peer, addr) in &peers {
+            swarm.behaviour_mut().kad.add_address(peer, addr.clone());
+        }
+        if !peers.is_empty() {
+            // Dials them; failures are logged and retried by the periodic bootstrap.
+            let _ = swarm.behaviour_mut().kad.bootstrap();
         }
         let mut pending: HashSet<ListenerId> = HashSet::new();
         let mut listeners = HashMap::new();
@@ -557,6 +583,22 @@ impl EventLoop {
     ) {
         self.metrics.record(&event);
         match event {
+            SwarmEvent::Behaviour(RelayBehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                ref info,
+                ..
+            })) if info.protocols.contains(&KAD_PROTOCOL) => {
+                // Another relay: put it in the routing table so clients can learn it from us.
+                for addr in info.listen_addrs.iter().take(MAX_KAD_ADDRS) {
+                    swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
+                }
+                if let SwarmEvent::Behaviour(e) = event {
+                    self.behaviour_event(swarm, e);
+                }
+            }
             SwarmEvent::Behaviour(event) => self.behaviour_event(swarm, event),
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");

@@ -7,7 +7,7 @@
 //! securecomm-node backup export FILE | backup import FILE
 //! securecomm-node passphrase
 //! securecomm-node run [--listen MULTIADDR]... [--relay MULTIADDR]... [--mdns]
-//! securecomm-node peers | listen-addrs | dial MULTIADDR | events | stop     (against a running node)
+//! securecomm-node peers | listen-addrs | relays | dial MULTIADDR | events | stop     (against a running node)
 //! securecomm-node guild create NAME | guild list | guild join CODE
 //! securecomm-node invite create GUILD [--expires SECS] [--uses N]
 //! securecomm-node channel create GUILD NAME [--voice] | channel list GUILD
@@ -85,7 +85,8 @@ enum Command {
         /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or /ip4/0.0.0.0/udp/4001/quic-v1.
         #[arg(long)]
         listen: Vec<String>,
-        /// Relay to use (repeatable): a full multiaddr with /p2p/.
+        /// Relay to start from (repeatable): a full multiaddr with /p2p/. The node learns more
+        /// relays from it and holds reservations on two, moving to another when one dies.
         #[arg(long)]
         relay: Vec<String>,
         /// Find peers on the local network with mDNS.
@@ -102,6 +103,8 @@ enum Command {
     Peers,
     /// The running node's addresses.
     ListenAddrs,
+    /// Relays the running node knows (configured and discovered) and its reservations on them.
+    Relays,
     /// Connect to a peer or relay (running node).
     Dial {
         /// A multiaddr.
@@ -478,6 +481,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Some(Command::Peers) => remote(&dir, json, "peers", Value::Null).await?,
         Some(Command::ListenAddrs) => remote(&dir, json, "listen-addrs", Value::Null).await?,
+        Some(Command::Relays) => remote(&dir, json, "relays", Value::Null).await?,
         Some(Command::Dial { addr }) => {
             remote(&dir, json, "dial", serde_json::json!({"addr": addr})).await?
         }

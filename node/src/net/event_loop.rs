@@ -4,11 +4,13 @@
 //! the loop. Bounds: commands queue up to [`COMMAND_BUFFER`](super::COMMAND_BUFFER), events up to
 //! [`EVENT_BUFFER`](super::EVENT_BUFFER), pending direct requests up to [`MAX_PENDING`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
+use libp2p::kad::{self, QueryId};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
@@ -18,10 +20,17 @@ use securecomm_rendezvous::mailbox::wire::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::relays::{RelayBook, RelayInfo};
 use super::{Behaviour, BehaviourEvent, COMMAND_BUFFER, EVENT_BUFFER, NetConfig, NetError};
 
 /// Most inbound direct requests awaiting our answer, and outbound ones awaiting theirs.
 pub const MAX_PENDING: usize = 1024;
+/// How often the loop checks its relay reservations.
+const RELAY_TICK: Duration = Duration::from_secs(1);
+/// Discovery query interval while the node has all the reservations it wants.
+const DISCOVER_EVERY: Duration = Duration::from_secs(60);
+/// Discovery query interval while it is short of relays and has none left to try.
+const DISCOVER_SHORT: Duration = Duration::from_secs(5);
 
 /// How a connection to a peer travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -48,11 +57,14 @@ pub struct PeerInfo {
     pub gossip_score: Option<f64>,
 }
 
-fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn ser_display<S: serde::Serializer, T: std::fmt::Display>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
-fn ser_display_vec<S: serde::Serializer, T: std::fmt::Display>(
+pub(super) fn ser_display_vec<S: serde::Serializer, T: std::fmt::Display>(
     v: &[T],
     s: S,
 ) -> Result<S::Ok, S::Error> {
@@ -66,6 +78,10 @@ pub enum Event {
     Listening(Multiaddr),
     /// A relay accepted our reservation: we are reachable through it.
     RelayReserved(PeerId),
+    /// A reservation ended (the relay died, refused or expired it); the node looks for another.
+    RelayLost(PeerId),
+    /// Discovery found a relay the node did not know.
+    RelayDiscovered(PeerId),
     /// A peer connected.
     PeerConnected(PeerId, PeerPath),
     /// A peer's last connection closed.
@@ -123,6 +139,7 @@ enum Command {
     ),
     Respond(InboundRequestId, Vec<u8>),
     AddAddress(PeerId, Multiaddr),
+    Relays(oneshot::Sender<Vec<RelayInfo>>),
     Shutdown,
 }
 
@@ -149,6 +166,7 @@ impl std::fmt::Debug for Command {
             Command::Mailbox(..) => "Mailbox",
             Command::Respond(..) => "Respond",
             Command::AddAddress(..) => "AddAddress",
+            Command::Relays(_) => "Relays",
             Command::Shutdown => "Shutdown",
         })
     }
@@ -269,6 +287,12 @@ impl Client {
             .map_err(|_| NetError::Closed)
     }
 
+    /// Every relay the node knows (configured and discovered), reserved ones first, with its
+    /// reservation state.
+    pub async fn relays(&self) -> Result<Vec<RelayInfo>, NetError> {
+        self.ask(Command::Relays).await
+    }
+
     /// Stops the event loop.
     pub async fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown).await;
@@ -280,11 +304,12 @@ pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<Event>,
-    relays: Vec<Multiaddr>,
+    relays: RelayBook,
+    /// The discovery query in flight, and when the next one may start.
+    discovery: (Option<QueryId>, tokio::time::Instant),
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
     pending_mailbox: HashMap<OutboundRequestId, oneshot::Sender<Result<MailboxResponse, NetError>>>,
     inbound: HashMap<InboundRequestId, ResponseChannel<Vec<u8>>>,
-    reserved: HashSet<PeerId>,
     connections: HashMap<PeerId, Vec<(ConnectionId, PeerPath, Multiaddr)>>,
 }
 
@@ -329,6 +354,17 @@ impl EventLoop {
                     reason: e.to_string(),
                 })?;
         }
+        let me = *swarm.local_peer_id();
+        let now = tokio::time::Instant::now();
+        let (relays, skipped) = RelayBook::new(me, cfg.relay_target, &cfg.relays, now);
+        for addr in skipped {
+            tracing::warn!(%addr, "relay address has no /p2p/<peer id> (or is ours); ignored");
+        }
+        for r in relays.snapshot() {
+            for a in r.addrs {
+                swarm.behaviour_mut().kad.add_address(&r.peer, a);
+            }
+        }
         let (ctx, crx) = mpsc::channel(COMMAND_BUFFER);
         let (etx, _) = broadcast::channel(EVENT_BUFFER);
         let client = Client {
@@ -340,11 +376,11 @@ impl EventLoop {
             swarm,
             commands: crx,
             events: etx,
-            relays: cfg.relays.clone(),
+            relays,
+            discovery: (None, now),
             pending_requests: HashMap::new(),
             pending_mailbox: HashMap::new(),
             inbound: HashMap::new(),
-            reserved: HashSet::new(),
             connections: HashMap::new(),
         };
         Ok((lp, client))
@@ -357,17 +393,12 @@ impl EventLoop {
 
     /// Runs until [`Client::shutdown`] or until every client is dropped.
     pub async fn run(mut self) {
-        for relay in self.relays.clone() {
-            if let Err(e) = self
-                .swarm
-                .listen_on(relay.clone().with(Protocol::P2pCircuit))
-            {
-                tracing::warn!(%relay, error = %e, "cannot use relay");
-            }
-        }
+        let mut tick = tokio::time::interval(RELAY_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tick.tick() => self.maintain_relays(),
                 cmd = self.commands.recv() => match cmd {
                     None | Some(Command::Shutdown) => break,
                     Some(cmd) => self.on_command(cmd),
@@ -482,7 +513,91 @@ impl EventLoop {
             Command::AddAddress(peer, addr) => {
                 self.swarm.add_peer_address(peer, addr);
             }
+            Command::Relays(tx) => {
+                let _ = tx.send(self.relays.snapshot());
+            }
             Command::Shutdown => {}
+        }
+    }
+
+    /// Keeps `relay_target` reservations: cancels requests that got no answer, starts new
+    /// ones on the best candidates, and asks the DHT for more relays when short of them.
+    fn maintain_relays(&mut self) {
+        let now = tokio::time::Instant::now();
+        for listener in self.relays.timed_out(now) {
+            // Its ListenerClosed event records the failure.
+            self.swarm.remove_listener(listener);
+        }
+        // Each round either starts a request or backs the relay off, so this ends after at
+        // most `relay_target` + known-relay rounds.
+        while let Some((relay, addr)) = self.relays.next_attempt(now) {
+            match self
+                .swarm
+                .listen_on(addr.clone().with(Protocol::P2pCircuit))
+            {
+                Ok(listener) => {
+                    tracing::debug!(%relay, %addr, "requesting a relay reservation");
+                    self.relays.started(relay, listener, now);
+                }
+                Err(e) => {
+                    tracing::warn!(%relay, %addr, error = %e, "cannot use relay");
+                    self.relays.failed(relay, now);
+                }
+            }
+        }
+        let (in_flight, next) = self.discovery;
+        if in_flight.is_none() && now >= next {
+            let short = self.relays.short() && !self.relays.has_candidate(now);
+            // A random key walks a different part of the (small) relay DHT each time.
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .get_closest_peers(PeerId::random());
+            let wait = if short {
+                DISCOVER_SHORT
+            } else {
+                DISCOVER_EVERY
+            };
+            self.discovery = (Some(id), now + wait);
+        }
+    }
+
+    /// Feeds the relay book from the DHT: every server-mode peer of SecureComm's DHT is a relay.
+    fn on_kad_event(&mut self, event: kad::Event) {
+        let now = tokio::time::Instant::now();
+        let found: Vec<(PeerId, Vec<Multiaddr>)> = match event {
+            kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            } => vec![(peer, addresses.into_vec())],
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => {
+                if self.discovery.0 == Some(id) && step.last {
+                    self.discovery.0 = None;
+                }
+                match result {
+                    kad::QueryResult::GetClosestPeers(Ok(ok)) => {
+                        ok.peers.into_iter().map(|p| (p.peer_id, p.addrs)).collect()
+                    }
+                    kad::QueryResult::GetClosestPeers(Err(
+                        kad::GetClosestPeersError::Timeout { peers, .. },
+                    )) => peers.into_iter().map(|p| (p.peer_id, p.addrs)).collect(),
+                    _ => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        };
+        let mut learned = false;
+        for (peer, addrs) in found.into_iter().take(super::relays::MAX_KNOWN_RELAYS) {
+            if self.relays.learn(peer, &addrs, now) {
+                tracing::info!(relay = %peer, "discovered a relay");
+                self.emit(Event::RelayDiscovered(peer));
+                learned = true;
+            }
+        }
+        if learned {
+            self.maintain_relays();
         }
     }
 
@@ -526,11 +641,26 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
                 libp2p::relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
             )) => {
-                if self.reserved.insert(relay_peer_id) {
+                if self.relays.accepted(relay_peer_id) {
                     tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
                 }
                 self.emit(Event::RelayReserved(relay_peer_id));
             }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                let now = tokio::time::Instant::now();
+                if let Some((relay, was_reserved)) = self.relays.listener_closed(listener_id, now) {
+                    tracing::info!(%relay, ?reason, was_reserved, "relay reservation ended");
+                    if was_reserved {
+                        self.emit(Event::RelayLost(relay));
+                    }
+                    self.maintain_relays();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(libp2p::dcutr::Event {
                 remote_peer_id,
                 result: Ok(_),

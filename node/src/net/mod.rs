@@ -5,9 +5,42 @@
 //! file-sharing example). Events go out on a bounded broadcast channel: a subscriber that falls
 //! more than [`EVENT_BUFFER`] events behind loses the oldest ones and is told how many.
 //!
-//! Protocols: TCP and QUIC, Noise, Yamux, identify, ping, AutoNAT, a rendezvous client, a relay
-//! client (reservations on every configured relay), DCUtR hole punching, mDNS, gossipsub and our
-//! own request-response protocol `/securecomm/direct/1` with bounded frames ([`codec`]).
+//! Protocols: TCP and QUIC, Noise, Yamux, identify (with pushes when our addresses change),
+//! ping, AutoNAT, a rendezvous client, a relay client, Kademlia in client mode, DCUtR hole
+//! punching, mDNS, gossipsub and our own request-response protocol `/securecomm/direct/1` with
+//! bounded frames ([`codec`]).
+//!
+//! # Relays: discovery, reservations, failover
+//! *Directory.* Relays run Kademlia in server mode on [`KAD_PROTOCOL`] (SecureComm's own DHT,
+//! never the public IPFS one) and know each other (a relay joins through the relays in its
+//! `peers` configuration; see `securecomm_rendezvous::server`). Nodes run Kademlia in client
+//! mode: they ask and never answer, so they never enter anyone's routing table, and every
+//! server-mode peer of the DHT is a relay. Being in the routing table *is* the announcement:
+//! no record or provider entry is published, nothing expires, and a dead relay drops out of the
+//! answers because it stops answering. (If nodes ever run the DHT in server mode, relays will
+//! need an explicit announcement, such as a provider record under a well-known key.)
+//!
+//! *Discovery.* The configured relays (`NetConfig::relays`, the `--relay` flags) seed the
+//! node's routing table. Every minute (every 5 s while the node is short of reservations and
+//! has no relay left to try) it asks for the peers closest to a random key; each relay in the
+//! answer, and each peer Kademlia adds to the routing table, goes into the [`relays::RelayBook`]
+//! (at most [`relays::MAX_KNOWN_RELAYS`], [`relays::MAX_RELAY_ADDRS`] addresses each;
+//! configured relays are never evicted). Discovered relays are not persisted: a restart starts
+//! again from the configured ones.
+//!
+//! *Reservations.* The node holds reservations on `NetConfig::relay_target` relays (default
+//! [`DEFAULT_RELAY_TARGET`]), configured ones first. A reservation is a relay-client listener on
+//! `<relay>/p2p-circuit`; when it closes (the relay died, the connection dropped, a renewal was
+//! refused) or a request gets no answer within [`relays::RESERVE_TIMEOUT`], the relay backs off
+//! (2, 4, ... up to 60 s) and the node reserves on the next candidate at once. Events:
+//! [`Event::RelayReserved`], [`Event::RelayLost`], [`Event::RelayDiscovered`];
+//! [`Client::relays`] lists the book.
+//!
+//! *Being found again.* Each reservation adds a `<relay>/p2p-circuit` listen address; a lost one
+//! removes it. Identify pushes the new list to every connected peer at once
+//! (`push_listen_addr_updates`), and the guild layer stores the latest list per peer and
+//! re-dials members at every stored address. With two reservations, members already know a
+//! second circuit address when one relay dies, so they reconnect through the survivor.
 //!
 //! Gossipsub runs with `MessageAuthenticity::Anonymous`: no author, sequence number or signature
 //! at the gossip layer, since that would tell every forwarder who wrote each message. Authorship
@@ -18,6 +51,7 @@
 
 pub mod codec;
 mod event_loop;
+pub mod relays;
 
 use std::time::Duration;
 
@@ -29,16 +63,22 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, dcutr, identify, mdns, noise, ping, relay,
-    rendezvous, request_response, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, dcutr, identify, kad, mdns, noise, ping,
+    relay, rendezvous, request_response, tcp, yamux,
 };
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 pub use event_loop::{Client, Event, EventLoop, EventStream, PeerInfo, PeerPath};
+pub use relays::{RelayInfo, RelayState};
 
 /// Identify protocol string: names the application, not the user.
 pub const PROTOCOL_VERSION: &str = "/securecomm/1.0.0";
+/// Kademlia protocol name of SecureComm's DHT: the same as the relays'
+/// (`securecomm_rendezvous::KAD_PROTOCOL`), never the public IPFS DHT.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/securecomm/kad/1.0.0");
+/// How many relay reservations a node holds by default.
+pub const DEFAULT_RELAY_TARGET: usize = 2;
 /// Our request-response protocol for two-party messages.
 pub const DIRECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/securecomm/direct/1");
 /// Largest gossip message (an envelope is at most 61,485 bytes).
@@ -86,8 +126,11 @@ pub enum NetError {
 pub struct NetConfig {
     /// Addresses to listen on (TCP and/or QUIC).
     pub listen: Vec<Multiaddr>,
-    /// Relays to dial and hold reservations on (full multiaddrs with `/p2p/`).
+    /// Relays to start from (full multiaddrs with `/p2p/`): the node bootstraps discovery from
+    /// them and prefers them for its reservations.
     pub relays: Vec<Multiaddr>,
+    /// How many relays to hold a reservation on at once (configured and discovered ones).
+    pub relay_target: usize,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
     /// Upgrade relayed connections to direct ones with DCUtR hole punching.
@@ -111,6 +154,7 @@ impl Default for NetConfig {
                     .unwrap_or_else(|_| Multiaddr::empty()),
             ],
             relays: Vec::new(),
+            relay_target: DEFAULT_RELAY_TARGET,
             mdns: false,
             hole_punching: true,
             idle_timeout: Duration::from_secs(300),
@@ -129,6 +173,7 @@ pub struct Behaviour {
     ping: ping::Behaviour,
     autonat: autonat::Behaviour,
     rendezvous: rendezvous::client::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
     mdns: Toggle<mdns::tokio::Behaviour>,
     gossipsub: gossipsub::Behaviour,
     direct: request_response::Behaviour<codec::FrameCodec>,
@@ -218,14 +263,25 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
                     dcutr: Toggle::from(hole_punching.then(|| dcutr::Behaviour::new(peer_id))),
                     identify: identify::Behaviour::new(
                         identify::Config::new(PROTOCOL_VERSION.into(), key.public())
-                            .with_agent_version(format!(
-                                "securecomm/{}",
-                                env!("CARGO_PKG_VERSION")
-                            )),
+                            .with_agent_version(format!("securecomm/{}", env!("CARGO_PKG_VERSION")))
+                            // A new or lost relay circuit changes where we can be reached: tell
+                            // connected peers at once, not at the next periodic identify.
+                            .with_push_listen_addr_updates(true),
                     ),
                     ping: ping::Behaviour::new(ping::Config::new()),
                     autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
                     rendezvous: rendezvous::client::Behaviour::new(key.clone()),
+                    kad: {
+                        let mut kad = kad::Behaviour::with_config(
+                            peer_id,
+                            kad::store::MemoryStore::new(peer_id),
+                            kad::Config::new(KAD_PROTOCOL),
+                        );
+                        // Nodes only ask; only relays answer (and so only relays fill the
+                        // routing tables, which is what makes them discoverable).
+                        kad.set_mode(Some(kad::Mode::Client));
+                        kad
+                    },
                     mdns: Toggle::from(mdns),
                     gossipsub,
                     direct: request_response::Behaviour::new(

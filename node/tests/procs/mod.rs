@@ -236,17 +236,19 @@ pub fn relay_binary() -> PathBuf {
 
 impl TestRelay {
     pub fn start(capture: Option<PathBuf>) -> Self {
-        Self::start_with(capture, None)
+        Self::start_with(capture, None, &[])
     }
 
-    /// Starts a relay with a capture file and/or a TOML configuration (as `--config`).
-    pub fn start_with(capture: Option<PathBuf>, config: Option<&str>) -> Self {
+    /// Starts a relay with a capture file, a TOML configuration (as `--config`) and extra
+    /// command-line arguments (e.g. `--peer ADDR`).
+    pub fn start_with(capture: Option<PathBuf>, config: Option<&str>, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let stderr = std::fs::File::create(dir.path().join("relay.log")).unwrap();
         let mut cmd = Command::new(relay_binary());
         cmd.arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
@@ -281,11 +283,25 @@ impl TestRelay {
         );
         Self { child, addr, dir }
     }
+
+    /// The relay's peer id (the end of its address).
+    pub fn peer_id(&self) -> String {
+        self.addr.rsplit('/').next().unwrap().to_owned()
+    }
+
+    /// SIGKILL: the relay dies without closing anything.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
 }
 
 impl Drop for TestRelay {
     /// SIGTERM (graceful: the capture file is flushed), then wait.
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // already dead (and reaped: its pid may belong to someone else now)
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
