@@ -342,14 +342,23 @@ fn a_full_mailbox_refuses_and_the_sender_retries_later() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(sorted.len(), N, "duplicates or losses: {got:?}");
-    until("ida to see every DM delivered or picked up", || {
+    let states = until("ida to see every DM delivered or picked up", || {
         let h = a.cli(&["dm", "history", &uj, "--limit", "100"]);
-        h.as_array()
+        let states: Vec<String> = h
+            .as_array()
             .unwrap()
             .iter()
-            .all(|m| m["delivery"][0]["state"] != "queued")
-            .then_some(())
+            .map(|m| m["delivery"][0]["state"].as_str().unwrap().to_owned())
+            .collect();
+        states
+            .iter()
+            .all(|s| s == "delivered" || s == "picked-up")
+            .then_some(states)
     });
+    assert!(
+        states.iter().any(|s| s == "picked-up"),
+        "the relay never reported a pickup: {states:?}"
+    );
     a.stop();
     b.stop();
 }

@@ -33,7 +33,9 @@
 //! advanced sessions and one `dm_outbox` row per device (state `queued`). A background pass
 //! delivers queued rows: over the direct protocol ([`DmRequest::Deliver`], answered
 //! [`DmResponse::Delivered`] once the receiver has committed it) when the device is connected,
-//! with a backoff otherwise. The ciphertext is dropped from the row once delivered. A receiver
+//! with a backoff otherwise, or deposited on the device's mailbox relay (`deposited`; the
+//! sender asks the relay later and marks it `picked-up`, or queues it again if it expired). The
+//! ciphertext is dropped from the row once delivered or picked up. A receiver
 //! answers `Delivered` to a message it already holds (a retry after a lost answer).
 //!
 //! Wire: first byte [`DM_VERSION`] on the direct protocol; payloads versioned and strict.
@@ -223,7 +225,8 @@ pub struct StoredDm {
     pub received_at: u64,
     /// The text.
     pub text: String,
-    /// For outgoing messages: per recipient device, `queued`, `delivered` or `deposited`.
+    /// For outgoing messages: per recipient device, `queued`, `delivered`, `deposited` or
+    /// `picked-up`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub delivery: Vec<Delivery>,
 }
@@ -233,8 +236,8 @@ pub struct StoredDm {
 pub struct Delivery {
     /// The device (hex).
     pub device: String,
-    /// `queued`, `delivered` (a connected device confirmed it) or `deposited` (held by a
-    /// mailbox relay).
+    /// `queued`, `delivered` (a connected device confirmed it), `deposited` (held by a
+    /// mailbox relay) or `picked-up` (the relay says the device acknowledged it).
     pub state: String,
 }
 
@@ -597,6 +600,55 @@ pub(crate) fn due(conn: &Connection, now: u64, limit: usize) -> Result<Vec<Due>,
 pub(crate) fn mark(conn: &Connection, id: i64, state: &str) -> Result<(), GuildError> {
     conn.prepare_cached("UPDATE dm_outbox SET state = ?2, message = NULL WHERE id = ?1")?
         .execute(params![id, state])?;
+    Ok(())
+}
+
+/// Marks a row deposited on `relay` (multiaddr bytes) as item `item`; the ciphertext stays until
+/// the relay says it was picked up, so an expired deposit can be sent again.
+pub(crate) fn mark_deposited(
+    conn: &Connection,
+    id: i64,
+    relay: &[u8],
+    item: u64,
+) -> Result<(), GuildError> {
+    conn.prepare_cached(
+        "UPDATE dm_outbox SET state = 'deposited', relay = ?2, relay_item = ?3 WHERE id = ?1",
+    )?
+    .execute(params![id, relay, sql(item)])?;
+    Ok(())
+}
+
+/// Deposited rows: (row id, relay multiaddr bytes, item id), at most `limit`.
+pub(crate) fn deposited(
+    conn: &Connection,
+    limit: usize,
+) -> Result<Vec<(i64, Vec<u8>, u64)>, GuildError> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT id, relay, relay_item FROM dm_outbox
+             WHERE state = 'deposited' AND relay IS NOT NULL ORDER BY id LIMIT ?1",
+        )?
+        .query_map([sql(limit as u64)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, relay, item)| (id, relay, u64::try_from(item).unwrap_or(0)))
+        .collect())
+}
+
+/// Puts a deposited row back in the queue (its deposit expired before pickup).
+pub(crate) fn requeue(conn: &Connection, id: i64) -> Result<(), GuildError> {
+    conn.prepare_cached(
+        "UPDATE dm_outbox SET state = 'queued', next_attempt_at = 0, relay = NULL, relay_item = NULL
+         WHERE id = ?1 AND message IS NOT NULL",
+    )?
+    .execute([id])?;
     Ok(())
 }
 

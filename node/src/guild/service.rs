@@ -1594,10 +1594,15 @@ impl GuildService {
                     Ok(Ok(DmResponse::Delivered))
                 )
                 .then_some("delivered"),
-                None => self
-                    .deposit_dm(&d.device, &d.message)
-                    .await
-                    .then_some("deposited"),
+                None => match self.deposit_dm(&d.device, &d.message).await {
+                    Some((relay, item)) => {
+                        let _ = self.with_engine(|_, db| {
+                            dm::mark_deposited(db.conn(), d.id, &relay.to_vec(), item)
+                        });
+                        continue;
+                    }
+                    None => None,
+                },
             };
             let _ = self.with_engine(|_, db| match state {
                 Some(st) => dm::mark(db.conn(), d.id, st),
@@ -1840,8 +1845,12 @@ impl GuildService {
         complete
     }
 
-    /// Deposits a queued DM for `device` on its mailbox; true once a relay stored it.
-    async fn deposit_dm(&self, device: &DevicePublicKey, message: &[u8]) -> bool {
+    /// Deposits a queued DM for `device` on its mailbox; the relay and item id once stored.
+    async fn deposit_dm(
+        &self,
+        device: &DevicePublicKey,
+        message: &[u8],
+    ) -> Option<(Multiaddr, u64)> {
         let found = self.with_engine(|e, db| {
             let me = e.keys.me;
             let secret = e.guilds.values_mut().find_map(|g| {
@@ -1855,19 +1864,14 @@ impl GuildService {
             (me, secret, a)
         });
         let Ok((me, Some((gid, secret)), Some(a))) = found else {
-            return false;
+            return None;
         };
-        let Some(relay) = a
+        let relay = a
             .relays
             .iter()
-            .find_map(|b| Multiaddr::try_from(b.clone()).ok())
-        else {
-            return false;
-        };
+            .find_map(|b| Multiaddr::try_from(b.clone()).ok())?;
         let connected = self.connected().await;
-        let Some(peer) = self.relay_peer(&relay, &connected).await else {
-            return false;
-        };
+        let peer = self.relay_peer(&relay, &connected).await?;
         let blob = super::mailbox::seal(
             &secret,
             &super::mailbox::BlobBody::Dm {
@@ -1876,19 +1880,59 @@ impl GuildService {
                 message: message.to_vec(),
             },
         );
-        let Ok(dep) = securecomm_rendezvous::mailbox::wire::Deposit::new([a.tag], blob) else {
-            return false;
+        let dep = securecomm_rendezvous::mailbox::wire::Deposit::new([a.tag], blob).ok()?;
+        match self
+            .inner
+            .net
+            .mailbox(
+                peer,
+                securecomm_rendezvous::mailbox::wire::Request::Deposit(dep),
+            )
+            .await
+        {
+            Ok(securecomm_rendezvous::mailbox::wire::Response::Stored { id, .. }) => {
+                Some((relay, id))
+            }
+            _ => None,
+        }
+    }
+
+    /// Asks relays about deposited DMs: picked up (every recipient acknowledged) becomes
+    /// `picked-up`; expired or forgotten goes back to the queue to be sent again.
+    async fn dm_pickup_status(&self) {
+        use securecomm_rendezvous::mailbox::wire::{ItemState, Request, Response};
+        let Ok(Ok(rows)) = self.with_engine(|_, db| dm::deposited(db.conn(), 512)) else {
+            return;
         };
-        matches!(
-            self.inner
-                .net
-                .mailbox(
-                    peer,
-                    securecomm_rendezvous::mailbox::wire::Request::Deposit(dep)
-                )
-                .await,
-            Ok(securecomm_rendezvous::mailbox::wire::Response::Stored { .. })
-        )
+        let mut by_relay: HashMap<Vec<u8>, Vec<(i64, u64)>> = HashMap::new();
+        for (id, relay, item) in rows {
+            by_relay.entry(relay).or_default().push((id, item));
+        }
+        let connected = self.connected().await;
+        for (relay, rows) in by_relay {
+            let Ok(addr) = Multiaddr::try_from(relay) else {
+                continue;
+            };
+            let Some(peer) = self.relay_peer(&addr, &connected).await else {
+                continue;
+            };
+            let ids: Vec<u64> = rows.iter().map(|(_, item)| *item).collect();
+            let Ok(Response::Status { entries }) =
+                self.inner.net.mailbox(peer, Request::Status { ids }).await
+            else {
+                continue;
+            };
+            let _ = self.with_engine(|_, db| -> Result<(), GuildError> {
+                for ((row, _), (_, state)) in rows.iter().zip(&entries) {
+                    match state {
+                        ItemState::Remaining(0) => dm::mark(db.conn(), *row, "picked-up")?,
+                        ItemState::Expired(_) | ItemState::Unknown => dm::requeue(db.conn(), *row)?,
+                        ItemState::Remaining(_) => {}
+                    }
+                }
+                Ok(())
+            });
+        }
     }
 
     /// One mailbox round: deposit for offline members of every guild, then pick up and
@@ -1910,6 +1954,7 @@ impl GuildService {
                 d.insert(*gid);
             }
         }
+        self.dm_pickup_status().await;
         let connected = self.connected().await;
         for relay in self.own_relays() {
             let Some(peer) = self.relay_peer(&relay, &connected).await else {

@@ -280,6 +280,10 @@ const MIGRATIONS: &[&str] = &[
         guild BLOB PRIMARY KEY,
         upto INTEGER NOT NULL
      ) STRICT;",
+    // 9: where a deposited DM waits (relay address and item id), so the sender can ask the
+    // relay whether it was picked up, and queue it again if it expired.
+    "ALTER TABLE dm_outbox ADD COLUMN relay BLOB;
+     ALTER TABLE dm_outbox ADD COLUMN relay_item INTEGER;",
 ];
 
 /// The newest schema version this build writes.
