@@ -33,10 +33,10 @@
 //! advanced sessions and one `dm_outbox` row per device (state `queued`). A background pass
 //! delivers queued rows: over the direct protocol ([`DmRequest::Deliver`], answered
 //! [`DmResponse::Delivered`] once the receiver has committed it) when the device is connected,
-//! with a backoff otherwise, or deposited on the device's mailbox relay (`deposited`; the
-//! sender asks the relay later and marks it `picked-up`, or queues it again if it expired). The
-//! ciphertext is dropped from the row once delivered or picked up. A receiver
-//! answers `Delivered` to a message it already holds (a retry after a lost answer).
+//! else deposited on the device's mailbox relay (`deposited`; the sender later asks the relay
+//! and marks it `picked-up`, or queues it again if it expired), else retried with a backoff.
+//! The ciphertext is dropped from the row once delivered or picked up. A receiver answers
+//! `Delivered` to a message it already holds (a retry after a lost answer).
 //!
 //! Wire: first byte [`DM_VERSION`] on the direct protocol; payloads versioned and strict.
 
