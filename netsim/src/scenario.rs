@@ -148,6 +148,11 @@ pub enum Action {
         /// The site.
         site: String,
     },
+    /// Have a host join the guild (with a fresh invite from the owner).
+    Join {
+        /// The joining host.
+        host: String,
+    },
     /// Have a host send a text message to a channel.
     Send {
         /// The sending host.
@@ -159,10 +164,24 @@ pub enum Action {
     },
 }
 
+/// The guild the scenario's nodes share.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GuildSpec {
+    /// The host that creates the guild and issues invites.
+    pub owner: String,
+    /// Hosts that join before the timeline starts (default: every host).
+    #[serde(default)]
+    pub members: Option<Vec<String>>,
+}
+
 /// A whole scenario.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
+    /// The shared guild (default: owned by the first host, every host a member).
+    #[serde(default)]
+    pub guild: Option<GuildSpec>,
     /// Relays on the internet segment.
     pub relays: Vec<String>,
     /// Sites behind routers.
@@ -209,6 +228,40 @@ fn check_impairment(link: &str, i: &Impairment) -> Result<(), ScenarioError> {
 }
 
 impl Scenario {
+    /// The guild owner: the configured one, or the first host.
+    pub fn owner(&self) -> Option<&str> {
+        match &self.guild {
+            Some(g) => Some(g.owner.as_str()),
+            None => self
+                .sites
+                .iter()
+                .flat_map(|s| &s.hosts)
+                .next()
+                .map(String::as_str),
+        }
+    }
+
+    /// Hosts in the guild before the timeline starts, owner first.
+    pub fn initial_members(&self) -> Vec<String> {
+        let all: Vec<String> = self.sites.iter().flat_map(|s| s.hosts.clone()).collect();
+        let owner = self.owner().map(str::to_owned);
+        let mut out: Vec<String> = owner.iter().cloned().collect();
+        let listed = self
+            .guild
+            .as_ref()
+            .and_then(|g| g.members.clone())
+            .unwrap_or(all);
+        out.extend(listed.into_iter().filter(|h| Some(h) != owner.as_ref()));
+        out
+    }
+
+    /// The site of a host.
+    pub fn site_of(&self, host: &str) -> Option<&Site> {
+        self.sites
+            .iter()
+            .find(|s| s.hosts.iter().any(|h| h == host))
+    }
+
     /// Parses and validates a scenario file.
     pub fn from_toml(text: &str) -> Result<Self, ScenarioError> {
         let s: Self = toml::from_str(text)?;
@@ -229,6 +282,18 @@ impl Scenario {
             for h in &s.hosts {
                 check_name(h, &mut names)?;
                 hosts.insert(h.clone());
+            }
+        }
+        if let Some(g) = &self.guild {
+            let refs = std::iter::once(&g.owner).chain(g.members.iter().flatten());
+            for h in refs {
+                if !hosts.contains(h) {
+                    return Err(ScenarioError::UnknownRef {
+                        context: "guild".into(),
+                        kind: "host",
+                        name: h.clone(),
+                    });
+                }
             }
         }
         let relays: BTreeSet<&String> = self.relays.iter().collect();
@@ -262,7 +327,7 @@ impl Scenario {
                 {
                     return Err(missing("site", site));
                 }
-                Action::Send { host, .. } if !hosts.contains(host) => {
+                Action::Send { host, .. } | Action::Join { host } if !hosts.contains(host) => {
                     return Err(missing("host", host));
                 }
                 _ => {}
