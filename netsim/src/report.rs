@@ -52,7 +52,7 @@ pub struct Receipt {
     pub host: String,
     /// How many times the message is in its history (must be 1).
     pub count: usize,
-    /// When the audit first saw it, after the send returned (poll precision ~250 ms per round).
+    /// From `send` returning to the first audit poll that found it (poll rounds take tens of ms).
     pub latency_ms: Option<u64>,
 }
 
@@ -147,8 +147,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "\n{:<12} {:<18} {:<10} {:<24} {}",
-            "site", "label", "udp", "mapping", "filtering"
+            "\n{:<12} {:<18} {:<10} {:<24} filtering",
+            "site", "label", "udp", "mapping"
         );
         for t in &self.selftest {
             let o = &t.observed;
@@ -175,8 +175,8 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n{:<30} {:<10} {}",
-            "message", "sender", "receipts (count, latency ms)"
+            "\n{:<30} {:<10} receipts (count, latency ms)",
+            "message", "sender"
         );
         for m in &self.messages {
             let r: Vec<String> = m

@@ -410,12 +410,28 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
             proc_: None,
             peer_id: String::new(),
         };
-        n.cli(&opts.node_bin, &["init", "--name", &h.name])?;
-        n.peer_id = n.cli(&opts.node_bin, &["whoami"])?["peer_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let o = n.cli_raw(&opts.node_bin, &["init", "--name", &h.name])?;
+        if !o.status.success() {
+            return Err(NetsimError::Command {
+                cmd: format!("securecomm-node ({}) init", h.name),
+                status: o.status.to_string(),
+                output: String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+            });
+        }
         n.start(&opts.node_bin)?;
+        // The running node's addresses end in `/p2p/<its peer id>`.
+        let addrs = n.cli(&opts.node_bin, &["listen-addrs"])?;
+        n.peer_id = addrs
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .and_then(|a| a.rsplit("/p2p/").next())
+            .map(str::to_owned)
+            .ok_or_else(|| NetsimError::Unexpected {
+                what: format!("listen-addrs of {}", h.name),
+                expected: "addresses ending in /p2p/<peer id>".into(),
+                got: addrs.to_string(),
+            })?;
         nodes.insert(h.name.clone(), n);
     }
 
@@ -463,10 +479,15 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
     // Timeline.
     let t0 = Instant::now();
     let mut sent: Vec<Sent> = Vec::new();
+    let mut auditor = Auditor::default();
     for (i, step) in scenario.timeline.iter().enumerate() {
         let at = t0 + Duration::from_millis(step.at_ms);
-        if let Some(d) = at.checked_duration_since(Instant::now()) {
-            std::thread::sleep(d);
+        while Instant::now() < at {
+            if !sent.is_empty() {
+                auditor.poll(&nodes, bin, &gid, &sent)?;
+            }
+            let left = at.saturating_duration_since(Instant::now());
+            std::thread::sleep(left.min(Duration::from_millis(50)));
         }
         eprintln!(
             "netsim: t={} ms step {i}: {:?}",
@@ -496,10 +517,8 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
                 wait_keyed(&nodes, bin, &joined, &gid)?;
             }
             Action::KillRelay { relay } => {
-                if let Some(r) = relays.get_mut(relay) {
-                    if let Some(mut p) = r.proc_.take() {
-                        p.kill();
-                    }
+                if let Some(mut p) = relays.get_mut(relay).and_then(|r| r.proc_.take()) {
+                    p.kill();
                 }
             }
             Action::StartRelay { relay } => {
@@ -524,7 +543,7 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
     }
 
     // Audit.
-    report.messages = audit(&nodes, bin, &gid, &sent)?;
+    report.messages = auditor.finish(&nodes, bin, &gid, &sent)?;
     report.pairs = pairs(&nodes, bin, &joined)?;
     report.total_ms = started.elapsed().as_millis() as u64;
     report.finish();
@@ -624,18 +643,24 @@ fn send(n: &NodeProc, bin: &Path, gid: &str, channel: &str, text: &str) -> Resul
     })
 }
 
-/// Polls every member's history until every message arrived (or [`WAIT`] passed), then counts.
-fn audit(
-    nodes: &BTreeMap<String, NodeProc>,
-    bin: &Path,
-    gid: &str,
-    sent: &[Sent],
-) -> Result<Vec<MessageAudit>> {
-    let mut first_seen: BTreeMap<(usize, String), u64> = BTreeMap::new();
-    let mut counts: BTreeMap<(usize, String), usize> = BTreeMap::new();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        counts.clear();
+/// Watches every member's history: who has which sent message how many times, and when it was
+/// first seen. Polled between timeline steps and after the timeline, so the latency of a message
+/// is measured from its `send` returning to the first poll that found it at a member (a poll
+/// round takes one `history` CLI call per member and channel, ~10-30 ms each).
+#[derive(Debug, Default)]
+struct Auditor {
+    first_seen: BTreeMap<(usize, String), u64>,
+    counts: BTreeMap<(usize, String), usize>,
+}
+
+impl Auditor {
+    fn poll(
+        &mut self,
+        nodes: &BTreeMap<String, NodeProc>,
+        bin: &Path,
+        gid: &str,
+        sent: &[Sent],
+    ) -> Result<()> {
         let mut channels: Vec<&str> = sent.iter().map(|s| s.channel.as_str()).collect();
         channels.sort_unstable();
         channels.dedup();
@@ -651,43 +676,64 @@ fn audit(
                     .unwrap_or_default();
                 for (i, s) in sent.iter().enumerate().filter(|(_, s)| s.channel == *c) {
                     let k = texts.iter().filter(|t| **t == s.text).count();
-                    counts.insert((i, m.clone()), k);
+                    self.counts.insert((i, m.clone()), k);
                     if k > 0 {
-                        first_seen
+                        self.first_seen
                             .entry((i, m.clone()))
                             .or_insert_with(|| s.at.elapsed().as_millis() as u64);
                     }
                 }
             }
         }
-        let complete = sent.iter().enumerate().all(|(i, s)| {
+        Ok(())
+    }
+
+    fn complete(&self, sent: &[Sent]) -> bool {
+        sent.iter().enumerate().all(|(i, s)| {
             s.members
                 .iter()
-                .all(|m| counts.get(&(i, m.clone())).is_some_and(|k| *k >= 1))
-        });
-        if complete || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    Ok(sent
-        .iter()
-        .enumerate()
-        .map(|(i, s)| MessageAudit {
-            sender: s.sender.clone(),
-            channel: s.channel.clone(),
-            text: s.text.clone(),
-            receipts: s
-                .members
-                .iter()
-                .map(|m| Receipt {
-                    host: m.clone(),
-                    count: counts.get(&(i, m.clone())).copied().unwrap_or(0),
-                    latency_ms: first_seen.get(&(i, m.clone())).copied(),
-                })
-                .collect(),
+                .all(|m| self.counts.get(&(i, m.clone())).is_some_and(|k| *k >= 1))
         })
-        .collect())
+    }
+
+    /// Polls until every message reached every member (or [`WAIT`] passed), then a last round
+    /// after a short settle time so late duplicates are counted too.
+    fn finish(
+        mut self,
+        nodes: &BTreeMap<String, NodeProc>,
+        bin: &Path,
+        gid: &str,
+        sent: &[Sent],
+    ) -> Result<Vec<MessageAudit>> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.poll(nodes, bin, gid, sent)?;
+            if self.complete(sent) || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        self.poll(nodes, bin, gid, sent)?;
+        Ok(sent
+            .iter()
+            .enumerate()
+            .map(|(i, s)| MessageAudit {
+                sender: s.sender.clone(),
+                channel: s.channel.clone(),
+                text: s.text.clone(),
+                receipts: s
+                    .members
+                    .iter()
+                    .map(|m| Receipt {
+                        host: m.clone(),
+                        count: self.counts.get(&(i, m.clone())).copied().unwrap_or(0),
+                        latency_ms: self.first_seen.get(&(i, m.clone())).copied(),
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
 }
 
 /// The path between every pair of members, as each side sees it.
