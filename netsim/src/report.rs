@@ -200,3 +200,62 @@ impl Report {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        let mut r = Report::new("t", "scn000000", Path::new("/tmp/x"));
+        r.pairs.push(PairReport {
+            a: "alice".into(),
+            b: "bob".into(),
+            a_to_b: Some("relayed".into()),
+            b_to_a: None,
+        });
+        r.messages.push(MessageAudit {
+            sender: "alice".into(),
+            channel: "general".into(),
+            text: "hi #0".into(),
+            receipts: vec![
+                Receipt {
+                    host: "alice".into(),
+                    count: 1,
+                    latency_ms: Some(3),
+                },
+                Receipt {
+                    host: "bob".into(),
+                    count: 1,
+                    latency_ms: Some(12),
+                },
+            ],
+        });
+        r
+    }
+
+    #[test]
+    fn a_clean_run_passes() {
+        let mut r = report();
+        r.finish();
+        assert!(r.passed, "{:?}", r.failures);
+        let t = r.table();
+        assert!(t.contains("PASSED") && t.contains("bob:1x/12"), "{t}");
+    }
+
+    #[test]
+    fn lost_duplicated_and_unconnected_are_failures() {
+        let mut r = report();
+        r.messages[0].receipts[1].count = 0;
+        r.messages[0].receipts[0].count = 2;
+        r.pairs[0].a_to_b = None;
+        r.finish();
+        assert!(!r.passed);
+        assert_eq!(r.failures.len(), 3, "{:?}", r.failures);
+        assert!(r.failures[0].contains("not connected"));
+        assert!(r.failures[1].contains("alice has it 2 times"));
+        assert!(r.failures[2].contains("bob has it 0 times"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["passed"], false);
+        assert_eq!(json["messages"][0]["receipts"][1]["count"], 0);
+    }
+}

@@ -385,10 +385,12 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
         std::fs::create_dir_all(&dir)
             .map_err(|e| NetsimError::io(format!("creating {}", dir.display()), e))?;
         let kind = topo.router(&h.site).map_or(NatKind::None, |r| r.label);
-        let suffix = if kind == NatKind::Tcp443Only {
-            "/tcp/443/"
-        } else {
-            "/tcp/4001/"
+        // QUIC to the relay where UDP works: QUIC dials reuse the listening socket, so the
+        // relay observes the NAT mapping of the node's listen port, which hole punching needs.
+        let suffix = match kind {
+            NatKind::Tcp443Only => "/tcp/443/",
+            NatKind::UdpBlocked => "/tcp/4001/",
+            _ => "/udp/4001/quic-v1/",
         };
         let mut run_args = vec![
             "--listen".to_owned(),

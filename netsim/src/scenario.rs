@@ -40,6 +40,16 @@ pub enum ScenarioError {
         /// The value found.
         got: f64,
     },
+    /// Too many relays, sites or hosts for the address plan, or a site without hosts.
+    #[error("{what}: expected {expected}, got {got}")]
+    Size {
+        /// What is out of range.
+        what: String,
+        /// The allowed range.
+        expected: &'static str,
+        /// The count found.
+        got: usize,
+    },
     /// The timeline is not in time order.
     #[error("timeline step {index} at {at_ms} ms comes before the previous step")]
     TimelineOrder {
@@ -271,6 +281,28 @@ impl Scenario {
 
     /// Checks names, references, ranges and time order.
     pub fn validate(&self) -> Result<(), ScenarioError> {
+        let size = |what: String, expected, got| ScenarioError::Size {
+            what,
+            expected,
+            got,
+        };
+        // Address plan: relays 198.18.0.10+i, sites 198.18.1.(i+1) with LAN 10.(i+1).0.0/24,
+        // hosts 10.(i+1).0.(10+j).
+        if self.relays.len() > 200 {
+            return Err(size("relays".into(), "at most 200", self.relays.len()));
+        }
+        if self.sites.len() > 200 {
+            return Err(size("sites".into(), "at most 200", self.sites.len()));
+        }
+        for s in &self.sites {
+            if !(1..=200).contains(&s.hosts.len()) {
+                return Err(size(
+                    format!("hosts of site {:?}", s.name),
+                    "1 to 200",
+                    s.hosts.len(),
+                ));
+            }
+        }
         let mut names = BTreeSet::new();
         for r in &self.relays {
             check_name(r, &mut names)?;
@@ -410,6 +442,11 @@ relay = "relay1"
             Scenario::from_toml(&nat).unwrap_err(),
             ScenarioError::Parse(_)
         ));
+        let empty = EXAMPLE.replace("hosts = [\"bob\"]", "hosts = []");
+        assert_eq!(
+            Scenario::from_toml(&empty).unwrap_err().to_string(),
+            "hosts of site \"mobile\": expected 1 to 200, got 0"
+        );
         let name = EXAMPLE.replace("\"home\"", "\"Home Network\"");
         assert!(matches!(
             Scenario::from_toml(&name).unwrap_err(),

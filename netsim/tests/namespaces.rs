@@ -207,3 +207,50 @@ fn smoke_scenario_passes() {
         );
     });
 }
+
+/// `cleanup` removes a leftover netsim namespace (and the process inside) and nothing else.
+#[test]
+fn cleanup_removes_leftovers_of_a_crashed_run() {
+    if !can_run() {
+        return;
+    }
+    no_leaks(|| {
+        let leftover = "scn0c1ea7-inet";
+        let other = format!("netsim-keep-{}", std::process::id());
+        for ns in [leftover, other.as_str()] {
+            let s = Command::new("ip")
+                .args(["netns", "add", ns])
+                .status()
+                .unwrap();
+            assert!(s.success(), "ip netns add {ns}");
+        }
+        let mut sleeper = Command::new("ip")
+            .args(["netns", "exec", leftover, "sleep", "600"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let o = netsim().arg("cleanup").output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(leftover),
+            "{}",
+            text(&o)
+        );
+        let status = sleeper.wait().unwrap();
+        assert!(
+            !status.success(),
+            "the process inside was not killed: {status}"
+        );
+        let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let list = String::from_utf8_lossy(&list.stdout);
+        assert!(!list.contains(leftover), "{list}");
+        assert!(
+            list.contains(&other),
+            "cleanup removed a foreign namespace: {list}"
+        );
+        Command::new("ip")
+            .args(["netns", "del", &other])
+            .status()
+            .unwrap();
+    });
+}
