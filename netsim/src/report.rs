@@ -36,6 +36,10 @@ pub struct PairReport {
     pub a_to_b: Option<String>,
     /// Path as `b` sees it.
     pub b_to_a: Option<String>,
+    /// First time either side listed the other as connected, ms after every node was up.
+    pub first_connected_ms: Option<u64>,
+    /// First time either side listed a direct path, ms after every node was up.
+    pub first_direct_ms: Option<u64>,
 }
 
 impl PairReport {
@@ -162,15 +166,22 @@ impl Report {
                 o.filtering.map_or("-".into(), |f| format!("{f:?}")),
             );
         }
-        let _ = writeln!(s, "\n{:<12} {:<12} {:<10} {:<10}", "a", "b", "a->b", "b->a");
+        let _ = writeln!(
+            s,
+            "\n{:<12} {:<12} {:<10} {:<10} {:<14} first direct ms",
+            "a", "b", "a->b", "b->a", "first conn ms"
+        );
+        let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
         for p in &self.pairs {
             let _ = writeln!(
                 s,
-                "{:<12} {:<12} {:<10} {:<10}",
+                "{:<12} {:<12} {:<10} {:<10} {:<14} {}",
                 p.a,
                 p.b,
                 p.a_to_b.as_deref().unwrap_or("none"),
-                p.b_to_a.as_deref().unwrap_or("none")
+                p.b_to_a.as_deref().unwrap_or("none"),
+                ms(p.first_connected_ms),
+                ms(p.first_direct_ms)
             );
         }
         let _ = writeln!(
@@ -212,6 +223,8 @@ mod tests {
             b: "bob".into(),
             a_to_b: Some("relayed".into()),
             b_to_a: None,
+            first_connected_ms: Some(120),
+            first_direct_ms: None,
         });
         r.messages.push(MessageAudit {
             sender: "alice".into(),

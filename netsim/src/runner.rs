@@ -437,6 +437,8 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
         nodes.insert(h.name.clone(), n);
     }
 
+    let watcher = PathWatcher::start(&nodes, bin_of(opts));
+
     // Guild.
     let members = scenario.initial_members();
     let owner_name = scenario.owner().unwrap_or_default().to_owned();
@@ -546,7 +548,8 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
 
     // Audit.
     report.messages = auditor.finish(&nodes, bin, &gid, &sent)?;
-    report.pairs = pairs(&nodes, bin, &joined)?;
+    let times = watcher.stop();
+    report.pairs = pairs(&nodes, bin, &joined, &times)?;
     report.total_ms = started.elapsed().as_millis() as u64;
     report.finish();
     drop(nodes);
@@ -738,11 +741,90 @@ impl Auditor {
     }
 }
 
+fn bin_of(opts: &RunOptions) -> PathBuf {
+    opts.node_bin.clone()
+}
+
+/// When each pair (keyed by names in host order) was first seen connected and direct.
+#[derive(Debug, Default, Clone)]
+struct PairTimes {
+    connected: BTreeMap<(String, String), u64>,
+    direct: BTreeMap<(String, String), u64>,
+}
+
+/// A thread polling every node's `peers` every 250 ms from the moment all nodes are up, so the
+/// report can say when each pair first connected and first went direct (precision: one poll
+/// round, 250 ms plus one CLI call per node).
+#[derive(Debug)]
+struct PathWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<PairTimes>,
+}
+
+impl PathWatcher {
+    fn start(nodes: &BTreeMap<String, NodeProc>, bin: PathBuf) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // (name, data dir, peer id), in host order.
+        let list: Vec<(String, PathBuf, String)> = nodes
+            .values()
+            .map(|n| (n.name.clone(), n.dir.join("data"), n.peer_id.clone()))
+            .collect();
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut times = PairTimes::default();
+            while !flag.load(Ordering::SeqCst) {
+                for (name, dir, _) in &list {
+                    let Ok(o) = sys::output(
+                        Command::new(&bin)
+                            .env("SECURECOMM_PASSPHRASE", PASS)
+                            .arg("--data-dir")
+                            .arg(dir)
+                            .args(["--json", "peers"]),
+                    ) else {
+                        continue;
+                    };
+                    let Ok(v) = serde_json::from_slice::<Value>(&o.stdout) else {
+                        continue;
+                    };
+                    let now = t0.elapsed().as_millis() as u64;
+                    for p in v.as_array().into_iter().flatten() {
+                        let Some((other, _, _)) =
+                            list.iter().find(|(_, _, id)| p["peer"] == id.as_str())
+                        else {
+                            continue;
+                        };
+                        let key = if name < other {
+                            (name.clone(), other.clone())
+                        } else {
+                            (other.clone(), name.clone())
+                        };
+                        times.connected.entry(key.clone()).or_insert(now);
+                        if p["path"] == "direct" {
+                            times.direct.entry(key).or_insert(now);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            times
+        });
+        Self { stop, handle }
+    }
+
+    fn stop(self) -> PairTimes {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.join().unwrap_or_default()
+    }
+}
+
 /// The path between every pair of members, as each side sees it.
 fn pairs(
     nodes: &BTreeMap<String, NodeProc>,
     bin: &Path,
     members: &[String],
+    times: &PairTimes,
 ) -> Result<Vec<PairReport>> {
     let mut views: BTreeMap<String, Value> = BTreeMap::new();
     for m in members {
@@ -756,11 +838,18 @@ fn pairs(
     let mut out = Vec::new();
     for (i, a) in members.iter().enumerate() {
         for b in members.iter().skip(i + 1) {
+            let key = if a < b {
+                (a.clone(), b.clone())
+            } else {
+                (b.clone(), a.clone())
+            };
             out.push(PairReport {
                 a: a.clone(),
                 b: b.clone(),
                 a_to_b: path(a, node(nodes, b)?),
                 b_to_a: path(b, node(nodes, a)?),
+                first_connected_ms: times.connected.get(&key).copied(),
+                first_direct_ms: times.direct.get(&key).copied(),
             });
         }
     }
