@@ -2,8 +2,23 @@
 //!
 //! A scenario file (TOML) describes an "internet" segment with public relays and sites behind NAT
 //! routers, link impairments, and a timeline of actions and faults. The harness builds that
-//! topology in Linux network namespaces and runs the real `securecomm-relay` and
-//! `securecomm-node` binaries in it. This module holds the scenario model and its validation;
-//! the namespace builder and runner build on it.
+//! topology in Linux network namespaces ([`topology`]), configures each router's NAT with
+//! nftables ([`nat`]), proves each router behaves as labelled with UDP/TCP probes from two public
+//! probe hosts ([`probe`]), runs the real `securecomm-relay` and `securecomm-node` binaries in it,
+//! plays the timeline and audits every message ([`runner`]), and reports ([`report`]).
+//!
+//! Cleanup: every namespace is named with a unique per-run prefix and registered before it is
+//! created; dropping the [`topology::Topology`] or receiving SIGINT/SIGTERM removes them with
+//! every process inside; `securecomm-netsim cleanup` removes leftovers of crashed runs.
+//!
+//! Not yet implemented: link impairment (parsed, warned about, ignored), the `flush-nat` and
+//! `change-address` actions (refused before the run starts).
 
+pub mod error;
+pub mod nat;
+pub mod probe;
+pub mod report;
+pub mod runner;
 pub mod scenario;
+pub mod sys;
+pub mod topology;

@@ -40,6 +40,16 @@ pub enum ScenarioError {
         /// The value found.
         got: f64,
     },
+    /// Too many relays, sites or hosts for the address plan, or a site without hosts.
+    #[error("{what}: expected {expected}, got {got}")]
+    Size {
+        /// What is out of range.
+        what: String,
+        /// The allowed range.
+        expected: &'static str,
+        /// The count found.
+        got: usize,
+    },
     /// The timeline is not in time order.
     #[error("timeline step {index} at {at_ms} ms comes before the previous step")]
     TimelineOrder {
@@ -148,6 +158,11 @@ pub enum Action {
         /// The site.
         site: String,
     },
+    /// Have a host join the guild (with a fresh invite from the owner).
+    Join {
+        /// The joining host.
+        host: String,
+    },
     /// Have a host send a text message to a channel.
     Send {
         /// The sending host.
@@ -159,10 +174,24 @@ pub enum Action {
     },
 }
 
+/// The guild the scenario's nodes share.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GuildSpec {
+    /// The host that creates the guild and issues invites.
+    pub owner: String,
+    /// Hosts that join before the timeline starts (default: every host).
+    #[serde(default)]
+    pub members: Option<Vec<String>>,
+}
+
 /// A whole scenario.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
+    /// The shared guild (default: owned by the first host, every host a member).
+    #[serde(default)]
+    pub guild: Option<GuildSpec>,
     /// Relays on the internet segment.
     pub relays: Vec<String>,
     /// Sites behind routers.
@@ -209,6 +238,40 @@ fn check_impairment(link: &str, i: &Impairment) -> Result<(), ScenarioError> {
 }
 
 impl Scenario {
+    /// The guild owner: the configured one, or the first host.
+    pub fn owner(&self) -> Option<&str> {
+        match &self.guild {
+            Some(g) => Some(g.owner.as_str()),
+            None => self
+                .sites
+                .iter()
+                .flat_map(|s| &s.hosts)
+                .next()
+                .map(String::as_str),
+        }
+    }
+
+    /// Hosts in the guild before the timeline starts, owner first.
+    pub fn initial_members(&self) -> Vec<String> {
+        let all: Vec<String> = self.sites.iter().flat_map(|s| s.hosts.clone()).collect();
+        let owner = self.owner().map(str::to_owned);
+        let mut out: Vec<String> = owner.iter().cloned().collect();
+        let listed = self
+            .guild
+            .as_ref()
+            .and_then(|g| g.members.clone())
+            .unwrap_or(all);
+        out.extend(listed.into_iter().filter(|h| Some(h) != owner.as_ref()));
+        out
+    }
+
+    /// The site of a host.
+    pub fn site_of(&self, host: &str) -> Option<&Site> {
+        self.sites
+            .iter()
+            .find(|s| s.hosts.iter().any(|h| h == host))
+    }
+
     /// Parses and validates a scenario file.
     pub fn from_toml(text: &str) -> Result<Self, ScenarioError> {
         let s: Self = toml::from_str(text)?;
@@ -218,6 +281,28 @@ impl Scenario {
 
     /// Checks names, references, ranges and time order.
     pub fn validate(&self) -> Result<(), ScenarioError> {
+        let size = |what: String, expected, got| ScenarioError::Size {
+            what,
+            expected,
+            got,
+        };
+        // Address plan: relays 198.18.0.10+i, sites 198.18.1.(i+1) with LAN 10.(i+1).0.0/24,
+        // hosts 10.(i+1).0.(10+j).
+        if self.relays.len() > 200 {
+            return Err(size("relays".into(), "at most 200", self.relays.len()));
+        }
+        if self.sites.len() > 200 {
+            return Err(size("sites".into(), "at most 200", self.sites.len()));
+        }
+        for s in &self.sites {
+            if !(1..=200).contains(&s.hosts.len()) {
+                return Err(size(
+                    format!("hosts of site {:?}", s.name),
+                    "1 to 200",
+                    s.hosts.len(),
+                ));
+            }
+        }
         let mut names = BTreeSet::new();
         for r in &self.relays {
             check_name(r, &mut names)?;
@@ -229,6 +314,18 @@ impl Scenario {
             for h in &s.hosts {
                 check_name(h, &mut names)?;
                 hosts.insert(h.clone());
+            }
+        }
+        if let Some(g) = &self.guild {
+            let refs = std::iter::once(&g.owner).chain(g.members.iter().flatten());
+            for h in refs {
+                if !hosts.contains(h) {
+                    return Err(ScenarioError::UnknownRef {
+                        context: "guild".into(),
+                        kind: "host",
+                        name: h.clone(),
+                    });
+                }
             }
         }
         let relays: BTreeSet<&String> = self.relays.iter().collect();
@@ -262,7 +359,7 @@ impl Scenario {
                 {
                     return Err(missing("site", site));
                 }
-                Action::Send { host, .. } if !hosts.contains(host) => {
+                Action::Send { host, .. } | Action::Join { host } if !hosts.contains(host) => {
                     return Err(missing("host", host));
                 }
                 _ => {}
@@ -345,6 +442,11 @@ relay = "relay1"
             Scenario::from_toml(&nat).unwrap_err(),
             ScenarioError::Parse(_)
         ));
+        let empty = EXAMPLE.replace("hosts = [\"bob\"]", "hosts = []");
+        assert_eq!(
+            Scenario::from_toml(&empty).unwrap_err().to_string(),
+            "hosts of site \"mobile\": expected 1 to 200, got 0"
+        );
         let name = EXAMPLE.replace("\"home\"", "\"Home Network\"");
         assert!(matches!(
             Scenario::from_toml(&name).unwrap_err(),

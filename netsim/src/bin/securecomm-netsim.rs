@@ -1,0 +1,189 @@
+//! `securecomm-netsim`: build a SecureComm network in Linux namespaces and run a scenario.
+//!
+//! ```text
+//! securecomm-netsim run SCENARIO.toml [--json FILE] [--keep]     # exit 1 if an assertion fails
+//! securecomm-netsim selftest SCENARIO.toml [--apply SITE=NAT]...  # build, probe every router, tear down
+//! securecomm-netsim cleanup                                        # remove leftovers of crashed runs
+//! ```
+//! Needs root, `ip` and `nft`. Binaries: `$SECURECOMM_NODE_BIN`, `$SECURECOMM_RELAY_BIN`, or next
+//! to this executable.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use securecomm_netsim::error::{NetsimError, Result};
+use securecomm_netsim::runner::{self, RunOptions};
+use securecomm_netsim::scenario::{NatKind, Scenario};
+use securecomm_netsim::{probe, sys, topology};
+
+#[derive(Parser)]
+#[command(
+    name = "securecomm-netsim",
+    version,
+    about = "SecureComm network simulation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a scenario and report; exits non-zero if any assertion fails.
+    Run {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// Also write the JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Keep logs and data even on success.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Build the topology, run the NAT self-test, tear down.
+    Selftest {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// Configure SITE with NAT kind KIND while keeping its label (to test the self-test).
+        #[arg(long, value_name = "SITE=KIND")]
+        apply: Vec<String>,
+    },
+    /// Remove every netsim namespace (and the processes inside) left by crashed runs.
+    Cleanup,
+    /// Probe programs used by the self-test (inside namespaces).
+    #[command(hide = true)]
+    Probe {
+        #[command(subcommand)]
+        action: ProbeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProbeCmd {
+    /// Probe server.
+    Serve {
+        #[arg(long)]
+        ip: std::net::Ipv4Addr,
+        #[arg(long)]
+        peer: std::net::Ipv4Addr,
+    },
+    /// Probe client: prints the observation as JSON.
+    Client {
+        #[arg(long)]
+        p1: std::net::Ipv4Addr,
+        #[arg(long)]
+        p2: std::net::Ipv4Addr,
+    },
+}
+
+fn load(path: &PathBuf) -> Result<(Scenario, String)> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| NetsimError::io(format!("reading {}", path.display()), e))?;
+    let name = path
+        .file_stem()
+        .map_or("scenario".into(), |s| s.to_string_lossy().into_owned());
+    Ok((Scenario::from_toml(&text)?, name))
+}
+
+fn options(overrides: Vec<(String, NatKind)>, keep: bool) -> Result<RunOptions> {
+    Ok(RunOptions {
+        node_bin: runner::locate_binary("SECURECOMM_NODE_BIN", "securecomm-node")?,
+        relay_bin: runner::locate_binary("SECURECOMM_RELAY_BIN", "securecomm-relay")?,
+        self_bin: std::env::current_exe().map_err(|e| NetsimError::io("finding current_exe", e))?,
+        overrides,
+        keep,
+    })
+}
+
+fn parse_apply(s: &str) -> Result<(String, NatKind)> {
+    let bad = || NetsimError::Unexpected {
+        what: "--apply".into(),
+        expected: "SITE=KIND (e.g. home=full-cone)".into(),
+        got: s.to_owned(),
+    };
+    let (site, kind) = s.split_once('=').ok_or_else(bad)?;
+    let kind: NatKind =
+        serde_json::from_value(serde_json::Value::String(kind.to_owned())).map_err(|_| bad())?;
+    Ok((site.to_owned(), kind))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("securecomm-netsim: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Cmd::Run {
+            scenario,
+            json,
+            keep,
+        } => {
+            let (s, name) = load(&scenario)?;
+            let opts = options(Vec::new(), keep)?;
+            topology::install_signal_handler()?;
+            let report = runner::run(&s, &name, &opts)?;
+            print!("{}", report.table());
+            let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+            if let Some(p) = json {
+                std::fs::write(&p, text)
+                    .map_err(|e| NetsimError::io(format!("writing {}", p.display()), e))?;
+            }
+            Ok(if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("logs kept in {}", report.run_dir);
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Selftest { scenario, apply } => {
+            let (s, _) = load(&scenario)?;
+            let overrides = apply
+                .iter()
+                .map(|a| parse_apply(a))
+                .collect::<Result<Vec<_>>>()?;
+            sys::check_environment()?;
+            topology::install_signal_handler()?;
+            let prefix = topology::new_prefix();
+            let topo = topology::Topology::build(&s, &prefix, &overrides)?;
+            let self_bin =
+                std::env::current_exe().map_err(|e| NetsimError::io("finding current_exe", e))?;
+            let results = runner::self_test(&topo, &self_bin)?;
+            for r in results {
+                println!(
+                    "{:<12} {:<18} ok {}",
+                    r.site,
+                    format!("{:?}", r.label),
+                    serde_json::to_string(&r.observed).unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cleanup => {
+            for ns in topology::cleanup_all()? {
+                println!("removed {ns}");
+            }
+            let dir = std::env::temp_dir().join("securecomm-netsim");
+            let _ = std::fs::remove_dir_all(dir);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe { action } => match action {
+            ProbeCmd::Serve { ip, peer } => {
+                probe::serve(ip, peer)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            ProbeCmd::Client { p1, p2 } => {
+                let o = probe::observe(p1, p2)?;
+                println!("{}", serde_json::to_string(&o).unwrap_or_default());
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+    }
+}

@@ -1,0 +1,274 @@
+//! The run report: NAT self-test observations, per-pair paths, the message audit, timings; as
+//! JSON and as a readable table.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::probe::Observation;
+use crate::scenario::NatKind;
+
+/// One router's self-test.
+#[derive(Debug, Clone, Serialize)]
+pub struct SelfTestReport {
+    /// Site.
+    pub site: String,
+    /// Its label.
+    #[serde(serialize_with = "debug_str")]
+    pub label: NatKind,
+    /// What the probes saw.
+    pub observed: Observation,
+}
+
+fn debug_str<S: serde::Serializer, T: std::fmt::Debug>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:?}"))
+}
+
+/// The connection between two members, as each side reports it (`direct`, `relayed`, or none).
+#[derive(Debug, Clone, Serialize)]
+pub struct PairReport {
+    /// First host.
+    pub a: String,
+    /// Second host.
+    pub b: String,
+    /// Path as `a` sees it.
+    pub a_to_b: Option<String>,
+    /// Path as `b` sees it.
+    pub b_to_a: Option<String>,
+    /// First time either side listed the other as connected, ms after every node was up.
+    pub first_connected_ms: Option<u64>,
+    /// First time either side listed a direct path, ms after every node was up.
+    pub first_direct_ms: Option<u64>,
+}
+
+impl PairReport {
+    /// Whether either side has a connection.
+    pub fn connected(&self) -> bool {
+        self.a_to_b.is_some() || self.b_to_a.is_some()
+    }
+}
+
+/// One member's receipt of one message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Receipt {
+    /// The member.
+    pub host: String,
+    /// How many times the message is in its history (must be 1).
+    pub count: usize,
+    /// From `send` returning to the first audit poll that found it (poll rounds take tens of ms).
+    pub latency_ms: Option<u64>,
+}
+
+/// One sent message and who got it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageAudit {
+    /// Sender.
+    pub sender: String,
+    /// Channel.
+    pub channel: String,
+    /// Text (with its ` #<step>` suffix).
+    pub text: String,
+    /// Every member that should have it (the sender included).
+    pub receipts: Vec<Receipt>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Run prefix (namespace names).
+    pub prefix: String,
+    /// Run directory (logs and data; kept on failure).
+    pub run_dir: String,
+    /// NAT self-test.
+    pub selftest: Vec<SelfTestReport>,
+    /// Topology built and self-tested, ms from start.
+    pub build_ms: u64,
+    /// Guild keyed, ms from start.
+    pub setup_ms: u64,
+    /// Whole run, ms.
+    pub total_ms: u64,
+    /// Pairs of members.
+    pub pairs: Vec<PairReport>,
+    /// Message audit.
+    pub messages: Vec<MessageAudit>,
+    /// Every failed assertion.
+    pub failures: Vec<String>,
+    /// No failures.
+    pub passed: bool,
+}
+
+impl Report {
+    /// An empty report.
+    pub fn new(scenario: &str, prefix: &str, run_dir: &Path) -> Self {
+        Self {
+            scenario: scenario.to_owned(),
+            prefix: prefix.to_owned(),
+            run_dir: run_dir.display().to_string(),
+            selftest: Vec::new(),
+            build_ms: 0,
+            setup_ms: 0,
+            total_ms: 0,
+            pairs: Vec::new(),
+            messages: Vec::new(),
+            failures: Vec::new(),
+            passed: false,
+        }
+    }
+
+    /// Evaluates the assertions: every pair connected, every message exactly once everywhere.
+    pub fn finish(&mut self) {
+        self.failures.clear();
+        for p in &self.pairs {
+            if !p.connected() {
+                self.failures
+                    .push(format!("{} and {} are not connected", p.a, p.b));
+            }
+        }
+        for m in &self.messages {
+            for r in &m.receipts {
+                if r.count != 1 {
+                    self.failures.push(format!(
+                        "{:?} from {}: {} has it {} times, expected exactly once",
+                        m.text, m.sender, r.host, r.count
+                    ));
+                }
+            }
+        }
+        self.passed = self.failures.is_empty();
+    }
+
+    /// A readable table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "scenario {} (run {})", self.scenario, self.prefix);
+        let _ = writeln!(
+            s,
+            "timings: topology+self-test {} ms, guild keyed {} ms, total {} ms",
+            self.build_ms, self.setup_ms, self.total_ms
+        );
+        let _ = writeln!(
+            s,
+            "\n{:<12} {:<18} {:<10} {:<24} filtering",
+            "site", "label", "udp", "mapping"
+        );
+        for t in &self.selftest {
+            let o = &t.observed;
+            let _ = writeln!(
+                s,
+                "{:<12} {:<18} {:<10} {:<24} {}",
+                t.site,
+                format!("{:?}", t.label),
+                o.udp,
+                o.mapping.map_or("-".into(), |m| format!("{m:?}")),
+                o.filtering.map_or("-".into(), |f| format!("{f:?}")),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n{:<12} {:<12} {:<10} {:<10} {:<14} first direct ms",
+            "a", "b", "a->b", "b->a", "first conn ms"
+        );
+        let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+        for p in &self.pairs {
+            let _ = writeln!(
+                s,
+                "{:<12} {:<12} {:<10} {:<10} {:<14} {}",
+                p.a,
+                p.b,
+                p.a_to_b.as_deref().unwrap_or("none"),
+                p.b_to_a.as_deref().unwrap_or("none"),
+                ms(p.first_connected_ms),
+                ms(p.first_direct_ms)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n{:<30} {:<10} receipts (count, latency ms)",
+            "message", "sender"
+        );
+        for m in &self.messages {
+            let r: Vec<String> = m
+                .receipts
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}:{}x/{}",
+                        r.host,
+                        r.count,
+                        r.latency_ms.map_or("-".into(), |l| l.to_string())
+                    )
+                })
+                .collect();
+            let _ = writeln!(s, "{:<30} {:<10} {}", m.text, m.sender, r.join(" "));
+        }
+        let _ = writeln!(s, "\n{}", if self.passed { "PASSED" } else { "FAILED:" });
+        for f in &self.failures {
+            let _ = writeln!(s, "  - {f}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        let mut r = Report::new("t", "scn000000", Path::new("/tmp/x"));
+        r.pairs.push(PairReport {
+            a: "alice".into(),
+            b: "bob".into(),
+            a_to_b: Some("relayed".into()),
+            b_to_a: None,
+            first_connected_ms: Some(120),
+            first_direct_ms: None,
+        });
+        r.messages.push(MessageAudit {
+            sender: "alice".into(),
+            channel: "general".into(),
+            text: "hi #0".into(),
+            receipts: vec![
+                Receipt {
+                    host: "alice".into(),
+                    count: 1,
+                    latency_ms: Some(3),
+                },
+                Receipt {
+                    host: "bob".into(),
+                    count: 1,
+                    latency_ms: Some(12),
+                },
+            ],
+        });
+        r
+    }
+
+    #[test]
+    fn a_clean_run_passes() {
+        let mut r = report();
+        r.finish();
+        assert!(r.passed, "{:?}", r.failures);
+        let t = r.table();
+        assert!(t.contains("PASSED") && t.contains("bob:1x/12"), "{t}");
+    }
+
+    #[test]
+    fn lost_duplicated_and_unconnected_are_failures() {
+        let mut r = report();
+        r.messages[0].receipts[1].count = 0;
+        r.messages[0].receipts[0].count = 2;
+        r.pairs[0].a_to_b = None;
+        r.finish();
+        assert!(!r.passed);
+        assert_eq!(r.failures.len(), 3, "{:?}", r.failures);
+        assert!(r.failures[0].contains("not connected"));
+        assert!(r.failures[1].contains("alice has it 2 times"));
+        assert!(r.failures[2].contains("bob has it 0 times"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["passed"], false);
+        assert_eq!(json["messages"][0]["receipts"][1]["count"], 0);
+    }
+}
