@@ -170,13 +170,7 @@ impl Encode for DmResponse {
             Self::Delivered => w.u8(2),
             Self::Refused(reason) => {
                 w.u8(3);
-                let cut = reason
-                    .char_indices()
-                    .map(|(i, c)| i + c.len_utf8())
-                    .take_while(|&end| end <= MAX_REASON)
-                    .last()
-                    .unwrap_or(0);
-                w.bytes16(reason.get(..cut).unwrap_or("").as_bytes());
+                super::wire::put_reason(w, reason, MAX_REASON);
             }
         }
     }
@@ -194,12 +188,7 @@ impl Decode for DmResponse {
                 ))
             }
             2 => Ok(Self::Delivered),
-            3 => {
-                let b = r.bytes16("refusal reason", MAX_REASON)?;
-                Ok(Self::Refused(String::from_utf8(b.to_vec()).map_err(
-                    |_| DecodeError::Invalid("refusal reason (not UTF-8)"),
-                )?))
-            }
+            3 => Ok(Self::Refused(super::wire::get_reason(r, MAX_REASON)?)),
             got => Err(DecodeError::UnknownTag {
                 what: "DM response",
                 got: u64::from(got),

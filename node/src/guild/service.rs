@@ -1261,13 +1261,7 @@ impl GuildService {
         if due.is_empty() {
             return;
         }
-        let connected: HashSet<PeerId> = self
-            .inner
-            .net
-            .peers()
-            .await
-            .map(|v| v.into_iter().map(|p| p.peer).collect())
-            .unwrap_or_default();
+        let connected = self.connected().await;
         for (gid, sender) in due {
             let Some(peer) = peer_of(&sender).filter(|p| connected.contains(p)) else {
                 continue;
@@ -1501,13 +1495,7 @@ impl GuildService {
         }
         let devices = self.devices_of_user(&target)?;
         let with_session = self.with_engine(|_, db| dm::devices_with_sessions(db.conn()))??;
-        let connected: HashSet<PeerId> = self
-            .inner
-            .net
-            .peers()
-            .await
-            .map(|v| v.into_iter().map(|p| p.peer).collect())
-            .unwrap_or_default();
+        let connected = self.connected().await;
         let mut targets = Vec::new();
         for d in devices {
             if with_session.contains(&d) {
@@ -1576,13 +1564,7 @@ impl GuildService {
         if due.is_empty() {
             return;
         }
-        let connected: HashSet<PeerId> = self
-            .inner
-            .net
-            .peers()
-            .await
-            .map(|v| v.into_iter().map(|p| p.peer).collect())
-            .unwrap_or_default();
+        let connected = self.connected().await;
         for d in due {
             let state = match peer_of(&d.device).filter(|p| connected.contains(p)) {
                 Some(peer) => matches!(

@@ -73,6 +73,23 @@ fn strict<T>(
     f(bytes).map_err(|_| DecodeError::Invalid(what))
 }
 
+/// Writes a refusal reason, cut at a character boundary to at most `max` bytes.
+pub(crate) fn put_reason(w: &mut Writer, reason: &str, max: usize) {
+    let cut = reason
+        .char_indices()
+        .map(|(i, c)| i + c.len_utf8())
+        .take_while(|&end| end <= max)
+        .last()
+        .unwrap_or(0);
+    w.bytes16(reason.get(..cut).unwrap_or("").as_bytes());
+}
+
+/// Reads a refusal reason written by [`put_reason`] (UTF-8, at most `max` bytes).
+pub(crate) fn get_reason(r: &mut Reader<'_>, max: usize) -> Result<String, DecodeError> {
+    String::from_utf8(r.bytes16("refusal reason", max)?.to_vec())
+        .map_err(|_| DecodeError::Invalid("refusal reason (not UTF-8)"))
+}
+
 // ---------------------------------------------------------------------------------- log
 
 /// One entry of a guild's causal log.
@@ -382,13 +399,7 @@ impl Encode for DirectResponse {
             Self::Welcome => w.u8(2),
             Self::Refused(reason) => {
                 w.u8(3);
-                let cut = reason
-                    .char_indices()
-                    .map(|(i, c)| i + c.len_utf8())
-                    .take_while(|&end| end <= MAX_REASON)
-                    .last()
-                    .unwrap_or(0);
-                w.bytes16(reason.get(..cut).unwrap_or("").as_bytes());
+                put_reason(w, reason, MAX_REASON);
             }
         }
     }
@@ -421,11 +432,7 @@ impl Decode for DirectResponse {
                 })
             }
             2 => Ok(Self::Welcome),
-            3 => {
-                let reason = String::from_utf8(r.bytes16("refusal", MAX_REASON)?.to_vec())
-                    .map_err(|_| DecodeError::Invalid("refusal (not UTF-8)"))?;
-                Ok(Self::Refused(reason))
-            }
+            3 => Ok(Self::Refused(get_reason(r, MAX_REASON)?)),
             got => Err(DecodeError::UnknownTag {
                 what: "guild direct response",
                 got: u64::from(got),
