@@ -111,6 +111,12 @@ pub fn cleanup_all() -> Result<Vec<String>> {
     Ok(removed)
 }
 
+/// Whether a SIGINT/SIGTERM arrived: the handler thread is cleaning up and will exit the process
+/// with status 130, so the main thread must not exit first with its own status.
+pub fn interrupted() -> bool {
+    SHUTTING_DOWN.load(Ordering::SeqCst)
+}
+
 /// Installs a SIGINT/SIGTERM handler (on its own thread) that removes every registered
 /// namespace and its processes, then exits with status 130. Call once, early.
 pub fn install_signal_handler() -> Result<()> {

@@ -110,13 +110,22 @@ fn parse_apply(s: &str) -> Result<(String, NatKind)> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match real_main(cli) {
+    let code = match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("securecomm-netsim: {e}");
+            if !topology::interrupted() {
+                eprintln!("securecomm-netsim: {e}");
+            }
             ExitCode::from(2)
         }
+    };
+    // An interrupt's cleanup kills the commands the run was waiting for, so the run may end
+    // with an error while the handler is still removing namespaces: let the handler finish and
+    // exit with 130.
+    while topology::interrupted() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    code
 }
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
