@@ -2022,26 +2022,8 @@ impl GuildService {
                     sender, message, ..
                 }) => match self.user_of_device(&sender) {
                     None => true,
-                    Some(user) => {
-                        let r = self.with_engine(|_, db| {
-                            dm::receive(
-                                db,
-                                &self.inner.dm.me,
-                                &sender,
-                                &user.to_bytes(),
-                                &message,
-                                engine::now_ms(),
-                            )
-                        });
-                        match r {
-                            Ok(Ok(dm::Received::New(m))) => {
-                                self.emit(GuildEvent::Dm(m));
-                                true
-                            }
-                            Ok(Ok(dm::Received::Duplicate)) | Ok(Err(_)) => true,
-                            Err(_) => false,
-                        }
-                    }
+                    // Stored, already held, or never readable: done with it either way.
+                    Some(user) => self.take_dm(&sender, &user, &message).is_ok(),
                 },
             };
             if done {
@@ -2057,6 +2039,34 @@ impl GuildService {
                 .await;
         }
         more.then_some(last)
+    }
+
+    /// Decrypts and stores a DM from `device` of `user` and announces it if new. The outer
+    /// error is this node's (database, lock); the inner one says the DM itself was refused.
+    fn take_dm(
+        &self,
+        device: &DevicePublicKey,
+        user: &RootPublicKey,
+        bytes: &[u8],
+    ) -> Result<Result<(), GuildError>, GuildError> {
+        let r = self.with_engine(|_, db| {
+            dm::receive(
+                db,
+                &self.inner.dm.me,
+                device,
+                &user.to_bytes(),
+                bytes,
+                engine::now_ms(),
+            )
+        })?;
+        Ok(match r {
+            Ok(dm::Received::New(m)) => {
+                self.emit(GuildEvent::Dm(m));
+                Ok(())
+            }
+            Ok(dm::Received::Duplicate) => Ok(()),
+            Err(e) => Err(e),
+        })
     }
 
     /// Answers a DM request from a connected device.
@@ -2079,30 +2089,14 @@ impl GuildService {
                     _ => refused("internal error"),
                 }
             }
-            DmRequest::Deliver(bytes) => {
-                let r = self.with_engine(|_, db| {
-                    dm::receive(
-                        db,
-                        &self.inner.dm.me,
-                        &device,
-                        &user.to_bytes(),
-                        &bytes,
-                        engine::now_ms(),
-                    )
-                });
-                match r {
-                    Ok(Ok(dm::Received::New(m))) => {
-                        self.emit(GuildEvent::Dm(m));
-                        DmResponse::Delivered
-                    }
-                    Ok(Ok(dm::Received::Duplicate)) => DmResponse::Delivered,
-                    Ok(Err(e)) => {
-                        tracing::info!(%peer, error = %e, "direct message refused");
-                        refused("does not decrypt")
-                    }
-                    Err(_) => refused("internal error"),
+            DmRequest::Deliver(bytes) => match self.take_dm(&device, &user, &bytes) {
+                Ok(Ok(())) => DmResponse::Delivered,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "direct message refused");
+                    refused("does not decrypt")
                 }
-            }
+                Err(_) => refused("internal error"),
+            },
         }
     }
 
