@@ -354,7 +354,8 @@ fn a_kicked_member_reads_nothing_sent_after_the_kick() {
 
 /// `kill -9` in the middle of a burst of sends: every send the node acknowledged is in its
 /// history after a restart; the restarted node reconnects to the other member (at the address
-/// it stored) and what it sends then arrives. (Gossip is live-only: a publication gossipsub had
+/// it stored) and what it sends then arrives; the reader holds nothing the sender did not store
+/// except, possibly, the one unacknowledged send in flight at the kill. (Gossip is live-only: a publication gossipsub had
 /// taken but not yet written to the socket when the process died reaches other members only
 /// once history sync exists, so the reader's count is reported, not asserted.)
 #[test]
@@ -420,10 +421,17 @@ fn kill_9_during_a_burst_keeps_every_acknowledged_message() {
         },
     );
     let got: Vec<String> = b.texts(&gid, "general").into_iter().map(|x| x.1).collect();
+    // A send publishes before it commits (its ratchet index and sequence number were reserved
+    // durably first), so the one send in flight at the kill may have reached the reader without
+    // being stored or acknowledged by the sender. Nothing else may differ.
+    let in_flight = format!("burst message {}", acked.len());
+    let extra: Vec<&String> = got
+        .iter()
+        .filter(|t| *t != "after the restart" && !have.contains(t))
+        .collect();
     assert!(
-        got.iter()
-            .all(|t| t == "after the restart" || have.contains(t)),
-        "the reader has messages the sender never stored"
+        extra.iter().all(|t| **t == in_flight),
+        "the reader has messages the sender never stored, beyond the one in flight: {extra:?}"
     );
     eprintln!(
         "kill -9: {} sends acknowledged, all kept by the sender; the reader has {} of them",
