@@ -327,7 +327,7 @@ fn dm_list_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
         "User id",
         egui::TextEdit::singleline(&mut s.new_dm).desired_width(110.0),
     );
-    if ui.button("Message").clicked() {
+    if ui.button("Open DM").clicked() {
         cmds.extend(s.on_new_dm());
     }
     ui.separator();
@@ -396,6 +396,10 @@ fn composer_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
         ui.add(
             egui::TextEdit::multiline(&mut s.composer)
                 .id(id)
+                .return_key(egui::KeyboardShortcut::new(
+                    egui::Modifiers::SHIFT,
+                    Key::Enter,
+                ))
                 .hint_text(hint)
                 .desired_rows(2)
                 .desired_width(f32::INFINITY),
@@ -454,7 +458,7 @@ fn row_ui(ui: &mut egui::Ui, row: &Row) {
         Row::Code(text) => {
             ui.add(
                 egui::Label::new(
-                    RichText::new(if text.is_empty() { " " } else { text })
+                    RichText::new(if text.is_empty() { " " } else { text.as_str() })
                         .monospace()
                         .background_color(ui.visuals().code_bg_color),
                 )

@@ -21,7 +21,10 @@ fn main() -> std::process::ExitCode {
     let result = eframe::run_native(
         "SecureComm",
         options,
-        Box::new(move |_cc| Ok(Box::new(App::new(BackendConfig::desktop(dir))?))),
+        Box::new(move |_cc| {
+            let app: Box<dyn eframe::App> = Box::new(App::new(BackendConfig::desktop(dir))?);
+            Ok(app)
+        }),
     );
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

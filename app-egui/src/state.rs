@@ -381,7 +381,7 @@ impl AppState {
             }
             Event::Guilds(gs) => {
                 self.guilds = gs;
-                let mut cmds: Vec<Command> = self
+                let cmds: Vec<Command> = self
                     .guilds
                     .iter()
                     .map(|g| Command::LoadGuild {

@@ -202,7 +202,8 @@ fn invite_and_join_between_two_app_instances() {
     // Ben pastes the code (from the DM list, where the join box also is).
     type_into(&mut b, "Invite code", &code);
     b.get_by_label("Join guild").click();
-    b.run();
+    b.step();
+    b.step();
     assert_eq!(b.state().state.joining.len(), 1, "pending join shown");
     // The inviter's node answers on its own thread; keep both windows stepping.
     let deadline = Instant::now() + Duration::from_secs(120);
