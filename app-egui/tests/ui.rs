@@ -45,23 +45,38 @@ fn wait_for(h: &mut Harness<'_, App>, what: &str, cond: impl Fn(&AppState) -> bo
         }
         assert!(
             Instant::now() < deadline,
-            "timed out waiting for {what}; errors: {:?}, login: {:?}",
+            "timed out waiting for {what}; errors: {:?}, login: {:?}, view: {:?}, composer: {:?}, \
+             timelines: {:?}",
             h.state().state.errors,
-            h.state().state.login
+            h.state().state.login,
+            h.state().state.view,
+            h.state().state.composer,
+            h.state()
+                .state
+                .timelines
+                .iter()
+                .map(|(k, t)| (k.clone(), t.entries().len()))
+                .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
+/// A few frames: the node may keep asking for repaints, so `run` (which waits for calm) is not
+/// used.
+fn settle(h: &mut Harness<'_, App>) {
+    h.run_steps(3);
+}
+
 fn type_into(h: &mut Harness<'_, App>, label: &str, text: &str) {
     h.get_by_label(label).click();
-    h.run();
+    settle(h);
     h.get_by_label(label).type_text(text);
-    h.run();
+    settle(h);
 }
 
 fn create_identity(h: &mut Harness<'_, App>, name: &str, pass: &str) {
-    h.run();
+    settle(h);
     type_into(h, "Display name", name);
     type_into(h, "Passphrase", pass);
     h.get_by_label("Create identity").click();
@@ -93,7 +108,7 @@ fn create_guild_and_channel(h: &mut Harness<'_, App>, guild: &str, channel: &str
 fn send_message(h: &mut Harness<'_, App>, text: &str) {
     type_into(h, "Message", text);
     h.key_press(Key::Enter);
-    h.run();
+    settle(h);
 }
 
 fn has_message(s: &AppState, text: &str) -> bool {
@@ -116,7 +131,7 @@ fn first_run_create_then_unlock_with_wrong_and_right_passphrase() {
     let before = std::fs::read(&id_file).unwrap();
 
     let mut h = harness(dir.path());
-    h.run();
+    settle(&mut h);
     assert!(h.state().state.has_identity);
     assert!(
         h.query_by_label("Display name").is_none(),
@@ -128,7 +143,7 @@ fn first_run_create_then_unlock_with_wrong_and_right_passphrase() {
     assert_eq!(h.state().state.phase, Phase::Login);
     let err = h.state().state.login.error.clone().unwrap();
     assert!(err.contains("Wrong passphrase"), "{err}");
-    h.run();
+    settle(&mut h);
     assert!(h.query_by_label_contains("Wrong passphrase").is_some());
     assert_eq!(std::fs::read(&id_file).unwrap(), before, "store untouched");
     assert!(
@@ -148,7 +163,7 @@ fn create_guild_channel_and_send_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = harness(dir.path());
     create_identity(&mut h, "Bob", "pass phrase");
-    let (guild, channel) = create_guild_and_channel(&mut h, "Rustaceans", "general");
+    let (guild, channel) = create_guild_and_channel(&mut h, "Rustaceans", "chat");
     send_message(&mut h, "hello **world**");
     wait_for(&mut h, "the message in the list", |s| {
         has_message(s, "hello **world**")
@@ -160,15 +175,15 @@ fn create_guild_channel_and_send_a_message() {
     assert_eq!(t.entries()[0].author, "Bob");
     assert!(s.errors.is_empty(), "{:?}", s.errors);
     // The rendered row shows the text without markers.
-    h.run();
+    settle(&mut h);
     assert!(h.query_by_label_contains("hello world").is_some());
 
     // Shift+Enter is a new line, not a send.
     type_into(&mut h, "Message", "line one");
     h.key_press_modifiers(egui::Modifiers::SHIFT, Key::Enter);
-    h.run();
+    settle(&mut h);
     h.get_by_label("Message").type_text("line two");
-    h.run();
+    settle(&mut h);
     assert_eq!(h.state().state.composer, "line one\nline two");
     h.key_press(Key::Enter);
     wait_for(&mut h, "the two-line message", |s| {
@@ -196,7 +211,7 @@ fn invite_and_join_between_two_app_instances() {
     a.get_by_label("Create invite").click();
     wait_for(&mut a, "the invite", |s| s.invites.contains_key(&guild));
     let code = a.state().state.invites[&guild].clone();
-    a.run();
+    settle(&mut a);
     assert!(a.query_by_label("Copy invite code").is_some());
 
     // Ben pastes the code (from the DM list, where the join box also is).
@@ -292,7 +307,7 @@ fn a_channel_of_100k_messages_lays_out_only_visible_rows() {
         });
     }
     let t0 = Instant::now();
-    h.run();
+    settle(&mut h);
     let first = t0.elapsed();
     let shown = h.query_all_by_label_contains("row number").count();
     assert!(shown > 0, "the newest rows are visible");
