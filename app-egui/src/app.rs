@@ -1,0 +1,506 @@
+//! The window: [`App::frame`] drains backend events into [`AppState`] (the one place state
+//! changes), then draws it. Drawing functions only read the state and collect the user's
+//! actions as [`Command`]s, sent after drawing.
+
+use egui::text::LayoutJob;
+use egui::{Color32, FontId, Key, RichText, TextFormat, TextStyle};
+
+use crate::backend::{Backend, BackendConfig, Command};
+use crate::markdown::Span;
+use crate::state::{AppState, Phase, Row, View, short};
+
+/// Most events folded per frame (the rest wait for the next frame, which is requested).
+pub const EVENTS_PER_FRAME: usize = 2000;
+
+/// The desktop app: state plus the node handle.
+#[derive(Debug)]
+pub struct App {
+    /// Everything shown.
+    pub state: AppState,
+    backend: Backend,
+}
+
+impl App {
+    /// Starts the node thread for `cfg.data_dir`; the node itself starts after login.
+    pub fn new(cfg: BackendConfig) -> std::io::Result<Self> {
+        let state = AppState::new(cfg.data_dir.display().to_string(), cfg.has_identity());
+        Ok(Self {
+            state,
+            backend: Backend::spawn(cfg)?,
+        })
+    }
+
+    fn dispatch(&mut self, cmds: Vec<Command>) {
+        for c in cmds {
+            if let Err(e) = self.backend.send(c) {
+                self.state.error(e);
+            }
+        }
+    }
+
+    /// One frame: fold events, then draw.
+    pub fn frame(&mut self, ctx: &egui::Context) {
+        self.backend.set_context(ctx);
+        let events = self.backend.drain(EVENTS_PER_FRAME);
+        if events.len() == EVENTS_PER_FRAME {
+            ctx.request_repaint();
+        }
+        for ev in events {
+            let cmds = self.state.apply(ev);
+            self.dispatch(cmds);
+        }
+        let mut cmds = Vec::new();
+        match self.state.phase {
+            Phase::Login | Phase::Starting => login_ui(ctx, &mut self.state, &mut cmds),
+            Phase::Main => main_ui(ctx, &mut self.state, &mut cmds),
+        }
+        self.dispatch(cmds);
+    }
+}
+
+impl eframe::App for App {
+    fn update(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        self.frame(ctx);
+    }
+}
+
+fn labelled_edit(ui: &mut egui::Ui, label: &str, edit: egui::TextEdit<'_>) -> egui::Response {
+    ui.horizontal(|ui| {
+        let l = ui.label(label);
+        ui.add(edit).labelled_by(l.id)
+    })
+    .inner
+}
+
+fn login_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
+    egui::CentralPanel::default().show(ctx, |ui| {
+        ui.vertical_centered(|ui| {
+            ui.add_space(40.0);
+            ui.heading("SecureComm");
+            ui.label(format!("Data folder: {}", s.data_dir));
+            ui.add_space(12.0);
+        });
+        let starting = s.phase == Phase::Starting;
+        ui.add_enabled_ui(!starting, |ui| {
+            if !s.has_identity {
+                ui.label("Create your identity. It never leaves this device unencrypted.");
+                labelled_edit(
+                    ui,
+                    "Display name",
+                    egui::TextEdit::singleline(&mut s.login.name),
+                );
+            } else {
+                ui.label("Unlock your identity.");
+            }
+            let pass = labelled_edit(
+                ui,
+                "Passphrase",
+                egui::TextEdit::singleline(&mut s.login.passphrase).password(true),
+            );
+            let enter = pass.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter));
+            let button = if s.has_identity {
+                "Unlock"
+            } else {
+                "Create identity"
+            };
+            if ui.button(button).clicked() || enter {
+                cmds.extend(s.on_login());
+            }
+        });
+        if starting {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("Opening the identity and starting the node...");
+            });
+        }
+        if let Some(e) = &s.login.error {
+            ui.colored_label(Color32::from_rgb(230, 80, 80), e);
+        }
+    });
+}
+
+fn main_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
+    status_ui(ctx, s);
+    guild_bar_ui(ctx, s, cmds);
+    sidebar_ui(ctx, s, cmds);
+    if s.guild.is_some() {
+        members_ui(ctx, s);
+    }
+    egui::CentralPanel::default().show(ctx, |ui| {
+        egui::TopBottomPanel::bottom("composer").show_inside(ui, |ui| composer_ui(ui, s, cmds));
+        messages_ui(ui, s);
+    });
+}
+
+fn status_ui(ctx: &egui::Context, s: &mut AppState) {
+    egui::TopBottomPanel::bottom("status").show(ctx, |ui| {
+        let mut dismiss = None;
+        for (i, e) in s.errors.iter().enumerate() {
+            ui.horizontal(|ui| {
+                ui.colored_label(Color32::from_rgb(230, 80, 80), e);
+                if ui.small_button("Dismiss").clicked() {
+                    dismiss = Some(i);
+                }
+            });
+        }
+        if let Some(i) = dismiss {
+            s.errors.remove(i);
+        }
+        ui.horizontal(|ui| {
+            let n = s.net;
+            let (dot, colour) = match (n.direct, n.relayed) {
+                (0, 0) => ("offline", Color32::GRAY),
+                (_, 0) => ("direct", Color32::from_rgb(80, 200, 120)),
+                (0, _) => ("relayed", Color32::from_rgb(230, 180, 60)),
+                _ => ("direct + relayed", Color32::from_rgb(80, 200, 120)),
+            };
+            ui.colored_label(colour, "●");
+            ui.label(format!(
+                "{} peers ({} direct, {} relayed) · {dot}",
+                n.direct + n.relayed,
+                n.direct,
+                n.relayed
+            ));
+            if let Some(me) = &s.me {
+                ui.separator();
+                ui.label(format!("{} · {}", me.display_name, short(&me.user_id)))
+                    .on_hover_text(format!("user {}\npeer {}", me.user_id, me.peer_id));
+                if ui.small_button("Copy my id").clicked() {
+                    ui.ctx().copy_text(me.user_id.clone());
+                }
+            }
+        });
+    });
+}
+
+fn guild_bar_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
+    egui::SidePanel::left("guild_bar")
+        .resizable(false)
+        .exact_width(120.0)
+        .show(ctx, |ui| {
+            if ui
+                .selectable_label(s.guild.is_none(), "Direct messages")
+                .clicked()
+            {
+                cmds.extend(s.on_select_guild(None));
+            }
+            ui.separator();
+            let mut pick = None;
+            for g in &s.guilds {
+                let text = if g.ready {
+                    g.name.clone()
+                } else {
+                    format!("{} (joining)", g.name)
+                };
+                if ui
+                    .selectable_label(s.guild.as_deref() == Some(g.id.as_str()), text)
+                    .clicked()
+                {
+                    pick = Some(g.id.clone());
+                }
+            }
+            if let Some(g) = pick {
+                cmds.extend(s.on_select_guild(Some(g)));
+            }
+            ui.separator();
+            let l = ui.label("Guild name");
+            let r = ui
+                .add(egui::TextEdit::singleline(&mut s.new_guild).desired_width(110.0))
+                .labelled_by(l.id);
+            let enter = r.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter));
+            if ui.button("Create guild").clicked() || enter {
+                cmds.extend(s.on_create_guild());
+            }
+        });
+}
+
+fn sidebar_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
+    egui::SidePanel::left("channels")
+        .resizable(true)
+        .default_width(200.0)
+        .show(ctx, |ui| match s.guild.clone() {
+            Some(gid) => channels_ui(ui, s, &gid, cmds),
+            None => dm_list_ui(ui, s, cmds),
+        });
+}
+
+fn channels_ui(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut Vec<Command>) {
+    let name = s
+        .guilds
+        .iter()
+        .find(|g| g.id == gid)
+        .map_or_else(|| short(gid), |g| g.name.clone());
+    ui.heading(name);
+    ui.separator();
+    let mut pick = None;
+    for c in s.channels.get(gid).map(Vec::as_slice).unwrap_or_default() {
+        let selected =
+            matches!(&s.view, View::Channel { guild, channel } if guild == gid && *channel == c.id);
+        let label = match c.kind.as_str() {
+            "voice" => format!("🔊 {}", c.name),
+            "category" => c.name.to_uppercase(),
+            _ => format!("# {}", c.name),
+        };
+        if ui.selectable_label(selected, label).clicked() && c.kind == "text" {
+            pick = Some(c.id);
+        }
+    }
+    if let Some(c) = pick {
+        cmds.extend(s.on_select_channel(gid, c));
+    }
+    ui.separator();
+    let r = labelled_edit(
+        ui,
+        "Channel name",
+        egui::TextEdit::singleline(&mut s.new_channel).desired_width(110.0),
+    );
+    let enter = r.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter));
+    if ui.button("Create channel").clicked() || enter {
+        cmds.extend(s.on_create_channel());
+    }
+    ui.separator();
+    if ui.button("Create invite").clicked() {
+        cmds.extend(s.on_create_invite());
+    }
+    if let Some(code) = s.invites.get(gid) {
+        ui.label("Invite code:");
+        ui.add(
+            egui::Label::new(RichText::new(short_code(code)).monospace())
+                .sense(egui::Sense::hover()),
+        )
+        .on_hover_text(code.as_str());
+        if ui.button("Copy invite code").clicked() {
+            ui.ctx().copy_text(code.clone());
+        }
+    }
+    ui.separator();
+    join_ui(ui, s, cmds);
+}
+
+fn short_code(code: &str) -> String {
+    if code.chars().count() > 24 {
+        let head: String = code.chars().take(24).collect();
+        format!("{head}…")
+    } else {
+        code.to_owned()
+    }
+}
+
+fn join_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
+    labelled_edit(
+        ui,
+        "Invite code",
+        egui::TextEdit::singleline(&mut s.join_code).desired_width(110.0),
+    );
+    if ui.button("Join guild").clicked() {
+        cmds.extend(s.on_join());
+    }
+    if !s.joining.is_empty() {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label(format!(
+                "Joining {}: waiting for the inviter...",
+                s.joining.len()
+            ));
+        });
+    }
+}
+
+fn dm_list_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
+    ui.heading("Direct messages");
+    ui.separator();
+    let mut users: Vec<&String> = s.dms.keys().collect();
+    users.sort();
+    let mut pick = None;
+    for u in users {
+        let selected = matches!(&s.view, View::Dm { user } if user == u);
+        if ui.selectable_label(selected, short(u)).clicked() {
+            pick = Some(u.clone());
+        }
+    }
+    if let Some(u) = pick {
+        cmds.extend(s.on_select_dm(&u));
+    }
+    ui.separator();
+    labelled_edit(
+        ui,
+        "User id",
+        egui::TextEdit::singleline(&mut s.new_dm).desired_width(110.0),
+    );
+    if ui.button("Open DM").clicked() {
+        cmds.extend(s.on_new_dm());
+    }
+    ui.separator();
+    join_ui(ui, s, cmds);
+}
+
+fn members_ui(ctx: &egui::Context, s: &AppState) {
+    egui::SidePanel::right("members")
+        .resizable(true)
+        .default_width(180.0)
+        .show(ctx, |ui| {
+            ui.heading("Members");
+            ui.separator();
+            let Some(gid) = &s.guild else { return };
+            for m in s.members.get(gid).map(Vec::as_slice).unwrap_or_default() {
+                let name = if m.nickname.is_empty() {
+                    short(&m.user)
+                } else {
+                    m.nickname.clone()
+                };
+                let mut text = RichText::new(name);
+                if m.owner {
+                    text = text.strong();
+                }
+                let r = ui.label(text);
+                let mut hover = format!("user {}", m.user);
+                if m.owner {
+                    hover.push_str("\nowner");
+                }
+                if !m.roles.is_empty() {
+                    hover.push_str(&format!("\nroles: {}", m.roles.join(", ")));
+                }
+                r.on_hover_text(hover);
+            }
+        });
+}
+
+fn composer_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
+    let id = egui::Id::new("composer");
+    let focused = ui.ctx().memory(|m| m.has_focus(id));
+    // Enter sends; Shift+Enter falls through to the text edit as a new line.
+    let send = focused
+        && ui.input_mut(|i| {
+            let before = i.events.len();
+            i.events.retain(|e| {
+                !matches!(
+                    e,
+                    egui::Event::Key {
+                        key: Key::Enter,
+                        pressed: true,
+                        modifiers,
+                        ..
+                    } if !modifiers.shift
+                )
+            });
+            i.events.len() != before
+        });
+    let hint = match &s.view {
+        View::Empty => "Pick a channel".to_owned(),
+        View::Channel { .. } => "Message (Enter sends, Shift+Enter new line)".to_owned(),
+        View::Dm { user } => format!("Message {}", short(user)),
+    };
+    ui.add_space(4.0);
+    ui.horizontal(|ui| {
+        let l = ui.label("Message");
+        ui.add(
+            egui::TextEdit::multiline(&mut s.composer)
+                .id(id)
+                .return_key(egui::KeyboardShortcut::new(
+                    egui::Modifiers::SHIFT,
+                    Key::Enter,
+                ))
+                .hint_text(hint)
+                .desired_rows(2)
+                .desired_width(f32::INFINITY),
+        )
+        .labelled_by(l.id);
+    });
+    if send {
+        cmds.extend(s.on_send());
+    }
+}
+
+fn messages_ui(ui: &mut egui::Ui, s: &AppState) {
+    let title = match &s.view {
+        View::Empty => "No channel selected".to_owned(),
+        View::Channel { guild, channel } => s
+            .channels
+            .get(guild)
+            .and_then(|cs| cs.iter().find(|c| c.id == *channel))
+            .map_or_else(|| "#?".to_owned(), |c| format!("# {}", c.name)),
+        View::Dm { user } => format!("@ {}", short(user)),
+    };
+    ui.heading(title);
+    ui.separator();
+    let Some(t) = s.current_timeline() else {
+        ui.label("No messages yet.");
+        return;
+    };
+    let rows = t.rows();
+    let row_height = ui.text_style_height(&TextStyle::Body);
+    egui::ScrollArea::vertical()
+        .auto_shrink([false, false])
+        .stick_to_bottom(true)
+        .show_rows(ui, row_height, rows.len(), |ui, range| {
+            for row in rows.get(range).unwrap_or_default() {
+                row_ui(ui, row);
+            }
+        });
+}
+
+fn row_ui(ui: &mut egui::Ui, row: &Row) {
+    match row {
+        Row::Header { author, time } => {
+            ui.horizontal(|ui| {
+                ui.label(
+                    RichText::new(author)
+                        .strong()
+                        .color(ui.visuals().strong_text_color()),
+                );
+                ui.label(RichText::new(time).small().weak());
+            });
+        }
+        Row::Line { spans, quote } => {
+            let job = spans_job(ui, spans, *quote);
+            ui.add(egui::Label::new(job).truncate());
+        }
+        Row::Code(text) => {
+            ui.add(
+                egui::Label::new(
+                    RichText::new(if text.is_empty() { " " } else { text.as_str() })
+                        .monospace()
+                        .background_color(ui.visuals().code_bg_color),
+                )
+                .truncate(),
+            );
+        }
+    }
+}
+
+fn spans_job(ui: &egui::Ui, spans: &[Span], quote: bool) -> LayoutJob {
+    let mut job = LayoutJob::default();
+    let body = TextStyle::Body.resolve(ui.style());
+    let mono = FontId::monospace(body.size);
+    let normal = ui.visuals().text_color();
+    if quote {
+        job.append(
+            "▎ ",
+            0.0,
+            TextFormat::simple(body.clone(), ui.visuals().weak_text_color()),
+        );
+    }
+    for sp in spans {
+        let mut f = TextFormat::simple(body.clone(), normal);
+        if sp.style.bold {
+            f.color = ui.visuals().strong_text_color();
+        }
+        if sp.style.italic {
+            f.italics = true;
+        }
+        if sp.style.strike {
+            f.strikethrough = egui::Stroke::new(1.0, normal);
+        }
+        if sp.style.code {
+            f.font_id = mono.clone();
+            f.background = ui.visuals().code_bg_color;
+        }
+        if sp.link.is_some() {
+            // Shown, never fetched.
+            f.color = ui.visuals().hyperlink_color;
+            f.underline = egui::Stroke::new(1.0, ui.visuals().hyperlink_color);
+        }
+        job.append(&sp.text, 0.0, f);
+    }
+    job
+}

@@ -1,0 +1,767 @@
+//! The node side of the app: a tokio runtime on its own thread that owns the node.
+//!
+//! The UI sends [`Command`]s over a bounded channel (`try_send`: a full queue is reported, the
+//! UI never blocks); every command runs as its own task and answers with [`Event`]s on a second
+//! bounded channel, followed by `request_repaint` on the window's context. Node events (guild
+//! messages, document changes, DMs) and a connection poll feed the same channel. The UI drains
+//! it at the start of each frame. Failures become [`Event::Error`] or [`Event::LoginFailed`];
+//! nothing here panics.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use securecomm_node::guild::{GuildEvent, GuildService};
+use securecomm_node::net::{Client, NetConfig, PeerPath};
+use securecomm_node::runtime::Node;
+use securecomm_node::store::{IdentityStore, LocalProfile, StoreError};
+use securecomm_noise::keystore::{KdfLimits, KdfParams};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use crate::state::{HISTORY_LIMIT, NetStatus};
+
+/// Queued commands before the UI is told the node is busy.
+pub const COMMAND_BUFFER: usize = 256;
+/// Queued events before producers wait for the UI.
+pub const EVENT_BUFFER: usize = 4096;
+/// How often the connection indicator is refreshed.
+pub const NET_POLL: Duration = Duration::from_secs(2);
+
+/// A passphrase on its way to the identity store: zeroized on drop, redacted in `Debug`.
+pub struct Passphrase(Zeroizing<String>);
+
+impl Passphrase {
+    /// Wraps a passphrase.
+    pub fn new(s: String) -> Self {
+        Self(Zeroizing::new(s))
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(<redacted>)")
+    }
+}
+
+/// What the UI asks of the node.
+#[derive(Debug)]
+pub enum Command {
+    /// Create an identity in the data folder and start the node.
+    Create {
+        /// Display name.
+        name: String,
+        /// Passphrase sealing the identity.
+        passphrase: Passphrase,
+    },
+    /// Unlock the data folder's identity and start the node.
+    Unlock {
+        /// The passphrase.
+        passphrase: Passphrase,
+    },
+    /// Reload the guild list (and each guild's channels and members).
+    Refresh,
+    /// Reload one guild's channels and members.
+    LoadGuild {
+        /// Guild id (hex).
+        guild: String,
+    },
+    /// Load a channel's recent history.
+    LoadHistory {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+    },
+    /// Create a guild.
+    CreateGuild {
+        /// Its name.
+        name: String,
+    },
+    /// Create a text channel.
+    CreateChannel {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel name.
+        name: String,
+    },
+    /// Send a message.
+    Send {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// The text.
+        text: String,
+    },
+    /// Create an invite (no expiry, unlimited uses).
+    CreateInvite {
+        /// Guild id (hex).
+        guild: String,
+    },
+    /// Join with an invite code.
+    Join {
+        /// The code.
+        code: String,
+    },
+    /// Send a direct message.
+    DmSend {
+        /// The user (hex id or a prefix the node resolves).
+        user: String,
+        /// The text.
+        text: String,
+    },
+    /// Load DM history with a user.
+    DmHistory {
+        /// The user.
+        user: String,
+    },
+}
+
+/// Who this node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Me {
+    /// Display name.
+    pub display_name: String,
+    /// User id (hex root key).
+    pub user_id: String,
+    /// libp2p peer id.
+    pub peer_id: String,
+}
+
+/// A guild in the guild bar.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct GuildInfo {
+    /// Guild id (hex).
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Whether key agreement has welcomed this device.
+    #[serde(default)]
+    pub ready: bool,
+}
+
+/// A channel.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ChannelInfo {
+    /// Channel id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// `text`, `voice` or `category`.
+    pub kind: String,
+}
+
+/// A guild member.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MemberInfo {
+    /// User id (hex).
+    pub user: String,
+    /// Nickname.
+    pub nickname: String,
+    /// Whether they own the guild.
+    #[serde(default)]
+    pub owner: bool,
+    /// Role names.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// A guild message.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Message {
+    /// Guild id (hex).
+    pub guild: String,
+    /// Channel id.
+    pub channel: u64,
+    /// Message id (hex).
+    pub id: String,
+    /// Sending user (hex).
+    pub sender: String,
+    /// Sender's nickname.
+    #[serde(default)]
+    pub nickname: String,
+    /// Sender's clock, ms.
+    pub sent_at: u64,
+    /// The text.
+    pub text: String,
+}
+
+/// A direct message.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DmMessage {
+    /// Message id (hex).
+    pub id: String,
+    /// The other user (hex).
+    pub peer: String,
+    /// Whether we sent it.
+    pub outgoing: bool,
+    /// Sender's clock, ms.
+    pub sent_at: u64,
+    /// The text.
+    pub text: String,
+}
+
+/// What the node tells the UI.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The node runs with this identity.
+    Started(Me),
+    /// Create or unlock failed; the identity file is untouched.
+    LoginFailed(String),
+    /// The guild list.
+    Guilds(Vec<GuildInfo>),
+    /// A guild's channels.
+    Channels {
+        /// Guild id (hex).
+        guild: String,
+        /// Its channels.
+        channels: Vec<ChannelInfo>,
+    },
+    /// A guild's members.
+    Members {
+        /// Guild id (hex).
+        guild: String,
+        /// Its members.
+        members: Vec<MemberInfo>,
+    },
+    /// A channel's history, oldest first.
+    History {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Messages.
+        messages: Vec<Message>,
+    },
+    /// A message was stored (sent here or received).
+    Message(Message),
+    /// DM history with a user.
+    DmHistory {
+        /// The user.
+        user: String,
+        /// Messages, oldest first.
+        messages: Vec<DmMessage>,
+    },
+    /// A DM arrived or was sent.
+    Dm(DmMessage),
+    /// A guild was created here.
+    GuildCreated {
+        /// Its id (hex).
+        id: String,
+    },
+    /// A channel was created here.
+    ChannelCreated {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        id: u64,
+    },
+    /// An invite was created.
+    Invite {
+        /// Guild id (hex).
+        guild: String,
+        /// The code to share.
+        code: String,
+    },
+    /// A join succeeded.
+    Joined {
+        /// The code used.
+        code: String,
+        /// The guild joined (hex).
+        guild: String,
+    },
+    /// A join failed.
+    JoinFailed {
+        /// The code used.
+        code: String,
+        /// Why.
+        why: String,
+    },
+    /// Connection indicator.
+    Net(NetStatus),
+    /// A command failed.
+    Error(String),
+}
+
+/// How the backend runs.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// The data folder (identity file, database, control socket).
+    pub data_dir: PathBuf,
+    /// Network settings.
+    pub net: NetConfig,
+    /// Argon2id parameters and limits for the identity file (`None`: the strong defaults).
+    pub kdf: Option<(KdfParams, KdfLimits)>,
+}
+
+impl BackendConfig {
+    /// The desktop defaults: listen on every interface, find LAN peers with mDNS.
+    pub fn desktop(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            net: NetConfig {
+                mdns: true,
+                ..NetConfig::default()
+            },
+            kdf: None,
+        }
+    }
+
+    fn store(&self) -> IdentityStore {
+        match self.kdf {
+            Some((p, l)) => IdentityStore::with_params(&self.data_dir, p, l),
+            None => IdentityStore::new(&self.data_dir),
+        }
+    }
+
+    /// Whether the data folder already holds an identity.
+    pub fn has_identity(&self) -> bool {
+        self.store().exists()
+    }
+}
+
+/// Who to wake when an event is queued.
+type Waker = Arc<Mutex<Option<egui::Context>>>;
+
+/// The UI's handle on the node thread.
+#[derive(Debug)]
+pub struct Backend {
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<Event>,
+    waker: Waker,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts the node thread (the node itself starts on `Create` / `Unlock`).
+    pub fn spawn(cfg: BackendConfig) -> std::io::Result<Self> {
+        let (ctx_tx, ctx_rx) = mpsc::channel(COMMAND_BUFFER);
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_BUFFER);
+        let waker: Waker = Arc::new(Mutex::new(None));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("securecomm-node")
+            .build()?;
+        let emit = Emitter {
+            tx: ev_tx,
+            waker: waker.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("securecomm-backend".into())
+            .spawn(move || {
+                rt.block_on(run(cfg, ctx_rx, emit));
+                rt.shutdown_timeout(Duration::from_secs(2));
+            })?;
+        Ok(Self {
+            commands: ctx_tx,
+            events: ev_rx,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    /// Tells the backend which context to repaint when events arrive.
+    pub fn set_context(&self, ctx: &egui::Context) {
+        if let Ok(mut w) = self.waker.lock()
+            && w.is_none()
+        {
+            *w = Some(ctx.clone());
+        }
+    }
+
+    /// Queues a command; a full queue or a stopped node is an error to show.
+    pub fn send(&self, cmd: Command) -> Result<(), String> {
+        self.commands.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => "the node is busy; try again".to_owned(),
+            mpsc::error::TrySendError::Closed(_) => "the node has stopped".to_owned(),
+        })
+    }
+
+    /// Takes up to `max` queued events.
+    pub fn drain(&mut self, max: usize) -> Vec<Event> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            match self.events.try_recv() {
+                Ok(e) => out.push(e),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // Closing the command channel ends `run`, which stops the node.
+        let (dead, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.commands, dead));
+        self.events.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Emitter {
+    tx: mpsc::Sender<Event>,
+    waker: Waker,
+}
+
+impl Emitter {
+    async fn emit(&self, e: Event) {
+        let _ = self.tx.send(e).await;
+        if let Ok(w) = self.waker.lock()
+            && let Some(ctx) = w.as_ref()
+        {
+            ctx.request_repaint();
+        }
+    }
+}
+
+async fn run(cfg: BackendConfig, mut commands: mpsc::Receiver<Command>, emit: Emitter) {
+    let mut node: Option<Node> = None;
+    while let Some(cmd) = commands.recv().await {
+        match (cmd, &node) {
+            (Command::Create { name, passphrase }, None) => {
+                let store = cfg.store();
+                let opened = tokio::task::spawn_blocking(move || {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    store.create(
+                        &mut rand_core::OsRng,
+                        passphrase.0.as_bytes(),
+                        &name,
+                        "desktop",
+                        now,
+                    )
+                })
+                .await;
+                node = start(&cfg, opened, &emit).await;
+            }
+            (Command::Unlock { passphrase }, None) => {
+                let store = cfg.store();
+                let opened =
+                    tokio::task::spawn_blocking(move || store.unlock(passphrase.0.as_bytes()))
+                        .await;
+                node = start(&cfg, opened, &emit).await;
+            }
+            (Command::Create { .. } | Command::Unlock { .. }, Some(_)) => {
+                emit.emit(Event::Error("already unlocked".into())).await;
+            }
+            (_, None) => {
+                emit.emit(Event::Error("unlock first".into())).await;
+            }
+            (cmd, Some(n)) => {
+                let g = n.guilds.clone();
+                let emit = emit.clone();
+                tokio::spawn(async move { execute(&g, cmd, &emit).await });
+            }
+        }
+    }
+    if let Some(n) = node {
+        n.guilds.stop();
+        n.net.shutdown().await;
+    }
+}
+
+async fn start(
+    cfg: &BackendConfig,
+    opened: Result<Result<LocalProfile, StoreError>, tokio::task::JoinError>,
+    emit: &Emitter,
+) -> Option<Node> {
+    let profile = match opened {
+        Ok(Ok(p)) => p,
+        Ok(Err(StoreError::WrongPassphrase)) => {
+            emit.emit(Event::LoginFailed(
+                "Wrong passphrase. Nothing was changed; try again.".into(),
+            ))
+            .await;
+            return None;
+        }
+        Ok(Err(e)) => {
+            emit.emit(Event::LoginFailed(e.to_string())).await;
+            return None;
+        }
+        Err(e) => {
+            emit.emit(Event::LoginFailed(format!("identity task failed: {e}")))
+                .await;
+            return None;
+        }
+    };
+    let node = match Node::start(cfg.data_dir.clone(), &profile, cfg.net.clone()).await {
+        Ok(n) => n,
+        Err(e) => {
+            emit.emit(Event::LoginFailed(format!("the node did not start: {e}")))
+                .await;
+            return None;
+        }
+    };
+    let me = Me {
+        display_name: profile.display_name.clone(),
+        user_id: hex::encode(profile.identity.root_public().as_bytes()),
+        peer_id: node.net.peer_id().to_string(),
+    };
+    tokio::spawn(forward_events(node.guilds.clone(), emit.clone()));
+    tokio::spawn(poll_net(node.net.clone(), emit.clone()));
+    emit.emit(Event::Started(me)).await;
+    Some(node)
+}
+
+async fn forward_events(g: GuildService, emit: Emitter) {
+    let mut rx = g.events();
+    loop {
+        let ev = match rx.recv().await {
+            Ok(ev) => ev,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                // Missed events: reload everything visible.
+                refresh(&g, &emit).await;
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        match ev {
+            GuildEvent::Message(m) => {
+                emit.emit(Event::Message(Message {
+                    guild: m.guild,
+                    channel: m.channel,
+                    id: m.id,
+                    sender: m.sender,
+                    nickname: m.nickname,
+                    sent_at: m.sent_at,
+                    text: m.text,
+                }))
+                .await;
+            }
+            GuildEvent::Changed { guild } => {
+                refresh_guild_list(&g, &emit).await;
+                load_guild(&g, &guild, &emit).await;
+            }
+            GuildEvent::Dm(m) => {
+                emit.emit(Event::Dm(DmMessage {
+                    id: m.id,
+                    peer: m.peer,
+                    outgoing: m.outgoing,
+                    sent_at: m.sent_at,
+                    text: m.text,
+                }))
+                .await;
+            }
+        }
+    }
+}
+
+async fn poll_net(net: Client, emit: Emitter) {
+    let mut last = None;
+    loop {
+        if let Ok(peers) = net.peers().await {
+            let direct = peers.iter().filter(|p| p.path == PeerPath::Direct).count();
+            let s = NetStatus {
+                direct,
+                relayed: peers.len() - direct,
+            };
+            if last != Some(s) {
+                last = Some(s);
+                emit.emit(Event::Net(s)).await;
+            }
+        }
+        tokio::time::sleep(NET_POLL).await;
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(v: Value, what: &str) -> Result<T, String> {
+    serde_json::from_value(v).map_err(|e| format!("unexpected {what} from the node: {e}"))
+}
+
+async fn refresh_guild_list(g: &GuildService, emit: &Emitter) -> Vec<GuildInfo> {
+    match g
+        .list_guilds()
+        .map_err(|e| e.to_string())
+        .and_then(|v| parse::<Vec<GuildInfo>>(v, "guild list"))
+    {
+        Ok(gs) => {
+            emit.emit(Event::Guilds(gs.clone())).await;
+            gs
+        }
+        Err(e) => {
+            emit.emit(Event::Error(e)).await;
+            Vec::new()
+        }
+    }
+}
+
+async fn refresh(g: &GuildService, emit: &Emitter) {
+    for gi in refresh_guild_list(g, emit).await {
+        load_guild(g, &gi.id, emit).await;
+    }
+}
+
+async fn load_guild(g: &GuildService, guild: &str, emit: &Emitter) {
+    let channels = g
+        .list_channels(guild)
+        .map_err(|e| e.to_string())
+        .and_then(|v| parse::<Vec<ChannelInfo>>(v, "channel list"));
+    let members = g
+        .members(guild)
+        .map_err(|e| e.to_string())
+        .and_then(|v| parse::<Vec<MemberInfo>>(v, "member list"));
+    match channels {
+        Ok(mut channels) => {
+            channels.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+            emit.emit(Event::Channels {
+                guild: guild.to_owned(),
+                channels,
+            })
+            .await;
+        }
+        Err(e) => emit.emit(Event::Error(e)).await,
+    }
+    match members {
+        Ok(members) => {
+            emit.emit(Event::Members {
+                guild: guild.to_owned(),
+                members,
+            })
+            .await;
+        }
+        Err(e) => emit.emit(Event::Error(e)).await,
+    }
+}
+
+async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
+    let result: Result<(), String> = async {
+        match cmd {
+            Command::Create { .. } | Command::Unlock { .. } => Ok(()),
+            Command::Refresh => {
+                refresh(g, emit).await;
+                Ok(())
+            }
+            Command::LoadGuild { guild } => {
+                load_guild(g, &guild, emit).await;
+                Ok(())
+            }
+            Command::LoadHistory { guild, channel } => {
+                let v = g
+                    .history(&guild, &channel.to_string(), HISTORY_LIMIT)
+                    .map_err(|e| e.to_string())?;
+                let messages = parse::<Vec<Message>>(v, "history")?;
+                emit.emit(Event::History {
+                    guild,
+                    channel,
+                    messages,
+                })
+                .await;
+                Ok(())
+            }
+            Command::CreateGuild { name } => {
+                let v = g.create_guild(&name).await.map_err(|e| e.to_string())?;
+                let id = v
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .ok_or("the node returned no guild id")?
+                    .to_owned();
+                emit.emit(Event::GuildCreated { id }).await;
+                Ok(())
+            }
+            Command::CreateChannel { guild, name } => {
+                let v = g
+                    .create_channel(&guild, &name, false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let id = v
+                    .get("id")
+                    .and_then(Value::as_u64)
+                    .ok_or("the node returned no channel id")?;
+                emit.emit(Event::ChannelCreated { guild, id }).await;
+                Ok(())
+            }
+            Command::Send {
+                guild,
+                channel,
+                text,
+            } => {
+                // The node emits the stored message as a guild event.
+                g.send(&guild, &channel.to_string(), &text)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            }
+            Command::CreateInvite { guild } => {
+                let v = g
+                    .create_invite(&guild, None, 0)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let code = v
+                    .get("code")
+                    .and_then(Value::as_str)
+                    .ok_or("the node returned no invite code")?
+                    .to_owned();
+                emit.emit(Event::Invite { guild, code }).await;
+                Ok(())
+            }
+            Command::Join { code } => {
+                match g.join(&code).await {
+                    Ok(v) => {
+                        let guild = v
+                            .get("id")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
+                        emit.emit(Event::Joined { code, guild }).await;
+                    }
+                    Err(e) => {
+                        emit.emit(Event::JoinFailed {
+                            code,
+                            why: e.to_string(),
+                        })
+                        .await;
+                    }
+                }
+                Ok(())
+            }
+            Command::DmSend { user, text } => {
+                let v = g.dm_send(&user, &text).await.map_err(|e| e.to_string())?;
+                let m = parse::<DmMessage>(v, "direct message")?;
+                emit.emit(Event::Dm(m)).await;
+                Ok(())
+            }
+            Command::DmHistory { user } => {
+                let v = g
+                    .dm_history(&user, HISTORY_LIMIT)
+                    .map_err(|e| e.to_string())?;
+                let messages = parse::<Vec<DmMessage>>(v, "DM history")?;
+                emit.emit(Event::DmHistory { user, messages }).await;
+                Ok(())
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        emit.emit(Event::Error(e)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passphrase_debug_is_redacted() {
+        let cmd = Command::Unlock {
+            passphrase: Passphrase::new("hunter2-secret".into()),
+        };
+        let s = format!("{cmd:?}");
+        assert!(!s.contains("hunter2"), "{s}");
+    }
+}

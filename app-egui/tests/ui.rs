@@ -1,0 +1,323 @@
+//! Click-and-type tests of the real app (real node on loopback, headless egui via kittest).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use egui::Key;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use securecomm_app::state::{AppState, Phase, View};
+use securecomm_app::{App, BackendConfig};
+use securecomm_node::net::NetConfig;
+use securecomm_noise::keystore::{KdfLimits, KdfParams};
+
+fn config(dir: &Path) -> BackendConfig {
+    BackendConfig {
+        data_dir: dir.to_path_buf(),
+        net: NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            mdns: false,
+            ..NetConfig::default()
+        },
+        kdf: Some((
+            KdfParams::insecure_for_tests_only(64, 1, 1),
+            KdfLimits::INSECURE_TEST_ONLY,
+        )),
+    }
+}
+
+fn harness(dir: &Path) -> Harness<'static, App> {
+    let app = App::new(config(dir)).unwrap();
+    Harness::builder()
+        .with_size(egui::vec2(1200.0, 800.0))
+        .build_state(|ctx, app: &mut App| app.frame(ctx), app)
+}
+
+/// Steps frames until `cond` holds (the node answers on its own thread).
+fn wait_for(h: &mut Harness<'_, App>, what: &str, cond: impl Fn(&AppState) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        h.step();
+        if cond(&h.state().state) {
+            h.step();
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; errors: {:?}, login: {:?}, view: {:?}, composer: {:?}, \
+             timelines: {:?}",
+            h.state().state.errors,
+            h.state().state.login,
+            h.state().state.view,
+            h.state().state.composer,
+            h.state()
+                .state
+                .timelines
+                .iter()
+                .map(|(k, t)| (k.clone(), t.entries().len()))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A few frames: the node may keep asking for repaints, so `run` (which waits for calm) is not
+/// used.
+fn settle(h: &mut Harness<'_, App>) {
+    h.run_steps(3);
+}
+
+fn type_into(h: &mut Harness<'_, App>, label: &str, text: &str) {
+    h.get_by_label(label).click();
+    settle(h);
+    h.get_by_label(label).type_text(text);
+    settle(h);
+}
+
+fn create_identity(h: &mut Harness<'_, App>, name: &str, pass: &str) {
+    settle(h);
+    type_into(h, "Display name", name);
+    type_into(h, "Passphrase", pass);
+    h.get_by_label("Create identity").click();
+    wait_for(h, "the node to start", |s| s.phase == Phase::Main);
+}
+
+fn create_guild_and_channel(h: &mut Harness<'_, App>, guild: &str, channel: &str) -> (String, u64) {
+    type_into(h, "Guild name", guild);
+    h.get_by_label("Create guild").click();
+    wait_for(h, "the guild", |s| {
+        s.guilds.iter().any(|g| g.name == guild) && s.guild.is_some()
+    });
+    type_into(h, "Channel name", channel);
+    h.get_by_label("Create channel").click();
+    wait_for(h, "the channel to open", |s| {
+        let Some(g) = &s.guild else { return false };
+        s.channels
+            .get(g)
+            .is_some_and(|cs| cs.iter().any(|c| c.name == channel))
+            && matches!(&s.view, View::Channel { guild, channel: c }
+                if guild == g && s.channels[g].iter().any(|x| x.id == *c && x.name == channel))
+    });
+    match &h.state().state.view {
+        View::Channel { guild, channel } => (guild.clone(), *channel),
+        v => panic!("unexpected view {v:?}"),
+    }
+}
+
+fn send_message(h: &mut Harness<'_, App>, text: &str) {
+    type_into(h, "Message", text);
+    h.key_press(Key::Enter);
+    settle(h);
+}
+
+fn has_message(s: &AppState, text: &str) -> bool {
+    s.current_timeline()
+        .is_some_and(|t| t.entries().iter().any(|e| e.text == text))
+}
+
+#[test]
+fn first_run_create_then_unlock_with_wrong_and_right_passphrase() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut h = harness(dir.path());
+        assert!(!h.state().state.has_identity);
+        create_identity(&mut h, "Alice", "correct horse");
+        let me = h.state().state.me.clone().unwrap();
+        assert_eq!(me.display_name, "Alice");
+        assert_eq!(me.user_id.len(), 64);
+    }
+    let id_file = dir.path().join("identity.sc");
+    let before = std::fs::read(&id_file).unwrap();
+
+    let mut h = harness(dir.path());
+    settle(&mut h);
+    assert!(h.state().state.has_identity);
+    assert!(
+        h.query_by_label("Display name").is_none(),
+        "unlock asks no name"
+    );
+    type_into(&mut h, "Passphrase", "wrong horse");
+    h.get_by_label("Unlock").click();
+    wait_for(&mut h, "the refusal", |s| s.login.error.is_some());
+    assert_eq!(h.state().state.phase, Phase::Login);
+    let err = h.state().state.login.error.clone().unwrap();
+    assert!(err.contains("Wrong passphrase"), "{err}");
+    settle(&mut h);
+    assert!(h.query_by_label_contains("Wrong passphrase").is_some());
+    assert_eq!(std::fs::read(&id_file).unwrap(), before, "store untouched");
+    assert!(
+        h.state().state.login.passphrase.is_empty(),
+        "the passphrase field is cleared"
+    );
+
+    type_into(&mut h, "Passphrase", "correct horse");
+    h.get_by_label("Unlock").click();
+    wait_for(&mut h, "the unlock", |s| s.phase == Phase::Main);
+    assert_eq!(h.state().state.me.as_ref().unwrap().display_name, "Alice");
+    assert!(h.state().state.login.error.is_none());
+}
+
+#[test]
+fn create_guild_channel_and_send_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    create_identity(&mut h, "Bob", "pass phrase");
+    let (guild, channel) = create_guild_and_channel(&mut h, "Rustaceans", "chat");
+    send_message(&mut h, "hello **world**");
+    wait_for(&mut h, "the message in the list", |s| {
+        has_message(s, "hello **world**")
+    });
+    let s = &h.state().state;
+    assert!(s.composer.is_empty(), "Enter sent and cleared the composer");
+    let t = &s.timelines[&(guild.clone(), channel)];
+    assert_eq!(t.entries().len(), 1);
+    assert_eq!(t.entries()[0].author, "Bob");
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    // The rendered row shows the text without markers.
+    settle(&mut h);
+    assert!(h.query_by_label_contains("hello world").is_some());
+
+    // Shift+Enter is a new line, not a send.
+    type_into(&mut h, "Message", "line one");
+    h.key_press_modifiers(egui::Modifiers::SHIFT, Key::Enter);
+    settle(&mut h);
+    h.get_by_label("Message").type_text("line two");
+    settle(&mut h);
+    assert_eq!(h.state().state.composer, "line one\nline two");
+    h.key_press(Key::Enter);
+    wait_for(&mut h, "the two-line message", |s| {
+        has_message(s, "line one\nline two")
+    });
+    // Same author within minutes: one header for both messages.
+    let t = &h.state().state.timelines[&(guild, channel)];
+    let headers = t
+        .rows()
+        .iter()
+        .filter(|r| matches!(r, securecomm_app::state::Row::Header { .. }))
+        .count();
+    assert_eq!(headers, 1);
+}
+
+#[test]
+fn invite_and_join_between_two_app_instances() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut a = harness(dir_a.path());
+    let mut b = harness(dir_b.path());
+    create_identity(&mut a, "Ann", "pass a");
+    create_identity(&mut b, "Ben", "pass b");
+    let (guild, _) = create_guild_and_channel(&mut a, "Club", "lobby");
+    a.get_by_label("Create invite").click();
+    wait_for(&mut a, "the invite", |s| s.invites.contains_key(&guild));
+    let code = a.state().state.invites[&guild].clone();
+    settle(&mut a);
+    assert!(a.query_by_label("Copy invite code").is_some());
+
+    // Ben pastes the code (from the DM list, where the join box also is).
+    type_into(&mut b, "Invite code", &code);
+    b.get_by_label("Join guild").click();
+    b.step();
+    b.step();
+    assert_eq!(b.state().state.joining.len(), 1, "pending join shown");
+    // The inviter's node answers on its own thread; keep both windows stepping.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while b.state().state.guild.as_deref() != Some(guild.as_str())
+        || !b.state().state.joining.is_empty()
+    {
+        a.step();
+        b.step();
+        assert!(
+            Instant::now() < deadline,
+            "join timed out: {:?}",
+            b.state().state.errors
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        b.state().state.errors.is_empty(),
+        "{:?}",
+        b.state().state.errors
+    );
+    wait_for(
+        &mut b,
+        "the channel list",
+        |s| matches!(&s.view, View::Channel { guild: g, .. } if *g == guild),
+    );
+    b.get_by_label("# lobby").click();
+    wait_for(&mut b, "the lobby", |s| {
+        matches!(&s.view, View::Channel { channel, .. }
+            if s.channels.values().flatten().any(|c| c.id == *channel && c.name == "lobby"))
+    });
+    send_message(&mut b, "hi from Ben");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !has_message(&a.state().state, "hi from Ben") {
+        a.step();
+        b.step();
+        assert!(
+            Instant::now() < deadline,
+            "message never reached Ann: {:?} / {:?}",
+            a.state().state.errors,
+            b.state().state.errors
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Ann sees Ben among the members once the guild document syncs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !a.state().state.members[&guild]
+        .iter()
+        .any(|m| m.nickname == "Ben")
+    {
+        a.step();
+        b.step();
+        assert!(Instant::now() < deadline, "Ben never listed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_channel_of_100k_messages_lays_out_only_visible_rows() {
+    use securecomm_app::backend::{Event, Message};
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    let guild = "aa".repeat(32);
+    let messages: Vec<Message> = (0..100_000u64)
+        .map(|i| Message {
+            guild: guild.clone(),
+            channel: 7,
+            id: format!("{i:032x}"),
+            sender: if i % 3 == 0 { "ann" } else { "bob" }.into(),
+            nickname: String::new(),
+            sent_at: 1_700_000_000_000 + i * 1000,
+            text: format!("row number {i} with *some* `markup`"),
+        })
+        .collect();
+    {
+        let s = &mut h.state_mut().state;
+        s.phase = Phase::Main;
+        s.guild = Some(guild.clone());
+        s.view = View::Channel {
+            guild: guild.clone(),
+            channel: 7,
+        };
+        let _ = s.apply(Event::History {
+            guild: guild.clone(),
+            channel: 7,
+            messages,
+        });
+    }
+    let t0 = Instant::now();
+    settle(&mut h);
+    let first = t0.elapsed();
+    let shown = h.query_all_by_label_contains("row number").count();
+    assert!(shown > 0, "the newest rows are visible");
+    assert!(shown < 200, "only visible rows are laid out, got {shown}");
+    assert!(h.query_by_label_contains("row number 99999 ").is_some());
+    let t1 = Instant::now();
+    for _ in 0..20 {
+        h.step();
+    }
+    let per_frame = t1.elapsed() / 20;
+    eprintln!("100k messages: first frames {first:?}, then {per_frame:?} per frame (debug build)");
+    assert!(per_frame < Duration::from_millis(500), "{per_frame:?}");
+}
