@@ -7,7 +7,7 @@ use egui::{Color32, FontId, Key, RichText, TextFormat, TextStyle};
 
 use crate::backend::{Backend, BackendConfig, Command};
 use crate::markdown::Span;
-use crate::state::{AppState, Phase, Row, View, short};
+use crate::state::{AppState, PREFETCH_ROWS, Phase, Row, View, short};
 
 /// Most events folded per frame (the rest wait for the next frame, which is requested).
 pub const EVENTS_PER_FRAME: usize = 2000;
@@ -128,7 +128,7 @@ fn main_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
     }
     egui::CentralPanel::default().show(ctx, |ui| {
         egui::TopBottomPanel::bottom("composer").show_inside(ui, |ui| composer_ui(ui, s, cmds));
-        messages_ui(ui, s);
+        messages_ui(ui, s, cmds);
     });
 }
 
@@ -411,7 +411,7 @@ fn composer_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
     }
 }
 
-fn messages_ui(ui: &mut egui::Ui, s: &AppState) {
+fn messages_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
     let title = match &s.view {
         View::Empty => "No channel selected".to_owned(),
         View::Channel { guild, channel } => s
@@ -423,24 +423,112 @@ fn messages_ui(ui: &mut egui::Ui, s: &AppState) {
     };
     ui.heading(title);
     ui.separator();
+    let pending = s.pending_rows();
+    let key = match &s.view {
+        View::Channel { guild, channel } => Some((guild.clone(), *channel)),
+        _ => None,
+    };
+    // Rows laid in front since the last frame push the scroll offset down by as many rows.
+    let (added, settled) =
+        key.as_ref()
+            .and_then(|k| s.timelines.get_mut(k))
+            .map_or((0, false), |t| {
+                t.frames_shown = t.frames_shown.saturating_add(1);
+                (std::mem::take(&mut t.rows_added_front), t.frames_shown > 3)
+            });
     let Some(t) = s.current_timeline() else {
-        ui.label("No messages yet.");
+        if pending.is_empty() {
+            ui.label("No messages yet.");
+        }
+        let mut actions = Vec::new();
+        for row in &pending {
+            row_ui(ui, row, &mut actions);
+        }
+        apply_row_actions(s, actions, cmds);
         return;
     };
+    let loading = t.loading_older;
     let rows = t.rows();
+    let total = rows.len() + pending.len();
     let row_height = ui.text_style_height(&TextStyle::Body);
-    egui::ScrollArea::vertical()
+    let step = row_height + ui.spacing().item_spacing.y;
+    // One scroll state per conversation (ScrollArea's own id: the salt, made persistent).
+    let salt = format!("messages {:?}", s.view);
+    let mut area = egui::ScrollArea::vertical()
+        .id_salt(&salt)
         .auto_shrink([false, false])
-        .stick_to_bottom(true)
-        .show_rows(ui, row_height, rows.len(), |ui, range| {
-            for row in rows.get(range).unwrap_or_default() {
-                row_ui(ui, row);
+        .stick_to_bottom(true);
+    if added > 0
+        && let Some(state) =
+            egui::scroll_area::State::load(ui.ctx(), ui.make_persistent_id(egui::Id::new(&salt)))
+    {
+        #[allow(clippy::cast_precision_loss)] // row counts far below 2^24
+        let shift = added as f32 * step;
+        area = area.vertical_scroll_offset(state.offset.y + shift);
+    }
+    let mut actions = Vec::new();
+    let mut near_top = false;
+    area.show_rows(ui, row_height, total, |ui, range| {
+        near_top = settled && range.start < PREFETCH_ROWS;
+        if range.start == 0 && loading {
+            ui.label(RichText::new("Loading older messages...").weak());
+        }
+        for i in range {
+            match rows.get(i).or_else(|| pending.get(i - rows.len())) {
+                Some(row) => row_ui(ui, row, &mut actions),
+                None => break,
             }
-        });
+        }
+    });
+    apply_row_actions(s, actions, cmds);
+    if near_top {
+        cmds.extend(s.on_near_top());
+    }
 }
 
-fn row_ui(ui: &mut egui::Ui, row: &Row) {
+/// What a click on a row asks for.
+enum RowAction {
+    Retry(u64),
+    Discard(u64),
+}
+
+fn apply_row_actions(s: &mut AppState, actions: Vec<RowAction>, cmds: &mut Vec<Command>) {
+    for a in actions {
+        match a {
+            RowAction::Retry(local) => cmds.extend(s.on_retry(local)),
+            RowAction::Discard(local) => s.on_discard(local),
+        }
+    }
+}
+
+fn row_ui(ui: &mut egui::Ui, row: &Row, actions: &mut Vec<RowAction>) {
     match row {
+        Row::Pending { local, failed } => {
+            ui.horizontal(|ui| {
+                ui.label(
+                    RichText::new("You")
+                        .strong()
+                        .color(ui.visuals().strong_text_color()),
+                );
+                match failed {
+                    None => {
+                        ui.label(RichText::new("sending...").small().weak());
+                    }
+                    Some(why) => {
+                        ui.colored_label(
+                            Color32::from_rgb(230, 80, 80),
+                            RichText::new(format!("not sent: {why}")).small(),
+                        );
+                        if ui.small_button("Retry").clicked() {
+                            actions.push(RowAction::Retry(*local));
+                        }
+                        if ui.small_button("Discard").clicked() {
+                            actions.push(RowAction::Discard(*local));
+                        }
+                    }
+                }
+            });
+        }
         Row::Header { author, time } => {
             ui.horizontal(|ui| {
                 ui.label(

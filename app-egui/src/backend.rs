@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use securecomm_node::guild::{GuildEvent, GuildService};
+use securecomm_node::guild::{GuildEvent, GuildService, HistoryCursor};
 use securecomm_node::net::{Client, NetConfig, PeerPath};
 use securecomm_node::runtime::Node;
 use securecomm_node::store::{IdentityStore, LocalProfile, StoreError};
@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use crate::state::{HISTORY_LIMIT, NetStatus};
+use crate::state::{HISTORY_LIMIT, NetStatus, OLDER_PAGE};
 
 /// Queued commands before the UI is told the node is busy.
 pub const COMMAND_BUFFER: usize = 256;
@@ -81,6 +81,15 @@ pub enum Command {
         /// Channel id.
         channel: u64,
     },
+    /// Load the page of a channel's history just older than `before`.
+    LoadOlder {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// The oldest message shown so far.
+        before: Before,
+    },
     /// Create a guild.
     CreateGuild {
         /// Its name.
@@ -101,6 +110,9 @@ pub enum Command {
         channel: u64,
         /// The text.
         text: String,
+        /// The UI's id for the pending message, answered by [`Event::Sent`] or
+        /// [`Event::SendFailed`].
+        local: u64,
     },
     /// Create an invite (no expiry, unlimited uses).
     CreateInvite {
@@ -118,6 +130,8 @@ pub enum Command {
         user: String,
         /// The text.
         text: String,
+        /// The UI's id for the pending message.
+        local: u64,
     },
     /// Load DM history with a user.
     DmHistory {
@@ -193,6 +207,35 @@ pub struct Message {
     pub sent_at: u64,
     /// The text.
     pub text: String,
+    /// Sending device (hex): with `seq`, where a page of older history starts.
+    #[serde(default)]
+    pub sender_device: String,
+    /// The sending device's sequence number in the guild.
+    #[serde(default)]
+    pub seq: u64,
+    /// For this device's own messages: how many other members' devices confirmed receipt.
+    #[serde(default)]
+    pub delivery: Option<Delivery>,
+}
+
+/// Receipts for one of our own messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Delivery {
+    /// Devices that confirmed it.
+    pub delivered: u64,
+    /// Devices of other members.
+    pub members: u64,
+}
+
+/// Where a page of older channel history starts (the oldest message shown so far).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Before {
+    /// Its sender's clock, ms.
+    pub sent_at: u64,
+    /// Its sending device (hex).
+    pub device: String,
+    /// Its seq.
+    pub seq: u64,
 }
 
 /// A direct message.
@@ -242,8 +285,32 @@ pub enum Event {
         /// Messages.
         messages: Vec<Message>,
     },
+    /// An older page of a channel's history, oldest first.
+    Older {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Messages.
+        messages: Vec<Message>,
+        /// Whether the node has nothing older.
+        exhausted: bool,
+    },
     /// A message was stored (sent here or received).
     Message(Message),
+    /// A pending message was stored and handed to the network (it also arrives as
+    /// [`Event::Message`] or [`Event::Dm`]).
+    Sent {
+        /// The UI's id for it.
+        local: u64,
+    },
+    /// A pending message could not be sent; it stays in the outbox for a retry.
+    SendFailed {
+        /// The UI's id for it.
+        local: u64,
+        /// Why.
+        why: String,
+    },
     /// DM history with a user.
     DmHistory {
         /// The user.
@@ -471,8 +538,7 @@ async fn run(cfg: BackendConfig, mut commands: mpsc::Receiver<Command>, emit: Em
         }
     }
     if let Some(n) = node {
-        n.guilds.stop();
-        n.net.shutdown().await;
+        n.stop().await;
     }
 }
 
@@ -541,6 +607,9 @@ async fn forward_events(g: GuildService, emit: Emitter) {
                     nickname: m.nickname,
                     sent_at: m.sent_at,
                     text: m.text,
+                    sender_device: m.sender_device,
+                    seq: m.seq,
+                    delivery: None,
                 }))
                 .await;
             }
@@ -686,15 +755,50 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
                 emit.emit(Event::ChannelCreated { guild, id }).await;
                 Ok(())
             }
+            Command::LoadOlder {
+                guild,
+                channel,
+                before,
+            } => {
+                let device = hex::decode(&before.device)
+                    .ok()
+                    .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                    .ok_or("bad history cursor")?;
+                let cursor = HistoryCursor {
+                    sent_at: before.sent_at,
+                    device,
+                    seq: before.seq,
+                };
+                let v = g
+                    .history_page(&guild, &channel.to_string(), Some(&cursor), OLDER_PAGE)
+                    .map_err(|e| e.to_string())?;
+                let messages = parse::<Vec<Message>>(v, "history")?;
+                emit.emit(Event::Older {
+                    guild,
+                    channel,
+                    exhausted: messages.len() < OLDER_PAGE,
+                    messages,
+                })
+                .await;
+                Ok(())
+            }
             Command::Send {
                 guild,
                 channel,
                 text,
+                local,
             } => {
                 // The node emits the stored message as a guild event.
-                g.send(&guild, &channel.to_string(), &text)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                match g.send(&guild, &channel.to_string(), &text).await {
+                    Ok(_) => emit.emit(Event::Sent { local }).await,
+                    Err(e) => {
+                        emit.emit(Event::SendFailed {
+                            local,
+                            why: e.to_string(),
+                        })
+                        .await;
+                    }
+                }
                 Ok(())
             }
             Command::CreateInvite { guild } => {
@@ -730,10 +834,19 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
                 }
                 Ok(())
             }
-            Command::DmSend { user, text } => {
-                let v = g.dm_send(&user, &text).await.map_err(|e| e.to_string())?;
-                let m = parse::<DmMessage>(v, "direct message")?;
-                emit.emit(Event::Dm(m)).await;
+            Command::DmSend { user, text, local } => {
+                let sent = g
+                    .dm_send(&user, &text)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| parse::<DmMessage>(v, "direct message"));
+                match sent {
+                    Ok(m) => {
+                        emit.emit(Event::Dm(m)).await;
+                        emit.emit(Event::Sent { local }).await;
+                    }
+                    Err(why) => emit.emit(Event::SendFailed { local, why }).await,
+                }
                 Ok(())
             }
             Command::DmHistory { user } => {

@@ -20,6 +20,7 @@
 
 pub mod app;
 pub mod backend;
+pub mod demo;
 pub mod markdown;
 pub mod state;
 

@@ -11,7 +11,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::backend::{
-    ChannelInfo, Command, DmMessage, Event, GuildInfo, Me, MemberInfo, Message, Passphrase,
+    Before, ChannelInfo, Command, Delivery, DmMessage, Event, GuildInfo, Me, MemberInfo, Message,
+    Passphrase,
 };
 use crate::markdown::{self, Block, Span};
 
@@ -23,6 +24,12 @@ pub const MAX_ERRORS: usize = 8;
 pub const MAX_TIMELINE: usize = 200_000;
 /// Messages requested when a channel is opened.
 pub const HISTORY_LIMIT: usize = 10_000;
+/// Messages per page of older history, requested when the view nears the oldest row loaded.
+pub const OLDER_PAGE: usize = 5_000;
+/// A page of older history is requested when fewer rows than this are above the view.
+pub const PREFETCH_ROWS: usize = 500;
+/// Messages waiting to be sent (or failed, waiting for a retry) before the composer refuses.
+pub const MAX_OUTBOX: usize = 100;
 
 /// Which screen is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +61,67 @@ pub enum Row {
     },
     /// One line of a code block.
     Code(String),
+    /// The header of one of our messages not yet sent (or failed, with `why`).
+    Pending {
+        /// The outbox id.
+        local: u64,
+        /// Why the last attempt failed; `None` while sending.
+        failed: Option<String>,
+    },
+}
+
+/// A message typed here and not yet confirmed by the node: shown below the timeline as
+/// "sending", or "failed" with Retry and Discard. Nothing typed is lost on a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The UI's id for it.
+    pub local: u64,
+    /// Where it goes.
+    pub view: View,
+    /// The text.
+    pub text: String,
+    /// Why the last attempt failed.
+    pub failed: Option<String>,
+}
+
+impl Outgoing {
+    /// Its display rows: a pending header, then the text's rows.
+    pub fn rows(&self) -> Vec<Row> {
+        let e = Entry {
+            id: String::new(),
+            sender: String::new(),
+            author: String::new(),
+            sent_at: 0,
+            text: self.text.clone(),
+            device: String::new(),
+            seq: 0,
+            delivery: None,
+        };
+        let mut rows = vec![Row::Pending {
+            local: self.local,
+            failed: self.failed.clone(),
+        }];
+        // `prev == e` groups it, so no author header: the pending header stands in.
+        push_rows(&mut rows, Some(&e), &e);
+        rows
+    }
+
+    fn command(&self) -> Option<Command> {
+        match &self.view {
+            View::Channel { guild, channel } => Some(Command::Send {
+                guild: guild.clone(),
+                channel: *channel,
+                text: self.text.clone(),
+                local: self.local,
+            }),
+            View::Dm { user } => Some(Command::DmSend {
+                user: user.clone(),
+                text: self.text.clone(),
+                local: self.local,
+            }),
+            View::Empty => None,
+        }
+    }
 }
 
 /// A message in a timeline, whatever its source (guild channel or DM).
@@ -69,6 +137,12 @@ pub struct Entry {
     pub sent_at: u64,
     /// The text.
     pub text: String,
+    /// Sending device (hex; empty for DMs).
+    pub device: String,
+    /// The device's sequence number (0 for DMs).
+    pub seq: u64,
+    /// Receipts, for our own messages loaded from history.
+    pub delivery: Option<Delivery>,
 }
 
 impl From<Message> for Entry {
@@ -84,6 +158,9 @@ impl From<Message> for Entry {
             author,
             sent_at: m.sent_at,
             text: m.text,
+            device: m.sender_device,
+            seq: m.seq,
+            delivery: m.delivery,
         }
     }
 }
@@ -94,6 +171,16 @@ pub struct Timeline {
     entries: Vec<Entry>,
     ids: HashSet<String>,
     rows: Vec<Row>,
+    /// The node has nothing older than the first entry.
+    pub exhausted: bool,
+    /// A page of older history was requested and has not arrived.
+    pub loading_older: bool,
+    /// Rows put in front of the first row since the view last looked: it moves its scroll
+    /// offset down by as many rows, so what the user reads stays in place.
+    pub rows_added_front: usize,
+    /// Frames this timeline has been drawn (saturating): older pages are fetched only once the
+    /// view has settled at the bottom, not on the first frame, which starts at the top.
+    pub frames_shown: u32,
 }
 
 impl Timeline {
@@ -134,6 +221,60 @@ impl Timeline {
         }
     }
 
+    /// Where the next page of older history starts.
+    pub fn before(&self) -> Option<Before> {
+        self.entries.first().map(|e| Before {
+            sent_at: e.sent_at,
+            device: e.device.clone(),
+            seq: e.seq,
+        })
+    }
+
+    /// Puts a page of older messages (oldest first, all older than the first entry) in
+    /// front, laying out only the new rows: O(page + rows) however long the timeline.
+    pub fn prepend(&mut self, page: Vec<Entry>) {
+        let mut fresh: Vec<Entry> = page
+            .into_iter()
+            .filter(|e| !self.ids.contains(&e.id))
+            .collect();
+        fresh.sort_by_key(|e| e.sent_at);
+        if fresh.is_empty() {
+            return;
+        }
+        if self.entries.len() + fresh.len() > MAX_TIMELINE
+            || self
+                .entries
+                .first()
+                .zip(fresh.last())
+                .is_some_and(|(first, last)| last.sent_at > first.sent_at)
+        {
+            // Beyond the bound, or not strictly older: the general (rebuilding) path.
+            self.extend(fresh);
+            return;
+        }
+        let mut rows = Vec::new();
+        let mut prev: Option<&Entry> = None;
+        for e in &fresh {
+            push_rows(&mut rows, prev, e);
+            prev = Some(e);
+        }
+        let mut added = rows.len();
+        if let (Some(last), Some(first)) = (fresh.last(), self.entries.first())
+            && grouped(last, first)
+            && matches!(self.rows.first(), Some(Row::Header { .. }))
+        {
+            // The old first message now continues the page's last group.
+            self.rows.remove(0);
+            added -= 1;
+        }
+        self.rows.splice(0..0, rows);
+        self.rows_added_front += added;
+        for e in &fresh {
+            self.ids.insert(e.id.clone());
+        }
+        self.entries.splice(0..0, fresh);
+    }
+
     /// Adds many messages (history), rebuilding the rows once.
     pub fn extend(&mut self, es: impl IntoIterator<Item = Entry>) {
         for e in es {
@@ -161,11 +302,13 @@ impl Timeline {
     }
 }
 
+/// Whether `e` continues `prev`'s group (same author, little silence).
+fn grouped(prev: &Entry, e: &Entry) -> bool {
+    prev.sender == e.sender && e.sent_at.saturating_sub(prev.sent_at) <= GROUP_GAP_MS
+}
+
 fn push_rows(rows: &mut Vec<Row>, prev: Option<&Entry>, e: &Entry) {
-    let grouped = prev.is_some_and(|p| {
-        p.sender == e.sender && e.sent_at.saturating_sub(p.sent_at) <= GROUP_GAP_MS
-    });
-    if !grouped {
+    if !prev.is_some_and(|p| grouped(p, e)) {
         rows.push(Row::Header {
             author: e.author.clone(),
             time: format_time(e.sent_at),
@@ -317,6 +460,9 @@ pub struct AppState {
     pub errors: VecDeque<String>,
     /// Connection indicator.
     pub net: NetStatus,
+    /// Our messages not yet confirmed by the node, oldest first (at most [`MAX_OUTBOX`]).
+    pub outbox: Vec<Outgoing>,
+    next_local: u64,
 }
 
 impl AppState {
@@ -344,6 +490,59 @@ impl AppState {
             joining: Vec::new(),
             errors: VecDeque::new(),
             net: NetStatus::default(),
+            outbox: Vec::new(),
+            next_local: 1,
+        }
+    }
+
+    /// The rows of the outbox messages for the current view.
+    pub fn pending_rows(&self) -> Vec<Row> {
+        self.outbox
+            .iter()
+            .filter(|o| o.view == self.view)
+            .flat_map(Outgoing::rows)
+            .collect()
+    }
+
+    /// The view scrolled near the oldest row loaded: ask for the page before it, once.
+    pub fn on_near_top(&mut self) -> Vec<Command> {
+        let View::Channel { guild, channel } = self.view.clone() else {
+            return Vec::new();
+        };
+        let Some(t) = self.timelines.get_mut(&(guild.clone(), channel)) else {
+            return Vec::new();
+        };
+        if t.exhausted || t.loading_older {
+            return Vec::new();
+        }
+        let Some(before) = t.before() else {
+            return Vec::new();
+        };
+        t.loading_older = true;
+        vec![Command::LoadOlder {
+            guild,
+            channel,
+            before,
+        }]
+    }
+
+    /// "Retry" on a failed message.
+    pub fn on_retry(&mut self, local: u64) -> Vec<Command> {
+        let Some(o) = self.outbox.iter_mut().find(|o| o.local == local) else {
+            return Vec::new();
+        };
+        o.failed = None;
+        o.command().into_iter().collect()
+    }
+
+    /// "Discard" on a failed message: it leaves the outbox, and its text returns to an empty
+    /// composer so nothing typed is lost by accident.
+    pub fn on_discard(&mut self, local: u64) {
+        if let Some(at) = self.outbox.iter().position(|o| o.local == local) {
+            let o = self.outbox.remove(at);
+            if self.composer.trim().is_empty() {
+                self.composer = o.text;
+            }
         }
     }
 
@@ -416,10 +615,32 @@ impl AppState {
                 channel,
                 messages,
             } => {
-                self.timelines
-                    .entry((guild, channel))
-                    .or_default()
-                    .extend(messages.into_iter().map(Entry::from));
+                let t = self.timelines.entry((guild, channel)).or_default();
+                // A first page shorter than asked for is the whole channel.
+                t.exhausted = t.entries().is_empty() && messages.len() < HISTORY_LIMIT;
+                t.extend(messages.into_iter().map(Entry::from));
+                Vec::new()
+            }
+            Event::Older {
+                guild,
+                channel,
+                messages,
+                exhausted,
+            } => {
+                let t = self.timelines.entry((guild, channel)).or_default();
+                t.loading_older = false;
+                t.exhausted = exhausted;
+                t.prepend(messages.into_iter().map(Entry::from).collect());
+                Vec::new()
+            }
+            Event::Sent { local } => {
+                self.outbox.retain(|o| o.local != local);
+                Vec::new()
+            }
+            Event::SendFailed { local, why } => {
+                if let Some(o) = self.outbox.iter_mut().find(|o| o.local == local) {
+                    o.failed = Some(why);
+                }
                 Vec::new()
             }
             Event::Message(m) => {
@@ -557,21 +778,22 @@ impl AppState {
         if text.trim().is_empty() {
             return Vec::new();
         }
-        let cmd = match &self.view {
-            View::Channel { guild, channel } => Command::Send {
-                guild: guild.clone(),
-                channel: *channel,
-                text,
-            },
-            View::Dm { user } => Command::DmSend {
-                user: user.clone(),
-                text,
-            },
-            View::Empty => {
-                self.error("pick a channel first");
-                return Vec::new();
-            }
+        if self.outbox.len() >= MAX_OUTBOX {
+            self.error("too many messages waiting to be sent; retry or discard the failed ones");
+            return Vec::new();
+        }
+        let o = Outgoing {
+            local: self.next_local,
+            view: self.view.clone(),
+            text,
+            failed: None,
         };
+        let Some(cmd) = o.command() else {
+            self.error("pick a channel first");
+            return Vec::new();
+        };
+        self.next_local += 1;
+        self.outbox.push(o);
         self.composer.clear();
         vec![cmd]
     }
@@ -648,6 +870,9 @@ fn dm_entry(m: DmMessage, me: &str) -> Entry {
         author,
         sent_at: m.sent_at,
         text: m.text,
+        device: String::new(),
+        seq: 0,
+        delivery: None,
     }
 }
 
@@ -662,7 +887,127 @@ mod tests {
             author: sender.into(),
             sent_at: at,
             text: text.into(),
+            device: "00".repeat(32),
+            seq: u64::from(id),
+            delivery: None,
         }
+    }
+
+    /// Prepending pages lays out the same rows as building the whole timeline at once,
+    /// including a group that spans the page boundary, and counts the rows it added.
+    #[test]
+    fn prepended_pages_match_one_build() {
+        let all: Vec<Entry> = (0..300u32)
+            .map(|i| {
+                let who = if (i / 7) % 2 == 0 { "ann" } else { "bob" };
+                entry(i, who, u64::from(i) * 1000, &format!("line {i}\nsecond"))
+            })
+            .collect();
+        let mut whole = Timeline::default();
+        whole.extend(all.clone());
+        let mut paged = Timeline::default();
+        paged.extend(all[250..].to_vec());
+        let mut start = 250;
+        for size in [13usize, 1, 60, 100, 76] {
+            let before = paged.rows().len();
+            paged.prepend(all[start - size..start].to_vec());
+            assert_eq!(paged.rows().len() - before, paged.rows_added_front);
+            paged.rows_added_front = 0;
+            start -= size;
+        }
+        assert_eq!(start, 0);
+        assert_eq!(paged.rows(), whole.rows());
+        assert_eq!(paged.entries(), whole.entries());
+        // A duplicate page changes nothing.
+        paged.prepend(all[..10].to_vec());
+        assert_eq!(paged.rows(), whole.rows());
+        assert_eq!(paged.before().unwrap().seq, 0);
+    }
+
+    #[test]
+    fn near_top_asks_for_one_older_page_until_exhausted() {
+        let mut s = AppState::new("/tmp/x".into(), true);
+        s.view = View::Channel {
+            guild: "g".into(),
+            channel: 1,
+        };
+        let page: Vec<Message> = (0..HISTORY_LIMIT as u64)
+            .map(|i| Message {
+                guild: "g".into(),
+                channel: 1,
+                id: format!("{i}"),
+                sender: "ann".into(),
+                nickname: String::new(),
+                sent_at: 10_000 + i,
+                text: "x".into(),
+                sender_device: "ab".repeat(32),
+                seq: i + 1,
+                delivery: None,
+            })
+            .collect();
+        s.apply(Event::History {
+            guild: "g".into(),
+            channel: 1,
+            messages: page,
+        });
+        let cmds = s.on_near_top();
+        assert!(
+            matches!(cmds.as_slice(), [Command::LoadOlder { before, .. }] if before.seq == 1 && before.sent_at == 10_000)
+        );
+        assert!(
+            s.on_near_top().is_empty(),
+            "one request in flight at a time"
+        );
+        s.apply(Event::Older {
+            guild: "g".into(),
+            channel: 1,
+            messages: Vec::new(),
+            exhausted: true,
+        });
+        assert!(s.on_near_top().is_empty(), "nothing older");
+    }
+
+    #[test]
+    fn failed_send_stays_for_retry_and_discard_returns_the_text() {
+        let mut s = AppState::new("/tmp/x".into(), true);
+        s.view = View::Dm { user: "bob".into() };
+        s.composer = "hello *bob*".into();
+        let cmds = s.on_send();
+        let local = match cmds.as_slice() {
+            [Command::DmSend { local, text, .. }] if text == "hello *bob*" => *local,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            s.pending_rows().first(),
+            Some(Row::Pending { failed: None, .. })
+        ));
+        s.apply(Event::SendFailed {
+            local,
+            why: "bob has no prekeys".into(),
+        });
+        assert!(s.errors.is_empty(), "shown inline, once");
+        assert!(matches!(
+            s.pending_rows().first(),
+            Some(Row::Pending { failed: Some(w), .. }) if w == "bob has no prekeys"
+        ));
+        assert!(matches!(
+            s.on_retry(local).as_slice(),
+            [Command::DmSend { .. }]
+        ));
+        s.apply(Event::SendFailed {
+            local,
+            why: "still no".into(),
+        });
+        s.on_discard(local);
+        assert!(s.outbox.is_empty());
+        assert_eq!(s.composer, "hello *bob*");
+        // A confirmed send leaves the outbox.
+        s.composer = "again".into();
+        let [Command::DmSend { local, .. }] = s.on_send()[..] else {
+            panic!()
+        };
+        s.apply(Event::Sent { local });
+        assert!(s.outbox.is_empty() && s.pending_rows().is_empty());
     }
 
     #[test]

@@ -290,6 +290,9 @@ fn a_channel_of_100k_messages_lays_out_only_visible_rows() {
             nickname: String::new(),
             sent_at: 1_700_000_000_000 + i * 1000,
             text: format!("row number {i} with *some* `markup`"),
+            sender_device: "ab".repeat(32),
+            seq: i + 1,
+            delivery: None,
         })
         .collect();
     {
@@ -320,4 +323,97 @@ fn a_channel_of_100k_messages_lays_out_only_visible_rows() {
     let per_frame = t1.elapsed() / 20;
     eprintln!("100k messages: first frames {first:?}, then {per_frame:?} per frame (debug build)");
     assert!(per_frame < Duration::from_millis(500), "{per_frame:?}");
+}
+
+/// A channel longer than the first page, in a real store seeded through the node: the app
+/// opens on the newest page, scrolling to the top with the mouse wheel brings the older page
+/// (the node pages by cursor), and the view keeps its place instead of jumping.
+#[test]
+fn scrolling_up_pages_in_older_history_from_the_store() {
+    use securecomm_app::demo::{SeedSpec, sample_text, seed};
+    use securecomm_app::state::HISTORY_LIMIT;
+    let dir = tempfile::tempdir().unwrap();
+    let total = HISTORY_LIMIT + 300;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let t0 = Instant::now();
+    let seeded = rt
+        .block_on(seed(
+            dir.path(),
+            &SeedSpec {
+                name: "Seeder",
+                passphrase: "pass phrase",
+                kdf: config(dir.path()).kdf,
+                guild: "Archive",
+                messages: total,
+            },
+            sample_text,
+        ))
+        .unwrap();
+    eprintln!("seeded {total} messages in {:?}", t0.elapsed());
+    drop(rt);
+    let mut h = harness(dir.path());
+    settle(&mut h);
+    type_into(&mut h, "Passphrase", "pass phrase");
+    h.get_by_label("Unlock").click();
+    let key = (seeded.guild.clone(), seeded.channel);
+    wait_for(&mut h, "the first page", |s| {
+        s.timelines
+            .get(&key)
+            .is_some_and(|t| t.entries().len() == HISTORY_LIMIT)
+    });
+    assert!(!h.state().state.timelines[&key].exhausted);
+    // The newest message is on screen (the view sticks to the bottom).
+    settle(&mut h);
+    let newest = h.state().state.timelines[&key]
+        .entries()
+        .last()
+        .unwrap()
+        .text
+        .clone();
+    let first_line = newest.lines().next().unwrap().to_owned();
+    assert!(
+        h.query_all_by_label_contains(&first_line[..12]).count() > 0,
+        "{first_line}"
+    );
+    // Wheel up, a screen at a time, until the older page has arrived.
+    h.event(egui::Event::PointerMoved(egui::pos2(600.0, 400.0)));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut wheels = 0;
+    while !h.state().state.timelines[&key].exhausted {
+        assert!(
+            Instant::now() < deadline,
+            "no older page after {wheels} wheel turns"
+        );
+        if !h.state().state.timelines[&key].loading_older {
+            h.event(egui::Event::MouseWheel {
+                unit: egui::MouseWheelUnit::Page,
+                delta: egui::vec2(0.0, 20.0),
+                modifiers: egui::Modifiers::default(),
+            });
+            wheels += 1;
+        }
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    settle(&mut h);
+    assert_eq!(h.state().state.timelines[&key].entries().len(), total);
+    // The view kept its place: the rows put in front are above it, not on screen.
+    let oldest: Vec<String> = h.state().state.timelines[&key].entries()[..3]
+        .iter()
+        .map(|e| e.text.split_inclusive(':').next().unwrap().to_owned())
+        .collect();
+    for line in &oldest {
+        assert!(
+            h.query_all_by_label_contains(line).count() == 0,
+            "{line} is on screen: the view jumped to the top"
+        );
+    }
+    let t = &h.state().state.timelines[&key];
+    let ids: std::collections::HashSet<&str> = t.entries().iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), total, "every message once");
+    assert!(
+        h.state().state.errors.is_empty(),
+        "{:?}",
+        h.state().state.errors
+    );
 }

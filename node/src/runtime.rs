@@ -86,6 +86,15 @@ impl Node {
         })
     }
 
+    /// Stops the node: the control socket, the guild layer's tasks (which own the database),
+    /// then the network, and waits for the network task to end.
+    pub async fn stop(self) {
+        self.control_task.abort();
+        self.guilds.stop();
+        self.net.shutdown().await;
+        let _ = self.loop_task.await;
+    }
+
     /// Waits until the network stops (a `shutdown` command or every handle dropped).
     pub async fn wait(self) {
         let _ = self.loop_task.await;

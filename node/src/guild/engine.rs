@@ -1834,40 +1834,81 @@ pub fn new_role(view: &GuildView, author_rank: u32, name: &str, perms: Permissio
 }
 
 /// Message history of a channel, oldest first, at most `limit` (the latest ones).
+/// Where a page of history ends: the oldest message of the previous page, as (sent_at, sending
+/// device, seq), the order [`history`] sorts by (newest first). A page "before" it holds only
+/// messages strictly older in that order, so pages never overlap or skip a message, even when
+/// many share one millisecond.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryCursor {
+    /// Sender's clock of the oldest message already shown, ms.
+    pub sent_at: u64,
+    /// Its sending device.
+    pub device: [u8; 32],
+    /// Its seq.
+    pub seq: u64,
+}
+
+/// A channel's newest `limit` messages (older than `before`, when given), oldest first.
 pub fn history(
     conn: &Connection,
     gid: &GuildId,
     channel: ChannelId,
+    before: Option<&HistoryCursor>,
     limit: usize,
 ) -> Result<Vec<StoredMessage>, SyncError> {
-    let mut st = conn
-        .prepare_cached(
-            "SELECT msg_id, sender, author, sent_at, received_at, text, seq FROM guild_messages
-             WHERE guild = ?1 AND channel = ?2
-             ORDER BY sent_at DESC, sender DESC, seq DESC, rorder DESC LIMIT ?3",
-        )
-        .map_err(db_err)?;
-    let rows = st
-        .query_map(
-            params![&gid.0[..], sql(channel.0), sql(limit as u64)],
-            |r| {
-                Ok(StoredMessage {
-                    guild: hex::encode(gid.0),
-                    channel: channel.0,
-                    id: hex::encode(r.get::<_, Vec<u8>>(0)?),
-                    sender_device: hex::encode(r.get::<_, Vec<u8>>(1)?),
-                    seq: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
-                    envelope: Vec::new(),
-                    sender: hex::encode(r.get::<_, Vec<u8>>(2)?),
-                    nickname: String::new(),
-                    sent_at: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-                    received_at: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
-                    text: r.get(5)?,
-                })
-            },
-        )
-        .map_err(db_err)?;
-    let mut v: Vec<StoredMessage> = rows.collect::<Result<_, _>>().map_err(db_err)?;
+    const COLUMNS: &str =
+        "SELECT msg_id, sender, author, sent_at, received_at, text, seq FROM guild_messages";
+    const ORDER: &str = "ORDER BY sent_at DESC, sender DESC, seq DESC, rorder DESC LIMIT ?3";
+    let row = |r: &rusqlite::Row<'_>| {
+        Ok(StoredMessage {
+            guild: hex::encode(gid.0),
+            channel: channel.0,
+            id: hex::encode(r.get::<_, Vec<u8>>(0)?),
+            sender_device: hex::encode(r.get::<_, Vec<u8>>(1)?),
+            seq: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+            envelope: Vec::new(),
+            sender: hex::encode(r.get::<_, Vec<u8>>(2)?),
+            nickname: String::new(),
+            sent_at: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+            received_at: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+            text: r.get(5)?,
+        })
+    };
+    let mut v: Vec<StoredMessage> = match before {
+        None => {
+            let mut st = conn
+                .prepare_cached(&format!(
+                    "{COLUMNS} WHERE guild = ?1 AND channel = ?2 {ORDER}"
+                ))
+                .map_err(db_err)?;
+            st.query_map(params![&gid.0[..], sql(channel.0), sql(limit as u64)], row)
+                .map_err(db_err)?
+                .collect::<Result<_, _>>()
+                .map_err(db_err)?
+        }
+        Some(c) => {
+            let mut st = conn
+                .prepare_cached(&format!(
+                    "{COLUMNS} WHERE guild = ?1 AND channel = ?2 AND sent_at <= ?4
+                     AND (sent_at, sender, seq) < (?4, ?5, ?6) {ORDER}"
+                ))
+                .map_err(db_err)?;
+            st.query_map(
+                params![
+                    &gid.0[..],
+                    sql(channel.0),
+                    sql(limit as u64),
+                    sql(c.sent_at),
+                    &c.device[..],
+                    sql(c.seq)
+                ],
+                row,
+            )
+            .map_err(db_err)?
+            .collect::<Result<_, _>>()
+            .map_err(db_err)?
+        }
+    };
     v.reverse();
     Ok(v)
 }
@@ -1900,6 +1941,84 @@ mod tests {
         save_row(db.conn(), g, true).unwrap();
         let ch = resolve_channel(g.crdt.view(), "general").unwrap();
         (gid, ch)
+    }
+
+    /// Paging back from the newest message visits every stored message exactly once and in the
+    /// same order as one big page, even when many messages share a millisecond across pages
+    /// and senders.
+    #[test]
+    fn history_pages_cover_every_message_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("node.db"), &Secret32::from_bytes([6; 32])).unwrap();
+        let gid = GuildId([9; 32]);
+        let ch = ChannelId(3);
+        let tx = db.conn_mut().transaction().unwrap();
+        for i in 0..2_000u64 {
+            let dev = [u8::try_from(i % 3).unwrap(); 32];
+            let m = StoredMessage {
+                guild: hex::encode(gid.0),
+                channel: ch.0,
+                id: hex::encode((i * 7919 % 2_003).to_be_bytes()),
+                sender_device: hex::encode(dev),
+                seq: i / 3 + 1,
+                sender: hex::encode([1u8; 32]),
+                nickname: String::new(),
+                // Bursts: up to 40 messages in one millisecond.
+                sent_at: 1_000 + i / 40,
+                received_at: 0,
+                text: format!("m{i}"),
+                envelope: Vec::new(),
+            };
+            assert!(store_message(&tx, &gid, &m).unwrap());
+        }
+        // Another channel's messages never leak into the pages.
+        let mut other = history_row(&gid, 4);
+        other.id = "ff".repeat(8);
+        store_message(&tx, &gid, &other).unwrap();
+        tx.commit().unwrap();
+        let all: Vec<String> = history(db.conn(), &gid, ch, None, 10_000)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(all.len(), 2_000);
+        for page in [1usize, 7, 40, 99, 1_000, 5_000] {
+            let mut got: Vec<String> = Vec::new();
+            let mut cursor: Option<HistoryCursor> = None;
+            loop {
+                let p = history(db.conn(), &gid, ch, cursor.as_ref(), page).unwrap();
+                let Some(oldest) = p.first() else { break };
+                assert!(p.len() <= page);
+                cursor = Some(HistoryCursor {
+                    sent_at: oldest.sent_at,
+                    device: hex::decode(&oldest.sender_device)
+                        .unwrap()
+                        .try_into()
+                        .unwrap(),
+                    seq: oldest.seq,
+                });
+                let mut ids: Vec<String> = p.into_iter().map(|m| m.id).collect();
+                ids.extend(got);
+                got = ids;
+            }
+            assert_eq!(got, all, "page size {page}");
+        }
+    }
+
+    fn history_row(gid: &GuildId, channel: u64) -> StoredMessage {
+        StoredMessage {
+            guild: hex::encode(gid.0),
+            channel,
+            id: String::new(),
+            sender_device: hex::encode([0u8; 32]),
+            seq: 1,
+            sender: hex::encode([1u8; 32]),
+            nickname: String::new(),
+            sent_at: 1_010,
+            received_at: 0,
+            text: "elsewhere".into(),
+            envelope: Vec::new(),
+        }
     }
 
     /// Sends with crashes (the engine and the connection dropped, the database reopened) at
@@ -1999,7 +2118,7 @@ mod tests {
         drop(e);
         drop(db);
         let db = Db::open(&path, &key).unwrap();
-        let stored: BTreeSet<String> = history(db.conn(), &gid, ch, 10_000)
+        let stored: BTreeSet<String> = history(db.conn(), &gid, ch, None, 10_000)
             .unwrap()
             .into_iter()
             .map(|m| m.id)

@@ -123,7 +123,7 @@ use securecomm_noise::codec::DecodeError;
 use securecomm_noise::dcgka::GroupError;
 use thiserror::Error;
 
-pub use engine::{StoredMessage, Verdict};
+pub use engine::{HistoryCursor, StoredMessage, Verdict};
 pub use service::{GuildEvent, GuildService, HistoryStats};
 
 use crate::net::NetError;

@@ -849,17 +849,24 @@ impl GuildService {
     /// returns after the next group commit (`GroupCommit`) made it durable.
     pub async fn send(&self, guild: &str, channel: &str, text: &str) -> Result<Value, GuildError> {
         let gid = self.resolve(guild)?;
-        let p = self.with_engine(|e, db| {
-            let ch = resolve_channel(e.guild_mut(&gid)?.crdt.view(), channel)?;
-            e.prepare_send(db.conn_mut(), &gid, ch, text)
+        let (p, alone) = self.with_engine(|e, db| {
+            let me = e.keys.me;
+            let g = e.guild_mut(&gid)?;
+            // With no other member device there is nobody to publish to: nothing waits in the
+            // outbox (members who join later get history by history sync, if the guild's
+            // settings let them).
+            let alone = g.member_devices().iter().all(|d| *d == me);
+            let ch = resolve_channel(g.crdt.view(), channel)?;
+            Ok::<_, GuildError>((e.prepare_send(db.conn_mut(), &gid, ch, text)?, alone))
         })??;
-        let published = !p.queued
-            && self
-                .inner
-                .net
-                .publish(&p.topic, p.sealed.clone())
-                .await
-                .is_ok();
+        let published = alone
+            || (!p.queued
+                && self
+                    .inner
+                    .net
+                    .publish(&p.topic, p.sealed.clone())
+                    .await
+                    .is_ok());
         let unpublished = (!published).then_some((p.topic.as_str(), p.sealed.as_slice()));
         self.with_engine(|e, db| e.commit_send(db.conn_mut(), &gid, &p.message, unpublished))??;
         let n = self.inner.commit.committed();
@@ -879,13 +886,26 @@ impl GuildService {
 
     /// `history GUILD CHANNEL [--limit N]`: oldest first.
     pub fn history(&self, guild: &str, channel: &str, limit: usize) -> Result<Value, GuildError> {
+        self.history_page(guild, channel, None, limit)
+    }
+
+    /// One page of a channel's history: the newest `limit` (at most 10,000) messages older than
+    /// `before` (the oldest message of the page shown so far), oldest first. Paging back from
+    /// `None` visits every stored message exactly once.
+    pub fn history_page(
+        &self,
+        guild: &str,
+        channel: &str,
+        before: Option<&engine::HistoryCursor>,
+        limit: usize,
+    ) -> Result<Value, GuildError> {
         let gid = self.resolve(guild)?;
         self.with_engine(|e, db| {
             let me = hex::encode(e.keys.me.as_bytes());
             let g = e.guild_mut(&gid)?;
             let view = g.crdt.view();
             let ch = resolve_channel(view, channel)?;
-            let mut msgs = engine::history(db.conn(), &gid, ch, limit.clamp(1, 10_000))?;
+            let mut msgs = engine::history(db.conn(), &gid, ch, before, limit.clamp(1, 10_000))?;
             for m in &mut msgs {
                 if let Some(b) = hex_array(&m.sender)
                     && let Ok(u) = RootPublicKey::from_bytes(&b)

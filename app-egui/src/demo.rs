@@ -1,0 +1,162 @@
+//! Seeding a data folder with a real store: an identity, a guild, and a channel of many
+//! messages, written through the node like any user's (signed, encrypted, stored in the
+//! SQLCipher database). The frame benchmark, the screenshot tour and the tests use it; nothing
+//! here is faked.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use securecomm_node::net::NetConfig;
+use securecomm_node::runtime::Node;
+use securecomm_node::store::IdentityStore;
+use securecomm_noise::keystore::{KdfLimits, KdfParams};
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+/// Sends in flight while seeding (they share the database's group commits).
+const IN_FLIGHT: usize = 64;
+
+/// What [`seed`] made.
+#[derive(Debug, Clone)]
+pub struct Seeded {
+    /// The user id (hex).
+    pub user_id: String,
+    /// The guild (hex id).
+    pub guild: String,
+    /// The channel holding the messages.
+    pub channel: u64,
+}
+
+/// What to seed.
+#[derive(Debug, Clone)]
+pub struct SeedSpec<'a> {
+    /// Display name of the identity.
+    pub name: &'a str,
+    /// Its passphrase.
+    pub passphrase: &'a str,
+    /// Identity-file KDF (`None`: the strong defaults).
+    pub kdf: Option<(KdfParams, KdfLimits)>,
+    /// Guild name.
+    pub guild: &'a str,
+    /// Messages to send to the guild's first text channel.
+    pub messages: usize,
+}
+
+/// The text of seeded message `i`: a mix of short and long lines, markdown and code, like a
+/// real channel.
+pub fn sample_text(i: usize) -> String {
+    match i % 9 {
+        0 => format!("message {i}: **deploy** went out, see `build-{}`", i % 97),
+        1 => format!("message {i}: has anyone tried the *new* relay settings?"),
+        2 => format!(
+            "message {i}:\n```rust\nfn answer() -> u32 {{ {} }}\n```",
+            i % 1000
+        ),
+        3 => format!("message {i}: > quoting someone\nand replying below"),
+        4 => format!("message {i}: link https://example.org/{i} (shown, never fetched)"),
+        5 => format!("message {i}: ok"),
+        6 => format!(
+            "message {i}: a longer one, the kind people write when they explain why the voice \
+             room dropped for a second around the time the relay restarted"
+        ),
+        7 => format!("message {i}: ~~nope~~ __yes__"),
+        _ => format!("message {i}: thanks!"),
+    }
+}
+
+/// Creates an identity in `dir`, starts the node on loopback only, creates a guild and sends
+/// `spec.messages` messages (text from `text`) to its first text channel, then stops the node.
+pub async fn seed(
+    dir: &Path,
+    spec: &SeedSpec<'_>,
+    text: fn(usize) -> String,
+) -> Result<Seeded, String> {
+    let store = match spec.kdf {
+        Some((p, l)) => IdentityStore::with_params(dir, p, l),
+        None => IdentityStore::new(dir),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let pass = spec.passphrase.to_owned();
+    let name = spec.name.to_owned();
+    let profile = tokio::task::spawn_blocking(move || {
+        store.create(
+            &mut rand_core::OsRng,
+            pass.as_bytes(),
+            &name,
+            "desktop",
+            now,
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let net = NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().map_err(|e| format!("{e}"))?],
+        mdns: false,
+        ..NetConfig::default()
+    };
+    let node = Node::start(dir.to_path_buf(), &profile, net)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = fill(&node, spec, text).await;
+    let user_id = hex::encode(profile.identity.root_public().as_bytes());
+    node.stop().await;
+    let (guild, channel) = result?;
+    Ok(Seeded {
+        user_id,
+        guild,
+        channel,
+    })
+}
+
+async fn fill(
+    node: &Node,
+    spec: &SeedSpec<'_>,
+    text: fn(usize) -> String,
+) -> Result<(String, u64), String> {
+    let g = &node.guilds;
+    let v = g
+        .create_guild(spec.guild)
+        .await
+        .map_err(|e| e.to_string())?;
+    let guild = v
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or("no guild id")?
+        .to_owned();
+    let channels = g.list_channels(&guild).map_err(|e| e.to_string())?;
+    let channel = channels
+        .as_array()
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.get("kind").and_then(Value::as_str) == Some("text"))
+        })
+        .and_then(|c| c.get("id"))
+        .and_then(Value::as_u64)
+        .ok_or("the new guild has no text channel")?;
+    let guild_arc: Arc<str> = Arc::from(guild.as_str());
+    let ch = channel.to_string();
+    let mut tasks = JoinSet::new();
+    for i in 0..spec.messages {
+        if tasks.len() >= IN_FLIGHT
+            && let Some(r) = tasks.join_next().await
+        {
+            r.map_err(|e| e.to_string())??;
+        }
+        let g = g.clone();
+        let (gid, ch) = (guild_arc.clone(), ch.clone());
+        let t = text(i);
+        tasks.spawn(async move {
+            g.send(&gid, &ch, &t)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| e.to_string())??;
+    }
+    Ok((guild, channel))
+}
