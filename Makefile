@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build run test lint bench fuzz
+.PHONY: deps build run test lint bench fuzz screenshots
 
 deps:
 	@scripts/install-deps.sh
@@ -24,6 +24,10 @@ lint:
 
 bench:
 	$(CARGO) bench --workspace
+
+# Starts the real window under Xvfb and saves the main screens into docs/screenshots/.
+screenshots:
+	scripts/screenshots.sh
 
 # Runs every fuzz target for FUZZ_SECONDS each (needs cargo-fuzz; see README).
 FUZZ_SECONDS ?= 60

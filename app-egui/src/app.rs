@@ -30,7 +30,8 @@ impl App {
         })
     }
 
-    fn dispatch(&mut self, cmds: Vec<Command>) {
+    /// Sends commands to the node; a full queue becomes an error shown once.
+    pub fn dispatch(&mut self, cmds: Vec<Command>) {
         for c in cmds {
             if let Err(e) = self.backend.send(c) {
                 self.state.error(e);
@@ -314,7 +315,7 @@ fn dm_list_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
     let mut pick = None;
     for u in users {
         let selected = matches!(&s.view, View::Dm { user } if user == u);
-        if ui.selectable_label(selected, short(u)).clicked() {
+        if ui.selectable_label(selected, s.name_of(u)).clicked() {
             pick = Some(u.clone());
         }
     }
@@ -388,7 +389,7 @@ fn composer_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
     let hint = match &s.view {
         View::Empty => "Pick a channel".to_owned(),
         View::Channel { .. } => "Message (Enter sends, Shift+Enter new line)".to_owned(),
-        View::Dm { user } => format!("Message {}", short(user)),
+        View::Dm { user } => format!("Message {}", s.name_of(user)),
     };
     ui.add_space(4.0);
     ui.horizontal(|ui| {
@@ -419,7 +420,7 @@ fn messages_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
             .get(guild)
             .and_then(|cs| cs.iter().find(|c| c.id == *channel))
             .map_or_else(|| "#?".to_owned(), |c| format!("# {}", c.name)),
-        View::Dm { user } => format!("@ {}", short(user)),
+        View::Dm { user } => format!("@ {}", s.name_of(user)),
     };
     ui.heading(title);
     ui.separator();
@@ -562,10 +563,12 @@ fn spans_job(ui: &egui::Ui, spans: &[Span], quote: bool) -> LayoutJob {
     let mono = FontId::monospace(body.size);
     let normal = ui.visuals().text_color();
     if quote {
+        // The quote bar from the monospace font (Hack has box drawing; the proportional
+        // default font does not).
         job.append(
-            "▎ ",
+            "\u{2502} ",
             0.0,
-            TextFormat::simple(body.clone(), ui.visuals().weak_text_color()),
+            TextFormat::simple(mono.clone(), ui.visuals().weak_text_color()),
         );
     }
     for sp in spans {

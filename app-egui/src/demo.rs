@@ -160,3 +160,205 @@ async fn fill(
     }
     Ok((guild, channel))
 }
+
+/// What [`seed_community`] made.
+#[derive(Debug, Clone)]
+pub struct Community {
+    /// The owner's (the app user's) id.
+    pub user_id: String,
+    /// The guild.
+    pub guild: String,
+    /// Bob's user id (he also wrote a DM to the owner).
+    pub bob: String,
+}
+
+/// Where each seeded node lives and who it is.
+struct Member {
+    node: Node,
+    user_id: String,
+}
+
+async fn start_member(
+    dir: &Path,
+    name: &str,
+    passphrase: &str,
+    kdf: Option<(KdfParams, KdfLimits)>,
+) -> Result<Member, String> {
+    let store = match kdf {
+        Some((p, l)) => IdentityStore::with_params(dir, p, l),
+        None => IdentityStore::new(dir),
+    };
+    let (pass, name) = (passphrase.to_owned(), name.to_owned());
+    let profile = tokio::task::spawn_blocking(move || {
+        store.create(&mut rand_core::OsRng, pass.as_bytes(), &name, "desktop", 0)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let net = NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().map_err(|e| format!("{e}"))?],
+        mdns: false,
+        ..NetConfig::default()
+    };
+    let node = Node::start(dir.to_path_buf(), &profile, net)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Member {
+        node,
+        user_id: hex::encode(profile.identity.root_public().as_bytes()),
+    })
+}
+
+fn text_channel(v: &Value, name: &str) -> Option<String> {
+    v.as_array()?
+        .iter()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+        .and_then(|c| c.get("id"))
+        .and_then(Value::as_u64)
+        .map(|id| id.to_string())
+}
+
+/// A small community for screenshots and demos, all real and on loopback only: the owner
+/// (`dir`, the identity the app unlocks) creates a guild with a few channels and a role,
+/// Bob and Carol (in `others`) join by invite, the three talk, Bob writes the owner a DM;
+/// the owner's store holds it all when this returns (every node stopped).
+pub async fn seed_community(
+    dir: &Path,
+    others: &Path,
+    passphrase: &str,
+    kdf: Option<(KdfParams, KdfLimits)>,
+) -> Result<Community, String> {
+    let alice = start_member(dir, "Alice", passphrase, kdf).await?;
+    let bob = start_member(&others.join("bob"), "Bob", "bob's pass", kdf).await?;
+    let carol = start_member(&others.join("carol"), "Carol", "carol's pass", kdf).await?;
+    let result = converse(&alice, &bob, &carol).await;
+    let bob_id = bob.user_id.clone();
+    let user_id = alice.user_id.clone();
+    for m in [carol, bob, alice] {
+        m.node.stop().await;
+    }
+    Ok(Community {
+        user_id,
+        guild: result?,
+        bob: bob_id,
+    })
+}
+
+async fn converse(alice: &Member, bob: &Member, carol: &Member) -> Result<String, String> {
+    let err = |e: securecomm_node::guild::GuildError| e.to_string();
+    let a = &alice.node.guilds;
+    let guild = a
+        .create_guild("Rustaceans")
+        .await
+        .map_err(err)?
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or("no guild id")?
+        .to_owned();
+    a.create_channel(&guild, "announcements", false)
+        .await
+        .map_err(err)?;
+    a.create_channel(&guild, "help", false).await.map_err(err)?;
+    a.create_channel(&guild, "Lounge", true)
+        .await
+        .map_err(err)?;
+    a.create_role(
+        &guild,
+        "Moderator",
+        "manage_messages,kick_members,mute_members",
+    )
+    .await
+    .map_err(err)?;
+    for m in [bob, carol] {
+        let code = a
+            .create_invite(&guild, None, 0)
+            .await
+            .map_err(err)?
+            .get("code")
+            .and_then(Value::as_str)
+            .ok_or("no invite code")?
+            .to_owned();
+        m.node.guilds.join(&code).await.map_err(err)?;
+    }
+    a.grant_role(&guild, &bob.user_id, "Moderator")
+        .await
+        .map_err(err)?;
+    let channels = a.list_channels(&guild).map_err(err)?;
+    let general = text_channel(&channels, "general").ok_or("no #general")?;
+    let script: [(&Member, &str); 9] = [
+        (
+            alice,
+            "Welcome to **Rustaceans**! Everything here is end-to-end encrypted.",
+        ),
+        (bob, "Hi all. Is the relay on the community box up to date?"),
+        (
+            alice,
+            "Yes, updated this morning. `securecomm-relay --version` says 0.1.0",
+        ),
+        (carol, "Joined from my laptop, hello!"),
+        (
+            carol,
+            "Question: can I paste code?\n```rust\nfn main() {\n    println!(\"hi\");\n}\n```",
+        ),
+        (bob, "> can I paste code?\nYes, and *markdown* works too."),
+        (
+            alice,
+            "Links show but are never fetched: https://example.org/docs",
+        ),
+        (bob, "Voice in ~Lounge~ the Lounge channel at 8?"),
+        (carol, "I'll be there"),
+    ];
+    for (m, text) in script {
+        // The guild's key agreement welcomes each joiner shortly after the join: retry.
+        let mut tries = 0;
+        loop {
+            match m.node.guilds.send(&guild, &general, text).await {
+                Ok(_) => break,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "send retry");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+    let mut tries = 0;
+    loop {
+        match bob
+            .node
+            .guilds
+            .dm_send(
+                &alice.user_id,
+                "Hey Alice, can we check our safety numbers later?",
+            )
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                tracing::debug!(error = %e, "DM retry");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    // Until the owner holds the whole conversation and the DM.
+    for _ in 0..300 {
+        let n = a
+            .history(&guild, &general, 100)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0);
+        let dms = a
+            .dm_history(&bob.user_id, 10)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0);
+        if n >= 9 && dms >= 1 {
+            return Ok(guild);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Err("the owner never received the whole conversation".into())
+}

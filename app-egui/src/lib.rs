@@ -23,6 +23,7 @@ pub mod backend;
 pub mod demo;
 pub mod markdown;
 pub mod state;
+pub mod tour;
 
 pub use app::App;
 pub use backend::{Backend, BackendConfig};

@@ -1,4 +1,5 @@
 //! `securecomm [DATA_DIR]`: the desktop app.
+//! `securecomm --screenshots [OUT_DIR]`: the screenshot tour (see `tour`; needs a display).
 
 use securecomm_app::{App, BackendConfig, default_data_dir};
 
@@ -9,9 +10,26 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let dir = std::env::args_os()
-        .nth(1)
-        .map_or_else(default_data_dir, std::path::PathBuf::from);
+    let mut args = std::env::args_os().skip(1);
+    let first = args.next();
+    if first.as_deref() == Some(std::ffi::OsStr::new("--screenshots")) {
+        let out = args
+            .next()
+            .map_or_else(|| "docs/screenshots".into(), std::path::PathBuf::from);
+        return match securecomm_app::tour::run(&out) {
+            Ok(saved) => {
+                for p in saved {
+                    println!("saved {}", p.display());
+                }
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("securecomm --screenshots: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let dir = first.map_or_else(default_data_dir, std::path::PathBuf::from);
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("SecureComm")

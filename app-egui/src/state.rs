@@ -495,6 +495,15 @@ impl AppState {
         }
     }
 
+    /// A user's name: their nickname in any guild we share, else the start of their id.
+    pub fn name_of(&self, user: &str) -> String {
+        self.members
+            .values()
+            .flat_map(|ms| ms.iter())
+            .find(|m| m.user == user && !m.nickname.is_empty())
+            .map_or_else(|| short(user), |m| m.nickname.clone())
+    }
+
     /// The rows of the outbox messages for the current view.
     pub fn pending_rows(&self) -> Vec<Row> {
         self.outbox
@@ -652,18 +661,20 @@ impl AppState {
             }
             Event::DmHistory { user, messages } => {
                 let me = self.my_name();
+                let them = self.name_of(&user);
                 self.dms
                     .entry(user)
                     .or_default()
-                    .extend(messages.into_iter().map(|m| dm_entry(m, &me)));
+                    .extend(messages.into_iter().map(|m| dm_entry(m, &me, &them)));
                 Vec::new()
             }
             Event::Dm(m) => {
                 let me = self.my_name();
+                let them = self.name_of(&m.peer);
                 self.dms
                     .entry(m.peer.clone())
                     .or_default()
-                    .insert(dm_entry(m, &me));
+                    .insert(dm_entry(m, &me, &them));
                 Vec::new()
             }
             Event::GuildCreated { id } => {
@@ -858,11 +869,11 @@ impl AppState {
     }
 }
 
-fn dm_entry(m: DmMessage, me: &str) -> Entry {
+fn dm_entry(m: DmMessage, me: &str, them: &str) -> Entry {
     let (sender, author) = if m.outgoing {
         ("me".to_owned(), me.to_owned())
     } else {
-        (m.peer.clone(), short(&m.peer))
+        (m.peer.clone(), them.to_owned())
     };
     Entry {
         id: m.id,

@@ -228,6 +228,13 @@ fn sql(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// A channel id as SQLite stores it: the same 64 bits as a signed integer. Channel ids are
+/// random `u64`s, so half of them are above `i64::MAX`; saturating them (as [`sql`] does for
+/// counts and times) made every such channel share one history.
+fn sql_channel(c: u64) -> i64 {
+    i64::from_ne_bytes(c.to_ne_bytes())
+}
+
 fn db_err(e: rusqlite::Error) -> SyncError {
     SyncError::from(e)
 }
@@ -1597,7 +1604,7 @@ fn store_message(
         .and_then(|mut s| {
             s.execute(params![
                 &gid.0[..],
-                sql(m.channel),
+                sql_channel(m.channel),
                 id,
                 sender,
                 author,
@@ -1881,10 +1888,13 @@ pub fn history(
                     "{COLUMNS} WHERE guild = ?1 AND channel = ?2 {ORDER}"
                 ))
                 .map_err(db_err)?;
-            st.query_map(params![&gid.0[..], sql(channel.0), sql(limit as u64)], row)
-                .map_err(db_err)?
-                .collect::<Result<_, _>>()
-                .map_err(db_err)?
+            st.query_map(
+                params![&gid.0[..], sql_channel(channel.0), sql(limit as u64)],
+                row,
+            )
+            .map_err(db_err)?
+            .collect::<Result<_, _>>()
+            .map_err(db_err)?
         }
         Some(c) => {
             let mut st = conn
@@ -1896,7 +1906,7 @@ pub fn history(
             st.query_map(
                 params![
                     &gid.0[..],
-                    sql(channel.0),
+                    sql_channel(channel.0),
                     sql(limit as u64),
                     sql(c.sent_at),
                     &c.device[..],
@@ -2002,6 +2012,30 @@ mod tests {
                 got = ids;
             }
             assert_eq!(got, all, "page size {page}");
+        }
+    }
+
+    /// Channels whose random ids are above `i64::MAX` keep separate histories (they all
+    /// landed in one when the id was saturated into SQLite's integer).
+    #[test]
+    fn channels_with_high_ids_keep_their_own_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("node.db"), &Secret32::from_bytes([7; 32])).unwrap();
+        let gid = GuildId([3; 32]);
+        let ids = [u64::MAX, 1 << 63, (1 << 63) + 12_345, 42];
+        let tx = db.conn_mut().transaction().unwrap();
+        for (i, c) in ids.iter().enumerate() {
+            let mut m = history_row(&gid, *c);
+            m.id = format!("{i:016x}");
+            m.text = format!("in {c}");
+            store_message(&tx, &gid, &m).unwrap();
+        }
+        tx.commit().unwrap();
+        for c in ids {
+            let h = history(db.conn(), &gid, ChannelId(c), None, 100).unwrap();
+            let texts: Vec<&str> = h.iter().map(|m| m.text.as_str()).collect();
+            assert_eq!(texts, [format!("in {c}")], "channel {c}");
+            assert_eq!(h[0].channel, c);
         }
     }
 
