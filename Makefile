@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build run test lint bench fuzz screenshots
+.PHONY: deps build run run-node test lint bench fuzz screenshots
 
 deps:
 	@scripts/install-deps.sh
@@ -13,6 +13,10 @@ build: deps
 	$(CARGO) build --release --workspace
 
 run: deps
+	$(CARGO) run --release -p securecomm-app --bin securecomm -- $(ARGS)
+
+# The headless node's command line (servers, scripts, machines without a display).
+run-node: deps
 	$(CARGO) run --release -p securecomm-node --bin securecomm-node -- $(ARGS)
 
 test: deps

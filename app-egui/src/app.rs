@@ -193,6 +193,7 @@ fn guild_bar_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) 
                 } else {
                     format!("{} (joining)", g.name)
                 };
+                let text = unread_text(text, s.unread_guild(&g.id));
                 if ui
                     .selectable_label(s.guild.as_deref() == Some(g.id.as_str()), text)
                     .clicked()
@@ -242,6 +243,7 @@ fn channels_ui(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut Vec<Co
             "category" => c.name.to_uppercase(),
             _ => format!("# {}", c.name),
         };
+        let label = unread_text(label, s.unread_channel(gid, c.id));
         if ui.selectable_label(selected, label).clicked() && c.kind == "text" {
             pick = Some(c.id);
         }
@@ -276,6 +278,17 @@ fn channels_ui(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut Vec<Co
     }
     ui.separator();
     join_ui(ui, s, cmds);
+}
+
+/// A name with its unread marker: bold with the count, red when one mentions us.
+fn unread_text(name: String, (count, mention): (u32, bool)) -> RichText {
+    match (count, mention) {
+        (0, _) => RichText::new(name),
+        (n, false) => RichText::new(format!("{name}  {n}")).strong(),
+        (n, true) => RichText::new(format!("{name}  @{n}"))
+            .strong()
+            .color(Color32::from_rgb(240, 90, 90)),
+    }
 }
 
 fn short_code(code: &str) -> String {
@@ -315,7 +328,8 @@ fn dm_list_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
     let mut pick = None;
     for u in users {
         let selected = matches!(&s.view, View::Dm { user } if user == u);
-        if ui.selectable_label(selected, s.name_of(u)).clicked() {
+        let label = unread_text(s.name_of(u), (s.unread_dm(u), false));
+        if ui.selectable_label(selected, label).clicked() {
             pick = Some(u.clone());
         }
     }
@@ -349,12 +363,32 @@ fn members_ui(ctx: &egui::Context, s: &AppState) {
                 } else {
                     m.nickname.clone()
                 };
+                let online = s.online.contains(&m.user);
                 let mut text = RichText::new(name);
                 if m.owner {
                     text = text.strong();
                 }
-                let r = ui.label(text);
-                let mut hover = format!("user {}", m.user);
+                if !online {
+                    text = text.weak();
+                }
+                let r = ui
+                    .horizontal(|ui| {
+                        let dot = if online {
+                            Color32::from_rgb(70, 190, 110)
+                        } else {
+                            Color32::GRAY
+                        };
+                        let (rect, _) =
+                            ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+                        ui.painter().circle_filled(rect.center(), 4.0, dot);
+                        ui.label(text)
+                    })
+                    .inner;
+                let mut hover = format!(
+                    "user {}\n{}",
+                    m.user,
+                    if online { "online" } else { "offline" }
+                );
                 if m.owner {
                     hover.push_str("\nowner");
                 }

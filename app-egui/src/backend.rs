@@ -355,6 +355,8 @@ pub enum Event {
     },
     /// Connection indicator.
     Net(NetStatus),
+    /// Users (hex ids) with a device connected right now.
+    Presence(std::collections::HashSet<String>),
     /// A command failed.
     Error(String),
 }
@@ -580,7 +582,11 @@ async fn start(
         peer_id: node.net.peer_id().to_string(),
     };
     tokio::spawn(forward_events(node.guilds.clone(), emit.clone()));
-    tokio::spawn(poll_net(node.net.clone(), emit.clone()));
+    tokio::spawn(poll_net(
+        node.net.clone(),
+        node.guilds.clone(),
+        emit.clone(),
+    ));
     emit.emit(Event::Started(me)).await;
     Some(node)
 }
@@ -631,9 +637,15 @@ async fn forward_events(g: GuildService, emit: Emitter) {
     }
 }
 
-async fn poll_net(net: Client, emit: Emitter) {
+async fn poll_net(net: Client, guilds: GuildService, emit: Emitter) {
     let mut last = None;
+    let mut last_online = None;
     loop {
+        let online = guilds.online_users().await;
+        if last_online.as_ref() != Some(&online) {
+            last_online = Some(online.clone());
+            emit.emit(Event::Presence(online)).await;
+        }
         if let Ok(peers) = net.peers().await {
             let direct = peers.iter().filter(|p| p.path == PeerPath::Direct).count();
             let s = NetStatus {

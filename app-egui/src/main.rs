@@ -48,6 +48,14 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("securecomm: {e}");
+            if std::env::var_os("DISPLAY").is_none()
+                && std::env::var_os("WAYLAND_DISPLAY").is_none()
+            {
+                eprintln!(
+                    "securecomm: no display (DISPLAY is not set). On a machine without one, use \
+                     the headless node: securecomm-node --help"
+                );
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -30,6 +30,8 @@ pub const OLDER_PAGE: usize = 5_000;
 pub const PREFETCH_ROWS: usize = 500;
 /// Messages waiting to be sent (or failed, waiting for a retry) before the composer refuses.
 pub const MAX_OUTBOX: usize = 100;
+/// Conversations with an unread marker (beyond it, new conversations get none).
+pub const MAX_UNREAD: usize = 4096;
 
 /// Which screen is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,6 +390,15 @@ pub enum View {
     },
 }
 
+/// Where unread messages wait.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Unread {
+    /// A guild channel.
+    Channel(String, u64),
+    /// A DM conversation.
+    Dm(String),
+}
+
 /// The login form. Its `Debug` never shows the passphrase.
 #[derive(Default)]
 pub struct LoginForm {
@@ -460,6 +471,11 @@ pub struct AppState {
     pub errors: VecDeque<String>,
     /// Connection indicator.
     pub net: NetStatus,
+    /// Users with a device connected right now (presence).
+    pub online: HashSet<String>,
+    /// Messages arrived in channels and DMs not on screen since they were last opened:
+    /// (count, whether one mentions us), per channel (`guild`, `channel`) and per DM user.
+    pub unread: HashMap<Unread, (u32, bool)>,
     /// Our messages not yet confirmed by the node, oldest first (at most [`MAX_OUTBOX`]).
     pub outbox: Vec<Outgoing>,
     next_local: u64,
@@ -490,9 +506,57 @@ impl AppState {
             joining: Vec::new(),
             errors: VecDeque::new(),
             net: NetStatus::default(),
+            online: HashSet::new(),
+            unread: HashMap::new(),
             outbox: Vec::new(),
             next_local: 1,
         }
+    }
+
+    /// Whether `text` mentions us: `@everyone`, `@here`, or `@` and our display name.
+    pub fn mentions_me(&self, text: &str) -> bool {
+        let lower = text.to_lowercase();
+        if lower.contains("@everyone") || lower.contains("@here") {
+            return true;
+        }
+        self.me.as_ref().is_some_and(|me| {
+            !me.display_name.is_empty()
+                && lower.contains(&format!("@{}", me.display_name.to_lowercase()))
+        })
+    }
+
+    fn mark_unread(&mut self, at: Unread, mention: bool) {
+        if self.unread.len() >= MAX_UNREAD && !self.unread.contains_key(&at) {
+            return;
+        }
+        let e = self.unread.entry(at).or_insert((0, false));
+        e.0 = e.0.saturating_add(1);
+        e.1 |= mention;
+    }
+
+    /// Unread count and mention flag of a channel.
+    pub fn unread_channel(&self, guild: &str, channel: u64) -> (u32, bool) {
+        self.unread
+            .get(&Unread::Channel(guild.to_owned(), channel))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Unread messages in a guild's channels (for the guild bar), and whether one mentions us.
+    pub fn unread_guild(&self, guild: &str) -> (u32, bool) {
+        self.unread
+            .iter()
+            .filter(|(k, _)| matches!(k, Unread::Channel(g, _) if g == guild))
+            .fold((0, false), |(n, m), (_, (c, x))| {
+                (n.saturating_add(*c), m || *x)
+            })
+    }
+
+    /// Unread count of a DM conversation.
+    pub fn unread_dm(&self, user: &str) -> u32 {
+        self.unread
+            .get(&Unread::Dm(user.to_owned()))
+            .map_or(0, |u| u.0)
     }
 
     /// A user's name: their nickname in any guild we share, else the start of their id.
@@ -653,6 +717,13 @@ impl AppState {
                 Vec::new()
             }
             Event::Message(m) => {
+                let here = matches!(&self.view, View::Channel { guild, channel }
+                    if *guild == m.guild && *channel == m.channel);
+                let mine = self.me.as_ref().is_some_and(|me| me.user_id == m.sender);
+                if !here && !mine {
+                    let mention = self.mentions_me(&m.text);
+                    self.mark_unread(Unread::Channel(m.guild.clone(), m.channel), mention);
+                }
                 self.timelines
                     .entry((m.guild.clone(), m.channel))
                     .or_default()
@@ -669,6 +740,10 @@ impl AppState {
                 Vec::new()
             }
             Event::Dm(m) => {
+                let here = matches!(&self.view, View::Dm { user } if *user == m.peer);
+                if !here && !m.outgoing {
+                    self.mark_unread(Unread::Dm(m.peer.clone()), true);
+                }
                 let me = self.my_name();
                 let them = self.name_of(&m.peer);
                 self.dms
@@ -704,6 +779,10 @@ impl AppState {
             }
             Event::Net(n) => {
                 self.net = n;
+                Vec::new()
+            }
+            Event::Presence(online) => {
+                self.online = online;
                 Vec::new()
             }
             Event::Error(e) => {
@@ -745,6 +824,10 @@ impl AppState {
     pub fn on_select_guild(&mut self, guild: Option<String>) -> Vec<Command> {
         self.guild.clone_from(&guild);
         let Some(g) = guild else {
+            // The DM list: a channel no longer shows (its messages count as unread again).
+            if matches!(self.view, View::Channel { .. }) {
+                self.view = View::Empty;
+            }
             return Vec::new();
         };
         let first_text = self
@@ -762,6 +845,8 @@ impl AppState {
 
     /// Opens a channel.
     pub fn on_select_channel(&mut self, guild: &str, channel: u64) -> Vec<Command> {
+        self.unread
+            .remove(&Unread::Channel(guild.to_owned(), channel));
         self.view = View::Channel {
             guild: guild.to_owned(),
             channel,
@@ -774,6 +859,7 @@ impl AppState {
 
     /// Opens a DM conversation.
     pub fn on_select_dm(&mut self, user: &str) -> Vec<Command> {
+        self.unread.remove(&Unread::Dm(user.to_owned()));
         self.guild = None;
         self.view = View::Dm {
             user: user.to_owned(),
@@ -976,6 +1062,54 @@ mod tests {
             exhausted: true,
         });
         assert!(s.on_near_top().is_empty(), "nothing older");
+    }
+
+    #[test]
+    fn unread_counts_mentions_and_clears_on_open() {
+        let mut s = AppState::new("/tmp/x".into(), true);
+        s.me = Some(Me {
+            display_name: "Alice".into(),
+            user_id: "aa".into(),
+            peer_id: String::new(),
+        });
+        s.view = View::Channel {
+            guild: "g".into(),
+            channel: 1,
+        };
+        let msg = |channel: u64, sender: &str, text: &str| {
+            Event::Message(Message {
+                guild: "g".into(),
+                channel,
+                id: format!("{channel}{sender}{text}"),
+                sender: sender.into(),
+                nickname: String::new(),
+                sent_at: 1,
+                text: text.into(),
+                sender_device: String::new(),
+                seq: 1,
+                delivery: None,
+            })
+        };
+        s.apply(msg(1, "bb", "on screen"));
+        s.apply(msg(2, "bb", "elsewhere"));
+        s.apply(msg(2, "aa", "my own, from another device"));
+        assert_eq!(s.unread_channel("g", 1), (0, false));
+        assert_eq!(s.unread_channel("g", 2), (1, false));
+        s.apply(msg(2, "bb", "hey @alice look"));
+        assert_eq!(s.unread_channel("g", 2), (2, true));
+        assert_eq!(s.unread_guild("g"), (2, true));
+        s.on_select_channel("g", 2);
+        assert_eq!(s.unread_guild("g"), (0, false));
+        s.apply(Event::Dm(DmMessage {
+            id: "d".into(),
+            peer: "bb".into(),
+            outgoing: false,
+            sent_at: 1,
+            text: "psst".into(),
+        }));
+        assert_eq!(s.unread_dm("bb"), 1);
+        s.on_select_dm("bb");
+        assert_eq!(s.unread_dm("bb"), 0);
     }
 
     #[test]

@@ -273,6 +273,45 @@ fn invite_and_join_between_two_app_instances() {
         assert!(Instant::now() < deadline, "Ben never listed");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Presence: each sees the other online (a connected device), and the message Ben sent
+    // while Ann looked at another channel is an unread marker on Ann's side only if she was
+    // elsewhere: she was in #lobby, so none.
+    let ben = b.state().state.me.clone().unwrap().user_id;
+    let ann = a.state().state.me.clone().unwrap().user_id;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(a.state().state.online.contains(&ben) && b.state().state.online.contains(&ann)) {
+        a.step();
+        b.step();
+        assert!(Instant::now() < deadline, "presence never showed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    settle(&mut a);
+    assert!(a.query_all_by_label("Ben").count() >= 1);
+    let lobby = match &a.state().state.view {
+        View::Channel { channel, .. } => *channel,
+        v => panic!("{v:?}"),
+    };
+    assert_eq!(a.state().state.unread_channel(&guild, lobby), (0, false));
+    // Ann leaves for the DM list; Ben mentions her; the guild and the channel get the marker.
+    a.get_by_label("Direct messages").click();
+    settle(&mut a);
+    send_message(&mut b, "@Ann are you there?");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.state().state.unread_channel(&guild, lobby) != (1, true) {
+        a.step();
+        b.step();
+        assert!(
+            Instant::now() < deadline,
+            "no unread mention: {:?}",
+            a.state().state.unread
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    settle(&mut a);
+    assert!(
+        a.query_by_label_contains("Club  @1").is_some(),
+        "guild bar marker"
+    );
 }
 
 #[test]

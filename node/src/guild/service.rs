@@ -1692,6 +1692,29 @@ impl GuildService {
         None
     }
 
+    /// Users (hex ids) with a device connected to this node right now, across every guild,
+    /// this node's own user included: the member list's presence.
+    pub async fn online_users(&self) -> HashSet<String> {
+        let devices: HashSet<DevicePublicKey> = self
+            .connected()
+            .await
+            .iter()
+            .filter_map(device_of)
+            .collect();
+        self.with_engine(|e, _| {
+            let mut out = HashSet::from([hex::encode(e.keys.user.as_bytes())]);
+            for g in e.guilds.values_mut() {
+                for (u, m) in g.crdt.view().members() {
+                    if m.devices.iter().any(|d| devices.contains(d)) {
+                        out.insert(hex::encode(u.as_bytes()));
+                    }
+                }
+            }
+            out
+        })
+        .unwrap_or_default()
+    }
+
     async fn connected(&self) -> HashSet<PeerId> {
         self.inner
             .net
