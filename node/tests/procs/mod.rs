@@ -32,6 +32,9 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub run_args: Vec<String>,
+    /// A network namespace `run` starts in (`ip netns exec`); the CLI still reaches the node
+    /// through the control socket, a file in the data directory.
+    pub netns: Option<String>,
 }
 
 impl Node {
@@ -49,6 +52,7 @@ impl Node {
             dir,
             child: None,
             run_args: Vec::new(),
+            netns: None,
         }
     }
 
@@ -63,7 +67,16 @@ impl Node {
     }
 
     pub fn restart(&mut self) {
-        let child = bin()
+        let mut cmd = match &self.netns {
+            None => bin(),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_securecomm-node")])
+                    .env("SECURECOMM_PASSPHRASE", PASS);
+                c
+            }
+        };
+        let child = cmd
             .env("SECURECOMM_LOG", "warn")
             .arg("--data-dir")
             .arg(self.path())
