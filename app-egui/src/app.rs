@@ -155,12 +155,16 @@ fn status_ui(ctx: &egui::Context, s: &mut AppState) {
                 (0, _) => ("relayed", Color32::from_rgb(230, 180, 60)),
                 _ => ("direct + relayed", Color32::from_rgb(80, 200, 120)),
             };
-            ui.colored_label(colour, "●");
+            // A painted dot: the default fonts have no filled circle glyph.
+            let (rect, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+            ui.painter().circle_filled(rect.center(), 4.5, colour);
             ui.label(format!(
-                "{} peers ({} direct, {} relayed) · {dot}",
+                "{} peers ({} direct, {} relayed) · {dot} · relays: {} of {} reserved",
                 n.direct + n.relayed,
                 n.direct,
-                n.relayed
+                n.relayed,
+                n.relays_reserved,
+                n.relays_known
             ));
             if let Some(me) = &s.me {
                 ui.separator();

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use securecomm_node::guild::{GuildEvent, GuildService, HistoryCursor};
-use securecomm_node::net::{Client, NetConfig, PeerPath};
+use securecomm_node::net::{Client, NetConfig, PeerPath, RelayState};
 use securecomm_node::runtime::Node;
 use securecomm_node::store::{IdentityStore, LocalProfile, StoreError};
 use securecomm_noise::keystore::{KdfLimits, KdfParams};
@@ -647,10 +647,22 @@ async fn poll_net(net: Client, guilds: GuildService, emit: Emitter) {
             emit.emit(Event::Presence(online)).await;
         }
         if let Ok(peers) = net.peers().await {
-            let direct = peers.iter().filter(|p| p.path == PeerPath::Direct).count();
+            let relays = net.relays().await.unwrap_or_default();
+            let relay_peers: std::collections::HashSet<_> = relays.iter().map(|r| r.peer).collect();
+            // Relays are infrastructure, not people: counted apart.
+            let people: Vec<_> = peers
+                .iter()
+                .filter(|p| !relay_peers.contains(&p.peer))
+                .collect();
+            let direct = people.iter().filter(|p| p.path == PeerPath::Direct).count();
             let s = NetStatus {
                 direct,
-                relayed: peers.len() - direct,
+                relayed: people.len() - direct,
+                relays_reserved: relays
+                    .iter()
+                    .filter(|r| r.state == RelayState::Reserved)
+                    .count(),
+                relays_known: relays.len(),
             };
             if last != Some(s) {
                 last = Some(s);

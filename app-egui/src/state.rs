@@ -369,6 +369,10 @@ pub struct NetStatus {
     pub direct: usize,
     /// Peers reached only through a relay.
     pub relayed: usize,
+    /// Relays holding a reservation for us (we are reachable through them).
+    pub relays_reserved: usize,
+    /// Relays known (configured or discovered).
+    pub relays_known: usize,
 }
 
 /// What is selected in the middle.
