@@ -71,41 +71,12 @@ pub async fn seed(
     spec: &SeedSpec<'_>,
     text: fn(usize) -> String,
 ) -> Result<Seeded, String> {
-    let store = match spec.kdf {
-        Some((p, l)) => IdentityStore::with_params(dir, p, l),
-        None => IdentityStore::new(dir),
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let pass = spec.passphrase.to_owned();
-    let name = spec.name.to_owned();
-    let profile = tokio::task::spawn_blocking(move || {
-        store.create(
-            &mut rand_core::OsRng,
-            pass.as_bytes(),
-            &name,
-            "desktop",
-            now,
-        )
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
-    let net = NetConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().map_err(|e| format!("{e}"))?],
-        mdns: false,
-        ..NetConfig::default()
-    };
-    let node = Node::start(dir.to_path_buf(), &profile, net)
-        .await
-        .map_err(|e| e.to_string())?;
-    let result = fill(&node, spec, text).await;
-    let user_id = hex::encode(profile.identity.root_public().as_bytes());
-    node.stop().await;
+    let m = start_member(dir, spec.name, spec.passphrase, spec.kdf).await?;
+    let result = fill(&m.node, spec, text).await;
+    m.node.stop().await;
     let (guild, channel) = result?;
     Ok(Seeded {
-        user_id,
+        user_id: m.user_id,
         guild,
         channel,
     })
@@ -189,8 +160,17 @@ async fn start_member(
         None => IdentityStore::new(dir),
     };
     let (pass, name) = (passphrase.to_owned(), name.to_owned());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let profile = tokio::task::spawn_blocking(move || {
-        store.create(&mut rand_core::OsRng, pass.as_bytes(), &name, "desktop", 0)
+        store.create(
+            &mut rand_core::OsRng,
+            pass.as_bytes(),
+            &name,
+            "desktop",
+            now,
+        )
     })
     .await
     .map_err(|e| e.to_string())?
