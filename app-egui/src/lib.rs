@@ -21,7 +21,10 @@
 pub mod app;
 pub mod backend;
 pub mod markdown;
+pub mod settings;
 pub mod state;
+pub mod ui;
+pub mod verify;
 
 pub use app::App;
 pub use backend::{Backend, BackendConfig};

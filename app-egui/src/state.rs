@@ -317,6 +317,12 @@ pub struct AppState {
     pub errors: VecDeque<String>,
     /// Connection indicator.
     pub net: NetStatus,
+    /// Contacts, safety numbers and warnings.
+    pub verify: crate::verify::VerifyState,
+    /// The settings window.
+    pub settings: crate::settings::SettingsState,
+    /// The first-run "Restore from backup" form.
+    pub restore: crate::settings::RestoreForm,
 }
 
 impl AppState {
@@ -344,6 +350,9 @@ impl AppState {
             joining: Vec::new(),
             errors: VecDeque::new(),
             net: NetStatus::default(),
+            verify: crate::verify::VerifyState::default(),
+            settings: crate::settings::SettingsState::default(),
+            restore: crate::settings::RestoreForm::default(),
         }
     }
 
@@ -371,6 +380,7 @@ impl AppState {
                 self.phase = Phase::Main;
                 self.has_identity = true;
                 self.login = LoginForm::default();
+                self.restore = crate::settings::RestoreForm::default();
                 self.me = Some(me);
                 vec![Command::Refresh]
             }
@@ -423,11 +433,25 @@ impl AppState {
                 Vec::new()
             }
             Event::Message(m) => {
+                let mut cmds = Vec::new();
+                if let Some(me) = &self.me
+                    && m.sender != me.user_id
+                    && crate::settings::mentions(&m.text, &me.display_name)
+                {
+                    let who = if m.nickname.is_empty() {
+                        short(&m.sender)
+                    } else {
+                        m.nickname.clone()
+                    };
+                    cmds = self
+                        .settings
+                        .on_incoming(format!("{who} mentioned you"), &m.text);
+                }
                 self.timelines
                     .entry((m.guild.clone(), m.channel))
                     .or_default()
                     .insert(Entry::from(m));
-                Vec::new()
+                cmds
             }
             Event::DmHistory { user, messages } => {
                 let me = self.my_name();
@@ -438,12 +462,24 @@ impl AppState {
                 Vec::new()
             }
             Event::Dm(m) => {
+                let cmds = if m.outgoing {
+                    Vec::new()
+                } else {
+                    let who = self
+                        .verify
+                        .contacts
+                        .get(&m.peer)
+                        .filter(|c| !c.name.is_empty())
+                        .map_or_else(|| short(&m.peer), |c| c.name.clone());
+                    self.settings
+                        .on_incoming(format!("Message from {who}"), &m.text)
+                };
                 let me = self.my_name();
                 self.dms
                     .entry(m.peer.clone())
                     .or_default()
                     .insert(dm_entry(m, &me));
-                Vec::new()
+                cmds
             }
             Event::GuildCreated { id } => {
                 self.guild = Some(id);
@@ -474,6 +510,8 @@ impl AppState {
                 self.net = n;
                 Vec::new()
             }
+            Event::Verify(e) => self.verify.apply(e),
+            Event::Settings(e) => self.settings.apply(e),
             Event::Error(e) => {
                 self.error(e);
                 Vec::new()
