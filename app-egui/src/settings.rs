@@ -235,11 +235,55 @@ impl RestoreForm {
     }
 }
 
+/// The settings window's sections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SettingsTab {
+    /// Relays and their health.
+    #[default]
+    Relays,
+    /// Dark or light.
+    Theme,
+    /// Mentions and DMs.
+    Notifications,
+    /// Where the data is, and its size.
+    Data,
+    /// Voice (placeholder).
+    Audio,
+    /// Name, id, backup.
+    Identity,
+}
+
+impl SettingsTab {
+    /// Every tab, in order.
+    pub const ALL: [Self; 6] = [
+        Self::Relays,
+        Self::Theme,
+        Self::Notifications,
+        Self::Data,
+        Self::Audio,
+        Self::Identity,
+    ];
+
+    /// The tab's title.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Relays => "Relays",
+            Self::Theme => "Theme",
+            Self::Notifications => "Notifications",
+            Self::Data => "Data folder",
+            Self::Audio => "Audio",
+            Self::Identity => "Identity",
+        }
+    }
+}
+
 /// The settings window's state.
 #[derive(Debug, Default)]
 pub struct SettingsState {
     /// The window is open.
     pub open: bool,
+    /// The section shown.
+    pub tab: SettingsTab,
     /// Preferences (theme, notifications).
     pub prefs: Prefs,
     /// Relay address being typed.
@@ -494,7 +538,7 @@ pub async fn execute(ctx: &NodeCtx, cmd: SettingsCommand) -> Vec<Event> {
             match stored {
                 Ok(list) => {
                     let list: Vec<String> = list.iter().map(ToString::to_string).collect();
-                    let still_used = ctx.base_relays.iter().any(|b| *b == text);
+                    let still_used = ctx.base_relays.contains(&text);
                     if !still_used
                         && let Some(peer) = securecomm_node::net::relays::relay_peer(&addr)
                     {
@@ -620,6 +664,7 @@ pub fn human_size(n: u64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
 

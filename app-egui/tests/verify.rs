@@ -106,7 +106,7 @@ fn lists_member(s: &AppState, guild: &str, name: &str) -> bool {
 }
 
 /// Ann creates a guild, Ben joins it with an invite; returns the guild id.
-fn two_members(a: &mut Harness<'_, App>, b: &mut Harness<'_, App>) -> String {
+fn two_members<'h>(a: &mut Harness<'h, App>, b: &mut Harness<'h, App>) -> String {
     type_into(a, "Guild name", "Verifiers");
     a.get_by_label("Create guild").click();
     wait_for(a, "the guild", |s| s.guild.is_some());
@@ -117,15 +117,15 @@ fn two_members(a: &mut Harness<'_, App>, b: &mut Harness<'_, App>) -> String {
     type_into(b, "Invite code", &code);
     b.get_by_label("Join guild").click();
     let g = guild.clone();
-    wait_all(&mut [b, a], "the join", |s| {
+    wait_all(&mut [&mut *b, &mut *a], "the join", |s| {
         s.guild.as_deref() == Some(g.as_str()) && s.joining.is_empty()
     });
     let g = guild.clone();
-    wait_all(&mut [a, b], "Ben in Ann's member list", |s| {
+    wait_all(&mut [&mut *a, &mut *b], "Ben in Ann's member list", |s| {
         lists_member(s, &g, "Ben")
     });
     let g = guild.clone();
-    wait_all(&mut [b, a], "Ann in Ben's member list", |s| {
+    wait_all(&mut [&mut *b, &mut *a], "Ann in Ben's member list", |s| {
         lists_member(s, &g, "Ann")
     });
     guild
@@ -229,6 +229,12 @@ fn backup_export_then_restore_into_a_fresh_folder() {
         create_identity(&mut h, "Cara", "cara pass");
         h.get_by_label("Settings").click();
         wait_for(&mut h, "the settings window", |s| s.settings.open);
+        h.get_by_label("Identity").click();
+        settle(&mut h);
+        assert!(
+            h.query_by_label_contains(&my_id(&h)).is_some(),
+            "user id shown"
+        );
         type_into(&mut h, "Backup file", backup.to_str().unwrap());
         type_into(&mut h, "Current passphrase", "cara pass");
         type_into(&mut h, "Backup passphrase", "backup pass");
@@ -326,12 +332,21 @@ fn settings_relays_and_theme_persist_across_restarts() {
     wait_for(&mut h, "the relays", |s| {
         s.settings.open && s.settings.saved_loaded
     });
-    settle(&mut h);
+    h.get_by_label("Data folder").click();
+    wait_for(&mut h, "the data folder size", |s| {
+        s.settings.data_size.is_some_and(|n| n > 0)
+    });
     assert!(h.query_by_label_contains("Size:").is_some());
+    let data_dir = h.state().state.data_dir.clone();
+    assert!(h.query_by_label_contains(&data_dir).is_some());
+    h.get_by_label("Audio").click();
+    settle(&mut h);
     assert!(
-        h.query_by_label_contains("voice").is_some(),
+        h.query_by_label_contains("Voice settings").is_some(),
         "audio placeholder"
     );
+    h.get_by_label("Relays").click();
+    settle(&mut h);
 
     // Invalid input: explained, nothing sent.
     type_into(&mut h, "Relay address", "relay.example.org:4001");
@@ -353,6 +368,8 @@ fn settings_relays_and_theme_persist_across_restarts() {
     });
     assert!(h.state().state.settings.relay_error.is_none());
     // Light theme.
+    h.get_by_label("Theme").click();
+    settle(&mut h);
     h.get_by_label("Light").click();
     settle(&mut h);
     assert!(!h.state().state.settings.prefs.dark);

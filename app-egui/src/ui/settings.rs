@@ -4,7 +4,7 @@ use egui::RichText;
 
 use super::{ALARM, GOOD, NOTICE, labelled};
 use crate::backend::Command;
-use crate::settings::human_size;
+use crate::settings::{SettingsTab, human_size};
 use crate::state::{AppState, Phase};
 
 /// Applies the theme from the preferences (only when it differs).
@@ -77,22 +77,29 @@ pub fn settings_window_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<
         .open(&mut open)
         .default_width(520.0)
         .show(ctx, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| {
-                relays_ui(ui, s, cmds);
-                ui.separator();
-                appearance_ui(ui, s, cmds);
-                ui.separator();
-                notifications_ui(ui, s, cmds);
-                ui.separator();
-                data_ui(ui, s);
-                ui.separator();
-                ui.heading("Audio");
-                ui.label(
-                    "Voice settings (input and output devices, push-to-talk, noise \
-                     suppression) come with voice channels.",
-                );
-                ui.separator();
-                identity_ui(ui, s, cmds);
+            ui.horizontal(|ui| {
+                for tab in SettingsTab::ALL {
+                    if ui
+                        .selectable_label(s.settings.tab == tab, tab.title())
+                        .clicked()
+                    {
+                        s.settings.tab = tab;
+                    }
+                }
+            });
+            ui.separator();
+            egui::ScrollArea::vertical().show(ui, |ui| match s.settings.tab {
+                SettingsTab::Relays => relays_ui(ui, s, cmds),
+                SettingsTab::Theme => appearance_ui(ui, s, cmds),
+                SettingsTab::Notifications => notifications_ui(ui, s, cmds),
+                SettingsTab::Data => data_ui(ui, s),
+                SettingsTab::Audio => {
+                    ui.label(
+                        "Voice settings (input and output devices, push-to-talk, noise \
+                         suppression) come with voice channels.",
+                    );
+                }
+                SettingsTab::Identity => identity_ui(ui, s, cmds),
             });
         });
     if !open {
@@ -101,7 +108,6 @@ pub fn settings_window_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<
 }
 
 fn relays_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
-    ui.heading("Relays");
     ui.label(
         "Relays help peers reach you behind NAT and keep encrypted mail while you are offline. \
          On a LAN none is needed.",
@@ -184,7 +190,6 @@ fn relays_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
 }
 
 fn appearance_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
-    ui.heading("Theme");
     let before = s.settings.prefs.dark;
     ui.horizontal(|ui| {
         ui.radio_value(&mut s.settings.prefs.dark, true, "Dark");
@@ -196,7 +201,6 @@ fn appearance_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
 }
 
 fn notifications_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
-    ui.heading("Notifications");
     if ui
         .checkbox(
             &mut s.settings.prefs.notifications,
@@ -220,7 +224,6 @@ fn notifications_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>
 }
 
 fn data_ui(ui: &mut egui::Ui, s: &AppState) {
-    ui.heading("Data folder");
     ui.horizontal(|ui| {
         ui.label(RichText::new(&s.data_dir).monospace());
         if ui.small_button("Copy path").clicked() {
@@ -242,7 +245,6 @@ fn data_ui(ui: &mut egui::Ui, s: &AppState) {
 }
 
 fn identity_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
-    ui.heading("Identity");
     if let Some(me) = &s.me {
         ui.label(format!("Display name: {}", me.display_name));
         ui.horizontal(|ui| {

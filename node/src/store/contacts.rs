@@ -154,7 +154,7 @@ fn device_blob(devices: &[[u8; 32]]) -> Vec<u8> {
 }
 
 fn devices_of(blob: &[u8]) -> Result<Vec<[u8; 32]>, ContactError> {
-    if blob.len() % 32 != 0 || blob.len() > 32 * MAX_DEVICES {
+    if !blob.len().is_multiple_of(32) || blob.len() > 32 * MAX_DEVICES {
         return Err(ContactError::Corrupt {
             expected: "a list of 32-byte device keys",
             got: format!("{} bytes", blob.len()),
@@ -549,7 +549,7 @@ mod tests {
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {MAX_CONTACTS})
              INSERT INTO contacts (user, name, name_key, devices, first_seen, updated_at,
                 verified_key, verified_name, verified_devices, verified_at)
-             SELECT zeroblob(24) || randomblob(8), 'v', 'v', x'', i, i,
+             SELECT randomblob(32), 'v', 'v', x'', i, i,
                     NULL, NULL, NULL, NULL FROM n;"
         ))
         .unwrap();
