@@ -420,3 +420,58 @@ fn harness_keeping_prefs(dir: &Path) -> Harness<'static, App> {
         .with_size(egui::vec2(1300.0, 900.0))
         .build_state(|ctx, app: &mut App| app.frame(ctx), app)
 }
+
+#[test]
+fn a_key_change_shows_a_banner_that_leads_to_the_safety_number() {
+    use securecomm_app::backend::Event;
+    use securecomm_app::verify::{ContactInfo, VerifyEvent, WarningInfo};
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    let (old, new) = ("aa".repeat(32), "bb".repeat(32));
+    {
+        let s = &mut h.state_mut().state;
+        s.phase = Phase::Main;
+        s.apply(Event::Verify(VerifyEvent::Contacts {
+            contacts: vec![ContactInfo {
+                user: old.clone(),
+                name: "Eve".into(),
+                verified: true,
+                verified_at: Some(1),
+            }],
+            warnings: vec![
+                WarningInfo::KeyChanged {
+                    name: "Eve".into(),
+                    verified: old.clone(),
+                    current: new.clone(),
+                },
+                WarningInfo::DevicesChanged {
+                    user: old.clone(),
+                    name: "Eve".into(),
+                    added: 1,
+                    removed: 0,
+                },
+            ],
+        }));
+    }
+    settle(&mut h);
+    assert!(h.query_by_label_contains("Key changed").is_some());
+    assert!(h.query_by_label_contains("devices changed").is_some());
+    h.get_by_label("Dismiss").click();
+    settle(&mut h);
+    assert!(
+        h.query_by_label_contains("devices changed").is_none(),
+        "notice dismissed"
+    );
+    assert!(
+        h.query_by_label_contains("Key changed").is_some(),
+        "the alarm stays"
+    );
+    // The banner's button asks for the new key's safety number.
+    h.get_by_label("Compare safety numbers").click();
+    settle(&mut h);
+    assert_eq!(
+        h.state().state.verify.pending.as_deref(),
+        Some(new.as_str())
+    );
+    assert!(h.query_by_label("Compare safety numbers").is_some());
+}
