@@ -23,7 +23,8 @@ pub struct App {
 impl App {
     /// Starts the node thread for `cfg.data_dir`; the node itself starts after login.
     pub fn new(cfg: BackendConfig) -> std::io::Result<Self> {
-        let state = AppState::new(cfg.data_dir.display().to_string(), cfg.has_identity());
+        let mut state = AppState::new(cfg.data_dir.display().to_string(), cfg.has_identity());
+        state.settings.prefs = crate::settings::Prefs::load(&cfg.data_dir);
         Ok(Self {
             state,
             backend: Backend::spawn(cfg)?,
@@ -42,6 +43,7 @@ impl App {
     /// One frame: fold events, then draw.
     pub fn frame(&mut self, ctx: &egui::Context) {
         self.backend.set_context(ctx);
+        crate::ui::settings::apply_theme(ctx, &self.state);
         let events = self.backend.drain(EVENTS_PER_FRAME);
         if events.len() == EVENTS_PER_FRAME {
             ctx.request_repaint();
@@ -83,6 +85,9 @@ fn login_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
         });
         let starting = s.phase == Phase::Starting;
         ui.add_enabled_ui(!starting, |ui| {
+            if !s.has_identity && crate::ui::settings::restore_ui(ui, s, cmds) {
+                return;
+            }
             if !s.has_identity {
                 ui.label("Create your identity. It never leaves this device unencrypted.");
                 labelled_edit(
@@ -107,6 +112,9 @@ fn login_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
             if ui.button(button).clicked() || enter {
                 cmds.extend(s.on_login());
             }
+            if !s.has_identity {
+                crate::ui::settings::restore_button_ui(ui, s);
+            }
         });
         if starting {
             ui.horizontal(|ui| {
@@ -121,19 +129,25 @@ fn login_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
 }
 
 fn main_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
-    status_ui(ctx, s);
+    crate::ui::verify::banner_ui(ctx, s, cmds);
+    crate::ui::verify::safety_window_ui(ctx, s, cmds);
+    crate::ui::settings::settings_window_ui(ctx, s, cmds);
+    status_ui(ctx, s, cmds);
     guild_bar_ui(ctx, s, cmds);
     sidebar_ui(ctx, s, cmds);
-    if s.guild.is_some() {
-        members_ui(ctx, s);
+    if s.guild.is_some()
+        && let Some((user, name)) = members_ui(ctx, s)
+    {
+        cmds.extend(s.verify.on_open(&user, &name));
     }
     egui::CentralPanel::default().show(ctx, |ui| {
         egui::TopBottomPanel::bottom("composer").show_inside(ui, |ui| composer_ui(ui, s, cmds));
+        crate::ui::verify::dm_header_ui(ui, s, cmds);
         messages_ui(ui, s, cmds);
     });
 }
 
-fn status_ui(ctx: &egui::Context, s: &mut AppState) {
+fn status_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
     egui::TopBottomPanel::bottom("status").show(ctx, |ui| {
         let mut dismiss = None;
         for (i, e) in s.errors.iter().enumerate() {
@@ -173,6 +187,13 @@ fn status_ui(ctx: &egui::Context, s: &mut AppState) {
                 if ui.small_button("Copy my id").clicked() {
                     ui.ctx().copy_text(me.user_id.clone());
                 }
+            }
+            ui.separator();
+            if ui.small_button("Settings").clicked() {
+                cmds.extend(s.settings.on_open());
+            }
+            if let Some(n) = s.settings.notices.back() {
+                ui.label(format!("🔔 {n}"));
             }
         });
     });
@@ -353,7 +374,9 @@ fn dm_list_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
     join_ui(ui, s, cmds);
 }
 
-fn members_ui(ctx: &egui::Context, s: &AppState) {
+/// Draws the member list; returns the member whose name was clicked (user, name).
+fn members_ui(ctx: &egui::Context, s: &AppState) -> Option<(String, String)> {
+    let mut clicked = None;
     egui::SidePanel::right("members")
         .resizable(true)
         .default_width(180.0)
@@ -385,7 +408,7 @@ fn members_ui(ctx: &egui::Context, s: &AppState) {
                         let (rect, _) =
                             ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
                         ui.painter().circle_filled(rect.center(), 4.0, dot);
-                        ui.label(text)
+                        crate::ui::verify::member_name_ui(ui, s, &m.user, text)
                     })
                     .inner;
                 let mut hover = format!(
@@ -399,9 +422,16 @@ fn members_ui(ctx: &egui::Context, s: &AppState) {
                 if !m.roles.is_empty() {
                     hover.push_str(&format!("\nroles: {}", m.roles.join(", ")));
                 }
-                r.on_hover_text(hover);
+                let mine = s.me.as_ref().is_some_and(|me| me.user_id == m.user);
+                if !mine {
+                    hover.push_str("\nclick: safety number");
+                }
+                if r.on_hover_text(hover).clicked() && !mine {
+                    clicked = Some((m.user.clone(), m.nickname.clone()));
+                }
             }
         });
+    clicked
 }
 
 fn composer_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {

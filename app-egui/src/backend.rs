@@ -44,6 +44,11 @@ impl Passphrase {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The passphrase, for the identity store.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for Passphrase {
@@ -67,6 +72,18 @@ pub enum Command {
         /// The passphrase.
         passphrase: Passphrase,
     },
+    /// Restore an identity from an encrypted backup (sealed here under the same passphrase)
+    /// and start the node.
+    Restore {
+        /// The backup file.
+        path: String,
+        /// The backup's passphrase.
+        passphrase: Passphrase,
+    },
+    /// Safety numbers and verification ([`crate::verify`]).
+    Verify(crate::verify::VerifyCommand),
+    /// The settings window ([`crate::settings`]).
+    Settings(crate::settings::SettingsCommand),
     /// Reload the guild list (and each guild's channels and members).
     Refresh,
     /// Reload one guild's channels and members.
@@ -187,6 +204,9 @@ pub struct MemberInfo {
     /// Role names.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Device keys (hex), for verification.
+    #[serde(default)]
+    pub devices: Vec<String>,
 }
 
 /// A guild message.
@@ -357,6 +377,10 @@ pub enum Event {
     Net(NetStatus),
     /// Users (hex ids) with a device connected right now.
     Presence(std::collections::HashSet<String>),
+    /// Verification ([`crate::verify`]).
+    Verify(crate::verify::VerifyEvent),
+    /// The settings window ([`crate::settings`]).
+    Settings(crate::settings::SettingsEvent),
     /// A command failed.
     Error(String),
 }
@@ -500,6 +524,7 @@ impl Emitter {
 
 async fn run(cfg: BackendConfig, mut commands: mpsc::Receiver<Command>, emit: Emitter) {
     let mut node: Option<Node> = None;
+    let mut ext: Option<Arc<Ext>> = None;
     while let Some(cmd) = commands.recv().await {
         match (cmd, &node) {
             (Command::Create { name, passphrase }, None) => {
@@ -517,16 +542,65 @@ async fn run(cfg: BackendConfig, mut commands: mpsc::Receiver<Command>, emit: Em
                     )
                 })
                 .await;
-                node = start(&cfg, opened, &emit).await;
+                (node, ext) = started(start(&cfg, opened, &emit).await, &cfg, &emit);
             }
             (Command::Unlock { passphrase }, None) => {
                 let store = cfg.store();
                 let opened =
                     tokio::task::spawn_blocking(move || store.unlock(passphrase.0.as_bytes()))
                         .await;
-                node = start(&cfg, opened, &emit).await;
+                (node, ext) = started(start(&cfg, opened, &emit).await, &cfg, &emit);
             }
-            (Command::Create { .. } | Command::Unlock { .. }, Some(_)) => {
+            (Command::Restore { path, passphrase }, None) => {
+                let store = cfg.store();
+                let restored = tokio::task::spawn_blocking(move || {
+                    let p = passphrase.0.as_bytes();
+                    store.import_backup(&mut rand_core::OsRng, std::path::Path::new(&path), p, p)
+                })
+                .await;
+                match restored {
+                    Ok(Err(e)) => {
+                        emit.emit(Event::LoginFailed(crate::settings::restore_error(&e)))
+                            .await;
+                    }
+                    opened => {
+                        (node, ext) = started(start(&cfg, opened, &emit).await, &cfg, &emit);
+                    }
+                }
+            }
+            (Command::Verify(cmd), Some(_)) => {
+                if let Some(x) = ext.clone() {
+                    let emit = emit.clone();
+                    tokio::spawn(async move {
+                        let evs = match tokio::task::spawn_blocking(move || {
+                            crate::verify::execute(&x.node.guilds, &x.me, cmd)
+                        })
+                        .await
+                        {
+                            Ok(Ok(evs)) => evs,
+                            Ok(Err(e)) => vec![Event::Error(e)],
+                            Err(e) => vec![Event::Error(format!("verification task failed: {e}"))],
+                        };
+                        for ev in evs {
+                            emit.emit(ev).await;
+                        }
+                    });
+                }
+            }
+            (Command::Settings(cmd), Some(_)) => {
+                if let Some(x) = ext.clone() {
+                    let emit = emit.clone();
+                    tokio::spawn(async move {
+                        for ev in crate::settings::execute(&x.node, cmd).await {
+                            emit.emit(ev).await;
+                        }
+                    });
+                }
+            }
+            (
+                Command::Create { .. } | Command::Unlock { .. } | Command::Restore { .. },
+                Some(_),
+            ) => {
                 emit.emit(Event::Error("already unlocked".into())).await;
             }
             (_, None) => {
@@ -544,11 +618,52 @@ async fn run(cfg: BackendConfig, mut commands: mpsc::Receiver<Command>, emit: Em
     }
 }
 
+/// What the verification and settings commands need of a started node.
+struct Ext {
+    node: crate::settings::NodeCtx,
+    me: securecomm_noise::keys::RootPublicKey,
+}
+
+/// After a start: the node, and the context for the extra commands, whose start-up work
+/// (saved relays, contacts) runs in the background.
+fn started(
+    s: Option<(Node, securecomm_noise::keys::RootPublicKey)>,
+    cfg: &BackendConfig,
+    emit: &Emitter,
+) -> (Option<Node>, Option<Arc<Ext>>) {
+    let Some((node, me)) = s else {
+        return (None, None);
+    };
+    let x = Arc::new(Ext {
+        node: crate::settings::NodeCtx {
+            data_dir: cfg.data_dir.clone(),
+            store: cfg.store(),
+            base_relays: cfg.net.relays.iter().map(ToString::to_string).collect(),
+            guilds: node.guilds.clone(),
+            net: node.net.clone(),
+        },
+        me,
+    });
+    let (x2, emit) = (x.clone(), emit.clone());
+    tokio::spawn(async move {
+        for ev in crate::settings::on_started(&x2.node).await {
+            emit.emit(ev).await;
+        }
+        let g = x2.node.guilds.clone();
+        match tokio::task::spawn_blocking(move || crate::verify::load(&g)).await {
+            Ok(Ok(ev)) => emit.emit(ev).await,
+            Ok(Err(e)) => emit.emit(Event::Error(e)).await,
+            Err(_) => {}
+        }
+    });
+    (Some(node), Some(x))
+}
+
 async fn start(
     cfg: &BackendConfig,
     opened: Result<Result<LocalProfile, StoreError>, tokio::task::JoinError>,
     emit: &Emitter,
-) -> Option<Node> {
+) -> Option<(Node, securecomm_noise::keys::RootPublicKey)> {
     let profile = match opened {
         Ok(Ok(p)) => p,
         Ok(Err(StoreError::WrongPassphrase)) => {
@@ -588,7 +703,7 @@ async fn start(
         emit.clone(),
     ));
     emit.emit(Event::Started(me)).await;
-    Some(node)
+    Some((node, profile.identity.root_public()))
 }
 
 async fn forward_events(g: GuildService, emit: Emitter) {
@@ -640,11 +755,22 @@ async fn forward_events(g: GuildService, emit: Emitter) {
 async fn poll_net(net: Client, guilds: GuildService, emit: Emitter) {
     let mut last = None;
     let mut last_online = None;
+    let mut last_relays = None;
     loop {
         let online = guilds.online_users().await;
         if last_online.as_ref() != Some(&online) {
             last_online = Some(online.clone());
             emit.emit(Event::Presence(online)).await;
+        }
+        if let Ok(relays) = net.relays().await {
+            let rows: Vec<crate::settings::RelayRow> = relays.into_iter().map(Into::into).collect();
+            if last_relays.as_ref() != Some(&rows) {
+                last_relays = Some(rows.clone());
+                emit.emit(Event::Settings(crate::settings::SettingsEvent::Health(
+                    rows,
+                )))
+                .await;
+            }
         }
         if let Ok(peers) = net.peers().await {
             let relays = net.relays().await.unwrap_or_default();
@@ -722,6 +848,17 @@ async fn load_guild(g: &GuildService, guild: &str, emit: &Emitter) {
     }
     match members {
         Ok(members) => {
+            // Verification: remember names and devices; a change may raise a warning.
+            let (g2, m2) = (g.clone(), members.clone());
+            let contacts = tokio::task::spawn_blocking(move || {
+                crate::verify::observe_members(&g2, &m2).and_then(|()| crate::verify::load(&g2))
+            })
+            .await;
+            match contacts {
+                Ok(Ok(ev)) => emit.emit(ev).await,
+                Ok(Err(e)) => emit.emit(Event::Error(e)).await,
+                Err(_) => {}
+            }
             emit.emit(Event::Members {
                 guild: guild.to_owned(),
                 members,
@@ -735,7 +872,11 @@ async fn load_guild(g: &GuildService, guild: &str, emit: &Emitter) {
 async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
     let result: Result<(), String> = async {
         match cmd {
-            Command::Create { .. } | Command::Unlock { .. } => Ok(()),
+            Command::Create { .. }
+            | Command::Unlock { .. }
+            | Command::Restore { .. }
+            | Command::Verify(_)
+            | Command::Settings(_) => Ok(()),
             Command::Refresh => {
                 refresh(g, emit).await;
                 Ok(())

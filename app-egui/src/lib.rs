@@ -22,8 +22,11 @@ pub mod app;
 pub mod backend;
 pub mod demo;
 pub mod markdown;
+pub mod settings;
 pub mod state;
 pub mod tour;
+pub mod ui;
+pub mod verify;
 
 pub use app::App;
 pub use backend::{Backend, BackendConfig};

@@ -483,6 +483,12 @@ pub struct AppState {
     /// Our messages not yet confirmed by the node, oldest first (at most [`MAX_OUTBOX`]).
     pub outbox: Vec<Outgoing>,
     next_local: u64,
+    /// Contacts, safety numbers and warnings.
+    pub verify: crate::verify::VerifyState,
+    /// The settings window.
+    pub settings: crate::settings::SettingsState,
+    /// The first-run "Restore from backup" form.
+    pub restore: crate::settings::RestoreForm,
 }
 
 impl AppState {
@@ -514,6 +520,9 @@ impl AppState {
             unread: HashMap::new(),
             outbox: Vec::new(),
             next_local: 1,
+            verify: crate::verify::VerifyState::default(),
+            settings: crate::settings::SettingsState::default(),
+            restore: crate::settings::RestoreForm::default(),
         }
     }
 
@@ -647,6 +656,7 @@ impl AppState {
                 self.phase = Phase::Main;
                 self.has_identity = true;
                 self.login = LoginForm::default();
+                self.restore = crate::settings::RestoreForm::default();
                 self.me = Some(me);
                 vec![Command::Refresh]
             }
@@ -728,11 +738,25 @@ impl AppState {
                     let mention = self.mentions_me(&m.text);
                     self.mark_unread(Unread::Channel(m.guild.clone(), m.channel), mention);
                 }
+                let mut cmds = Vec::new();
+                if let Some(me) = &self.me
+                    && m.sender != me.user_id
+                    && crate::settings::mentions(&m.text, &me.display_name)
+                {
+                    let who = if m.nickname.is_empty() {
+                        short(&m.sender)
+                    } else {
+                        m.nickname.clone()
+                    };
+                    cmds = self
+                        .settings
+                        .on_incoming(format!("{who} mentioned you"), &m.text);
+                }
                 self.timelines
                     .entry((m.guild.clone(), m.channel))
                     .or_default()
                     .insert(Entry::from(m));
-                Vec::new()
+                cmds
             }
             Event::DmHistory { user, messages } => {
                 let me = self.my_name();
@@ -748,13 +772,25 @@ impl AppState {
                 if !here && !m.outgoing {
                     self.mark_unread(Unread::Dm(m.peer.clone()), true);
                 }
+                let cmds = if m.outgoing {
+                    Vec::new()
+                } else {
+                    let who = self
+                        .verify
+                        .contacts
+                        .get(&m.peer)
+                        .filter(|c| !c.name.is_empty())
+                        .map_or_else(|| short(&m.peer), |c| c.name.clone());
+                    self.settings
+                        .on_incoming(format!("Message from {who}"), &m.text)
+                };
                 let me = self.my_name();
                 let them = self.name_of(&m.peer);
                 self.dms
                     .entry(m.peer.clone())
                     .or_default()
                     .insert(dm_entry(m, &me, &them));
-                Vec::new()
+                cmds
             }
             Event::GuildCreated { id } => {
                 self.guild = Some(id);
@@ -789,6 +825,8 @@ impl AppState {
                 self.online = online;
                 Vec::new()
             }
+            Event::Verify(e) => self.verify.apply(e),
+            Event::Settings(e) => self.settings.apply(e),
             Event::Error(e) => {
                 self.error(e);
                 Vec::new()

@@ -140,6 +140,8 @@ enum Command {
     Respond(InboundRequestId, Vec<u8>),
     AddAddress(PeerId, Multiaddr),
     Relays(oneshot::Sender<Vec<RelayInfo>>),
+    AddRelay(Multiaddr, oneshot::Sender<bool>),
+    RemoveRelay(PeerId),
     Shutdown,
 }
 
@@ -167,6 +169,8 @@ impl std::fmt::Debug for Command {
             Command::Respond(..) => "Respond",
             Command::AddAddress(..) => "AddAddress",
             Command::Relays(_) => "Relays",
+            Command::AddRelay(..) => "AddRelay",
+            Command::RemoveRelay(_) => "RemoveRelay",
             Command::Shutdown => "Shutdown",
         })
     }
@@ -291,6 +295,22 @@ impl Client {
     /// reservation state.
     pub async fn relays(&self) -> Result<Vec<RelayInfo>, NetError> {
         self.ask(Command::Relays).await
+    }
+
+    /// Adds a relay while running (a full multiaddr ending in `/p2p/<relay>`), as preferred as
+    /// a configured one; a reservation is tried at once if the node is short of relays.
+    /// Returns whether the relay book took it (not: ours, no peer id, or the book is full of
+    /// configured relays).
+    pub async fn add_relay(&self, addr: Multiaddr) -> Result<bool, NetError> {
+        self.ask(|tx| Command::AddRelay(addr, tx)).await
+    }
+
+    /// Forgets a relay, closing its reservation if it holds one.
+    pub async fn remove_relay(&self, relay: PeerId) -> Result<(), NetError> {
+        self.commands
+            .send(Command::RemoveRelay(relay))
+            .await
+            .map_err(|_| NetError::Closed)
     }
 
     /// Stops the event loop.
@@ -515,6 +535,19 @@ impl EventLoop {
             }
             Command::Relays(tx) => {
                 let _ = tx.send(self.relays.snapshot());
+            }
+            Command::AddRelay(addr, tx) => {
+                let added = self.relays.configure(&addr, tokio::time::Instant::now());
+                if added && let Some(peer) = super::relays::relay_peer(&addr) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                }
+                let _ = tx.send(added);
+                self.maintain_relays();
+            }
+            Command::RemoveRelay(peer) => {
+                if let Some(listener) = self.relays.forget(&peer) {
+                    self.swarm.remove_listener(listener);
+                }
             }
             Command::Shutdown => {}
         }

@@ -192,6 +192,40 @@ impl RelayBook {
         self.add(peer, addrs, false, now)
     }
 
+    /// Adds a relay the user configured at run time (the app's settings): like a relay from
+    /// the configuration, it is preferred and never evicted. When the book is full, the
+    /// discovered idle relay that failed most makes room. Returns whether it is in the book.
+    pub fn configure(&mut self, addr: &Multiaddr, now: Instant) -> bool {
+        let Some(peer) = relay_peer(addr).filter(|p| *p != self.me) else {
+            return false;
+        };
+        if !self.relays.contains_key(&peer) && self.relays.len() >= MAX_KNOWN_RELAYS {
+            let victim = self
+                .relays
+                .iter()
+                .filter(|(_, e)| !e.configured && !e.active())
+                .max_by_key(|(_, e)| (e.failures, e.retry_at))
+                .map(|(p, _)| *p);
+            match victim {
+                Some(v) => {
+                    self.relays.remove(&v);
+                }
+                None => return false,
+            }
+        }
+        self.add(peer, std::slice::from_ref(addr), true, now);
+        self.relays.contains_key(&peer)
+    }
+
+    /// Forgets a relay (the user removed it). Returns the listener of its reservation or
+    /// request, for the caller to close.
+    pub fn forget(&mut self, peer: &PeerId) -> Option<ListenerId> {
+        match self.relays.remove(peer)?.state {
+            Slot::Idle => None,
+            Slot::Reserving(l, _) | Slot::Reserved(l) => Some(l),
+        }
+    }
+
     /// The relays we hold or are requesting a reservation on.
     fn active(&self) -> usize {
         self.relays.values().filter(|e| e.active()).count()
@@ -340,6 +374,35 @@ mod tests {
 
     fn bare(port: u16) -> Multiaddr {
         format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+    }
+
+    #[test]
+    fn relays_configured_at_run_time_are_preferred_kept_and_forgotten() {
+        let now = Instant::now();
+        let me = PeerId::random();
+        let (mut b, _) = RelayBook::new(me, 1, &[], now);
+        let found: Vec<PeerId> = (0..MAX_KNOWN_RELAYS).map(|_| PeerId::random()).collect();
+        for (i, p) in found.iter().enumerate() {
+            assert!(b.learn(*p, &[bare(i as u16)], now));
+            b.failed(*p, now);
+        }
+        let user = PeerId::random();
+        assert!(
+            b.configure(&addr(9, user), now),
+            "a failed discovered relay makes room"
+        );
+        assert_eq!(b.snapshot().len(), MAX_KNOWN_RELAYS);
+        assert!(!b.configure(&bare(9), now), "no peer id");
+        assert!(!b.configure(&addr(9, me), now), "ourselves");
+        let (p, a) = b.next_attempt(now).unwrap();
+        assert_eq!((p, a), (user, addr(9, user)), "configured first");
+        let l = ListenerId::next();
+        b.started(user, l, now);
+        assert!(b.accepted(user));
+        assert!(b.snapshot().iter().any(|r| r.peer == user && r.configured));
+        assert_eq!(b.forget(&user), Some(l), "its reservation is to be closed");
+        assert!(!b.knows(&user));
+        assert_eq!(b.forget(&user), None);
     }
 
     #[test]

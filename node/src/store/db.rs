@@ -284,6 +284,21 @@ const MIGRATIONS: &[&str] = &[
     // relay whether it was picked up, and queue it again if it expired.
     "ALTER TABLE dm_outbox ADD COLUMN relay BLOB;
      ALTER TABLE dm_outbox ADD COLUMN relay_item INTEGER;",
+    // 10: contacts and their verification (`store::contacts`): last seen name and devices per
+    // user (root key), and the reference kept when the user verified them.
+    "CREATE TABLE contacts (
+        user BLOB PRIMARY KEY,
+        name TEXT NOT NULL,
+        name_key TEXT NOT NULL,
+        devices BLOB NOT NULL,
+        first_seen INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        verified_key BLOB,
+        verified_at INTEGER,
+        verified_name TEXT,
+        verified_devices BLOB
+     ) STRICT;
+     CREATE INDEX contacts_by_name ON contacts (name_key);",
 ];
 
 /// The newest schema version this build writes.

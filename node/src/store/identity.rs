@@ -268,17 +268,28 @@ fn open_file(
 /// Writes `bytes` to `path` through a synced temporary file and a rename. With `replace` false,
 /// an existing `path` is never replaced.
 fn write_atomically(path: &Path, bytes: &[u8], replace: bool) -> Result<(), StoreError> {
-    let tmp = path.with_extension("tmp");
+    let tmp = tmp_path(path);
     let mut opts = OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    // A fresh temporary file, never an existing one: a backup goes to a folder the user chose,
+    // where `name.tmp` may be someone's file.
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(&tmp).map_err(io("create", &tmp))?;
-    f.write_all(bytes).map_err(io("write", &tmp))?;
-    f.sync_all().map_err(io("sync", &tmp))?;
+    let written = f
+        .write_all(bytes)
+        .map_err(io("write", &tmp))
+        .and_then(|()| f.sync_all().map_err(io("sync", &tmp)));
     drop(f);
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     if replace {
-        fs::rename(&tmp, path).map_err(io("replace", path))?;
+        if let Err(e) = fs::rename(&tmp, path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io("replace", path)(e));
+        }
     } else {
         // hard_link fails if `path` exists, so a racing creator cannot be overwritten.
         let linked = fs::hard_link(&tmp, path);
@@ -295,6 +306,17 @@ fn write_atomically(path: &Path, bytes: &[u8], replace: bool) -> Result<(), Stor
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// `.<name>.<pid>.<n>.tmp` next to `path`: unique within this process, and hidden.
+fn tmp_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
 #[cfg(test)]
