@@ -130,6 +130,8 @@ fn main_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
         egui::TopBottomPanel::bottom("composer").show_inside(ui, |ui| composer_ui(ui, s, cmds));
         messages_ui(ui, s);
     });
+    crate::ui::channels::new_channel_dialog(ctx, s, cmds);
+    crate::ui::settings::settings_window(ctx, s, cmds);
 }
 
 fn status_ui(ctx: &egui::Context, s: &mut AppState) {
@@ -231,23 +233,9 @@ fn channels_ui(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut Vec<Co
         .find(|g| g.id == gid)
         .map_or_else(|| short(gid), |g| g.name.clone());
     ui.heading(name);
+    crate::ui::channels::header_buttons(ui, s, cmds);
     ui.separator();
-    let mut pick = None;
-    for c in s.channels.get(gid).map(Vec::as_slice).unwrap_or_default() {
-        let selected =
-            matches!(&s.view, View::Channel { guild, channel } if guild == gid && *channel == c.id);
-        let label = match c.kind.as_str() {
-            "voice" => format!("🔊 {}", c.name),
-            "category" => c.name.to_uppercase(),
-            _ => format!("# {}", c.name),
-        };
-        if ui.selectable_label(selected, label).clicked() && c.kind == "text" {
-            pick = Some(c.id);
-        }
-    }
-    if let Some(c) = pick {
-        cmds.extend(s.on_select_channel(gid, c));
-    }
+    crate::ui::channels::channel_list(ui, s, gid, cmds);
     ui.separator();
     let r = labelled_edit(
         ui,
@@ -255,11 +243,18 @@ fn channels_ui(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut Vec<Co
         egui::TextEdit::singleline(&mut s.new_channel).desired_width(110.0),
     );
     let enter = r.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter));
-    if ui.button("Create channel").clicked() || enter {
+    // Disabled only once the guild's data says so (the node refuses clearly anyway).
+    let why = s
+        .guild_data()
+        .and_then(|_| s.lacks(crate::state::manage::perm("manage_channels")));
+    if crate::ui::guarded_button(ui, "Create channel", why.as_deref()) || (enter && why.is_none()) {
         cmds.extend(s.on_create_channel());
     }
     ui.separator();
-    if ui.button("Create invite").clicked() {
+    let why = s
+        .guild_data()
+        .and_then(|_| s.lacks(crate::state::manage::perm("create_invite")));
+    if crate::ui::guarded_button(ui, "Create invite", why.as_deref()) {
         cmds.extend(s.on_create_invite());
     }
     if let Some(code) = s.invites.get(gid) {
@@ -338,31 +333,7 @@ fn members_ui(ctx: &egui::Context, s: &AppState) {
     egui::SidePanel::right("members")
         .resizable(true)
         .default_width(180.0)
-        .show(ctx, |ui| {
-            ui.heading("Members");
-            ui.separator();
-            let Some(gid) = &s.guild else { return };
-            for m in s.members.get(gid).map(Vec::as_slice).unwrap_or_default() {
-                let name = if m.nickname.is_empty() {
-                    short(&m.user)
-                } else {
-                    m.nickname.clone()
-                };
-                let mut text = RichText::new(name);
-                if m.owner {
-                    text = text.strong();
-                }
-                let r = ui.label(text);
-                let mut hover = format!("user {}", m.user);
-                if m.owner {
-                    hover.push_str("\nowner");
-                }
-                if !m.roles.is_empty() {
-                    hover.push_str(&format!("\nroles: {}", m.roles.join(", ")));
-                }
-                r.on_hover_text(hover);
-            }
-        });
+        .show(ctx, |ui| crate::ui::members::member_list(ui, s));
 }
 
 fn composer_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {

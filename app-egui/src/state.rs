@@ -15,6 +15,8 @@ use crate::backend::{
 };
 use crate::markdown::{self, Block, Span};
 
+pub mod manage;
+
 /// A new author header starts after this much silence from the same author (ms).
 pub const GROUP_GAP_MS: u64 = 7 * 60 * 1000;
 /// Errors kept for display; older ones are dropped.
@@ -317,6 +319,8 @@ pub struct AppState {
     pub errors: VecDeque<String>,
     /// Connection indicator.
     pub net: NetStatus,
+    /// Guild management: data, dialogs, the settings window (see [`manage`]).
+    pub manage: manage::ManageState,
 }
 
 impl AppState {
@@ -344,6 +348,7 @@ impl AppState {
             joining: Vec::new(),
             errors: VecDeque::new(),
             net: NetStatus::default(),
+            manage: manage::ManageState::default(),
         }
     }
 
@@ -478,6 +483,7 @@ impl AppState {
                 self.error(e);
                 Vec::new()
             }
+            Event::Manage(m) => self.apply_manage(m),
         }
     }
 

@@ -1,0 +1,24 @@
+//! Drawing for guild management: the grouped channel list and the new-channel dialog
+//! ([`channels`]), the member list grouped by hoisted roles ([`members`]) and the guild
+//! settings window ([`settings`]). Like [`crate::app`], these functions only read the state,
+//! call its `on_*` actions and collect the returned commands.
+
+pub mod channels;
+pub mod members;
+pub mod settings;
+
+/// An egui colour for a role colour (`0x00RRGGBB`); `None` for 0 (no colour).
+pub fn role_colour(c: u32) -> Option<egui::Color32> {
+    let [_, r, g, b] = c.to_be_bytes();
+    (c != 0).then_some(egui::Color32::from_rgb(r, g, b))
+}
+
+/// A button that is disabled, with `why` on hover, when `why` is `Some`.
+pub fn guarded_button(ui: &mut egui::Ui, text: &str, why: Option<&str>) -> bool {
+    let r = ui.add_enabled(why.is_none(), egui::Button::new(text));
+    let r = match why {
+        Some(w) => r.on_disabled_hover_text(w),
+        None => r,
+    };
+    r.clicked()
+}
