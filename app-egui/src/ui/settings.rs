@@ -18,7 +18,7 @@ pub fn settings_window(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Com
     let mut open = true;
     egui::Window::new("Guild settings")
         .open(&mut open)
-        .default_size([620.0, 520.0])
+        .default_size([640.0, 700.0])
         .show(ctx, |ui| {
             let Some(data) = s.guild_data().cloned() else {
                 ui.spinner();
@@ -143,6 +143,19 @@ fn role_editor(
     let everyone = role.id == 0;
     let mine = d.overview.my_permissions;
     let ceiling = my_role_ceiling(&d.overview);
+    ui.horizontal(|ui| {
+        if guarded_button(ui, "Save role", why.as_deref()) {
+            cmds.extend(s.on_save_role());
+        }
+        let del_why = if everyone {
+            Some("@everyone cannot be deleted".to_owned())
+        } else {
+            why.clone()
+        };
+        if guarded_button(ui, "Delete role", del_why.as_deref()) {
+            cmds.extend(s.on_delete_role());
+        }
+    });
     ui.add_enabled_ui(why.is_none(), |ui| {
         let f = &mut s.manage.settings.role;
         ui.horizontal(|ui| {
@@ -181,19 +194,6 @@ fn role_editor(
                     f.permissions &= !bit;
                 }
             }
-        }
-    });
-    ui.horizontal(|ui| {
-        if guarded_button(ui, "Save role", why.as_deref()) {
-            cmds.extend(s.on_save_role());
-        }
-        let del_why = if everyone {
-            Some("@everyone cannot be deleted".to_owned())
-        } else {
-            why.clone()
-        };
-        if guarded_button(ui, "Delete role", del_why.as_deref()) {
-            cmds.extend(s.on_delete_role());
         }
     });
 }
