@@ -344,3 +344,94 @@ fn create_a_role_grant_it_to_a_second_instance_then_kick_them() {
         a.state().state.errors
     );
 }
+
+fn top_level_order(s: &AppState) -> Vec<String> {
+    s.guild_data()
+        .map(|d| {
+            securecomm_app::state::manage::channel_tree(&d.channels)[0]
+                .channels
+                .iter()
+                .map(|c| c.name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn edit_a_channel_topic_slow_mode_order_and_overwrite() {
+    use securecomm_app::state::manage::perm;
+    use securecomm_node::guild::OverwriteFor;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    create_identity(&mut h, "Ed", "pass");
+    let _guild = create_guild(&mut h, "Chan");
+    type_into(&mut h, "Channel name", "random");
+    click(&mut h, "Create channel");
+    wait_for(&mut h, "two channels", |s| top_level_order(s).len() == 2);
+    let before = top_level_order(&h.state().state);
+
+    open_settings(&mut h, "Channel settings");
+    click(&mut h, "Channel to edit");
+    click(&mut h, "general (text)");
+    type_into(&mut h, "Topic", "welcome");
+    click(&mut h, "Slow mode");
+    click(&mut h, "30 s");
+    click(&mut h, "Save channel");
+    wait_for(&mut h, "the edited channel", |s| {
+        s.guild_data().is_some_and(|d| {
+            d.channels
+                .iter()
+                .any(|c| c.name == "general" && c.topic == "welcome" && c.slow_mode_secs == 30)
+        })
+    });
+
+    // Move general past random (whichever way that is).
+    let general_first = before[0] == "general";
+    click(
+        &mut h,
+        if general_first {
+            "Move down"
+        } else {
+            "Move up"
+        },
+    );
+    let expected: Vec<String> = before.iter().rev().cloned().collect();
+    wait_for(&mut h, "the new order", |s| top_level_order(s) == expected);
+
+    // Deny @everyone sending messages in general.
+    click(&mut h, "Overwrite for");
+    click(&mut h, "role @everyone");
+    let send_index = securecomm_node::guild::engine::PERMISSION_NAMES
+        .iter()
+        .position(|(n, _)| *n == "send_messages")
+        .unwrap();
+    h.get_all_by_label("Deny")
+        .nth(send_index)
+        .unwrap()
+        .scroll_to_me();
+    settle(&mut h);
+    h.get_all_by_label("Deny").nth(send_index).unwrap().click();
+    settle(&mut h);
+    assert_eq!(
+        h.state().state.manage.settings.channel.deny,
+        perm("send_messages")
+    );
+    click(&mut h, "Save overwrite");
+    wait_for(&mut h, "the overwrite", |s| {
+        s.guild_data().is_some_and(|d| {
+            d.channels.iter().any(|c| {
+                c.name == "general"
+                    && c.overwrites.iter().any(|o| {
+                        o.target == OverwriteFor::Role(0)
+                            && o.deny == perm("send_messages")
+                            && o.allow == 0
+                    })
+            })
+        })
+    });
+    assert!(
+        h.state().state.errors.is_empty(),
+        "{:?}",
+        h.state().state.errors
+    );
+}

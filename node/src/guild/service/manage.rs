@@ -38,7 +38,7 @@ use crate::guild::wire::{InviteLink, rendezvous_namespace};
 
 /// Longest slow mode, in seconds (6 hours, as Discord).
 pub const MAX_SLOW_MODE_SECS: u32 = 6 * 3600;
-/// Most invites listed (the newest recorded are not preferred; the list is by code).
+/// Most invites listed (the first ones by invite id).
 pub const MAX_INVITES_LISTED: usize = 1000;
 /// Most bans listed.
 pub const MAX_BANS_LISTED: usize = 10_000;
