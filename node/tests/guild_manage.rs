@@ -394,3 +394,51 @@ async fn member_refusals_revoke_kick_ban_and_unban() {
     let err = a.guilds.unban(&gid, &b.user).await.unwrap_err();
     assert!(err.to_string().contains("not banned"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_commands_on_the_control_socket() {
+    use securecomm_node::control::{self, Context};
+    let a = start("alice").await;
+    let g = a.guilds.create_guild("Ctl").await.unwrap();
+    let gid = g["id"].as_str().unwrap().to_owned();
+    let ctx = Context {
+        net: a.net.clone(),
+        whoami: serde_json::json!({}),
+        guilds: Some(a.guilds.clone()),
+    };
+    tokio::spawn(control::serve(control::socket_path(a.dir.path()), ctx));
+    let mut c = until_connected(a.dir.path()).await;
+    let args = serde_json::json!({ "guild": gid });
+    let roles = c.call("role-list", args.clone()).await.unwrap();
+    assert_eq!(roles[0]["name"], "@everyone");
+    let o = c.call("guild-settings", args.clone()).await.unwrap();
+    assert_eq!(o["name"], "Ctl");
+    assert_eq!(o["i_am_owner"], true);
+    let chans = c.call("channel-details", args.clone()).await.unwrap();
+    assert_eq!(chans[0]["name"], "general");
+    assert_eq!(
+        c.call("ban-list", args.clone()).await.unwrap(),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        c.call("invite-list", args).await.unwrap(),
+        serde_json::json!([])
+    );
+    let err = c
+        .call("role-delete", serde_json::json!({ "guild": gid }))
+        .await
+        .unwrap_err();
+    assert!(err.contains("role"), "{err}");
+    let err = c.call("unban", serde_json::json!({})).await.unwrap_err();
+    assert!(err.contains("guild"), "{err}");
+}
+
+async fn until_connected(dir: &std::path::Path) -> securecomm_node::control::ControlClient {
+    for _ in 0..100 {
+        if let Ok(c) = securecomm_node::control::ControlClient::connect(dir).await {
+            return c;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    panic!("control socket never came up");
+}
