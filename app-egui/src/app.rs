@@ -145,6 +145,8 @@ fn main_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
         crate::ui::verify::dm_header_ui(ui, s, cmds);
         messages_ui(ui, s, cmds);
     });
+    crate::ui::channels::new_channel_dialog(ctx, s, cmds);
+    crate::ui::guild_settings::settings_window(ctx, s, cmds);
 }
 
 fn status_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
@@ -258,24 +260,9 @@ fn channels_ui(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut Vec<Co
         .find(|g| g.id == gid)
         .map_or_else(|| short(gid), |g| g.name.clone());
     ui.heading(name);
+    crate::ui::channels::header_buttons(ui, s, cmds);
     ui.separator();
-    let mut pick = None;
-    for c in s.channels.get(gid).map(Vec::as_slice).unwrap_or_default() {
-        let selected =
-            matches!(&s.view, View::Channel { guild, channel } if guild == gid && *channel == c.id);
-        let label = match c.kind.as_str() {
-            "voice" => format!("🔊 {}", c.name),
-            "category" => c.name.to_uppercase(),
-            _ => format!("# {}", c.name),
-        };
-        let label = unread_text(label, s.unread_channel(gid, c.id));
-        if ui.selectable_label(selected, label).clicked() && c.kind == "text" {
-            pick = Some(c.id);
-        }
-    }
-    if let Some(c) = pick {
-        cmds.extend(s.on_select_channel(gid, c));
-    }
+    crate::ui::channels::channel_list(ui, s, gid, cmds);
     ui.separator();
     let r = labelled_edit(
         ui,
@@ -283,11 +270,18 @@ fn channels_ui(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut Vec<Co
         egui::TextEdit::singleline(&mut s.new_channel).desired_width(110.0),
     );
     let enter = r.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter));
-    if ui.button("Create channel").clicked() || enter {
+    // Disabled only once the guild's data says so (the node refuses clearly anyway).
+    let why = s
+        .guild_data()
+        .and_then(|_| s.lacks(crate::state::manage::perm("manage_channels")));
+    if crate::ui::guarded_button(ui, "Create channel", why.as_deref()) || (enter && why.is_none()) {
         cmds.extend(s.on_create_channel());
     }
     ui.separator();
-    if ui.button("Create invite").clicked() {
+    let why = s
+        .guild_data()
+        .and_then(|_| s.lacks(crate::state::manage::perm("create_invite")));
+    if crate::ui::guarded_button(ui, "Create invite", why.as_deref()) {
         cmds.extend(s.on_create_invite());
     }
     if let Some(code) = s.invites.get(gid) {
@@ -306,7 +300,7 @@ fn channels_ui(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut Vec<Co
 }
 
 /// A name with its unread marker: bold with the count, red when one mentions us.
-fn unread_text(name: String, (count, mention): (u32, bool)) -> RichText {
+pub(crate) fn unread_text(name: String, (count, mention): (u32, bool)) -> RichText {
     match (count, mention) {
         (0, _) => RichText::new(name),
         (n, false) => RichText::new(format!("{name}  {n}")).strong(),
@@ -380,57 +374,7 @@ fn members_ui(ctx: &egui::Context, s: &AppState) -> Option<(String, String)> {
     egui::SidePanel::right("members")
         .resizable(true)
         .default_width(180.0)
-        .show(ctx, |ui| {
-            ui.heading("Members");
-            ui.separator();
-            let Some(gid) = &s.guild else { return };
-            for m in s.members.get(gid).map(Vec::as_slice).unwrap_or_default() {
-                let name = if m.nickname.is_empty() {
-                    short(&m.user)
-                } else {
-                    m.nickname.clone()
-                };
-                let online = s.online.contains(&m.user);
-                let mut text = RichText::new(name);
-                if m.owner {
-                    text = text.strong();
-                }
-                if !online {
-                    text = text.weak();
-                }
-                let r = ui
-                    .horizontal(|ui| {
-                        let dot = if online {
-                            Color32::from_rgb(70, 190, 110)
-                        } else {
-                            Color32::GRAY
-                        };
-                        let (rect, _) =
-                            ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
-                        ui.painter().circle_filled(rect.center(), 4.0, dot);
-                        crate::ui::verify::member_name_ui(ui, s, &m.user, text)
-                    })
-                    .inner;
-                let mut hover = format!(
-                    "user {}\n{}",
-                    m.user,
-                    if online { "online" } else { "offline" }
-                );
-                if m.owner {
-                    hover.push_str("\nowner");
-                }
-                if !m.roles.is_empty() {
-                    hover.push_str(&format!("\nroles: {}", m.roles.join(", ")));
-                }
-                let mine = s.me.as_ref().is_some_and(|me| me.user_id == m.user);
-                if !mine {
-                    hover.push_str("\nclick: safety number");
-                }
-                if r.on_hover_text(hover).clicked() && !mine {
-                    clicked = Some((m.user.clone(), m.nickname.clone()));
-                }
-            }
-        });
+        .show(ctx, |ui| clicked = crate::ui::members::member_list(ui, s));
     clicked
 }
 

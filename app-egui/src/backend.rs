@@ -24,6 +24,9 @@ use zeroize::Zeroizing;
 
 use crate::state::{HISTORY_LIMIT, NetStatus, OLDER_PAGE};
 
+pub mod manage;
+pub use manage::{GuildData, ManageCmd, ManageEvent};
+
 /// Queued commands before the UI is told the node is busy.
 pub const COMMAND_BUFFER: usize = 256;
 /// Queued events before producers wait for the UI.
@@ -155,6 +158,8 @@ pub enum Command {
         /// The user.
         user: String,
     },
+    /// Guild management (see [`manage`]).
+    Manage(ManageCmd),
 }
 
 /// Who this node is.
@@ -383,6 +388,8 @@ pub enum Event {
     Settings(crate::settings::SettingsEvent),
     /// A command failed.
     Error(String),
+    /// Guild management data (see [`manage`]).
+    Manage(ManageEvent),
 }
 
 /// How the backend runs.
@@ -867,6 +874,7 @@ async fn load_guild(g: &GuildService, guild: &str, emit: &Emitter) {
         }
         Err(e) => emit.emit(Event::Error(e)).await,
     }
+    manage::load(g, guild, emit).await;
 }
 
 async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
@@ -1020,6 +1028,10 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
                     .map_err(|e| e.to_string())?;
                 let messages = parse::<Vec<DmMessage>>(v, "DM history")?;
                 emit.emit(Event::DmHistory { user, messages }).await;
+                Ok(())
+            }
+            Command::Manage(m) => {
+                manage::execute(g, m, emit).await;
                 Ok(())
             }
         }

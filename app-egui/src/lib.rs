@@ -17,6 +17,10 @@
 //!   header, one row per line, code lines) when they arrive, so the view lays out only the rows
 //!   on screen (`ScrollArea::show_rows`): cost per frame does not grow with the channel.
 //!   Rendering uses the pure [`markdown`] model; links are shown, never fetched.
+//! * **Guild management.** [`backend::manage`] (commands and typed data from the node's
+//!   management methods), [`state::manage`] (forms and actions; permission checks that decide
+//!   which buttons are enabled) and [`ui`] (grouped channel list, member list, settings window).
+//!   The crdt enforces every permission; the app only mirrors it to disable buttons.
 
 pub mod app;
 pub mod backend;

@@ -20,8 +20,10 @@
 //! expires?, uses?}`, `channel-create {guild, name, voice?}`, `channel-list {guild}`, `send
 //! {guild, channel, text}`, `history {guild, channel, limit?}`, `members {guild}`, `role-create
 //! {guild, name, perms}`, `role-grant {guild, user, role}`, `kick {guild, user}`, `ban {guild,
-//! user, reason?}`, `find-user {user}`. `events` adds `{"event": "message", ...}` for every
-//! stored guild message and `{"event": "guild-changed", "guild": ...}` after log deliveries.
+//! user, reason?}`, `find-user {user}`, and the management commands of `control/manage.rs`
+//! (channel details and moves, role list/revoke/delete, bans, unban, invite list/revoke, guild
+//! settings). `events` adds `{"event": "message", ...}` for every stored guild message and
+//! `{"event": "guild-changed", "guild": ...}` after log deliveries.
 //!
 //! Bounds: a request line is at most [`MAX_LINE`] bytes, at most [`MAX_CLIENTS`] connections are
 //! served at once, and a slow `events` reader loses old events rather than growing a queue.
@@ -36,6 +38,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use crate::guild::{GuildEvent, GuildService};
+
+mod manage;
 use crate::net::{Client, Event};
 
 /// Longest request line.
@@ -322,7 +326,7 @@ async fn handle_guild(g: &GuildService, cmd: &str, a: &Value) -> Option<Result<V
                 .map_err(|e| e.to_string()),
             Err(x) => Err(x),
         },
-        _ => return None,
+        _ => return manage::handle(g, cmd, a).await,
     })
 }
 

@@ -1,9 +1,30 @@
-//! Drawing for the verification and settings features (the rest of the window is in
-//! [`crate::app`]). Like there, these functions only read the state and collect the user's
-//! actions as commands.
+//! Drawing beyond the main layout in [`crate::app`]: the grouped channel list and the
+//! new-channel dialog ([`channels`]), the member list grouped by hoisted roles ([`members`]),
+//! the guild settings window ([`guild_settings`]), verification ([`verify`]) and the app's
+//! settings window ([`settings`]). Like [`crate::app`], these functions only read the state,
+//! call its `on_*` actions and collect the returned commands.
 
+pub mod channels;
+pub mod guild_settings;
+pub mod members;
 pub mod settings;
 pub mod verify;
+
+/// An egui colour for a role colour (`0x00RRGGBB`); `None` for 0 (no colour).
+pub fn role_colour(c: u32) -> Option<egui::Color32> {
+    let [_, r, g, b] = c.to_be_bytes();
+    (c != 0).then_some(egui::Color32::from_rgb(r, g, b))
+}
+
+/// A button that is disabled, with `why` on hover, when `why` is `Some`.
+pub fn guarded_button(ui: &mut egui::Ui, text: &str, why: Option<&str>) -> bool {
+    let r = ui.add_enabled(why.is_none(), egui::Button::new(text));
+    let r = match why {
+        Some(w) => r.on_disabled_hover_text(w),
+        None => r,
+    };
+    r.clicked()
+}
 
 /// A text field with a label that screen readers (and tests) find it by.
 fn labelled(ui: &mut egui::Ui, label: &str, edit: egui::TextEdit<'_>) -> egui::Response {

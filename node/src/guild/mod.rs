@@ -124,6 +124,10 @@ use securecomm_noise::dcgka::GroupError;
 use thiserror::Error;
 
 pub use engine::{HistoryCursor, StoredMessage, Verdict};
+pub use service::manage::{
+    BanInfo, ChannelDetail, ChannelEdit, GuildOverview, InviteInfo, MemberDetail, NewChannelKind,
+    OverwriteFor, OverwriteInfo, RoleEdit, RoleInfo, SettingsEdit,
+};
 pub use service::{GuildEvent, GuildService, HistoryStats};
 
 use crate::net::NetError;

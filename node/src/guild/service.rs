@@ -39,6 +39,8 @@ use crate::store::{Db, LocalProfile};
 use crate::sync::peer::{ApplyHook, author_of};
 use crate::sync::{Delivery, GroupId, SyncConfig, SyncError, SyncPeer};
 
+pub mod manage;
+
 /// Guild events for subscribers (the control API's `events` stream).
 #[derive(Debug, Clone)]
 pub enum GuildEvent {

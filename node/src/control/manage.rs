@@ -1,0 +1,78 @@
+//! Guild management on the control API (see [`crate::guild::GuildService`]'s management
+//! methods): `channel-details {guild}`, `channel-move {guild, channel, up}`, `role-list
+//! {guild}`, `role-revoke {guild, user, role}`, `role-delete {guild, role}`, `ban-list
+//! {guild}`, `unban {guild, user}`, `invite-list {guild}`, `invite-revoke {guild, invite}`,
+//! `guild-settings {guild}`. Results are the typed structs as JSON.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{arg, opt_u64};
+use crate::guild::{GuildError, GuildService};
+
+fn j<T: Serialize>(r: Result<T, GuildError>) -> Result<Value, String> {
+    r.map_err(|e| e.to_string())
+        .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
+}
+
+fn id(a: &Value, name: &str) -> Result<u64, String> {
+    opt_u64(a, name)?.ok_or_else(|| format!("missing integer argument {name:?}"))
+}
+
+/// Answers a management command, or `None` if `cmd` is not one.
+pub(super) async fn handle(
+    g: &GuildService,
+    cmd: &str,
+    a: &Value,
+) -> Option<Result<Value, String>> {
+    let guild = match arg(a, "guild") {
+        Ok(x) => x,
+        Err(e) => {
+            return matches!(
+                cmd,
+                "channel-details"
+                    | "channel-move"
+                    | "role-list"
+                    | "role-revoke"
+                    | "role-delete"
+                    | "ban-list"
+                    | "unban"
+                    | "invite-list"
+                    | "invite-revoke"
+                    | "guild-settings"
+            )
+            .then_some(Err(e));
+        }
+    };
+    Some(match cmd {
+        "channel-details" => j(g.channel_details(guild)),
+        "channel-move" => match id(a, "channel") {
+            Ok(c) => {
+                let up = a.get("up").and_then(Value::as_bool).unwrap_or(true);
+                j(g.move_channel(guild, c, up).await)
+            }
+            Err(e) => Err(e),
+        },
+        "role-list" => j(g.list_roles(guild)),
+        "role-revoke" => match (arg(a, "user"), id(a, "role")) {
+            (Ok(u), Ok(r)) => j(g.revoke_role(guild, u, r).await),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        "role-delete" => match id(a, "role") {
+            Ok(r) => j(g.delete_role(guild, r).await),
+            Err(e) => Err(e),
+        },
+        "ban-list" => j(g.list_bans(guild)),
+        "unban" => match arg(a, "user") {
+            Ok(u) => j(g.unban(guild, u).await),
+            Err(e) => Err(e),
+        },
+        "invite-list" => j(g.list_invites(guild).await),
+        "invite-revoke" => match arg(a, "invite") {
+            Ok(i) => j(g.revoke_invite(guild, i).await),
+            Err(e) => Err(e),
+        },
+        "guild-settings" => j(g.guild_overview(guild)),
+        _ => return None,
+    })
+}
