@@ -23,6 +23,9 @@ enum Stop {
     Unlock,
     Channel,
     Dm,
+    Roles,
+    Safety,
+    Settings,
 }
 
 impl Stop {
@@ -31,11 +34,21 @@ impl Stop {
             Self::Unlock => "01-unlock.png",
             Self::Channel => "02-channel.png",
             Self::Dm => "03-direct-message.png",
+            Self::Roles => "04-guild-settings-roles.png",
+            Self::Safety => "05-safety-number.png",
+            Self::Settings => "06-settings.png",
         }
     }
 }
 
-const STOPS: [Stop; 3] = [Stop::Unlock, Stop::Channel, Stop::Dm];
+const STOPS: [Stop; 6] = [
+    Stop::Unlock,
+    Stop::Channel,
+    Stop::Dm,
+    Stop::Roles,
+    Stop::Safety,
+    Stop::Settings,
+];
 
 /// The tour, wrapping the app.
 pub struct Tour {
@@ -110,11 +123,35 @@ impl Tour {
                 Stop::Dm => s
                     .current_timeline()
                     .is_some_and(|t| !t.entries().is_empty()),
+                Stop::Roles => {
+                    s.manage.settings.open
+                        && s.manage.settings.tab == crate::state::manage::Tab::Roles
+                        && s.manage.settings.role.role.is_some()
+                }
+                Stop::Safety => s.verify.safety.is_some(),
+                Stop::Settings => s.settings.open && s.settings.data_size.is_some(),
             }
     }
 
     /// Steers the app towards `stop`'s screen once what it needs has loaded.
     fn steer(&mut self, stop: Stop) {
+        if stop == Stop::Roles {
+            // Once the guild's roles arrived, show the Moderator role in the editor.
+            let s = &mut self.app.state;
+            let moderator = s
+                .guild
+                .as_ref()
+                .and_then(|g| s.manage.data.get(g))
+                .and_then(|d| d.roles.iter().find(|r| r.name == "Moderator"))
+                .map(|r| r.id);
+            if let Some(id) = moderator
+                && s.manage.settings.role.role != Some(id)
+            {
+                s.manage.settings.tab = crate::state::manage::Tab::Roles;
+                s.on_select_role(id);
+            }
+            return;
+        }
         if stop != Stop::Channel {
             return;
         }
@@ -144,7 +181,23 @@ impl Tour {
                 s.on_login()
             }
             Stop::Channel => s.on_select_dm(&self.bob.clone()),
-            Stop::Dm => Vec::new(),
+            Stop::Dm => {
+                // Back to the guild, and its settings window.
+                let guild = s.guilds.first().map(|g| g.id.clone());
+                let mut cmds = s.on_select_guild(guild);
+                cmds.extend(s.on_open_settings());
+                cmds
+            }
+            Stop::Roles => {
+                s.manage.settings.open = false;
+                s.verify.on_open(&self.bob.clone(), "Bob")
+            }
+            Stop::Safety => {
+                s.verify.on_close();
+                s.settings.tab = crate::settings::SettingsTab::Identity;
+                s.settings.on_open()
+            }
+            Stop::Settings => Vec::new(),
         };
         self.app.dispatch(cmds);
         self.since = Instant::now();

@@ -1,6 +1,7 @@
 //! The real window: `securecomm --screenshots` under Xvfb (software OpenGL, X11), exactly as
 //! `scripts/screenshots.sh` runs it. Proves the binary starts eframe, unlocks a seeded store
-//! through the UI state, draws the login, channel and DM screens, and that what the GPU drew
+//! through the UI state, draws the login, channel, DM, guild settings, safety-number and
+//! settings screens, and that what the GPU drew
 //! is a real picture (decoded PNGs with many colours, not a blank frame).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -34,7 +35,14 @@ fn the_real_window_draws_the_main_screens_under_xvfb() {
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
-    for name in ["01-unlock.png", "02-channel.png", "03-direct-message.png"] {
+    for name in [
+        "01-unlock.png",
+        "02-channel.png",
+        "03-direct-message.png",
+        "04-guild-settings-roles.png",
+        "05-safety-number.png",
+        "06-settings.png",
+    ] {
         let file = std::fs::File::open(out.path().join(name)).unwrap();
         let mut reader = png::Decoder::new(std::io::BufReader::new(file))
             .read_info()
