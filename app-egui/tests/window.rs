@@ -1,8 +1,8 @@
 //! The real window: `securecomm --screenshots` under Xvfb (software OpenGL, X11), exactly as
 //! `scripts/screenshots.sh` runs it. Proves the binary starts eframe, unlocks a seeded store
 //! through the UI state, draws the login, channel, DM, guild settings, safety-number and
-//! settings screens, and that what the GPU drew
-//! is a real picture (decoded PNGs with many colours, not a blank frame).
+//! settings screens, and that what the GPU drew is a real picture (decoded PNGs with many
+//! colours, not a blank frame).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;

@@ -68,6 +68,14 @@ fn overview_tab(ui: &mut egui::Ui, s: &mut AppState, _d: &GuildData, cmds: &mut 
             )
             .weak(),
         );
+        ui.label(
+            RichText::new(
+                "Not in effect yet: this release stores the choice in the guild, but \
+                 newcomers always get history only from when they joined, as with Off.",
+            )
+            .small()
+            .color(egui::Color32::from_rgb(230, 180, 60)),
+        );
     });
     if guarded_button(ui, "Save overview", why.as_deref()) {
         cmds.extend(s.on_save_overview());
