@@ -264,13 +264,15 @@ pub fn observe_members(g: &GuildService, members: &[MemberInfo]) -> Result<(), S
     let now = now_ms();
     g.sync()
         .with_db(|db| -> Result<(), String> {
+            // One transaction for the whole list (one synchronous commit, if anything changed).
+            let tx = db.conn_mut().transaction().map_err(|e| e.to_string())?;
             for m in members.iter().take(contacts::MAX_CONTACTS) {
                 let Some(user) = key32(&m.user) else { continue };
                 let devices: Vec<[u8; 32]> = m.devices.iter().filter_map(|d| key32(d)).collect();
-                contacts::observe(db.conn(), &user, &m.nickname, Some(&devices), now)
+                contacts::observe(&tx, &user, &m.nickname, Some(&devices), now)
                     .map_err(|e| e.to_string())?;
             }
-            Ok(())
+            tx.commit().map_err(|e| e.to_string())
         })
         .map_err(|e| e.to_string())?
 }

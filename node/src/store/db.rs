@@ -299,6 +299,12 @@ const MIGRATIONS: &[&str] = &[
         verified_devices BLOB
      ) STRICT;
      CREATE INDEX contacts_by_name ON contacts (name_key);",
+    // 11: a channel's messages in the order history reads them (newest first: time, sender,
+    // seq, then the row id every index ends with), so opening a channel reads one page off
+    // the index instead of sorting every message of the guild (measured: 2 s for the first
+    // 2,000 of 100,000 messages, the planner picking the guild's unique index and a full sort).
+    "CREATE INDEX guild_messages_in_order ON guild_messages (guild, channel, sent_at, sender, seq);
+     DROP INDEX guild_messages_by_channel;",
 ];
 
 /// The newest schema version this build writes.
