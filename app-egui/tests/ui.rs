@@ -405,7 +405,7 @@ fn scrolling_up_pages_in_older_history_from_the_store() {
     settle(&mut h);
     let newest = h.state().state.timelines[&key]
         .entries()
-        .last()
+        .back()
         .unwrap()
         .text
         .clone();
@@ -437,8 +437,10 @@ fn scrolling_up_pages_in_older_history_from_the_store() {
     settle(&mut h);
     assert_eq!(h.state().state.timelines[&key].entries().len(), total);
     // The view kept its place: the rows put in front are above it, not on screen.
-    let oldest: Vec<String> = h.state().state.timelines[&key].entries()[..3]
+    let oldest: Vec<String> = h.state().state.timelines[&key]
+        .entries()
         .iter()
+        .take(3)
         .map(|e| e.text.split_inclusive(':').next().unwrap().to_owned())
         .collect();
     for line in &oldest {
