@@ -540,16 +540,16 @@ impl AppState {
         }
     }
 
-    /// Whether `text` mentions us: `@everyone`, `@here`, or `@` and our display name.
+    /// Whether `text` mentions us: `@everyone`, `@here`, or `@` and our display name (as a
+    /// whole word).
     pub fn mentions_me(&self, text: &str) -> bool {
         let lower = text.to_lowercase();
         if lower.contains("@everyone") || lower.contains("@here") {
             return true;
         }
-        self.me.as_ref().is_some_and(|me| {
-            !me.display_name.is_empty()
-                && lower.contains(&format!("@{}", me.display_name.to_lowercase()))
-        })
+        self.me
+            .as_ref()
+            .is_some_and(|me| crate::settings::mentions(text, &me.display_name))
     }
 
     fn mark_unread(&mut self, at: Unread, mention: bool) {
