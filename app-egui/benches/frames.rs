@@ -24,7 +24,6 @@ use egui::{Event, MouseWheelUnit, Pos2, RawInput, Rect, vec2};
 use securecomm_app::demo::{SeedSpec, sample_text, seed};
 use securecomm_app::state::Phase;
 use securecomm_app::{App, BackendConfig};
-use securecomm_node::net::NetConfig;
 use securecomm_node::store::IdentityStore;
 use securecomm_noise::keystore::{KdfLimits, KdfParams};
 
@@ -40,15 +39,7 @@ fn kdf() -> Option<(KdfParams, KdfLimits)> {
 }
 
 fn config(dir: &Path) -> BackendConfig {
-    BackendConfig {
-        data_dir: dir.to_path_buf(),
-        net: NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            mdns: false,
-            ..NetConfig::default()
-        },
-        kdf: kdf(),
-    }
+    BackendConfig::loopback_for_tests(dir.to_path_buf())
 }
 
 /// The seeded store, made once per target directory.

@@ -404,6 +404,24 @@ pub struct BackendConfig {
 }
 
 impl BackendConfig {
+    /// Loopback only, no mDNS, and Argon2id parameters weak enough for a test to create an
+    /// identity in milliseconds: for tests, benchmarks and the screenshot tour's throwaway
+    /// identities, never for a real one.
+    pub fn loopback_for_tests(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            net: NetConfig {
+                listen: "/ip4/127.0.0.1/tcp/0".parse().into_iter().collect(),
+                mdns: false,
+                ..NetConfig::default()
+            },
+            kdf: Some((
+                KdfParams::insecure_for_tests_only(64, 1, 1),
+                KdfLimits::INSECURE_TEST_ONLY,
+            )),
+        }
+    }
+
     /// The desktop defaults: listen on every interface, find LAN peers with mDNS.
     pub fn desktop(data_dir: PathBuf) -> Self {
         Self {

@@ -282,28 +282,15 @@ pub fn run(out: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 fn run_in(base: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
-    let owner = base.join("owner");
-    let kdf = Some((
-        securecomm_noise::keystore::KdfParams::insecure_for_tests_only(64, 1, 1),
-        securecomm_noise::keystore::KdfLimits::INSECURE_TEST_ONLY,
-    ));
+    let cfg = BackendConfig::loopback_for_tests(base.join("owner"));
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let community = rt.block_on(crate::demo::seed_community(
-        &owner,
+        &cfg.data_dir,
         &base.join("others"),
         PASSPHRASE,
-        kdf,
+        cfg.kdf,
     ))?;
     drop(rt);
-    let cfg = BackendConfig {
-        data_dir: owner,
-        net: securecomm_node::net::NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().map_err(|e| format!("{e}"))?],
-            mdns: false,
-            ..securecomm_node::net::NetConfig::default()
-        },
-        kdf,
-    };
     let outcome = Arc::new(Mutex::new(Outcome::default()));
     let tour = Tour::new(cfg, out, community.bob, outcome.clone()).map_err(|e| e.to_string())?;
     let options = eframe::NativeOptions {

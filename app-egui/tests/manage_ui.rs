@@ -4,92 +4,19 @@
 //! uses. Each asserts on the state the node sent back, not only on pixels.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::Path;
+
+use common::*;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
+use securecomm_app::App;
 use securecomm_app::state::manage::Tab;
-use securecomm_app::state::{AppState, Phase, View};
-use securecomm_app::{App, BackendConfig};
-use securecomm_node::net::NetConfig;
-use securecomm_noise::keystore::{KdfLimits, KdfParams};
-
-fn config(dir: &Path) -> BackendConfig {
-    BackendConfig {
-        data_dir: dir.to_path_buf(),
-        net: NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            mdns: false,
-            ..NetConfig::default()
-        },
-        kdf: Some((
-            KdfParams::insecure_for_tests_only(64, 1, 1),
-            KdfLimits::INSECURE_TEST_ONLY,
-        )),
-    }
-}
+use securecomm_app::state::{AppState, View};
 
 fn harness(dir: &Path) -> Harness<'static, App> {
-    let app = App::new(config(dir)).unwrap();
-    Harness::builder()
-        .with_size(egui::vec2(1400.0, 1000.0))
-        .build_state(|ctx, app: &mut App| app.frame(ctx), app)
-}
-
-/// Steps the given windows until `cond` holds on the first (the nodes answer on their own
-/// threads, and a second instance must keep running for sync).
-fn wait_all(hs: &mut [&mut Harness<'_, App>], what: &str, cond: impl Fn(&AppState) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        for h in hs.iter_mut() {
-            h.step();
-        }
-        if cond(&hs[0].state().state) {
-            for h in hs.iter_mut() {
-                h.step();
-            }
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; errors: {:?}",
-            hs.iter()
-                .map(|h| h.state().state.errors.clone())
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_for(h: &mut Harness<'_, App>, what: &str, cond: impl Fn(&AppState) -> bool) {
-    wait_all(&mut [h], what, cond);
-}
-
-fn settle(h: &mut Harness<'_, App>) {
-    h.run_steps(3);
-}
-
-fn type_into(h: &mut Harness<'_, App>, label: &str, text: &str) {
-    h.get_by_label(label).click();
-    settle(h);
-    h.get_by_label(label).type_text(text);
-    settle(h);
-}
-
-fn click(h: &mut Harness<'_, App>, label: &str) {
-    h.get_by_label(label).scroll_to_me();
-    settle(h);
-    h.get_by_label(label).click();
-    settle(h);
-}
-
-fn create_identity(h: &mut Harness<'_, App>, name: &str, pass: &str) {
-    settle(h);
-    type_into(h, "Display name", name);
-    type_into(h, "Passphrase", pass);
-    h.get_by_label("Create identity").click();
-    wait_for(h, "the node to start", |s| s.phase == Phase::Main);
+    harness_sized(dir, 1400.0, 1000.0)
 }
 
 /// Creates a guild and waits for its management data; returns its id.

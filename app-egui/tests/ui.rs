@@ -1,86 +1,20 @@
 //! Click-and-type tests of the real app (real node on loopback, headless egui via kittest).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::*;
 use egui::Key;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
+use securecomm_app::App;
 use securecomm_app::state::{AppState, Phase, View};
-use securecomm_app::{App, BackendConfig};
-use securecomm_node::net::NetConfig;
-use securecomm_noise::keystore::{KdfLimits, KdfParams};
-
-fn config(dir: &Path) -> BackendConfig {
-    BackendConfig {
-        data_dir: dir.to_path_buf(),
-        net: NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            mdns: false,
-            ..NetConfig::default()
-        },
-        kdf: Some((
-            KdfParams::insecure_for_tests_only(64, 1, 1),
-            KdfLimits::INSECURE_TEST_ONLY,
-        )),
-    }
-}
 
 fn harness(dir: &Path) -> Harness<'static, App> {
-    let app = App::new(config(dir)).unwrap();
-    Harness::builder()
-        .with_size(egui::vec2(1200.0, 800.0))
-        .build_state(|ctx, app: &mut App| app.frame(ctx), app)
-}
-
-/// Steps frames until `cond` holds (the node answers on its own thread).
-fn wait_for(h: &mut Harness<'_, App>, what: &str, cond: impl Fn(&AppState) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        h.step();
-        if cond(&h.state().state) {
-            h.step();
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; errors: {:?}, login: {:?}, view: {:?}, composer: {:?}, \
-             timelines: {:?}",
-            h.state().state.errors,
-            h.state().state.login,
-            h.state().state.view,
-            h.state().state.composer,
-            h.state()
-                .state
-                .timelines
-                .iter()
-                .map(|(k, t)| (k.clone(), t.entries().len()))
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A few frames: the node may keep asking for repaints, so `run` (which waits for calm) is not
-/// used.
-fn settle(h: &mut Harness<'_, App>) {
-    h.run_steps(3);
-}
-
-fn type_into(h: &mut Harness<'_, App>, label: &str, text: &str) {
-    h.get_by_label(label).click();
-    settle(h);
-    h.get_by_label(label).type_text(text);
-    settle(h);
-}
-
-fn create_identity(h: &mut Harness<'_, App>, name: &str, pass: &str) {
-    settle(h);
-    type_into(h, "Display name", name);
-    type_into(h, "Passphrase", pass);
-    h.get_by_label("Create identity").click();
-    wait_for(h, "the node to start", |s| s.phase == Phase::Main);
+    harness_sized(dir, 1200.0, 800.0)
 }
 
 fn create_guild_and_channel(h: &mut Harness<'_, App>, guild: &str, channel: &str) -> (String, u64) {

@@ -2,33 +2,18 @@
 //! headless egui via kittest).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::Path;
+
+use common::*;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
+use securecomm_app::App;
 use securecomm_app::state::{AppState, Phase, View};
-use securecomm_app::{App, BackendConfig};
-use securecomm_node::net::NetConfig;
-use securecomm_noise::keystore::{KdfLimits, KdfParams};
 
 const RELAY: &str = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
 const RELAY_PEER: &str = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
-
-fn config(dir: &Path) -> BackendConfig {
-    BackendConfig {
-        data_dir: dir.to_path_buf(),
-        net: NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            mdns: false,
-            ..NetConfig::default()
-        },
-        kdf: Some((
-            KdfParams::insecure_for_tests_only(64, 1, 1),
-            KdfLimits::INSECURE_TEST_ONLY,
-        )),
-    }
-}
 
 fn harness(dir: &Path) -> Harness<'static, App> {
     // No desktop notifications from tests.
@@ -38,61 +23,7 @@ fn harness(dir: &Path) -> Harness<'static, App> {
         br#"{"dark": true, "notifications": false}"#,
     )
     .unwrap();
-    let app = App::new(config(dir)).unwrap();
-    Harness::builder()
-        .with_size(egui::vec2(1300.0, 900.0))
-        .build_state(|ctx, app: &mut App| app.frame(ctx), app)
-}
-
-/// Steps all `hs` until `cond` holds on the first.
-fn wait_all(hs: &mut [&mut Harness<'_, App>], what: &str, cond: impl Fn(&AppState) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        for h in hs.iter_mut() {
-            h.step();
-        }
-        if cond(&hs[0].state().state) {
-            hs[0].step();
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; errors: {:?}, login: {:?}",
-            hs[0].state().state.errors,
-            hs[0].state().state.login,
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_for(h: &mut Harness<'_, App>, what: &str, cond: impl Fn(&AppState) -> bool) {
-    wait_all(&mut [h], what, cond);
-}
-
-fn settle(h: &mut Harness<'_, App>) {
-    h.run_steps(3);
-}
-
-fn type_into(h: &mut Harness<'_, App>, label: &str, text: &str) {
-    h.get_by_label(label).click();
-    settle(h);
-    h.get_by_label(label).type_text(text);
-    settle(h);
-}
-
-fn create_identity(h: &mut Harness<'_, App>, name: &str, pass: &str) {
-    settle(h);
-    type_into(h, "Display name", name);
-    type_into(h, "Passphrase", pass);
-    h.get_by_label("Create identity").click();
-    wait_for(h, "the node to start", |s| s.phase == Phase::Main);
-}
-
-fn unlock(h: &mut Harness<'_, App>, pass: &str) {
-    settle(h);
-    type_into(h, "Passphrase", pass);
-    h.get_by_label("Unlock").click();
-    wait_for(h, "the unlock", |s| s.phase == Phase::Main);
+    harness_sized(dir, 1300.0, 900.0)
 }
 
 fn my_id(h: &Harness<'_, App>) -> String {
@@ -415,10 +346,7 @@ fn settings_relays_and_theme_persist_across_restarts() {
 
 /// Like [`harness`] but keeps the folder's preferences file.
 fn harness_keeping_prefs(dir: &Path) -> Harness<'static, App> {
-    let app = App::new(config(dir)).unwrap();
-    Harness::builder()
-        .with_size(egui::vec2(1300.0, 900.0))
-        .build_state(|ctx, app: &mut App| app.frame(ctx), app)
+    harness_sized(dir, 1300.0, 900.0)
 }
 
 #[test]
