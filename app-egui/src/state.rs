@@ -248,14 +248,19 @@ impl Timeline {
         if fresh.is_empty() {
             return;
         }
-        if self.entries.len() + fresh.len() > MAX_TIMELINE
-            || self
-                .entries
-                .front()
-                .zip(fresh.last())
-                .is_some_and(|(first, last)| last.sent_at > first.sent_at)
+        if self.entries.len() + fresh.len() > MAX_TIMELINE {
+            // The bound on what a window holds: paging stops here (taking the page would drop
+            // it again at once, as the oldest, and the view would ask for it forever).
+            self.exhausted = true;
+            return;
+        }
+        if self
+            .entries
+            .front()
+            .zip(fresh.last())
+            .is_some_and(|(first, last)| last.sent_at > first.sent_at)
         {
-            // Beyond the bound, or not strictly older: the general (rebuilding) path.
+            // Not strictly older: the general (rebuilding) path.
             self.extend(fresh);
             return;
         }
@@ -731,6 +736,7 @@ impl AppState {
                 let t = self.timelines.entry((guild, channel)).or_default();
                 t.loading_older = false;
                 t.exhausted = exhausted;
+                // May set `exhausted` too, at the bound.
                 t.prepend(messages.into_iter().map(Entry::from).collect());
                 Vec::new()
             }
@@ -1076,6 +1082,28 @@ mod tests {
         paged.prepend(all[..10].to_vec());
         assert_eq!(paged.rows(), whole.rows());
         assert_eq!(paged.before().unwrap().seq, 0);
+    }
+
+    /// At the bound on a timeline, paging stops instead of taking a page only to drop it.
+    #[test]
+    fn paging_stops_at_the_timeline_bound() {
+        let mut t = Timeline::default();
+        let newest = (MAX_TIMELINE as u32 - 5..MAX_TIMELINE as u32)
+            .map(|i| entry(i, "ann", u64::from(i) + 1_000_000, "x"));
+        t.extend(newest);
+        let mut big = Timeline::default();
+        big.extend((0..MAX_TIMELINE as u32).map(|i| entry(i, "ann", u64::from(i) + 10, "x")));
+        big.prepend(vec![entry(MAX_TIMELINE as u32 + 1, "bob", 1, "older")]);
+        assert!(big.exhausted);
+        assert_eq!(big.entries().len(), MAX_TIMELINE);
+        assert_eq!(
+            big.entries().front().unwrap().sent_at,
+            10,
+            "nothing dropped"
+        );
+        t.prepend(vec![entry(1, "bob", 1, "older")]);
+        assert!(!t.exhausted);
+        assert_eq!(t.entries().len(), 6);
     }
 
     #[test]
