@@ -252,7 +252,14 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
                 gossipsub.with_peer_score(peer_score_params(), PeerScoreThresholds::default())?;
                 let mdns = if mdns_enabled {
                     Some(mdns::tokio::Behaviour::new(
-                        mdns::Config::default(),
+                        // libp2p's default asks every 5 minutes: a query sent before the
+                        // interface was up (or lost) left LAN peers unfound for that long (a
+                        // CI run of the LAN test timed out at 60 s). 15 s costs one small
+                        // multicast packet.
+                        mdns::Config {
+                            query_interval: Duration::from_secs(15),
+                            ..mdns::Config::default()
+                        },
                         peer_id,
                     )?)
                 } else {
