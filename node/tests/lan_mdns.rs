@@ -85,10 +85,14 @@ fn two_nodes_on_a_lan_find_each_other_with_mdns_and_chat_without_a_relay() {
     let mut b = Node::new("ben");
     a.netns = Some(lan.ns[0].clone());
     b.netns = Some(lan.ns[1].clone());
-    // The desktop app's network defaults: every interface, mDNS, no relay.
-    for n in [&mut a, &mut b] {
-        n.start(&["--listen", "/ip4/0.0.0.0/tcp/0", "--mdns"]);
-    }
+    // The desktop app's network defaults: every interface, mDNS, no relay. Both start at once,
+    // as two machines switched on together would: each then finds the other in the same
+    // instant and both dial at once (which once left them unconnected, one run in five).
+    std::thread::scope(|s| {
+        for n in [&mut a, &mut b] {
+            s.spawn(move || n.start(&["--listen", "/ip4/0.0.0.0/tcp/0", "--mdns"]));
+        }
+    });
     let a_id = a.cli(&["whoami"])["peer_id"].as_str().unwrap().to_owned();
     let b_id = b.cli(&["whoami"])["peer_id"].as_str().unwrap().to_owned();
     // Found by mDNS alone: nobody has shared an address yet.

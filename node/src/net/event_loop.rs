@@ -13,6 +13,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
 use libp2p::kad::{self, QueryId};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm};
 use securecomm_rendezvous::mailbox::wire::{
@@ -27,6 +28,14 @@ use super::{Behaviour, BehaviourEvent, COMMAND_BUFFER, EVENT_BUFFER, NetConfig, 
 pub const MAX_PENDING: usize = 1024;
 /// How often the loop checks its relay reservations.
 const RELAY_TICK: Duration = Duration::from_secs(1);
+/// At most this many peers found by mDNS are remembered (and redialled while disconnected).
+const MAX_LAN_PEERS: usize = 64;
+/// At most this many addresses per LAN peer.
+const MAX_LAN_ADDRS: usize = 8;
+/// The first redial of a disconnected LAN peer waits this long; each failure doubles it.
+const LAN_REDIAL_FIRST: Duration = Duration::from_secs(2);
+/// ... up to this.
+const LAN_REDIAL_MAX: Duration = Duration::from_secs(60);
 /// Discovery query interval while the node has all the reservations it wants.
 const DISCOVER_EVERY: Duration = Duration::from_secs(60);
 /// Discovery query interval while it is short of relays and has none left to try.
@@ -331,6 +340,17 @@ pub struct EventLoop {
     pending_mailbox: HashMap<OutboundRequestId, oneshot::Sender<Result<MailboxResponse, NetError>>>,
     inbound: HashMap<InboundRequestId, ResponseChannel<Vec<u8>>>,
     connections: HashMap<PeerId, Vec<(ConnectionId, PeerPath, Multiaddr)>>,
+    /// Peers mDNS found on the LAN and has not expired: dialled on discovery and again (with
+    /// backoff) whenever no connection to them is open.
+    lan: HashMap<PeerId, LanPeer>,
+}
+
+/// A peer on the LAN, as mDNS last reported it.
+#[derive(Debug)]
+struct LanPeer {
+    addrs: Vec<Multiaddr>,
+    next_dial: tokio::time::Instant,
+    backoff: Duration,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -402,6 +422,7 @@ impl EventLoop {
             pending_mailbox: HashMap::new(),
             inbound: HashMap::new(),
             connections: HashMap::new(),
+            lan: HashMap::new(),
         };
         Ok((lp, client))
     }
@@ -418,7 +439,10 @@ impl EventLoop {
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                _ = tick.tick() => self.maintain_relays(),
+                _ = tick.tick() => {
+                    self.maintain_relays();
+                    self.redial_lan_peers();
+                }
                 cmd = self.commands.recv() => match cmd {
                     None | Some(Command::Shutdown) => break,
                     Some(cmd) => self.on_command(cmd),
@@ -555,6 +579,50 @@ impl EventLoop {
 
     /// Keeps `relay_target` reservations: cancels requests that got no answer, starts new
     /// ones on the best candidates, and asks the DHT for more relays when short of them.
+    /// Dials a LAN peer found by mDNS unless a connection to it is open or being dialled.
+    ///
+    /// Two peers usually discover each other at the same moment. A TCP dial reuses the listen
+    /// port by default, so both dials would carry the same address pair and meet as one TCP
+    /// simultaneous open, which the libp2p handshake cannot complete: both dials failed and,
+    /// since mDNS reports an address only once, nobody tried again (the LAN test timed out
+    /// about one run in five). The dial therefore takes a fresh port, and a peer still
+    /// disconnected is dialled again with backoff.
+    fn dial_lan_peer(&mut self, peer: PeerId, now: tokio::time::Instant) {
+        if self.connections.contains_key(&peer) {
+            return;
+        }
+        let Some(entry) = self.lan.get_mut(&peer) else {
+            return;
+        };
+        if entry.next_dial > now {
+            return;
+        }
+        entry.next_dial = now + entry.backoff;
+        entry.backoff = (entry.backoff * 2).min(LAN_REDIAL_MAX);
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .addresses(entry.addrs.clone())
+            .allocate_new_port()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "LAN dial not started");
+        }
+    }
+
+    /// Redials LAN peers that have no open connection (each on its own backoff).
+    fn redial_lan_peers(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<PeerId> = self
+            .lan
+            .iter()
+            .filter(|(p, e)| e.next_dial <= now && !self.connections.contains_key(p))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            self.dial_lan_peer(peer, now);
+        }
+    }
+
     fn maintain_relays(&mut self) {
         let now = tokio::time::Instant::now();
         for listener in self.relays.timed_out(now) {
@@ -656,6 +724,10 @@ impl EventLoop {
                 if num_established.get() == 1 {
                     self.emit(Event::PeerConnected(peer_id, path));
                 }
+                if let Some(lan) = self.lan.get_mut(&peer_id) {
+                    lan.backoff = LAN_REDIAL_FIRST;
+                    lan.next_dial = tokio::time::Instant::now() + LAN_REDIAL_FIRST;
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -714,9 +786,37 @@ impl EventLoop {
                 });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(list))) => {
-                for (peer, addr) in list.into_iter().take(64) {
-                    let _ = self.swarm.dial(addr.clone());
-                    self.swarm.add_peer_address(peer, addr);
+                let now = tokio::time::Instant::now();
+                let mut found = Vec::new();
+                for (peer, addr) in list.into_iter().take(MAX_LAN_PEERS * MAX_LAN_ADDRS) {
+                    if !self.lan.contains_key(&peer) && self.lan.len() >= MAX_LAN_PEERS {
+                        continue;
+                    }
+                    self.swarm.add_peer_address(peer, addr.clone());
+                    let entry = self.lan.entry(peer).or_insert_with(|| LanPeer {
+                        addrs: Vec::new(),
+                        next_dial: now,
+                        backoff: LAN_REDIAL_FIRST,
+                    });
+                    if !entry.addrs.contains(&addr) && entry.addrs.len() < MAX_LAN_ADDRS {
+                        entry.addrs.push(addr);
+                    }
+                    if !found.contains(&peer) {
+                        found.push(peer);
+                    }
+                }
+                for peer in found {
+                    self.dial_lan_peer(peer, now);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Expired(list))) => {
+                for (peer, addr) in list {
+                    if let Some(entry) = self.lan.get_mut(&peer) {
+                        entry.addrs.retain(|a| *a != addr);
+                        if entry.addrs.is_empty() {
+                            self.lan.remove(&peer);
+                        }
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {

@@ -77,7 +77,12 @@ impl Node {
             }
         };
         let child = cmd
-            .env("SECURECOMM_LOG", "warn")
+            // SECURECOMM_TEST_LOG (for example `info,libp2p_mdns=debug`) shows more when a
+            // test needs looking into.
+            .env(
+                "SECURECOMM_LOG",
+                std::env::var("SECURECOMM_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .arg("--data-dir")
             .arg(self.path())
             .arg("run")
