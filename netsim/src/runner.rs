@@ -278,7 +278,11 @@ impl NodeProc {
     fn start(&mut self, bin: &Path) -> Result<()> {
         let mut cmd = sys::in_ns(&self.ns, bin);
         cmd.env("SECURECOMM_PASSPHRASE", PASS)
-            .env("SECURECOMM_LOG", "info")
+            // SECURECOMM_NETSIM_LOG (a tracing filter) makes the nodes say more.
+            .env(
+                "SECURECOMM_LOG",
+                std::env::var("SECURECOMM_NETSIM_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .arg("run")

@@ -213,6 +213,9 @@ fn hex_array(s: &str) -> Option<[u8; 32]> {
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
 }
 
+/// A member is redialled through at most this many of our reserved relays per round.
+const MAX_RELAYS_PER_REDIAL: usize = 2;
+
 fn peer_of(device: &DevicePublicKey) -> Option<PeerId> {
     let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(device.as_bytes()).ok()?;
     Some(libp2p::identity::PublicKey::from(pk).to_peer_id())
@@ -1134,12 +1137,31 @@ impl GuildService {
             .collect()
     }
 
-    /// Dials guild members that are not connected, at their stored addresses, with a backoff
-    /// per peer (from [`TICK`] doubling to a minute).
+    /// Dials guild members that are not connected, at their stored addresses and through every
+    /// relay this node holds a reservation on, with a backoff per peer (from [`TICK`] doubling
+    /// to a minute).
+    ///
+    /// The relays matter for members who never met: a joiner learns only the inviter's
+    /// addresses, so without them every member was connected to the inviter alone (netsim
+    /// showed it), the inviter a single point of failure and no pair of other members ever
+    /// went direct. Through a shared relay the pair connects relayed, and hole punching then
+    /// upgrades it where the NATs allow.
     async fn reconnect(&self, backoff: &mut HashMap<PeerId, (tokio::time::Instant, Duration)>) {
         let Ok(connected) = self.inner.net.peers().await else {
             return;
         };
+        // One address per reserved relay, ending in `/p2p/<relay>`.
+        let via: Vec<Multiaddr> = self
+            .inner
+            .net
+            .relays()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.state == crate::net::RelayState::Reserved)
+            .filter_map(|r| r.addrs.into_iter().next())
+            .take(MAX_RELAYS_PER_REDIAL)
+            .collect();
         let connected: HashSet<PeerId> = connected.into_iter().map(|p| p.peer).collect();
         let now = tokio::time::Instant::now();
         backoff.retain(|p, _| !connected.contains(p));
@@ -1162,6 +1184,13 @@ impl GuildService {
                     a.with(Protocol::P2p(peer))
                 };
                 let _ = self.inner.net.add_address(peer, a.clone()).await;
+                let _ = self.inner.net.dial(a).await;
+            }
+            for relay in &via {
+                let a = relay
+                    .clone()
+                    .with(Protocol::P2pCircuit)
+                    .with(Protocol::P2p(peer));
                 let _ = self.inner.net.dial(a).await;
             }
         }
