@@ -6,6 +6,7 @@
 //! nftables ([`nat`]), proves each router behaves as labelled with UDP/TCP probes from two public
 //! probe hosts ([`probe`]), runs the real `securecomm-relay` and `securecomm-node` binaries in it,
 //! plays the timeline and audits every message ([`runner`]), and reports ([`report`]).
+//! [`matrix`] runs a scenario several times and judges every pair of NAT kinds.
 //!
 //! Cleanup: every namespace is named with a unique per-run prefix and registered before it is
 //! created; dropping the [`topology::Topology`] or receiving SIGINT/SIGTERM removes them with
@@ -15,6 +16,7 @@
 //! `change-address` actions (refused before the run starts).
 
 pub mod error;
+pub mod matrix;
 pub mod nat;
 pub mod probe;
 pub mod report;

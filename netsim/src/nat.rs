@@ -18,6 +18,14 @@
 //! - CGNAT: port-restricted cone twice (the site router and a carrier router in front).
 //!
 //! Entries of the dynamic sets expire after 120 s without outbound traffic, like a mapping.
+//!
+//! Every router drops new inbound flows addressed to itself on its WAN side (in `input`, as a
+//! home router's firewall does). Without that, an unsolicited packet to the public port (the
+//! peer's first hole-punching packet arriving before our own went out) was accepted for local
+//! delivery and left a conntrack entry; our own outbound flow to that peer then clashed with
+//! it and `snat` moved it to another port, breaking endpoint-independent mapping exactly when
+//! hole punching needs it (the NAT matrix showed port-restricted pairs failing). A dropped
+//! packet's entry is never confirmed, so the mapping keeps its port.
 
 use std::net::Ipv4Addr;
 
@@ -63,7 +71,9 @@ pub fn ruleset(kind: NatKind, public: Ipv4Addr, wan: &str) -> String {
         "table ip netsim {{\n{sets}  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n{pre}  }}\n  \
          chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    {snat}\n  }}\n  \
          chain record {{\n    type filter hook postrouting priority 300; policy accept;\n{record}  }}\n  \
-         chain fwdfilter {{\n    type filter hook forward priority filter; policy accept;\n{forward}  }}\n}}\n"
+         chain fwdfilter {{\n    type filter hook forward priority filter; policy accept;\n{forward}  }}\n  \
+         chain input {{\n    type filter hook input priority filter; policy accept;\n    \
+         iifname \"{wan}\" ct state new drop\n  }}\n}}\n"
     )
 }
 

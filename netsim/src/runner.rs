@@ -24,6 +24,9 @@ use crate::topology::{PROBE1, PROBE2, Topology};
 
 /// The passphrase every simulated node uses.
 const PASS: &str = "netsim passphrase";
+/// How long pairs of members may take to connect after the timeline before the run fails.
+const CONNECT_SETTLE: Duration = Duration::from_secs(30);
+
 /// How long any single wait (node start, join, keying, delivery) may take.
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -552,6 +555,17 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
 
     // Audit.
     report.messages = auditor.finish(&nodes, bin, &gid, &sent)?;
+    // Members who never met connect through the node's reconnect round (with backoff), so the
+    // last pairs may still be on their way when the timeline ends: give them until
+    // CONNECT_SETTLE before judging.
+    let settle = Instant::now() + CONNECT_SETTLE;
+    while Instant::now() < settle {
+        let now = pairs(&nodes, bin, &joined, &PairTimes::default())?;
+        if now.iter().all(PairReport::connected) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let times = watcher.stop();
     report.pairs = pairs(&nodes, bin, &joined, &times)?;
     report.total_ms = started.elapsed().as_millis() as u64;

@@ -326,6 +326,23 @@ impl Topology {
                 edge_ns,
             });
         }
+        // Every other site's edge router needs the route back to an un-NATed LAN too, or its
+        // hosts could reach public hosts only through a relay (the NAT matrix showed every pair
+        // with an open site relayed).
+        let open: Vec<(String, Ipv4Addr, String)> = t
+            .routers
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.applied == NatKind::None)
+            .map(|(i, r)| (format!("10.{}.0.0/24", i + 1), r.public, r.edge_ns.clone()))
+            .collect();
+        for (net, via, own) in &open {
+            for r in &t.routers {
+                if r.edge_ns != *own {
+                    sys::ip_in(&r.edge_ns, &["route", "add", net, "via", &via.to_string()])?;
+                }
+            }
+        }
         Ok(t)
     }
 

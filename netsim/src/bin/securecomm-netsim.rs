@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use securecomm_netsim::error::{NetsimError, Result};
 use securecomm_netsim::runner::{self, RunOptions};
 use securecomm_netsim::scenario::{NatKind, Scenario};
-use securecomm_netsim::{probe, sys, topology};
+use securecomm_netsim::{matrix, probe, sys, topology};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,21 @@ enum Cmd {
         /// Keep logs and data even on success.
         #[arg(long)]
         keep: bool,
+    },
+    /// Run a scenario ATTEMPTS times and aggregate its pairs per pair of NAT kinds (see
+    /// netsim/scenarios/nat-matrix.toml); exits non-zero if any cell fails.
+    Matrix {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// How many fresh runs.
+        #[arg(long, default_value_t = 10)]
+        attempts: usize,
+        /// Also write the JSON aggregate here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also write the Markdown table here.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
     },
     /// Build the topology, run the NAT self-test, tear down.
     Selftest {
@@ -149,6 +164,48 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             } else {
                 eprintln!("logs kept in {}", report.run_dir);
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Matrix {
+            scenario,
+            attempts,
+            json,
+            markdown,
+        } => {
+            let (s, name) = load(&scenario)?;
+            let opts = options(Vec::new(), false)?;
+            topology::install_signal_handler()?;
+            let mut reports = Vec::new();
+            let mut errors = Vec::new();
+            for i in 0..attempts.max(1) {
+                eprintln!("netsim matrix: attempt {} of {attempts}", i + 1);
+                match runner::run(&s, &name, &opts) {
+                    Ok(r) => {
+                        if !r.passed {
+                            eprintln!("attempt {}: {:?}", i + 1, r.failures);
+                        }
+                        reports.push(r);
+                    }
+                    Err(e) if topology::interrupted() => return Err(e),
+                    Err(e) => errors.push(format!("attempt {}: {e}", i + 1)),
+                }
+            }
+            let m = matrix::Matrix::from_reports(&s, &reports, errors);
+            let table = m.markdown();
+            print!("{table}");
+            if let Some(p) = json {
+                let text = serde_json::to_string_pretty(&m).unwrap_or_default();
+                std::fs::write(&p, text)
+                    .map_err(|e| NetsimError::io(format!("writing {}", p.display()), e))?;
+            }
+            if let Some(p) = markdown {
+                std::fs::write(&p, table)
+                    .map_err(|e| NetsimError::io(format!("writing {}", p.display()), e))?;
+            }
+            Ok(if m.passed {
+                ExitCode::SUCCESS
+            } else {
                 ExitCode::from(1)
             })
         }
