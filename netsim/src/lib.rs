@@ -12,8 +12,7 @@
 //! created; dropping the [`topology::Topology`] or receiving SIGINT/SIGTERM removes them with
 //! every process inside; `securecomm-netsim cleanup` removes leftovers of crashed runs.
 //!
-//! Not yet implemented: link impairment (parsed, warned about, ignored), the `flush-nat` and
-//! `change-address` actions (refused before the run starts).
+//! Not yet implemented: link impairment (parsed, warned about, ignored).
 
 pub mod error;
 pub mod matrix;

@@ -40,6 +40,9 @@ pub struct PairReport {
     pub first_connected_ms: Option<u64>,
     /// First time either side listed a direct path, ms after every node was up.
     pub first_direct_ms: Option<u64>,
+    /// When the later of the two finished joining the guild, ms after every node was up.
+    #[serde(default)]
+    pub both_joined_ms: Option<u64>,
 }
 
 impl PairReport {
@@ -71,6 +74,12 @@ pub struct MessageAudit {
     pub text: String,
     /// Every member that should have it (the sender included).
     pub receipts: Vec<Receipt>,
+    /// Members exempt from the latency bound (cut off by a partition when it was sent).
+    #[serde(default)]
+    pub latency_exempt: Vec<String>,
+    /// This message's own latency bound, ms (else the report's).
+    #[serde(default)]
+    pub max_latency_ms: Option<u64>,
 }
 
 /// The whole report.
@@ -94,6 +103,8 @@ pub struct Report {
     pub pairs: Vec<PairReport>,
     /// Message audit.
     pub messages: Vec<MessageAudit>,
+    /// The scenario's latency bound, ms.
+    pub max_latency_ms: Option<u64>,
     /// Every failed assertion.
     pub failures: Vec<String>,
     /// No failures.
@@ -113,6 +124,7 @@ impl Report {
             total_ms: 0,
             pairs: Vec::new(),
             messages: Vec::new(),
+            max_latency_ms: None,
             failures: Vec::new(),
             passed: false,
         }
@@ -133,6 +145,18 @@ impl Report {
                     self.failures.push(format!(
                         "{:?} from {}: {} has it {} times, expected exactly once",
                         m.text, m.sender, r.host, r.count
+                    ));
+                }
+                if let Some(max) = m.max_latency_ms.or(self.max_latency_ms)
+                    && !m.latency_exempt.contains(&r.host)
+                    && r.latency_ms.is_some_and(|l| l > max)
+                {
+                    self.failures.push(format!(
+                        "{:?} from {}: {} had it after {} ms, bound {max} ms",
+                        m.text,
+                        m.sender,
+                        r.host,
+                        r.latency_ms.unwrap_or_default()
                     ));
                 }
             }
@@ -225,6 +249,7 @@ mod tests {
             b_to_a: None,
             first_connected_ms: Some(120),
             first_direct_ms: None,
+            both_joined_ms: Some(100),
         });
         r.messages.push(MessageAudit {
             sender: "alice".into(),
@@ -242,8 +267,27 @@ mod tests {
                     latency_ms: Some(12),
                 },
             ],
+            latency_exempt: Vec::new(),
+            max_latency_ms: None,
         });
         r
+    }
+
+    #[test]
+    fn the_latency_bound_holds_except_for_the_cut_off() {
+        let mut r = report();
+        r.max_latency_ms = Some(10);
+        r.finish();
+        assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
+        assert!(r.failures[0].contains("bob had it after 12 ms, bound 10 ms"));
+        r.messages[0].latency_exempt = vec!["bob".into()];
+        r.finish();
+        assert!(r.passed, "{:?}", r.failures);
+        // A message's own bound overrides the scenario's.
+        r.messages[0].latency_exempt.clear();
+        r.messages[0].max_latency_ms = Some(20);
+        r.finish();
+        assert!(r.passed, "{:?}", r.failures);
     }
 
     #[test]

@@ -328,6 +328,10 @@ struct Sent {
     text: String,
     at: Instant,
     members: Vec<String>,
+    /// Members cut off by a partition when it was sent.
+    exempt: Vec<String>,
+    /// Its own latency bound.
+    within_ms: Option<u64>,
 }
 
 /// Runs a scenario end to end and returns its report (`report.passed` says whether every
@@ -347,20 +351,9 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
             );
         }
     }
-    for step in &scenario.timeline {
-        if matches!(
-            step.action,
-            Action::FlushNat { .. } | Action::ChangeAddress { .. }
-        ) {
-            return Err(NetsimError::Unexpected {
-                what: "timeline action".into(),
-                expected: "one of join, send, kill-relay, start-relay, partition, heal".into(),
-                got: format!("{:?} (not implemented yet)", step.action),
-            });
-        }
-    }
-    let topo = Topology::build(scenario, &prefix, &opts.overrides)?;
+    let mut topo = Topology::build(scenario, &prefix, &opts.overrides)?;
     let mut report = Report::new(name, &prefix, &run_dir);
+    report.max_latency_ms = scenario.max_latency_ms;
     report.selftest = self_test(&topo, &opts.self_bin)?;
     report.build_ms = started.elapsed().as_millis() as u64;
     eprintln!(
@@ -444,7 +437,10 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
         nodes.insert(h.name.clone(), n);
     }
 
-    let watcher = PathWatcher::start(&nodes, bin_of(opts));
+    let watch_t0 = Instant::now();
+    let watcher = PathWatcher::start(&nodes, bin_of(opts), watch_t0);
+    // When each member finished joining, ms on the watcher's clock.
+    let mut joined_at: BTreeMap<String, u64> = BTreeMap::new();
 
     // Guild.
     let members = scenario.initial_members();
@@ -475,9 +471,11 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
         owner.cli(bin, &["channel", "create", &gid, c])?;
     }
     let mut joined = vec![owner_name.clone()];
+    joined_at.insert(owner_name.clone(), watch_t0.elapsed().as_millis() as u64);
     for m in members.iter().skip(1) {
         join(&nodes, bin, &owner_name, m, &gid)?;
         joined.push(m.clone());
+        joined_at.insert(m.clone(), watch_t0.elapsed().as_millis() as u64);
     }
     wait_keyed(&nodes, bin, &joined, &gid)?;
     report.setup_ms = started.elapsed().as_millis() as u64;
@@ -491,6 +489,7 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
     let t0 = Instant::now();
     let mut sent: Vec<Sent> = Vec::new();
     let mut auditor = Auditor::default();
+    let mut partitioned: std::collections::BTreeSet<String> = Default::default();
     for (i, step) in scenario.timeline.iter().enumerate() {
         let at = t0 + Duration::from_millis(step.at_ms);
         while Instant::now() < at {
@@ -510,21 +509,32 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
                 host,
                 channel,
                 text,
+                within_ms,
             } => {
                 let text = format!("{text} #{i}");
                 let n = node(&nodes, host)?;
                 send(n, bin, &gid, channel, &text)?;
+                let cut_off =
+                    |h: &String| topo.host(h).is_some_and(|x| partitioned.contains(&x.site));
+                let exempt = if cut_off(host) {
+                    joined.iter().filter(|m| *m != host).cloned().collect()
+                } else {
+                    joined.iter().filter(|m| cut_off(m)).cloned().collect()
+                };
                 sent.push(Sent {
                     sender: host.clone(),
                     channel: channel.clone(),
                     text,
                     at: Instant::now(),
                     members: joined.clone(),
+                    exempt,
+                    within_ms: *within_ms,
                 });
             }
             Action::Join { host } => {
                 join(&nodes, bin, &owner_name, host, &gid)?;
                 joined.push(host.clone());
+                joined_at.insert(host.clone(), watch_t0.elapsed().as_millis() as u64);
                 wait_keyed(&nodes, bin, &joined, &gid)?;
             }
             Action::KillRelay { relay } => {
@@ -545,11 +555,17 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
                 })?;
                 if matches!(step.action, Action::Partition { .. }) {
                     sys::nft_load(&r.edge_ns, &nat::partition_ruleset("wan"))?;
+                    partitioned.insert(site.clone());
                 } else {
                     sys::nft(&r.edge_ns, &["delete", "table", "ip", "netsim_partition"])?;
+                    partitioned.remove(site);
                 }
             }
-            Action::FlushNat { .. } | Action::ChangeAddress { .. } => {}
+            Action::FlushNat { site } => topo.flush_nat(site)?,
+            Action::ChangeAddress { site } => {
+                let new = topo.change_address(site)?;
+                eprintln!("netsim: site {site} is now at {new}");
+            }
         }
     }
 
@@ -560,14 +576,14 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
     // CONNECT_SETTLE before judging.
     let settle = Instant::now() + CONNECT_SETTLE;
     while Instant::now() < settle {
-        let now = pairs(&nodes, bin, &joined, &PairTimes::default())?;
+        let now = pairs(&nodes, bin, &joined, &PairTimes::default(), &joined_at)?;
         if now.iter().all(PairReport::connected) {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     let times = watcher.stop();
-    report.pairs = pairs(&nodes, bin, &joined, &times)?;
+    report.pairs = pairs(&nodes, bin, &joined, &times, &joined_at)?;
     report.total_ms = started.elapsed().as_millis() as u64;
     report.finish();
     drop(nodes);
@@ -754,6 +770,8 @@ impl Auditor {
                         latency_ms: self.first_seen.get(&(i, m.clone())).copied(),
                     })
                     .collect(),
+                latency_exempt: s.exempt.clone(),
+                max_latency_ms: s.within_ms,
             })
             .collect())
     }
@@ -780,7 +798,7 @@ struct PathWatcher {
 }
 
 impl PathWatcher {
-    fn start(nodes: &BTreeMap<String, NodeProc>, bin: PathBuf) -> Self {
+    fn start(nodes: &BTreeMap<String, NodeProc>, bin: PathBuf, t0: Instant) -> Self {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         // (name, data dir, peer id), in host order.
@@ -790,7 +808,6 @@ impl PathWatcher {
             .collect();
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
-            let t0 = Instant::now();
             let mut times = PairTimes::default();
             while !flag.load(Ordering::SeqCst) {
                 for (name, dir, _) in &list {
@@ -843,6 +860,7 @@ fn pairs(
     bin: &Path,
     members: &[String],
     times: &PairTimes,
+    joined_at: &BTreeMap<String, u64>,
 ) -> Result<Vec<PairReport>> {
     let mut views: BTreeMap<String, Value> = BTreeMap::new();
     for m in members {
@@ -868,6 +886,10 @@ fn pairs(
                 b_to_a: path(b, node(nodes, a)?),
                 first_connected_ms: times.connected.get(&key).copied(),
                 first_direct_ms: times.direct.get(&key).copied(),
+                both_joined_ms: joined_at
+                    .get(a)
+                    .zip(joined_at.get(b))
+                    .map(|(x, y)| *x.max(y)),
             });
         }
     }

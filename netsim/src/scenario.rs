@@ -171,6 +171,9 @@ pub enum Action {
         channel: String,
         /// Message text.
         text: String,
+        /// This message's own latency bound, ms (overrides the scenario's `max_latency_ms`).
+        #[serde(default)]
+        within_ms: Option<u64>,
     },
 }
 
@@ -199,6 +202,11 @@ pub struct Scenario {
     /// Timeline, in time order.
     #[serde(default)]
     pub timeline: Vec<Step>,
+    /// Every member reachable when a message is sent must have it within this many ms (members
+    /// of a partitioned site, and every receiver of a message sent from one, are exempt: they
+    /// catch up after the heal). None: no bound.
+    #[serde(default)]
+    pub max_latency_ms: Option<u64>,
 }
 
 fn check_name(name: &str, seen: &mut BTreeSet<String>) -> Result<(), ScenarioError> {

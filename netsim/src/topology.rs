@@ -373,6 +373,61 @@ impl Topology {
         addr_up(ns, "wan", addr, 16)
     }
 
+    /// Forgets every NAT mapping of `site`'s routers (both layers of a carrier-grade NAT): the
+    /// conntrack table and the full-cone / address-restricted sets, as a router reboot would.
+    /// Flows open through it must start again, with new mappings.
+    pub fn flush_nat(&self, site: &str) -> Result<()> {
+        let r = self.router(site).ok_or_else(|| unknown_site(site))?;
+        for ns in std::iter::once(&r.ns).chain(r.carrier_ns.as_ref()) {
+            flush_conntrack(ns)?;
+            if matches!(r.applied, NatKind::FullCone | NatKind::AddressRestricted) && *ns == r.ns {
+                sys::nft(ns, &["flush", "map", "ip", "netsim", "fc"])?;
+                sys::nft(ns, &["flush", "set", "ip", "netsim", "seen"])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives `site` a new public address (198.18.2.N, then back to 198.18.1.N on the next
+    /// change), as an ISP's new lease would: the NAT rules are rebuilt for it and every mapping
+    /// is forgotten, so every open flow breaks. Sites without NAT are refused (their hosts'
+    /// addresses are routed by other sites).
+    pub fn change_address(&mut self, site: &str) -> Result<Ipv4Addr> {
+        let i = self
+            .routers
+            .iter()
+            .position(|r| r.site == site)
+            .ok_or_else(|| unknown_site(site))?;
+        let r = &self.routers[i];
+        if r.applied == NatKind::None {
+            return Err(NetsimError::Unexpected {
+                what: format!("change-address of site {site:?}"),
+                expected: "a site behind NAT".into(),
+                got: "a site without NAT".into(),
+            });
+        }
+        let old = r.public;
+        let o = old.octets();
+        let new = Ipv4Addr::new(o[0], o[1], if o[2] == 1 { 2 } else { 1 }, o[3]);
+        // The edge's rules: the site's own for a plain router, the carrier's for CGNAT.
+        let kind = if r.carrier_ns.is_some() {
+            NatKind::PortRestricted
+        } else {
+            r.applied
+        };
+        let edge = r.edge_ns.clone();
+        // Without promotion, deleting the primary address takes the new (secondary) one and
+        // every route through the subnet with it.
+        sysctl(&edge, "net.ipv4.conf.wan.promote_secondaries", "1")?;
+        sys::ip_in(&edge, &["addr", "add", &format!("{new}/16"), "dev", "wan"])?;
+        sys::ip_in(&edge, &["addr", "del", &format!("{old}/16"), "dev", "wan"])?;
+        sys::nft(&edge, &["delete", "table", "ip", "netsim"])?;
+        sys::nft_load(&edge, &nat::ruleset(kind, new, "wan"))?;
+        flush_conntrack(&edge)?;
+        self.routers[i].public = new;
+        Ok(new)
+    }
+
     /// The router of `site`.
     pub fn router(&self, site: &str) -> Option<&Router> {
         self.routers.iter().find(|r| r.site == site)
@@ -386,6 +441,31 @@ impl Topology {
     /// Namespaces owned by this topology.
     pub fn namespaces(&self) -> &[String] {
         &self.owned
+    }
+}
+
+fn unknown_site(site: &str) -> NetsimError {
+    NetsimError::Unexpected {
+        what: "site".into(),
+        expected: "a site of the scenario".into(),
+        got: site.to_owned(),
+    }
+}
+
+/// Empties namespace `ns`'s connection-tracking table (`conntrack -F`).
+fn flush_conntrack(ns: &str) -> Result<()> {
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "conntrack", "-F"])
+        .output()
+        .map_err(|e| NetsimError::io("running conntrack", e))?;
+    // conntrack prints its summary on stderr and exits 0; a missing tool fails the exec.
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(NetsimError::Environment(format!(
+            "`conntrack -F` in {ns} failed (is Debian's conntrack package installed?): {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )))
     }
 }
 
@@ -421,6 +501,11 @@ fn addr_up(ns: &str, dev: &str, addr: Ipv4Addr, len: u8) -> Result<()> {
 }
 
 fn forwarding(ns: &str) -> Result<()> {
+    sysctl(ns, "net.ipv4.ip_forward", "1")
+}
+
+/// Sets a sysctl inside namespace `ns`.
+fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     sys::run(std::process::Command::new("ip").args([
         "netns",
         "exec",
@@ -428,7 +513,7 @@ fn forwarding(ns: &str) -> Result<()> {
         "sysctl",
         "-q",
         "-w",
-        "net.ipv4.ip_forward=1",
+        &format!("{key}={value}"),
     ]))
     .map(|_| ())
 }

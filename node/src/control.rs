@@ -218,6 +218,8 @@ pub fn event_json(e: &Event) -> Value {
             json!({"event": "peer-connected", "peer": p.to_string(), "path": path})
         }
         Event::PeerDisconnected(p) => json!({"event": "peer-disconnected", "peer": p.to_string()}),
+        Event::ConnectionLost(p) => json!({"event": "connection-lost", "peer": p.to_string()}),
+        Event::ConnectionAdded(p) => json!({"event": "connection-added", "peer": p.to_string()}),
         Event::HolePunched(p) => json!({"event": "hole-punched", "peer": p.to_string()}),
         Event::Lagged(n) => json!({"event": "lagged", "missed": n}),
         Event::Gossip { .. } | Event::DirectRequest { .. } | Event::Identified { .. } => {

@@ -127,6 +127,9 @@ struct Inner {
     /// Guilds whose deposits must be (re)considered: a local send, or a refused or failed
     /// deposit.
     deposit_due: Mutex<HashSet<GuildId>>,
+    /// Peers whose last connection closed (they were reachable a moment ago): redialled through
+    /// relays at once, whichever side of the pair we are (bounded by [`MAX_LOST_PEERS`]).
+    lost: Mutex<HashSet<PeerId>>,
 }
 
 /// How often the node picks up mail and deposits for offline members.
@@ -215,6 +218,10 @@ fn hex_array(s: &str) -> Option<[u8; 32]> {
 
 /// A member is redialled through at most this many of our reserved relays per round.
 const MAX_RELAYS_PER_REDIAL: usize = 2;
+/// Most peers remembered as just lost.
+const MAX_LOST_PEERS: usize = 4096;
+/// The larger peer id of a pair dials through a relay too once its backoff reaches this.
+const RELAY_DIAL_FALLBACK: Duration = Duration::from_secs(8);
 
 fn peer_of(device: &DevicePublicKey) -> Option<PeerId> {
     let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(device.as_bytes()).ok()?;
@@ -290,6 +297,7 @@ impl GuildService {
                 relays: Mutex::new(Vec::new()),
                 mailbox_busy: tokio::sync::Mutex::new(()),
                 deposit_due: Mutex::new(HashSet::new()),
+                lost: Mutex::new(HashSet::new()),
             }),
         };
         svc.with_engine(|e, db| e.load_all(db.conn()))??;
@@ -1150,6 +1158,7 @@ impl GuildService {
         let Ok(connected) = self.inner.net.peers().await else {
             return;
         };
+        let me = self.inner.net.peer_id();
         // One address per reserved relay, ending in `/p2p/<relay>`.
         let via: Vec<Multiaddr> = self
             .inner
@@ -1165,6 +1174,9 @@ impl GuildService {
         let connected: HashSet<PeerId> = connected.into_iter().map(|p| p.peer).collect();
         let now = tokio::time::Instant::now();
         backoff.retain(|p, _| !connected.contains(p));
+        if let Ok(mut lost) = self.inner.lost.lock() {
+            lost.retain(|p| !connected.contains(p));
+        }
         for peer in self.member_peers() {
             if connected.contains(&peer) {
                 continue;
@@ -1177,6 +1189,13 @@ impl GuildService {
                 peer,
                 (now + delay, (delay * 2).min(Duration::from_secs(60))),
             );
+            // Through a relay only one side of a pair dials at first (the smaller peer id), so a
+            // pair holds one circuit, not two: a member without UDP is relayed to everyone and
+            // the relay's per-peer circuit limit (16) was reached in a guild of 16. The other
+            // side joins in once its backoff shows the first never got through.
+            // A pair that was connected a moment ago reconnects from both sides at once.
+            let was_connected = self.inner.lost.lock().is_ok_and(|l| l.contains(&peer));
+            let relay_turn = me < peer || delay >= RELAY_DIAL_FALLBACK || was_connected;
             for a in self.stored_addrs(&peer) {
                 let a = if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
                     a
@@ -1186,7 +1205,7 @@ impl GuildService {
                 let _ = self.inner.net.add_address(peer, a.clone()).await;
                 let _ = self.inner.net.dial(a).await;
             }
-            for relay in &via {
+            for relay in via.iter().filter(|_| relay_turn) {
                 let a = relay
                     .clone()
                     .with(Protocol::P2pCircuit)
@@ -2268,6 +2287,21 @@ async fn run_net_events(svc: GuildService, mut events: EventStream) {
                     let resp = s.answer_dm(peer, &data).to_bytes();
                     let _ = s.inner.net.respond(id, resp).await;
                 });
+            }
+            // A connection that closed while another remains may have swallowed gossip sent
+            // into it: ask that peer for what we missed, as on a new connection.
+            // A new connection beside an existing one (the other may be dead without knowing it
+            // yet) is as good a moment.
+            Event::ConnectionLost(peer) | Event::ConnectionAdded(peer) => {
+                svc.on_peer_connected(peer)
+            }
+            Event::PeerDisconnected(peer) => {
+                if device_of(&peer).is_some()
+                    && let Ok(mut lost) = svc.inner.lost.lock()
+                    && lost.len() < MAX_LOST_PEERS
+                {
+                    lost.insert(peer);
+                }
             }
             Event::PeerConnected(peer, _) => {
                 svc.on_peer_connected(peer);

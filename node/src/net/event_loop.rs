@@ -95,6 +95,12 @@ pub enum Event {
     PeerConnected(PeerId, PeerPath),
     /// A peer's last connection closed.
     PeerDisconnected(PeerId),
+    /// One of several connections to a peer closed (others remain). Whatever was in flight on
+    /// it is lost, so the guild layer asks the peer what it missed.
+    ConnectionLost(PeerId),
+    /// Another connection to an already connected peer opened (a hole punch, a redial while
+    /// the old path may be dead without knowing it yet).
+    ConnectionAdded(PeerId),
     /// A direct connection replaced a relayed one (DCUtR).
     HolePunched(PeerId),
     /// A gossip message arrived and awaits validation ([`Client::report_validation`]).
@@ -723,6 +729,8 @@ impl EventLoop {
                 ));
                 if num_established.get() == 1 {
                     self.emit(Event::PeerConnected(peer_id, path));
+                } else {
+                    self.emit(Event::ConnectionAdded(peer_id));
                 }
                 if let Some(lan) = self.lan.get_mut(&peer_id) {
                     lan.backoff = LAN_REDIAL_FIRST;
@@ -741,6 +749,8 @@ impl EventLoop {
                 if num_established == 0 {
                     self.connections.remove(&peer_id);
                     self.emit(Event::PeerDisconnected(peer_id));
+                } else {
+                    self.emit(Event::ConnectionLost(peer_id));
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
