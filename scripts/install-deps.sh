@@ -7,7 +7,8 @@ packages=(
   build-essential pkg-config cmake   # opus builds libopus from source with cmake
   libasound2-dev                     # cpal (voice) on ALSA
   libssl-dev                         # TLS/SQLCipher builds
-  nftables iproute2 conntrack        # netsim namespaces, NAT routers, NAT mapping flushes
+  nftables iproute2 conntrack ethtool # netsim namespaces, NAT routers, NAT mapping flushes,
+                                     #   checksums computed before user-space link impairment
   libgl1 libegl1 libgl1-mesa-dri     # the desktop window draws with OpenGL (Mesa in software
   libxkbcommon-x11-0 libxcursor1     #   when there is no GPU) on X11; winit loads these
   libxrandr2 libxi6 libx11-xcb1      #   at run time

@@ -12,9 +12,12 @@
 //! created; dropping the [`topology::Topology`] or receiving SIGINT/SIGTERM removes them with
 //! every process inside; `securecomm-netsim cleanup` removes leftovers of crashed runs.
 //!
-//! Not yet implemented: link impairment (parsed, warned about, ignored).
+//! Link impairment (delay, jitter, random and bursty loss, rate) runs in user space on site
+//! uplinks ([`impair`]).
 
 pub mod error;
+pub mod impair;
+pub mod linktest;
 pub mod matrix;
 pub mod nat;
 pub mod probe;

@@ -82,12 +82,13 @@ pub fn locate_binary(env: &str, name: &str) -> Result<PathBuf> {
 
 /// A child process killed (and reaped) on drop.
 #[derive(Debug)]
-struct Proc {
+pub struct Proc {
     child: Child,
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command) -> Result<Self> {
+    /// Starts `cmd`; the process is killed when the handle is dropped.
+    pub fn spawn(mut cmd: Command) -> Result<Self> {
         let child = cmd.spawn().map_err(|source| NetsimError::Spawn {
             cmd: sys::describe(&cmd),
             source,
@@ -334,6 +335,29 @@ struct Sent {
     within_ms: Option<u64>,
 }
 
+/// Replaces each impaired uplink's kernel bridge with the user-space forwarder (after the
+/// self-test, which must see clean links). The forwarders stop when dropped.
+pub fn start_impairments(topo: &Topology, self_bin: &Path) -> Result<Vec<Proc>> {
+    let mut out = Vec::new();
+    for (i, r) in topo.routers.iter().enumerate() {
+        let Some(link) = &r.link_ns else { continue };
+        let params = serde_json::to_string(&r.uplink).unwrap_or_default();
+        topo.unbridge(link)?;
+        // Real-time priority (SCHED_FIFO) so a loaded machine delays frames less; the
+        // forwarder sleeps in blocking calls between frames.
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", link, "chrt", "-f", "10"])
+            .arg(self_bin)
+            .args(["impair", "--a", "site", "--b", "net", "--params", &params])
+            .args(["--seed", &(i as u64 + 1).to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        out.push(Proc::spawn(cmd)?);
+        eprintln!("netsim: uplink of {} impaired: {params}", r.site);
+    }
+    Ok(out)
+}
+
 /// Runs a scenario end to end and returns its report (`report.passed` says whether every
 /// assertion held). Errors are failures to run at all.
 pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report> {
@@ -343,14 +367,6 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
     let run_dir = std::env::temp_dir().join("securecomm-netsim").join(&prefix);
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| NetsimError::io(format!("creating {}", run_dir.display()), e))?;
-    for s in &scenario.sites {
-        if s.uplink != Default::default() {
-            eprintln!(
-                "netsim: warning: link impairment of site {:?} is not implemented yet; ignored",
-                s.name
-            );
-        }
-    }
     let mut topo = Topology::build(scenario, &prefix, &opts.overrides)?;
     let mut report = Report::new(name, &prefix, &run_dir);
     report.max_latency_ms = scenario.max_latency_ms;
@@ -360,6 +376,7 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
         "netsim: topology and NAT self-test ok ({} ms)",
         report.build_ms
     );
+    let _impairments = start_impairments(&topo, &opts.self_bin)?;
 
     // Relays.
     let mut relays: BTreeMap<String, RelayProc> = BTreeMap::new();

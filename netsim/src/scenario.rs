@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Why a scenario was refused.
@@ -82,8 +82,9 @@ pub enum NatKind {
     Tcp443Only,
 }
 
-/// Link impairment, applied in user space (the kernel here has no netem).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+/// Link impairment, applied in user space (the kernel here has no netem): see
+/// [`crate::impair`].
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Impairment {
     /// One-way delay in milliseconds.
@@ -92,7 +93,7 @@ pub struct Impairment {
     pub jitter_ms: f64,
     /// Random loss probability in percent.
     pub loss_pct: f64,
-    /// Mean burst length in packets for bursty (Gilbert-Elliott) loss; 0 for independent loss.
+    /// Mean burst length in packets for bursty (Gilbert) loss; below 1 for independent loss.
     pub loss_burst: f64,
     /// Bandwidth limit in kbit/s; 0 for unlimited.
     pub rate_kbit: f64,

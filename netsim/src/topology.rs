@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{NetsimError, Result};
 use crate::nat;
-use crate::scenario::{NatKind, Scenario};
+use crate::scenario::{Impairment, NatKind, Scenario};
 use crate::sys;
 
 /// Namespaces created by this process and not yet removed. The lock is held while a namespace
@@ -189,6 +189,11 @@ pub struct Router {
     pub public: Ipv4Addr,
     /// The namespace whose `wan` faces the internet.
     pub edge_ns: String,
+    /// The impaired uplink's namespace (interfaces `site` towards the edge, `net` towards the
+    /// internet), if the site's uplink is impaired.
+    pub link_ns: Option<String>,
+    /// The uplink's impairment.
+    pub uplink: Impairment,
 }
 
 /// A built topology; dropping it removes every namespace (and process) it created.
@@ -267,11 +272,13 @@ impl Topology {
             let public = Ipv4Addr::new(198, 18, 1, n);
             t.add_ns(&ns)?;
             forwarding(&ns)?;
+            let impaired = site.uplink != Impairment::default();
+            let link_ns = impaired.then(|| format!("{prefix}-l-{}", site.name));
             let (edge_ns, carrier_ns) = if applied == NatKind::Cgnat {
                 let c = format!("{prefix}-c-{}", site.name);
                 t.add_ns(&c)?;
                 forwarding(&c)?;
-                t.attach_public(&c, public, &mut port)?;
+                t.attach_edge(&c, public, &mut port, link_ns.as_deref())?;
                 let inner = Ipv4Addr::new(100, 64, n, 1);
                 let outer = Ipv4Addr::new(100, 64, n, 2);
                 veth(&c, "cust", &ns, "wan")?;
@@ -282,7 +289,7 @@ impl Topology {
                 sys::nft_load(&ns, &nat::ruleset(NatKind::PortRestricted, outer, "wan"))?;
                 (c.clone(), Some(c))
             } else {
-                t.attach_public(&ns, public, &mut port)?;
+                t.attach_edge(&ns, public, &mut port, link_ns.as_deref())?;
                 sys::nft_load(&ns, &nat::ruleset(applied, public, "wan"))?;
                 (ns.clone(), None)
             };
@@ -324,6 +331,8 @@ impl Topology {
                 carrier_ns,
                 public,
                 edge_ns,
+                link_ns,
+                uplink: site.uplink.clone(),
             });
         }
         // Every other site's edge router needs the route back to an un-NATed LAN too, or its
@@ -371,6 +380,43 @@ impl Topology {
         veth(&self.inet, &name, ns, "wan")?;
         sys::ip_in(&self.inet, &["link", "set", &name, "master", "br0", "up"])?;
         addr_up(ns, "wan", addr, 16)
+    }
+
+    /// Connects a site's edge router to the internet bridge, through an impairment namespace
+    /// when `link` is given (bridged in the kernel until [`Self::unbridge`]).
+    fn attach_edge(
+        &mut self,
+        ns: &str,
+        addr: Ipv4Addr,
+        port: &mut usize,
+        link: Option<&str>,
+    ) -> Result<()> {
+        let Some(link) = link else {
+            return self.attach_public(ns, addr, port);
+        };
+        let name = format!("v{port}");
+        *port += 1;
+        self.add_ns(link)?;
+        veth(&self.inet, &name, link, "net")?;
+        sys::ip_in(&self.inet, &["link", "set", &name, "master", "br0", "up"])?;
+        veth(link, "site", ns, "wan")?;
+        sys::ip_in(link, &["link", "set", "net", "up"])?;
+        sys::ip_in(link, &["link", "add", "pass", "type", "bridge"])?;
+        sys::ip_in(link, &["link", "set", "site", "master", "pass"])?;
+        sys::ip_in(link, &["link", "set", "net", "master", "pass"])?;
+        sys::ip_in(link, &["link", "set", "pass", "up"])?;
+        // A veth leaves checksums to the receiver (offload); frames the forwarder copies out
+        // of a packet socket would then arrive with checksums nobody computes. Both senders
+        // into the link compute them instead.
+        no_checksum_offload(ns, "wan")?;
+        no_checksum_offload(&self.inet, &name)?;
+        addr_up(ns, "wan", addr, 16)
+    }
+
+    /// Removes the kernel bridge of an impaired link, so only the user-space forwarder
+    /// (started next) carries its frames.
+    pub fn unbridge(&self, link_ns: &str) -> Result<()> {
+        sys::ip_in(link_ns, &["link", "del", "pass"]).map(|_| ())
     }
 
     /// Forgets every NAT mapping of `site`'s routers (both layers of a carrier-grade NAT): the
@@ -502,6 +548,22 @@ fn addr_up(ns: &str, dev: &str, addr: Ipv4Addr, len: u8) -> Result<()> {
 
 fn forwarding(ns: &str) -> Result<()> {
     sysctl(ns, "net.ipv4.ip_forward", "1")
+}
+
+/// Turns transmit checksum offload off on `dev` in `ns` (`ethtool -K dev tx off`).
+fn no_checksum_offload(ns: &str, dev: &str) -> Result<()> {
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"])
+        .output()
+        .map_err(|e| NetsimError::io("running ethtool", e))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(NetsimError::Environment(format!(
+            "`ethtool -K {dev} tx off` in {ns} failed (is Debian's ethtool package installed?): {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )))
+    }
 }
 
 /// Sets a sysctl inside namespace `ns`.

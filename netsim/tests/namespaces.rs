@@ -254,3 +254,70 @@ fn cleanup_removes_leftovers_of_a_crashed_run() {
             .unwrap();
     });
 }
+
+/// `scenarios/impaired.toml` through `linktest`: the user-space forwarder adds the configured
+/// delay (round trip: twice the one-way delay), drops about the configured share in bursts,
+/// reorders under jitter and limits the rate; the clean path before it started had none of it.
+#[test]
+fn impaired_links_delay_drop_and_limit_as_configured() {
+    if !can_run() {
+        return;
+    }
+    no_leaks(|| {
+        let json = std::env::temp_dir().join(format!("netsim-link-{}.json", std::process::id()));
+        let o = netsim()
+            .arg("linktest")
+            .arg(scenario("impaired.toml"))
+            .args(["--count", "2000", "--interval-ms", "5", "--json"])
+            .arg(&json)
+            .output()
+            .unwrap();
+        eprintln!("{}", text(&o));
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&json);
+        let site = |name: &str| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["site"] == name)
+                .unwrap()
+                .clone()
+        };
+        let p50 = |r: &serde_json::Value| {
+            let mut rtts: Vec<f64> = r["measured"]["rtt_ms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            rtts.sort_by(f64::total_cmp);
+            rtts[rtts.len() / 2]
+        };
+        let loss = |r: &serde_json::Value| {
+            1.0 - r["measured"]["received"].as_f64().unwrap()
+                / r["measured"]["sent"].as_f64().unwrap()
+        };
+        let slow = site("slow");
+        assert!(slow["base_rtt_ms"].as_f64().unwrap() < 5.0, "{slow}");
+        let d = p50(&slow);
+        assert!(
+            (50.0..56.0).contains(&d),
+            "slow link p50 rtt {d} ms, want 50-56"
+        );
+        assert!(loss(&slow) < 0.005, "slow link lost {}", loss(&slow));
+        let lossy = site("lossy");
+        let l = loss(&lossy);
+        assert!(
+            (0.10..0.28).contains(&l),
+            "lossy link lost {l}, configured 19% round trip"
+        );
+        assert!(
+            lossy["measured"]["reordered"].as_u64().unwrap() > 0,
+            "{lossy}"
+        );
+        let t = p50(&site("thin"));
+        assert!((1.5..10.0).contains(&t), "thin link p50 rtt {t} ms");
+    });
+}

@@ -175,7 +175,10 @@ impl Default for CircuitLimits {
             max_reservations: 1024,
             max_reservations_per_peer: 4,
             max_circuits: 512,
-            max_circuits_per_peer: 16,
+            // A member that can only be reached through a relay (no UDP, TCP 443 only) holds
+            // one circuit per guild member it talks to: 16 cut a 16-member guild short
+            // (netsim's NAT matrix).
+            max_circuits_per_peer: 64,
             reservation_duration_secs: 3600,
             reservation_rate_per_peer: 30,
             reservation_rate_per_ip: 60,

@@ -64,6 +64,43 @@ enum Cmd {
         #[arg(long, value_name = "SITE=KIND")]
         apply: Vec<String>,
     },
+    /// Measure every impaired uplink of a scenario (UDP echo to a probe host, before and after
+    /// the impairment starts) and compare with its configuration.
+    Linktest {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// Echo datagrams per link.
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Milliseconds between datagrams.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+        /// Also write the JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// UDP echo used by linktest (inside namespaces).
+    #[command(hide = true)]
+    UdpEcho {
+        #[command(subcommand)]
+        action: EchoCmd,
+    },
+    /// Forward frames between two interfaces with impairment (inside a link namespace).
+    #[command(hide = true)]
+    Impair {
+        /// Site-side interface.
+        #[arg(long)]
+        a: String,
+        /// Internet-side interface.
+        #[arg(long)]
+        b: String,
+        /// The impairment as JSON (applied in each direction).
+        #[arg(long)]
+        params: String,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Remove every netsim namespace (and the processes inside) left by crashed runs.
     Cleanup,
     /// Probe programs used by the self-test (inside namespaces).
@@ -71,6 +108,24 @@ enum Cmd {
     Probe {
         #[command(subcommand)]
         action: ProbeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum EchoCmd {
+    /// Echo datagrams back.
+    Serve {
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+    },
+    /// Send datagrams and print round-trip statistics as JSON.
+    Ping {
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
     },
 }
 
@@ -230,6 +285,62 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     serde_json::to_string(&r.observed).unwrap_or_default()
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Linktest {
+            scenario,
+            count,
+            interval_ms,
+            json,
+        } => {
+            let (s, _) = load(&scenario)?;
+            sys::check_environment()?;
+            topology::install_signal_handler()?;
+            let prefix = topology::new_prefix();
+            let topo = topology::Topology::build(&s, &prefix, &[])?;
+            let self_bin =
+                std::env::current_exe().map_err(|e| NetsimError::io("finding current_exe", e))?;
+            let reports =
+                securecomm_netsim::linktest::measure(&topo, &self_bin, count, interval_ms, || {
+                    runner::start_impairments(&topo, &self_bin)
+                })?;
+            for r in &reports {
+                println!("{}", r.line());
+            }
+            if let Some(p) = json {
+                let text = serde_json::to_string_pretty(&reports).unwrap_or_default();
+                std::fs::write(&p, text)
+                    .map_err(|e| NetsimError::io(format!("writing {}", p.display()), e))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::UdpEcho { action } => match action {
+            EchoCmd::Serve { bind } => {
+                securecomm_netsim::linktest::serve(bind)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            EchoCmd::Ping {
+                to,
+                count,
+                interval_ms,
+            } => {
+                let s = securecomm_netsim::linktest::ping(
+                    to,
+                    count,
+                    std::time::Duration::from_millis(interval_ms),
+                )?;
+                println!("{}", serde_json::to_string(&s).unwrap_or_default());
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Cmd::Impair { a, b, params, seed } => {
+            let p: securecomm_netsim::scenario::Impairment = serde_json::from_str(&params)
+                .map_err(|e| NetsimError::Unexpected {
+                    what: "--params".into(),
+                    expected: "an impairment as JSON".into(),
+                    got: format!("{params} ({e})"),
+                })?;
+            securecomm_netsim::impair::forward(&a, &b, &p, &p, seed)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cleanup => {

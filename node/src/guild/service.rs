@@ -1196,21 +1196,38 @@ impl GuildService {
             // A pair that was connected a moment ago reconnects from both sides at once.
             let was_connected = self.inner.lost.lock().is_ok_and(|l| l.contains(&peer));
             let relay_turn = me < peer || delay >= RELAY_DIAL_FALLBACK || was_connected;
+            // One attempt over the direct addresses (tried together), one over the relay
+            // circuits (one at a time, so a pair holds one circuit, not one per address: a
+            // member reachable only through a relay was denied circuits once every peer
+            // dialled its three circuit addresses).
+            let (mut direct, mut circuits) = (Vec::new(), Vec::new());
             for a in self.stored_addrs(&peer) {
                 let a = if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
                     a
                 } else {
                     a.with(Protocol::P2p(peer))
                 };
-                let _ = self.inner.net.add_address(peer, a.clone()).await;
-                let _ = self.inner.net.dial(a).await;
+                if a.iter().any(|p| p == Protocol::P2pCircuit) {
+                    circuits.push(a);
+                } else {
+                    let _ = self.inner.net.add_address(peer, a.clone()).await;
+                    direct.push(a);
+                }
             }
-            for relay in via.iter().filter(|_| relay_turn) {
+            for relay in &via {
                 let a = relay
                     .clone()
                     .with(Protocol::P2pCircuit)
                     .with(Protocol::P2p(peer));
-                let _ = self.inner.net.dial(a).await;
+                if !circuits.contains(&a) {
+                    circuits.insert(0, a);
+                }
+            }
+            if !direct.is_empty() {
+                let _ = self.inner.net.dial_peer(peer, direct, 8).await;
+            }
+            if relay_turn && !circuits.is_empty() {
+                let _ = self.inner.net.dial_peer(peer, circuits, 1).await;
             }
         }
     }

@@ -137,6 +137,12 @@ pub enum Event {
 enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Dial(Multiaddr, oneshot::Sender<Result<(), NetError>>),
+    DialPeer(
+        PeerId,
+        Vec<Multiaddr>,
+        u8,
+        oneshot::Sender<Result<(), NetError>>,
+    ),
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     Subscribe(String, oneshot::Sender<Result<(), NetError>>),
     Publish(
@@ -174,6 +180,7 @@ impl std::fmt::Debug for Command {
         f.write_str(match self {
             Command::ListenAddrs(_) => "ListenAddrs",
             Command::Dial(..) => "Dial",
+            Command::DialPeer(..) => "DialPeer",
             Command::Peers(_) => "Peers",
             Command::Subscribe(..) => "Subscribe",
             Command::Publish(..) => "Publish",
@@ -237,6 +244,19 @@ impl Client {
     /// Dials an address.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
         self.ask(|tx| Command::Dial(addr, tx)).await?
+    }
+
+    /// Dials `peer` unless connected: one attempt over `addrs`, tried `concurrency` at a time
+    /// (the first that connects ends the attempt), so a peer gets one new connection, not one
+    /// per address.
+    pub async fn dial_peer(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        concurrency: u8,
+    ) -> Result<(), NetError> {
+        self.ask(|tx| Command::DialPeer(peer, addrs, concurrency, tx))
+            .await?
     }
 
     /// Connected peers and how we reach them.
@@ -486,6 +506,20 @@ impl EventLoop {
                         .cloned()
                         .chain(self.swarm.external_addresses().cloned())
                         .collect(),
+                );
+            }
+            Command::DialPeer(peer, addrs, concurrency, tx) => {
+                let opts = DialOpts::peer_id(peer)
+                    .condition(PeerCondition::Disconnected)
+                    .addresses(addrs.into_iter().take(32).collect())
+                    .override_dial_concurrency_factor(
+                        std::num::NonZeroU8::new(concurrency).unwrap_or(std::num::NonZeroU8::MIN),
+                    )
+                    .build();
+                let _ = tx.send(
+                    self.swarm
+                        .dial(opts)
+                        .map_err(|e| NetError::Dial(format!("{peer}: {e}"))),
                 );
             }
             Command::Dial(addr, tx) => {
