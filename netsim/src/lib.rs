@@ -20,6 +20,7 @@ pub mod impair;
 pub mod linktest;
 pub mod matrix;
 pub mod nat;
+pub mod plot;
 pub mod probe;
 pub mod report;
 pub mod runner;

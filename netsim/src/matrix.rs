@@ -396,6 +396,7 @@ hosts = ["sa"]
             first_connected_ms: conn,
             first_direct_ms: dir,
             both_joined_ms: Some(0),
+            path_changes: Vec::new(),
         }
     }
 
@@ -420,6 +421,7 @@ hosts = ["sa"]
             ],
             latency_exempt: Vec::new(),
             max_latency_ms: None,
+            sent_ms: 0,
         }];
         r
     }

@@ -43,6 +43,9 @@ pub struct PairReport {
     /// When the later of the two finished joining the guild, ms after every node was up.
     #[serde(default)]
     pub both_joined_ms: Option<u64>,
+    /// The pair's path each time it changed (ms, "none" | "relayed" | "direct").
+    #[serde(default)]
+    pub path_changes: Vec<(u64, String)>,
 }
 
 impl PairReport {
@@ -80,6 +83,18 @@ pub struct MessageAudit {
     /// This message's own latency bound, ms (else the report's).
     #[serde(default)]
     pub max_latency_ms: Option<u64>,
+    /// When it was sent, ms after every node was up.
+    #[serde(default)]
+    pub sent_ms: u64,
+}
+
+/// A fault or action of the timeline, for plots.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineEvent {
+    /// When, ms after every node was up.
+    pub at_ms: u64,
+    /// What happened ("kill relay1", "partition cafe", ...).
+    pub what: String,
 }
 
 /// The whole report.
@@ -103,6 +118,8 @@ pub struct Report {
     pub pairs: Vec<PairReport>,
     /// Message audit.
     pub messages: Vec<MessageAudit>,
+    /// Timeline actions other than sends.
+    pub events: Vec<TimelineEvent>,
     /// The scenario's latency bound, ms.
     pub max_latency_ms: Option<u64>,
     /// Every failed assertion.
@@ -124,6 +141,7 @@ impl Report {
             total_ms: 0,
             pairs: Vec::new(),
             messages: Vec::new(),
+            events: Vec::new(),
             max_latency_ms: None,
             failures: Vec::new(),
             passed: false,
@@ -250,6 +268,7 @@ mod tests {
             first_connected_ms: Some(120),
             first_direct_ms: None,
             both_joined_ms: Some(100),
+            path_changes: vec![(120, "relayed".into())],
         });
         r.messages.push(MessageAudit {
             sender: "alice".into(),
@@ -269,6 +288,7 @@ mod tests {
             ],
             latency_exempt: Vec::new(),
             max_latency_ms: None,
+            sent_ms: 500,
         });
         r
     }

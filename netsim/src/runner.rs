@@ -329,6 +329,8 @@ struct Sent {
     text: String,
     at: Instant,
     members: Vec<String>,
+    /// When it was sent, ms on the path watcher's clock.
+    sent_ms: u64,
     /// Members cut off by a partition when it was sent.
     exempt: Vec<String>,
     /// Its own latency bound.
@@ -521,6 +523,12 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
             t0.elapsed().as_millis(),
             step.action
         );
+        if !matches!(step.action, Action::Send { .. }) {
+            report.events.push(crate::report::TimelineEvent {
+                at_ms: watch_t0.elapsed().as_millis() as u64,
+                what: step.action.label(),
+            });
+        }
         match &step.action {
             Action::Send {
                 host,
@@ -543,6 +551,7 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
                     channel: channel.clone(),
                     text,
                     at: Instant::now(),
+                    sent_ms: watch_t0.elapsed().as_millis() as u64,
                     members: joined.clone(),
                     exempt,
                     within_ms: *within_ms,
@@ -788,6 +797,7 @@ impl Auditor {
                     })
                     .collect(),
                 latency_exempt: s.exempt.clone(),
+                sent_ms: s.sent_ms,
                 max_latency_ms: s.within_ms,
             })
             .collect())
@@ -803,6 +813,9 @@ fn bin_of(opts: &RunOptions) -> PathBuf {
 struct PairTimes {
     connected: BTreeMap<(String, String), u64>,
     direct: BTreeMap<(String, String), u64>,
+    /// Each pair's path whenever it changed: (ms, "none" | "relayed" | "direct"), best of the
+    /// two sides' views in one poll round.
+    changes: BTreeMap<(String, String), Vec<(u64, &'static str)>>,
 }
 
 /// A thread polling every node's `peers` every 250 ms from the moment all nodes are up, so the
@@ -826,7 +839,9 @@ impl PathWatcher {
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
             let mut times = PairTimes::default();
+            let mut last: BTreeMap<(String, String), &'static str> = BTreeMap::new();
             while !flag.load(Ordering::SeqCst) {
+                let mut round: BTreeMap<(String, String), &'static str> = BTreeMap::new();
                 for (name, dir, _) in &list {
                     let Ok(o) = sys::output(
                         Command::new(&bin)
@@ -853,8 +868,33 @@ impl PathWatcher {
                             (other.clone(), name.clone())
                         };
                         times.connected.entry(key.clone()).or_insert(now);
-                        if p["path"] == "direct" {
-                            times.direct.entry(key).or_insert(now);
+                        let path = if p["path"] == "direct" {
+                            times.direct.entry(key.clone()).or_insert(now);
+                            "direct"
+                        } else {
+                            "relayed"
+                        };
+                        let best = round.entry(key).or_insert(path);
+                        if path == "direct" {
+                            *best = "direct";
+                        }
+                    }
+                }
+                let now = t0.elapsed().as_millis() as u64;
+                for (i, (a, _, _)) in list.iter().enumerate() {
+                    for (b, _, _) in list.iter().skip(i + 1) {
+                        let key = if a < b {
+                            (a.clone(), b.clone())
+                        } else {
+                            (b.clone(), a.clone())
+                        };
+                        let state = round.get(&key).copied().unwrap_or("none");
+                        if last.get(&key).copied().unwrap_or("none") != state {
+                            last.insert(key.clone(), state);
+                            let v = times.changes.entry(key).or_default();
+                            if v.len() < 1000 {
+                                v.push((now, state));
+                            }
                         }
                     }
                 }
@@ -907,6 +947,11 @@ fn pairs(
                     .get(a)
                     .zip(joined_at.get(b))
                     .map(|(x, y)| *x.max(y)),
+                path_changes: times
+                    .changes
+                    .get(&key)
+                    .map(|v| v.iter().map(|(t, s)| (*t, (*s).to_owned())).collect())
+                    .unwrap_or_default(),
             });
         }
     }

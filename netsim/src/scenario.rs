@@ -178,6 +178,22 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// A short description for plots and logs.
+    pub fn label(&self) -> String {
+        match self {
+            Self::KillRelay { relay } => format!("kill {relay}"),
+            Self::StartRelay { relay } => format!("start {relay}"),
+            Self::Partition { site } => format!("partition {site}"),
+            Self::Heal { site } => format!("heal {site}"),
+            Self::FlushNat { site } => format!("flush NAT {site}"),
+            Self::ChangeAddress { site } => format!("new address {site}"),
+            Self::Join { host } => format!("{host} joins"),
+            Self::Send { host, .. } => format!("{host} sends"),
+        }
+    }
+}
+
 /// The guild the scenario's nodes share.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

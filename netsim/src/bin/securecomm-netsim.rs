@@ -40,6 +40,9 @@ enum Cmd {
         /// Keep logs and data even on success.
         #[arg(long)]
         keep: bool,
+        /// Also draw latency and paths over time into this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Run a scenario ATTEMPTS times and aggregate its pairs per pair of NAT kinds (see
     /// netsim/scenarios/nat-matrix.toml); exits non-zero if any cell fails.
@@ -204,12 +207,16 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             scenario,
             json,
             keep,
+            plot,
         } => {
             let (s, name) = load(&scenario)?;
             let opts = options(Vec::new(), keep)?;
             topology::install_signal_handler()?;
             let report = runner::run(&s, &name, &opts)?;
             print!("{}", report.table());
+            if let Some(p) = plot {
+                securecomm_netsim::plot::svg(&report, &p)?;
+            }
             let text = serde_json::to_string_pretty(&report).unwrap_or_default();
             if let Some(p) = json {
                 std::fs::write(&p, text)
