@@ -6,7 +6,8 @@
 //! nftables ([`nat`]), proves each router behaves as labelled with UDP/TCP probes from two public
 //! probe hosts ([`probe`]), runs the real `securecomm-relay` and `securecomm-node` binaries in it,
 //! plays the timeline and audits every message ([`runner`]), and reports ([`report`]).
-//! [`matrix`] runs a scenario several times and judges every pair of NAT kinds.
+//! [`matrix`] runs a scenario several times and judges every pair of NAT kinds. [`inproc`] is
+//! the in-process tier: many real nodes in one process over libp2p's memory transport.
 //!
 //! Cleanup: every namespace is named with a unique per-run prefix and registered before it is
 //! created; dropping the [`topology::Topology`] or receiving SIGINT/SIGTERM removes them with
@@ -17,6 +18,7 @@
 
 pub mod error;
 pub mod impair;
+pub mod inproc;
 pub mod linktest;
 pub mod matrix;
 pub mod nat;

@@ -244,6 +244,18 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
             c.max_idle_timeout = 5_000;
             c
         })
+        // In-process only (`/memory/N`): many nodes in one test process without sockets
+        // (netsim's in-process tier). Nothing outside the process can reach it.
+        .with_other_transport(
+            |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                use libp2p::core::Transport as _;
+                Ok(libp2p::core::transport::MemoryTransport::default()
+                    .upgrade(libp2p::core::upgrade::Version::V1)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default()))
+            },
+        )
+        .map_err(|e| t(&e))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| t(&e))?
         .with_behaviour(
