@@ -369,6 +369,41 @@ pub struct EventLoop {
     /// Peers mDNS found on the LAN and has not expired: dialled on discovery and again (with
     /// backoff) whenever no connection to them is open.
     lan: HashMap<PeerId, LanPeer>,
+    /// Each open connection's rank (see [`connection_rank`]).
+    conn_rank: HashMap<ConnectionId, ConnRank>,
+}
+
+/// How good a connection is; both ends of it compute the same rank.
+type ConnRank = (u8, u8, std::cmp::Reverse<Vec<u8>>);
+
+/// A connection's rank, equal at both ends: direct over relayed, then the one dialled by the
+/// smaller peer id, then (relayed) the one through the smaller relay id.
+fn connection_rank(me: &PeerId, peer: &PeerId, endpoint: &ConnectedPoint) -> ConnRank {
+    let (addr, we_dialled) = match endpoint {
+        ConnectedPoint::Dialer { address, .. } => (address, true),
+        ConnectedPoint::Listener { local_addr, .. } => (local_addr, false),
+    };
+    let relay = {
+        let mut last_peer = None;
+        let mut relay = None;
+        for p in addr.iter() {
+            match p {
+                Protocol::P2p(id) => last_peer = Some(id),
+                Protocol::P2pCircuit => {
+                    relay = last_peer;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        relay
+    };
+    let dialer = if we_dialled { me } else { peer };
+    (
+        u8::from(relay.is_none() && path_of(endpoint) == PeerPath::Direct),
+        u8::from(dialer == me.min(peer)),
+        std::cmp::Reverse(relay.map(|r| r.to_bytes()).unwrap_or_default()),
+    )
 }
 
 /// A peer on the LAN, as mDNS last reported it.
@@ -449,6 +484,7 @@ impl EventLoop {
             inbound: HashMap::new(),
             connections: HashMap::new(),
             lan: HashMap::new(),
+            conn_rank: HashMap::new(),
         };
         Ok((lp, client))
     }
@@ -649,6 +685,35 @@ impl EventLoop {
         }
     }
 
+    /// Closes every connection to `peer` ranked below its best one.
+    ///
+    /// gossipsub queues a peer's messages once for all its connections and any of them may
+    /// take the next one: with a second path that had died silently (a killed relay's circuit,
+    /// noticed only after QUIC's idle timeout) messages vanished into it, and netsim's chaos
+    /// runs saw deliveries 5-15 s late. One connection per peer, the same one chosen at both
+    /// ends, leaves nothing to vanish into.
+    fn keep_best_connection(&mut self, peer: PeerId) {
+        let Some(conns) = self.connections.get(&peer) else {
+            return;
+        };
+        let ranked: Vec<(ConnectionId, &ConnRank)> = conns
+            .iter()
+            .filter_map(|c| self.conn_rank.get(&c.0).map(|r| (c.0, r)))
+            .collect();
+        let Some(best) = ranked.iter().map(|(_, r)| *r).max().cloned() else {
+            return;
+        };
+        let worse: Vec<ConnectionId> = ranked
+            .iter()
+            .filter(|(_, r)| **r < best)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in worse {
+            tracing::debug!(%peer, ?id, "closing a redundant connection");
+            self.swarm.close_connection(id);
+        }
+    }
+
     /// Redials LAN peers that have no open connection (each on its own backoff).
     fn redial_lan_peers(&mut self) {
         let now = tokio::time::Instant::now();
@@ -761,6 +826,10 @@ impl EventLoop {
                     path,
                     endpoint.get_remote_address().clone(),
                 ));
+                let me = *self.swarm.local_peer_id();
+                self.conn_rank
+                    .insert(connection_id, connection_rank(&me, &peer_id, &endpoint));
+                self.keep_best_connection(peer_id);
                 if num_established.get() == 1 {
                     self.emit(Event::PeerConnected(peer_id, path));
                 } else {
@@ -780,6 +849,7 @@ impl EventLoop {
                 if let Some(conns) = self.connections.get_mut(&peer_id) {
                     conns.retain(|c| c.0 != connection_id);
                 }
+                self.conn_rank.remove(&connection_id);
                 if num_established == 0 {
                     self.connections.remove(&peer_id);
                     self.emit(Event::PeerDisconnected(peer_id));
