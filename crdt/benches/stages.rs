@@ -39,6 +39,15 @@ fn report(c: &mut Criterion) {
         std::process::exit(0);
     }
 
+    if std::env::var("STAGES_CG").is_ok() {
+        // For `valgrind --tool=callgrind`: compare the inclusive instruction counts of
+        // `stages::plain_ingest` and `stages::guild_ingest` (same changes, same run).
+        let raw: Vec<Vec<u8>> = envs.iter().map(|e| e.change.clone()).collect();
+        let doc = plain_ingest(raw);
+        let g = guild_ingest(id, envs.clone());
+        println!("{} {}", doc.get_heads().len(), g.len());
+        std::process::exit(0);
+    }
     if std::env::var("STAGES_SPLIT").is_ok() {
         split(&envs, id);
         std::process::exit(0);
@@ -207,6 +216,24 @@ fn report(c: &mut Criterion) {
         )
     });
     g.finish();
+}
+
+/// Plain Automerge: parse each change, apply all in one call (the guild bench's baseline).
+#[inline(never)]
+fn plain_ingest(raw: Vec<Vec<u8>>) -> Automerge {
+    let mut d = Automerge::new();
+    d.apply_changes(raw.into_iter().map(|b| automerge::Change::from_bytes(b).unwrap()))
+        .unwrap();
+    d
+}
+
+/// Validated ingest of the same changes in their envelopes, one thread.
+#[inline(never)]
+fn guild_ingest(id: securecomm_crdt::schema::GuildId, envs: Vec<SignedChange>) -> Guild {
+    let mut g = Guild::join(id);
+    let rep = g.receive(envs);
+    assert!(rep.rejected.is_empty());
+    g
 }
 
 /// CPU seconds of this process (10 ms ticks).

@@ -67,7 +67,7 @@ use securecomm_noise::keys::{DevicePublicKey, RootPublicKey, SigLabel, Signature
 use sha2::{Digest, Sha512};
 
 /// Most signatures verified in one multiscalar multiplication.
-pub const BATCH_CHUNK: usize = 1024;
+pub const BATCH_CHUNK: usize = 4096;
 
 /// Domain separation of the derived batch coefficients.
 const COEFF_LABEL: &[u8] = b"SecureComm/crdt/batch-verify-coefficients v1";
