@@ -400,3 +400,155 @@ pub fn ops_of_with(change: &Change, keys: &mut impl KeySource) -> Result<Vec<Gui
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::num::NonZeroU64;
+
+    use automerge::ExpandedChange;
+    use automerge::legacy::{Key, ObjectId, OpType};
+    use securecomm_noise::keys::{DeviceSigningKey, RootSigningKey};
+
+    use super::*;
+    use crate::perms::Permissions;
+
+    /// A change of `(key, op)` puts on the root map, as [`crate::Guild`] builds them.
+    fn change_of(puts: &[(&str, &GuildOp)]) -> Change {
+        let operations = puts
+            .iter()
+            .map(|(key, op)| automerge::legacy::Op {
+                action: OpType::Put(ScalarValue::Bytes(op.to_bytes())),
+                obj: ObjectId::Root,
+                key: Key::Map((*key).into()),
+                pred: Vec::new().into(),
+                insert: false,
+            })
+            .collect();
+        Change::from(ExpandedChange {
+            operations,
+            actor_id: automerge::ActorId::from([7u8; 32].as_slice()),
+            hash: None,
+            seq: 1,
+            start_op: NonZeroU64::MIN,
+            time: 0,
+            message: None,
+            deps: Vec::new(),
+            extra_bytes: Vec::new(),
+            author: None,
+        })
+    }
+
+    fn user() -> UserId {
+        RootSigningKey::from_seed(&[1; 32]).public()
+    }
+
+    /// The slots are the wire keys every replica checks: pinned as strings.
+    #[test]
+    fn slots_are_fixed_strings() {
+        let u = user();
+        let d = DeviceSigningKey::from_seed(&[2; 32]).public();
+        let uh: String = u.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let dh: String = d.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let cases = [
+            (GuildOp::SetName("x".into()), "guild/name".to_string()),
+            (GuildOp::SetIcon(None), "guild/icon".into()),
+            (GuildOp::TransferOwnership(u), "guild/owner".into()),
+            (GuildOp::DeleteRole(RoleId(250)), "role/250".into()),
+            (
+                GuildOp::GrantRole(u, RoleId(17)),
+                format!("member/{uh}/role/17"),
+            ),
+            (
+                GuildOp::RevokeRole(u, RoleId(0)),
+                format!("member/{uh}/role/0"),
+            ),
+            (
+                GuildOp::DeleteChannel(ChannelId(u64::MAX)),
+                format!("channel/{}", u64::MAX),
+            ),
+            (
+                GuildOp::RevokeInvite(InviteCode([0xab; 16])),
+                format!("invite/{}", "ab".repeat(16)),
+            ),
+            (GuildOp::Kick(u), format!("member/{uh}")),
+            (GuildOp::Leave(u), format!("member/{uh}")),
+            (GuildOp::Ban(u, "r".into()), format!("ban/{uh}")),
+            (GuildOp::Unban(u), format!("ban/{uh}")),
+            (
+                GuildOp::SetNickname(u, "n".into()),
+                format!("member/{uh}/nick"),
+            ),
+            (
+                GuildOp::RemoveDevice(u, d),
+                format!("member/{uh}/device/{dh}"),
+            ),
+        ];
+        let mut buf = String::from("left over from an earlier op");
+        for (op, want) in cases {
+            assert_eq!(op.slot(), want);
+            op.write_slot(&mut buf);
+            assert_eq!(buf, want);
+        }
+    }
+
+    #[test]
+    fn ops_of_decodes_a_change_of_several_ops() {
+        let ops = [
+            GuildOp::SetName("guild".into()),
+            GuildOp::GrantRole(user(), RoleId(3)),
+            GuildOp::DeleteRole(RoleId(9)),
+        ];
+        let slots: Vec<String> = ops.iter().map(GuildOp::slot).collect();
+        let puts: Vec<(&str, &GuildOp)> = slots.iter().map(String::as_str).zip(&ops).collect();
+        assert_eq!(ops_of(&change_of(&puts)).unwrap(), ops.to_vec());
+    }
+
+    #[test]
+    fn ops_of_refuses_an_op_under_another_slot() {
+        let a = GuildOp::SetName("guild".into());
+        let b = GuildOp::DeleteRole(RoleId(9));
+        let change = change_of(&[("guild/name", &a), ("role/8", &b)]);
+        assert_eq!(
+            ops_of(&change),
+            Err(OpsError::WrongSlot {
+                index: 1,
+                expected: "role/9".into(),
+                got: "role/8".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn ops_of_refuses_a_slot_written_twice() {
+        let a = GuildOp::PutRole(
+            RoleId(4),
+            crate::schema::Role {
+                name: "r".into(),
+                colour: 0,
+                position: 1,
+                permissions: Permissions::NONE,
+                mentionable: false,
+                hoisted: false,
+            },
+        );
+        let b = GuildOp::DeleteRole(RoleId(4));
+        let n = GuildOp::SetName("g".into());
+        let change = change_of(&[("role/4", &a), ("guild/name", &n), ("role/4", &b)]);
+        assert_eq!(
+            ops_of(&change),
+            Err(OpsError::DuplicateSlot("role/4".into()))
+        );
+        // The first error in op order wins: a duplicate before a wrong slot.
+        let change = change_of(&[
+            ("role/4", &a),
+            ("role/4", &b),
+            ("guild/name", &GuildOp::SetIcon(None)),
+        ]);
+        assert_eq!(
+            ops_of(&change),
+            Err(OpsError::DuplicateSlot("role/4".into()))
+        );
+    }
+}
