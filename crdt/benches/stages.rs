@@ -222,8 +222,11 @@ fn report(c: &mut Criterion) {
 #[inline(never)]
 fn plain_ingest(raw: Vec<Vec<u8>>) -> Automerge {
     let mut d = Automerge::new();
-    d.apply_changes(raw.into_iter().map(|b| automerge::Change::from_bytes(b).unwrap()))
-        .unwrap();
+    d.apply_changes(
+        raw.into_iter()
+            .map(|b| automerge::Change::from_bytes(b).unwrap()),
+    )
+    .unwrap();
     d
 }
 
@@ -254,7 +257,10 @@ fn split(envs: &[SignedChange], id: securecomm_crdt::schema::GuildId) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let n = envs.len() as f64;
-    let parsed: Vec<automerge::Change> = envs.iter().map(|e| parse_change(&e.change).unwrap()).collect();
+    let parsed: Vec<automerge::Change> = envs
+        .iter()
+        .map(|e| parse_change(&e.change).unwrap())
+        .collect();
     let certs: Vec<securecomm_crdt::schema::DeviceCert> = parsed
         .iter()
         .filter_map(|c| match ops_of(c).unwrap().as_slice() {
@@ -272,8 +278,12 @@ fn split(envs: &[SignedChange], id: securecomm_crdt::schema::GuildId) {
         let raw: Vec<Vec<u8>> = envs.iter().map(|e| e.change.clone()).collect();
         time("a plain parse+apply", &mut || {
             let mut d = Automerge::new();
-            d.apply_changes(raw.clone().into_iter().map(|b| automerge::Change::from_bytes(b).unwrap()))
-                .unwrap();
+            d.apply_changes(
+                raw.clone()
+                    .into_iter()
+                    .map(|b| automerge::Change::from_bytes(b).unwrap()),
+            )
+            .unwrap();
         });
         let input = envs.to_vec();
         time("b guild receive", &mut || {
@@ -321,7 +331,11 @@ fn split(envs: &[SignedChange], id: securecomm_crdt::schema::GuildId) {
     for (k, v) in &t {
         let mut v = v.clone();
         v.sort_by(f64::total_cmp);
-        println!("{k:40} median {:6.1} us/change  (min {:.1})", v[v.len() / 2], v[0]);
+        println!(
+            "{k:40} median {:6.1} us/change  (min {:.1})",
+            v[v.len() / 2],
+            v[0]
+        );
     }
 }
 
