@@ -39,6 +39,20 @@ fn report(c: &mut Criterion) {
         std::process::exit(0);
     }
 
+    if std::env::var("STAGES_CG").is_ok() {
+        // For `valgrind --tool=callgrind`: compare the inclusive instruction counts of
+        // `stages::plain_ingest` and `stages::guild_ingest` (same changes, same run).
+        let raw: Vec<Vec<u8>> = envs.iter().map(|e| e.change.clone()).collect();
+        let doc = plain_ingest(raw);
+        let g = guild_ingest(id, envs.clone());
+        println!("{} {}", doc.get_heads().len(), g.len());
+        std::process::exit(0);
+    }
+    if std::env::var("STAGES_SPLIT").is_ok() {
+        split(&envs, id);
+        std::process::exit(0);
+    }
+
     // The join envelopes.
     let joins: Vec<&SignedChange> = envs
         .iter()
@@ -202,6 +216,127 @@ fn report(c: &mut Criterion) {
         )
     });
     g.finish();
+}
+
+/// Plain Automerge: parse each change, apply all in one call (the guild bench's baseline).
+#[inline(never)]
+fn plain_ingest(raw: Vec<Vec<u8>>) -> Automerge {
+    let mut d = Automerge::new();
+    d.apply_changes(
+        raw.into_iter()
+            .map(|b| automerge::Change::from_bytes(b).unwrap()),
+    )
+    .unwrap();
+    d
+}
+
+/// Validated ingest of the same changes in their envelopes, one thread.
+#[inline(never)]
+fn guild_ingest(id: securecomm_crdt::schema::GuildId, envs: Vec<SignedChange>) -> Guild {
+    let mut g = Guild::join(id);
+    let rep = g.receive(envs);
+    assert!(rep.rejected.is_empty());
+    g
+}
+
+/// CPU seconds of this process (10 ms ticks).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// `STAGES_SPLIT`: CPU time per change of each stage of validated ingest, next to plain
+/// Automerge, `STAGES_SPLIT` rounds (default 5) alternating.
+fn split(envs: &[SignedChange], id: securecomm_crdt::schema::GuildId) {
+    use securecomm_crdt::verify::{SigItem, verify_each};
+    let rounds: usize = std::env::var("STAGES_SPLIT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let n = envs.len() as f64;
+    let parsed: Vec<automerge::Change> = envs
+        .iter()
+        .map(|e| parse_change(&e.change).unwrap())
+        .collect();
+    let certs: Vec<securecomm_crdt::schema::DeviceCert> = parsed
+        .iter()
+        .filter_map(|c| match ops_of(c).unwrap().as_slice() {
+            [GuildOp::Redeem { cert, .. }] => Some(*cert),
+            _ => None,
+        })
+        .collect();
+    let mut t: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    let mut time = |name: &'static str, f: &mut dyn FnMut()| {
+        let c = cpu_secs();
+        f();
+        t.entry(name).or_default().push((cpu_secs() - c) * 1e6 / n);
+    };
+    for _ in 0..rounds {
+        let raw: Vec<Vec<u8>> = envs.iter().map(|e| e.change.clone()).collect();
+        time("a plain parse+apply", &mut || {
+            let mut d = Automerge::new();
+            d.apply_changes(
+                raw.clone()
+                    .into_iter()
+                    .map(|b| automerge::Change::from_bytes(b).unwrap()),
+            )
+            .unwrap();
+        });
+        let input = envs.to_vec();
+        time("b guild receive", &mut || {
+            let mut g = Guild::join(id);
+            let rep = g.receive(input.clone());
+            assert_eq!(rep.accepted.len(), envs.len());
+        });
+        let mut items = vec![];
+        time("c envelope sig items (sha512)", &mut || {
+            items = envs.iter().map(|e| e.sig_item()).collect::<Vec<SigItem>>();
+        });
+        time("d envelope verify_each", &mut || {
+            assert!(verify_each(&items).iter().all(|x| *x));
+        });
+        let mut citems = vec![];
+        time("e cert sig items (sha512)", &mut || {
+            citems = certs.iter().map(|c| c.sig_item()).collect::<Vec<SigItem>>();
+        });
+        time("f cert verify_each", &mut || {
+            assert!(verify_each(&citems).iter().all(|x| *x));
+        });
+        time("g root key decompress", &mut || {
+            for c in &certs {
+                std::hint::black_box(
+                    securecomm_noise::keys::RootPublicKey::from_bytes(c.user.as_bytes()).unwrap(),
+                );
+            }
+        });
+        time("h parse_change", &mut || {
+            for e in envs {
+                std::hint::black_box(parse_change(&e.change).unwrap());
+            }
+        });
+        time("i ops_of (decompresses all keys)", &mut || {
+            for c in &parsed {
+                std::hint::black_box(ops_of(c).unwrap());
+            }
+        });
+        time("j legacy decode", &mut || {
+            for c in &parsed {
+                std::hint::black_box(c.decode());
+            }
+        });
+    }
+    for (k, v) in &t {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        println!(
+            "{k:40} median {:6.1} us/change  (min {:.1})",
+            v[v.len() / 2],
+            v[0]
+        );
+    }
 }
 
 criterion_group!(benches, report);

@@ -56,7 +56,9 @@ pub const MAX_SYNC_CONTROL: usize = 1 << 20;
 pub const MAX_SYNC_NEEDS: usize = 1024;
 /// Envelopes per window when [`Guild::receive`] pipelines a large batch over two threads (see
 /// [`Guild::set_verify_threads`]).
-pub const PIPELINE_WINDOW: usize = crate::verify::BATCH_CHUNK;
+/// Smaller than [`crate::verify::BATCH_CHUNK`]: the pipeline overlaps one window's verification
+/// with the previous window's authorization, so its windows are kept short.
+pub const PIPELINE_WINDOW: usize = 1024;
 /// Largest saved Automerge document we load.
 pub const MAX_SAVED_DOC: usize = 1 << 30;
 

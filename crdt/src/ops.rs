@@ -21,7 +21,7 @@ use thiserror::Error;
 use crate::invite::InviteToken;
 use crate::schema::{
     Channel, ChannelId, DeviceCert, InviteCode, KeySource, MAX_NAME, MAX_REASON, NoCache, Role,
-    RoleId, Settings, UserId, full_hex, put_str, read_str,
+    RoleId, Settings, UserId, push_hex, put_str, read_str,
 };
 
 /// Version byte of an encoded [`GuildOp`].
@@ -95,35 +95,70 @@ pub enum GuildOp {
 impl GuildOp {
     /// The root-map key this op is written under: the path it touches.
     pub fn slot(&self) -> String {
-        match self {
-            Self::Genesis { .. } => "genesis".into(),
-            Self::SetName(_) => "guild/name".into(),
-            Self::SetIcon(_) => "guild/icon".into(),
-            Self::SetSettings(_) => "guild/settings".into(),
-            Self::TransferOwnership(_) => "guild/owner".into(),
-            Self::PutRole(id, _) | Self::DeleteRole(id) => format!("role/{}", id.0),
+        let mut out = String::with_capacity(160);
+        self.write_slot(&mut out);
+        out
+    }
+
+    /// Writes [`GuildOp::slot`] into `out` (cleared first), so a decoder can compare slots
+    /// with keys without allocating one string per op.
+    pub(crate) fn write_slot(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.clear();
+        // `fmt::Write` for `String` never fails.
+        let _ = match self {
+            Self::Genesis { .. } => out.write_str("genesis"),
+            Self::SetName(_) => out.write_str("guild/name"),
+            Self::SetIcon(_) => out.write_str("guild/icon"),
+            Self::SetSettings(_) => out.write_str("guild/settings"),
+            Self::TransferOwnership(_) => out.write_str("guild/owner"),
+            Self::PutRole(id, _) | Self::DeleteRole(id) => write!(out, "role/{}", id.0),
             Self::GrantRole(u, r) | Self::RevokeRole(u, r) => {
-                format!("member/{}/role/{}", full_hex(u.as_bytes()), r.0)
+                out.push_str("member/");
+                push_hex(out, u.as_bytes());
+                write!(out, "/role/{}", r.0)
             }
-            Self::PutChannel(id, _) | Self::DeleteChannel(id) => format!("channel/{}", id.0),
+            Self::PutChannel(id, _) | Self::DeleteChannel(id) => write!(out, "channel/{}", id.0),
             Self::CreateInvite(c, _) | Self::RevokeInvite(c) => {
-                format!("invite/{}", full_hex(&c.0))
+                out.push_str("invite/");
+                push_hex(out, &c.0);
+                Ok(())
             }
-            Self::Redeem { cert, .. } => format!("member/{}", full_hex(cert.user.as_bytes())),
-            Self::Kick(u) | Self::Leave(u) => format!("member/{}", full_hex(u.as_bytes())),
-            Self::Ban(u, _) | Self::Unban(u) => format!("ban/{}", full_hex(u.as_bytes())),
-            Self::SetNickname(u, _) => format!("member/{}/nick", full_hex(u.as_bytes())),
-            Self::AddDevice(c) => format!(
-                "member/{}/device/{}",
-                full_hex(c.user.as_bytes()),
-                full_hex(c.device.as_bytes())
-            ),
-            Self::RemoveDevice(u, d) => format!(
-                "member/{}/device/{}",
-                full_hex(u.as_bytes()),
-                full_hex(d.as_bytes())
-            ),
-        }
+            Self::Redeem { cert, .. } => {
+                out.push_str("member/");
+                push_hex(out, cert.user.as_bytes());
+                Ok(())
+            }
+            Self::Kick(u) | Self::Leave(u) => {
+                out.push_str("member/");
+                push_hex(out, u.as_bytes());
+                Ok(())
+            }
+            Self::Ban(u, _) | Self::Unban(u) => {
+                out.push_str("ban/");
+                push_hex(out, u.as_bytes());
+                Ok(())
+            }
+            Self::SetNickname(u, _) => {
+                out.push_str("member/");
+                push_hex(out, u.as_bytes());
+                out.write_str("/nick")
+            }
+            Self::AddDevice(c) => {
+                out.push_str("member/");
+                push_hex(out, c.user.as_bytes());
+                out.push_str("/device/");
+                push_hex(out, c.device.as_bytes());
+                Ok(())
+            }
+            Self::RemoveDevice(u, d) => {
+                out.push_str("member/");
+                push_hex(out, u.as_bytes());
+                out.push_str("/device/");
+                push_hex(out, d.as_bytes());
+                Ok(())
+            }
+        };
     }
 
     fn tag(&self) -> u8 {
@@ -334,7 +369,10 @@ pub fn ops_of_with(change: &Change, keys: &mut impl KeySource) -> Result<Vec<Gui
     }
     let expanded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode()))
         .map_err(|_| OpsError::NotAPut(0))?;
-    let mut slots = BTreeSet::new();
+    // Keys already seen, to refuse a slot written twice; a change of one op (most of them)
+    // needs no set. Each key equals its op's slot once checked, so the set holds keys.
+    let mut slots: BTreeSet<&str> = BTreeSet::new();
+    let mut slot = String::with_capacity(160);
     let mut out = Vec::with_capacity(expanded.operations.len());
     for (index, op) in expanded.operations.iter().enumerate() {
         let (key, bytes) = match (&op.obj, &op.key, &op.action, op.insert) {
@@ -347,7 +385,7 @@ pub fn ops_of_with(change: &Change, keys: &mut impl KeySource) -> Result<Vec<Gui
                 .and_then(|op| r.finish().map(|()| op))
                 .map_err(|error| OpsError::Decode { index, error })?
         };
-        let slot = gop.slot();
+        gop.write_slot(&mut slot);
         if slot.as_str() != key.as_str() {
             return Err(OpsError::WrongSlot {
                 index,
@@ -355,10 +393,162 @@ pub fn ops_of_with(change: &Change, keys: &mut impl KeySource) -> Result<Vec<Gui
                 got: key.to_string(),
             });
         }
-        if !slots.insert(slot.clone()) {
+        if n > 1 && !slots.insert(key.as_str()) {
             return Err(OpsError::DuplicateSlot(slot));
         }
         out.push(gop);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::num::NonZeroU64;
+
+    use automerge::ExpandedChange;
+    use automerge::legacy::{Key, ObjectId, OpType};
+    use securecomm_noise::keys::{DeviceSigningKey, RootSigningKey};
+
+    use super::*;
+    use crate::perms::Permissions;
+
+    /// A change of `(key, op)` puts on the root map, as [`crate::Guild`] builds them.
+    fn change_of(puts: &[(&str, &GuildOp)]) -> Change {
+        let operations = puts
+            .iter()
+            .map(|(key, op)| automerge::legacy::Op {
+                action: OpType::Put(ScalarValue::Bytes(op.to_bytes())),
+                obj: ObjectId::Root,
+                key: Key::Map((*key).into()),
+                pred: Vec::new().into(),
+                insert: false,
+            })
+            .collect();
+        Change::from(ExpandedChange {
+            operations,
+            actor_id: automerge::ActorId::from([7u8; 32].as_slice()),
+            hash: None,
+            seq: 1,
+            start_op: NonZeroU64::MIN,
+            time: 0,
+            message: None,
+            deps: Vec::new(),
+            extra_bytes: Vec::new(),
+            author: None,
+        })
+    }
+
+    fn user() -> UserId {
+        RootSigningKey::from_seed(&[1; 32]).public()
+    }
+
+    /// The slots are the wire keys every replica checks: pinned as strings.
+    #[test]
+    fn slots_are_fixed_strings() {
+        let u = user();
+        let d = DeviceSigningKey::from_seed(&[2; 32]).public();
+        let uh: String = u.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let dh: String = d.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let cases = [
+            (GuildOp::SetName("x".into()), "guild/name".to_string()),
+            (GuildOp::SetIcon(None), "guild/icon".into()),
+            (GuildOp::TransferOwnership(u), "guild/owner".into()),
+            (GuildOp::DeleteRole(RoleId(250)), "role/250".into()),
+            (
+                GuildOp::GrantRole(u, RoleId(17)),
+                format!("member/{uh}/role/17"),
+            ),
+            (
+                GuildOp::RevokeRole(u, RoleId(0)),
+                format!("member/{uh}/role/0"),
+            ),
+            (
+                GuildOp::DeleteChannel(ChannelId(u64::MAX)),
+                format!("channel/{}", u64::MAX),
+            ),
+            (
+                GuildOp::RevokeInvite(InviteCode([0xab; 16])),
+                format!("invite/{}", "ab".repeat(16)),
+            ),
+            (GuildOp::Kick(u), format!("member/{uh}")),
+            (GuildOp::Leave(u), format!("member/{uh}")),
+            (GuildOp::Ban(u, "r".into()), format!("ban/{uh}")),
+            (GuildOp::Unban(u), format!("ban/{uh}")),
+            (
+                GuildOp::SetNickname(u, "n".into()),
+                format!("member/{uh}/nick"),
+            ),
+            (
+                GuildOp::RemoveDevice(u, d),
+                format!("member/{uh}/device/{dh}"),
+            ),
+        ];
+        let mut buf = String::from("left over from an earlier op");
+        for (op, want) in cases {
+            assert_eq!(op.slot(), want);
+            op.write_slot(&mut buf);
+            assert_eq!(buf, want);
+        }
+    }
+
+    #[test]
+    fn ops_of_decodes_a_change_of_several_ops() {
+        let ops = [
+            GuildOp::SetName("guild".into()),
+            GuildOp::GrantRole(user(), RoleId(3)),
+            GuildOp::DeleteRole(RoleId(9)),
+        ];
+        let slots: Vec<String> = ops.iter().map(GuildOp::slot).collect();
+        let puts: Vec<(&str, &GuildOp)> = slots.iter().map(String::as_str).zip(&ops).collect();
+        assert_eq!(ops_of(&change_of(&puts)).unwrap(), ops.to_vec());
+    }
+
+    #[test]
+    fn ops_of_refuses_an_op_under_another_slot() {
+        let a = GuildOp::SetName("guild".into());
+        let b = GuildOp::DeleteRole(RoleId(9));
+        let change = change_of(&[("guild/name", &a), ("role/8", &b)]);
+        assert_eq!(
+            ops_of(&change),
+            Err(OpsError::WrongSlot {
+                index: 1,
+                expected: "role/9".into(),
+                got: "role/8".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn ops_of_refuses_a_slot_written_twice() {
+        let a = GuildOp::PutRole(
+            RoleId(4),
+            crate::schema::Role {
+                name: "r".into(),
+                colour: 0,
+                position: 1,
+                permissions: Permissions::NONE,
+                mentionable: false,
+                hoisted: false,
+            },
+        );
+        let b = GuildOp::DeleteRole(RoleId(4));
+        let n = GuildOp::SetName("g".into());
+        let change = change_of(&[("role/4", &a), ("guild/name", &n), ("role/4", &b)]);
+        assert_eq!(
+            ops_of(&change),
+            Err(OpsError::DuplicateSlot("role/4".into()))
+        );
+        // The first error in op order wins: a duplicate before a wrong slot.
+        let change = change_of(&[
+            ("role/4", &a),
+            ("role/4", &b),
+            ("guild/name", &GuildOp::SetIcon(None)),
+        ]);
+        assert_eq!(
+            ops_of(&change),
+            Err(OpsError::DuplicateSlot("role/4".into()))
+        );
+    }
 }

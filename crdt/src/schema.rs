@@ -46,14 +46,14 @@ pub(crate) fn short_hex(b: &[u8]) -> String {
     b.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
-pub(crate) fn full_hex(b: &[u8]) -> String {
+/// Appends the lowercase hex of `b` to `out`.
+pub(crate) fn push_hex(out: &mut String, b: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
+    out.reserve(b.len() * 2);
     for x in b {
-        s.push(char::from(DIGITS[usize::from(x >> 4)]));
-        s.push(char::from(DIGITS[usize::from(x & 15)]));
+        out.push(char::from(DIGITS[usize::from(x >> 4)]));
+        out.push(char::from(DIGITS[usize::from(x & 15)]));
     }
-    s
 }
 
 /// A role's identifier. [`RoleId::EVERYONE`] is the `@everyone` role every member holds.

@@ -252,3 +252,91 @@ fn receiving_in_one_batch_or_one_by_one_gives_the_same_replica() {
     let mut l = Guild::load(&a.save()).unwrap();
     assert_eq!(l.view(), g.view());
 }
+
+/// A receive larger than one signature chunk ([`BATCH_CHUNK`] envelopes, and as many
+/// certificates): one envelope with a flipped signature bit in the first chunk and one
+/// forged certificate in the second. Each spoils its chunk's batch; the chunk is re-checked
+/// one by one, the two bad changes are rejected whole and alone, and every other change is
+/// accepted, giving the replica that made them.
+#[test]
+fn one_forged_signature_per_chunk_of_a_large_receive_is_rejected_alone() {
+    use securecomm_crdt::verify::BATCH_CHUNK;
+    use securecomm_noise::keys::{DeviceSigningKey, RootSigningKey};
+
+    let o = U::new(1);
+    let (mut g, mut envs) = new_guild(&o);
+    let (code, inv) = (
+        InviteCode([3; 16]),
+        Invite {
+            creator: o.id(),
+            expires_at: 0,
+            max_uses: 0,
+        },
+    );
+    envs.push(
+        g.change(&o.dev, 1001, vec![GuildOp::CreateInvite(code, inv)])
+            .unwrap(),
+    );
+    let token = InviteToken::issue(&o.dev, g.id(), code, inv);
+    let seed = |kind: u8, i: usize| {
+        let mut s = [kind; 32];
+        s[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        s
+    };
+    let joiners = BATCH_CHUNK + 200;
+    for i in 0..joiners {
+        let root = RootSigningKey::from_seed(&seed(5, i));
+        let dev = DeviceSigningKey::from_seed(&seed(6, i));
+        let op = GuildOp::Redeem {
+            token: token.clone(),
+            cert: DeviceCert::issue(&root, dev.public()),
+            nickname: format!("m{i}"),
+        };
+        envs.push(g.change(&dev, 1002, vec![op]).unwrap());
+    }
+    // A flipped signature bit in the first chunk (a copy of a real join, which also arrives
+    // intact), and a join whose certificate signature was made over another device, in the
+    // second chunk.
+    let mut batch = envs.clone();
+    let mut flipped = envs[40].clone();
+    flipped.sig.0[9] ^= 0x04;
+    batch.insert(100, flipped);
+    let victim = RootSigningKey::from_seed(&seed(7, 0));
+    let thief = DeviceSigningKey::from_seed(&seed(8, 0));
+    let other = DeviceSigningKey::from_seed(&seed(9, 0));
+    let forged = g
+        .forge_change(
+            &thief,
+            1003,
+            &[GuildOp::Redeem {
+                token: token.clone(),
+                cert: DeviceCert {
+                    user: victim.public(),
+                    device: thief.public(),
+                    sig: DeviceCert::issue(&victim, other.public()).sig,
+                },
+                nickname: "thief".into(),
+            }],
+        )
+        .unwrap();
+    batch.insert(BATCH_CHUNK + 50, forged.clone());
+    assert!(batch.len() > BATCH_CHUNK + 1);
+
+    let mut r = Guild::join(g.id());
+    let rep = r.receive(batch);
+    assert_eq!(rep.accepted.len(), envs.len());
+    assert_eq!(rep.rejected.len(), 2, "{:?}", rep.rejected);
+    assert!(
+        rep.rejected
+            .iter()
+            .any(|(_, e)| *e == RejectReason::Envelope(EnvelopeError::BadSignature))
+    );
+    assert!(
+        rep.rejected
+            .iter()
+            .any(|(h, e)| *h == Some(hash(&forged)) && matches!(e, RejectReason::Unauthorized(_)))
+    );
+    assert_eq!(r.view(), g.view());
+    assert_eq!(r.view().user_of_device(&thief.public()), None);
+    assert_eq!(r.view().members().len(), joiners + 1);
+}
