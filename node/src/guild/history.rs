@@ -123,6 +123,42 @@ impl Decode for Receipt {
     }
 }
 
+/// "You may lack some of my recent messages in this guild: ask me." Sent by a sender to a
+/// connected member whose receipt has not covered a message a few seconds after it was
+/// published (gossip can lose a message into a path that died silently). The member answers
+/// with an empty page and starts a history session with the sender.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nudge {
+    /// The guild.
+    pub guild: GuildId,
+}
+
+impl Encode for Nudge {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(HISTORY_VERSION);
+        w.u8(5);
+        self.guild.encode(w);
+    }
+}
+
+impl Decode for Nudge {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.version("history nudge", HISTORY_VERSION)?;
+        match r.u8()? {
+            5 => {}
+            got => {
+                return Err(DecodeError::UnknownTag {
+                    what: "history nudge",
+                    got: u64::from(got),
+                });
+            }
+        }
+        Ok(Self {
+            guild: GuildId::decode(r)?,
+        })
+    }
+}
+
 fn decode_ranges(r: &mut Reader<'_>) -> Result<Vec<(u64, u64)>, DecodeError> {
     let k = usize::from(r.u16()?);
     if k > MAX_RANGES {
@@ -610,6 +646,28 @@ mod tests {
     }
 
     #[test]
+    fn nudges_round_trip_and_are_not_receipts() {
+        let n = Nudge {
+            guild: GuildId([7; 32]),
+        };
+        let bytes = n.to_bytes();
+        assert_eq!(bytes.len(), 2 + 32);
+        assert_eq!(Nudge::from_bytes(&bytes).unwrap(), n);
+        assert!(Receipt::from_bytes(&bytes).is_err());
+        assert!(HistoryRequest::from_bytes(&bytes).is_err());
+        let receipt = Receipt {
+            guild: GuildId([7; 32]),
+            held: vec![(1, 3)],
+        };
+        assert!(Nudge::from_bytes(&receipt.to_bytes()).is_err());
+        // Truncated and trailing bytes are refused.
+        assert!(Nudge::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Nudge::from_bytes(&longer).is_err());
+    }
+
+    #[test]
     fn request_decoder_refuses_disorder_and_excess() {
         let mut req = HistoryRequest {
             guild: GuildId([1; 32]),
@@ -662,6 +720,7 @@ mod tests {
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = Receipt::from_bytes(&bytes);
+            let _ = Nudge::from_bytes(&bytes);
             let _ = HistoryRequest::from_bytes(&bytes);
             let _ = HistoryResponse::from_bytes(&bytes);
         }

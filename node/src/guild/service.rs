@@ -7,7 +7,7 @@
 //! driver's lock ([`SyncPeer::with_db`] or the apply hook), never across an `await`, and no
 //! `SyncPeer` method is called while it is held.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -130,6 +130,11 @@ struct Inner {
     /// Peers whose last connection closed (they were reachable a moment ago): redialled through
     /// relays at once, whichever side of the pair we are (bounded by [`MAX_LOST_PEERS`]).
     lost: Mutex<HashSet<PeerId>>,
+    /// This device's recent sends (guild, sequence number, when), for the repair round
+    /// (bounded by [`MAX_RECENT_SENDS`]).
+    recent_sends: Mutex<std::collections::VecDeque<(GuildId, u64, tokio::time::Instant)>>,
+    /// When each (guild, member) was last nudged.
+    nudged: Mutex<HashMap<(GuildId, PeerId), tokio::time::Instant>>,
 }
 
 /// How often the node picks up mail and deposits for offline members.
@@ -218,6 +223,14 @@ fn hex_array(s: &str) -> Option<[u8; 32]> {
 
 /// A member is redialled through at most this many of our reserved relays per round.
 const MAX_RELAYS_PER_REDIAL: usize = 2;
+/// Most own sends remembered for the repair round.
+const MAX_RECENT_SENDS: usize = 4096;
+/// A member whose receipt does not cover a message this old is nudged...
+const REPAIR_AFTER: Duration = Duration::from_secs(3);
+/// ... unless the message is older than this (history rounds cover the rest).
+const REPAIR_WINDOW: Duration = Duration::from_secs(60);
+/// Shortest gap between two nudges of one member in one guild.
+const NUDGE_EVERY: Duration = Duration::from_secs(5);
 /// Most peers remembered as just lost.
 const MAX_LOST_PEERS: usize = 4096;
 /// The larger peer id of a pair dials through a relay too once its backoff reaches this.
@@ -298,6 +311,8 @@ impl GuildService {
                 mailbox_busy: tokio::sync::Mutex::new(()),
                 deposit_due: Mutex::new(HashSet::new()),
                 lost: Mutex::new(HashSet::new()),
+                recent_sends: Mutex::new(std::collections::VecDeque::new()),
+                nudged: Mutex::new(HashMap::new()),
             }),
         };
         svc.with_engine(|e, db| e.load_all(db.conn()))??;
@@ -887,6 +902,12 @@ impl GuildService {
         if !published {
             self.inner.sync.wake_outbox();
         }
+        if let Ok(mut r) = self.inner.recent_sends.lock() {
+            if r.len() >= MAX_RECENT_SENDS {
+                r.pop_front();
+            }
+            r.push_back((gid, p.message.seq, tokio::time::Instant::now()));
+        }
         let value = serde_json::to_value(&p.message).unwrap_or(Value::Null);
         self.emit(GuildEvent::Message(p.message));
         if let Ok(mut d) = self.inner.deposit_due.lock() {
@@ -1340,6 +1361,75 @@ impl GuildService {
     }
 
     /// Sends owed delivery receipts to connected senders.
+    /// Nudges every connected member whose receipt does not cover one of this device's
+    /// messages published [`REPAIR_AFTER`] to [`REPAIR_WINDOW`] ago (each member at most once
+    /// per [`NUDGE_EVERY`] and guild): gossip can lose a message into a connection that died
+    /// without either end knowing yet, and without this the member found out only at the
+    /// next history round (up to a minute; netsim's chaos runs saw 5-36 s).
+    async fn repair_round(&self) {
+        let now = tokio::time::Instant::now();
+        let mut due: BTreeMap<GuildId, Vec<u64>> = BTreeMap::new();
+        if let Ok(mut r) = self.inner.recent_sends.lock() {
+            while r.front().is_some_and(|(_, _, t)| now - *t > REPAIR_WINDOW) {
+                r.pop_front();
+            }
+            for (gid, seq, t) in r.iter() {
+                if now - *t >= REPAIR_AFTER {
+                    due.entry(*gid).or_default().push(*seq);
+                }
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        let connected = self.connected().await;
+        for (gid, seqs) in due {
+            let Ok(Ok((devices, receipts))) = self.with_engine(|e, db| {
+                let me = e.keys.me;
+                let devices: Vec<DevicePublicKey> = match e.guilds.get_mut(&gid) {
+                    Some(g) => g
+                        .member_devices()
+                        .into_iter()
+                        .filter(|d| *d != me)
+                        .collect(),
+                    None => Vec::new(),
+                };
+                history::receipts(db.conn(), &gid).map(|r| (devices, r))
+            }) else {
+                continue;
+            };
+            for d in devices {
+                let Some(peer) = peer_of(&d).filter(|p| connected.contains(p)) else {
+                    continue;
+                };
+                let held = receipts.get(&d);
+                if seqs.iter().all(|s| held.is_some_and(|r| r.contains(*s))) {
+                    continue;
+                }
+                let fresh = match self.inner.nudged.lock() {
+                    Ok(mut n) => {
+                        n.retain(|_, t| now - *t < NUDGE_EVERY);
+                        if n.contains_key(&(gid, peer)) || n.len() >= MAX_RECEIPTS_DUE {
+                            false
+                        } else {
+                            n.insert((gid, peer), now);
+                            true
+                        }
+                    }
+                    Err(_) => false,
+                };
+                if fresh {
+                    tracing::debug!(%peer, "nudging a member that has not confirmed recent messages");
+                    let net = self.inner.net.clone();
+                    let bytes = history::Nudge { guild: gid }.to_bytes();
+                    self.spawn(async move {
+                        let _ = net.request(peer, bytes).await;
+                    });
+                }
+            }
+        }
+    }
+
     async fn send_receipts(&self) {
         let due: Vec<(GuildId, DevicePublicKey)> = match self.inner.history.lock() {
             Ok(mut h) => h.receipts_due.drain().collect(),
@@ -1372,6 +1462,21 @@ impl GuildService {
         let Some(device) = device_of(&peer) else {
             return refused("unsupported peer key");
         };
+        if data.get(1) == Some(&5) {
+            let Ok(n) = history::Nudge::from_bytes(data) else {
+                return refused("malformed nudge");
+            };
+            return match self.with_engine(|e, _| e.is_member_device(&n.guild, &device)) {
+                Ok(true) => {
+                    self.history_due(n.guild, Some(peer), Duration::ZERO);
+                    HistoryResponse::Page {
+                        items: Vec::new(),
+                        more: false,
+                    }
+                }
+                _ => refused("not a member of that guild"),
+            };
+        }
         if data.get(1) == Some(&4) {
             let Ok(r) = history::Receipt::from_bytes(data) else {
                 return refused("malformed receipt");
@@ -2359,6 +2464,7 @@ async fn run_ticks(svc: GuildService) {
         }
         svc.start_history().await;
         svc.send_receipts().await;
+        svc.repair_round().await;
         svc.flush_dms().await;
         svc.drain_outq().await;
         let ids: Vec<GuildId> = svc

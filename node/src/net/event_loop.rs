@@ -369,15 +369,19 @@ pub struct EventLoop {
     /// Peers mDNS found on the LAN and has not expired: dialled on discovery and again (with
     /// backoff) whenever no connection to them is open.
     lan: HashMap<PeerId, LanPeer>,
-    /// Each open connection's rank (see [`connection_rank`]).
-    conn_rank: HashMap<ConnectionId, ConnRank>,
+    /// Each open connection's rank (see [`connection_rank`]) and when it opened.
+    conn_rank: HashMap<ConnectionId, (ConnRank, tokio::time::Instant)>,
 }
+
+/// Connections to one peer opened further apart than this are told apart by age (both ends
+/// see the same order); closer ones by rank alone.
+const SAME_MOMENT: Duration = Duration::from_secs(2);
 
 /// How good a connection is; both ends of it compute the same rank.
 type ConnRank = (u8, u8, std::cmp::Reverse<Vec<u8>>);
 
-/// A connection's rank, equal at both ends: direct over relayed, then the one dialled by the
-/// smaller peer id, then (relayed) the one through the smaller relay id.
+/// A connection's rank, equal at both ends: whether it is direct, then whether the smaller peer
+/// id dialled it, then (relayed) the smaller relay id first.
 fn connection_rank(me: &PeerId, peer: &PeerId, endpoint: &ConnectedPoint) -> ConnRank {
     let (addr, we_dialled) = match endpoint {
         ConnectedPoint::Dialer { address, .. } => (address, true),
@@ -685,28 +689,44 @@ impl EventLoop {
         }
     }
 
-    /// Closes every connection to `peer` ranked below its best one.
+    /// Keeps one connection to `peer` and closes the others: a direct one if there is one;
+    /// among those, the newest (a new connection is evidence of a live path, an old one may
+    /// have died without either end knowing yet); among connections opened within
+    /// [`SAME_MOMENT`] of that one, the best ranked. Both ends choose the same.
     ///
     /// gossipsub queues a peer's messages once for all its connections and any of them may
     /// take the next one: with a second path that had died silently (a killed relay's circuit,
     /// noticed only after QUIC's idle timeout) messages vanished into it, and netsim's chaos
-    /// runs saw deliveries 5-15 s late. One connection per peer, the same one chosen at both
-    /// ends, leaves nothing to vanish into.
+    /// runs saw deliveries 5-15 s late. Keeping the old connection instead of the new one made
+    /// it worse: a pair that had just reconnected through the other relay was cut again.
     fn keep_best_connection(&mut self, peer: PeerId) {
         let Some(conns) = self.connections.get(&peer) else {
             return;
         };
-        let ranked: Vec<(ConnectionId, &ConnRank)> = conns
+        let ranked: Vec<(ConnectionId, &ConnRank, tokio::time::Instant)> = conns
             .iter()
-            .filter_map(|c| self.conn_rank.get(&c.0).map(|r| (c.0, r)))
+            .filter_map(|c| self.conn_rank.get(&c.0).map(|(r, t)| (c.0, r, *t)))
             .collect();
-        let Some(best) = ranked.iter().map(|(_, r)| *r).max().cloned() else {
+        let Some(direct) = ranked.iter().map(|(_, r, _)| r.0).max() else {
+            return;
+        };
+        let class: Vec<&(ConnectionId, &ConnRank, tokio::time::Instant)> =
+            ranked.iter().filter(|(_, r, _)| r.0 == direct).collect();
+        let Some(newest) = class.iter().map(|(_, _, t)| *t).max() else {
+            return;
+        };
+        let Some(keep) = class
+            .iter()
+            .filter(|(_, _, t)| newest.duration_since(*t) < SAME_MOMENT)
+            .max_by(|a, b| a.1.cmp(b.1))
+            .map(|(id, _, _)| *id)
+        else {
             return;
         };
         let worse: Vec<ConnectionId> = ranked
             .iter()
-            .filter(|(_, r)| **r < best)
-            .map(|(id, _)| *id)
+            .filter(|(id, _, _)| *id != keep)
+            .map(|(id, _, _)| *id)
             .collect();
         for id in worse {
             tracing::debug!(%peer, ?id, "closing a redundant connection");
@@ -827,8 +847,13 @@ impl EventLoop {
                     endpoint.get_remote_address().clone(),
                 ));
                 let me = *self.swarm.local_peer_id();
-                self.conn_rank
-                    .insert(connection_id, connection_rank(&me, &peer_id, &endpoint));
+                self.conn_rank.insert(
+                    connection_id,
+                    (
+                        connection_rank(&me, &peer_id, &endpoint),
+                        tokio::time::Instant::now(),
+                    ),
+                );
                 self.keep_best_connection(peer_id);
                 if num_established.get() == 1 {
                     self.emit(Event::PeerConnected(peer_id, path));
