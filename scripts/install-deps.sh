@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential pkg-config cmake   # opus builds libopus from source with cmake
   libasound2-dev                     # cpal (voice) on ALSA
+  espeak-ng sox                      # voice quality bench: test speech, resampling to 48/16 kHz
   libssl-dev                         # TLS/SQLCipher builds
   nftables iproute2                  # netsim namespaces and NAT routers
   libgl1 libegl1 libgl1-mesa-dri     # the desktop window draws with OpenGL (Mesa in software

@@ -100,7 +100,7 @@ impl CodecConfig {
 /// up plus a small headroom, so that FEC is on as soon as any loss is seen and is not starved
 /// when loss rises between two reports. At most 50: more buys no useful redundancy.
 pub fn expected_loss_percent(measured: f32) -> u8 {
-    if !(measured > 0.0) {
+    if measured.is_nan() || measured <= 0.0 {
         return 0;
     }
     let pct = (measured.min(1.0) * 100.0).ceil() as u8;

@@ -63,6 +63,8 @@ pub struct SenderStats {
     pub opus_bytes: u64,
     /// Bytes on the wire (Opus plus crypto overhead).
     pub wire_bytes: u64,
+    /// Largest crypto overhead of one frame (header and tag), bytes.
+    pub max_overhead: usize,
 }
 
 /// Encodes and encrypts one outgoing voice stream.
@@ -92,6 +94,10 @@ impl VoiceSender {
         self.stats.frames += 1;
         self.stats.opus_bytes += self.opus.len() as u64;
         self.stats.wire_bytes += out.len() as u64;
+        self.stats.max_overhead = self
+            .stats
+            .max_overhead
+            .max(out.len().saturating_sub(self.opus.len()));
         Ok(())
     }
 
