@@ -618,7 +618,7 @@ mod tests {
             Err(DeviceError::NoDevice { .. }) | Err(DeviceError::Backend(_))
         ));
         if no_card {
-            let e = input.err().expect("input opened without a sound card");
+            let e = input.expect_err("input opened without a sound card");
             assert!(!e.to_string().is_empty());
             assert!(output.is_err(), "output opened without a sound card");
         }
