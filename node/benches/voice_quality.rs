@@ -12,9 +12,10 @@
 //! ```
 //!
 //! *Ours*: in-band FEC with the expected loss set from the receiver's loss reports (one a
-//! second, delivered at once), and a jitter buffer that holds one frame more while loss is seen
-//! so FEC can be used. *Baseline*: the same encoder without FEC, PLC only, the same jitter
-//! buffer without that extra frame.
+//! second, delivered at once), a jitter buffer that holds one frame more while loss is seen so
+//! FEC can be used, and libopus' deep PLC for what FEC cannot rebuild. *FEC only*: the same
+//! with the classic PLC. *Baseline*: the same encoder without FEC, classic PLC, the same
+//! jitter buffer without that extra frame.
 //!
 //! Also printed: pipeline delay capture-to-playback excluding the network (measured by
 //! cross-correlating output with input, per device tick phase), jitter-buffer delay against the
@@ -36,7 +37,9 @@ use std::time::{Duration, Instant};
 use securecomm_node::voice::codec::CodecConfig;
 use securecomm_node::voice::device::{AudioSink, AudioSource, WavSink, WavSource};
 use securecomm_node::voice::jitter::{JitterConfig, JitterStats};
-use securecomm_node::voice::pipeline::{ReceiverStats, SenderStats, VoiceReceiver, VoiceSender};
+use securecomm_node::voice::pipeline::{
+    Concealment, ReceiverStats, SenderStats, VoiceReceiver, VoiceSender,
+};
 use securecomm_node::voice::{FRAME_SAMPLES, FRAME_US, Frame, SAMPLE_RATE};
 use securecomm_noise::frame::{BaseKey, FrameReceiver, FrameSender, frame_kid};
 use securecomm_noise::secret::Secret32;
@@ -52,6 +55,31 @@ const SENTENCES: &[&str] = &[
 const NETWORK_DELAY_US: u64 = 40_000;
 /// Mean burst length of the bursty loss model, in frames (60 ms).
 const MEAN_BURST_FRAMES: f64 = 3.0;
+
+/// What the table compares, all through the same channel.
+const VARIANTS: [(&str, Concealment); 3] = [
+    (
+        "ours",
+        Concealment {
+            fec: true,
+            deep_plc: true,
+        },
+    ),
+    (
+        "classic",
+        Concealment {
+            fec: true,
+            deep_plc: false,
+        },
+    ),
+    (
+        "baseline",
+        Concealment {
+            fec: false,
+            deep_plc: false,
+        },
+    ),
+];
 
 /// SplitMix64: small, seeded, reproducible.
 struct Rng(u64);
@@ -163,7 +191,8 @@ fn samples_at(us: u64) -> usize {
 
 /// One pass of `input` through sender, channel and receiver. Frame `f` is captured during
 /// `[f, f+1) * 20 ms` and sent at its end; the receiver plays a frame at `k * 20 ms + phase`.
-fn run(input: &[i16], channel: &Channel, fec: bool, phase_us: u64) -> RunResult {
+fn run(input: &[i16], channel: &Channel, concealment: Concealment, phase_us: u64) -> RunResult {
+    let fec = concealment.fec;
     let secret = Secret32::from_bytes([0x5a; 32]);
     let mut keys = FrameReceiver::default();
     keys.add_key(frame_kid(1, 0), &BaseKey::for_sender(&secret, 1, 0))
@@ -178,7 +207,7 @@ fn run(input: &[i16], channel: &Channel, fec: bool, phase_us: u64) -> RunResult 
         fec_lookahead: fec,
         ..JitterConfig::default()
     };
-    let mut rx = VoiceReceiver::new(keys, jitter, fec).unwrap();
+    let mut rx = VoiceReceiver::new(keys, jitter, concealment).unwrap();
 
     let frames = channel.lost.len();
     let end_us = (frames as u64 + 15) * FRAME_US + NETWORK_DELAY_US;
@@ -413,23 +442,25 @@ fn main() {
     let mut jb_rows = Vec::new();
     for loss in losses {
         for jitter_ms in jitters {
-            let (mut ours, mut base) = (0.0f64, 0.0f64);
+            let (mut ours, mut classic, mut base) = (0.0f64, 0.0f64, 0.0f64);
             let mut stats = (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0u64, 0u64, 0u64, 0.0f64);
             for seed in 0..seeds {
                 let channel = Channel::new(loss, jitter_ms, frames, 1000 + seed * 7919);
                 let phase = (seed * 7_000 + 3_000) % FRAME_US;
-                for fec in [true, false] {
-                    let r = run(&input, &channel, fec, phase);
+                for (variant, concealment) in VARIANTS {
+                    let r = run(&input, &channel, concealment, phase);
                     let name = format!(
                         "{}_{}ms_seed{}_{}",
                         loss.label().replace([' ', '%'], ""),
                         jitter_ms,
                         seed,
-                        if fec { "ours" } else { "baseline" }
+                        variant
                     );
                     let degraded = to_16k(&dir, &name, &r.output);
                     let score = f64::from(pesq::pesq_wb(&reference, &degraded).unwrap());
-                    if fec {
+                    if variant == "classic" {
+                        classic += score;
+                    } else if variant == "ours" {
                         ours += score;
                         send_cpu += r.send_cpu;
                         sent += r.sender.frames;
@@ -459,12 +490,14 @@ fn main() {
             }
             let s = seeds as f64;
             ours /= s;
+            classic /= s;
             base /= s;
             println!(
-                "{:<13} {:>3} ms | {:>6.2} {:>8.2} {:>+6.2} | {:>8.1}% {:>5.1} ms {:>5.1} ms {:>5.2}% {:>6} {:>6} {:>7}",
+                "{:<13} {:>3} ms | {:>6.2} {:>8.2} {:>8.2} {:>+6.2} | {:>8.1}% {:>5.1} ms {:>5.1} ms {:>5.2}% {:>6} {:>6} {:>7}",
                 loss.label(),
                 jitter_ms,
                 ours,
+                classic,
                 base,
                 ours - base,
                 stats.0 / s * 100.0,
@@ -490,7 +523,7 @@ fn main() {
     let mut lags = Vec::new();
     let mut lookahead = 0;
     for phase_ms in [0u64, 5, 10, 15] {
-        let r = run(&input, &clean, true, phase_ms * 1000);
+        let r = run(&input, &clean, Concealment::default(), phase_ms * 1000);
         lookahead = r.lookahead;
         let lag = delay_lag(&input, &r.output, samples_at(120_000));
         let ms = lag as f64 * 1000.0 / f64::from(SAMPLE_RATE);
@@ -543,12 +576,9 @@ fn main() {
 
     // Keep one pair of recordings to listen to.
     let listen = Channel::new(Loss::Bursty(0.10), 30, frames, 1000);
-    for fec in [true, false] {
-        let r = run(&input, &listen, fec, 3_000);
-        let path = dir.join(format!(
-            "listen_bursty10_jitter30_{}.wav",
-            if fec { "ours" } else { "baseline" }
-        ));
+    for (variant, concealment) in VARIANTS {
+        let r = run(&input, &listen, concealment, 3_000);
+        let path = dir.join(format!("listen_bursty10_jitter30_{variant}.wav"));
         let mut sink = WavSink::create(&path).unwrap();
         for f in 0..frames {
             sink.write_frame(&frame_of(&r.output, f)).unwrap();

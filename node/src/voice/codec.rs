@@ -10,16 +10,19 @@
 //!
 //! What that means for libopus 1.5/1.6's neural tools:
 //!
-//! * **Deep PLC and DRED are not in use.** `opusic-sys` compiles them only with its `dred` or
-//!   `osce` features (cmake `OPUS_DRED`/`OPUS_OSCE`; both off by default), and even compiled in,
-//!   deep PLC runs only when the *decoder's* complexity is set to 5 or more, and DRED needs the
-//!   `opus_dred_*` decoder API and `OPUS_SET_DRED_DURATION` on the encoder. The `opus` crate
-//!   exposes none of these (no decoder complexity control, no DRED calls), and the workspace
-//!   denies `unsafe`, so reaching them means either a safe binding that has them or a small
-//!   reviewed FFI module with a lint exception. That is follow-up work; the quality harness
-//!   measures what we have: classic PLC and in-band FEC (LBRR).
-//! * Everything else wanted is reachable: bitrate, in-band FEC with the expected packet loss,
-//!   DTX, complexity, and decoding with FEC from the next packet or with PLC.
+//! * **Deep PLC is in use.** `opusic-sys` compiles the neural PLC only with its `dred` or
+//!   `osce` feature (cmake `OPUS_DRED`/`OPUS_OSCE`, both off by default); node asks for `dred`
+//!   (which brings the deep PLC with it; the model weights are compiled into the library, no
+//!   file is loaded). Deep PLC then runs only when the *decoder's* complexity is 5 or more, a
+//!   control the `opus` crate does not expose, so [`VoiceDecoder`] calls libopus through the
+//!   small `opus_ffi` module, the crate's only `unsafe` code. [`VoiceDecoder::classic`] keeps
+//!   complexity 0 (the classic PLC) for the harness's baseline.
+//! * **DRED is compiled in but not used yet.** Using it needs `OPUS_SET_DRED_DURATION` on the
+//!   encoder (the `opus` crate's encoder hides its handle, so a raw encoder as well) and the
+//!   `opus_dred_*` calls on the receiving side, and it only pays when the jitter buffer waits
+//!   for a packet *after* a burst: the same delay question as FEC, for longer bursts.
+//! * Everything else wanted is reachable through the `opus` crate: bitrate, in-band FEC with
+//!   the expected packet loss, DTX, complexity on the encoder.
 //!
 //! # Why FEC needs the expected loss
 //!
@@ -31,6 +34,7 @@
 
 use thiserror::Error;
 
+use super::opus_ffi::RawDecoder;
 use super::{FRAME_SAMPLES, Frame, SAMPLE_RATE};
 
 /// Lowest bitrate a voice channel may set, in bits per second.
@@ -209,9 +213,12 @@ pub enum Decoded {
     Plc,
 }
 
+/// Decoder complexity with deep PLC (libopus turns it on from 5).
+pub const DEEP_PLC_COMPLEXITY: u8 = 5;
+
 /// Opus decoder for one incoming voice stream.
 pub struct VoiceDecoder {
-    dec: opus::Decoder,
+    dec: RawDecoder,
 }
 
 impl std::fmt::Debug for VoiceDecoder {
@@ -221,10 +228,21 @@ impl std::fmt::Debug for VoiceDecoder {
 }
 
 impl VoiceDecoder {
-    /// A decoder at 48 kHz mono.
+    /// A decoder at 48 kHz mono with deep PLC.
     pub fn new() -> Result<Self, CodecError> {
+        Self::with_deep_plc(true)
+    }
+
+    /// A decoder with libopus' classic PLC only (complexity 0, libopus' default).
+    pub fn classic() -> Result<Self, CodecError> {
+        Self::with_deep_plc(false)
+    }
+
+    /// A decoder with or without deep PLC.
+    pub fn with_deep_plc(deep_plc: bool) -> Result<Self, CodecError> {
+        let complexity = if deep_plc { DEEP_PLC_COMPLEXITY } else { 0 };
         Ok(Self {
-            dec: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?,
+            dec: RawDecoder::new(SAMPLE_RATE, 1, complexity)?,
         })
     }
 
@@ -412,6 +430,37 @@ pub(crate) mod tests {
             with_fec < with_plc * 0.5,
             "FEC error {with_fec:.3e} vs PLC error {with_plc:.3e}"
         );
+    }
+
+    /// The decoder complexity reaches libopus and deep PLC is compiled in: concealment with it
+    /// differs from the classic PLC after the same packets.
+    #[test]
+    fn deep_plc_is_active() {
+        let input = speechlike(1.0);
+        let mut enc = VoiceEncoder::new(CodecConfig::default().without_fec()).unwrap();
+        let packets: Vec<Vec<u8>> = frames(&input)
+            .map(|f| {
+                let mut p = Vec::new();
+                enc.encode(&f, &mut p).unwrap();
+                p
+            })
+            .collect();
+        let conceal_after = |mut dec: VoiceDecoder| {
+            let mut frame = [0; FRAME_SAMPLES];
+            for p in &packets[..20] {
+                dec.decode(p, &mut frame).unwrap();
+            }
+            let mut out = Vec::new();
+            for _ in 0..3 {
+                assert_eq!(dec.conceal(None, &mut frame).unwrap(), Decoded::Plc);
+                out.extend_from_slice(&frame);
+            }
+            out
+        };
+        let deep = conceal_after(VoiceDecoder::new().unwrap());
+        let classic = conceal_after(VoiceDecoder::classic().unwrap());
+        assert!(deep.iter().any(|s| *s != 0), "deep PLC produced silence");
+        assert_ne!(deep, classic, "deep PLC is not in use");
     }
 
     #[test]

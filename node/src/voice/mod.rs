@@ -22,6 +22,7 @@
 pub mod codec;
 pub mod device;
 pub mod jitter;
+mod opus_ffi;
 pub mod pipeline;
 
 /// Sample rate of every voice signal, in Hz.

@@ -142,6 +142,34 @@ pub enum Played {
     Concealed,
 }
 
+/// How a receiver fills frames that were not there in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concealment {
+    /// Rebuild a lost frame from the next packet's in-band FEC when it is there.
+    pub fec: bool,
+    /// libopus' neural PLC instead of the classic one.
+    pub deep_plc: bool,
+}
+
+impl Default for Concealment {
+    fn default() -> Self {
+        Self {
+            fec: true,
+            deep_plc: true,
+        }
+    }
+}
+
+impl Concealment {
+    /// Classic PLC only, no FEC (the harness's baseline).
+    pub fn plain() -> Self {
+        Self {
+            fec: false,
+            deep_plc: false,
+        }
+    }
+}
+
 /// Counters of a receiver.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReceiverStats {
@@ -173,18 +201,17 @@ pub struct VoiceReceiver {
 }
 
 impl VoiceReceiver {
-    /// A receiver decrypting with `frames`; `use_fec` false decodes lost frames with PLC only
-    /// (the harness's baseline).
+    /// A receiver decrypting with `frames`, filling gaps as `concealment` says.
     pub fn new(
         frames: FrameReceiver,
         jitter: JitterConfig,
-        use_fec: bool,
+        concealment: Concealment,
     ) -> Result<Self, VoiceError> {
         Ok(Self {
             frames,
             jitter: JitterBuffer::new(jitter),
-            decoder: VoiceDecoder::new()?,
-            use_fec,
+            decoder: VoiceDecoder::with_deep_plc(concealment.deep_plc)?,
+            use_fec: concealment.fec,
             offsets: Vec::with_capacity(MAX_STREAM_KEYS),
             highest_seq: None,
             plaintext: Vec::with_capacity(MAX_PACKET),
@@ -336,7 +363,7 @@ mod tests {
         let (tx, rx) = keyed(1, [7; 32], 2);
         (
             VoiceSender::new(CodecConfig::default(), tx).unwrap(),
-            VoiceReceiver::new(rx, JitterConfig::default(), true).unwrap(),
+            VoiceReceiver::new(rx, JitterConfig::default(), Concealment::default()).unwrap(),
         )
     }
 
@@ -424,7 +451,8 @@ mod tests {
     fn authentic_frames_with_a_bad_payload_are_rejected() {
         // An insider with the key sends what is not a 20 ms Opus packet.
         let (mut raw, rx) = keyed(1, [7; 32], 2);
-        let mut rx = VoiceReceiver::new(rx, JitterConfig::default(), true).unwrap();
+        let mut rx =
+            VoiceReceiver::new(rx, JitterConfig::default(), Concealment::default()).unwrap();
         for payload in [
             &[][..],
             &[18 << 3, 0, 0][..],
@@ -467,7 +495,8 @@ mod tests {
             .unwrap();
         let (_, mut outsider) = keyed(1, [7; 32], 2);
         outsider.remove_key(frame_kid(1, 2));
-        let mut outsider = VoiceReceiver::new(outsider, JitterConfig::default(), true).unwrap();
+        let mut outsider =
+            VoiceReceiver::new(outsider, JitterConfig::default(), Concealment::default()).unwrap();
 
         for _ in 0..3 {
             let p = tx.send(&pcm).unwrap();
