@@ -422,13 +422,14 @@ fn main() {
 
     println!();
     println!(
-        "PESQ-WB (P.862.2 MOS-LQO) at 64 kbit/s, mean of {seeds} seed(s); baseline = no FEC, PLC only"
+        "PESQ-WB (P.862.2 MOS-LQO) at 64 kbit/s, mean of {seeds} seed(s). ours = FEC + deep PLC; FEC only = FEC + classic PLC; baseline = no FEC, classic PLC; diff = ours - baseline"
     );
     println!(
-        "{:<13} {:>6} | {:>6} {:>8} {:>6} | {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>7}",
+        "{:<13} {:>6} | {:>6} {:>8} {:>8} {:>6} | {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>7}",
         "loss",
         "jitter",
         "ours",
+        "FEC only",
         "baseline",
         "diff",
         "loss seen",
