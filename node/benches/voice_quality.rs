@@ -25,7 +25,7 @@
 //! Run: `cargo bench -p securecomm-node --bench voice_quality`. Needs `espeak-ng` and `sox`
 //! (`scripts/install-deps.sh`). Env: `SEEDS` (runs per cell, default 3), `VOICE_WAV` (use this
 //! 48 kHz mono WAV instead of generated speech), `VOICE_OUT` (directory for the WAV files; a
-//! temporary one by default).
+//! temporary one by default), `COMPLEXITY` (Opus encoder complexity, default the pipeline's).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::cmp::Reverse;
@@ -177,6 +177,98 @@ struct RunResult {
     lookahead: usize,
 }
 
+/// CPU time this thread has run, in nanoseconds (`/proc/thread-self/schedstat`), or `None`
+/// where that file does not exist.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// Receives `packets` (every `loss_every`-th one lost, 0: none) and plays a frame per packet.
+fn receive_pass(
+    packets: &[Vec<u8>],
+    secret: &Secret32,
+    loss_every: usize,
+    concealment: Concealment,
+) {
+    let mut keys = FrameReceiver::default();
+    keys.add_key(frame_kid(1, 0), &BaseKey::for_sender(secret, 1, 0))
+        .unwrap();
+    let mut rx = VoiceReceiver::new(keys, JitterConfig::default(), concealment).unwrap();
+    let mut out = [0i16; FRAME_SAMPLES];
+    for (i, p) in packets.iter().enumerate() {
+        let now = i as u64 * FRAME_US;
+        if loss_every == 0 || i % loss_every != 3 {
+            rx.receive(p, now).unwrap();
+        }
+        rx.play(now + 25_000, &mut out).unwrap();
+    }
+}
+
+/// CPU per sent and per received frame, counted in this thread's own CPU time (not wall
+/// clock, so other processes on the machine do not inflate it); best of three passes.
+fn cpu_report(input: &[i16]) {
+    let frames = input.len().div_ceil(FRAME_SAMPLES);
+    let secret = Secret32::from_bytes([0x11; 32]);
+    let measure = |f: &mut dyn FnMut()| -> f64 {
+        (0..3)
+            .filter_map(|_| {
+                let start = thread_cpu_ns()?;
+                f();
+                Some((thread_cpu_ns()? - start) as f64 / 1e6)
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    // Packets to receive, made once.
+    let mut tx = VoiceSender::new(
+        CodecConfig {
+            complexity: encoder_complexity(),
+            ..CodecConfig::default()
+        },
+        FrameSender::for_call(&secret, 1, 0),
+    )
+    .unwrap();
+    tx.receiver_report(0.1).unwrap();
+    let packets: Vec<Vec<u8>> = (0..frames)
+        .map(|f| tx.send(&frame_of(input, f)).unwrap())
+        .collect();
+    let send_ms = measure(&mut || {
+        let mut tx = VoiceSender::new(
+            CodecConfig {
+                complexity: encoder_complexity(),
+                ..CodecConfig::default()
+            },
+            FrameSender::for_call(&secret, 1, 0),
+        )
+        .unwrap();
+        tx.receiver_report(0.1).unwrap();
+        let mut out = Vec::new();
+        for f in 0..frames {
+            tx.send_into(&frame_of(input, f), &mut out).unwrap();
+        }
+    });
+    let recv_clean = measure(&mut || receive_pass(&packets, &secret, 0, Concealment::default()));
+    let recv_lossy = measure(&mut || receive_pass(&packets, &secret, 10, Concealment::default()));
+    let recv_plain = measure(&mut || receive_pass(&packets, &secret, 10, Concealment::plain()));
+    let per = |ms: f64| ms / frames as f64;
+    println!(
+        "CPU, thread CPU time, best of 3 (encoder complexity {}): {:.3} ms per sent frame (Opus encode incl. FEC + encrypt); per received frame {:.3} ms without loss, {:.3} ms with 10% loss (FEC + deep PLC), {:.3} ms with 10% loss and classic PLC only",
+        encoder_complexity(),
+        per(send_ms),
+        per(recv_clean),
+        per(recv_lossy),
+        per(recv_plain),
+    );
+}
+
+/// Opus encoder complexity (env `COMPLEXITY`, default the pipeline's).
+fn encoder_complexity() -> u8 {
+    std::env::var("COMPLEXITY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(CodecConfig::default().complexity)
+}
+
 fn frame_of(pcm: &[i16], f: usize) -> Frame {
     let mut frame = [0; FRAME_SAMPLES];
     let start = (f * FRAME_SAMPLES).min(pcm.len());
@@ -197,11 +289,11 @@ fn run(input: &[i16], channel: &Channel, concealment: Concealment, phase_us: u64
     let mut keys = FrameReceiver::default();
     keys.add_key(frame_kid(1, 0), &BaseKey::for_sender(&secret, 1, 0))
         .unwrap();
-    let codec = if fec {
-        CodecConfig::default()
-    } else {
-        CodecConfig::default().without_fec()
+    let base = CodecConfig {
+        complexity: encoder_complexity(),
+        ..CodecConfig::default()
     };
+    let codec = if fec { base } else { base.without_fec() };
     let mut tx = VoiceSender::new(codec, FrameSender::for_call(&secret, 1, 0)).unwrap();
     let jitter = JitterConfig {
         fec_lookahead: fec,
@@ -568,12 +660,13 @@ fn main() {
         opus_bytes as f64 * 8.0 / (overhead_frames as f64 * 0.02) / 1000.0
     );
     println!(
-        "CPU: {:.3} ms per sent frame (Opus encode + encrypt), {:.3} ms per received frame (decrypt + jitter buffer + decode/FEC/PLC), {} and {} frames",
+        "CPU, wall clock inside the table's runs (inflated when the machine is shared): {:.3} ms per sent frame, {:.3} ms per received frame, {} and {} frames",
         send_cpu.as_secs_f64() * 1000.0 / sent as f64,
         recv_cpu.as_secs_f64() * 1000.0 / ticks as f64,
         sent,
         ticks
     );
+    cpu_report(&input);
 
     // Keep one pair of recordings to listen to.
     let listen = Channel::new(Loss::Bursty(0.10), 30, frames, 1000);
