@@ -57,12 +57,21 @@ const NETWORK_DELAY_US: u64 = 40_000;
 const MEAN_BURST_FRAMES: f64 = 3.0;
 
 /// What the table compares, all through the same channel.
-const VARIANTS: [(&str, Concealment); 3] = [
+const VARIANTS: [(&str, Concealment); 4] = [
     (
         "ours",
         Concealment {
             fec: true,
             deep_plc: true,
+            dred: true,
+        },
+    ),
+    (
+        "deep",
+        Concealment {
+            fec: true,
+            deep_plc: true,
+            dred: false,
         },
     ),
     (
@@ -70,6 +79,7 @@ const VARIANTS: [(&str, Concealment); 3] = [
         Concealment {
             fec: true,
             deep_plc: false,
+            dred: false,
         },
     ),
     (
@@ -77,6 +87,7 @@ const VARIANTS: [(&str, Concealment); 3] = [
         Concealment {
             fec: false,
             deep_plc: false,
+            dred: false,
         },
     ),
 ];
@@ -293,10 +304,16 @@ fn run(input: &[i16], channel: &Channel, concealment: Concealment, phase_us: u64
         complexity: encoder_complexity(),
         ..CodecConfig::default()
     };
-    let codec = if fec { base } else { base.without_fec() };
+    let codec = match (fec, concealment.dred) {
+        (false, _) => base.without_fec(),
+        (true, false) => base.without_dred(),
+        (true, true) => base,
+    };
     let mut tx = VoiceSender::new(codec, FrameSender::for_call(&secret, 1, 0)).unwrap();
     let jitter = JitterConfig {
         fec_lookahead: fec,
+        // Waiting past the next packet only pays with DRED.
+        max_lookahead_frames: if concealment.dred { 3 } else { 1 },
         ..JitterConfig::default()
     };
     let mut rx = VoiceReceiver::new(keys, jitter, concealment).unwrap();
@@ -514,13 +531,14 @@ fn main() {
 
     println!();
     println!(
-        "PESQ-WB (P.862.2 MOS-LQO) at 64 kbit/s, mean of {seeds} seed(s). ours = FEC + deep PLC; FEC only = FEC + classic PLC; baseline = no FEC, classic PLC; diff = ours - baseline"
+        "PESQ-WB (P.862.2 MOS-LQO) at 64 kbit/s, mean of {seeds} seed(s). ours = FEC + DRED + deep PLC; FEC+dPLC = FEC + deep PLC; FEC only = FEC + classic PLC; baseline = no FEC, classic PLC; diff = ours - baseline"
     );
     println!(
-        "{:<13} {:>6} | {:>6} {:>8} {:>8} {:>6} | {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>7}",
+        "{:<13} {:>6} | {:>6} {:>8} {:>8} {:>8} {:>6} | {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7}",
         "loss",
         "jitter",
         "ours",
+        "FEC+dPLC",
         "FEC only",
         "baseline",
         "diff",
@@ -529,14 +547,17 @@ fn main() {
         "JB delay",
         "late%",
         "FEC",
+        "DRED",
         "PLC",
         "stretch"
     );
     let mut jb_rows = Vec::new();
     for loss in losses {
         for jitter_ms in jitters {
-            let (mut ours, mut classic, mut base) = (0.0f64, 0.0f64, 0.0f64);
-            let mut stats = (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0u64, 0u64, 0u64, 0.0f64);
+            let (mut ours, mut deep, mut classic, mut base) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+            let mut stats = (
+                0.0f64, 0.0f64, 0.0f64, 0.0f64, 0u64, 0u64, 0u64, 0.0f64, 0u64,
+            );
             for seed in 0..seeds {
                 let channel = Channel::new(loss, jitter_ms, frames, 1000 + seed * 7919);
                 let phase = (seed * 7_000 + 3_000) % FRAME_US;
@@ -551,7 +572,9 @@ fn main() {
                     );
                     let degraded = to_16k(&dir, &name, &r.output);
                     let score = f64::from(pesq::pesq_wb(&reference, &degraded).unwrap());
-                    if variant == "classic" {
+                    if variant == "deep" {
+                        deep += score;
+                    } else if variant == "classic" {
                         classic += score;
                     } else if variant == "ours" {
                         ours += score;
@@ -570,6 +593,7 @@ fn main() {
                         stats.2 += r.jitter.mean_buffer_delay_ms();
                         stats.3 += r.jitter.late_fraction() * 100.0;
                         stats.4 += r.receiver.fec;
+                        stats.8 += r.receiver.dred;
                         stats.5 += r.receiver.concealed;
                         stats.6 += r.jitter.stretched;
                         stats.7 += r.target_us as f64 / 1000.0;
@@ -583,13 +607,15 @@ fn main() {
             }
             let s = seeds as f64;
             ours /= s;
+            deep /= s;
             classic /= s;
             base /= s;
             println!(
-                "{:<13} {:>3} ms | {:>6.2} {:>8.2} {:>8.2} {:>+6.2} | {:>8.1}% {:>5.1} ms {:>5.1} ms {:>5.2}% {:>6} {:>6} {:>7}",
+                "{:<13} {:>3} ms | {:>6.2} {:>8.2} {:>8.2} {:>8.2} {:>+6.2} | {:>8.1}% {:>5.1} ms {:>5.1} ms {:>5.2}% {:>6} {:>6} {:>6} {:>7}",
                 loss.label(),
                 jitter_ms,
                 ours,
+                deep,
                 classic,
                 base,
                 ours - base,
@@ -598,13 +624,14 @@ fn main() {
                 stats.2 / s,
                 stats.3 / s,
                 stats.4 / seeds,
+                stats.8 / seeds,
                 stats.5 / seeds,
                 stats.6 / seeds,
             );
         }
     }
     println!(
-        "(ours columns: loss seen = channel loss; JB delay = mean playout time minus earliest possible arrival; FEC/PLC/stretch = frames per run)"
+        "(ours columns: loss seen = channel loss; JB delay = mean playout time minus earliest possible arrival; FEC/DRED/PLC/stretch = frames per run)"
     );
 
     // Pipeline delay, capture to playback, without network delay or jitter, per tick phase.
@@ -634,7 +661,7 @@ fn main() {
 
     println!();
     println!(
-        "Jitter buffer, ours, seed 0 (target = p95 jitter + 5 ms margin, + 20 ms while loss > 1%):"
+        "Jitter buffer, ours, seed 0 (target = p95 jitter + 5 ms margin, + 20-60 ms (mean loss burst, 1-3 frames) while loss > 1%):"
     );
     for (loss, jitter_ms, j, p95, target) in &jb_rows {
         println!(

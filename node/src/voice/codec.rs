@@ -34,7 +34,9 @@
 
 use thiserror::Error;
 
-use super::opus_ffi::RawDecoder;
+use opusic_sys as ffi;
+
+use super::opus_ffi::{RawDecoder, RawDred, RawEncoder};
 use super::{FRAME_SAMPLES, Frame, SAMPLE_RATE};
 
 /// Lowest bitrate a voice channel may set, in bits per second.
@@ -80,6 +82,9 @@ pub struct CodecConfig {
     pub dtx: bool,
     /// Encoder complexity 0..=10.
     pub complexity: u8,
+    /// Deep redundancy (DRED) to carry, in 10 ms units (0: none). libopus spends bits on it
+    /// only while loss is expected, in proportion to it.
+    pub dred_duration: u8,
 }
 
 impl Default for CodecConfig {
@@ -89,14 +94,27 @@ impl Default for CodecConfig {
             fec: true,
             dtx: true,
             complexity: 10,
+            dred_duration: 10,
         }
     }
 }
 
 impl CodecConfig {
-    /// The harness's baseline: the same encoder without FEC.
+    /// The harness's baseline: the same encoder without FEC or DRED.
     pub fn without_fec(self) -> Self {
-        Self { fec: false, ..self }
+        Self {
+            fec: false,
+            dred_duration: 0,
+            ..self
+        }
+    }
+
+    /// The same encoder without DRED.
+    pub fn without_dred(self) -> Self {
+        Self {
+            dred_duration: 0,
+            ..self
+        }
     }
 }
 
@@ -113,7 +131,7 @@ pub fn expected_loss_percent(measured: f32) -> u8 {
 
 /// Opus encoder for one outgoing voice stream.
 pub struct VoiceEncoder {
-    enc: opus::Encoder,
+    enc: RawEncoder,
     config: CodecConfig,
     loss_percent: u8,
 }
@@ -139,15 +157,39 @@ impl VoiceEncoder {
     /// A VoIP-tuned encoder at 48 kHz mono with `config`.
     pub fn new(config: CodecConfig) -> Result<Self, CodecError> {
         let bitrate = check_bitrate(config.bitrate)?;
-        let mut enc =
-            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
-        enc.set_bitrate(opus::Bitrate::Bits(bitrate))?;
-        enc.set_vbr(true)?;
-        enc.set_signal(opus::Signal::Voice)?;
-        enc.set_complexity(i32::from(config.complexity.min(10)))?;
-        enc.set_inband_fec(config.fec)?;
-        enc.set_dtx(config.dtx)?;
-        enc.set_packet_loss_perc(0)?;
+        let mut enc = RawEncoder::new_voip_mono(SAMPLE_RATE)?;
+        enc.set(ffi::OPUS_SET_BITRATE_REQUEST, bitrate, "OPUS_SET_BITRATE")?;
+        enc.set(ffi::OPUS_SET_VBR_REQUEST, 1, "OPUS_SET_VBR")?;
+        enc.set(
+            ffi::OPUS_SET_SIGNAL_REQUEST,
+            ffi::OPUS_SIGNAL_VOICE,
+            "OPUS_SET_SIGNAL",
+        )?;
+        enc.set(
+            ffi::OPUS_SET_COMPLEXITY_REQUEST,
+            i32::from(config.complexity.min(10)),
+            "OPUS_SET_COMPLEXITY",
+        )?;
+        enc.set(
+            ffi::OPUS_SET_INBAND_FEC_REQUEST,
+            i32::from(config.fec),
+            "OPUS_SET_INBAND_FEC",
+        )?;
+        enc.set(
+            ffi::OPUS_SET_DTX_REQUEST,
+            i32::from(config.dtx),
+            "OPUS_SET_DTX",
+        )?;
+        enc.set(
+            ffi::OPUS_SET_PACKET_LOSS_PERC_REQUEST,
+            0,
+            "OPUS_SET_PACKET_LOSS_PERC",
+        )?;
+        enc.set(
+            ffi::OPUS_SET_DRED_DURATION_REQUEST,
+            i32::from(config.dred_duration),
+            "OPUS_SET_DRED_DURATION",
+        )?;
         Ok(Self {
             enc,
             config,
@@ -163,7 +205,8 @@ impl VoiceEncoder {
     /// Changes the bitrate (a voice channel's setting).
     pub fn set_bitrate(&mut self, bitrate: u32) -> Result<(), CodecError> {
         let b = check_bitrate(bitrate)?;
-        self.enc.set_bitrate(opus::Bitrate::Bits(b))?;
+        self.enc
+            .set(ffi::OPUS_SET_BITRATE_REQUEST, b, "OPUS_SET_BITRATE")?;
         self.config.bitrate = bitrate;
         Ok(())
     }
@@ -176,7 +219,11 @@ impl VoiceEncoder {
         }
         let pct = expected_loss_percent(loss);
         if pct != self.loss_percent {
-            self.enc.set_packet_loss_perc(i32::from(pct))?;
+            self.enc.set(
+                ffi::OPUS_SET_PACKET_LOSS_PERC_REQUEST,
+                i32::from(pct),
+                "OPUS_SET_PACKET_LOSS_PERC",
+            )?;
             self.loss_percent = pct;
         }
         Ok(())
@@ -198,7 +245,7 @@ impl VoiceEncoder {
 
     /// The encoder's lookahead in samples at 48 kHz (part of the pipeline's delay).
     pub fn lookahead(&mut self) -> Result<usize, CodecError> {
-        Ok(usize::try_from(self.enc.get_lookahead()?).unwrap_or(0))
+        Ok(usize::try_from(self.enc.lookahead()?).unwrap_or(0))
     }
 }
 
@@ -211,6 +258,8 @@ pub enum Decoded {
     Fec,
     /// Packet loss concealment (no packet and no FEC available).
     Plc,
+    /// From the deep redundancy (DRED) of a later packet.
+    Dred,
 }
 
 /// Decoder complexity with deep PLC (libopus turns it on from 5).
@@ -219,6 +268,9 @@ pub const DEEP_PLC_COMPLEXITY: u8 = 5;
 /// Opus decoder for one incoming voice stream.
 pub struct VoiceDecoder {
     dec: RawDecoder,
+    dred: Option<RawDred>,
+    /// Key of the packet whose DRED is parsed in `dred`, and how many samples it covers.
+    dred_parsed: Option<(u64, usize)>,
 }
 
 impl std::fmt::Debug for VoiceDecoder {
@@ -243,7 +295,49 @@ impl VoiceDecoder {
         let complexity = if deep_plc { DEEP_PLC_COMPLEXITY } else { 0 };
         Ok(Self {
             dec: RawDecoder::new(SAMPLE_RATE, 1, complexity)?,
+            dred: None,
+            dred_parsed: None,
         })
+    }
+
+    /// Also decodes DRED (needs deep PLC's models; `with_deep_plc(true)` first).
+    pub fn enable_dred(&mut self) -> Result<(), CodecError> {
+        self.dred = Some(RawDred::new()?);
+        Ok(())
+    }
+
+    /// Makes a lost frame from the DRED of a packet `distance` frames later (`key` identifies
+    /// that packet, so a burst parses it once). Falls back to PLC when DRED is off, the packet
+    /// carries none, or it does not reach back far enough.
+    pub fn conceal_from_later(
+        &mut self,
+        later: &[u8],
+        key: u64,
+        distance: u64,
+        out: &mut Frame,
+    ) -> Result<Decoded, CodecError> {
+        let offset = usize::try_from(distance)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(FRAME_SAMPLES);
+        if let Some(dred) = self.dred.as_mut() {
+            check_packet(later)?;
+            let covered = match self.dred_parsed {
+                Some((k, covered)) if k == key => covered,
+                _ => {
+                    let max = u32::try_from(offset).unwrap_or(u32::MAX);
+                    let covered = dred.parse(later, max, SAMPLE_RATE).unwrap_or(0);
+                    self.dred_parsed = Some((key, covered));
+                    covered
+                }
+            };
+            if offset > 0 && covered >= offset {
+                let n = self.dec.dred_decode(dred, offset, out)?;
+                if n == FRAME_SAMPLES {
+                    return Ok(Decoded::Dred);
+                }
+            }
+        }
+        self.conceal(None, out)
     }
 
     /// Checks that `packet` is one well-formed 20 ms Opus packet without decoding it.

@@ -62,6 +62,9 @@ pub struct JitterConfig {
     pub shrink_interval: u32,
     /// Whether to add the FEC lookahead (the harness's no-FEC baseline turns it off).
     pub fec_lookahead: bool,
+    /// Most frames held for redundancy under loss: the lookahead follows the mean length of
+    /// loss bursts (rounded) up to this, so DRED in the packet after a burst can rebuild it.
+    pub max_lookahead_frames: u64,
 }
 
 impl Default for JitterConfig {
@@ -75,6 +78,7 @@ impl Default for JitterConfig {
             shrink_step_us: 1_000,
             shrink_interval: 5,
             fec_lookahead: true,
+            max_lookahead_frames: 3,
         }
     }
 }
@@ -98,6 +102,8 @@ pub enum Action {
         seq: u64,
         /// The next frame's payload, if it is already here.
         next: Option<Vec<u8>>,
+        /// The nearest later packet that is here (sequence number, payload), for DRED.
+        later: Option<(u64, Vec<u8>)>,
     },
     /// The buffer is growing: play one concealed frame and consume nothing.
     Stretch,
@@ -191,6 +197,9 @@ pub struct JitterBuffer {
     p95_us: u64,
     target_us: u64,
     loss_ewma: f32,
+    /// Frames missing in a row so far, and the smoothed length of finished runs.
+    run: u64,
+    burst_ewma: f32,
     ticks_since_skip: u32,
     stats: JitterStats,
 }
@@ -223,6 +232,8 @@ impl JitterBuffer {
             p95_us: 0,
             target_us: config.margin_us,
             loss_ewma: 0.0,
+            run: 0,
+            burst_ewma: 1.0,
             ticks_since_skip: 0,
             stats: JitterStats::default(),
         }
@@ -400,6 +411,10 @@ impl JitterBuffer {
                 self.stats.played += 1;
                 self.stats.residence_us += now_us.saturating_sub(held.arrival_us);
                 self.loss_ewma *= 1.0 - LOSS_ALPHA;
+                if self.run > 0 {
+                    self.burst_ewma = 0.8 * self.burst_ewma + 0.2 * self.run as f32;
+                    self.run = 0;
+                }
                 Action::Packet {
                     seq: next,
                     payload: held.payload,
@@ -408,12 +423,18 @@ impl JitterBuffer {
             None => {
                 self.stats.missing += 1;
                 self.loss_ewma = self.loss_ewma * (1.0 - LOSS_ALPHA) + LOSS_ALPHA;
+                self.run += 1;
                 Action::Missing {
                     seq: next,
                     next: self
                         .packets
                         .get(&next.saturating_add(1))
                         .map(|h| h.payload.clone()),
+                    later: self
+                        .packets
+                        .range(next.saturating_add(1)..)
+                        .next()
+                        .map(|(s, h)| (*s, h.payload.clone())),
                 }
             }
         };
@@ -560,7 +581,8 @@ mod tests {
             jb.pop(2 * F + 10_000).action,
             Action::Missing {
                 seq: 2,
-                next: Some(vec![3])
+                next: Some(vec![3]),
+                later: Some((3, vec![3])),
             }
         );
         jb.push(2, vec![2], 2 * F + 15_000);
@@ -575,7 +597,11 @@ mod tests {
         // Nothing more: concealment, not silence or a panic.
         assert_eq!(
             jb.pop(4 * F + 10_000).action,
-            Action::Missing { seq: 4, next: None }
+            Action::Missing {
+                seq: 4,
+                next: None,
+                later: None,
+            }
         );
     }
 

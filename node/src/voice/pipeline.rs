@@ -138,6 +138,8 @@ pub enum Played {
     Packet,
     /// Rebuilt from the next packet's FEC.
     Fec,
+    /// Rebuilt from a later packet's deep redundancy (DRED).
+    Dred,
     /// Concealed (lost frame without FEC, or a stretch to grow the buffer).
     Concealed,
 }
@@ -149,6 +151,9 @@ pub struct Concealment {
     pub fec: bool,
     /// libopus' neural PLC instead of the classic one.
     pub deep_plc: bool,
+    /// Rebuild lost frames from the deep redundancy (DRED) of a later packet (needs
+    /// `deep_plc`).
+    pub dred: bool,
 }
 
 impl Default for Concealment {
@@ -156,6 +161,7 @@ impl Default for Concealment {
         Self {
             fec: true,
             deep_plc: true,
+            dred: true,
         }
     }
 }
@@ -166,6 +172,7 @@ impl Concealment {
         Self {
             fec: false,
             deep_plc: false,
+            dred: false,
         }
     }
 }
@@ -181,6 +188,8 @@ pub struct ReceiverStats {
     pub decoded: u64,
     /// Frames rebuilt from FEC.
     pub fec: u64,
+    /// Frames rebuilt from DRED.
+    pub dred: u64,
     /// Frames concealed.
     pub concealed: u64,
 }
@@ -210,7 +219,13 @@ impl VoiceReceiver {
         Ok(Self {
             frames,
             jitter: JitterBuffer::new(jitter),
-            decoder: VoiceDecoder::with_deep_plc(concealment.deep_plc)?,
+            decoder: {
+                let mut d = VoiceDecoder::with_deep_plc(concealment.deep_plc)?;
+                if concealment.dred && concealment.deep_plc {
+                    d.enable_dred()?;
+                }
+                d
+            },
             use_fec: concealment.fec,
             offsets: Vec::with_capacity(MAX_STREAM_KEYS),
             highest_seq: None,
@@ -305,10 +320,20 @@ impl VoiceReceiver {
                     Played::Concealed
                 }
             },
-            Action::Missing { next, .. } => {
-                let next = if self.use_fec { next.as_deref() } else { None };
-                match self.decoder.conceal(next, out)? {
+            Action::Missing { seq, next, later } => {
+                let how = match (next, later) {
+                    (Some(next), _) if self.use_fec => self.decoder.conceal(Some(&next), out)?,
+                    (_, Some((later_seq, later))) => self.decoder.conceal_from_later(
+                        &later,
+                        later_seq,
+                        later_seq.saturating_sub(seq),
+                        out,
+                    )?,
+                    _ => self.decoder.conceal(None, out)?,
+                };
+                match how {
                     Decoded::Fec => Played::Fec,
+                    Decoded::Dred => Played::Dred,
                     _ => Played::Concealed,
                 }
             }
@@ -331,6 +356,7 @@ impl VoiceReceiver {
         match played {
             Played::Packet => self.stats.decoded += 1,
             Played::Fec => self.stats.fec += 1,
+            Played::Dred => self.stats.dred += 1,
             Played::Concealed => self.stats.concealed += 1,
             Played::Silence => {}
         }
