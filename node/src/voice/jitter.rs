@@ -338,7 +338,8 @@ impl JitterBuffer {
     fn wanted_target(&self) -> u64 {
         let lookahead =
             if self.config.fec_lookahead && self.loss_ewma > self.config.fec_lookahead_loss {
-                FRAME_US
+                let max = self.config.max_lookahead_frames.max(1);
+                (self.burst_ewma.round() as u64).clamp(1, max) * FRAME_US
             } else {
                 0
             };
@@ -687,6 +688,29 @@ mod tests {
         });
         run(&mut plain, &arrivals, 9_000, 3);
         assert_eq!(plain.target_us(), MARGIN);
+    }
+
+    #[test]
+    fn bursts_lengthen_the_lookahead_up_to_the_limit() {
+        let mut jb = JitterBuffer::default();
+        // Three frames lost out of every 20.
+        let arrivals: Vec<Option<u64>> = (0..1000u64)
+            .map(|i| (i % 20 >= 3).then_some(30_000 + i * F))
+            .collect();
+        let out = run(&mut jb, &arrivals, 9_000, 3);
+        assert_eq!(jb.target_us(), MARGIN + 3 * F, "{:?}", jb.stats());
+        // With the lookahead in place the first frame of a burst sees the packet after it.
+        let firsts: Vec<&Playout> = out[300..]
+            .iter()
+            .filter(|p| matches!(&p.action, Action::Missing { seq, .. } if seq % 20 == 0))
+            .collect();
+        assert!(!firsts.is_empty());
+        for p in firsts {
+            let Action::Missing { seq, later, .. } = &p.action else {
+                unreachable!()
+            };
+            assert_eq!(later.as_ref().map(|l| l.0), Some(seq + 3));
+        }
     }
 
     #[test]
