@@ -13,8 +13,9 @@
 //!
 //! *Ours*: in-band FEC with the expected loss set from the receiver's loss reports (one a
 //! second, delivered at once), a jitter buffer that holds one frame more while loss is seen so
-//! FEC can be used, and libopus' deep PLC for what FEC cannot rebuild. *FEC only*: the same
-//! with the classic PLC. *Baseline*: the same encoder without FEC, classic PLC, the same
+//! FEC can be used, and libopus' deep PLC for what FEC cannot rebuild. *+DRED*: ours plus
+//! DRED and a lookahead of up to 3 frames after bursts (experimental). *FEC only*: ours with
+//! the classic PLC. *Baseline*: the same encoder without FEC, classic PLC, the same
 //! jitter buffer without that extra frame.
 //!
 //! Also printed: pipeline delay capture-to-playback excluding the network (measured by
@@ -63,15 +64,15 @@ const VARIANTS: [(&str, Concealment); 4] = [
         Concealment {
             fec: true,
             deep_plc: true,
-            dred: true,
+            dred: false,
         },
     ),
     (
-        "deep",
+        "dred",
         Concealment {
             fec: true,
             deep_plc: true,
-            dred: false,
+            dred: true,
         },
     ),
     (
@@ -307,7 +308,7 @@ fn run(input: &[i16], channel: &Channel, concealment: Concealment, phase_us: u64
     let codec = match (fec, concealment.dred) {
         (false, _) => base.without_fec(),
         (true, false) => base.without_dred(),
-        (true, true) => base,
+        (true, true) => base.with_dred(10),
     };
     let mut tx = VoiceSender::new(codec, FrameSender::for_call(&secret, 1, 0)).unwrap();
     let jitter = JitterConfig {
@@ -531,14 +532,14 @@ fn main() {
 
     println!();
     println!(
-        "PESQ-WB (P.862.2 MOS-LQO) at 64 kbit/s, mean of {seeds} seed(s). ours = FEC + DRED + deep PLC; FEC+dPLC = FEC + deep PLC; FEC only = FEC + classic PLC; baseline = no FEC, classic PLC; diff = ours - baseline"
+        "PESQ-WB (P.862.2 MOS-LQO) at 64 kbit/s, mean of {seeds} seed(s). ours = FEC + deep PLC; +DRED = ours with DRED (10 x 10 ms, lookahead up to 3 frames; experimental, off by default); FEC only = FEC + classic PLC; baseline = no FEC, classic PLC; diff = ours - baseline"
     );
     println!(
         "{:<13} {:>6} | {:>6} {:>8} {:>8} {:>8} {:>6} | {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7}",
         "loss",
         "jitter",
         "ours",
-        "FEC+dPLC",
+        "+DRED",
         "FEC only",
         "baseline",
         "diff",
@@ -572,8 +573,9 @@ fn main() {
                     );
                     let degraded = to_16k(&dir, &name, &r.output);
                     let score = f64::from(pesq::pesq_wb(&reference, &degraded).unwrap());
-                    if variant == "deep" {
+                    if variant == "dred" {
                         deep += score;
+                        stats.8 += r.receiver.dred;
                     } else if variant == "classic" {
                         classic += score;
                     } else if variant == "ours" {
@@ -593,7 +595,6 @@ fn main() {
                         stats.2 += r.jitter.mean_buffer_delay_ms();
                         stats.3 += r.jitter.late_fraction() * 100.0;
                         stats.4 += r.receiver.fec;
-                        stats.8 += r.receiver.dred;
                         stats.5 += r.receiver.concealed;
                         stats.6 += r.jitter.stretched;
                         stats.7 += r.target_us as f64 / 1000.0;
@@ -631,7 +632,7 @@ fn main() {
         }
     }
     println!(
-        "(ours columns: loss seen = channel loss; JB delay = mean playout time minus earliest possible arrival; FEC/DRED/PLC/stretch = frames per run)"
+        "(ours columns: loss seen = channel loss; JB delay = mean playout time minus earliest possible arrival; FEC/PLC/stretch = frames per run; DRED = frames rebuilt by DRED in the +DRED run)"
     );
 
     // Pipeline delay, capture to playback, without network delay or jitter, per tick phase.
@@ -661,7 +662,7 @@ fn main() {
 
     println!();
     println!(
-        "Jitter buffer, ours, seed 0 (target = p95 jitter + 5 ms margin, + 20-60 ms (mean loss burst, 1-3 frames) while loss > 1%):"
+        "Jitter buffer, ours, seed 0 (target = p95 jitter + 5 ms margin, + 20 ms while loss > 1%):"
     );
     for (loss, jitter_ms, j, p95, target) in &jb_rows {
         println!(

@@ -64,6 +64,7 @@ pub struct JitterConfig {
     pub fec_lookahead: bool,
     /// Most frames held for redundancy under loss: the lookahead follows the mean length of
     /// loss bursts (rounded) up to this, so DRED in the packet after a burst can rebuild it.
+    /// 1 (the default) is what FEC needs; more only pays with DRED.
     pub max_lookahead_frames: u64,
 }
 
@@ -78,7 +79,7 @@ impl Default for JitterConfig {
             shrink_step_us: 1_000,
             shrink_interval: 5,
             fec_lookahead: true,
-            max_lookahead_frames: 3,
+            max_lookahead_frames: 1,
         }
     }
 }
@@ -692,7 +693,10 @@ mod tests {
 
     #[test]
     fn bursts_lengthen_the_lookahead_up_to_the_limit() {
-        let mut jb = JitterBuffer::default();
+        let mut jb = JitterBuffer::new(JitterConfig {
+            max_lookahead_frames: 3,
+            ..JitterConfig::default()
+        });
         // Three frames lost out of every 20.
         let arrivals: Vec<Option<u64>> = (0..1000u64)
             .map(|i| (i % 20 >= 3).then_some(30_000 + i * F))

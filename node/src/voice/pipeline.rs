@@ -152,7 +152,7 @@ pub struct Concealment {
     /// libopus' neural PLC instead of the classic one.
     pub deep_plc: bool,
     /// Rebuild lost frames from the deep redundancy (DRED) of a later packet (needs
-    /// `deep_plc`).
+    /// `deep_plc`; off by default, see `codec`'s module docs).
     pub dred: bool,
 }
 
@@ -161,7 +161,7 @@ impl Default for Concealment {
         Self {
             fec: true,
             deep_plc: true,
-            dred: true,
+            dred: false,
         }
     }
 }
