@@ -1,11 +1,14 @@
-//! The Opus decoder called through libopus directly, for the controls the `opus` crate lacks.
+//! The Opus encoder, decoder and DRED decoder called through libopus directly, for the
+//! controls the `opus` crate lacks.
 //!
 //! Deep PLC (libopus 1.5+) runs only when the decoder's complexity is 5 or more
-//! (`OPUS_SET_COMPLEXITY` on the *decoder*, see `src/opus_decoder.c`), and the `opus` crate
-//! has no way to set it. This module is the one place in the crate with `unsafe`: a decoder
-//! handle owned by [`RawDecoder`], created, controlled, used and destroyed only through the
-//! functions below. Everything the callers pass is a Rust slice; lengths go to libopus next to
-//! the pointers they describe.
+//! (`OPUS_SET_COMPLEXITY` on the *decoder*, see `src/opus_decoder.c`), and DRED needs
+//! `OPUS_SET_DRED_DURATION` on the encoder and the `opus_dred_*` calls; the `opus` crate has
+//! none of these. This module is the one place in the crate with `unsafe`: handles owned by
+//! [`RawEncoder`], [`RawDecoder`] and [`RawDred`], created, controlled, used and destroyed only
+//! through the functions below. Everything the callers pass is a Rust slice; lengths go to
+//! libopus next to the pointers they describe. Variadic controls are called only with the
+//! argument type their request takes.
 #![allow(unsafe_code)]
 
 use std::ffi::c_int;
