@@ -691,6 +691,38 @@ mod tests {
         assert_eq!(plain.target_us(), MARGIN);
     }
 
+    /// Issue 9's latency goal for the buffer: with 30 ms of jitter, delay at most p95 + 20 ms
+    /// and at most 1% late packets.
+    #[test]
+    fn thirty_ms_jitter_meets_the_delay_and_late_goals() {
+        for (seed, phase) in [(1u64, 0u64), (7, 6_000), (99, 13_000), (12345, 19_000)] {
+            let mut jb = JitterBuffer::default();
+            let mut rng = seed;
+            let arrivals: Vec<Option<u64>> = (0..3000u64)
+                .map(|i| {
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    Some(40_000 + i * F + (rng >> 33) % 30_001)
+                })
+                .collect();
+            run(&mut jb, &arrivals, phase, 5);
+            let s = jb.stats();
+            let p95 = jb.p95_jitter_us() as f64 / 1000.0;
+            assert!((25.0..=30.0).contains(&p95), "p95 {p95}");
+            assert!(
+                s.late_fraction() <= 0.01,
+                "late {:.3}% {s:?}",
+                s.late_fraction() * 100.0
+            );
+            assert!(
+                s.mean_buffer_delay_ms() <= p95 + 20.0,
+                "delay {:.1} ms, p95 {p95:.1} ms",
+                s.mean_buffer_delay_ms()
+            );
+        }
+    }
+
     #[test]
     fn bursts_lengthen_the_lookahead_up_to_the_limit() {
         let mut jb = JitterBuffer::new(JitterConfig {
