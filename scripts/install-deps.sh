@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential pkg-config cmake   # opus builds libopus from source with cmake
   libasound2-dev                     # cpal (voice) on ALSA
+  espeak-ng sox                      # voice quality bench: test speech, resampling to 48/16 kHz
   libssl-dev                         # TLS/SQLCipher builds
   nftables iproute2 conntrack ethtool # netsim namespaces, NAT routers, NAT mapping flushes,
                                      #   checksums computed before user-space link impairment

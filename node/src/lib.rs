@@ -10,3 +10,4 @@ pub mod net;
 pub mod runtime;
 pub mod store;
 pub mod sync;
+pub mod voice;

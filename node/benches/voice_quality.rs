@@ -1,0 +1,711 @@
+//! Voice quality harness (issue 9): speech through the whole media pipeline and an impaired
+//! channel, scored with PESQ wideband, against a no-FEC baseline in the same run.
+//!
+//! ```text
+//! speech WAV (espeak-ng, resampled to 48 kHz by sox)
+//!   -> VoiceSender (Opus 64 kbit/s, SFrame encryption)
+//!   -> channel: loss (random, or Gilbert-Elliott bursts of mean 60 ms), uniform jitter,
+//!      40 ms fixed delay; seeded, identical for both variants of a cell
+//!   -> VoiceReceiver (decryption + replay check, jitter buffer, Opus decoding) ticking every
+//!      20 ms on its own clock
+//!   -> WAV out -> 16 kHz (sox) -> PESQ-WB (P.862.2, the `pesq` crate) against the input
+//! ```
+//!
+//! *Ours*: in-band FEC with the expected loss set from the receiver's loss reports (one a
+//! second, delivered at once), a jitter buffer that holds one frame more while loss is seen so
+//! FEC can be used, and libopus' deep PLC for what FEC cannot rebuild. *+DRED*: ours plus
+//! DRED and a lookahead of up to 3 frames after bursts (experimental). *FEC only*: ours with
+//! the classic PLC. *Baseline*: the same encoder without FEC, classic PLC, the same
+//! jitter buffer without that extra frame.
+//!
+//! Also printed: pipeline delay capture-to-playback excluding the network (measured by
+//! cross-correlating output with input, per device tick phase), jitter-buffer delay against the
+//! observed p95 jitter with late packets, crypto overhead per frame, CPU per sent and per
+//! received frame.
+//!
+//! Run: `cargo bench -p securecomm-node --bench voice_quality`. Needs `espeak-ng` and `sox`
+//! (`scripts/install-deps.sh`). Env: `SEEDS` (runs per cell, default 3), `VOICE_WAV` (use this
+//! 48 kHz mono WAV instead of generated speech), `VOICE_OUT` (directory for the WAV files; a
+//! temporary one by default), `COMPLEXITY` (Opus encoder complexity, default the pipeline's).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use securecomm_node::voice::codec::CodecConfig;
+use securecomm_node::voice::device::{AudioSink, AudioSource, WavSink, WavSource};
+use securecomm_node::voice::jitter::{JitterConfig, JitterStats};
+use securecomm_node::voice::pipeline::{
+    Concealment, ReceiverStats, SenderStats, VoiceReceiver, VoiceSender,
+};
+use securecomm_node::voice::{FRAME_SAMPLES, FRAME_US, Frame, SAMPLE_RATE};
+use securecomm_noise::frame::{BaseKey, FrameReceiver, FrameSender, frame_kid};
+use securecomm_noise::secret::Secret32;
+
+/// Sentences spoken for the test signal (IEEE/Harvard sentence style, written for this bench).
+const SENTENCES: &[&str] = &[
+    "The quiet harbour woke to the sound of gulls and distant engines.",
+    "Bring seven small boxes of dry rice to the kitchen before noon.",
+    "A thin wire held the old lamp above the wooden table.",
+    "Her voice carried clearly across the crowded station platform.",
+];
+/// One-way network delay of the simulated path.
+const NETWORK_DELAY_US: u64 = 40_000;
+/// Mean burst length of the bursty loss model, in frames (60 ms).
+const MEAN_BURST_FRAMES: f64 = 3.0;
+
+/// What the table compares, all through the same channel.
+const VARIANTS: [(&str, Concealment); 4] = [
+    (
+        "ours",
+        Concealment {
+            fec: true,
+            deep_plc: true,
+            dred: false,
+        },
+    ),
+    (
+        "dred",
+        Concealment {
+            fec: true,
+            deep_plc: true,
+            dred: true,
+        },
+    ),
+    (
+        "classic",
+        Concealment {
+            fec: true,
+            deep_plc: false,
+            dred: false,
+        },
+    ),
+    (
+        "baseline",
+        Concealment {
+            fec: false,
+            deep_plc: false,
+            dred: false,
+        },
+    ),
+];
+
+/// SplitMix64: small, seeded, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Loss {
+    None,
+    Random(f64),
+    /// Gilbert-Elliott: every packet lost in the bad state, none in the good one; the bad
+    /// state lasts `MEAN_BURST_FRAMES` on average and holds `loss` of the time.
+    Bursty(f64),
+}
+
+impl Loss {
+    fn label(self) -> String {
+        match self {
+            Loss::None => "none".into(),
+            Loss::Random(p) => format!("{:.0}% random", p * 100.0),
+            Loss::Bursty(p) => format!("{:.0}% bursty", p * 100.0),
+        }
+    }
+
+    fn pattern(self, n: usize, rng: &mut Rng) -> Vec<bool> {
+        match self {
+            Loss::None => vec![false; n],
+            Loss::Random(p) => (0..n).map(|_| rng.unit() < p).collect(),
+            Loss::Bursty(p) => {
+                let p_bg = 1.0 / MEAN_BURST_FRAMES;
+                let p_gb = p * p_bg / (1.0 - p);
+                let mut bad = rng.unit() < p;
+                (0..n)
+                    .map(|_| {
+                        let lost = bad;
+                        bad = if bad {
+                            rng.unit() >= p_bg
+                        } else {
+                            rng.unit() < p_gb
+                        };
+                        lost
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The impairment of one run: per frame, lost or its extra delay.
+struct Channel {
+    lost: Vec<bool>,
+    jitter_us: Vec<u64>,
+}
+
+impl Channel {
+    fn new(loss: Loss, jitter_ms: u64, n: usize, seed: u64) -> Self {
+        let mut rng = Rng(seed);
+        let lost = loss.pattern(n, &mut rng);
+        let jitter_us = (0..n)
+            .map(|_| {
+                if jitter_ms == 0 {
+                    0
+                } else {
+                    rng.next_u64() % (jitter_ms * 1000 + 1)
+                }
+            })
+            .collect();
+        Self { lost, jitter_us }
+    }
+}
+
+struct RunResult {
+    /// Output aligned to the input's clock plus the pipeline delay (network delay removed).
+    output: Vec<i16>,
+    sender: SenderStats,
+    receiver: ReceiverStats,
+    jitter: JitterStats,
+    p95_us: u64,
+    target_us: u64,
+    send_cpu: Duration,
+    recv_cpu: Duration,
+    ticks: u64,
+    lookahead: usize,
+}
+
+/// CPU time this thread has run, in nanoseconds (`/proc/thread-self/schedstat`), or `None`
+/// where that file does not exist.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// Receives `packets` (every `loss_every`-th one lost, 0: none) and plays a frame per packet.
+fn receive_pass(
+    packets: &[Vec<u8>],
+    secret: &Secret32,
+    loss_every: usize,
+    concealment: Concealment,
+) {
+    let mut keys = FrameReceiver::default();
+    keys.add_key(frame_kid(1, 0), &BaseKey::for_sender(secret, 1, 0))
+        .unwrap();
+    let mut rx = VoiceReceiver::new(keys, JitterConfig::default(), concealment).unwrap();
+    let mut out = [0i16; FRAME_SAMPLES];
+    for (i, p) in packets.iter().enumerate() {
+        let now = i as u64 * FRAME_US;
+        if loss_every == 0 || i % loss_every != 3 {
+            rx.receive(p, now).unwrap();
+        }
+        rx.play(now + 25_000, &mut out).unwrap();
+    }
+}
+
+/// CPU per sent and per received frame, counted in this thread's own CPU time (not wall
+/// clock, so other processes on the machine do not inflate it); best of three passes.
+fn cpu_report(input: &[i16]) {
+    let frames = input.len().div_ceil(FRAME_SAMPLES);
+    let secret = Secret32::from_bytes([0x11; 32]);
+    let measure = |f: &mut dyn FnMut()| -> f64 {
+        (0..3)
+            .filter_map(|_| {
+                let start = thread_cpu_ns()?;
+                f();
+                Some((thread_cpu_ns()? - start) as f64 / 1e6)
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    // Packets to receive, made once.
+    let mut tx = VoiceSender::new(
+        CodecConfig {
+            complexity: encoder_complexity(),
+            ..CodecConfig::default()
+        },
+        FrameSender::for_call(&secret, 1, 0),
+    )
+    .unwrap();
+    tx.receiver_report(0.1).unwrap();
+    let packets: Vec<Vec<u8>> = (0..frames)
+        .map(|f| tx.send(&frame_of(input, f)).unwrap())
+        .collect();
+    let send_ms = measure(&mut || {
+        let mut tx = VoiceSender::new(
+            CodecConfig {
+                complexity: encoder_complexity(),
+                ..CodecConfig::default()
+            },
+            FrameSender::for_call(&secret, 1, 0),
+        )
+        .unwrap();
+        tx.receiver_report(0.1).unwrap();
+        let mut out = Vec::new();
+        for f in 0..frames {
+            tx.send_into(&frame_of(input, f), &mut out).unwrap();
+        }
+    });
+    let recv_clean = measure(&mut || receive_pass(&packets, &secret, 0, Concealment::default()));
+    let recv_lossy = measure(&mut || receive_pass(&packets, &secret, 10, Concealment::default()));
+    let recv_plain = measure(&mut || receive_pass(&packets, &secret, 10, Concealment::plain()));
+    let per = |ms: f64| ms / frames as f64;
+    println!(
+        "CPU, thread CPU time, best of 3 (encoder complexity {}): {:.3} ms per sent frame (Opus encode incl. FEC + encrypt); per received frame {:.3} ms without loss, {:.3} ms with 10% loss (FEC + deep PLC), {:.3} ms with 10% loss and classic PLC only",
+        encoder_complexity(),
+        per(send_ms),
+        per(recv_clean),
+        per(recv_lossy),
+        per(recv_plain),
+    );
+}
+
+/// Opus encoder complexity (env `COMPLEXITY`, default the pipeline's).
+fn encoder_complexity() -> u8 {
+    std::env::var("COMPLEXITY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(CodecConfig::default().complexity)
+}
+
+fn frame_of(pcm: &[i16], f: usize) -> Frame {
+    let mut frame = [0; FRAME_SAMPLES];
+    let start = (f * FRAME_SAMPLES).min(pcm.len());
+    let end = ((f + 1) * FRAME_SAMPLES).min(pcm.len());
+    frame[..end - start].copy_from_slice(&pcm[start..end]);
+    frame
+}
+
+fn samples_at(us: u64) -> usize {
+    (us * u64::from(SAMPLE_RATE) / 1_000_000) as usize
+}
+
+/// One pass of `input` through sender, channel and receiver. Frame `f` is captured during
+/// `[f, f+1) * 20 ms` and sent at its end; the receiver plays a frame at `k * 20 ms + phase`.
+fn run(input: &[i16], channel: &Channel, concealment: Concealment, phase_us: u64) -> RunResult {
+    let fec = concealment.fec;
+    let secret = Secret32::from_bytes([0x5a; 32]);
+    let mut keys = FrameReceiver::default();
+    keys.add_key(frame_kid(1, 0), &BaseKey::for_sender(&secret, 1, 0))
+        .unwrap();
+    let base = CodecConfig {
+        complexity: encoder_complexity(),
+        ..CodecConfig::default()
+    };
+    let codec = match (fec, concealment.dred) {
+        (false, _) => base.without_fec(),
+        (true, false) => base.without_dred(),
+        (true, true) => base.with_dred(10),
+    };
+    let mut tx = VoiceSender::new(codec, FrameSender::for_call(&secret, 1, 0)).unwrap();
+    let jitter = JitterConfig {
+        fec_lookahead: fec,
+        // Waiting past the next packet only pays with DRED.
+        max_lookahead_frames: if concealment.dred { 3 } else { 1 },
+        ..JitterConfig::default()
+    };
+    let mut rx = VoiceReceiver::new(keys, jitter, concealment).unwrap();
+
+    let frames = channel.lost.len();
+    let end_us = (frames as u64 + 15) * FRAME_US + NETWORK_DELAY_US;
+    let mut output = vec![0i16; samples_at(end_us + FRAME_US) + FRAME_SAMPLES];
+    let mut in_flight: BinaryHeap<Reverse<(u64, usize, Vec<u8>)>> = BinaryHeap::new();
+    let (mut send_cpu, mut recv_cpu) = (Duration::ZERO, Duration::ZERO);
+    let mut next_frame = 0;
+    let mut ticks = 0u64;
+    let mut packet = Vec::new();
+    let mut out = [0i16; FRAME_SAMPLES];
+    let mut k = 0u64;
+    loop {
+        let now = k * FRAME_US + phase_us;
+        if now > end_us {
+            break;
+        }
+        while next_frame < frames && (next_frame as u64 + 1) * FRAME_US <= now {
+            let pcm = frame_of(input, next_frame);
+            let t = Instant::now();
+            tx.send_into(&pcm, &mut packet).unwrap();
+            send_cpu += t.elapsed();
+            if !channel.lost[next_frame] {
+                let arrival = (next_frame as u64 + 1) * FRAME_US
+                    + NETWORK_DELAY_US
+                    + channel.jitter_us[next_frame];
+                in_flight.push(Reverse((arrival, next_frame, packet.clone())));
+            }
+            next_frame += 1;
+        }
+        let t = Instant::now();
+        while let Some(Reverse((arrival, _, _))) = in_flight.peek() {
+            if *arrival > now {
+                break;
+            }
+            let Some(Reverse((arrival, _, p))) = in_flight.pop() else {
+                break;
+            };
+            rx.receive(&p, arrival).unwrap();
+        }
+        rx.play(now, &mut out).unwrap();
+        recv_cpu += t.elapsed();
+        ticks += 1;
+        let pos = samples_at(now);
+        output[pos..pos + FRAME_SAMPLES].copy_from_slice(&out);
+        if fec && k % 50 == 49 {
+            tx.receiver_report(rx.loss_report()).unwrap();
+        }
+        k += 1;
+        // Stop once everything sent was played: ticks after the end would count as losses.
+        if next_frame == frames && in_flight.is_empty() && rx.jitter().is_empty() {
+            break;
+        }
+    }
+    let shift = samples_at(NETWORK_DELAY_US);
+    let mut aligned = output[shift..].to_vec();
+    aligned.truncate(input.len());
+    aligned.resize(input.len(), 0);
+    let lookahead = tx.encoder_mut().lookahead().unwrap();
+    RunResult {
+        output: aligned,
+        sender: tx.stats(),
+        receiver: rx.stats(),
+        jitter: rx.jitter().stats(),
+        p95_us: rx.jitter().p95_jitter_us(),
+        target_us: rx.jitter().target_us(),
+        send_cpu,
+        recv_cpu,
+        ticks,
+        lookahead,
+    }
+}
+
+fn sh(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("{cmd:?}: {e} (run scripts/install-deps.sh for espeak-ng and sox)")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn read_wav(path: &Path) -> Vec<i16> {
+    let mut r = hound::WavReader::open(path).unwrap();
+    r.samples::<i16>().map(Result::unwrap).collect()
+}
+
+fn write_wav(path: &Path, pcm: &[i16], rate: u32) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for s in pcm {
+        w.write_sample(*s).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+/// Speech at 48 kHz mono: espeak-ng per sentence, resampled by sox, joined with pauses.
+fn make_speech(dir: &Path) -> Vec<i16> {
+    if let Ok(path) = std::env::var("VOICE_WAV") {
+        let mut src = WavSource::open(&path).unwrap();
+        let mut pcm = Vec::new();
+        let mut f = [0; FRAME_SAMPLES];
+        while src.read_frame(&mut f).unwrap() {
+            pcm.extend_from_slice(&f);
+        }
+        return pcm;
+    }
+    let pause = vec![0i16; SAMPLE_RATE as usize * 6 / 10];
+    let mut pcm = pause.clone();
+    for (i, sentence) in SENTENCES.iter().enumerate() {
+        let raw = dir.join(format!("s{i}.wav"));
+        let wide = dir.join(format!("s{i}_48k.wav"));
+        let voice = if i % 2 == 0 { "en-us" } else { "en-gb" };
+        sh(Command::new("espeak-ng")
+            .args(["-v", voice, "-s", "150", "-w"])
+            .arg(&raw)
+            .arg(sentence));
+        sh(Command::new("sox")
+            .arg(&raw)
+            .args(["-r", "48000", "-c", "1", "-b", "16"])
+            .arg(&wide));
+        pcm.extend(read_wav(&wide));
+        pcm.extend_from_slice(&pause);
+    }
+    pcm
+}
+
+/// 48 kHz -> 16 kHz through sox (the same path for reference and degraded signals).
+fn to_16k(dir: &Path, name: &str, pcm: &[i16]) -> Vec<i16> {
+    let wide = dir.join(format!("{name}_48k.wav"));
+    let narrow = dir.join(format!("{name}_16k.wav"));
+    write_wav(&wide, pcm, SAMPLE_RATE);
+    sh(Command::new("sox")
+        .arg(&wide)
+        .args(["-r", "16000"])
+        .arg(&narrow));
+    read_wav(&narrow)
+}
+
+/// Lag (samples at 48 kHz, within `max_lag`) where `out` best matches `input`.
+fn delay_lag(input: &[i16], out: &[i16], max_lag: usize) -> usize {
+    let n = input
+        .len()
+        .min(out.len())
+        .saturating_sub(max_lag)
+        .min(SAMPLE_RATE as usize * 6);
+    let corr = |lag: usize| -> f64 {
+        (0..n)
+            .map(|i| f64::from(input[i]) * f64::from(out[i + lag]))
+            .sum()
+    };
+    let coarse = (0..max_lag)
+        .step_by(8)
+        .max_by(|a, b| corr(*a).total_cmp(&corr(*b)))
+        .unwrap_or(0);
+    (coarse.saturating_sub(8)..(coarse + 8).min(max_lag))
+        .max_by(|a, b| corr(*a).total_cmp(&corr(*b)))
+        .unwrap_or(coarse)
+}
+
+fn main() {
+    let seeds: u64 = std::env::var("SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let dir = match std::env::var("VOICE_OUT") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => std::env::temp_dir().join(format!("securecomm-voice-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let started = Instant::now();
+    let input = make_speech(&dir);
+    let reference = to_16k(&dir, "reference", &input);
+    let frames = input.len().div_ceil(FRAME_SAMPLES);
+    println!(
+        "voice_quality: {:.1} s of speech ({} frames), 64 kbit/s, {} seed(s) per cell, network delay {} ms, files in {}",
+        input.len() as f64 / f64::from(SAMPLE_RATE),
+        frames,
+        seeds,
+        NETWORK_DELAY_US / 1000,
+        dir.display()
+    );
+
+    // Sanity: PESQ of the reference against itself.
+    let self_score = pesq::pesq_wb(&reference, &reference).unwrap();
+    println!("PESQ-WB of the reference against itself: {self_score:.2}");
+
+    let losses = [
+        Loss::None,
+        Loss::Random(0.05),
+        Loss::Random(0.10),
+        Loss::Random(0.20),
+        Loss::Bursty(0.10),
+        Loss::Bursty(0.20),
+    ];
+    let jitters = [0u64, 30];
+
+    let mut send_cpu = Duration::ZERO;
+    let mut sent = 0u64;
+    let mut recv_cpu = Duration::ZERO;
+    let mut ticks = 0u64;
+    let mut overhead_sum = 0u64;
+    let mut overhead_frames = 0u64;
+    let mut overhead_max = 0usize;
+    let mut opus_bytes = 0u64;
+
+    println!();
+    println!(
+        "PESQ-WB (P.862.2 MOS-LQO) at 64 kbit/s, mean of {seeds} seed(s). ours = FEC + deep PLC; +DRED = ours with DRED (10 x 10 ms, lookahead up to 3 frames; experimental, off by default); FEC only = FEC + classic PLC; baseline = no FEC, classic PLC; diff = ours - baseline"
+    );
+    println!(
+        "{:<13} {:>6} | {:>6} {:>8} {:>8} {:>8} {:>6} | {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7}",
+        "loss",
+        "jitter",
+        "ours",
+        "+DRED",
+        "FEC only",
+        "baseline",
+        "diff",
+        "loss seen",
+        "p95 jit",
+        "JB delay",
+        "late%",
+        "FEC",
+        "DRED",
+        "PLC",
+        "stretch"
+    );
+    let mut jb_rows = Vec::new();
+    for loss in losses {
+        for jitter_ms in jitters {
+            let (mut ours, mut deep, mut classic, mut base) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+            let mut stats = (
+                0.0f64, 0.0f64, 0.0f64, 0.0f64, 0u64, 0u64, 0u64, 0.0f64, 0u64,
+            );
+            for seed in 0..seeds {
+                let channel = Channel::new(loss, jitter_ms, frames, 1000 + seed * 7919);
+                let phase = (seed * 7_000 + 3_000) % FRAME_US;
+                for (variant, concealment) in VARIANTS {
+                    let r = run(&input, &channel, concealment, phase);
+                    let name = format!(
+                        "{}_{}ms_seed{}_{}",
+                        loss.label().replace([' ', '%'], ""),
+                        jitter_ms,
+                        seed,
+                        variant
+                    );
+                    let degraded = to_16k(&dir, &name, &r.output);
+                    let score = f64::from(pesq::pesq_wb(&reference, &degraded).unwrap());
+                    if variant == "dred" {
+                        deep += score;
+                        stats.8 += r.receiver.dred;
+                    } else if variant == "classic" {
+                        classic += score;
+                    } else if variant == "ours" {
+                        ours += score;
+                        send_cpu += r.send_cpu;
+                        sent += r.sender.frames;
+                        recv_cpu += r.recv_cpu;
+                        ticks += r.ticks;
+                        overhead_sum += r.sender.wire_bytes - r.sender.opus_bytes;
+                        overhead_frames += r.sender.frames;
+                        overhead_max = overhead_max.max(r.sender.max_overhead);
+                        opus_bytes += r.sender.opus_bytes;
+                        let lost_frac =
+                            channel.lost.iter().filter(|l| **l).count() as f64 / frames as f64;
+                        stats.0 += lost_frac;
+                        stats.1 += r.p95_us as f64 / 1000.0;
+                        stats.2 += r.jitter.mean_buffer_delay_ms();
+                        stats.3 += r.jitter.late_fraction() * 100.0;
+                        stats.4 += r.receiver.fec;
+                        stats.5 += r.receiver.concealed;
+                        stats.6 += r.jitter.stretched;
+                        stats.7 += r.target_us as f64 / 1000.0;
+                        if seed == 0 {
+                            jb_rows.push((loss, jitter_ms, r.jitter, r.p95_us, r.target_us));
+                        }
+                    } else {
+                        base += score;
+                    }
+                }
+            }
+            let s = seeds as f64;
+            ours /= s;
+            deep /= s;
+            classic /= s;
+            base /= s;
+            println!(
+                "{:<13} {:>3} ms | {:>6.2} {:>8.2} {:>8.2} {:>8.2} {:>+6.2} | {:>8.1}% {:>5.1} ms {:>5.1} ms {:>5.2}% {:>6} {:>6} {:>6} {:>7}",
+                loss.label(),
+                jitter_ms,
+                ours,
+                deep,
+                classic,
+                base,
+                ours - base,
+                stats.0 / s * 100.0,
+                stats.1 / s,
+                stats.2 / s,
+                stats.3 / s,
+                stats.4 / seeds,
+                stats.8 / seeds,
+                stats.5 / seeds,
+                stats.6 / seeds,
+            );
+        }
+    }
+    println!(
+        "(ours columns: loss seen = channel loss; JB delay = mean playout time minus earliest possible arrival; FEC/PLC/stretch = frames per run; DRED = frames rebuilt by DRED in the +DRED run)"
+    );
+
+    // Pipeline delay, capture to playback, without network delay or jitter, per tick phase.
+    println!();
+    println!(
+        "Pipeline delay capture -> playback excluding the network (no loss, no jitter), by cross-correlation:"
+    );
+    let clean = Channel::new(Loss::None, 0, frames, 1);
+    let mut lags = Vec::new();
+    let mut lookahead = 0;
+    for phase_ms in [0u64, 5, 10, 15] {
+        let r = run(&input, &clean, Concealment::default(), phase_ms * 1000);
+        lookahead = r.lookahead;
+        let lag = delay_lag(&input, &r.output, samples_at(120_000));
+        let ms = lag as f64 * 1000.0 / f64::from(SAMPLE_RATE);
+        println!(
+            "  device tick phase {phase_ms:>2} ms: {ms:5.1} ms (jitter-buffer delay {:.1} ms)",
+            r.jitter.mean_buffer_delay_ms()
+        );
+        lags.push(ms);
+    }
+    println!(
+        "  mean over phases: {:.1} ms  (= 20 ms frame + {:.1} ms Opus lookahead + jitter buffer margin + device phase)",
+        lags.iter().sum::<f64>() / lags.len() as f64,
+        lookahead as f64 * 1000.0 / f64::from(SAMPLE_RATE)
+    );
+
+    println!();
+    println!(
+        "Jitter buffer, ours, seed 0 (target = p95 jitter + 5 ms margin, + 20 ms while loss > 1%):"
+    );
+    for (loss, jitter_ms, j, p95, target) in &jb_rows {
+        println!(
+            "  {:<13} {:>2} ms jitter: p95 {:>5.1} ms, final target {:>5.1} ms, mean JB delay {:>5.1} ms (p95 + {:>5.1} ms), mean residence {:>5.1} ms, late {:>5.2}%, skipped {}, stretched {}",
+            loss.label(),
+            jitter_ms,
+            *p95 as f64 / 1000.0,
+            *target as f64 / 1000.0,
+            j.mean_buffer_delay_ms(),
+            j.mean_buffer_delay_ms() - *p95 as f64 / 1000.0,
+            j.mean_residence_ms(),
+            j.late_fraction() * 100.0,
+            j.skipped,
+            j.stretched
+        );
+    }
+
+    println!();
+    println!(
+        "Crypto overhead: mean {:.2} bytes/frame, max {} bytes/frame (SFrame header + 16-byte tag); Opus mean {:.1} kbit/s",
+        overhead_sum as f64 / overhead_frames as f64,
+        overhead_max,
+        opus_bytes as f64 * 8.0 / (overhead_frames as f64 * 0.02) / 1000.0
+    );
+    println!(
+        "CPU, wall clock inside the table's runs (inflated when the machine is shared): {:.3} ms per sent frame, {:.3} ms per received frame, {} and {} frames",
+        send_cpu.as_secs_f64() * 1000.0 / sent as f64,
+        recv_cpu.as_secs_f64() * 1000.0 / ticks as f64,
+        sent,
+        ticks
+    );
+    cpu_report(&input);
+
+    // Keep one pair of recordings to listen to.
+    let listen = Channel::new(Loss::Bursty(0.10), 30, frames, 1000);
+    for (variant, concealment) in VARIANTS {
+        let r = run(&input, &listen, concealment, 3_000);
+        let path = dir.join(format!("listen_bursty10_jitter30_{variant}.wav"));
+        let mut sink = WavSink::create(&path).unwrap();
+        for f in 0..frames {
+            sink.write_frame(&frame_of(&r.output, f)).unwrap();
+        }
+        sink.finish().unwrap();
+    }
+    println!("done in {:.1} s", started.elapsed().as_secs_f64());
+}
