@@ -25,6 +25,7 @@ fn opus_error(what: &str, code: c_int) -> CodecError {
 /// An owned libopus decoder.
 pub(crate) struct RawDecoder {
     st: NonNull<ffi::OpusDecoder>,
+    channels: usize,
 }
 
 // SAFETY: the decoder state is plain memory owned by this value alone; libopus keeps no
@@ -41,7 +42,10 @@ impl RawDecoder {
         // SAFETY: `err` is a valid out-pointer for the duration of the call.
         let raw = unsafe { ffi::opus_decoder_create(rate, c_int::from(channels), &mut err) };
         let st = NonNull::new(raw).ok_or_else(|| opus_error("opus_decoder_create", err))?;
-        let dec = Self { st };
+        let dec = Self {
+            st,
+            channels: usize::from(channels.max(1)),
+        };
         if err != ffi::OPUS_OK {
             return Err(opus_error("opus_decoder_create", err));
         }
@@ -59,9 +63,9 @@ impl RawDecoder {
         Ok(dec)
     }
 
-    /// Decodes `data` (empty: conceal a lost frame) into `out`, whose length is the frame size
-    /// in samples (mono). With `fec`, decodes the in-band FEC of `data` for the frame before it.
-    /// Returns the samples written.
+    /// Decodes `data` (empty: conceal a lost frame) into `out`, which holds one frame of
+    /// interleaved samples for every channel. With `fec`, decodes the in-band FEC of `data` for
+    /// the frame before it. Returns the samples written per channel.
     pub(crate) fn decode(
         &mut self,
         data: &[u8],
@@ -69,14 +73,15 @@ impl RawDecoder {
         fec: bool,
     ) -> Result<usize, CodecError> {
         let len = i32::try_from(data.len()).map_err(|_| CodecError::PacketTooLong(data.len()))?;
-        let frame = c_int::try_from(out.len()).map_err(|_| opus_error("frame size", -1))?;
+        let frame =
+            c_int::try_from(out.len() / self.channels).map_err(|_| opus_error("frame size", -1))?;
         let ptr = if data.is_empty() {
             std::ptr::null()
         } else {
             data.as_ptr()
         };
         // SAFETY: `st` is live; `ptr`/`len` describe `data` (or null/0 for loss); `out` holds
-        // `frame` samples of one channel, the most libopus writes.
+        // `frame` samples for each of the decoder's channels, the most libopus writes.
         let n = unsafe {
             ffi::opus_decode(
                 self.st.as_ptr(),
@@ -267,8 +272,10 @@ impl RawDecoder {
         out: &mut [i16],
     ) -> Result<usize, CodecError> {
         let off = i32::try_from(offset).map_err(|_| opus_error("DRED offset", -1))?;
-        let frame = i32::try_from(out.len()).map_err(|_| opus_error("frame size", -1))?;
-        // SAFETY: `st` and `dred.dred` are live; `out` holds `frame` samples (mono).
+        let frame =
+            i32::try_from(out.len() / self.channels).map_err(|_| opus_error("frame size", -1))?;
+        // SAFETY: `st` and `dred.dred` are live; `out` holds `frame` samples for each of the
+        // decoder's channels.
         let n = unsafe {
             ffi::opus_decoder_dred_decode(
                 self.st.as_ptr(),
