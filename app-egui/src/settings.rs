@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
+use libp2p::Multiaddr;
 use securecomm_node::guild::GuildService;
 use securecomm_node::net::{Client, RelayInfo, RelayState};
 use securecomm_node::store::{IdentityStore, StoreError, settings as node_settings};
@@ -495,24 +496,33 @@ pub async fn on_started(ctx: &NodeCtx) -> Vec<Event> {
     }
 }
 
+/// Parses `text` as a relay address and applies `change` to the saved relay list in the node's
+/// database; returns the address and the list as saved, or why not.
+fn update_relays(
+    ctx: &NodeCtx,
+    text: &str,
+    change: fn(
+        &securecomm_node::store::Db,
+        &Multiaddr,
+    ) -> Result<Vec<Multiaddr>, node_settings::SettingsError>,
+) -> Result<(Multiaddr, Vec<String>), String> {
+    let addr = node_settings::parse_relay(text).map_err(|e| e.to_string())?;
+    let list = ctx
+        .guilds
+        .sync()
+        .with_db(|db| change(db, &addr))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok((addr, list.iter().map(ToString::to_string).collect()))
+}
+
 /// Runs a settings command.
 pub async fn execute(ctx: &NodeCtx, cmd: SettingsCommand) -> Vec<Event> {
     let ev = |e| vec![Event::Settings(e)];
     match cmd {
         SettingsCommand::AddRelay(text) => {
-            let addr = match node_settings::parse_relay(&text) {
-                Ok(a) => a,
-                Err(e) => return ev(SettingsEvent::RelayRefused(e.to_string())),
-            };
-            let stored = ctx
-                .guilds
-                .sync()
-                .with_db(|db| node_settings::add_relay(db, &addr))
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            match stored {
-                Ok(list) => {
-                    let list: Vec<String> = list.iter().map(ToString::to_string).collect();
+            match update_relays(ctx, &text, node_settings::add_relay) {
+                Ok((addr, list)) => {
                     match ctx.net.add_relay(addr).await {
                         Ok(true) => {}
                         Ok(false) => tracing::warn!(%text, "relay book full; saved for later"),
@@ -525,19 +535,8 @@ pub async fn execute(ctx: &NodeCtx, cmd: SettingsCommand) -> Vec<Event> {
             }
         }
         SettingsCommand::RemoveRelay(text) => {
-            let addr = match node_settings::parse_relay(&text) {
-                Ok(a) => a,
-                Err(e) => return ev(SettingsEvent::RelayRefused(e.to_string())),
-            };
-            let stored = ctx
-                .guilds
-                .sync()
-                .with_db(|db| node_settings::remove_relay(db, &addr))
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            match stored {
-                Ok(list) => {
-                    let list: Vec<String> = list.iter().map(ToString::to_string).collect();
+            match update_relays(ctx, &text, node_settings::remove_relay) {
+                Ok((addr, list)) => {
                     let still_used = ctx.base_relays.contains(&text);
                     if !still_used
                         && let Some(peer) = securecomm_node::net::relays::relay_peer(&addr)

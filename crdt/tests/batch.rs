@@ -5,32 +5,19 @@
 
 mod common;
 
-use common::{U, new_guild, redeem};
+use common::{U, guild_with_open_invite, new_guild, redeem};
 use securecomm_crdt::authz::{AuthzError, SigChecks, authorize_with};
 use securecomm_crdt::envelope::{EnvelopeError, SignedChange, open_all, parse_change};
 use securecomm_crdt::guild::{Guild, RejectReason};
 use securecomm_crdt::invite::InviteToken;
 use securecomm_crdt::ops::GuildOp;
-use securecomm_crdt::schema::{DeviceCert, Invite, InviteCode};
+use securecomm_crdt::schema::DeviceCert;
 use securecomm_noise::codec::{Decode, DecodeError, Encode};
 
 /// Owner plus an open invite, and `n` joiners who redeem it one after another.
 fn joined(n: u8) -> (Guild, Vec<SignedChange>, InviteToken, U) {
     let o = U::new(1);
-    let (mut g, mut envs) = new_guild(&o);
-    let (code, inv) = (
-        InviteCode([3; 16]),
-        Invite {
-            creator: o.id(),
-            expires_at: 0,
-            max_uses: 0,
-        },
-    );
-    envs.push(
-        g.change(&o.dev, 1001, vec![GuildOp::CreateInvite(code, inv)])
-            .unwrap(),
-    );
-    let token = InviteToken::issue(&o.dev, g.id(), code, inv);
+    let (mut g, mut envs, token) = guild_with_open_invite(&o);
     for i in 0..n {
         let u = U::new(10 + i);
         envs.push(g.change(&u.dev, 1002, vec![redeem(&token, &u)]).unwrap());
@@ -264,20 +251,7 @@ fn one_forged_signature_per_chunk_of_a_large_receive_is_rejected_alone() {
     use securecomm_noise::keys::{DeviceSigningKey, RootSigningKey};
 
     let o = U::new(1);
-    let (mut g, mut envs) = new_guild(&o);
-    let (code, inv) = (
-        InviteCode([3; 16]),
-        Invite {
-            creator: o.id(),
-            expires_at: 0,
-            max_uses: 0,
-        },
-    );
-    envs.push(
-        g.change(&o.dev, 1001, vec![GuildOp::CreateInvite(code, inv)])
-            .unwrap(),
-    );
-    let token = InviteToken::issue(&o.dev, g.id(), code, inv);
+    let (mut g, mut envs, token) = guild_with_open_invite(&o);
     let seed = |kind: u8, i: usize| {
         let mut s = [kind; 32];
         s[..8].copy_from_slice(&(i as u64).to_le_bytes());

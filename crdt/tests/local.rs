@@ -8,9 +8,8 @@ use automerge::ReadDoc;
 use common::*;
 use securecomm_crdt::authz::AuthzError;
 use securecomm_crdt::guild::{Guild, GuildError, RejectReason};
-use securecomm_crdt::invite::InviteToken;
 use securecomm_crdt::ops::GuildOp;
-use securecomm_crdt::schema::{Invite, InviteCode, MAX_NAME};
+use securecomm_crdt::schema::MAX_NAME;
 use securecomm_noise::codec::Encode;
 
 /// The document and the change DAG hold exactly the same changes.
@@ -125,18 +124,7 @@ fn load_trusted_builds_the_same_replica_and_verifies_later_input() {
 #[test]
 fn a_cached_token_does_not_vouch_for_a_forged_one() {
     let (o, x, y, z) = (U::new(1), U::new(20), U::new(21), U::new(22));
-    let (mut g, mut envs) = new_guild(&o);
-    let code = InviteCode([3; 16]);
-    let inv = Invite {
-        creator: o.id(),
-        expires_at: 0,
-        max_uses: 0,
-    };
-    envs.push(
-        g.change(&o.dev, 1001, vec![GuildOp::CreateInvite(code, inv)])
-            .unwrap(),
-    );
-    let token = InviteToken::issue(&o.dev, g.id(), code, inv);
+    let (mut g, mut envs, token) = guild_with_open_invite(&o);
     let mut forged = token.clone();
     forged.sig.0[40] ^= 1;
     // x redeems the genuine token (now remembered as verified).

@@ -231,20 +231,7 @@ fn cpu_report(input: &[i16]) {
             })
             .fold(f64::INFINITY, f64::min)
     };
-    // Packets to receive, made once.
-    let mut tx = VoiceSender::new(
-        CodecConfig {
-            complexity: encoder_complexity(),
-            ..CodecConfig::default()
-        },
-        FrameSender::for_call(&secret, 1, 0),
-    )
-    .unwrap();
-    tx.receiver_report(0.1).unwrap();
-    let packets: Vec<Vec<u8>> = (0..frames)
-        .map(|f| tx.send(&frame_of(input, f)).unwrap())
-        .collect();
-    let send_ms = measure(&mut || {
+    let new_sender = || {
         let mut tx = VoiceSender::new(
             CodecConfig {
                 complexity: encoder_complexity(),
@@ -254,6 +241,15 @@ fn cpu_report(input: &[i16]) {
         )
         .unwrap();
         tx.receiver_report(0.1).unwrap();
+        tx
+    };
+    // Packets to receive, made once.
+    let mut tx = new_sender();
+    let packets: Vec<Vec<u8>> = (0..frames)
+        .map(|f| tx.send(&frame_of(input, f)).unwrap())
+        .collect();
+    let send_ms = measure(&mut || {
+        let mut tx = new_sender();
         let mut out = Vec::new();
         for f in 0..frames {
             tx.send_into(&frame_of(input, f), &mut out).unwrap();

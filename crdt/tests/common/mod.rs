@@ -35,6 +35,26 @@ pub fn new_guild(owner: &U) -> (Guild, Vec<SignedChange>) {
     (g, vec![genesis])
 }
 
+/// A guild owned by `owner` with an open invite (code `[3; 16]`, no expiry, no use limit)
+/// created at t=1001: the replica, its envelopes and the invite's token.
+pub fn guild_with_open_invite(owner: &U) -> (Guild, Vec<SignedChange>, InviteToken) {
+    let (mut g, mut envs) = new_guild(owner);
+    let (code, inv) = (
+        InviteCode([3; 16]),
+        Invite {
+            creator: owner.id(),
+            expires_at: 0,
+            max_uses: 0,
+        },
+    );
+    envs.push(
+        g.change(&owner.dev, 1001, vec![GuildOp::CreateInvite(code, inv)])
+            .unwrap(),
+    );
+    let token = InviteToken::issue(&owner.dev, g.id(), code, inv);
+    (g, envs, token)
+}
+
 /// `inviter` invites `joiner`, who redeems on replica `g`. Returns the two envelopes.
 pub fn join(g: &mut Guild, inviter: &U, joiner: &U, t: u64) -> Vec<SignedChange> {
     let (code, inv) = (
