@@ -170,12 +170,7 @@ fn create_an_invite_with_expiry_and_max_uses() {
 
 #[test]
 fn create_a_role_grant_it_to_a_second_instance_then_kick_them() {
-    let dir_a = tempfile::tempdir().unwrap();
-    let dir_b = tempfile::tempdir().unwrap();
-    let mut a = harness(dir_a.path());
-    let mut b = harness(dir_b.path());
-    create_identity(&mut a, "Ann", "pass a");
-    create_identity(&mut b, "Ben", "pass b");
+    let (_dir_a, _dir_b, mut a, mut b) = ann_and_ben(harness);
     let guild = create_guild(&mut a, "Club");
     a.get_by_label("Create invite").click();
     wait_for(&mut a, "the invite", |s| s.invites.contains_key(&guild));

@@ -135,12 +135,7 @@ fn create_guild_channel_and_send_a_message() {
 
 #[test]
 fn invite_and_join_between_two_app_instances() {
-    let dir_a = tempfile::tempdir().unwrap();
-    let dir_b = tempfile::tempdir().unwrap();
-    let mut a = harness(dir_a.path());
-    let mut b = harness(dir_b.path());
-    create_identity(&mut a, "Ann", "pass a");
-    create_identity(&mut b, "Ben", "pass b");
+    let (_dir_a, _dir_b, mut a, mut b) = ann_and_ben(harness);
     let (guild, _) = create_guild_and_channel(&mut a, "Club", "lobby");
     a.get_by_label("Create invite").click();
     wait_for(&mut a, "the invite", |s| s.invites.contains_key(&guild));

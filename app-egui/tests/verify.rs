@@ -80,12 +80,7 @@ fn open_safety(h: &mut Harness<'_, App>, name: &str, user: &str) -> String {
 
 #[test]
 fn safety_numbers_match_across_instances_and_verification_survives_a_restart() {
-    let dir_a = tempfile::tempdir().unwrap();
-    let dir_b = tempfile::tempdir().unwrap();
-    let mut a = harness(dir_a.path());
-    let mut b = harness(dir_b.path());
-    create_identity(&mut a, "Ann", "pass a");
-    create_identity(&mut b, "Ben", "pass b");
+    let (dir_a, _dir_b, mut a, mut b) = ann_and_ben(harness);
     let (ann, ben) = (my_id(&a), my_id(&b));
     let guild = two_members(&mut a, &mut b);
 

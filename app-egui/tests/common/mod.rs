@@ -10,6 +10,25 @@ use egui_kittest::kittest::Queryable;
 use securecomm_app::state::{AppState, Phase};
 use securecomm_app::{App, BackendConfig};
 
+/// Two app instances, each on its own data folder (kept alive by the returned directories),
+/// with identities "Ann" and "Ben" created through the first-run screen.
+pub fn ann_and_ben(
+    harness: fn(&Path) -> Harness<'static, App>,
+) -> (
+    tempfile::TempDir,
+    tempfile::TempDir,
+    Harness<'static, App>,
+    Harness<'static, App>,
+) {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut a = harness(dir_a.path());
+    let mut b = harness(dir_b.path());
+    create_identity(&mut a, "Ann", "pass a");
+    create_identity(&mut b, "Ben", "pass b");
+    (dir_a, dir_b, a, b)
+}
+
 pub fn config(dir: &Path) -> BackendConfig {
     BackendConfig::loopback_for_tests(dir.to_path_buf())
 }
