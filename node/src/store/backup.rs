@@ -33,16 +33,10 @@ mod tests {
     use std::fs;
     use std::path::Path;
 
-    use securecomm_noise::keystore::{KdfLimits, KdfParams};
-
     use crate::store::{IdentityStore, StoreError};
 
     fn store(dir: &Path) -> IdentityStore {
-        IdentityStore::with_params(
-            dir,
-            KdfParams::insecure_for_tests_only(64, 1, 1),
-            KdfLimits::INSECURE_TEST_ONLY,
-        )
+        IdentityStore::insecure_for_tests(dir)
     }
 
     fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {

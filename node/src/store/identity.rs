@@ -308,6 +308,18 @@ fn write_atomically(path: &Path, bytes: &[u8], replace: bool) -> Result<(), Stor
     Ok(())
 }
 
+#[cfg(test)]
+impl IdentityStore {
+    /// A store in `dir` with a KDF cheap enough for unit tests.
+    pub(crate) fn insecure_for_tests(dir: &Path) -> Self {
+        Self::with_params(
+            dir,
+            KdfParams::insecure_for_tests_only(64, 1, 1),
+            KdfLimits::INSECURE_TEST_ONLY,
+        )
+    }
+}
+
 /// `.<name>.<pid>.<n>.tmp` next to `path`: unique within this process, and hidden.
 fn tmp_path(path: &Path) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -324,11 +336,7 @@ mod tests {
     use super::*;
 
     fn store(dir: &Path) -> IdentityStore {
-        IdentityStore::with_params(
-            dir,
-            KdfParams::insecure_for_tests_only(64, 1, 1),
-            KdfLimits::INSECURE_TEST_ONLY,
-        )
+        IdentityStore::insecure_for_tests(dir)
     }
 
     #[test]
