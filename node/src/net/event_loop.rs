@@ -700,6 +700,11 @@ impl EventLoop {
     /// runs saw deliveries 5-15 s late. Keeping the old connection instead of the new one made
     /// it worse: a pair that had just reconnected through the other relay was cut again.
     fn keep_best_connection(&mut self, peer: PeerId) {
+        // Relays carry our reservations and mailbox requests, not guild gossip: a second
+        // connection to one is harmless, and closing the older one could drop a reservation.
+        if self.relays.knows(&peer) {
+            return;
+        }
         let Some(conns) = self.connections.get(&peer) else {
             return;
         };
