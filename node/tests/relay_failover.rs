@@ -229,7 +229,9 @@ fn killing_one_of_two_relays_nodes_move_to_the_other_and_delivery_continues() {
     }
 
     // Which members are connected to which (the guild layer may connect joiners only through
-    // the inviter): the same links must come back after the kill, through R2.
+    // the inviter): every one of these links must come back after the kill, through R2. The
+    // reconnect may add links (members redial every member they can reach through a relay they
+    // hold), so more links afterwards is fine; fewer is the failure.
     let ids: Vec<String> = nodes.iter().map(peer_id).collect();
     let links = |n: &Node, through_r1_ok: bool| -> Vec<String> {
         let peers = n.cli(&["peers"]);
@@ -267,9 +269,16 @@ fn killing_one_of_two_relays_nodes_move_to_the_other_and_delivery_continues() {
         });
     }
     for (n, want) in nodes.iter().zip(&before) {
-        until(
-            &format!("{} to reconnect to {want:?} via R2", n.name),
-            || (links(n, false) == *want).then_some(()),
+        let mut last = Vec::new();
+        let ok = holds_within(|| {
+            last = links(n, false);
+            want.iter().all(|p| last.contains(p))
+        });
+        assert!(
+            ok,
+            "{} did not get back {want:?} via R2; links now {last:?}, peers: {}",
+            n.name,
+            n.cli(&["peers"])
         );
     }
     for n in &nodes {

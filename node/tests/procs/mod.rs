@@ -220,6 +220,21 @@ pub fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Polls `f` until it holds or `WAIT` passes; says which (for tests that print their own
+/// diagnosis on failure).
+pub fn holds_within(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits until `n` lists `count` members, all in key agreement.
 pub fn wait_keyed(n: &Node, guild: &str, count: usize) {
     until(&format!("{} to see {count} keyed members", n.name), || {
