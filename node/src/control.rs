@@ -38,6 +38,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use crate::guild::{GuildEvent, GuildService};
+use crate::voice::call::Device;
+use crate::voice::service::{JoinOptions, VoiceService};
 
 mod manage;
 use crate::net::{Client, Event};
@@ -71,6 +73,8 @@ pub struct Context {
     pub whoami: Value,
     /// The guild layer, when the node runs one.
     pub guilds: Option<GuildService>,
+    /// The voice layer, when the node runs one.
+    pub voice: Option<VoiceService>,
 }
 
 /// The socket path for a data directory.
@@ -332,8 +336,73 @@ async fn handle_guild(g: &GuildService, cmd: &str, a: &Value) -> Option<Result<V
     })
 }
 
+fn device(a: &Value, name: &str) -> Result<Device, String> {
+    match a.get(name) {
+        None | Some(Value::Null) => Ok(Device::Null),
+        Some(Value::String(s)) if s == "default" => Ok(Device::Cpal(None)),
+        Some(Value::String(s)) if s.starts_with("device:") => {
+            Ok(Device::Cpal(Some(s["device:".len()..].to_owned())))
+        }
+        Some(Value::String(s)) => Ok(Device::Wav(PathBuf::from(s))),
+        Some(_) => Err(format!(
+            "{name}: a WAV path, \"default\" or \"device:NAME\""
+        )),
+    }
+}
+
+fn flag(a: &Value, name: &str) -> Result<bool, String> {
+    match a.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(format!("{name} must be true or false")),
+    }
+}
+
+async fn handle_voice(v: &VoiceService, cmd: &str, a: &Value) -> Option<Result<Value, String>> {
+    Some(match cmd {
+        "voice-join" => match (arg(a, "guild"), arg(a, "channel")) {
+            (Ok(guild), Ok(channel)) => {
+                let opts = match (
+                    device(a, "input"),
+                    device(a, "output"),
+                    flag(a, "relay_only"),
+                ) {
+                    (Ok(input), Ok(output), Ok(relay_only)) => JoinOptions {
+                        input,
+                        output,
+                        relay_only,
+                        ..JoinOptions::default()
+                    },
+                    (Err(x), _, _) | (_, Err(x), _) | (_, _, Err(x)) => return Some(Err(x)),
+                };
+                v.join(guild, channel, opts).await
+            }
+            (Err(x), _) | (_, Err(x)) => Err(x),
+        },
+        "voice-leave" => v.leave().await,
+        "voice-status" => Ok(v.status()),
+        "voice-mute" => flag(a, "on").and_then(|on| v.set_muted(on)),
+        "voice-deafen" => flag(a, "on").and_then(|on| v.set_deafened(on)),
+        "voice-relay-only" => match flag(a, "on") {
+            Ok(on) => v.set_relay_only(on).await,
+            Err(x) => Err(x),
+        },
+        "voice-volume" => match (arg(a, "user"), opt_u64(a, "percent")) {
+            (Ok(user), Ok(Some(p))) => v.set_volume(user, p.min(200) as u32),
+            (Ok(_), Ok(None)) => Err("missing argument: percent".into()),
+            (Err(x), _) | (_, Err(x)) => Err(x),
+        },
+        _ => return None,
+    })
+}
+
 async fn handle(ctx: &Context, req: Request) -> Result<Value, String> {
     let net = &ctx.net;
+    if let Some(v) = &ctx.voice
+        && let Some(r) = handle_voice(v, req.cmd.as_str(), &req.args).await
+    {
+        return r;
+    }
     if let Some(g) = &ctx.guilds
         && let Some(r) = handle_guild(g, req.cmd.as_str(), &req.args).await
     {
@@ -366,6 +435,10 @@ async fn handle(ctx: &Context, req: Request) -> Result<Value, String> {
             Ok(Value::Null)
         }
         "shutdown" => {
+            // Say goodbye to a call while the network is still up.
+            if let Some(v) = &ctx.voice {
+                let _ = v.leave().await;
+            }
             net.shutdown().await;
             Ok(Value::Null)
         }

@@ -10,6 +10,7 @@ use crate::guild::{GuildError, GuildService};
 use crate::net::{self, Client, EventLoop, NetConfig, NetError};
 use crate::store::{Db, DbError, LocalProfile};
 use crate::sync::SyncConfig;
+use crate::voice::service::VoiceService;
 
 /// Why the node could not start.
 #[derive(Debug, Error)]
@@ -40,6 +41,8 @@ pub struct Node {
     pub net: Client,
     /// The guild layer (which owns the database through its sync driver).
     pub guilds: GuildService,
+    /// The voice layer.
+    pub voice: VoiceService,
     loop_task: tokio::task::JoinHandle<()>,
     control_task: tokio::task::JoinHandle<()>,
 }
@@ -57,6 +60,7 @@ impl Node {
         let loop_task = tokio::spawn(event_loop.run());
         let guilds = GuildService::start(client.clone(), db, profile, sync_config()).await?;
         guilds.set_relays(cfg.relays.clone()).await;
+        let voice = VoiceService::start(client.clone(), guilds.clone());
         let id = &profile.identity;
         let whoami = json!({
             "display_name": profile.display_name,
@@ -70,6 +74,7 @@ impl Node {
             net: client.clone(),
             whoami,
             guilds: Some(guilds.clone()),
+            voice: Some(voice.clone()),
         };
         // Bind now so a second node on the same directory fails here, not later.
         let serve = control::serve(path.clone(), ctx);
@@ -81,6 +86,7 @@ impl Node {
         Ok(Self {
             net: client,
             guilds,
+            voice,
             loop_task,
             control_task,
         })
@@ -90,6 +96,7 @@ impl Node {
     /// then the network, and waits for the network task to end.
     pub async fn stop(self) {
         self.control_task.abort();
+        self.voice.stop().await;
         self.guilds.stop();
         self.net.shutdown().await;
         let _ = self.loop_task.await;
@@ -99,6 +106,7 @@ impl Node {
     pub async fn wait(self) {
         let _ = self.loop_task.await;
         self.control_task.abort();
+        self.voice.stop().await;
         self.guilds.stop();
     }
 }

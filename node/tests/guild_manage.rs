@@ -405,6 +405,7 @@ async fn management_commands_on_the_control_socket() {
         net: a.net.clone(),
         whoami: serde_json::json!({}),
         guilds: Some(a.guilds.clone()),
+        voice: None,
     };
     tokio::spawn(control::serve(control::socket_path(a.dir.path()), ctx));
     let mut c = until_connected(a.dir.path()).await;

@@ -129,6 +129,11 @@ enum Command {
         #[command(subcommand)]
         action: ChannelAction,
     },
+    /// Voice channels: join, leave, status, mute, deafen, volume (running node).
+    Voice {
+        #[command(subcommand)]
+        action: VoiceAction,
+    },
     /// Send a message to a guild channel (running node). Returns once it is stored durably.
     Send {
         /// Guild name or id.
@@ -230,6 +235,66 @@ enum ChannelAction {
         /// Guild name or id.
         guild: String,
     },
+}
+
+#[derive(Subcommand)]
+enum VoiceAction {
+    /// Join a voice channel (leaving any other call).
+    Join {
+        /// Guild name or id.
+        guild: String,
+        /// Voice channel name or id.
+        channel: String,
+        /// Speak from a 48 kHz WAV file (then silence), `default` for the default microphone,
+        /// or `device:NAME`. Without it the node sends silence.
+        #[arg(long)]
+        input: Option<String>,
+        /// Record what you hear to a WAV file, `default` for the default speakers, or
+        /// `device:NAME`. Without it nothing is played.
+        #[arg(long)]
+        output: Option<String>,
+        /// Send media only through a relay, never directly (peers never learn your address).
+        #[arg(long)]
+        relay_only: bool,
+    },
+    /// Leave the call.
+    Leave,
+    /// Participants, paths (direct or relayed), jitter buffer, loss and bitrate.
+    Status,
+    /// Mute or unmute yourself.
+    Mute {
+        /// `on` or `off`.
+        state: OnOff,
+    },
+    /// Deafen or undeafen yourself.
+    Deafen {
+        /// `on` or `off`.
+        state: OnOff,
+    },
+    /// Relay-only during a call (`off` lets the call find a direct path).
+    RelayOnly {
+        /// `on` or `off`.
+        state: OnOff,
+    },
+    /// A participant's playback volume, 0 to 200 percent.
+    Volume {
+        /// Nickname or peer id.
+        user: String,
+        /// Percent.
+        percent: u32,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    fn on(self) -> bool {
+        matches!(self, Self::On)
+    }
 }
 
 #[derive(Subcommand)]
@@ -512,6 +577,44 @@ async fn run(cli: Cli) -> Result<(), String> {
                     json!({"guild": guild, "name": name, "voice": voice}),
                 ),
                 ChannelAction::List { guild } => ("channel-list", json!({"guild": guild})),
+            };
+            remote(&dir, json, cmd, args).await?
+        }
+        Some(Command::Voice { action }) => {
+            let (cmd, args) = match action {
+                VoiceAction::Join {
+                    guild,
+                    channel,
+                    input,
+                    output,
+                    relay_only,
+                } => {
+                    // Paths are resolved here: the node runs elsewhere.
+                    let abs = |p: Option<String>| {
+                        p.map(|p| {
+                            if p == "default" || p.starts_with("device:") {
+                                p
+                            } else {
+                                std::path::absolute(&p)
+                                    .map(|a| a.display().to_string())
+                                    .unwrap_or(p)
+                            }
+                        })
+                    };
+                    (
+                        "voice-join",
+                        json!({"guild": guild, "channel": channel, "input": abs(input),
+                               "output": abs(output), "relay_only": relay_only}),
+                    )
+                }
+                VoiceAction::Leave => ("voice-leave", Value::Null),
+                VoiceAction::Status => ("voice-status", Value::Null),
+                VoiceAction::Mute { state } => ("voice-mute", json!({"on": state.on()})),
+                VoiceAction::Deafen { state } => ("voice-deafen", json!({"on": state.on()})),
+                VoiceAction::RelayOnly { state } => ("voice-relay-only", json!({"on": state.on()})),
+                VoiceAction::Volume { user, percent } => {
+                    ("voice-volume", json!({"user": user, "percent": percent}))
+                }
             };
             remote(&dir, json, cmd, args).await?
         }

@@ -18,6 +18,7 @@ use libp2p::request_response::InboundRequestId;
 use libp2p::{Multiaddr, PeerId};
 use rusqlite::OptionalExtension;
 use securecomm_crdt::ops::GuildOp;
+use securecomm_crdt::perms::Permissions;
 use securecomm_crdt::schema::{ChannelId, ChannelKind, GuildId};
 use securecomm_noise::codec::{Decode, Encode};
 use securecomm_noise::keys::{DevicePublicKey, DeviceSigningKey, RootPublicKey, RootSigningKey};
@@ -2473,5 +2474,134 @@ async fn run_ticks(svc: GuildService) {
         for gid in ids {
             svc.retry_pending(&gid);
         }
+    }
+}
+
+/// What a voice room needs to know about its guild and channel.
+#[derive(Debug, Clone)]
+pub struct VoiceRoom {
+    /// The guild.
+    pub guild: GuildId,
+    /// The voice channel.
+    pub channel: ChannelId,
+    /// The channel's name.
+    pub name: String,
+    /// Bitrate set on the channel, bits per second.
+    pub bitrate: u32,
+    /// Most participants (0: no limit).
+    pub user_limit: u16,
+    /// Whether this node's user may speak there.
+    pub may_speak: bool,
+    /// The media-relay room id: `SHA-256("SecureComm/voice-room v1" | guild secret | channel)`,
+    /// which only members can compute and which says nothing about the guild or channel.
+    pub room_id: [u8; 32],
+    /// The other member devices of the guild, as peer ids.
+    pub member_peers: Vec<PeerId>,
+}
+
+/// What a peer may do in a voice channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VoiceRights {
+    /// View and connect.
+    pub connect: bool,
+    /// Speak.
+    pub speak: bool,
+}
+
+impl GuildService {
+    /// The voice room of `channel` in `guild` (names or ids), if this node's user may connect.
+    pub fn voice_room(&self, guild: &str, channel: &str) -> Result<VoiceRoom, GuildError> {
+        let gid = self.resolve(guild)?;
+        self.with_engine(|e, _| {
+            let me = e.keys.me;
+            let user = e.keys.user;
+            let g = e
+                .guilds
+                .get_mut(&gid)
+                .ok_or_else(|| GuildError::UnknownGuild(guild.to_owned()))?;
+            let view = g.crdt.view();
+            let cid = super::engine::resolve_channel(view, channel)?;
+            let ch = view
+                .channels()
+                .get(&cid)
+                .ok_or_else(|| GuildError::UnknownChannel(channel.to_owned()))?;
+            if ch.kind != ChannelKind::Voice {
+                return Err(GuildError::Invalid(format!(
+                    "#{} is not a voice channel",
+                    ch.name
+                )));
+            }
+            let perms = view.channel_permissions(&user, &cid);
+            if !perms.contains(Permissions::VIEW_CHANNEL.union(Permissions::CONNECT)) {
+                return Err(GuildError::NotPermitted(format!(
+                    "you may not connect to #{}",
+                    ch.name
+                )));
+            }
+            let mut h = <sha2::Sha256 as sha2::Digest>::new();
+            sha2::Digest::update(&mut h, b"SecureComm/voice-room v1");
+            sha2::Digest::update(&mut h, g.secret.expose());
+            sha2::Digest::update(&mut h, cid.0.to_be_bytes());
+            let room_id: [u8; 32] = sha2::Digest::finalize(h).into();
+            let (name, bitrate, user_limit) = (ch.name.clone(), ch.bitrate, ch.user_limit);
+            let member_peers = g
+                .member_devices()
+                .iter()
+                .filter(|d| **d != me)
+                .filter_map(peer_of)
+                .collect();
+            Ok(VoiceRoom {
+                guild: gid,
+                channel: cid,
+                name,
+                bitrate,
+                user_limit,
+                may_speak: perms.contains(Permissions::SPEAK),
+                room_id,
+                member_peers,
+            })
+        })?
+    }
+
+    /// What `peer` (a member device) may do in voice channel `channel` of `guild`; `None` if
+    /// the peer is no member device of the guild or the channel is no voice channel.
+    pub fn voice_rights(
+        &self,
+        guild: &GuildId,
+        channel: &ChannelId,
+        peer: &PeerId,
+    ) -> Option<VoiceRights> {
+        let device = device_of(peer)?;
+        self.with_engine(|e, _| {
+            let g = e.guilds.get_mut(guild)?;
+            if !g.member_devices().contains(&device) {
+                return None;
+            }
+            let view = g.crdt.view();
+            if view.channels().get(channel)?.kind != ChannelKind::Voice {
+                return None;
+            }
+            let user = *view.user_of_device(&device)?;
+            let perms = view.channel_permissions(&user, channel);
+            Some(VoiceRights {
+                connect: perms.contains(Permissions::VIEW_CHANNEL.union(Permissions::CONNECT)),
+                speak: perms.contains(Permissions::SPEAK),
+            })
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// The nickname of the member whose device is `peer`, if any.
+    pub fn nickname_of(&self, guild: &GuildId, peer: &PeerId) -> Option<String> {
+        let device = device_of(peer)?;
+        self.with_engine(|e, _| {
+            let g = e.guilds.get_mut(guild)?;
+            let view = g.crdt.view();
+            let user = *view.user_of_device(&device)?;
+            view.member(&user).map(|m| m.nickname.clone())
+        })
+        .ok()
+        .flatten()
     }
 }

@@ -311,6 +311,19 @@ impl Client {
         self.ask(|tx| Command::Mailbox(relay, req, tx)).await?
     }
 
+    /// Sends a request to a relay's UDP media relay service (TEMPORARY: until the relay side
+    /// lands, every request fails).
+    pub async fn media(
+        &self,
+        relay: PeerId,
+        _req: crate::voice::media_shim::MediaRequest,
+    ) -> Result<crate::voice::media_shim::MediaResponse, NetError> {
+        Err(NetError::Request {
+            peer: relay,
+            reason: "media relay protocol not available".into(),
+        })
+    }
+
     pub async fn respond(&self, id: InboundRequestId, data: Vec<u8>) -> Result<(), NetError> {
         self.commands
             .send(Command::Respond(id, data))

@@ -19,11 +19,15 @@
 //! Time is passed in as microseconds on the caller's clock (the pipeline reads no clock), so
 //! the quality harness (`node/benches/voice_quality.rs`) can run a simulated network.
 
+pub mod call;
 pub mod codec;
 pub mod device;
 pub mod jitter;
+pub(crate) mod media_shim;
 mod opus_ffi;
 pub mod pipeline;
+pub mod service;
+pub mod wire;
 
 /// Sample rate of every voice signal, in Hz.
 pub const SAMPLE_RATE: u32 = 48_000;
