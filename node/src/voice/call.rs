@@ -193,6 +193,9 @@ pub struct RemoteStats {
     pub via_relay: u64,
     /// Frames that came directly.
     pub via_direct: u64,
+    /// Packets of any kind known to come from it (authentic frames and probes; frames of a
+    /// participant whose frames are not decoded are counted unchecked): its liveness.
+    pub heard: u64,
     /// Currently speaking.
     pub speaking: bool,
     /// Whether its frames are decoded at all.
@@ -385,6 +388,7 @@ struct Remote {
     bitrate_kbps: f64,
     via_relay: u64,
     via_direct: u64,
+    heard: u64,
 }
 
 impl Remote {
@@ -603,6 +607,7 @@ impl Engine {
                                 bitrate_kbps: 0.0,
                                 via_relay: 0,
                                 via_direct: 0,
+                                heard: 0,
                             },
                         );
                     }
@@ -867,6 +872,7 @@ impl Engine {
                     concealed: s.concealed,
                     via_relay: r.via_relay,
                     via_direct: r.via_direct,
+                    heard: r.heard,
                     speaking: r.speaking_until.is_some_and(|t| t > now),
                     may_speak: r.setup.may_speak,
                 }
@@ -921,8 +927,12 @@ impl Engine {
                     self.dropped += 1;
                     return;
                 };
-                let Some(rx) = r.rx.as_mut() else { return };
+                let Some(rx) = r.rx.as_mut() else {
+                    r.heard += 1;
+                    return;
+                };
                 if rx.receive(frame, now_us).is_ok() {
+                    r.heard += 1;
                     r.bytes_window += bytes.len() as u64;
                     if from.is_some() {
                         r.via_direct += 1;
@@ -943,6 +953,7 @@ impl Engine {
                     self.dropped += 1;
                     return;
                 }
+                r.heard += 1;
                 // An authentic probe from a new address: the peer's NAT mapping towards us.
                 if r.direct != Some(from) && !r.setup.candidates.contains(&from) {
                     r.learned = Some(from);
@@ -970,6 +981,7 @@ impl Engine {
                     self.dropped += 1;
                     return;
                 }
+                r.heard += 1;
                 let (_, sent) = r.probes.remove(pos).unwrap_or((nonce, at));
                 r.rtt = Some(at.saturating_duration_since(sent));
                 r.last_ack = Some(at);

@@ -264,7 +264,13 @@ impl VoiceService {
             bind: opts.bind,
             relay_only: opts.relay_only,
         })?;
-        let candidates = self.candidates(engine.port()).await;
+        let mut candidates = self.candidates(engine.port()).await;
+        // A socket bound to one address is reachable there (and maybe only there).
+        if !opts.bind.ip().is_unspecified() {
+            let own = SocketAddr::new(opts.bind.ip(), engine.port());
+            candidates.retain(|c| *c != own);
+            candidates.insert(0, own);
+        }
         let name = room.name.clone();
         *self.inner.call.lock().map_err(err)? = Some(Call {
             room,
@@ -776,7 +782,7 @@ impl VoiceService {
                     .remotes
                     .iter()
                     .find(|r| r.ssrc == part.ssrc)
-                    .map(|r| r.via_direct + r.via_relay + r.accepted)
+                    .map(|r| r.heard)
                     .unwrap_or(0);
                 if packets != part.last_packets {
                     part.last_packets = packets;

@@ -1,0 +1,361 @@
+//! Voice keys and hostile packets, against a real voice layer on netsim's in-process tier.
+//!
+//! Alice runs the real [`VoiceService`]. Bob and Carol are guild members whose voice side is
+//! played by this test at the protocol level (`RawParticipant`): they announce themselves over
+//! libp2p, answer Alice's probes on their own UDP sockets and keep every frame and key they get.
+//! That lets the test check what a participant can decrypt, which a normal node never exposes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p::PeerId;
+use rand_core::{OsRng, RngCore};
+use securecomm_netsim::inproc::{Cluster, InNode};
+use securecomm_node::net::Event;
+use securecomm_node::voice::pipeline::VoiceSender;
+use securecomm_node::voice::service::{JoinOptions, VoiceService};
+use securecomm_node::voice::wire::{
+    self, Announce, PROBE, PROBE_ACK, PeerPacket, SenderKey, VOICE_VERSION, VoiceRequest,
+    VoiceResponse,
+};
+use securecomm_node::voice::{FRAME_SAMPLES, codec::CodecConfig};
+use securecomm_noise::codec::{Decode, Encode};
+use securecomm_noise::frame::{BaseKey, FrameReceiver, FrameSender, SframeHeader};
+use securecomm_noise::secret::Secret32;
+use serde_json::Value;
+
+#[derive(Default)]
+struct RawState {
+    /// The probe key Alice chose for us (our acknowledgements are MACed with it).
+    out_key: Option<Secret32>,
+    /// Alice's sender keys as we received them.
+    keys: Vec<(u64, Secret32)>,
+    /// Voice requests that carried a key after we left.
+    keys_after_leave: usize,
+    left: bool,
+    /// Alice's media frames as received.
+    frames: Vec<Vec<u8>>,
+}
+
+struct RawParticipant {
+    ssrc: u32,
+    addr: SocketAddr,
+    sock: Arc<tokio::net::UdpSocket>,
+    in_key: Secret32,
+    key: (u64, Secret32),
+    state: Arc<Mutex<RawState>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RawParticipant {
+    async fn start(node: &InNode) -> Self {
+        let sock = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = sock.local_addr().unwrap();
+        let ssrc = OsRng.next_u32();
+        let in_key = Secret32::random(&mut OsRng);
+        let state = Arc::new(Mutex::new(RawState::default()));
+        let mut tasks = Vec::new();
+        // Voice requests (Alice's rotations and presence announces).
+        let (net, st) = (node.net.clone(), state.clone());
+        let mut events = node.net.events();
+        tasks.push(tokio::spawn(async move {
+            while let Some(e) = events.next().await {
+                let Event::DirectRequest { id, data, .. } = e else {
+                    continue;
+                };
+                if data.first() != Some(&VOICE_VERSION) {
+                    continue;
+                }
+                let left = {
+                    let mut s = st.lock().unwrap();
+                    if let Ok(VoiceRequest::Announce(a)) = VoiceRequest::from_bytes(&data) {
+                        if s.left {
+                            s.keys_after_leave += usize::from(a.key.is_some());
+                        } else {
+                            s.out_key = Some(a.probe_key.clone());
+                            if let Some(k) = a.key {
+                                s.keys.push((k.kid, k.base));
+                            }
+                        }
+                    }
+                    s.left
+                };
+                let resp = if left {
+                    VoiceResponse::NotInRoom
+                } else {
+                    VoiceResponse::Ok
+                };
+                let _ = net.respond(id, resp.to_bytes()).await;
+            }
+        }));
+        // UDP: acknowledge Alice's probes, keep her frames.
+        let (s2, st, k, me) = (sock.clone(), state.clone(), in_key.clone(), ssrc);
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, from)) = s2.recv_from(&mut buf).await {
+                let ack = {
+                    let mut s = st.lock().unwrap();
+                    match wire::parse_packet(&buf[..n]) {
+                        Ok(PeerPacket::Probe { ssrc, nonce, mac })
+                            if wire::probe_ok(PROBE, &k, ssrc, nonce, &mac) =>
+                        {
+                            s.out_key
+                                .as_ref()
+                                .map(|o| wire::probe_packet(PROBE_ACK, o, me, nonce))
+                        }
+                        Ok(PeerPacket::Media { frame, .. }) => {
+                            if s.frames.len() < 20_000 {
+                                s.frames.push(frame.to_vec());
+                            }
+                            None
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(a) = ack {
+                    let _ = s2.send_to(&a, from).await;
+                }
+            }
+        }));
+        Self {
+            ssrc,
+            addr,
+            sock,
+            in_key,
+            key: (0, Secret32::random(&mut OsRng)),
+            state,
+            tasks,
+        }
+    }
+
+    fn announce(&self, guild: &Value, channel: u64) -> Announce {
+        let g = hex::decode(guild.as_str().unwrap()).unwrap();
+        Announce {
+            guild: securecomm_crdt::schema::GuildId(g.try_into().unwrap()),
+            channel: securecomm_crdt::schema::ChannelId(channel),
+            ssrc: self.ssrc,
+            candidates: vec![self.addr],
+            probe_key: self.in_key.clone(),
+            key: Some(SenderKey {
+                kid: self.key.0,
+                base: self.key.1.clone(),
+            }),
+            relays: Vec::new(),
+            muted: false,
+            deafened: false,
+        }
+    }
+
+    /// A receiver holding every key of Alice's this participant was given.
+    fn receiver(&self) -> FrameReceiver {
+        let mut r = FrameReceiver::new(64);
+        for (kid, base) in &self.state.lock().unwrap().keys {
+            r.add_key(*kid, &BaseKey::from_bytes(*base.expose()))
+                .unwrap();
+        }
+        r
+    }
+
+    fn frames(&self) -> Vec<Vec<u8>> {
+        self.state.lock().unwrap().frames.clone()
+    }
+}
+
+impl Drop for RawParticipant {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn kid_of(frame: &[u8]) -> u64 {
+    SframeHeader::parse_prefix(frame).unwrap().0.kid
+}
+
+async fn join_raw(
+    node: &InNode,
+    alice: PeerId,
+    raw: &RawParticipant,
+    guild: &Value,
+    channel: u64,
+) -> Announce {
+    let req = VoiceRequest::Announce(raw.announce(guild, channel)).to_bytes();
+    let resp = node.net.request(alice, req).await.unwrap();
+    match VoiceResponse::from_bytes(&resp).unwrap() {
+        VoiceResponse::Announce(a) => {
+            let mut s = raw.state.lock().unwrap();
+            s.out_key = Some(a.probe_key.clone());
+            let k = a.key.clone().expect("alice may speak");
+            s.keys.push((k.kid, k.base));
+            a
+        }
+        other => panic!("alice answered {other:?}"),
+    }
+}
+
+async fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A member who leaves cannot decrypt what is said after it left; and hostile packets
+/// (garbage, truncations, replays) are dropped while the call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaver_cannot_decrypt_the_next_epoch_and_bad_packets_are_dropped() {
+    let c = Cluster::start(3).await.unwrap();
+    let gid = c.guild("voice keys", 0).await.unwrap();
+    let (alice, bob, carol) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    alice
+        .guilds
+        .create_channel(&gid, "Lounge", true)
+        .await
+        .unwrap();
+    c.until("everyone to see the voice channel", || {
+        c.nodes
+            .iter()
+            .all(|n| n.guilds.voice_room(&gid, "Lounge").is_ok())
+    })
+    .await
+    .unwrap();
+    let channel = alice.guilds.voice_room(&gid, "Lounge").unwrap().channel.0;
+    let guild = Value::String(gid.clone());
+
+    let voice = VoiceService::start(alice.net.clone(), alice.guilds.clone());
+    let opts = JoinOptions {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ..JoinOptions::default()
+    };
+    voice.join(&gid, "Lounge", opts).await.unwrap();
+    let alice_peer = alice.net.peer_id();
+
+    let b = RawParticipant::start(bob).await;
+    let cr = RawParticipant::start(carol).await;
+    let a_ann = join_raw(bob, alice_peer, &b, &guild, channel).await;
+    join_raw(carol, alice_peer, &cr, &guild, channel).await;
+    let alice_addr = a_ann.candidates[0];
+
+    // Both get Alice's frames and can decrypt them with the keys she gave them.
+    for (name, raw) in [("bob", &b), ("carol", &cr)] {
+        wait(&format!("{name} to decrypt 25 of alice's frames"), || {
+            let mut r = raw.receiver();
+            raw.frames()
+                .iter()
+                .filter(|f| r.decrypt(f, b"").is_ok())
+                .count()
+                >= 25
+        })
+        .await;
+    }
+
+    // Carol leaves. Alice rotates and hands the new key to Bob only.
+    let epoch_before = voice.status()["epoch"].as_u64().unwrap();
+    let carol_keys: Vec<u64> = cr.state.lock().unwrap().keys.iter().map(|k| k.0).collect();
+    cr.state.lock().unwrap().left = true;
+    let bye = VoiceRequest::Leave {
+        guild: a_ann.guild,
+        channel: a_ann.channel,
+    };
+    let r = carol.net.request(alice_peer, bye.to_bytes()).await.unwrap();
+    assert_eq!(VoiceResponse::from_bytes(&r).unwrap(), VoiceResponse::Ok);
+    wait("alice to rotate after carol left", || {
+        voice.status()["epoch"].as_u64().unwrap() > epoch_before
+    })
+    .await;
+    let new_kid = voice.status()["epoch"].as_u64().unwrap();
+    assert!(
+        carol_keys.iter().all(|k| *k < new_kid),
+        "carol had {carol_keys:?}"
+    );
+    wait("bob to get 25 frames of the new epoch", || {
+        b.frames().iter().filter(|f| kid_of(f) >= new_kid).count() >= 25
+    })
+    .await;
+    let next: Vec<Vec<u8>> = b
+        .frames()
+        .into_iter()
+        .filter(|f| kid_of(f) >= new_kid)
+        .collect();
+    let mut bob_rx = b.receiver();
+    let mut carol_rx = cr.receiver();
+    for f in &next {
+        bob_rx.decrypt(f, b"").expect("bob decrypts the new epoch");
+        assert!(
+            carol_rx.decrypt(f, b"").is_err(),
+            "carol decrypted a frame of the epoch after she left"
+        );
+    }
+    // Alice's presence announces to Carol (now outside the call) carry no key.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(cr.state.lock().unwrap().keys_after_leave, 0);
+    assert_eq!(voice.status()["participants"].as_array().unwrap().len(), 1);
+
+    // Hostile packets at Alice's voice port: garbage, truncations, unknown streams, forged
+    // probes, and replays of Bob's real frames. Bob's fresh frames must still be played.
+    let mut sender = VoiceSender::new(
+        CodecConfig::default(),
+        FrameSender::new(b.key.0, &BaseKey::from_bytes(*b.key.1.expose())),
+    )
+    .unwrap();
+    let tone: Vec<i16> = (0..FRAME_SAMPLES)
+        .map(|i| ((i as f64 * 0.07).sin() * 6000.0) as i16)
+        .collect();
+    let frame: [i16; FRAME_SAMPLES] = tone.try_into().unwrap();
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    for i in 0..100u32 {
+        let mut p = Vec::new();
+        wire::media_header(b.ssrc, &mut p);
+        p.extend_from_slice(&sender.send(&frame).unwrap());
+        b.sock.send_to(&p, alice_addr).await.unwrap();
+        // Replay every frame, and an older one.
+        b.sock.send_to(&p, alice_addr).await.unwrap();
+        if let Some(old) = sent.first() {
+            b.sock.send_to(old.as_slice(), alice_addr).await.unwrap();
+        }
+        // Garbage of every shape.
+        let mut junk = vec![0u8; (i as usize * 37) % 1500];
+        OsRng.fill_bytes(&mut junk);
+        b.sock.send_to(&junk, alice_addr).await.unwrap();
+        b.sock.send_to(&p[..p.len() / 2], alice_addr).await.unwrap();
+        let mut flipped = p.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        b.sock.send_to(&flipped, alice_addr).await.unwrap();
+        let forged = wire::probe_packet(PROBE, &Secret32::random(&mut OsRng), b.ssrc, 7);
+        b.sock.send_to(&forged, alice_addr).await.unwrap();
+        sent.push(p);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let st = voice.status();
+    let me = &st["participants"][0];
+    let (accepted, rejected) = (
+        me["accepted"].as_u64().unwrap(),
+        me["rejected"].as_u64().unwrap(),
+    );
+    eprintln!(
+        "alice from bob: accepted {accepted}, rejected {rejected}; engine {}",
+        st["engine"]
+    );
+    assert_eq!(accepted, 100, "every fresh frame once: {st}");
+    assert!(
+        rejected >= 290,
+        "replays, truncations and flips rejected: {st}"
+    );
+    assert!(st["engine"]["dropped"].as_u64().unwrap() >= 100, "{st}");
+    assert_eq!(st["engine"]["running"], true, "{st}");
+    assert!(
+        me["decoded"].as_u64().unwrap() > 50,
+        "bob's frames were played: {st}"
+    );
+
+    voice.stop().await;
+    drop(b);
+    drop(cr);
+    c.stop().await;
+}
