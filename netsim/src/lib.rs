@@ -29,3 +29,4 @@ pub mod runner;
 pub mod scenario;
 pub mod sys;
 pub mod topology;
+pub mod voice;

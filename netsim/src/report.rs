@@ -122,6 +122,8 @@ pub struct Report {
     pub events: Vec<TimelineEvent>,
     /// The scenario's latency bound, ms.
     pub max_latency_ms: Option<u64>,
+    /// Voice calls.
+    pub calls: Vec<CallReport>,
     /// Every failed assertion.
     pub failures: Vec<String>,
     /// No failures.
@@ -143,6 +145,7 @@ impl Report {
             messages: Vec::new(),
             events: Vec::new(),
             max_latency_ms: None,
+            calls: Vec::new(),
             failures: Vec::new(),
             passed: false,
         }
@@ -176,6 +179,29 @@ impl Report {
                         r.host,
                         r.latency_ms.unwrap_or_default()
                     ));
+                }
+            }
+        }
+        for c in &self.calls {
+            for p in &c.paths {
+                if p.path != "direct" && p.path != "relayed" {
+                    self.failures.push(format!(
+                        "call in {}: {} has no media path to {} ({})",
+                        c.channel, p.from, p.to, p.path
+                    ));
+                }
+            }
+            for h in &c.scores {
+                match h.pesq {
+                    Some(q) if q >= c.min_pesq => {}
+                    Some(q) => self.failures.push(format!(
+                        "call in {}: {} hears {} at PESQ {q:.2}, below {:.2}",
+                        c.channel, h.listener, h.speaker, c.min_pesq
+                    )),
+                    None => self.failures.push(format!(
+                        "call in {}: {} does not hear {}",
+                        c.channel, h.listener, h.speaker
+                    )),
                 }
             }
         }
@@ -245,6 +271,41 @@ impl Report {
                 })
                 .collect();
             let _ = writeln!(s, "{:<30} {:<10} {}", m.text, m.sender, r.join(" "));
+        }
+        for c in &self.calls {
+            let _ = writeln!(
+                s,
+                "\ncall in {} ({} participants)\n{:<12} {:<12} {:<10} {:<8} {:<7} {:<8} {:<10} PESQ-WB",
+                c.channel,
+                c.hosts.len(),
+                "listener",
+                "speaker",
+                "path",
+                "rtt ms",
+                "loss",
+                "jb ms",
+                "path at ms",
+            );
+            for p in &c.paths {
+                let q = c
+                    .scores
+                    .iter()
+                    .find(|h| h.listener == p.from && h.speaker == p.to)
+                    .and_then(|h| h.pesq)
+                    .map_or("not heard".to_owned(), |q| format!("{q:.2}"));
+                let _ = writeln!(
+                    s,
+                    "{:<12} {:<12} {:<10} {:<8} {:<7} {:<8} {:<10} {}",
+                    p.from,
+                    p.to,
+                    p.path,
+                    p.rtt_ms.map_or("-".into(), |r| format!("{r:.1}")),
+                    format!("{:.1}%", p.loss * 100.0),
+                    format!("{:.0}", p.jitter_buffer_ms),
+                    p.connected_ms.map_or("-".into(), |m| m.to_string()),
+                    q
+                );
+            }
         }
         let _ = writeln!(s, "\n{}", if self.passed { "PASSED" } else { "FAILED:" });
         for f in &self.failures {
@@ -335,4 +396,70 @@ mod tests {
         assert_eq!(json["passed"], false);
         assert_eq!(json["messages"][0]["receipts"][1]["count"], 0);
     }
+}
+
+/// One direction of a call: `from`'s view of `to`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CallPath {
+    /// The listener.
+    pub from: String,
+    /// The participant it receives.
+    pub to: String,
+    /// `direct`, `relayed`, `connecting`, or `missing` (not a participant at all).
+    pub path: String,
+    /// Round trip on the direct path, ms.
+    pub rtt_ms: Option<f64>,
+    /// Loss the jitter buffer estimated.
+    pub loss: f64,
+    /// Jitter-buffer target, ms.
+    pub jitter_buffer_ms: f64,
+    /// Frames received through the media relay and directly.
+    pub via_relay: u64,
+    /// See `via_relay`.
+    pub via_direct: u64,
+    /// When the path was first usable, ms after the listener joined.
+    pub connected_ms: Option<u64>,
+}
+
+/// One speaker in one listener's recording.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CallScore {
+    /// Who recorded.
+    pub listener: String,
+    /// Who spoke.
+    pub speaker: String,
+    /// PESQ-WB of the speaker's turn in the recording.
+    pub pesq: Option<f64>,
+    /// Delay of the turn relative to where it was expected, ms.
+    pub offset_ms: Option<i64>,
+    /// Envelope correlation where the turn was found.
+    pub match_r: f64,
+}
+
+impl CallScore {
+    /// A score from what [`crate::voice::score`] found.
+    pub fn new(listener: &str, speaker: &str, heard: crate::voice::Heard) -> Self {
+        Self {
+            listener: listener.to_owned(),
+            speaker: speaker.to_owned(),
+            pesq: heard.pesq,
+            offset_ms: heard.offset_ms,
+            match_r: heard.match_r,
+        }
+    }
+}
+
+/// A voice call step.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CallReport {
+    /// Voice channel.
+    pub channel: String,
+    /// Participants.
+    pub hosts: Vec<String>,
+    /// The bound every score must meet.
+    pub min_pesq: f64,
+    /// Every ordered pair of participants.
+    pub paths: Vec<CallPath>,
+    /// Every (listener, speaker) pair.
+    pub scores: Vec<CallScore>,
 }

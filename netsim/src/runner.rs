@@ -489,6 +489,19 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
     for c in channels {
         owner.cli(bin, &["channel", "create", &gid, c])?;
     }
+    let mut voice_channels: Vec<&str> = scenario
+        .timeline
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::Call { channel, .. } => Some(channel.as_str()),
+            _ => None,
+        })
+        .collect();
+    voice_channels.sort_unstable();
+    voice_channels.dedup();
+    for c in voice_channels {
+        owner.cli(bin, &["channel", "create", &gid, c, "--voice"])?;
+    }
     let mut joined = vec![owner_name.clone()];
     joined_at.insert(owner_name.clone(), watch_t0.elapsed().as_millis() as u64);
     for m in members.iter().skip(1) {
@@ -587,6 +600,23 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
                     partitioned.remove(site);
                 }
             }
+            Action::Call {
+                hosts,
+                channel,
+                turn_ms,
+                lead_ms,
+                min_pesq,
+            } => {
+                let spec = CallSpec {
+                    hosts,
+                    channel,
+                    turn_ms: *turn_ms,
+                    lead_ms: *lead_ms,
+                    min_pesq: *min_pesq,
+                };
+                let dir = crate::voice::call_dir(&run_dir, i);
+                report.calls.push(call(&nodes, bin, &gid, &spec, &dir)?);
+            }
             Action::FlushNat { site } => topo.flush_nat(site)?,
             Action::ChangeAddress { site } => {
                 let new = topo.change_address(site)?;
@@ -619,6 +649,171 @@ pub fn run(scenario: &Scenario, name: &str, opts: &RunOptions) -> Result<Report>
         let _ = std::fs::remove_dir_all(&run_dir);
     }
     Ok(report)
+}
+
+struct CallSpec<'a> {
+    hosts: &'a [String],
+    channel: &'a str,
+    turn_ms: u64,
+    lead_ms: u64,
+    min_pesq: f64,
+}
+
+/// A voice call step (see [`crate::voice`]): join, wait for paths, let everyone speak in turn,
+/// leave, score every recording.
+fn call(
+    nodes: &BTreeMap<String, NodeProc>,
+    bin: &Path,
+    gid: &str,
+    spec: &CallSpec<'_>,
+    dir: &Path,
+) -> Result<crate::report::CallReport> {
+    use crate::report::{CallPath, CallReport, CallScore};
+    std::fs::create_dir_all(dir).map_err(|e| NetsimError::io(dir.display().to_string(), e))?;
+    let n = spec.hosts.len();
+    let mut speech = Vec::new();
+    for (i, h) in spec.hosts.iter().enumerate() {
+        let s = crate::voice::speech(dir, i, spec.turn_ms.saturating_sub(500))?;
+        crate::voice::compose(
+            &dir.join(format!("{h}-in.wav")),
+            &s,
+            spec.lead_ms,
+            spec.turn_ms,
+            i,
+            n,
+        )?;
+        speech.push(s);
+    }
+    // Peer id -> host name, for the statuses.
+    let host_of: BTreeMap<String, String> = spec
+        .hosts
+        .iter()
+        .filter_map(|h| nodes.get(h).map(|p| (p.peer_id.clone(), h.clone())))
+        .collect();
+    let mut joined_at: BTreeMap<String, Instant> = BTreeMap::new();
+    for h in spec.hosts {
+        let p = node(nodes, h)?;
+        let input = dir.join(format!("{h}-in.wav"));
+        let output = dir.join(format!("{h}-out.wav"));
+        let (i, o) = (input.display().to_string(), output.display().to_string());
+        p.cli(
+            bin,
+            &[
+                "voice",
+                "join",
+                gid,
+                spec.channel,
+                "--input",
+                &i,
+                "--output",
+                &o,
+            ],
+        )?;
+        joined_at.insert(h.clone(), Instant::now());
+    }
+    // Watch paths until every participant has one to every other, or the lead-in is over.
+    let mut connected: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let lead_end = joined_at
+        .values()
+        .max()
+        .copied()
+        .unwrap_or_else(Instant::now)
+        + Duration::from_millis(spec.lead_ms);
+    let mut last: BTreeMap<String, Value> = BTreeMap::new();
+    while Instant::now() < lead_end {
+        for h in spec.hosts {
+            let st = node(nodes, h)?.cli(bin, &["voice", "status"])?;
+            for p in st["participants"].as_array().into_iter().flatten() {
+                let Some(to) = p["peer"].as_str().and_then(|x| host_of.get(x)) else {
+                    continue;
+                };
+                let usable = p["path"] == "direct" || p["path"] == "relayed";
+                if usable {
+                    let since = joined_at[h].elapsed().as_millis() as u64;
+                    connected.entry((h.clone(), to.clone())).or_insert(since);
+                }
+            }
+            last.insert(h.clone(), st);
+        }
+        if connected.len() == n * (n - 1) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The last turn ends lead + n turns after the last join; add playout and a margin.
+    let end = lead_end + Duration::from_millis(spec.turn_ms * n as u64 + 1500);
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for h in spec.hosts {
+        let st = node(nodes, h)?.cli(bin, &["voice", "status"])?;
+        last.insert(h.clone(), st);
+    }
+    for h in spec.hosts {
+        node(nodes, h)?.cli(bin, &["voice", "leave"])?;
+    }
+    let mut paths = Vec::new();
+    for from in spec.hosts {
+        for to in spec.hosts.iter().filter(|t| *t != from) {
+            let st = last.get(from).cloned().unwrap_or_default();
+            let p = st["participants"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["peer"].as_str().and_then(|x| host_of.get(x)) == Some(to))
+                .cloned();
+            paths.push(match p {
+                Some(p) => CallPath {
+                    from: from.clone(),
+                    to: to.clone(),
+                    path: p["path"].as_str().unwrap_or("connecting").to_owned(),
+                    rtt_ms: p["rtt_ms"].as_f64(),
+                    loss: p["loss"].as_f64().unwrap_or(0.0),
+                    jitter_buffer_ms: p["jitter_buffer_ms"].as_f64().unwrap_or(0.0),
+                    via_relay: p["via_relay"].as_u64().unwrap_or(0),
+                    via_direct: p["via_direct"].as_u64().unwrap_or(0),
+                    connected_ms: connected.get(&(from.clone(), to.clone())).copied(),
+                },
+                None => CallPath {
+                    from: from.clone(),
+                    to: to.clone(),
+                    path: "missing".into(),
+                    rtt_ms: None,
+                    loss: 0.0,
+                    jitter_buffer_ms: 0.0,
+                    via_relay: 0,
+                    via_direct: 0,
+                    connected_ms: None,
+                },
+            });
+        }
+    }
+    let mut scores = Vec::new();
+    for (li, listener) in spec.hosts.iter().enumerate() {
+        let rec = dir.join(format!("{listener}-out.wav"));
+        let scratch = dir.join(format!("{listener}-out-16k.wav"));
+        for (si, speaker) in spec.hosts.iter().enumerate() {
+            if si == li {
+                continue;
+            }
+            // Both files start at their host's join: the speaker's turn sits at lead + its
+            // slot on its own clock, shifted by how much later it joined.
+            let shift = joined_at[speaker].saturating_duration_since(joined_at[listener]);
+            let back = joined_at[listener].saturating_duration_since(joined_at[speaker]);
+            let expected = (spec.lead_ms + si as u64 * spec.turn_ms) as i64
+                + shift.as_millis() as i64
+                - back.as_millis() as i64;
+            let heard = crate::voice::score(&rec, &speech[si], expected, 1500, &scratch)?;
+            scores.push(CallScore::new(listener, speaker, heard));
+        }
+    }
+    Ok(CallReport {
+        channel: spec.channel.to_owned(),
+        hosts: spec.hosts.to_vec(),
+        min_pesq: spec.min_pesq,
+        paths,
+        scores,
+    })
 }
 
 fn node<'a>(nodes: &'a BTreeMap<String, NodeProc>, name: &str) -> Result<&'a NodeProc> {

@@ -176,6 +176,35 @@ pub enum Action {
         #[serde(default)]
         within_ms: Option<u64>,
     },
+    /// A voice call: `hosts` join voice channel `channel` (created by the owner), each speaks a
+    /// sentence in its own turn and records; every recording is scored (see `crate::voice`).
+    Call {
+        /// The participants.
+        hosts: Vec<String>,
+        /// Voice channel name.
+        channel: String,
+        /// Length of each speaker's turn, ms.
+        #[serde(default = "default_turn_ms")]
+        turn_ms: u64,
+        /// Silence before the first turn while the call connects, ms.
+        #[serde(default = "default_lead_ms")]
+        lead_ms: u64,
+        /// Lowest acceptable PESQ-WB of any speaker in any recording.
+        #[serde(default = "default_min_pesq")]
+        min_pesq: f64,
+    },
+}
+
+fn default_turn_ms() -> u64 {
+    5000
+}
+
+fn default_lead_ms() -> u64 {
+    8000
+}
+
+fn default_min_pesq() -> f64 {
+    3.0
 }
 
 impl Action {
@@ -190,6 +219,7 @@ impl Action {
             Self::ChangeAddress { site } => format!("new address {site}"),
             Self::Join { host } => format!("{host} joins"),
             Self::Send { host, .. } => format!("{host} sends"),
+            Self::Call { hosts, channel, .. } => format!("call in {channel} ({})", hosts.len()),
         }
     }
 }

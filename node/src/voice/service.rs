@@ -50,12 +50,14 @@ use super::codec::CodecConfig;
 use super::wire::{Announce, RelayEndpoint, SenderKey, VOICE_VERSION, VoiceRequest, VoiceResponse};
 use crate::guild::GuildService;
 use crate::guild::service::VoiceRoom;
-use crate::net::{Client, Event, NetError};
+use crate::net::{Client, Event};
 
 /// How long a rotation waits for every participant to take the new key before switching.
 pub const ROTATE_WAIT: Duration = Duration::from_secs(3);
-/// A participant silent this long (no packet at all) is gone.
+/// A participant silent this long (no UDP packet and no answer to a presence announce) is gone.
 pub const SILENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A participant not heard on UDP for this long is asked over libp2p whether it is still here.
+const UDP_QUIET: Duration = Duration::from_secs(3);
 /// How often members outside the call are told about it (and asked whether they are in it).
 const PRESENCE_EVERY: Duration = Duration::from_secs(5);
 /// A member's presence in a voice channel is remembered this long after its last announce.
@@ -95,6 +97,8 @@ struct Participant {
     may_speak: bool,
     last_heard: Instant,
     last_packets: u64,
+    last_accepted: u64,
+    last_rejected: u64,
 }
 
 struct Call {
@@ -477,7 +481,14 @@ impl VoiceService {
         let r = tokio::time::timeout(REQUEST_TIMEOUT, self.inner.net.request(peer, bytes)).await;
         match r {
             Ok(Ok(b)) => VoiceResponse::from_bytes(&b).ok(),
-            Ok(Err(NetError::Closed)) | Ok(Err(_)) | Err(_) => None,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "voice request failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "voice request timed out");
+                None
+            }
         }
     }
 
@@ -485,9 +496,16 @@ impl VoiceService {
     async fn presence_round(&self) {
         let Some((peers, me)) = self.with_call(|c| {
             let members = c.room.member_peers.clone();
+            // Members outside the call, and participants we have not heard on UDP lately
+            // (no path yet, or a dead one): their answer says whether they are still here.
+            let now = Instant::now();
             let outside: Vec<PeerId> = members
                 .into_iter()
-                .filter(|p| !c.participants.contains_key(p))
+                .filter(|p| {
+                    c.participants.get(p).is_none_or(|part| {
+                        now.saturating_duration_since(part.last_heard) > UDP_QUIET
+                    })
+                })
                 .collect();
             let hellos: Vec<(PeerId, Vec<u8>)> = outside
                 .into_iter()
@@ -516,6 +534,7 @@ impl VoiceService {
             .filter(|(p, _)| connected.contains(p))
             .map(|(p, b)| async move { (p, self.request(p, b).await) });
         for (peer, resp) in join_all(asks).await {
+            tracing::debug!(%peer, ?resp, "voice presence answer");
             match resp {
                 Some(VoiceResponse::Announce(a))
                     if (a.guild, a.channel) == me
@@ -534,7 +553,7 @@ impl VoiceService {
                         }
                     }
                 }
-                Some(VoiceResponse::NotInRoom) => {}
+                Some(VoiceResponse::NotInRoom) => self.on_leave(peer, me.0, me.1),
                 _ => {}
             }
         }
@@ -600,20 +619,30 @@ impl VoiceService {
                     may_speak: rights.speak,
                     last_heard: now,
                     last_packets: 0,
+                    last_accepted: 0,
+                    last_rejected: 0,
                 });
-                if part.ssrc != a.ssrc {
-                    // A new stream (it rejoined): forget the old one.
+                let rejoined = part.ssrc != a.ssrc;
+                if rejoined {
+                    // A new stream (it rejoined, perhaps after a restart): forget the old one.
                     let old = part.ssrc;
                     part.ssrc = a.ssrc;
                     let _ = c.engine.command(Command::Remove(old));
                 }
-                let part = c.participants.get_mut(&peer).ok_or("gone")?;
+                let mut a = a;
+                if a.key.is_none() && !rejoined {
+                    // A keyless announce (presence) keeps the key we have.
+                    a.key = part.theirs.key.clone();
+                }
                 part.theirs = a;
                 part.may_speak = rights.speak;
                 part.last_heard = now;
-                Ok(new)
+                Ok(new || rejoined)
             })
             .ok_or("not in a call")??;
+        if new {
+            tracing::info!(%peer, join, "voice participant added");
+        }
         if new && join {
             self.rotate();
         }
@@ -635,6 +664,7 @@ impl VoiceService {
             }
         });
         if removed == Some(true) {
+            tracing::info!(%peer, "voice participant left");
             self.rotate();
         }
     }
@@ -676,9 +706,19 @@ impl VoiceService {
                 }) else {
                     return;
                 };
+                // One retry for a request that failed (a connection replaced mid-request);
+                // a participant that still misses the key asks for it (check_participants).
                 let _ = tokio::time::timeout(
                     ROTATE_WAIT,
-                    join_all(reqs.into_iter().map(|(p, b)| s.request(p, b))),
+                    join_all(reqs.into_iter().map(|(p, b)| {
+                        let s = &s;
+                        async move {
+                            if s.request(p, b.clone()).await.is_none() {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                let _ = s.request(p, b).await;
+                            }
+                        }
+                    })),
                 )
                 .await;
                 let again = s.with_call(|c| {
@@ -718,10 +758,13 @@ impl VoiceService {
                     return VoiceResponse::NotInRoom;
                 }
                 match self.on_announce(peer, a, true) {
+                    Err(e) => {
+                        tracing::info!(%peer, error = %e, "voice announce refused");
+                        VoiceResponse::Refused(e)
+                    }
                     Ok(_) => self
                         .with_call(|c| VoiceResponse::Announce(c.announce_for(peer, true)))
                         .unwrap_or(VoiceResponse::NotInRoom),
-                    Err(e) => VoiceResponse::Refused(e),
                 }
             }
             VoiceRequest::Leave { guild, channel } => {
@@ -777,17 +820,25 @@ impl VoiceService {
             let now = Instant::now();
             let mut gone = Vec::new();
             let mut upserts = Vec::new();
+            let mut ask_key = Vec::new();
             for (peer, part) in c.participants.iter_mut() {
-                let packets = stats
+                let (packets, accepted, rejected) = stats
                     .remotes
                     .iter()
                     .find(|r| r.ssrc == part.ssrc)
-                    .map(|r| r.heard)
-                    .unwrap_or(0);
+                    .map(|r| (r.heard, r.accepted, r.rejected))
+                    .unwrap_or_default();
                 if packets != part.last_packets {
                     part.last_packets = packets;
                     part.last_heard = now;
                 }
+                // Frames we cannot decrypt and none we can: we missed its key (a lost request
+                // during a rotation). Asking again gets the current one.
+                if rejected > part.last_rejected && accepted == part.last_accepted {
+                    ask_key.push(*peer);
+                }
+                part.last_rejected = rejected;
+                part.last_accepted = accepted;
                 let rights = guilds.voice_rights(&c.room.guild, &c.room.channel, peer);
                 let silent = now.saturating_duration_since(part.last_heard) > SILENT_TIMEOUT;
                 if silent || !rights.is_some_and(|r| r.connect) {
@@ -815,11 +866,47 @@ impl VoiceService {
                     let _ = c.engine.command(Command::Remove(part.ssrc));
                 }
             }
-            // Our own rights: a kick or a lost Connect ends our call.
-            !gone.is_empty()
+            let asks: Vec<(PeerId, Vec<u8>)> = ask_key
+                .into_iter()
+                .map(|p| {
+                    (
+                        p,
+                        VoiceRequest::Announce(c.announce_for(p, false)).to_bytes(),
+                    )
+                })
+                .collect();
+            let me = guilds.voice_rights(&c.room.guild, &c.room.channel, &self.inner.net.peer_id());
+            (
+                !gone.is_empty(),
+                asks,
+                me.is_some_and(|r| r.connect),
+                (c.room.guild, c.room.channel),
+            )
         });
-        if changed == Some(true) {
+        let Some((changed, asks, still_allowed, room)) = changed else {
+            return;
+        };
+        if !still_allowed {
+            // Kicked, banned, or Connect taken away: the call ends here.
+            tracing::info!("no longer allowed in the voice channel; leaving");
+            let s = self.clone();
+            tokio::spawn(async move {
+                let _ = s.leave().await;
+            });
+            return;
+        }
+        if changed {
             self.rotate();
+        }
+        for (peer, req) in asks {
+            let s = self.clone();
+            tokio::spawn(async move {
+                if let Some(VoiceResponse::Announce(a)) = s.request(peer, req).await
+                    && (a.guild, a.channel) == room
+                {
+                    let _ = s.on_announce(peer, a, false);
+                }
+            });
         }
     }
 
