@@ -476,12 +476,17 @@ mod tests {
         assert_eq!(t.refresh(&a, &[0; 16], now), Err(Refusal::Unknown));
         // Refreshing moves the end of the lifetime.
         let later = now + Duration::from_secs(90);
-        t.admit(&g.token, addr(1), 10, later - Duration::from_secs(1))
-            .unwrap();
+        for s in (0..90).step_by(5).chain([89]) {
+            t.admit(&g.token, addr(1), 10, now + Duration::from_secs(s))
+                .unwrap();
+        }
         assert_eq!(t.refresh(&a, &g.token, later), Ok(Duration::from_secs(100)));
-        t.admit(&g.token, addr(1), 10, later + Duration::from_secs(9))
+        // Past the first lifetime (100 s), within the idle timeout of the last packet.
+        t.admit(&g.token, addr(1), 10, later + Duration::from_secs(5))
             .unwrap();
-        assert_eq!(t.sweep(later + Duration::from_secs(9)), 0);
+        t.admit(&g.token, addr(1), 10, later + Duration::from_secs(14))
+            .unwrap();
+        assert_eq!(t.sweep(later + Duration::from_secs(14)), 0);
         t.release(&a, &g.token, now).unwrap();
         assert!(t.is_empty());
         assert!(t.rooms.is_empty() && t.per_peer.is_empty() && t.by_token.is_empty());
