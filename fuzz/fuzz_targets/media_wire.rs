@@ -6,7 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use securecomm_rendezvous::media::{
-    ClientPacket, MediaRequest, MediaResponse, RelayPacket, codec::media_frame,
+    ClientPacket, MediaRequest, MediaResponse, RelayPacket,
+    codec::media_frame,
     parse_client_packet, parse_relay_packet,
     wire::{encode_bind, encode_bound, encode_data, encode_send},
 };

@@ -505,13 +505,13 @@ impl RelayConfig {
     /// libp2p listen address (its IP; port [`MEDIA_PORT`], or 0 when that address uses port 0).
     pub fn media_listen(&self) -> Result<SocketAddr, ConfigError> {
         if let Some(text) = &self.media.listen {
-            return text
-                .parse()
-                .map_err(|e: std::net::AddrParseError| ConfigError::BadSocketAddress {
+            return text.parse().map_err(|e: std::net::AddrParseError| {
+                ConfigError::BadSocketAddress {
                     field: "media.listen",
                     addr: text.clone(),
                     reason: e.to_string(),
-                });
+                }
+            });
         }
         let first = self.addresses()?.0.into_iter().next();
         let mut ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -661,9 +661,21 @@ mod tests {
         let cfg = RelayConfig::from_toml("listen = [\"/ip6/::1/tcp/4001\"]").unwrap();
         assert_eq!(cfg.media_listen().unwrap(), "[::1]:3478".parse().unwrap());
         let cfg = RelayConfig::from_toml("[media]\nlisten = \"127.0.0.1:5000\"\n").unwrap();
-        assert_eq!(cfg.media_listen().unwrap(), "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(
+            cfg.media_listen().unwrap(),
+            "127.0.0.1:5000".parse().unwrap()
+        );
         let err = RelayConfig::from_toml("[media]\nlisten = \"/ip4/1.2.3.4/udp/1\"\n").unwrap_err();
-        assert!(matches!(err, ConfigError::BadSocketAddress { field: "media.listen", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::BadSocketAddress {
+                    field: "media.listen",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let err = RelayConfig::from_toml("[media]\nmax_room_size = 1\n").unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -672,7 +684,10 @@ mod tests {
         let err =
             RelayConfig::from_toml("[media]\nmax_allocations = 2\nmax_allocations_per_peer = 3\n")
                 .unwrap_err();
-        assert!(err.to_string().starts_with("media.max_allocations_per_peer"));
+        assert!(
+            err.to_string()
+                .starts_with("media.max_allocations_per_peer")
+        );
         let err = RelayConfig::from_toml("[media]\nbytes_per_second = 1000\n").unwrap_err();
         assert!(err.to_string().starts_with("media.bytes_per_second"));
         assert!(matches!(

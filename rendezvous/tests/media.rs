@@ -98,7 +98,10 @@ impl Client {
 
     /// The answer, or `Err` when the request failed (e.g. the protocol is not served).
     async fn try_call(&mut self, request: MediaRequest) -> Result<MediaResponse, String> {
-        let id = self.swarm.behaviour_mut().send_request(&self.relay, request);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .send_request(&self.relay, request);
         let fut = async {
             loop {
                 match self.swarm.select_next_some().await {

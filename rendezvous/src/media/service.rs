@@ -74,16 +74,8 @@ impl MediaMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("securecomm_media");
-        r.register(
-            "allocations",
-            "Allocations held",
-            m.allocations.clone(),
-        );
-        r.register(
-            "packets_in",
-            "UDP datagrams received",
-            m.packets_in.clone(),
-        );
+        r.register("allocations", "Allocations held", m.allocations.clone());
+        r.register("packets_in", "UDP datagrams received", m.packets_in.clone());
         r.register(
             "packets_forwarded",
             "DATA copies sent (a fan-out counts once per destination)",
@@ -160,7 +152,11 @@ fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 impl MediaRelay {
     /// Binds `listen` and starts the UDP thread.
-    pub fn start(limits: &MediaLimits, listen: SocketAddr, metrics: MediaMetrics) -> io::Result<Self> {
+    pub fn start(
+        limits: &MediaLimits,
+        listen: SocketAddr,
+        metrics: MediaMetrics,
+    ) -> io::Result<Self> {
         let socket = bind(listen)?;
         let local_addr = socket.local_addr()?;
         let table = Arc::new(Mutex::new(Table::new(limits)));
@@ -204,10 +200,7 @@ impl MediaRelay {
             MediaRequest::Refresh { .. } => "refresh",
             MediaRequest::Release { .. } => "release",
         };
-        self.metrics
-            .requests
-            .get_or_create(&[("kind", kind)])
-            .inc();
+        self.metrics.requests.get_or_create(&[("kind", kind)]).inc();
         let mut table = lock(&self.table);
         let result = match request {
             MediaRequest::Allocate { room } => {

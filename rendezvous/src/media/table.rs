@@ -541,10 +541,16 @@ mod tests {
         for _ in 0..10 {
             t.admit(&g.token, addr(1), 10, now).unwrap();
         }
-        assert_eq!(t.admit(&g.token, addr(1), 10, now), Err(DropReason::RateLimit));
+        assert_eq!(
+            t.admit(&g.token, addr(1), 10, now),
+            Err(DropReason::RateLimit)
+        );
         let later = now + Duration::from_millis(100);
         t.admit(&g.token, addr(1), 10, later).unwrap();
-        assert_eq!(t.admit(&g.token, addr(1), 10, later), Err(DropReason::RateLimit));
+        assert_eq!(
+            t.admit(&g.token, addr(1), 10, later),
+            Err(DropReason::RateLimit)
+        );
         // Bytes: 10 000 per second; a fresh allocation can send 10 000 bytes at once, no more.
         let g = t.allocate(PeerId::random(), [1; 32], now).unwrap();
         t.admit(&g.token, addr(2), 6_000, now).unwrap();

@@ -578,7 +578,10 @@ mod tests {
             Err(DecodeError::TrailingBytes(1))
         );
         for cut in 0..bytes.len() {
-            assert!(MediaRequest::from_bytes(&bytes[..cut]).is_err(), "cut {cut}");
+            assert!(
+                MediaRequest::from_bytes(&bytes[..cut]).is_err(),
+                "cut {cut}"
+            );
         }
         assert!(matches!(
             MediaRequest::from_bytes(&[2, 2]),
