@@ -15,6 +15,13 @@
 //! partner's allocation id. Allocations are made through [`MediaRelay::handle`] (the code path
 //! the swarm task calls), then every socket BINDs.
 //!
+//! The reference machine is shared with other builds (load averages of 8 to 14 on 2 cores are
+//! common), so by default the forwarding thread and the two generator threads run under
+//! `SCHED_FIFO` (`chrt -f 10`, as root): that stands in for the dedicated core a production
+//! relay has, and keeps compilers from preempting the measurement. They block in `recv` or
+//! sleep between bursts, so they leave the CPUs to others when idle. `MEDIA_BENCH_RT=0` runs
+//! them at normal priority instead.
+//!
 //! In the same run, a baseline forwarder with the same socket API and buffers (`recv_from`,
 //! copy into a DATA packet, `send_to` the partner's address from a plain array) but no token
 //! lookup, no lock and no rate limiting carries the same load. Each run reports offered and
@@ -73,9 +80,11 @@ fn main() {
         .unwrap_or_else(|| vec![1000, 2000, 4000]);
     // Everything started from here on inherits CPU 1; the forwarding thread moves to CPU 0.
     pin(std::process::id(), GEN_CPU);
+    let rt = std::env::var("MEDIA_BENCH_RT").map_or(true, |v| v != "0");
     println!(
         "media relay: {PAYLOAD}-byte payloads, {PPS_PER_STREAM} packets/s per stream, {secs} s per run, \
-         forwarder on CPU {RELAY_CPU}, load generator on CPU {GEN_CPU}"
+         forwarder on CPU {RELAY_CPU}, load generator on CPU {GEN_CPU}, \
+         real-time priority: {rt}"
     );
     println!(
         "{:>8} {:>9} {:>11} {:>13} {:>10} {:>8} {:>11} {:>12} {:>11} {:>9}",
@@ -91,8 +100,8 @@ fn main() {
         "ratio"
     );
     for &n in &streams {
-        let base = run(n, secs, Mode::Baseline);
-        let relay = run(n, secs, Mode::Relay);
+        let base = run(n, secs, Mode::Baseline, rt);
+        let relay = run(n, secs, Mode::Relay, rt);
         base.print(None);
         relay.print(Some(&base));
     }
@@ -162,7 +171,7 @@ fn big_socket() -> UdpSocket {
     s.into()
 }
 
-fn run(n: usize, secs: u64, mode: Mode) -> Outcome {
+fn run(n: usize, secs: u64, mode: Mode, rt: bool) -> Outcome {
     assert!(n.is_multiple_of(2), "streams come in pairs");
     let sockets: Vec<UdpSocket> = (0..n).map(|_| big_socket()).collect();
     let mut registry = Registry::default();
@@ -225,6 +234,9 @@ fn run(n: usize, secs: u64, mode: Mode) -> Outcome {
         Mode::Baseline => BASELINE_THREAD,
     });
     pin(fwd_tid, RELAY_CPU);
+    if rt {
+        realtime(fwd_tid);
+    }
 
     // Receiver: one tokio task per socket on a single-threaded runtime, on CPU 1.
     let receivers: Vec<UdpSocket> = streams
@@ -241,6 +253,9 @@ fn run(n: usize, secs: u64, mode: Mode) -> Outcome {
     };
     std::thread::sleep(Duration::from_millis(200));
     let rx_tid = tid_of("media-gen-rx");
+    if rt {
+        realtime(rx_tid);
+    }
 
     let fwd_before = cpu_of(fwd_tid);
     let rx_before = cpu_of(rx_tid);
@@ -249,6 +264,9 @@ fn run(n: usize, secs: u64, mode: Mode) -> Outcome {
         .name("media-gen-tx".into())
         .spawn(move || {
             let tx_tid = tid_of_self();
+            if rt {
+                realtime(tx_tid);
+            }
             let before = cpu_of(tx_tid);
             let sent = send(&streams, relay_addr, Duration::from_secs(secs), mode);
             (sent, cpu_of(tx_tid) - before)
@@ -462,6 +480,18 @@ fn pin(tid: u32, cpu: &str) {
         .unwrap_or(false);
     if !ok {
         println!("warning: could not pin thread {tid} to CPU {cpu} (taskset missing?)");
+    }
+}
+
+fn realtime(tid: u32) {
+    let ok = Command::new("chrt")
+        .args(["-f", "-p", "10", &tid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        println!("warning: could not give thread {tid} real-time priority (not root?)");
     }
 }
 

@@ -607,6 +607,8 @@ mod tests {
         assert_eq!(back, MediaResponse::refused("é".repeat(128)));
     }
 
+    // Tokens, ids and txids go in by value or by reference (both are the API).
+    #[allow(clippy::needless_borrows_for_generic_args)]
     #[test]
     fn debug_never_prints_a_token() {
         let token = [0x5A; 16];
@@ -648,6 +650,7 @@ mod tests {
         }
     }
 
+    #[allow(clippy::needless_borrows_for_generic_args)]
     #[test]
     fn packet_bytes_are_pinned() {
         let mut out = vec![0xEE; 3];
