@@ -4,9 +4,12 @@
 //! minutes and a file after 128 KiB, so SecureComm relays default to long circuits with byte
 //! limits the community sets. Every limit is bounded; a zero or absurd value is a clear error.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, multiaddr::Protocol};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -39,6 +42,16 @@ pub enum ConfigError {
         /// Why the parser refused it.
         reason: String,
     },
+    /// A UDP listen address is not an `IP:port` socket address.
+    #[error("{field}: expected an address such as 0.0.0.0:3478, got {addr:?}: {reason}")]
+    BadSocketAddress {
+        /// The offending key.
+        field: &'static str,
+        /// The text as given.
+        addr: String,
+        /// Why the parser refused it.
+        reason: String,
+    },
 }
 
 /// The whole relay configuration.
@@ -63,6 +76,8 @@ pub struct RelayConfig {
     pub rendezvous: RendezvousLimits,
     /// Mailbox (store-and-forward of ciphertext) limits.
     pub mailbox: MailboxLimits,
+    /// UDP media relay settings and limits.
+    pub media: MediaLimits,
 }
 
 /// Limits on relayed connections.
@@ -150,6 +165,55 @@ pub struct MailboxLimits {
     pub max_prekey_entries: u64,
 }
 
+/// The UDP media relay (see [`crate::media`]): allocations over libp2p, media over one UDP
+/// socket.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaLimits {
+    /// Whether this relay offers the media relay at all (when false, the protocol is not
+    /// advertised and no UDP socket is opened).
+    pub enabled: bool,
+    /// UDP socket address to bind, e.g. `0.0.0.0:3478`. When absent: the IP address of the
+    /// first `listen` multiaddr, port [`MEDIA_PORT`], or port 0 (any free port) when that
+    /// multiaddr uses port 0. Clients learn the bound port in every allocation.
+    pub listen: Option<String>,
+    /// Most allocations held at once.
+    pub max_allocations: u32,
+    /// Most allocations one peer holds at once.
+    pub max_allocations_per_peer: u32,
+    /// Most allocations in one room.
+    pub max_room_size: u32,
+    /// Seconds an allocation lives unless refreshed.
+    pub lifetime_secs: u64,
+    /// Seconds without a UDP packet after which a bound allocation expires (an allocation never
+    /// bound expires after this or 60 s, whichever is longer).
+    pub idle_timeout_secs: u64,
+    /// Packets one allocation may send per second (its burst is one second's worth).
+    pub packets_per_second: u32,
+    /// Bytes (whole UDP payloads as sent in) one allocation may send per second (burst: one
+    /// second's worth).
+    pub bytes_per_second: u32,
+}
+
+/// Default UDP port of the media relay (the STUN/TURN port, which firewalls often allow).
+pub const MEDIA_PORT: u16 = 3478;
+
+impl Default for MediaLimits {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            max_allocations: 4096,
+            max_allocations_per_peer: 4,
+            max_room_size: 64,
+            lifetime_secs: 300,
+            idle_timeout_secs: 60,
+            packets_per_second: 200,
+            bytes_per_second: 40_000,
+        }
+    }
+}
+
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
@@ -163,6 +227,7 @@ impl Default for RelayConfig {
             connections: ConnectionLimits::default(),
             rendezvous: RendezvousLimits::default(),
             mailbox: MailboxLimits::default(),
+            media: MediaLimits::default(),
         }
     }
 }
@@ -403,7 +468,63 @@ impl RelayConfig {
             1,
             1 << 24,
         )?;
+        let d = &self.media;
+        self.media_listen()?;
+        range(
+            "media.max_allocations",
+            d.max_allocations.into(),
+            1,
+            1 << 20,
+        )?;
+        range(
+            "media.max_allocations_per_peer",
+            d.max_allocations_per_peer.into(),
+            1,
+            d.max_allocations.min(1024).into(),
+        )?;
+        range("media.max_room_size", d.max_room_size.into(), 2, 1024)?;
+        range("media.lifetime_secs", d.lifetime_secs, 30, 24 * 3600)?;
+        range("media.idle_timeout_secs", d.idle_timeout_secs, 1, 3600)?;
+        range(
+            "media.packets_per_second",
+            d.packets_per_second.into(),
+            1,
+            100_000,
+        )?;
+        // One full-size packet must fit in the one-second burst.
+        range(
+            "media.bytes_per_second",
+            d.bytes_per_second.into(),
+            crate::media::wire::MAX_PACKET as u64,
+            1 << 30,
+        )?;
         Ok(())
+    }
+
+    /// The UDP address the media relay binds: `[media] listen`, or derived from the first
+    /// libp2p listen address (its IP; port [`MEDIA_PORT`], or 0 when that address uses port 0).
+    pub fn media_listen(&self) -> Result<SocketAddr, ConfigError> {
+        if let Some(text) = &self.media.listen {
+            return text.parse().map_err(|e: std::net::AddrParseError| {
+                ConfigError::BadSocketAddress {
+                    field: "media.listen",
+                    addr: text.clone(),
+                    reason: e.to_string(),
+                }
+            });
+        }
+        let first = self.addresses()?.0.into_iter().next();
+        let mut ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let mut port = MEDIA_PORT;
+        for p in first.iter().flat_map(|a| a.iter()) {
+            match p {
+                Protocol::Ip4(a) => ip = a.into(),
+                Protocol::Ip6(a) => ip = a.into(),
+                Protocol::Tcp(0) | Protocol::Udp(0) => port = 0,
+                _ => {}
+            }
+        }
+        Ok(SocketAddr::new(ip, port))
     }
 
     /// The circuit duration limit as a [`Duration`].
@@ -524,5 +645,54 @@ mod tests {
         assert!(err.to_string().starts_with("mailbox.max_item_bytes"));
         let err = RelayConfig::from_toml("[circuit]\nrate_interval_secs = 0\n").unwrap_err();
         assert!(err.to_string().starts_with("circuit.rate_interval_secs"));
+    }
+
+    #[test]
+    fn media_section_defaults_and_validation() {
+        let cfg = RelayConfig::default();
+        assert!(cfg.media.enabled);
+        assert_eq!(cfg.media.max_allocations, 4096);
+        assert_eq!(cfg.media.max_allocations_per_peer, 4);
+        assert_eq!(cfg.media.max_room_size, 64);
+        assert_eq!(cfg.media_listen().unwrap(), "0.0.0.0:3478".parse().unwrap());
+        // Derived from the first listen address: its IP, and port 0 when it uses port 0.
+        let cfg = RelayConfig::from_toml("listen = [\"/ip4/127.0.0.1/tcp/0\"]").unwrap();
+        assert_eq!(cfg.media_listen().unwrap(), "127.0.0.1:0".parse().unwrap());
+        let cfg = RelayConfig::from_toml("listen = [\"/ip6/::1/tcp/4001\"]").unwrap();
+        assert_eq!(cfg.media_listen().unwrap(), "[::1]:3478".parse().unwrap());
+        let cfg = RelayConfig::from_toml("[media]\nlisten = \"127.0.0.1:5000\"\n").unwrap();
+        assert_eq!(
+            cfg.media_listen().unwrap(),
+            "127.0.0.1:5000".parse().unwrap()
+        );
+        let err = RelayConfig::from_toml("[media]\nlisten = \"/ip4/1.2.3.4/udp/1\"\n").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::BadSocketAddress {
+                    field: "media.listen",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = RelayConfig::from_toml("[media]\nmax_room_size = 1\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "media.max_room_size must be between 2 and 1024, got 1"
+        );
+        let err =
+            RelayConfig::from_toml("[media]\nmax_allocations = 2\nmax_allocations_per_peer = 3\n")
+                .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("media.max_allocations_per_peer")
+        );
+        let err = RelayConfig::from_toml("[media]\nbytes_per_second = 1000\n").unwrap_err();
+        assert!(err.to_string().starts_with("media.bytes_per_second"));
+        assert!(matches!(
+            RelayConfig::from_toml("[media]\nport = 1\n").unwrap_err(),
+            ConfigError::Parse(_)
+        ));
     }
 }

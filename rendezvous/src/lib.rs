@@ -8,7 +8,8 @@
 //! parses flags). The operator's configuration, with the limits that keep a relay fair and
 //! alive, is [`config::RelayConfig`]; [`server::Relay::spawn`] runs a relay and returns a
 //! [`server::RelayHandle`]; [`identity`] keeps the relay's peer id stable across restarts;
-//! [`mailbox`] stores ciphertext for offline members and prekey bundles; [`capture`] records
+//! [`mailbox`] stores ciphertext for offline members and prekey bundles; [`media`] relays
+//! end-to-end encrypted voice over UDP for peers that cannot hole-punch; [`capture`] records
 //! raw socket bytes so audits can check that no plaintext crosses the relay;
 //! [`metrics`] serves counts to Prometheus.
 
@@ -16,6 +17,7 @@ pub mod capture;
 pub mod config;
 pub mod identity;
 pub mod mailbox;
+pub mod media;
 pub mod metrics;
 pub mod server;
 

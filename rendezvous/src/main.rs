@@ -1,15 +1,17 @@
 //! `securecomm-relay`: a community relay node (rendezvous, circuit relay v2, identify, AutoNAT
-//! server, ping, Kademlia server) for SecureComm. It holds no keys that can read what it relays.
+//! server, ping, Kademlia server, mailbox, UDP media relay) for SecureComm. It holds no keys
+//! that can read what it relays.
 //!
 //! ```text
 //! securecomm-relay --data-dir /var/lib/securecomm-relay --config relay.toml \
 //!     [--listen /ip4/0.0.0.0/tcp/4001]... [--external /dns4/relay.example/tcp/4001]... \
 //!     [--peer /ip4/198.51.100.2/tcp/4001/p2p/12D3Koo...]... \
-//!     [--metrics 127.0.0.1:9090] [--capture FILE]
+//!     [--metrics 127.0.0.1:9090] [--capture FILE] [--media-listen 0.0.0.0:3478]
 //! ```
 //!
 //! After the listeners are up it prints each listen multiaddr with `/p2p/<peer id>` on its own
-//! line to stdout, then serves until SIGINT or SIGTERM. Logs go to stderr (`RUST_LOG` filters).
+//! line to stdout, then `metrics http://ADDR/metrics` and `media udp ADDR` when those run,
+//! then serves until SIGINT or SIGTERM. Logs go to stderr (`RUST_LOG` filters).
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -43,6 +45,9 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// UDP address of the media relay; replaces the config file's `[media] listen`.
+    #[arg(long, value_name = "ADDR")]
+    media_listen: Option<SocketAddr>,
     /// Append every raw TCP byte the relay reads and writes to FILE (audit and tests; TCP only).
     #[arg(long, value_name = "FILE")]
     capture: Option<PathBuf>,
@@ -95,6 +100,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if !args.peer.is_empty() {
         config.peers = args.peer;
     }
+    if let Some(addr) = args.media_listen {
+        config.media.listen = Some(addr.to_string());
+    }
     config.validate()?;
     let key = identity::load_or_create(&args.data_dir)?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -118,6 +126,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         if let Some(m) = relay.metrics_addr() {
             writeln!(out, "metrics http://{m}/metrics")?;
+        }
+        if let Some(m) = relay.media_addr() {
+            writeln!(out, "media udp {m}")?;
         }
         out.flush()?;
     }

@@ -14,6 +14,9 @@
 //! * when `[mailbox] enabled`, the mailbox and prekey directory ([`crate::mailbox`]) on
 //!   `/securecomm/mailbox/1.0.0`: requests are decoded here and applied by a worker thread
 //!   that owns the SQLite database in [`RelayOptions::data_dir`], answers come back to this task.
+//! * when `[media] enabled`, the media relay's allocation protocol ([`crate::media`]) on
+//!   `/securecomm/media/1.0.0`: requests are answered here from the allocation table the UDP
+//!   thread ([`MediaRelay`]) shares; the UDP socket itself never touches this task.
 //!
 //! # Relays find each other
 //! Only relays run that DHT in server mode (nodes are clients), so its routing tables hold
@@ -88,11 +91,15 @@ use crate::{
         service::{Job, MailboxMetrics, Reply, Service},
         store::{DB_FILE, Store, StoreError},
     },
+    media::{MEDIA_PROTOCOL, MediaCodec, MediaMetrics, MediaRelay, MediaRequest, MediaResponse},
     metrics::MetricsServer,
 };
 
 /// How long a mailbox request or response may take on the wire (large blobs on slow links).
 const MAILBOX_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a media allocation request may take on the wire.
+const MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Kademlia protocol name of SecureComm's DHT (kept apart from the public IPFS DHT).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/securecomm/kad/1.0.0");
@@ -171,6 +178,7 @@ struct RelayBehaviour {
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     mailbox: Toggle<request_response::Behaviour<MailboxCodec>>,
+    media: Toggle<request_response::Behaviour<MediaCodec>>,
 }
 
 /// Entry point of the relay library.
@@ -183,6 +191,7 @@ pub struct RelayHandle {
     peer_id: PeerId,
     listen_addrs: Vec<Multiaddr>,
     metrics_addr: Option<SocketAddr>,
+    media_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     metrics_task: Option<JoinHandle<()>>,
@@ -202,6 +211,11 @@ impl RelayHandle {
     /// The bound metrics address, if metrics are served.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The bound UDP address of the media relay, if it is enabled.
+    pub fn media_addr(&self) -> Option<SocketAddr> {
+        self.media_addr
     }
 
     /// Stops accepting, closes every connection and waits for the relay task to end.
@@ -260,6 +274,7 @@ fn behaviour(
     config: &RelayConfig,
     key: &Keypair,
     mailbox: Option<&MailboxMetrics>,
+    media: Option<&MediaMetrics>,
 ) -> RelayBehaviour {
     let peer_id = key.public().to_peer_id();
     let n = &config.connections;
@@ -298,6 +313,13 @@ fn behaviour(
         ping: ping::Behaviour::default(),
         kad,
         mailbox: Toggle::from(mailbox.map(|m| mailbox_behaviour(config, m))),
+        media: Toggle::from(media.map(|m| {
+            request_response::Behaviour::with_codec(
+                MediaCodec::default().counting_malformed(m.malformed()),
+                [(MEDIA_PROTOCOL, ProtocolSupport::Inbound)],
+                request_response::Config::default().with_request_timeout(MEDIA_TIMEOUT),
+            )
+        })),
     }
 }
 
@@ -323,6 +345,7 @@ fn build_swarm(
     capture: Option<Arc<CaptureSink>>,
     registry: &mut Registry,
     mailbox: Option<&MailboxMetrics>,
+    media: Option<&MediaMetrics>,
 ) -> Result<Swarm<RelayBehaviour>, RelayError> {
     let noise = TappedNoise::new(key, capture.clone())?;
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
@@ -343,7 +366,7 @@ fn build_swarm(
         .with_idle_connection_timeout(Duration::from_secs(config.connections.idle_timeout_secs));
     Ok(Swarm::new(
         transport,
-        behaviour(config, key, mailbox),
+        behaviour(config, key, mailbox, media),
         key.public().to_peer_id(),
         swarm_config,
     ))
@@ -372,13 +395,30 @@ impl Relay {
             .mailbox
             .enabled
             .then(|| MailboxMetrics::register(&mut registry));
+        let media = if config.media.enabled {
+            let listen = config.media_listen()?;
+            let metrics = MediaMetrics::register(&mut registry);
+            Some(
+                MediaRelay::start(&config.media, listen, metrics).map_err(|source| {
+                    RelayError::Io {
+                        what: format!("media relay UDP socket {listen}"),
+                        source,
+                    }
+                })?,
+            )
+        } else {
+            None
+        };
+        let media_metrics = media.as_ref().map(MediaRelay::metrics);
         let mut swarm = build_swarm(
             &config,
             &key,
             capture,
             &mut registry,
             mailbox_metrics.as_ref(),
+            media_metrics.as_ref(),
         )?;
+        let media_addr = media.as_ref().map(MediaRelay::local_addr);
         let metrics = Metrics::new(&mut registry);
         let peer_id = *swarm.local_peer_id();
         let (mailbox, replies) = if let Some(mailbox_metrics) = mailbox_metrics {
@@ -432,6 +472,7 @@ impl Relay {
             listen_addrs: Vec::new(),
             listeners,
             mailbox,
+            media,
         };
         let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
         while !pending.is_empty() {
@@ -495,6 +536,7 @@ impl Relay {
             peer_id,
             listen_addrs,
             metrics_addr,
+            media_addr,
             shutdown: Some(shutdown_tx),
             task: Some(task),
             metrics_task,
@@ -510,6 +552,8 @@ struct EventLoop {
     listeners: HashMap<Multiaddr, ListenerId>,
     /// The mailbox worker, when the mailbox is enabled.
     mailbox: Option<Service>,
+    /// The UDP media relay, when enabled.
+    media: Option<MediaRelay>,
 }
 
 /// The next answer from the mailbox worker; pending forever without one.
@@ -556,6 +600,9 @@ impl EventLoop {
         }
         if let Some(mailbox) = self.mailbox.take() {
             mailbox.stop().await;
+        }
+        if let Some(media) = self.media.take() {
+            media.stop();
         }
         let listeners: Vec<ListenerId> = self.listeners.values().copied().collect();
         for id in listeners {
@@ -639,6 +686,7 @@ impl EventLoop {
     fn behaviour_event(&mut self, swarm: &mut Swarm<RelayBehaviour>, event: RelayBehaviourEvent) {
         match event {
             RelayBehaviourEvent::Mailbox(e) => self.mailbox_event(swarm, e),
+            RelayBehaviourEvent::Media(e) => self.media_event(swarm, e),
             RelayBehaviourEvent::Relay(e) => {
                 self.metrics.record(&e);
                 relay_log(&e);
@@ -715,6 +763,40 @@ impl EventLoop {
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, error = %error, "mailbox request failed");
+            }
+            _ => {}
+        }
+    }
+}
+
+impl EventLoop {
+    /// Answers a media allocation request at once from the shared table (a short lock, no
+    /// I/O). Logs carry the peer id and the request kind, never a token or room.
+    fn media_event(
+        &mut self,
+        swarm: &mut Swarm<RelayBehaviour>,
+        event: request_response::Event<MediaRequest, MediaResponse>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let response = match &self.media {
+                    Some(media) => media.handle(peer, request),
+                    None => MediaResponse::refused("disabled"),
+                };
+                if let Some(b) = swarm.behaviour_mut().media.as_mut() {
+                    // Fails only when the peer gave up waiting; nothing to do then.
+                    let _ = b.send_response(channel, response);
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, error = %error, "media request failed");
             }
             _ => {}
         }
