@@ -239,3 +239,135 @@ fn three_node_call_each_hears_the_other_two() {
         n.stop();
     }
 }
+
+fn wait_path(n: &Node, path: &str) -> Value {
+    until(
+        &format!("{} to reach its peer over a {path} path", n.name),
+        || {
+            let p = participants(n);
+            (p.len() == 1 && p[0]["path"] == path && p[0]["accepted"].as_u64().unwrap_or(0) > 25)
+                .then(|| p[0].clone())
+        },
+    )
+}
+
+/// One peer reachable only through the relay's UDP media relay (it never sends directly:
+/// `--relay-only`), then the same call upgraded to a direct path while it runs, without a gap:
+/// at most a couple of frames concealed across the switch.
+#[test]
+fn relayed_call_then_upgrade_to_direct_without_a_gap() {
+    let relay = TestRelay::start(None);
+    let mut nodes: Vec<Node> = ["alice", "bob"].iter().map(|n| Node::new(n)).collect();
+    for n in &mut nodes {
+        n.start(&["--listen", "/ip4/127.0.0.1/tcp/0", "--relay", &relay.addr]);
+    }
+    for n in &nodes {
+        until(&format!("{} to reserve on the relay", n.name), || {
+            let r = n.cli(&["relays"]);
+            r.as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["state"] == "reserved")
+                .then_some(())
+        });
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (gid, code) = create_and_invite(a, "Relay Voice", 1);
+    a.cli(&["channel", "create", &gid, "Lounge", "--voice"]);
+    assert_eq!(b.cli(&["guild", "join", &code])["ready"], true);
+    for n in &nodes {
+        wait_keyed(n, &gid, 2);
+        until(&format!("{} to see the voice channel", n.name), || {
+            n.cli(&["channel", "list", &gid])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == "Lounge")
+                .then_some(())
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Bob speaks one steady tone for 60 s: any gap shows as concealment at Alice.
+    let steady = Speaker {
+        freq: 700.0,
+        gate: vec![true; 3000],
+    };
+    let input = dir.path().join("bob-in.wav");
+    write_wav(&input, &steady, 0);
+    let out = dir.path().join("alice-out.wav");
+    let j = a.cli(&[
+        "voice",
+        "join",
+        &gid,
+        "Lounge",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(j["in_call"], true, "{j}");
+    let j = b.cli(&[
+        "voice",
+        "join",
+        &gid,
+        "Lounge",
+        "--input",
+        input.to_str().unwrap(),
+        "--relay-only",
+    ]);
+    assert_eq!(j["in_call"], true, "{j}");
+    assert_eq!(j["relay_only"], true, "{j}");
+
+    // Relayed both ways, media flowing through the relay.
+    let at_a = wait_path(a, "relayed");
+    wait_path(b, "relayed");
+    assert!(at_a["via_relay"].as_u64().unwrap() > 25, "{at_a}");
+    assert_eq!(at_a["via_direct"], 0, "{at_a}");
+    let b_status = b.cli(&["voice", "status"]);
+    assert!(
+        b_status["candidates"].as_array().unwrap().is_empty(),
+        "relay-only announces no address: {b_status}"
+    );
+    // Two windows of the same length: a steady relayed one (the baseline: a loaded machine
+    // conceals now and then), and one containing the upgrade.
+    let window = std::time::Duration::from_millis(3000);
+    let concealed = |v: &Value| v["concealed"].as_u64().unwrap();
+    let s0 = participants(a)[0].clone();
+    std::thread::sleep(window);
+    let s1 = participants(a)[0].clone();
+    let switched = std::time::Instant::now();
+    b.cli(&["voice", "relay-only", "off"]);
+    wait_path(a, "direct");
+    wait_path(b, "direct");
+    std::thread::sleep(window.saturating_sub(switched.elapsed()));
+    let s2 = participants(a)[0].clone();
+    let (calm, across) = (
+        concealed(&s1) - concealed(&s0),
+        concealed(&s2) - concealed(&s1),
+    );
+    eprintln!(
+        "concealed frames in {} ms: {calm} relayed, {across} across the upgrade; after {s2}",
+        window.as_millis()
+    );
+    assert!(
+        s2["via_direct"].as_u64().unwrap() > 25,
+        "frames come directly now: {s2}"
+    );
+    assert!(
+        across <= calm + 2,
+        "{across} frames concealed across the upgrade against {calm} in a steady window: {s2}"
+    );
+    for n in &nodes {
+        n.cli(&["voice", "leave"]);
+    }
+    // What Alice recorded is Bob's tone, through both paths.
+    let rec = read_wav(&out);
+    let env = envelope(&rec, steady.freq);
+    let loud = env.iter().filter(|e| **e > 1000.0).count();
+    assert!(
+        loud * 2 > env.len(),
+        "alice heard bob's tone in {loud} of {} frames",
+        env.len()
+    );
+    for n in &mut nodes {
+        n.stop();
+    }
+}

@@ -14,6 +14,8 @@ use libp2p::PeerId;
 use rand_core::{OsRng, RngCore};
 use securecomm_netsim::inproc::{Cluster, InNode};
 use securecomm_node::net::Event;
+use securecomm_node::voice::call::Device;
+use securecomm_node::voice::device::{AudioSink, WavSink};
 use securecomm_node::voice::pipeline::VoiceSender;
 use securecomm_node::voice::service::{JoinOptions, VoiceService};
 use securecomm_node::voice::wire::{
@@ -227,8 +229,21 @@ async fn a_leaver_cannot_decrypt_the_next_epoch_and_bad_packets_are_dropped() {
     let guild = Value::String(gid.clone());
 
     let voice = VoiceService::start(alice.net.clone(), alice.guilds.clone());
+    // Alice speaks (a tone), so her frames carry real Opus payloads.
+    let dir = tempfile::tempdir().unwrap();
+    let tone_path = dir.path().join("alice.wav");
+    let mut sink = WavSink::create(&tone_path).unwrap();
+    for k in 0..1500 {
+        let f: [i16; FRAME_SAMPLES] = std::array::from_fn(|i| {
+            let n = (k * FRAME_SAMPLES + i) as f64;
+            ((n * std::f64::consts::TAU * 440.0 / 48_000.0).sin() * 9000.0) as i16
+        });
+        sink.write_frame(&f).unwrap();
+    }
+    sink.finish().unwrap();
     let opts = JoinOptions {
         bind: "127.0.0.1:0".parse().unwrap(),
+        input: Device::Wav(tone_path),
         ..JoinOptions::default()
     };
     voice.join(&gid, "Lounge", opts).await.unwrap();
@@ -252,6 +267,22 @@ async fn a_leaver_cannot_decrypt_the_next_epoch_and_bad_packets_are_dropped() {
         })
         .await;
     }
+
+    // What travels (and what a media relay would forward: it passes these bytes unchanged)
+    // never contains the Opus plaintext.
+    let mut r = b.receiver();
+    let mut checked = 0;
+    for f in b.frames() {
+        let Ok(d) = r.decrypt(&f, b"") else { continue };
+        if d.plaintext.len() >= 16 {
+            checked += 1;
+            assert!(
+                !f.windows(8).any(|w| d.plaintext.windows(8).any(|p| p == w)),
+                "a frame on the wire shares 8 bytes with its plaintext"
+            );
+        }
+    }
+    assert!(checked >= 20, "only {checked} frames with speech to check");
 
     // Carol leaves. Alice rotates and hands the new key to Bob only.
     let epoch_before = voice.status()["epoch"].as_u64().unwrap();

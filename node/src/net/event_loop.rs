@@ -19,6 +19,7 @@ use libp2p::{Multiaddr, PeerId, Swarm};
 use securecomm_rendezvous::mailbox::wire::{
     Request as MailboxRequest, Response as MailboxResponse,
 };
+use securecomm_rendezvous::media::{MediaRequest, MediaResponse};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::relays::{RelayBook, RelayInfo};
@@ -158,6 +159,11 @@ enum Command {
         MailboxRequest,
         oneshot::Sender<Result<MailboxResponse, NetError>>,
     ),
+    Media(
+        PeerId,
+        MediaRequest,
+        oneshot::Sender<Result<MediaResponse, NetError>>,
+    ),
     Respond(InboundRequestId, Vec<u8>),
     AddAddress(PeerId, Multiaddr),
     Relays(oneshot::Sender<Vec<RelayInfo>>),
@@ -188,6 +194,7 @@ impl std::fmt::Debug for Command {
             Command::Validate(..) => "Validate",
             Command::Request(..) => "Request",
             Command::Mailbox(..) => "Mailbox",
+            Command::Media(..) => "Media",
             Command::Respond(..) => "Respond",
             Command::AddAddress(..) => "AddAddress",
             Command::Relays(_) => "Relays",
@@ -311,17 +318,9 @@ impl Client {
         self.ask(|tx| Command::Mailbox(relay, req, tx)).await?
     }
 
-    /// Sends a request to a relay's UDP media relay service (TEMPORARY: until the relay side
-    /// lands, every request fails).
-    pub async fn media(
-        &self,
-        relay: PeerId,
-        _req: crate::voice::media_shim::MediaRequest,
-    ) -> Result<crate::voice::media_shim::MediaResponse, NetError> {
-        Err(NetError::Request {
-            peer: relay,
-            reason: "media relay protocol not available".into(),
-        })
+    /// Sends a request to a relay's UDP media relay (allocations for voice) and waits.
+    pub async fn media(&self, relay: PeerId, req: MediaRequest) -> Result<MediaResponse, NetError> {
+        self.ask(|tx| Command::Media(relay, req, tx)).await?
     }
 
     pub async fn respond(&self, id: InboundRequestId, data: Vec<u8>) -> Result<(), NetError> {
@@ -377,6 +376,7 @@ pub struct EventLoop {
     discovery: (Option<QueryId>, tokio::time::Instant),
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
     pending_mailbox: HashMap<OutboundRequestId, oneshot::Sender<Result<MailboxResponse, NetError>>>,
+    pending_media: HashMap<OutboundRequestId, oneshot::Sender<Result<MediaResponse, NetError>>>,
     inbound: HashMap<InboundRequestId, ResponseChannel<Vec<u8>>>,
     connections: HashMap<PeerId, Vec<(ConnectionId, PeerPath, Multiaddr)>>,
     /// Peers mDNS found on the LAN and has not expired: dialled on discovery and again (with
@@ -498,6 +498,7 @@ impl EventLoop {
             discovery: (None, now),
             pending_requests: HashMap::new(),
             pending_mailbox: HashMap::new(),
+            pending_media: HashMap::new(),
             inbound: HashMap::new(),
             connections: HashMap::new(),
             lan: HashMap::new(),
@@ -641,6 +642,17 @@ impl EventLoop {
                 }
                 let id = b.mailbox.send_request(&peer, req);
                 self.pending_mailbox.insert(id, tx);
+            }
+            Command::Media(peer, req, tx) => {
+                if self.pending_media.len() >= MAX_PENDING {
+                    let _ = tx.send(Err(NetError::Request {
+                        peer,
+                        reason: "too many media requests in flight".into(),
+                    }));
+                    return;
+                }
+                let id = b.media.send_request(&peer, req);
+                self.pending_media.insert(id, tx);
             }
             Command::Respond(id, data) => {
                 if let Some(ch) = self.inbound.remove(&id) {
@@ -1059,6 +1071,33 @@ impl EventLoop {
                 },
             )) => {
                 if let Some(tx) = self.pending_mailbox.remove(&request_id) {
+                    let _ = tx.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Media(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            })) => {
+                if let Some(tx) = self.pending_media.remove(&request_id) {
+                    let _ = tx.send(Ok(response));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Media(
+                request_response::Event::OutboundFailure {
+                    peer,
+                    request_id,
+                    error,
+                    ..
+                },
+            )) => {
+                if let Some(tx) = self.pending_media.remove(&request_id) {
                     let _ = tx.send(Err(NetError::Request {
                         peer,
                         reason: error.to_string(),

@@ -179,6 +179,8 @@ pub struct Behaviour {
     direct: request_response::Behaviour<codec::FrameCodec>,
     /// The relays' mailbox protocol (client side only).
     mailbox: request_response::Behaviour<securecomm_rendezvous::mailbox::MailboxCodec>,
+    /// The relays' UDP media relay allocations (client side only).
+    media: request_response::Behaviour<securecomm_rendezvous::media::MediaCodec>,
 }
 
 /// Content-addressed gossip message ids, so the same envelope is deduplicated whoever forwards it.
@@ -327,6 +329,16 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
                         )],
                         request_response::Config::default()
                             .with_request_timeout(Duration::from_secs(30))
+                            .with_max_concurrent_streams(16),
+                    ),
+                    media: request_response::Behaviour::with_codec(
+                        securecomm_rendezvous::media::MediaCodec::default(),
+                        [(
+                            securecomm_rendezvous::media::MEDIA_PROTOCOL,
+                            request_response::ProtocolSupport::Outbound,
+                        )],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(10))
                             .with_max_concurrent_streams(16),
                     ),
                 })

@@ -31,11 +31,11 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::media_shim as relay_wire;
 use libp2p::PeerId;
 use rand_core::{OsRng, RngCore};
 use securecomm_noise::frame::{BaseKey, FrameReceiver, FrameSender};
 use securecomm_noise::secret::Secret32;
+use securecomm_rendezvous::media::wire as relay_wire;
 use serde::Serialize;
 
 use super::codec::CodecConfig;
@@ -906,7 +906,9 @@ impl Engine {
                 Ok(relay_wire::RelayPacket::Data { from: _, payload }) => {
                     self.on_peer_packet(payload, None, at)
                 }
-                Ok(relay_wire::RelayPacket::Bound { addr, .. }) => self.reflexive = Some(addr),
+                Ok(relay_wire::RelayPacket::Bound { observed, .. }) => {
+                    self.reflexive = Some(observed)
+                }
                 Err(_) => self.dropped += 1,
             }
             return;

@@ -23,7 +23,6 @@ pub mod call;
 pub mod codec;
 pub mod device;
 pub mod jitter;
-pub(crate) mod media_shim;
 mod opus_ffi;
 pub mod pipeline;
 pub mod service;

@@ -34,7 +34,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::media_shim::{MediaRequest, MediaResponse};
 use futures::future::join_all;
 use libp2p::PeerId;
 use libp2p::multiaddr::Protocol;
@@ -42,6 +41,7 @@ use rand_core::{OsRng, RngCore};
 use securecomm_crdt::schema::{ChannelId, GuildId};
 use securecomm_noise::codec::{Decode, Encode};
 use securecomm_noise::secret::Secret32;
+use securecomm_rendezvous::media::{MediaRequest, MediaResponse};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -408,7 +408,10 @@ impl VoiceService {
                 "bitrate": c.room.bitrate,
                 "relay_only": c.relay_only,
                 "relay": c.alloc.as_ref().map(|(p, a, _)| json!({"relay": p.to_string(), "addr": a.addr.to_string()})),
-                "candidates": c.candidates.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                // What the others are told: nothing while relay-only.
+                "candidates": if c.relay_only { Vec::new() } else {
+                    c.candidates.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+                },
                 "epoch": c.kid,
                 "engine": {
                     "running": s.running,
