@@ -734,7 +734,7 @@ impl Engine {
         let fanout = own.is_some() && self.remotes.len() > MESH_MAX;
         if let (true, Some(own)) = (fanout, own.as_ref()) {
             self.wrapped.clear();
-            relay_wire::encode_send(&own.token, relay_wire::FANOUT, &packet, &mut self.wrapped);
+            relay_wire::encode_send(own.token, relay_wire::FANOUT, &packet, &mut self.wrapped);
             let w = std::mem::take(&mut self.wrapped);
             self.send_to(&w, own.addr);
             self.wrapped = w;
@@ -749,7 +749,7 @@ impl Engine {
                     (Some(addr), _, _) => self.send_to(&packet, addr),
                     (None, Some(dest), Some(own)) => {
                         self.wrapped.clear();
-                        relay_wire::encode_send(&own.token, dest, &packet, &mut self.wrapped);
+                        relay_wire::encode_send(own.token, dest, &packet, &mut self.wrapped);
                         let w = std::mem::take(&mut self.wrapped);
                         self.send_to(&w, own.addr);
                         self.wrapped = w;
@@ -813,7 +813,7 @@ impl Engine {
                     RELAY_BIND_FAST
                 };
             let mut b = Vec::with_capacity(32);
-            relay_wire::encode_bind(&own.token, OsRng.next_u64().to_be_bytes(), &mut b);
+            relay_wire::encode_bind(own.token, OsRng.next_u64().to_be_bytes(), &mut b);
             self.send_to(&b, own.addr);
         }
         if now >= self.next_second {
