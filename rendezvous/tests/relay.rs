@@ -648,6 +648,11 @@ async fn circuit_byte_limit_from_config_is_enforced() {
     .await;
     relay.assert_alive();
     b_task.abort();
+    // The client can see the failure before the relay has written its log line.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !relay.stderr().contains("circuit closed") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(relay.stderr().contains("circuit closed"));
 }
 

@@ -28,9 +28,20 @@
 //!
 //! Each allocation has token buckets for packets and bytes per second (counted on what it
 //! sends in, one second of burst). An allocation expires at the end of its lifetime, or after
-//! `idle_timeout_secs` without a packet once bound (60 s after creation if never bound).
+//! `idle_timeout_secs` without a packet once bound (if never bound: 60 s, or the idle timeout
+//! if longer, after creation).
 //! Everything else (unknown type, short, unknown or expired token, oversized, over budget, no
 //! destination) is dropped silently and counted in `securecomm_media_dropped_total{reason}`.
+//!
+//! # Known limits
+//! * One UDP thread: a relay forwards on one core (about 4x issue 9's load there, see
+//!   `benches/media_relay.rs`); more would need several sockets with `SO_REUSEPORT`.
+//! * Bound to `0.0.0.0`, replies leave with the source address the routing table picks; on a
+//!   host with several public addresses set `[media] listen` to the one clients use.
+//! * `udp_port` is the bound port: behind a port-mapping (Docker) map it to the same number.
+//! * An allocation outlives its libp2p connection until its lifetime or idle timeout ends.
+//! * Tokens are looked up in a hash map keyed with a random SipHash key, not compared in
+//!   constant time; a remote timing attack would have to guess 128 bits through it.
 //!
 //! # Structure
 //! [`wire`] (shared with the node: messages, packet encoders and parsers, no I/O), [`codec`]

@@ -802,6 +802,41 @@ mod tests {
             if let Ok(res) = MediaResponse::from_bytes(&bytes) {
                 prop_assert_eq!(res.to_bytes(), bytes.clone());
             }
+            // What the packet parsers accept re-encodes to the same bytes (as the fuzz target
+            // `media_wire` checks), except a v4-mapped BOUND address, written back as IPv4.
+            let mut out = Vec::new();
+            match parse_client_packet(&bytes) {
+                Ok(ClientPacket::Send { token, dest, payload }) => {
+                    encode_send(token, dest, payload, &mut out);
+                    prop_assert_eq!(&out, &bytes);
+                }
+                Ok(ClientPacket::Bind { token, txid }) => {
+                    encode_bind(token, txid, &mut out);
+                    prop_assert_eq!(&out, &bytes);
+                }
+                Err(_) => {}
+            }
+            match parse_relay_packet(&bytes) {
+                Ok(RelayPacket::Data { from, payload }) => {
+                    encode_data(from, payload, &mut out);
+                    prop_assert_eq!(&out, &bytes);
+                }
+                Ok(RelayPacket::Bound { txid, observed }) => {
+                    encode_bound(&txid, observed, &mut out);
+                    if !matches!(observed.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()) {
+                        prop_assert_eq!(&out, &bytes);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+
+        #[test]
+        fn typed_packets_survive_random_tails(kind in prop::sample::select(vec![1u8, 2, 3, 4]),
+                                              tail in proptest::collection::vec(any::<u8>(), 0..40)) {
+            // Random bytes behind a valid type byte reach the deeper branches of both parsers.
+            let mut bytes = vec![kind];
+            bytes.extend_from_slice(&tail);
             let _ = parse_client_packet(&bytes);
             let _ = parse_relay_packet(&bytes);
         }
