@@ -260,6 +260,11 @@ impl JitterBuffer {
         self.loss_ewma
     }
 
+    /// The sequence number the next [`JitterBuffer::pop`] plays, once playout has started.
+    pub fn next_seq(&self) -> Option<u64> {
+        self.next_seq
+    }
+
     /// Packets held.
     pub fn len(&self) -> usize {
         self.packets.len()

@@ -283,8 +283,11 @@ impl VoiceReceiver {
             Some((_, off)) => *off,
             None => {
                 // A new key continues the stream after the highest frame seen; its counters
-                // start at 0.
-                let off = self.highest_seq.map_or(0, |h| h.saturating_add(1));
+                // start at 0. If frames were missed in between (a whole epoch whose key never
+                // arrived), playout has moved on meanwhile: continue from where it is, or every
+                // frame of the new key would count as late.
+                let after = self.highest_seq.map_or(0, |h| h.saturating_add(1));
+                let off = after.max(self.jitter.next_seq().unwrap_or(0));
                 if self.offsets.len() == MAX_STREAM_KEYS {
                     self.offsets.remove(0);
                 }
@@ -496,6 +499,47 @@ mod tests {
             );
         }
         assert_eq!(rx.jitter().len(), 0);
+    }
+
+    #[test]
+    fn a_missed_epoch_does_not_make_the_next_one_late() {
+        // Epoch 1 plays; the key of epoch 2 never arrives (its frames are rejected while
+        // playout conceals); epoch 3's frames must play at once, not count as late.
+        let (mut tx, mut rx) = pair();
+        let pcm = frame_at(&speechlike(0.5), 3);
+        let mut out = [0; FRAME_SAMPLES];
+        let mut t = 0u64;
+        for _ in 0..20 {
+            rx.receive(&tx.send(&pcm).unwrap(), t).unwrap();
+            rx.play(t, &mut out).unwrap();
+            t += FRAME_US;
+        }
+        let e2 = Secret32::from_bytes([2; 32]);
+        tx.rekey(FrameSender::for_call(&e2, 2, 2));
+        for _ in 0..100 {
+            assert!(rx.receive(&tx.send(&pcm).unwrap(), t).is_err());
+            rx.play(t, &mut out).unwrap();
+            t += FRAME_US;
+        }
+        let e3 = Secret32::from_bytes([3; 32]);
+        tx.rekey(FrameSender::for_call(&e3, 3, 2));
+        rx.keys_mut()
+            .add_key(frame_kid(3, 2), &BaseKey::for_sender(&e3, 3, 2))
+            .unwrap();
+        let late_before = rx.jitter().stats().late;
+        let mut played = Vec::new();
+        for _ in 0..30 {
+            rx.receive(&tx.send(&pcm).unwrap(), t).unwrap();
+            played.push(rx.play(t, &mut out).unwrap());
+            t += FRAME_US;
+        }
+        assert_eq!(
+            rx.jitter().stats().late,
+            late_before,
+            "frames of epoch 3 came late"
+        );
+        let from_packets = played.iter().filter(|p| **p == Played::Packet).count();
+        assert!(from_packets >= 25, "{played:?}");
     }
 
     #[test]

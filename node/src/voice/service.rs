@@ -117,6 +117,9 @@ struct Call {
     alloc: Option<(PeerId, OwnAllocation, Instant)>,
     rotating: bool,
     rotate_again: bool,
+    /// Our own join round is over: from now on an unknown participant is a joiner (and we
+    /// rotate); before, it is someone who was here before us (our key is new anyway).
+    settled: bool,
 }
 
 impl Call {
@@ -291,9 +294,11 @@ impl VoiceService {
             alloc: None,
             rotating: false,
             rotate_again: false,
+            settled: false,
         });
         self.allocate().await;
         self.presence_round().await;
+        self.with_call(|c| c.settled = true);
         let mut v = self.status();
         v["joined"] = json!(name);
         Ok(v)
@@ -593,7 +598,7 @@ impl VoiceService {
             .ok_or("not allowed to connect to that channel")?;
         self.note_presence(a.guild, a.channel, peer, true);
         let new = self
-            .with_call(|c| -> Result<bool, String> {
+            .with_call(|c| -> Result<(bool, bool), String> {
                 if !c.is_room(&a.guild, &a.channel) {
                     return Err("not in that room".into());
                 }
@@ -640,14 +645,15 @@ impl VoiceService {
                 part.theirs = a;
                 part.may_speak = rights.speak;
                 part.last_heard = now;
-                Ok(new || rejoined)
+                Ok((new || rejoined, c.settled))
             })
             .ok_or("not in a call")??;
+        let (new, settled) = new;
         if new {
             tracing::info!(%peer, join, "voice participant added");
         }
-        if new && join {
-            self.rotate();
+        if new && join && settled {
+            self.rotate("join");
         }
         Ok(new)
     }
@@ -668,14 +674,15 @@ impl VoiceService {
         });
         if removed == Some(true) {
             tracing::info!(%peer, "voice participant left");
-            self.rotate();
+            self.rotate("leave");
         }
     }
 
     /// Starts a key rotation (or queues one if a rotation is running): a new sender key goes to
     /// every current participant; the engine switches once they took it or after
     /// [`ROTATE_WAIT`].
-    fn rotate(&self) {
+    fn rotate(&self, why: &str) {
+        tracing::debug!(why, "voice key rotation");
         let start = self.with_call(|c| {
             if c.rotating {
                 c.rotate_again = true;
@@ -899,7 +906,7 @@ impl VoiceService {
             return;
         }
         if changed {
-            self.rotate();
+            self.rotate("gone");
         }
         for (peer, req) in asks {
             let s = self.clone();
