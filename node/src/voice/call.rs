@@ -314,6 +314,7 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle, String> {
     let thread = std::thread::Builder::new()
         .name("voice-engine".into())
         .spawn(move || {
+            realtime_priority();
             // Devices are opened on this thread: cpal streams may not move between threads.
             let opened = open_input(&cfg.input).and_then(|i| Ok((i, open_output(&cfg.output)?)));
             let (input, output) = match opened {
@@ -352,6 +353,28 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle, String> {
             let _ = thread.join();
             Err("voice engine failed to start".into())
         }
+    }
+}
+
+/// Asks for real-time scheduling (round robin, middle priority) for the engine thread, as audio
+/// software does: a 20 ms clock starved by a busy machine means gaps in what everyone hears.
+/// Needs root or `CAP_SYS_NICE` (or an `rtprio` limit); without it the thread stays normal.
+fn realtime_priority() {
+    use thread_priority::{
+        RealtimeThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    let result = 50u8.try_into().map_err(|e| format!("{e:?}")).and_then(|v| {
+        set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Crossplatform(v),
+            ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::RoundRobin),
+        )
+        .map_err(|e| format!("{e:?}"))
+    });
+    match result {
+        Ok(()) => tracing::debug!("voice engine runs with real-time priority"),
+        Err(e) => tracing::debug!(error = %e, "voice engine keeps normal priority"),
     }
 }
 
