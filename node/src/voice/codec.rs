@@ -230,7 +230,7 @@ impl VoiceEncoder {
     /// Tunes FEC to the loss fraction (0.0..=1.0) the receivers report. Does nothing when FEC
     /// is off.
     pub fn set_measured_loss(&mut self, loss: f32) -> Result<(), CodecError> {
-        if !self.config.fec {
+        if !self.config.fec && self.config.dred_duration == 0 {
             return Ok(());
         }
         let pct = expected_loss_percent(loss);
