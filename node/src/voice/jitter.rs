@@ -780,7 +780,7 @@ mod tests {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
-                if lost_left == 0 && i > 20 && rng % 10 == 0 {
+                if lost_left == 0 && i > 20 && rng.is_multiple_of(10) {
                     lost_left = 1 + (rng >> 8) % 4;
                 }
                 if lost_left > 0 {
