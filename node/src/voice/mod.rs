@@ -26,6 +26,7 @@ pub mod jitter;
 pub(crate) mod media_shim;
 mod opus_ffi;
 pub mod pipeline;
+pub mod process;
 pub mod service;
 pub mod wire;
 
