@@ -1151,6 +1151,12 @@ mod tests {
     }
 
     #[test]
+    fn processor_can_move_to_the_engine_thread() {
+        fn send<T: Send>() {}
+        send::<Processor>();
+    }
+
+    #[test]
     fn bad_configuration_is_rejected() {
         for cfg in [
             ProcessConfig {
