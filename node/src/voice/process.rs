@@ -37,10 +37,13 @@
 //!   probability per frame), built with `default-features = false` so its command-line tool's
 //!   dependencies (clap, hound, dasp) stay out.
 //! * Echo cancellation: written here, on [`realfft`]. What was tried:
-//!   - `aec3` 0.4 (pure-Rust port of WebRTC AEC3): builds, and on the synthetic echo path of
-//!     the tests below reaches 40-60 dB of ERLE, but it costs about 0.41 ms per 10 ms of audio
-//!     on this machine (0.83 ms per 20 ms frame, three times the whole send budget of issue
-//!     9), and its API is declared unstable (a graph runtime, reworked in each minor release).
+//!   - `aec3` 0.4 (pure-Rust port of WebRTC AEC3, with its own NS and AGC): builds, and in a
+//!     throwaway probe (30 ms delay, 50 ms random decaying response, noise-and-tone far end,
+//!     no near end) its echo-cancel-only pipeline reached 40-60 dB of ERLE, but it cost about
+//!     0.41 ms per 10 ms of audio on this machine in release (0.83 ms per 20 ms frame, nearly
+//!     three times the whole send budget of issue 9), and its API is declared unstable (a
+//!     graph runtime, reworked in each minor release). The strongest candidate if the budget
+//!     is ever relaxed.
 //!   - `aec-rs` 1.0 (speexdsp's MDF through `aec-rs-sys`): its build script runs bindgen, which
 //!     needs libclang, not installed here; rejected for the system dependency.
 //!   - `sonora-aec3` 0.2 (another AEC3 port): needs Rust 1.91, above the workspace's 1.90, and
@@ -557,15 +560,22 @@ impl EchoCanceller {
         self.x_prev.copy_from_slice(far);
         self.forward();
         self.head = (self.head + p_count - 1) % p_count;
-        for k in 0..BINS {
-            let old = self.x_spec[self.head][k].norm_sqr();
-            self.x_pow[k] = (self.x_pow[k] + self.spec[k].norm_sqr() - old).max(0.0);
+        for ((pow, new), old) in self
+            .x_pow
+            .iter_mut()
+            .zip(&self.spec)
+            .zip(&self.x_spec[self.head])
+        {
+            *pow = (*pow + new.norm_sqr() - old.norm_sqr()).max(0.0);
         }
         self.x_spec[self.head].copy_from_slice(&self.spec);
         if self.blocks % 256 == 0 {
             // Re-sum now and then so rounding in the running sum cannot drift.
-            for k in 0..BINS {
-                self.x_pow[k] = self.x_spec.iter().map(|x| x[k].norm_sqr()).sum();
+            self.x_pow.iter_mut().for_each(|p| *p = 0.0);
+            for x in &self.x_spec {
+                for (pow, c) in self.x_pow.iter_mut().zip(x) {
+                    *pow += c.norm_sqr();
+                }
             }
         }
 
