@@ -569,7 +569,7 @@ impl EchoCanceller {
             *pow = (*pow + new.norm_sqr() - old.norm_sqr()).max(0.0);
         }
         self.x_spec[self.head].copy_from_slice(&self.spec);
-        if self.blocks % 256 == 0 {
+        if self.blocks.is_multiple_of(256) {
             // Re-sum now and then so rounding in the running sum cannot drift.
             self.x_pow.iter_mut().for_each(|p| *p = 0.0);
             for x in &self.x_spec {
@@ -594,8 +594,8 @@ impl EchoCanceller {
             self.estimate(false);
             let mut bg_err = 0.0f32;
             self.time.copy_within(BLOCK.., 0);
-            for i in 0..BLOCK {
-                let e = mic[i] - self.time[i] * scale;
+            for (i, &m) in mic.iter().enumerate() {
+                let e = m - self.time[i] * scale;
                 bg_err += e * e;
                 self.time[i] = 0.0;
                 self.time[BLOCK + i] = e;
@@ -717,8 +717,8 @@ impl EchoCanceller {
             *c *= *g;
         }
         self.inverse();
-        for i in 0..BLOCK {
-            mic[i] = self.time[i] * scale + self.res_tail[i];
+        for (i, m) in mic.iter_mut().enumerate() {
+            *m = self.time[i] * scale + self.res_tail[i];
             self.res_tail[i] = self.time[BLOCK + i] * scale;
         }
     }
@@ -951,11 +951,11 @@ mod tests {
         // Outside speech and its hangover (plus one frame of RNNoise delay).
         let mut idle = 0;
         let mut false_alarm = 0;
-        for n in 0..caps.len() {
+        for (n, cap) in caps.iter().enumerate() {
             let recent = (n.saturating_sub(hang + 2)..=n).any(|m| truth[m]);
             if !recent {
                 idle += 1;
-                false_alarm += usize::from(caps[n].speech);
+                false_alarm += usize::from(cap.speech);
             }
         }
         println!(
