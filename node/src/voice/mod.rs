@@ -25,6 +25,7 @@ pub mod device;
 pub mod jitter;
 mod opus_ffi;
 pub mod pipeline;
+pub mod process;
 pub mod service;
 pub mod wire;
 
