@@ -39,6 +39,7 @@ use tokio::sync::Semaphore;
 
 use crate::guild::{GuildEvent, GuildService};
 use crate::voice::call::Device;
+use crate::voice::process::ProcessConfig;
 use crate::voice::service::{JoinOptions, VoiceService};
 
 mod manage;
@@ -350,6 +351,16 @@ fn device(a: &Value, name: &str) -> Result<Device, String> {
     }
 }
 
+/// `process`: absent for the default (on for sound cards, off for files), `true` or `false`.
+fn process(a: &Value) -> Result<Option<Option<ProcessConfig>>, String> {
+    match a.get("process") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(true)) => Ok(Some(Some(ProcessConfig::default()))),
+        Some(Value::Bool(false)) => Ok(Some(None)),
+        Some(_) => Err("process must be true or false".into()),
+    }
+}
+
 fn flag(a: &Value, name: &str) -> Result<bool, String> {
     match a.get(name) {
         None | Some(Value::Null) => Ok(false),
@@ -366,14 +377,24 @@ async fn handle_voice(v: &VoiceService, cmd: &str, a: &Value) -> Option<Result<V
                     device(a, "input"),
                     device(a, "output"),
                     flag(a, "relay_only"),
+                    flag(a, "push_to_talk"),
+                    process(a),
                 ) {
-                    (Ok(input), Ok(output), Ok(relay_only)) => JoinOptions {
-                        input,
-                        output,
-                        relay_only,
-                        ..JoinOptions::default()
-                    },
-                    (Err(x), _, _) | (_, Err(x), _) | (_, _, Err(x)) => return Some(Err(x)),
+                    (Ok(input), Ok(output), Ok(relay_only), Ok(push_to_talk), Ok(process)) => {
+                        JoinOptions {
+                            input,
+                            output,
+                            relay_only,
+                            push_to_talk,
+                            process,
+                            ..JoinOptions::default()
+                        }
+                    }
+                    (Err(x), ..)
+                    | (_, Err(x), ..)
+                    | (_, _, Err(x), ..)
+                    | (_, _, _, Err(x), _)
+                    | (.., Err(x)) => return Some(Err(x)),
                 };
                 v.join(guild, channel, opts).await
             }
@@ -383,6 +404,7 @@ async fn handle_voice(v: &VoiceService, cmd: &str, a: &Value) -> Option<Result<V
         "voice-status" => Ok(v.status()),
         "voice-mute" => flag(a, "on").and_then(|on| v.set_muted(on)),
         "voice-deafen" => flag(a, "on").and_then(|on| v.set_deafened(on)),
+        "voice-transmit" => flag(a, "on").and_then(|on| v.set_transmit(on)),
         "voice-relay-only" => match flag(a, "on") {
             Ok(on) => v.set_relay_only(on).await,
             Err(x) => Err(x),

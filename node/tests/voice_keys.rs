@@ -206,8 +206,9 @@ async fn wait(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A member who leaves cannot decrypt what is said after it left; and hostile packets
-/// (garbage, truncations, replays) are dropped while the call goes on.
+/// Push-to-talk sends silence until the key goes down; what travels never holds plaintext; a
+/// member who leaves cannot decrypt what is said after it left; and hostile packets (garbage,
+/// truncations, replays) are dropped while the call goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaver_cannot_decrypt_the_next_epoch_and_bad_packets_are_dropped() {
     let c = Cluster::start(3).await.unwrap();
@@ -241,9 +242,11 @@ async fn a_leaver_cannot_decrypt_the_next_epoch_and_bad_packets_are_dropped() {
         sink.write_frame(&f).unwrap();
     }
     sink.finish().unwrap();
+    // Push-to-talk: nothing but silence until the key goes down.
     let opts = JoinOptions {
         bind: "127.0.0.1:0".parse().unwrap(),
         input: Device::Wav(tone_path),
+        push_to_talk: true,
         ..JoinOptions::default()
     };
     voice.join(&gid, "Lounge", opts).await.unwrap();
@@ -267,6 +270,34 @@ async fn a_leaver_cannot_decrypt_the_next_epoch_and_bad_packets_are_dropped() {
         })
         .await;
     }
+
+    // Key up: silence so far (DTX: one-byte frames, and a comfort-noise update now and then).
+    let mut r = b.receiver();
+    let sizes: Vec<usize> = b
+        .frames()
+        .iter()
+        .filter_map(|f| r.decrypt(f, b"").ok())
+        .map(|d| d.plaintext.len())
+        .collect();
+    let big = sizes.iter().filter(|n| **n > 10).count();
+    assert!(
+        sizes.len() >= 25 && big * 10 <= sizes.len(),
+        "push-to-talk up sent more than silence: {sizes:?}"
+    );
+    voice.set_transmit(true).unwrap();
+    wait(
+        "bob to get 25 frames of speech after the key went down",
+        || {
+            let mut r = b.receiver();
+            b.frames()
+                .iter()
+                .filter_map(|f| r.decrypt(f, b"").ok())
+                .filter(|d| d.plaintext.len() >= 16)
+                .count()
+                >= 25
+        },
+    )
+    .await;
 
     // What travels (and what a media relay would forward: it passes these bytes unchanged)
     // never contains the Opus plaintext.

@@ -256,6 +256,21 @@ enum VoiceAction {
         /// Send media only through a relay, never directly (peers never learn your address).
         #[arg(long)]
         relay_only: bool,
+        /// Push-to-talk: send nothing until `voice transmit on` (else voice activity).
+        #[arg(long)]
+        push_to_talk: bool,
+        /// Echo cancellation, noise suppression and voice activity detection on the input
+        /// (default: on for a sound card, off for a WAV file).
+        #[arg(long, conflicts_with = "no_processing")]
+        processing: bool,
+        /// No capture processing.
+        #[arg(long)]
+        no_processing: bool,
+    },
+    /// Push-to-talk key down (`on`) or up (`off`).
+    Transmit {
+        /// `on` or `off`.
+        state: OnOff,
     },
     /// Leave the call.
     Leave,
@@ -588,6 +603,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                     input,
                     output,
                     relay_only,
+                    push_to_talk,
+                    processing,
+                    no_processing,
                 } => {
                     // Paths are resolved here: the node runs elsewhere.
                     let abs = |p: Option<String>| {
@@ -604,10 +622,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                     (
                         "voice-join",
                         json!({"guild": guild, "channel": channel, "input": abs(input),
-                               "output": abs(output), "relay_only": relay_only}),
+                               "output": abs(output), "relay_only": relay_only,
+                               "push_to_talk": push_to_talk,
+                               "process": if processing { Some(true) }
+                                          else if no_processing { Some(false) } else { None }}),
                     )
                 }
                 VoiceAction::Leave => ("voice-leave", Value::Null),
+                VoiceAction::Transmit { state } => ("voice-transmit", json!({"on": state.on()})),
                 VoiceAction::Status => ("voice-status", Value::Null),
                 VoiceAction::Mute { state } => ("voice-mute", json!({"on": state.on()})),
                 VoiceAction::Deafen { state } => ("voice-deafen", json!({"on": state.on()})),

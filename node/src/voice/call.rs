@@ -45,6 +45,7 @@ use super::device::{
 };
 use super::jitter::JitterConfig;
 use super::pipeline::{Concealment, MAX_VOICE_PACKET, VoiceReceiver, VoiceSender};
+use super::process::{ProcessConfig, Processor};
 use super::wire::{self, PROBE, PROBE_ACK, PeerPacket};
 use super::{FRAME_US, Frame, SILENCE};
 
@@ -152,6 +153,8 @@ pub enum Command {
     SetGain(u32, f32),
     /// Stop probing for direct paths (relay only, which hides our address) or start again.
     SetRelayOnly(bool),
+    /// Push-to-talk: whether the key is down (only used in push-to-talk mode).
+    SetTransmit(bool),
     /// End the call: flush the output and stop the thread.
     Stop,
 }
@@ -295,6 +298,10 @@ pub struct EngineConfig {
     pub bind: SocketAddr,
     /// Start relay-only.
     pub relay_only: bool,
+    /// Capture processing (echo cancellation, noise suppression, voice activity); `None`: none.
+    pub process: Option<ProcessConfig>,
+    /// Push-to-talk: send only while [`Command::SetTransmit`] says the key is down.
+    pub push_to_talk: bool,
 }
 
 /// Starts the engine thread. The socket is bound and the devices opened before this returns,
@@ -451,6 +458,9 @@ struct Engine {
     relay_only: bool,
     muted: bool,
     deafened: bool,
+    processor: Option<Processor>,
+    push_to_talk: bool,
+    transmit: bool,
     speaking_until: Option<Instant>,
     start: Instant,
     frames: u64,
@@ -491,6 +501,10 @@ impl Engine {
     ) -> Result<Self, String> {
         let frames = FrameSender::new(cfg.key.0, &BaseKey::from_bytes(*cfg.key.1.expose()));
         let sender = VoiceSender::new(cfg.codec, frames).map_err(|e| e.to_string())?;
+        let processor = match cfg.process {
+            Some(p) => Some(Processor::new(p).map_err(|e| e.to_string())?),
+            None => None,
+        };
         let now = Instant::now();
         Ok(Self {
             socket,
@@ -508,6 +522,9 @@ impl Engine {
             relay_only: cfg.relay_only,
             muted: false,
             deafened: false,
+            processor,
+            push_to_talk: cfg.push_to_talk,
+            transmit: false,
             speaking_until: None,
             start: now,
             frames: 0,
@@ -658,6 +675,7 @@ impl Engine {
                 self.next_bind = Instant::now();
             }
             Command::SetMuted(m) => self.muted = m,
+            Command::SetTransmit(t) => self.transmit = t,
             Command::SetDeafened(d) => self.deafened = d,
             Command::SetGain(ssrc, g) => {
                 if let Some(r) = self.remotes.get_mut(&ssrc) {
@@ -699,10 +717,19 @@ impl Engine {
                 }
             }
         }
-        if self.input_done || self.muted {
+        // Push-to-talk up or muted: silence (Opus sends it as DTX, the stream stays contiguous).
+        let gated = self.muted || (self.push_to_talk && !self.transmit);
+        if self.input_done || gated {
             self.frame = SILENCE;
         }
-        if !self.muted && rms(&self.frame) > SPEAKING_RMS {
+        if let Some(p) = self.processor.as_mut() {
+            // Always run (the echo canceller keeps adapting); voice activity gates what is sent.
+            let c = p.capture(&mut self.frame);
+            if !c.speech {
+                self.frame = SILENCE;
+            }
+        }
+        if !gated && rms(&self.frame) > SPEAKING_RMS {
             self.speaking_until = Some(now + SPEAKING_HOLD);
         }
         wire::media_header(self.ssrc, &mut self.packet);
@@ -736,6 +763,10 @@ impl Engine {
             for (o, &m) in out.iter_mut().zip(self.mix.iter()) {
                 *o = m.clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16;
             }
+        }
+        if let Some(p) = self.processor.as_mut() {
+            // Exactly what the speakers play is what can echo back into the microphone.
+            p.far_end(&out);
         }
         if let Err(e) = self.output.write_frame(&out) {
             tracing::warn!(error = %e, "voice output failed; playing nothing");

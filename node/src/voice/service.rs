@@ -47,6 +47,7 @@ use tokio::task::JoinHandle;
 
 use super::call::{self, Command, Device, EngineConfig, EngineHandle, OwnAllocation, RemoteSetup};
 use super::codec::CodecConfig;
+use super::process::ProcessConfig;
 use super::wire::{Announce, RelayEndpoint, SenderKey, VOICE_VERSION, VoiceRequest, VoiceResponse};
 use crate::guild::GuildService;
 use crate::guild::service::VoiceRoom;
@@ -78,6 +79,12 @@ pub struct JoinOptions {
     pub relay_only: bool,
     /// Address for the call's UDP socket (port 0 for any).
     pub bind: SocketAddr,
+    /// Capture processing. `None`: on (defaults: echo cancellation, noise suppression, voice
+    /// activity) for a sound card, off for WAV and null input (files are clean already, and
+    /// tests and bots want their audio untouched).
+    pub process: Option<Option<ProcessConfig>>,
+    /// Push-to-talk instead of voice activity: nothing is sent until [`VoiceService::set_transmit`].
+    pub push_to_talk: bool,
 }
 
 impl Default for JoinOptions {
@@ -87,6 +94,8 @@ impl Default for JoinOptions {
             output: Device::Null,
             relay_only: false,
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            process: None,
+            push_to_talk: false,
         }
     }
 }
@@ -262,10 +271,16 @@ impl VoiceService {
             bitrate: room.bitrate.clamp(8_000, 96_000),
             ..CodecConfig::default()
         };
+        let process = match opts.process {
+            Some(p) => p,
+            None => matches!(opts.input, Device::Cpal(_)).then(ProcessConfig::default),
+        };
         let engine = call::start(EngineConfig {
             ssrc,
             key: (0, key.clone()),
             codec,
+            process,
+            push_to_talk: opts.push_to_talk,
             input: opts.input,
             output: opts.output,
             bind: opts.bind,
@@ -339,6 +354,13 @@ impl VoiceService {
         })
         .ok_or("not in a call")??;
         Ok(self.status())
+    }
+
+    /// Push-to-talk key down (`true`) or up; only matters when joined with push-to-talk.
+    pub fn set_transmit(&self, down: bool) -> VoiceResult<Value> {
+        self.with_call(|c| c.engine.command(Command::SetTransmit(down)))
+            .ok_or("not in a call")??;
+        Ok(json!({"transmit": down}))
     }
 
     /// Self-deafen.
