@@ -519,10 +519,26 @@ mod tests {
 
     proptest! {
         #[test]
-        fn garbage_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fn garbage_never_panics_and_what_decodes_is_canonical(
+            b in proptest::collection::vec(any::<u8>(), 0..300)
+        ) {
             let _ = parse_packet(&b);
-            let _ = VoiceRequest::from_bytes(&b);
-            let _ = VoiceResponse::from_bytes(&b);
+            if let Ok(r) = VoiceRequest::from_bytes(&b) {
+                prop_assert_eq!(r.to_bytes(), b.clone());
+            }
+            if let Ok(r) = VoiceResponse::from_bytes(&b) {
+                prop_assert_eq!(r.to_bytes(), b.clone());
+            }
+        }
+
+        #[test]
+        fn mutated_announces_never_panic(i in 0usize..200, x in any::<u8>()) {
+            let mut b = VoiceRequest::Announce(announce()).to_bytes();
+            let n = b.len();
+            b[i % n] ^= x;
+            if let Ok(r) = VoiceRequest::from_bytes(&b) {
+                prop_assert_eq!(r.to_bytes(), b);
+            }
         }
 
         #[test]
