@@ -370,7 +370,9 @@ impl SettingsState {
 
     /// The theme or notification toggle changed.
     pub fn on_prefs_changed(&mut self) -> Vec<Command> {
-        vec![Command::Settings(SettingsCommand::SavePrefs(self.prefs.clone()))]
+        vec![Command::Settings(SettingsCommand::SavePrefs(
+            self.prefs.clone(),
+        ))]
     }
 
     /// "Export backup".
@@ -677,6 +679,10 @@ mod tests {
         let p = Prefs {
             dark: false,
             notifications: false,
+            voice: crate::voice::VoicePrefs {
+                mode: crate::voice::InputMode::PushToTalk,
+                ..crate::voice::VoicePrefs::default()
+            },
         };
         p.save(dir.path()).unwrap();
         assert_eq!(Prefs::load(dir.path()), p);

@@ -133,9 +133,7 @@ impl Tour {
                 }
                 Stop::Safety => s.verify.safety.is_some(),
                 Stop::Settings => s.settings.open && s.settings.data_size.is_some(),
-                Stop::Voice => {
-                    s.voice.status.in_call && s.voice.status.channel_name == "Lounge"
-                }
+                Stop::Voice => s.voice.status.in_call && s.voice.status.channel_name == "Lounge",
             }
     }
 

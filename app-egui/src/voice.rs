@@ -588,7 +588,11 @@ pub struct VoiceCtx {
 
 impl VoiceCtx {
     /// The context for a started node.
-    pub fn new(voice: VoiceService, guilds: GuildService, devices: Option<(Device, Device)>) -> Self {
+    pub fn new(
+        voice: VoiceService,
+        guilds: GuildService,
+        devices: Option<(Device, Device)>,
+    ) -> Self {
         Self {
             voice,
             guilds,
@@ -779,7 +783,10 @@ mod tests {
             .participants
             .push(participant("direct", Some(20.0), 0.2));
         assert_eq!(v.quality(), Quality::Poor);
-        assert_eq!(Quality::of(&participant("connecting", None, 0.0)), Quality::Poor);
+        assert_eq!(
+            Quality::of(&participant("connecting", None, 0.0)),
+            Quality::Poor
+        );
     }
 
     #[test]
@@ -796,7 +803,8 @@ mod tests {
         assert!(s.in_call && s.muted && s.engine.speaking);
         assert_eq!(s.participants[0].name(), "12D");
         assert!(s.participants[0].deafened);
-        let none: VoiceStatus = serde_json::from_value(serde_json::json!({"in_call": false})).unwrap();
+        let none: VoiceStatus =
+            serde_json::from_value(serde_json::json!({"in_call": false})).unwrap();
         assert!(!none.in_call);
     }
 
@@ -830,10 +838,13 @@ mod tests {
         ));
         assert!(v.on_frame(&prefs, true).is_empty());
         v.on_toggle_mute();
-        assert!(matches!(
-            v.on_frame(&prefs, true).as_slice(),
-            [Command::Voice(VoiceCommand::SetMuted(true))]
-        ), "the mute button wins over the key");
+        assert!(
+            matches!(
+                v.on_frame(&prefs, true).as_slice(),
+                [Command::Voice(VoiceCommand::SetMuted(true))]
+            ),
+            "the mute button wins over the key"
+        );
     }
 
     #[test]

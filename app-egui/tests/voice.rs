@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use egui::Key;
 use egui_kittest::Harness;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use securecomm_app::App;
 use securecomm_app::settings::Prefs;
 use securecomm_app::state::AppState;
@@ -290,9 +290,11 @@ fn two_instances_in_one_voice_channel_list_each_other_and_show_who_speaks() {
         s.voice.in_channel(&g, ch)
     });
     let g = guild.clone();
-    wait_all(&mut [&mut b, &mut a], "Ben to see Ann in Lounge", move |s| {
-        s.voice.rows(&g, ch, "Ben").iter().any(|r| r.name == "Ann")
-    });
+    wait_all(
+        &mut [&mut b, &mut a],
+        "Ben to see Ann in Lounge",
+        move |s| s.voice.rows(&g, ch, "Ben").iter().any(|r| r.name == "Ann"),
+    );
 
     // Ben joins too: each lists the other as a participant.
     click(&mut b, "🔊 Lounge");
@@ -314,26 +316,44 @@ fn two_instances_in_one_voice_channel_list_each_other_and_show_who_speaks() {
             .iter()
             .any(|r| r.name == "Ann" && !r.me)
     });
-    wait_node(&mut [&mut a, &mut b], dir_a.path(), "Ann's node to have Ben", |v| {
-        v["participants"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|p| p["nickname"] == "Ben"))
-    });
-    wait_node(&mut [&mut b, &mut a], dir_b.path(), "Ben's node to have Ann", |v| {
-        v["participants"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|p| p["nickname"] == "Ann"))
-    });
+    wait_node(
+        &mut [&mut a, &mut b],
+        dir_a.path(),
+        "Ann's node to have Ben",
+        |v| {
+            v["participants"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["nickname"] == "Ben"))
+        },
+    );
+    wait_node(
+        &mut [&mut b, &mut a],
+        dir_b.path(),
+        "Ben's node to have Ann",
+        |v| {
+            v["participants"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["nickname"] == "Ann"))
+        },
+    );
     // Speaking indicators: our own (engine.speaking) and the other's.
     let g = guild.clone();
-    wait_all(&mut [&mut a, &mut b], "Ann to see both speaking", move |s| {
-        let rows = s.voice.rows(&g, ch, "Ann");
-        rows.iter().any(|r| r.me && r.speaking)
-            && rows.iter().any(|r| r.name == "Ben" && r.speaking)
-    });
+    wait_all(
+        &mut [&mut a, &mut b],
+        "Ann to see both speaking",
+        move |s| {
+            let rows = s.voice.rows(&g, ch, "Ann");
+            rows.iter().any(|r| r.me && r.speaking)
+                && rows.iter().any(|r| r.name == "Ben" && r.speaking)
+        },
+    );
     // On loopback the path becomes direct: quality good.
     wait_all(&mut [&mut a, &mut b], "a direct path", |s| {
-        s.voice.status.participants.iter().any(|p| p.path == "direct")
+        s.voice
+            .status
+            .participants
+            .iter()
+            .any(|p| p.path == "direct")
             && s.voice.quality() == Quality::Good
     });
 

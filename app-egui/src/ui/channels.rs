@@ -77,9 +77,9 @@ pub fn channel_list(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut V
             }
         }
         for c in group.channels {
-            let selected = matches!(&s.view, View::Channel { guild, channel }
-                if guild == gid && *channel == c.id)
-                || (c.kind == "voice" && s.voice.in_channel(gid, c.id));
+            let viewing = matches!(&s.view, View::Channel { guild, channel }
+                if guild == gid && *channel == c.id);
+            let selected = viewing || (c.kind == "voice" && s.voice.in_channel(gid, c.id));
             let indent = if group.category.is_some() { 10.0 } else { 0.0 };
             ui.horizontal(|ui| {
                 ui.add_space(indent);
@@ -106,7 +106,7 @@ pub fn channel_list(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut V
                 if r.clicked() && c.kind == "voice" {
                     voice.push(VoiceAction::Join(c.id));
                 }
-                if selected && manage.is_none() {
+                if viewing && manage.is_none() {
                     if ui.small_button("⬆").on_hover_text("Move up").clicked() {
                         actions.push(Action::Move(c.id, true));
                     }
@@ -136,9 +136,8 @@ fn flat_list(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut Vec<Comm
     let mut pick = None;
     let mut voice = Vec::new();
     for c in s.channels.get(gid).map(Vec::as_slice).unwrap_or_default() {
-        let selected =
-            matches!(&s.view, View::Channel { guild, channel } if guild == gid && *channel == c.id)
-                || (c.kind == "voice" && s.voice.in_channel(gid, c.id));
+        let selected = matches!(&s.view, View::Channel { guild, channel } if guild == gid && *channel == c.id)
+            || (c.kind == "voice" && s.voice.in_channel(gid, c.id));
         let clicked = ui
             .selectable_label(
                 selected,

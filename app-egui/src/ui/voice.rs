@@ -10,6 +10,7 @@ use crate::state::AppState;
 use crate::voice::{AudioDevice, InputMode, Quality, VoiceRow};
 
 /// What a click in the channel list's voice rows asks for.
+#[derive(Debug)]
 pub enum VoiceAction {
     /// Join this voice channel.
     Join(u64),
@@ -27,10 +28,9 @@ pub fn channel_members_ui(
     indent: f32,
     actions: &mut Vec<VoiceAction>,
 ) {
-    let me = s
-        .me
-        .as_ref()
-        .map_or_else(|| "me".to_owned(), |m| m.display_name.clone());
+    let me =
+        s.me.as_ref()
+            .map_or_else(|| "me".to_owned(), |m| m.display_name.clone());
     let in_call = s.voice.in_channel(gid, channel);
     for row in s.voice.rows(gid, channel, &me) {
         ui.horizontal(|ui| {
@@ -189,7 +189,10 @@ fn quality_summary(s: &AppState) -> String {
             } else {
                 p.path.as_str()
             };
-            let rtt = p.rtt_ms.map(|r| format!(" · {r:.0} ms")).unwrap_or_default();
+            let rtt = p
+                .rtt_ms
+                .map(|r| format!(" · {r:.0} ms"))
+                .unwrap_or_default();
             format!("{path}{rtt} · {:.1}% loss", p.loss * 100.0)
         }
     }
@@ -206,7 +209,11 @@ fn breakdown(s: &AppState) -> String {
     if st.participants.is_empty() {
         lines.push("Nobody else is here yet.".to_owned());
     }
-    lines.extend(st.participants.iter().map(crate::voice::Participant::breakdown));
+    lines.extend(
+        st.participants
+            .iter()
+            .map(crate::voice::Participant::breakdown),
+    );
     lines.join("\n")
 }
 
@@ -232,7 +239,11 @@ pub fn audio_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
         if ui.small_button("Refresh devices").clicked() {
             cmds.extend(s.voice.on_refresh_devices());
         }
-        ui.label(RichText::new("Device changes apply at the next join.").small().weak());
+        ui.label(
+            RichText::new("Device changes apply at the next join.")
+                .small()
+                .weak(),
+        );
         if s.voice.status.in_call && ui.small_button("Rejoin now").clicked() {
             let prefs = s.settings.prefs.voice.clone();
             cmds.extend(s.voice.on_rejoin(&prefs));
@@ -306,7 +317,7 @@ fn device_combo(
             ui.selectable_value(choice, AudioDevice::None, "None (no sound card)");
             if let Some(Ok(names)) = listed {
                 for n in names {
-                    ui.selectable_value(choice, AudioDevice::Named(n.clone()), n);
+                    ui.selectable_value(choice, AudioDevice::Named(n.clone()), n.as_str());
                 }
             }
         });
