@@ -52,6 +52,14 @@ impl App {
             let cmds = self.state.apply(ev);
             self.dispatch(cmds);
         }
+        if self.state.phase == Phase::Main {
+            // Push-to-talk: egui sees keys only while the window has focus.
+            let prefs = &self.state.settings.prefs.voice;
+            let key = prefs.key();
+            let held = ctx.input(|i| i.focused && i.key_down(key));
+            let cmds = self.state.voice.on_frame(prefs, held);
+            self.dispatch(cmds);
+        }
         let mut cmds = Vec::new();
         match self.state.phase {
             Phase::Login | Phase::Starting => login_ui(ctx, &mut self.state, &mut cmds),
@@ -247,9 +255,15 @@ fn sidebar_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
     egui::SidePanel::left("channels")
         .resizable(true)
         .default_width(200.0)
-        .show(ctx, |ui| match s.guild.clone() {
-            Some(gid) => channels_ui(ui, s, &gid, cmds),
-            None => dm_list_ui(ui, s, cmds),
+        .show(ctx, |ui| {
+            if crate::ui::voice::panel_shown(s) {
+                egui::TopBottomPanel::bottom("voice_panel")
+                    .show_inside(ui, |ui| crate::ui::voice::panel_ui(ui, s, cmds));
+            }
+            match s.guild.clone() {
+                Some(gid) => channels_ui(ui, s, &gid, cmds),
+                None => dm_list_ui(ui, s, cmds),
+            }
         });
 }
 

@@ -16,6 +16,7 @@ use securecomm_node::guild::{GuildEvent, GuildService, HistoryCursor};
 use securecomm_node::net::{Client, NetConfig, PeerPath, RelayState};
 use securecomm_node::runtime::Node;
 use securecomm_node::store::{IdentityStore, LocalProfile, StoreError};
+use securecomm_node::voice::call::Device;
 use securecomm_noise::keystore::{KdfLimits, KdfParams};
 use serde::Deserialize;
 use serde_json::Value;
@@ -160,6 +161,8 @@ pub enum Command {
     },
     /// Guild management (see [`manage`]).
     Manage(ManageCmd),
+    /// Voice channels ([`crate::voice`]).
+    Voice(crate::voice::VoiceCommand),
 }
 
 /// Who this node is.
@@ -390,6 +393,8 @@ pub enum Event {
     Error(String),
     /// Guild management data (see [`manage`]).
     Manage(ManageEvent),
+    /// Voice channels ([`crate::voice`]).
+    Voice(crate::voice::VoiceEvent),
 }
 
 /// How the backend runs.
@@ -401,6 +406,9 @@ pub struct BackendConfig {
     pub net: NetConfig,
     /// Argon2id parameters and limits for the identity file (`None`: the strong defaults).
     pub kdf: Option<(KdfParams, KdfLimits)>,
+    /// Input and output devices for every call, whatever the audio settings say (`None`: the
+    /// settings). Tests and the screenshot tour use the null devices: no sound card there.
+    pub voice_devices: Option<(Device, Device)>,
 }
 
 impl BackendConfig {
@@ -419,6 +427,7 @@ impl BackendConfig {
                 KdfParams::insecure_for_tests_only(64, 1, 1),
                 KdfLimits::INSECURE_TEST_ONLY,
             )),
+            voice_devices: Some((Device::Null, Device::Null)),
         }
     }
 
@@ -431,6 +440,7 @@ impl BackendConfig {
                 ..NetConfig::default()
             },
             kdf: None,
+            voice_devices: None,
         }
     }
 
@@ -530,14 +540,15 @@ impl Drop for Backend {
     }
 }
 
+/// Sends events to the UI and wakes it.
 #[derive(Clone)]
-struct Emitter {
+pub(crate) struct Emitter {
     tx: mpsc::Sender<Event>,
     waker: Waker,
 }
 
 impl Emitter {
-    async fn emit(&self, e: Event) {
+    pub(crate) async fn emit(&self, e: Event) {
         let _ = self.tx.send(e).await;
         if let Ok(w) = self.waker.lock()
             && let Some(ctx) = w.as_ref()
@@ -622,6 +633,14 @@ async fn run(cfg: BackendConfig, mut commands: mpsc::Receiver<Command>, emit: Em
                     });
                 }
             }
+            (Command::Voice(cmd), Some(_)) => {
+                if let Some(x) = &ext
+                    && x.voice.try_send(cmd).is_err()
+                {
+                    emit.emit(Event::Error("voice is busy; try again".into()))
+                        .await;
+                }
+            }
             (
                 Command::Create { .. } | Command::Unlock { .. } | Command::Restore { .. },
                 Some(_),
@@ -647,6 +666,8 @@ async fn run(cfg: BackendConfig, mut commands: mpsc::Receiver<Command>, emit: Em
 struct Ext {
     node: crate::settings::NodeCtx,
     me: securecomm_noise::keys::RootPublicKey,
+    /// The voice worker's queue (commands run in order: a mute after a join applies to it).
+    voice: mpsc::Sender<crate::voice::VoiceCommand>,
 }
 
 /// After a start: the node, and the context for the extra commands, whose start-up work
@@ -668,6 +689,14 @@ fn started(
             net: node.net.clone(),
         },
         me,
+        voice: crate::voice::spawn(
+            crate::voice::VoiceCtx::new(
+                node.voice.clone(),
+                node.guilds.clone(),
+                cfg.voice_devices.clone(),
+            ),
+            emit.clone(),
+        ),
     });
     let (x2, emit) = (x.clone(), emit.clone());
     tokio::spawn(async move {
@@ -902,7 +931,8 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
             | Command::Unlock { .. }
             | Command::Restore { .. }
             | Command::Verify(_)
-            | Command::Settings(_) => Ok(()),
+            | Command::Settings(_)
+            | Command::Voice(_) => Ok(()),
             Command::Refresh => {
                 refresh(g, emit).await;
                 Ok(())

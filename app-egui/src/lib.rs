@@ -21,6 +21,10 @@
 //!   management methods), [`state::manage`] (forms and actions; permission checks that decide
 //!   which buttons are enabled) and [`ui`] (grouped channel list, member list, settings window).
 //!   The crdt enforces every permission; the app only mirrors it to disable buttons.
+//! * **Voice.** [`voice`] drives the node's `VoiceService`: a task polls the call's status a
+//!   few times a second (never the UI thread) and sends snapshots as events; mute, deafen and
+//!   push-to-talk are the user's choices, reconciled with the node once per frame; devices and
+//!   the push-to-talk key are preferences. Drawing is in [`ui::voice`].
 
 pub mod app;
 pub mod backend;
@@ -31,6 +35,7 @@ pub mod state;
 pub mod tour;
 pub mod ui;
 pub mod verify;
+pub mod voice;
 
 pub use app::App;
 pub use backend::{Backend, BackendConfig};

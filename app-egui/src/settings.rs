@@ -41,13 +41,15 @@ pub const MAX_NOTICES: usize = 8;
 pub const MAX_FILES_COUNTED: usize = 100_000;
 
 /// Preferences kept in `settings.json`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Prefs {
     /// Dark theme (else light).
     pub dark: bool,
     /// Desktop notifications for mentions and DMs.
     pub notifications: bool,
+    /// Audio devices and push-to-talk.
+    pub voice: crate::voice::VoicePrefs,
 }
 
 impl Default for Prefs {
@@ -55,6 +57,7 @@ impl Default for Prefs {
         Self {
             dark: true,
             notifications: true,
+            voice: crate::voice::VoicePrefs::default(),
         }
     }
 }
@@ -248,7 +251,7 @@ pub enum SettingsTab {
     Notifications,
     /// Where the data is, and its size.
     Data,
-    /// Voice (placeholder).
+    /// Voice: devices and push-to-talk.
     Audio,
     /// Name, id, backup.
     Identity,
@@ -367,7 +370,9 @@ impl SettingsState {
 
     /// The theme or notification toggle changed.
     pub fn on_prefs_changed(&mut self) -> Vec<Command> {
-        vec![Command::Settings(SettingsCommand::SavePrefs(self.prefs))]
+        vec![Command::Settings(SettingsCommand::SavePrefs(
+            self.prefs.clone(),
+        ))]
     }
 
     /// "Export backup".
@@ -674,6 +679,10 @@ mod tests {
         let p = Prefs {
             dark: false,
             notifications: false,
+            voice: crate::voice::VoicePrefs {
+                mode: crate::voice::InputMode::PushToTalk,
+                ..crate::voice::VoicePrefs::default()
+            },
         };
         p.save(dir.path()).unwrap();
         assert_eq!(Prefs::load(dir.path()), p);

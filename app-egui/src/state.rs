@@ -507,6 +507,8 @@ pub struct AppState {
     pub restore: crate::settings::RestoreForm,
     /// Guild management: data, dialogs, the settings window (see [`manage`]).
     pub manage: manage::ManageState,
+    /// Voice channels and the call.
+    pub voice: crate::voice::VoiceState,
 }
 
 impl AppState {
@@ -542,6 +544,7 @@ impl AppState {
             settings: crate::settings::SettingsState::default(),
             restore: crate::settings::RestoreForm::default(),
             manage: manage::ManageState::default(),
+            voice: crate::voice::VoiceState::default(),
         }
     }
 
@@ -703,7 +706,16 @@ impl AppState {
             Event::Channels { guild, channels } => {
                 let first_text = channels.iter().find(|c| c.kind == "text").map(|c| c.id);
                 self.channels.insert(guild.clone(), channels);
-                let mut cmds = Vec::new();
+                let voice = self
+                    .channels
+                    .iter()
+                    .flat_map(|(g, cs)| {
+                        cs.iter()
+                            .filter(|c| c.kind == "voice")
+                            .map(move |c| (g.clone(), c.id))
+                    })
+                    .collect();
+                let mut cmds = self.voice.on_channels(voice);
                 if self.guild.as_deref() == Some(guild.as_str())
                     && !matches!(&self.view, View::Channel { guild: g, .. } if *g == guild)
                     && let Some(ch) = first_text
@@ -852,6 +864,13 @@ impl AppState {
                 Vec::new()
             }
             Event::Manage(m) => self.apply_manage(m),
+            Event::Voice(v) => {
+                if let crate::voice::VoiceEvent::JoinFailed(why) = &v {
+                    self.error(format!("could not join the voice channel: {why}"));
+                }
+                self.voice.apply(v);
+                Vec::new()
+            }
         }
     }
 

@@ -26,6 +26,7 @@ enum Stop {
     Roles,
     Safety,
     Settings,
+    Voice,
 }
 
 impl Stop {
@@ -37,17 +38,19 @@ impl Stop {
             Self::Roles => "04-guild-settings-roles.png",
             Self::Safety => "05-safety-number.png",
             Self::Settings => "06-settings.png",
+            Self::Voice => "07-voice.png",
         }
     }
 }
 
-const STOPS: [Stop; 6] = [
+const STOPS: [Stop; 7] = [
     Stop::Unlock,
     Stop::Channel,
     Stop::Dm,
     Stop::Roles,
     Stop::Safety,
     Stop::Settings,
+    Stop::Voice,
 ];
 
 /// The tour, wrapping the app.
@@ -130,6 +133,7 @@ impl Tour {
                 }
                 Stop::Safety => s.verify.safety.is_some(),
                 Stop::Settings => s.settings.open && s.settings.data_size.is_some(),
+                Stop::Voice => s.voice.status.in_call && s.voice.status.channel_name == "Lounge",
             }
     }
 
@@ -197,7 +201,24 @@ impl Tour {
                 s.settings.tab = crate::settings::SettingsTab::Identity;
                 s.settings.on_open()
             }
-            Stop::Settings => Vec::new(),
+            Stop::Settings => {
+                // Into the Lounge voice channel (null audio devices: the tour's config).
+                s.settings.open = false;
+                let lounge = s.guild.clone().and_then(|g| {
+                    s.channels
+                        .get(&g)
+                        .and_then(|cs| cs.iter().find(|c| c.kind == "voice"))
+                        .map(|c| (g, c.id))
+                });
+                match lounge {
+                    Some((g, c)) => {
+                        let prefs = s.settings.prefs.voice.clone();
+                        s.voice.on_join(&g, c, &prefs)
+                    }
+                    None => Vec::new(),
+                }
+            }
+            Stop::Voice => Vec::new(),
         };
         self.app.dispatch(cmds);
         self.since = Instant::now();

@@ -4,6 +4,7 @@ use egui::RichText;
 use securecomm_node::guild::NewChannelKind;
 
 use super::guarded_button;
+use super::voice::{VoiceAction, apply_actions, channel_members_ui as voice_members_ui};
 use crate::backend::Command;
 use crate::state::manage::{channel_tree, perm};
 use crate::state::{AppState, View};
@@ -45,6 +46,7 @@ pub fn channel_list(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut V
     };
     let manage = s.lacks(perm("manage_channels"));
     let mut actions = Vec::new();
+    let mut voice = Vec::new();
     for group in channel_tree(&data.channels) {
         if let Some(cat) = group.category {
             let collapsed = s.manage.collapsed.contains(&cat.id);
@@ -75,12 +77,12 @@ pub fn channel_list(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut V
             }
         }
         for c in group.channels {
-            let selected = matches!(&s.view, View::Channel { guild, channel }
+            let viewing = matches!(&s.view, View::Channel { guild, channel }
                 if guild == gid && *channel == c.id);
+            let selected = viewing || (c.kind == "voice" && s.voice.in_channel(gid, c.id));
+            let indent = if group.category.is_some() { 10.0 } else { 0.0 };
             ui.horizontal(|ui| {
-                if group.category.is_some() {
-                    ui.add_space(10.0);
-                }
+                ui.add_space(indent);
                 let r = ui.selectable_label(
                     selected,
                     crate::app::unread_text(
@@ -93,10 +95,18 @@ pub fn channel_list(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut V
                 } else {
                     r.on_hover_text(&c.topic)
                 };
+                let r = if c.kind == "voice" {
+                    r.on_hover_text("Join voice")
+                } else {
+                    r
+                };
                 if r.clicked() && c.kind == "text" {
                     actions.push(Action::Open(c.id));
                 }
-                if selected && manage.is_none() {
+                if r.clicked() && c.kind == "voice" {
+                    voice.push(VoiceAction::Join(c.id));
+                }
+                if viewing && manage.is_none() {
                     if ui.small_button("⬆").on_hover_text("Move up").clicked() {
                         actions.push(Action::Move(c.id, true));
                     }
@@ -105,8 +115,12 @@ pub fn channel_list(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut V
                     }
                 }
             });
+            if c.kind == "voice" {
+                voice_members_ui(ui, s, gid, c.id, indent, &mut voice);
+            }
         }
     }
+    cmds.extend(apply_actions(s, gid, voice));
     for a in actions {
         match a {
             Action::Open(id) => cmds.extend(s.on_select_channel(gid, id)),
@@ -120,10 +134,11 @@ pub fn channel_list(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut V
 /// The list before management data arrived: channels as the node listed them.
 fn flat_list(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut Vec<Command>) {
     let mut pick = None;
+    let mut voice = Vec::new();
     for c in s.channels.get(gid).map(Vec::as_slice).unwrap_or_default() {
-        let selected =
-            matches!(&s.view, View::Channel { guild, channel } if guild == gid && *channel == c.id);
-        if ui
+        let selected = matches!(&s.view, View::Channel { guild, channel } if guild == gid && *channel == c.id)
+            || (c.kind == "voice" && s.voice.in_channel(gid, c.id));
+        let clicked = ui
             .selectable_label(
                 selected,
                 crate::app::unread_text(
@@ -131,15 +146,22 @@ fn flat_list(ui: &mut egui::Ui, s: &mut AppState, gid: &str, cmds: &mut Vec<Comm
                     s.unread_channel(gid, c.id),
                 ),
             )
-            .clicked()
-            && c.kind == "text"
-        {
-            pick = Some(c.id);
+            .clicked();
+        match c.kind.as_str() {
+            "text" if clicked => pick = Some(c.id),
+            "voice" => {
+                if clicked {
+                    voice.push(VoiceAction::Join(c.id));
+                }
+                voice_members_ui(ui, s, gid, c.id, 0.0, &mut voice);
+            }
+            _ => {}
         }
     }
     if let Some(c) = pick {
         cmds.extend(s.on_select_channel(gid, c));
     }
+    cmds.extend(apply_actions(s, gid, voice));
 }
 
 /// The "New channel" window: name, kind, category.

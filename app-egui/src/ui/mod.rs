@@ -9,6 +9,7 @@ pub mod guild_settings;
 pub mod members;
 pub mod settings;
 pub mod verify;
+pub mod voice;
 
 /// An egui colour for a role colour (`0x00RRGGBB`); `None` for 0 (no colour).
 pub fn role_colour(c: u32) -> Option<egui::Color32> {

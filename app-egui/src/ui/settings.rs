@@ -93,12 +93,7 @@ pub fn settings_window_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<
                 SettingsTab::Theme => appearance_ui(ui, s, cmds),
                 SettingsTab::Notifications => notifications_ui(ui, s, cmds),
                 SettingsTab::Data => data_ui(ui, s),
-                SettingsTab::Audio => {
-                    ui.label(
-                        "Voice settings (input and output devices, push-to-talk, noise \
-                         suppression) come with voice channels.",
-                    );
-                }
+                SettingsTab::Audio => crate::ui::voice::audio_ui(ui, s, cmds),
                 SettingsTab::Identity => identity_ui(ui, s, cmds),
             });
         });
