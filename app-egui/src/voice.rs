@@ -127,6 +127,8 @@ pub enum VoiceCommand {
         input: AudioDevice,
         /// Speakers.
         output: AudioDevice,
+        /// Join muted (push-to-talk key up, or the mute button on).
+        muted: bool,
     },
     /// Leave the call.
     Leave,
@@ -416,6 +418,7 @@ impl VoiceState {
             channel,
             input: prefs.input.clone(),
             output: prefs.output.clone(),
+            muted: self.wanted_mute(prefs),
         })]
     }
 
@@ -437,6 +440,7 @@ impl VoiceState {
             channel,
             input: prefs.input.clone(),
             output: prefs.output.clone(),
+            muted: self.wanted_mute(prefs),
         })]
     }
 
@@ -640,6 +644,7 @@ pub async fn execute(ctx: &VoiceCtx, cmd: VoiceCommand) -> Vec<Event> {
             channel,
             input,
             output,
+            muted,
         } => {
             let (input, output) = ctx
                 .devices
@@ -649,9 +654,12 @@ pub async fn execute(ctx: &VoiceCtx, cmd: VoiceCommand) -> Vec<Event> {
             if let Err(e) = v.leave().await {
                 return vec![Event::Voice(VoiceEvent::JoinFailed(e))];
             }
+            // Push-to-talk up (or the mute button on) from the first frame: the microphone is
+            // never live while the join runs.
             let opts = JoinOptions {
                 input,
                 output,
+                muted,
                 ..JoinOptions::default()
             };
             match v.join(&guild, &channel.to_string(), opts).await {

@@ -302,6 +302,8 @@ pub struct EngineConfig {
     pub process: Option<ProcessConfig>,
     /// Push-to-talk: send only while [`Command::SetTransmit`] says the key is down.
     pub push_to_talk: bool,
+    /// Start muted.
+    pub muted: bool,
 }
 
 /// Starts the engine thread. The socket is bound and the devices opened before this returns,
@@ -520,7 +522,7 @@ impl Engine {
             next_bind: now,
             reflexive: None,
             relay_only: cfg.relay_only,
-            muted: false,
+            muted: cfg.muted,
             deafened: false,
             processor,
             push_to_talk: cfg.push_to_talk,

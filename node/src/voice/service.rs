@@ -85,6 +85,8 @@ pub struct JoinOptions {
     pub process: Option<Option<ProcessConfig>>,
     /// Push-to-talk instead of voice activity: nothing is sent until [`VoiceService::set_transmit`].
     pub push_to_talk: bool,
+    /// Join muted (an app whose push-to-talk key is up, or whose mute button is on).
+    pub muted: bool,
 }
 
 impl Default for JoinOptions {
@@ -96,6 +98,7 @@ impl Default for JoinOptions {
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             process: None,
             push_to_talk: false,
+            muted: false,
         }
     }
 }
@@ -281,6 +284,7 @@ impl VoiceService {
             codec,
             process,
             push_to_talk: opts.push_to_talk,
+            muted: opts.muted,
             input: opts.input,
             output: opts.output,
             bind: opts.bind,
@@ -304,7 +308,7 @@ impl VoiceService {
             participants: HashMap::new(),
             candidates,
             relay_only: opts.relay_only,
-            muted: false,
+            muted: opts.muted,
             deafened: false,
             alloc: None,
             rotating: false,
