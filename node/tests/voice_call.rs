@@ -355,6 +355,11 @@ fn relayed_call_then_upgrade_to_direct_without_a_gap() {
         across <= calm + 2,
         "{across} frames concealed across the upgrade against {calm} in a steady window: {s2}"
     );
+    // Per-user volume, by nickname.
+    a.cli(&["voice", "volume", "bob", "150"]);
+    until("alice's volume for bob to show as 150%", || {
+        (participants(a)[0]["volume_percent"] == 150).then_some(())
+    });
     for n in &nodes {
         n.cli(&["voice", "leave"]);
     }

@@ -203,6 +203,8 @@ pub struct RemoteStats {
     pub speaking: bool,
     /// Whether its frames are decoded at all.
     pub may_speak: bool,
+    /// Playback volume set for it, percent (100: unchanged).
+    pub volume_percent: u32,
 }
 
 /// The engine's numbers, refreshed every 200 ms.
@@ -931,6 +933,7 @@ impl Engine {
                     heard: r.heard,
                     speaking: r.speaking_until.is_some_and(|t| t > now),
                     may_speak: r.setup.may_speak,
+                    volume_percent: (r.gain * 100.0).round() as u32,
                 }
             })
             .collect();
