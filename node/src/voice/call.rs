@@ -97,6 +97,13 @@ pub struct OwnAllocation {
     pub token: [u8; 16],
 }
 
+impl Drop for OwnAllocation {
+    fn drop(&mut self) {
+        // The token is a credential: whoever holds it can send as this allocation.
+        zeroize::Zeroize::zeroize(&mut self.token);
+    }
+}
+
 impl std::fmt::Debug for OwnAllocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OwnAllocation")
