@@ -351,8 +351,12 @@ fn relayed_call_then_upgrade_to_direct_without_a_gap() {
         s2["via_direct"].as_u64().unwrap() > 25,
         "frames come directly now: {s2}"
     );
+    // A real gap at the switch is a run of frames (the path change takes one probe round
+    // trip, 100+ ms of silence if frames were lost meanwhile); a loaded machine conceals a few
+    // frames in any window (seen: 10 in a steady window under CI's parallel tests), hence the
+    // comparison with the steady window and a margin of 5 frames.
     assert!(
-        across <= calm + 2,
+        across <= calm + 5,
         "{across} frames concealed across the upgrade against {calm} in a steady window: {s2}"
     );
     // Per-user volume, by nickname.
