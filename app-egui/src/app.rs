@@ -6,8 +6,8 @@ use egui::text::LayoutJob;
 use egui::{Color32, FontId, Key, RichText, TextFormat, TextStyle};
 
 use crate::backend::{Backend, BackendConfig, Command};
-use crate::markdown::Span;
 use crate::state::{AppState, PREFETCH_ROWS, Phase, Row, View, short};
+use securecomm_node::markdown::Span;
 
 /// Most events folded per frame (the rest wait for the next frame, which is requested).
 pub const EVENTS_PER_FRAME: usize = 2000;

@@ -29,7 +29,7 @@
 pub mod app;
 pub mod backend;
 pub mod demo;
-pub mod markdown;
+pub use securecomm_node::markdown;
 pub mod settings;
 pub mod state;
 pub mod tour;

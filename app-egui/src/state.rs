@@ -14,7 +14,7 @@ use crate::backend::{
     Before, ChannelInfo, Command, Delivery, DmMessage, Event, GuildInfo, Me, MemberInfo, Message,
     Passphrase,
 };
-use crate::markdown::{self, Block, Span};
+use securecomm_node::markdown::{self, Block, Span};
 
 pub mod manage;
 

@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod guild;
+pub mod markdown;
 pub mod net;
 pub mod runtime;
 pub mod store;

@@ -1,5 +1,5 @@
 //! The Discord-flavoured markdown subset messages use: `**bold**`, `*italic*` / `_italic_`,
-//! `~~strike~~`, `` `code` ``, fenced code blocks, `> quotes`, and links.
+//! `~~strike~~`, `` `code` ``, fenced code blocks, `> quotes`, links and mentions.
 //!
 //! Parsing is total (any input gives a result, never a panic) and linear in the input. Links are
 //! recognised so they can be shown and copied, but the app never fetches them: no previews, no
@@ -27,6 +27,41 @@ pub struct Span {
     pub style: Style,
     /// The URL if this span is a link (shown, never fetched).
     pub link: Option<String>,
+    /// The mention if this span is one; its text is the mention as written.
+    pub mention: Option<Mention>,
+}
+
+/// A mention in a message, Discord's syntax: `<@USER>` (user root key, 64 lowercase hex),
+/// `<@&ROLE>` (role id, decimal u64), `@everyone`, `@here`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Mention {
+    /// `<@USER>`: a member by root key (64 lowercase hex digits).
+    User(String),
+    /// `<@&ROLE>`: every member with a role, by role id.
+    Role(u64),
+    /// `@everyone`: every member who can read the channel.
+    Everyone,
+    /// `@here`: the members of the channel who are online.
+    Here,
+}
+
+/// Every mention in `text`, in order, without duplicates; mentions inside inline code or code
+/// blocks do not count.
+pub fn mentions(text: &str) -> Vec<Mention> {
+    let mut out: Vec<Mention> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for block in parse(text) {
+        let spans = match block {
+            Block::Line(spans) | Block::Quote(spans) => spans,
+            Block::Code { .. } => continue,
+        };
+        for m in spans.into_iter().filter_map(|s| s.mention) {
+            if seen.insert(m.clone()) {
+                out.push(m);
+            }
+        }
+    }
+    out
 }
 
 /// A block of a message.
@@ -133,44 +168,82 @@ pub fn inline(line: &str) -> Vec<Span> {
 }
 
 fn push_with_links(spans: &mut Vec<Span>, text: String, style: Style) {
+    let plain = |text: &str| Span {
+        text: text.into(),
+        style,
+        link: None,
+        mention: None,
+    };
     if style.code {
-        spans.push(Span {
-            text,
-            style,
-            link: None,
-        });
+        spans.push(plain(&text));
         return;
     }
     let mut rest = text.as_str();
-    while let Some(pos) = ["https://", "http://"]
-        .iter()
-        .filter_map(|p| rest.find(p))
-        .min()
-    {
-        let (before, from) = rest.split_at(pos);
-        let end = from.find(char::is_whitespace).unwrap_or(from.len());
-        let (url, after) = from.split_at(end);
-        if !before.is_empty() {
-            spans.push(Span {
-                text: before.into(),
-                style,
-                link: None,
-            });
+    let mut from = 0;
+    while from < rest.len() {
+        let tail = &rest[from..];
+        let prev = rest[..from].chars().next_back();
+        let found = if tail.starts_with("https://") || tail.starts_with("http://") {
+            let end = tail.find(char::is_whitespace).unwrap_or(tail.len());
+            Some((end, Some(tail[..end].to_owned()), None))
+        } else {
+            mention_at(tail, prev).map(|(len, m)| (len, None, Some(m)))
+        };
+        match found {
+            Some((len, link, mention)) => {
+                if from > 0 {
+                    spans.push(plain(&rest[..from]));
+                }
+                spans.push(Span {
+                    text: tail[..len].into(),
+                    style,
+                    link,
+                    mention,
+                });
+                rest = &tail[len..];
+                from = 0;
+            }
+            None => from += tail.chars().next().map_or(1, char::len_utf8),
         }
-        spans.push(Span {
-            text: url.into(),
-            style,
-            link: Some(url.into()),
-        });
-        rest = after;
     }
     if !rest.is_empty() {
-        spans.push(Span {
-            text: rest.into(),
-            style,
-            link: None,
-        });
+        spans.push(plain(rest));
     }
+}
+
+/// The mention `tail` starts with, and its length in bytes. `prev` is the character before it:
+/// `@everyone` and `@here` count only as whole words.
+fn mention_at(tail: &str, prev: Option<char>) -> Option<(usize, Mention)> {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    if let Some(id) = tail.strip_prefix("<@&") {
+        let digits = id.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && id[digits..].starts_with('>') {
+            let role = id[..digits].parse().ok()?;
+            return Some((3 + digits + 1, Mention::Role(role)));
+        }
+        return None;
+    }
+    if let Some(key) = tail.strip_prefix("<@") {
+        let hex = key
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+            .count();
+        if hex == 64 && key[hex..].starts_with('>') {
+            return Some((2 + hex + 1, Mention::User(key[..hex].to_owned())));
+        }
+        return None;
+    }
+    if prev.is_some_and(word) || !tail.starts_with('@') {
+        return None;
+    }
+    for (name, m) in [("@everyone", Mention::Everyone), ("@here", Mention::Here)] {
+        if let Some(after) = tail.strip_prefix(name)
+            && !after.chars().next().is_some_and(word)
+        {
+            return Some((name.len(), m));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -202,7 +275,8 @@ mod tests {
             vec![Span {
                 text: "2 * 3 = 6".into(),
                 style: Style::default(),
-                link: None
+                link: None,
+                mention: None,
             }]
         );
         assert_eq!(plain(&inline("**bold")), "**bold");
@@ -230,6 +304,29 @@ mod tests {
         );
         let unclosed = parse("```\ncode");
         assert!(matches!(&unclosed[0], Block::Line(_)));
+    }
+
+    #[test]
+    fn mentions_in_order_without_duplicates_or_code() {
+        let key = "ab".repeat(32);
+        let text = format!(
+            "hi <@{key}> and <@&42>, @everyone @here <@{key}> `<@&7>`\n```\n@here <@&8>\n```\nmail@here.org"
+        );
+        assert_eq!(
+            mentions(&text),
+            vec![
+                Mention::User(key.clone()),
+                Mention::Role(42),
+                Mention::Everyone,
+                Mention::Here,
+            ]
+        );
+        let s = inline(&format!("x <@{key}> y"));
+        assert_eq!(s[1].mention, Some(Mention::User(key.clone())));
+        assert_eq!(s[1].text, format!("<@{key}>"));
+        // Not mentions: upper-case or short keys, role ids beyond u64, no closing bracket.
+        assert!(mentions(&format!("<@{}>", key.to_uppercase())).is_empty());
+        assert!(mentions("<@abc> <@&99999999999999999999> <@&1 @everyones").is_empty());
     }
 
     proptest! {
