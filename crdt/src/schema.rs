@@ -148,6 +148,9 @@ pub struct Channel {
     pub bitrate: u32,
     /// Most users in the voice channel at once; 0 for no limit.
     pub user_limit: u16,
+    /// Default disappearing-message timer of the channel in seconds; 0 for none (the guild's
+    /// default, if any, still applies; the shortest non-zero timer wins).
+    pub disappearing_secs: u32,
 }
 
 impl Channel {
@@ -567,6 +570,11 @@ impl Encode for Channel {
         w.u32(self.slow_mode_secs);
         w.u32(self.bitrate);
         w.u16(self.user_limit);
+        // Added after the first schema: written only when set, so channels without a timer
+        // encode exactly as before.
+        if self.disappearing_secs != 0 {
+            w.u32(self.disappearing_secs);
+        }
     }
 }
 impl Decode for Channel {
@@ -619,6 +627,18 @@ impl Channel {
                 deny,
             });
         }
+        let slow_mode_secs = r.u32()?;
+        let bitrate = r.u32()?;
+        let user_limit = r.u16()?;
+        // The channel ends its op's value, so a trailing timer is recognised by what is left.
+        let disappearing_secs = if r.remaining() == 0 {
+            0
+        } else {
+            match r.u32()? {
+                0 => return Err(DecodeError::Invalid("channel timer 0 written out")),
+                t => t,
+            }
+        };
         Ok(Self {
             kind,
             name,
@@ -626,9 +646,10 @@ impl Channel {
             parent,
             position,
             overwrites,
-            slow_mode_secs: r.u32()?,
-            bitrate: r.u32()?,
-            user_limit: r.u16()?,
+            slow_mode_secs,
+            bitrate,
+            user_limit,
+            disappearing_secs,
         })
     }
 }
@@ -697,5 +718,42 @@ impl DeviceCert {
             device: keys.device(r)?,
             sig: Signature::decode(r)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn channel(disappearing_secs: u32) -> Channel {
+        Channel {
+            kind: ChannelKind::Text,
+            name: "general".into(),
+            topic: String::new(),
+            parent: None,
+            position: 0,
+            overwrites: Vec::new(),
+            slow_mode_secs: 5,
+            bitrate: 0,
+            user_limit: 0,
+            disappearing_secs,
+        }
+    }
+
+    #[test]
+    fn channel_timer_is_a_trailing_field_written_only_when_set() {
+        let plain = channel(0).to_bytes();
+        let timed = channel(3600).to_bytes();
+        assert_eq!(timed.len(), plain.len() + 4);
+        assert_eq!(&timed[..plain.len()], &plain[..]);
+        assert_eq!(Channel::from_bytes(&plain).unwrap(), channel(0));
+        assert_eq!(Channel::from_bytes(&timed).unwrap(), channel(3600));
+        // Canonical: a zero timer written out, or a partial one, is refused.
+        let mut zero = plain.clone();
+        zero.extend_from_slice(&[0; 4]);
+        assert!(Channel::from_bytes(&zero).is_err());
+        assert!(Channel::from_bytes(&timed[..timed.len() - 1]).is_err());
     }
 }

@@ -25,6 +25,7 @@ fn chan(kind: ChannelKind, ows: Vec<Overwrite>) -> Channel {
         slow_mode_secs: 0,
         bitrate: 64000,
         user_limit: 0,
+        disappearing_secs: 0,
     }
 }
 

@@ -22,8 +22,11 @@
 //! {guild, name, perms}`, `role-grant {guild, user, role}`, `kick {guild, user}`, `ban {guild,
 //! user, reason?}`, `find-user {user}`, and the management commands of `control/manage.rs`
 //! (channel details and moves, role list/revoke/delete, bans, unban, invite list/revoke, guild
-//! settings). `events` adds `{"event": "message", ...}` for every stored guild message and
-//! `{"event": "guild-changed", "guild": ...}` after log deliveries.
+//! settings), and the messaging commands of `control/messages.rs` (replies, threads, reactions,
+//! edits, deletes, pins, timers, mentions, read state). `events` adds `{"event": "message",
+//! ...}` for every stored guild message or operation (`op` set), `{"event": "mention", ...}`
+//! when one mentions this member, `{"event": "erased", ...}` when a message is deleted or its
+//! timer runs out, and `{"event": "guild-changed", "guild": ...}` after log deliveries.
 //!
 //! Bounds: a request line is at most [`MAX_LINE`] bytes, at most [`MAX_CLIENTS`] connections are
 //! served at once, and a slow `events` reader loses old events rather than growing a queue.
@@ -43,6 +46,7 @@ use crate::voice::process::ProcessConfig;
 use crate::voice::service::{JoinOptions, VoiceService};
 
 mod manage;
+mod messages;
 use crate::net::{Client, Event};
 
 /// Longest request line.
@@ -208,6 +212,18 @@ pub fn guild_event_json(e: &GuildEvent) -> Value {
             }
             v
         }
+        GuildEvent::Mention(m) => json!({
+            "event": "mention",
+            "guild": m.guild,
+            "channel": m.channel,
+            "id": m.id,
+            "sender": m.sender,
+            "nickname": m.nickname,
+            "thread": m.thread,
+        }),
+        GuildEvent::Erased { guild, channel, id } => {
+            json!({"event": "erased", "guild": guild, "channel": channel, "id": id})
+        }
     }
 }
 
@@ -333,7 +349,10 @@ async fn handle_guild(g: &GuildService, cmd: &str, a: &Value) -> Option<Result<V
                 .map_err(|e| e.to_string()),
             Err(x) => Err(x),
         },
-        _ => return manage::handle(g, cmd, a).await,
+        _ => match messages::handle(g, cmd, a).await {
+            Some(r) => r,
+            None => return manage::handle(g, cmd, a).await,
+        },
     })
 }
 

@@ -81,6 +81,7 @@ async fn owner_manages_categories_channels_roles_settings_and_invites() {
                 name: Some("rustaceans".into()),
                 topic: Some("crabs only".into()),
                 slow_mode_secs: Some(30),
+                disappearing_secs: None,
                 parent: None,
             },
         )

@@ -687,6 +687,7 @@ impl AppState {
                 name: Some(f.name),
                 topic: Some(f.topic),
                 slow_mode_secs: Some(f.slow_mode_secs),
+                disappearing_secs: None,
                 parent: None,
             },
         })

@@ -92,6 +92,7 @@ pub fn build() -> Built {
                         slow_mode_secs: 0,
                         bitrate: 64_000,
                         user_limit: 0,
+                        disappearing_secs: 0,
                     },
                 )
             })

@@ -105,6 +105,7 @@ pub fn text(name: &str) -> Channel {
         slow_mode_secs: 0,
         bitrate: 0,
         user_limit: 0,
+        disappearing_secs: 0,
     }
 }
 

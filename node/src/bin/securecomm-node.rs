@@ -135,6 +135,8 @@ enum Command {
         action: VoiceAction,
     },
     /// Send a message to a guild channel (running node). Returns once it is stored durably.
+    /// At most 4,000 characters; Discord's markdown; mentions as `<@USER_ID>`, `<@&ROLE_ID>`,
+    /// `@everyone`, `@here`.
     Send {
         /// Guild name or id.
         guild: String,
@@ -142,6 +144,95 @@ enum Command {
         channel: String,
         /// The text.
         text: String,
+        /// Reply to this message (id or a unique prefix of at least 6 hex digits).
+        #[arg(long)]
+        reply_to: Option<String>,
+        /// Post in this thread of the channel (id, prefix or name).
+        #[arg(long)]
+        thread: Option<String>,
+        /// Disappear after this many seconds (from every member's store).
+        #[arg(long)]
+        expires: Option<u32>,
+    },
+    /// React to a message with an emoji, or remove your reaction (running node).
+    React {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+        /// Message id or prefix.
+        msg: String,
+        /// The emoji.
+        emoji: String,
+        /// Remove your reaction instead.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Edit one of your messages (running node).
+    Edit {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+        /// Message id or prefix.
+        msg: String,
+        /// The new text.
+        text: String,
+    },
+    /// Earlier versions of a message, as this device saw them (running node).
+    Edits {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+        /// Message id or prefix.
+        msg: String,
+    },
+    /// Delete a message: yours, or anyone's with Manage Messages. It is erased from every
+    /// member's store that receives the delete; anyone who already read it may have kept a copy.
+    Delete {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+        /// Message id or prefix.
+        msg: String,
+    },
+    /// Pin a message in its channel, or unpin it (Manage Messages; running node).
+    Pin {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+        /// Message id or prefix.
+        msg: String,
+        /// Unpin instead.
+        #[arg(long)]
+        unpin: bool,
+    },
+    /// Pinned messages of a channel (running node).
+    Pins {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+    },
+    /// Threads of a channel (running node).
+    Thread {
+        #[command(subcommand)]
+        action: ThreadAction,
+    },
+    /// Unread mentions of you, per channel (running node).
+    Mentions {
+        /// Guild name or id.
+        guild: String,
+    },
+    /// Mark a channel read on this device (running node).
+    Read {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
     },
     /// Messages of a guild channel, oldest first (running node).
     History {
@@ -234,6 +325,89 @@ enum ChannelAction {
     List {
         /// Guild name or id.
         guild: String,
+    },
+    /// Change a channel's settings (Manage Channels).
+    Edit {
+        /// Guild name or id.
+        guild: String,
+        /// Channel id (see `channel list`).
+        channel: u64,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Slow mode: seconds a member waits between messages (0: off).
+        #[arg(long)]
+        slow_mode: Option<u32>,
+        /// Default disappearing-message timer in seconds (0: off).
+        #[arg(long)]
+        disappearing: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ThreadAction {
+    /// Start a thread in a channel, from a message or on its own.
+    Create {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+        /// The thread's name (1 to 100 characters).
+        name: String,
+        /// Start it from this message.
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Threads of a channel, newest activity first.
+    List {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+    },
+    /// Messages of a thread, oldest first.
+    History {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+        /// Thread id, prefix or name.
+        thread: String,
+        /// How many of the latest messages.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Rename a thread (its creator or Manage Messages).
+    Rename {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+        /// Thread id, prefix or name.
+        thread: String,
+        /// The new name.
+        name: String,
+    },
+    /// Archive a thread (no new posts until unarchived).
+    Archive {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+        /// Thread id, prefix or name.
+        thread: String,
+    },
+    /// Unarchive a thread.
+    Unarchive {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+        /// Thread id, prefix or name.
+        thread: String,
     },
 }
 
@@ -592,6 +766,18 @@ async fn run(cli: Cli) -> Result<(), String> {
                     json!({"guild": guild, "name": name, "voice": voice}),
                 ),
                 ChannelAction::List { guild } => ("channel-list", json!({"guild": guild})),
+                ChannelAction::Edit {
+                    guild,
+                    channel,
+                    name,
+                    topic,
+                    slow_mode,
+                    disappearing,
+                } => (
+                    "channel-edit",
+                    json!({"guild": guild, "channel": channel, "name": name, "topic": topic,
+                           "slow_mode_secs": slow_mode, "disappearing_secs": disappearing}),
+                ),
             };
             remote(&dir, json, cmd, args).await?
         }
@@ -644,9 +830,132 @@ async fn run(cli: Cli) -> Result<(), String> {
             guild,
             channel,
             text,
+            reply_to,
+            thread,
+            expires,
         }) => {
-            let args = json!({"guild": guild, "channel": channel, "text": text});
-            remote(&dir, json, "send", args).await?
+            let args = json!({"guild": guild, "channel": channel, "text": text,
+                              "reply_to": reply_to, "thread": thread, "ttl_secs": expires});
+            remote(&dir, json, "post", args).await?
+        }
+        Some(Command::React {
+            guild,
+            channel,
+            msg,
+            emoji,
+            remove,
+        }) => {
+            let args = json!({"guild": guild, "channel": channel, "msg": msg, "emoji": emoji,
+                              "remove": remove});
+            remote(&dir, json, "react", args).await?
+        }
+        Some(Command::Edit {
+            guild,
+            channel,
+            msg,
+            text,
+        }) => {
+            let args = json!({"guild": guild, "channel": channel, "msg": msg, "text": text});
+            remote(&dir, json, "edit", args).await?
+        }
+        Some(Command::Edits {
+            guild,
+            channel,
+            msg,
+        }) => {
+            let args = json!({"guild": guild, "channel": channel, "msg": msg});
+            remote(&dir, json, "edits", args).await?
+        }
+        Some(Command::Delete {
+            guild,
+            channel,
+            msg,
+        }) => {
+            let args = json!({"guild": guild, "channel": channel, "msg": msg});
+            remote(&dir, json, "delete", args).await?
+        }
+        Some(Command::Pin {
+            guild,
+            channel,
+            msg,
+            unpin,
+        }) => {
+            let args = json!({"guild": guild, "channel": channel, "msg": msg, "unpin": unpin});
+            remote(&dir, json, "pin", args).await?
+        }
+        Some(Command::Pins { guild, channel }) => {
+            remote(
+                &dir,
+                json,
+                "pins",
+                json!({"guild": guild, "channel": channel}),
+            )
+            .await?
+        }
+        Some(Command::Mentions { guild }) => {
+            remote(&dir, json, "mentions", json!({"guild": guild})).await?
+        }
+        Some(Command::Read { guild, channel }) => {
+            remote(
+                &dir,
+                json,
+                "mark-read",
+                json!({"guild": guild, "channel": channel}),
+            )
+            .await?
+        }
+        Some(Command::Thread { action }) => {
+            let (cmd, args) = match action {
+                ThreadAction::Create {
+                    guild,
+                    channel,
+                    name,
+                    from,
+                } => (
+                    "thread-create",
+                    json!({"guild": guild, "channel": channel, "name": name, "from": from}),
+                ),
+                ThreadAction::List { guild, channel } => {
+                    ("thread-list", json!({"guild": guild, "channel": channel}))
+                }
+                ThreadAction::History {
+                    guild,
+                    channel,
+                    thread,
+                    limit,
+                } => (
+                    "thread-history",
+                    json!({"guild": guild, "channel": channel, "thread": thread, "limit": limit}),
+                ),
+                ThreadAction::Rename {
+                    guild,
+                    channel,
+                    thread,
+                    name,
+                } => (
+                    "thread-update",
+                    json!({"guild": guild, "channel": channel, "thread": thread, "name": name}),
+                ),
+                ThreadAction::Archive {
+                    guild,
+                    channel,
+                    thread,
+                } => (
+                    "thread-update",
+                    json!({"guild": guild, "channel": channel, "thread": thread,
+                           "archived": true}),
+                ),
+                ThreadAction::Unarchive {
+                    guild,
+                    channel,
+                    thread,
+                } => (
+                    "thread-update",
+                    json!({"guild": guild, "channel": channel, "thread": thread,
+                           "archived": false}),
+                ),
+            };
+            remote(&dir, json, cmd, args).await?
         }
         Some(Command::History {
             guild,

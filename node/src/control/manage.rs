@@ -1,5 +1,6 @@
 //! Guild management on the control API (see [`crate::guild::GuildService`]'s management
-//! methods): `channel-details {guild}`, `channel-move {guild, channel, up}`, `role-list
+//! methods): `channel-details {guild}`, `channel-edit {guild, channel, name?, topic?,
+//! slow_mode_secs?, disappearing_secs?}`, `channel-move {guild, channel, up}`, `role-list
 //! {guild}`, `role-revoke {guild, user, role}`, `role-delete {guild, role}`, `ban-list
 //! {guild}`, `unban {guild, user}`, `invite-list {guild}`, `invite-revoke {guild, invite}`,
 //! `guild-settings {guild}`. Results are the typed structs as JSON.
@@ -13,6 +14,12 @@ use crate::guild::{GuildError, GuildService};
 fn j<T: Serialize>(r: Result<T, GuildError>) -> Result<Value, String> {
     r.map_err(|e| e.to_string())
         .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
+}
+
+fn opt_u32(a: &Value, name: &str) -> Option<u32> {
+    a.get(name)
+        .and_then(Value::as_u64)
+        .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
 }
 
 fn id(a: &Value, name: &str) -> Result<u64, String> {
@@ -31,6 +38,7 @@ pub(super) async fn handle(
             return matches!(
                 cmd,
                 "channel-details"
+                    | "channel-edit"
                     | "channel-move"
                     | "role-list"
                     | "role-revoke"
@@ -46,6 +54,19 @@ pub(super) async fn handle(
     };
     Some(match cmd {
         "channel-details" => j(g.channel_details(guild)),
+        "channel-edit" => match id(a, "channel") {
+            Ok(c) => {
+                let edit = crate::guild::service::manage::ChannelEdit {
+                    name: a.get("name").and_then(Value::as_str).map(str::to_owned),
+                    topic: a.get("topic").and_then(Value::as_str).map(str::to_owned),
+                    slow_mode_secs: opt_u32(a, "slow_mode_secs"),
+                    disappearing_secs: opt_u32(a, "disappearing_secs"),
+                    parent: None,
+                };
+                j(g.edit_channel(guild, c, edit).await)
+            }
+            Err(e) => Err(e),
+        },
         "channel-move" => match id(a, "channel") {
             Ok(c) => {
                 let up = a.get("up").and_then(Value::as_bool).unwrap_or(true);

@@ -46,8 +46,9 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::GuildError;
+use super::content;
 use super::wire::{
-    AppPayload, DirectRequest, DirectResponse, InviteLink, LogPayload, MAX_TEXT, check_proof,
+    AppPayload, Body, DirectRequest, DirectResponse, InviteLink, LogPayload, MAX_TEXT, check_proof,
     join_proof, rendezvous_namespace, topic_for,
 };
 use crate::sync::outbox::Outbox;
@@ -79,8 +80,8 @@ pub enum Verdict<M = StoredMessage> {
     Ignore(&'static str),
 }
 
-/// A decrypted guild message as stored.
-#[derive(Debug, Clone, Serialize)]
+/// A decrypted guild message as stored (a post), or an operation on one (`op`).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct StoredMessage {
     /// Guild id (hex).
     pub guild: String,
@@ -101,8 +102,35 @@ pub struct StoredMessage {
     pub sent_at: u64,
     /// Our clock when stored, ms.
     pub received_at: u64,
-    /// The text.
+    /// The text (current: an edit replaces it; empty for operations).
     pub text: String,
+    /// The message this replies to (hex).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// The thread it is in (hex), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
+    /// When it disappears from every member's store, ms since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Whether it mentions this member (and the author was allowed to).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub mentions_me: bool,
+    /// For everything that is not a post: what it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op: Option<content::Op>,
+    /// When the author last edited it (their clock, ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<u64>,
+    /// Reactions, per emoji.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<content::Reaction>,
+    /// Pinned in its channel.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
+    /// Slow mode interval that applies to its author here, ms (0: none; not shown).
+    #[serde(skip)]
+    pub slow_ms: u64,
     /// The sealed envelope as received or published (kept for history sync; not shown).
     #[serde(skip)]
     pub envelope: Vec<u8>,
@@ -224,14 +252,14 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn sql(v: u64) -> i64 {
+pub(crate) fn sql(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// A channel id as SQLite stores it: the same 64 bits as a signed integer. Channel ids are
 /// random `u64`s, so half of them are above `i64::MAX`; saturating them (as [`sql`] does for
 /// counts and times) made every such channel share one history.
-fn sql_channel(c: u64) -> i64 {
+pub(crate) fn sql_channel(c: u64) -> i64 {
     i64::from_ne_bytes(c.to_ne_bytes())
 }
 
@@ -777,6 +805,7 @@ impl Engine {
         let Some(gid) = self.guild_of_topic(topic) else {
             return Ok(Verdict::Ignore("not a topic of ours"));
         };
+        let me = self.keys.user;
         let Some(g) = self.guilds.get_mut(&gid) else {
             return Ok(Verdict::Ignore("not a topic of ours"));
         };
@@ -784,7 +813,7 @@ impl Engine {
         let v = if data.len() > MAX_GOSSIP_PAYLOAD {
             Verdict::Reject("oversized")
         } else {
-            Self::decrypt_check(g, data, None)
+            Self::decrypt_check(g, data, None, &me, true)
         };
         if let Verdict::Reject(_) = v {
             g.rejected = g.rejected.saturating_add(1);
@@ -827,9 +856,8 @@ impl Engine {
             let tx = conn.transaction().map_err(db_err)?;
             let mut new = Vec::with_capacity(msgs.len());
             for (gid, m) in msgs {
-                let fresh = store_message(&tx, &gid, &m)?;
-                store_envelope(&tx, &gid, &m, &m.envelope)?;
-                if fresh {
+                let new_envelope = store_envelope(&tx, &gid, &m, &m.envelope)?;
+                if content::apply(&tx, &gid, &m, new_envelope)? {
                     new.push(m);
                 }
             }
@@ -875,6 +903,7 @@ impl Engine {
         conn: &mut Connection,
         gid: &GuildId,
     ) -> Result<Vec<StoredMessage>, SyncError> {
+        let me = self.keys.user;
         let Some(g) = self.guilds.get_mut(gid) else {
             return Ok(Vec::new());
         };
@@ -885,7 +914,7 @@ impl Engine {
         let mut out = Vec::new();
         let items: Vec<PendingGossip> = g.pending.drain(..).collect();
         for p in items {
-            match Self::decrypt_check(g, &p.data, None) {
+            match Self::decrypt_check(g, &p.data, None, &me, true) {
                 Verdict::Accept(Some(m)) => out.push((*gid, m)),
                 Verdict::Ignore("unknown key epoch") if p.since.elapsed() < PENDING_GOSSIP_TTL => {
                     g.pending.push_back(p);
@@ -906,6 +935,7 @@ impl Engine {
         gid: &GuildId,
         items: &[(DevicePublicKey, u64, &[u8])],
     ) -> Result<Vec<Verdict>, SyncError> {
+        let me = self.keys.user;
         let Some(g) = self.guilds.get_mut(gid) else {
             return Ok(items
                 .iter()
@@ -919,7 +949,7 @@ impl Engine {
             let v = if data.len() > MAX_GOSSIP_PAYLOAD {
                 Verdict::Reject("oversized")
             } else {
-                Self::decrypt_check(g, data, Some((*sender, *seq)))
+                Self::decrypt_check(g, data, Some((*sender, *seq)), &me, false)
             };
             if let Verdict::Accept(Some(m)) = v {
                 accepted.push((*gid, m));
@@ -957,6 +987,8 @@ impl Engine {
         g: &mut GuildState,
         data: &[u8],
         claim: Option<(DevicePublicKey, u64)>,
+        me: &UserId,
+        live: bool,
     ) -> Verdict {
         let d = match g.dcgka.decrypt(&AppMessage(data.to_vec())) {
             Ok(d) => d,
@@ -983,16 +1015,10 @@ impl Engine {
         let Some(user) = view.user_of_device(&d.sender).copied() else {
             return Verdict::Reject("sender is not a member");
         };
-        let perms = view.channel_permissions(&user, &ChannelId(p.channel));
-        let text_channel = view
-            .channels()
-            .get(&ChannelId(p.channel))
-            .is_some_and(|c| c.kind == ChannelKind::Text);
-        if !text_channel
-            || !perms.contains(Permissions::VIEW_CHANNEL.union(Permissions::SEND_MESSAGES))
-        {
-            return Verdict::Reject("sender may not post in that channel");
-        }
+        let j = match content::judge(view, &user, me, &p, live) {
+            Ok(j) => j,
+            Err(why) => return Verdict::Reject(why),
+        };
         let nickname = view
             .member(&user)
             .map(|m| m.nickname.clone())
@@ -1007,8 +1033,15 @@ impl Engine {
             nickname,
             sent_at: p.sent_at,
             received_at: now_ms(),
-            text: p.text,
+            text: j.text,
+            reply_to: j.reply_to,
+            thread: j.thread,
+            expires_at: j.expires_at,
+            mentions_me: j.mentions_me,
+            op: j.op,
+            slow_ms: j.slow_ms,
             envelope: data.to_vec(),
+            ..StoredMessage::default()
         }))
     }
 
@@ -1114,13 +1147,16 @@ impl Engine {
         conn: &mut Connection,
         gid: &GuildId,
         channel: ChannelId,
-        text: &str,
+        body: Body,
     ) -> Result<PreparedSend, GuildError> {
-        if text.len() > MAX_TEXT {
-            return Err(GuildError::Invalid(format!(
-                "message too long: at most {MAX_TEXT} bytes, got {}",
-                text.len()
-            )));
+        if let Body::Post(super::wire::Post { text, .. }) | Body::Edit { text, .. } = &body {
+            super::wire::check_text(text).map_err(GuildError::Invalid)?;
+            if text.len() > MAX_TEXT {
+                return Err(GuildError::Invalid(format!(
+                    "message too long: at most {MAX_TEXT} bytes, got {}",
+                    text.len()
+                )));
+            }
         }
         let keys = &mut self.keys;
         let g = self
@@ -1143,12 +1179,27 @@ impl Engine {
         if ch.kind != ChannelKind::Text {
             return Err(GuildError::Invalid("not a text channel".into()));
         }
-        let perms = view.channel_permissions(&keys.user, &channel);
-        if !perms.contains(Permissions::VIEW_CHANNEL.union(Permissions::SEND_MESSAGES)) {
-            return Err(GuildError::NotPermitted(
-                "you may not send messages in this channel".into(),
-            ));
-        }
+        let mut msg_id = [0u8; 16];
+        keys.rng.fill_bytes(&mut msg_id);
+        let now = now_ms();
+        let mut payload = AppPayload {
+            channel: channel.0,
+            msg_id,
+            seq: 1,
+            sent_at: now,
+            body,
+        };
+        // The same judgement every member makes on arrival, then what only the store knows.
+        let judged =
+            content::judge(view, &keys.user, &keys.user, &payload, true).map_err(|why| {
+                GuildError::NotPermitted(match why {
+                    "sender may not post in that channel" => {
+                        "you may not send messages in this channel".to_owned()
+                    }
+                    other => other.replace("sender", "you"),
+                })
+            })?;
+        content::check_local(conn, gid, &keys.user, &payload, &judged)?;
         let nickname = view
             .member(&keys.user)
             .map(|m| m.nickname.clone())
@@ -1167,9 +1218,6 @@ impl Engine {
             .map_err(db_err)?;
             g.reserved = Some((epoch, upto));
         }
-        let mut msg_id = [0u8; 16];
-        keys.rng.fill_bytes(&mut msg_id);
-        let now = now_ms();
         let (seq, upto) = match g.next_seq {
             Some(x) => x,
             None => {
@@ -1198,13 +1246,7 @@ impl Engine {
             upto
         };
         g.next_seq = Some((seq.saturating_add(1), upto));
-        let payload = AppPayload {
-            channel: channel.0,
-            msg_id,
-            seq,
-            sent_at: now,
-            text: text.to_owned(),
-        };
+        payload.seq = seq;
         let sealed = g.dcgka.encrypt(&keys.signer, &payload.to_bytes())?;
         // Publications still queued go first (the outbox keeps their order).
         let queued: i64 = conn
@@ -1222,8 +1264,13 @@ impl Engine {
                 nickname,
                 sent_at: now,
                 received_at: now,
-                text: payload.text,
+                text: judged.text,
+                reply_to: judged.reply_to,
+                thread: judged.thread,
+                expires_at: judged.expires_at,
+                op: judged.op,
                 envelope: sealed.0.clone(),
+                ..StoredMessage::default()
             },
             sealed: sealed.0,
             topic: g.topic.clone(),
@@ -1244,8 +1291,8 @@ impl Engine {
     ) -> Result<(), GuildError> {
         crate::store::db::relaxed(conn, |conn| -> Result<(), GuildError> {
             let tx = conn.transaction().map_err(db_err)?;
-            store_message(&tx, gid, m)?;
-            store_envelope(&tx, gid, m, &m.envelope)?;
+            let new_envelope = store_envelope(&tx, gid, m, &m.envelope)?;
+            content::apply(&tx, gid, m, new_envelope)?;
             if let Some((topic, data)) = unpublished {
                 Outbox::enqueue_in(&tx, topic, data, m.sent_at)?;
             }
@@ -1587,7 +1634,8 @@ impl Engine {
     }
 }
 
-/// Stores a message once; returns whether it was new.
+/// Stores a plain post once (tests); returns whether it was new.
+#[cfg(test)]
 fn store_message(
     tx: &Transaction<'_>,
     gid: &GuildId,
@@ -1618,29 +1666,45 @@ fn store_message(
     Ok(n == 1)
 }
 
-/// Keeps a message's sealed envelope for history sync (once per sender and sequence number).
+/// Keeps a message's sealed envelope for history sync (once per sender and sequence number),
+/// with the message it is and the message it targets, so erasing one empties both. Returns
+/// whether it was new.
 fn store_envelope(
     tx: &Transaction<'_>,
     gid: &GuildId,
     m: &StoredMessage,
     envelope: &[u8],
-) -> Result<(), SyncError> {
+) -> Result<bool, SyncError> {
     let sender = hex::decode(&m.sender_device).unwrap_or_default();
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO guild_envelopes (guild, sender, seq, sent_at, envelope)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            &gid.0[..],
-            sender,
-            sql(m.seq),
-            sql(m.sent_at),
-            envelope
-        ])
-    })
-    .map_err(db_err)?;
-    Ok(())
+    // A delete's envelope is not tied to its target: erasing the target must not erase the
+    // delete, which members who were offline still need.
+    let target = match &m.op {
+        Some(
+            content::Op::React { target, .. }
+            | content::Op::Edit { target, .. }
+            | content::Op::Pin { target, .. },
+        ) => hex::decode(target).ok(),
+        Some(content::Op::Delete { .. } | content::Op::Thread { .. }) | None => None,
+    };
+    let n = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO guild_envelopes (guild, sender, seq, sent_at, envelope, msg_id,
+                target)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                &gid.0[..],
+                sender,
+                sql(m.seq),
+                sql(m.sent_at),
+                envelope,
+                hex::decode(&m.id).ok(),
+                target
+            ])
+        })
+        .map_err(db_err)?;
+    Ok(n == 1)
 }
 
 /// The highest sequence number `device` used in `gid` that this node holds (0 if none).
@@ -1668,6 +1732,7 @@ pub fn text_channel(name: &str) -> Channel {
         slow_mode_secs: 0,
         bitrate: 0,
         user_limit: 0,
+        disappearing_secs: 0,
     }
 }
 
@@ -1855,16 +1920,18 @@ pub struct HistoryCursor {
     pub seq: u64,
 }
 
-/// A channel's newest `limit` messages (older than `before`, when given), oldest first.
+/// A channel's newest `limit` messages (older than `before`, when given), oldest first: the
+/// channel's own timeline (`thread` `None`) or one of its threads.
 pub fn history(
     conn: &Connection,
     gid: &GuildId,
     channel: ChannelId,
+    thread: Option<&[u8; 16]>,
     before: Option<&HistoryCursor>,
     limit: usize,
 ) -> Result<Vec<StoredMessage>, SyncError> {
-    const COLUMNS: &str =
-        "SELECT msg_id, sender, author, sent_at, received_at, text, seq FROM guild_messages";
+    const COLUMNS: &str = "SELECT msg_id, sender, author, sent_at, received_at, text, seq,
+        reply_to, thread, expires_at, mentions_me, edited_at FROM guild_messages";
     const ORDER: &str = "ORDER BY sent_at DESC, sender DESC, seq DESC, rorder DESC LIMIT ?3";
     let row = |r: &rusqlite::Row<'_>| {
         Ok(StoredMessage {
@@ -1873,52 +1940,58 @@ pub fn history(
             id: hex::encode(r.get::<_, Vec<u8>>(0)?),
             sender_device: hex::encode(r.get::<_, Vec<u8>>(1)?),
             seq: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
-            envelope: Vec::new(),
             sender: hex::encode(r.get::<_, Vec<u8>>(2)?),
-            nickname: String::new(),
             sent_at: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
             received_at: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
             text: r.get(5)?,
+            reply_to: r.get::<_, Option<Vec<u8>>>(7)?.map(hex::encode),
+            thread: r.get::<_, Option<Vec<u8>>>(8)?.map(hex::encode),
+            expires_at: r
+                .get::<_, Option<i64>>(9)?
+                .map(|t| u64::try_from(t).unwrap_or(0)),
+            mentions_me: r.get(10)?,
+            edited_at: r
+                .get::<_, Option<i64>>(11)?
+                .map(|t| u64::try_from(t).unwrap_or(0)),
+            ..StoredMessage::default()
         })
     };
-    let mut v: Vec<StoredMessage> = match before {
-        None => {
-            let mut st = conn
-                .prepare_cached(&format!(
-                    "{COLUMNS} WHERE guild = ?1 AND channel = ?2 {ORDER}"
-                ))
-                .map_err(db_err)?;
-            st.query_map(
-                params![&gid.0[..], sql_channel(channel.0), sql(limit as u64)],
-                row,
-            )
-            .map_err(db_err)?
-            .collect::<Result<_, _>>()
-            .map_err(db_err)?
-        }
-        Some(c) => {
-            let mut st = conn
-                .prepare_cached(&format!(
-                    "{COLUMNS} WHERE guild = ?1 AND channel = ?2 AND sent_at <= ?4
-                     AND (sent_at, sender, seq) < (?4, ?5, ?6) {ORDER}"
-                ))
-                .map_err(db_err)?;
-            st.query_map(
-                params![
-                    &gid.0[..],
-                    sql_channel(channel.0),
-                    sql(limit as u64),
-                    sql(c.sent_at),
-                    &c.device[..],
-                    sql(c.seq)
-                ],
-                row,
-            )
-            .map_err(db_err)?
-            .collect::<Result<_, _>>()
-            .map_err(db_err)?
-        }
+    let place = if thread.is_some() {
+        "thread = ?7"
+    } else {
+        "thread IS NULL AND ?7 IS NULL"
     };
+    let thread = thread.map(|t| t.to_vec());
+    let (cursor_at, cursor_dev, cursor_seq, cond) = match before {
+        None => (0, Vec::new(), 0, ""),
+        Some(c) => (
+            sql(c.sent_at),
+            c.device.to_vec(),
+            sql(c.seq),
+            "AND sent_at <= ?4 AND (sent_at, sender, seq) < (?4, ?5, ?6)",
+        ),
+    };
+    let mut st = conn
+        .prepare_cached(&format!(
+            "{COLUMNS} WHERE guild = ?1 AND channel = ?2 AND {place} {cond} {ORDER}"
+        ))
+        .map_err(db_err)?;
+    let mut v: Vec<StoredMessage> = st
+        .query_map(
+            params![
+                &gid.0[..],
+                sql_channel(channel.0),
+                sql(limit as u64),
+                cursor_at,
+                cursor_dev,
+                cursor_seq,
+                thread
+            ],
+            row,
+        )
+        .map_err(db_err)?
+        .collect::<Result<_, _>>()
+        .map_err(db_err)?;
     v.reverse();
     Ok(v)
 }
@@ -1928,6 +2001,13 @@ mod tests {
     use super::*;
     use crate::store::Db;
     use securecomm_noise::envelope::peek_header;
+
+    fn post(text: &str) -> Body {
+        Body::Post(super::super::wire::Post {
+            text: text.to_owned(),
+            ..Default::default()
+        })
+    }
 
     fn engine() -> Engine {
         Engine::new(Keys::new(
@@ -1978,6 +2058,7 @@ mod tests {
                 received_at: 0,
                 text: format!("m{i}"),
                 envelope: Vec::new(),
+                ..StoredMessage::default()
             };
             assert!(store_message(&tx, &gid, &m).unwrap());
         }
@@ -1986,7 +2067,7 @@ mod tests {
         other.id = "ff".repeat(8);
         store_message(&tx, &gid, &other).unwrap();
         tx.commit().unwrap();
-        let all: Vec<String> = history(db.conn(), &gid, ch, None, 10_000)
+        let all: Vec<String> = history(db.conn(), &gid, ch, None, None, 10_000)
             .unwrap()
             .into_iter()
             .map(|m| m.id)
@@ -1996,7 +2077,7 @@ mod tests {
             let mut got: Vec<String> = Vec::new();
             let mut cursor: Option<HistoryCursor> = None;
             loop {
-                let p = history(db.conn(), &gid, ch, cursor.as_ref(), page).unwrap();
+                let p = history(db.conn(), &gid, ch, None, cursor.as_ref(), page).unwrap();
                 let Some(oldest) = p.first() else { break };
                 assert!(p.len() <= page);
                 cursor = Some(HistoryCursor {
@@ -2032,7 +2113,7 @@ mod tests {
         }
         tx.commit().unwrap();
         for c in ids {
-            let h = history(db.conn(), &gid, ChannelId(c), None, 100).unwrap();
+            let h = history(db.conn(), &gid, ChannelId(c), None, None, 100).unwrap();
             let texts: Vec<&str> = h.iter().map(|m| m.text.as_str()).collect();
             assert_eq!(texts, [format!("in {c}")], "channel {c}");
             assert_eq!(h[0].channel, c);
@@ -2052,6 +2133,7 @@ mod tests {
             received_at: 0,
             text: "elsewhere".into(),
             envelope: Vec::new(),
+            ..StoredMessage::default()
         }
     }
 
@@ -2077,7 +2159,7 @@ mod tests {
         for i in 0..400usize {
             let before = e.guilds[&gid].reserved;
             let p = e
-                .prepare_send(db.conn_mut(), &gid, ch, &format!("m{i}"))
+                .prepare_send(db.conn_mut(), &gid, ch, post(&format!("m{i}")))
                 .unwrap();
             if e.guilds[&gid].reserved != before {
                 reserves += 1;
@@ -2133,7 +2215,7 @@ mod tests {
                 reloads += 1;
                 e.guilds.get_mut(&gid).unwrap().dirty = true;
                 let p = e
-                    .prepare_send(db.conn_mut(), &gid, ch, "after reload")
+                    .prepare_send(db.conn_mut(), &gid, ch, post("after reload"))
                     .unwrap();
                 let h = peek_header(&p.sealed).unwrap();
                 assert_eq!((h.epoch, h.generation), (at.0, at.1 + 1), "send {i}");
@@ -2152,7 +2234,7 @@ mod tests {
         drop(e);
         drop(db);
         let db = Db::open(&path, &key).unwrap();
-        let stored: BTreeSet<String> = history(db.conn(), &gid, ch, None, 10_000)
+        let stored: BTreeSet<String> = history(db.conn(), &gid, ch, None, None, 10_000)
             .unwrap()
             .into_iter()
             .map(|m| m.id)
@@ -2219,7 +2301,7 @@ mod tests {
             msg_id: [1; 16],
             seq: 1,
             sent_at: 1,
-            text: "x".repeat(200),
+            body: post(&"x".repeat(200)),
         }
         .to_bytes();
         let n = 2000;
@@ -2258,6 +2340,7 @@ mod tests {
             received_at: u64::from(i),
             text: "x".repeat(200),
             envelope: Vec::new(),
+            ..StoredMessage::default()
         };
         let whole_bytes = g1.to_bytes();
         let chains = g1.chains_to_bytes(&me0).unwrap();

@@ -112,6 +112,7 @@
 //! * The topic is not rotated after a removal: a removed member can still see ciphertext on
 //!   the topic (and cannot read any sent after the removal was processed).
 
+pub mod content;
 pub mod dm;
 pub mod engine;
 pub mod history;

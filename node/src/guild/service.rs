@@ -33,7 +33,9 @@ use super::engine::{
     resolve_role, resolve_user, text_channel, voice_channel,
 };
 use super::history::{self, HISTORY_VERSION, HistoryRequest, HistoryResponse};
-use super::wire::{DIRECT_VERSION, DirectRequest, DirectResponse, InviteLink, MAX_LINK_ADDRS};
+use super::wire::{
+    Body, DIRECT_VERSION, DirectRequest, DirectResponse, InviteLink, MAX_LINK_ADDRS,
+};
 use crate::net::{Client, Event, EventStream, NetError};
 use crate::store::db::WalSync;
 use crate::store::{Db, LocalProfile};
@@ -41,6 +43,7 @@ use crate::sync::peer::{ApplyHook, author_of};
 use crate::sync::{Delivery, GroupId, SyncConfig, SyncError, SyncPeer};
 
 pub mod manage;
+pub mod messages;
 
 /// Guild events for subscribers (the control API's `events` stream).
 #[derive(Debug, Clone)]
@@ -54,6 +57,18 @@ pub enum GuildEvent {
     },
     /// A direct message arrived.
     Dm(StoredDm),
+    /// A stored message mentions this member (sent after the `Message` event of the same
+    /// message): what desktop notifications are raised for.
+    Mention(StoredMessage),
+    /// Messages were erased (deleted, or their timer ran out).
+    Erased {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Message id (hex).
+        id: String,
+    },
 }
 
 /// How many guild events a slow subscriber may fall behind.
@@ -367,7 +382,14 @@ impl GuildService {
         {
             h.receipts_due.insert((gid, sender));
         }
+        let mention = match &e {
+            GuildEvent::Message(m) if m.mentions_me => Some(GuildEvent::Mention(m.clone())),
+            _ => None,
+        };
         let _ = self.inner.events.send(e);
+        if let Some(m) = mention {
+            let _ = self.inner.events.send(m);
+        }
     }
 
     /// Runs `f` on the engine and the database, under the sync driver's lock.
@@ -859,6 +881,9 @@ impl GuildService {
                             ChannelKind::Voice => "voice",
                             ChannelKind::Category => "category",
                         },
+                        "topic": c.topic,
+                        "slow_mode_secs": c.slow_mode_secs,
+                        "disappearing_secs": c.disappearing_secs,
                         "my_permissions": perm_names(view.channel_permissions(&user, id)),
                     })
                 })
@@ -877,6 +902,17 @@ impl GuildService {
     /// transaction as the message. That transaction commits without an fsync; the send
     /// returns after the next group commit (`GroupCommit`) made it durable.
     pub async fn send(&self, guild: &str, channel: &str, text: &str) -> Result<Value, GuildError> {
+        self.post(guild, channel, text, &messages::PostOptions::default())
+            .await
+    }
+
+    /// Sends any kind of guild message ([`Body`]) in `channel` of `guild`; see [`Self::send`].
+    pub(crate) async fn send_body(
+        &self,
+        guild: &str,
+        channel: &str,
+        body: impl FnOnce(&mut Engine, &mut Db, &GuildId, ChannelId) -> Result<Body, GuildError>,
+    ) -> Result<Value, GuildError> {
         let gid = self.resolve(guild)?;
         let (p, alone) = self.with_engine(|e, db| {
             let me = e.keys.me;
@@ -886,7 +922,8 @@ impl GuildService {
             // settings let them).
             let alone = g.member_devices().iter().all(|d| *d == me);
             let ch = resolve_channel(g.crdt.view(), channel)?;
-            Ok::<_, GuildError>((e.prepare_send(db.conn_mut(), &gid, ch, text)?, alone))
+            let body = body(e, db, &gid, ch)?;
+            Ok::<_, GuildError>((e.prepare_send(db.conn_mut(), &gid, ch, body)?, alone))
         })??;
         let published = alone
             || (!p.queued
@@ -924,13 +961,26 @@ impl GuildService {
         self.history_page(guild, channel, None, limit)
     }
 
-    /// One page of a channel's history: the newest `limit` (at most 10,000) messages older than
-    /// `before` (the oldest message of the page shown so far), oldest first. Paging back from
-    /// `None` visits every stored message exactly once.
+    /// One page of a channel's own timeline; see [`Self::history_in`].
     pub fn history_page(
         &self,
         guild: &str,
         channel: &str,
+        before: Option<&engine::HistoryCursor>,
+        limit: usize,
+    ) -> Result<Value, GuildError> {
+        self.history_in(guild, channel, None, before, limit)
+    }
+
+    /// One page of a channel's history (its own timeline, or one of its threads): the newest
+    /// `limit` (at most 10,000) messages older than `before` (the oldest message of the page
+    /// shown so far), oldest first, with their reactions, pins and edit marks. Paging back from
+    /// `None` visits every stored message exactly once.
+    pub fn history_in(
+        &self,
+        guild: &str,
+        channel: &str,
+        thread: Option<&str>,
         before: Option<&engine::HistoryCursor>,
         limit: usize,
     ) -> Result<Value, GuildError> {
@@ -940,7 +990,19 @@ impl GuildService {
             let g = e.guild_mut(&gid)?;
             let view = g.crdt.view();
             let ch = resolve_channel(view, channel)?;
-            let mut msgs = engine::history(db.conn(), &gid, ch, before, limit.clamp(1, 10_000))?;
+            let thread = match thread {
+                Some(t) => Some(messages::resolve_thread(db.conn(), &gid, ch, t)?),
+                None => None,
+            };
+            let mut msgs = engine::history(
+                db.conn(),
+                &gid,
+                ch,
+                thread.as_ref(),
+                before,
+                limit.clamp(1, 10_000),
+            )?;
+            super::content::decorate(db.conn(), &gid, &mut msgs)?;
             for m in &mut msgs {
                 if let Some(b) = hex_array(&m.sender)
                     && let Ok(u) = RootPublicKey::from_bytes(&b)
@@ -2463,6 +2525,7 @@ async fn run_ticks(svc: GuildService) {
                 svc.history_due(gid, None, Duration::ZERO);
             }
         }
+        svc.expire_due();
         svc.start_history().await;
         svc.send_receipts().await;
         svc.repair_round().await;

@@ -29,8 +29,9 @@ use subtle::ConstantTimeEq;
 /// Version byte of [`LogPayload`].
 pub const LOG_VERSION: u8 = 1;
 /// Version byte of [`AppPayload`]. Version 2 added the per-sender sequence number that history
-/// sync uses; version 1 payloads are refused.
-pub const APP_VERSION: u8 = 2;
+/// sync uses; version 3 the [`Body`] kinds (replies, threads, reactions, edits, deletes, pins,
+/// timers). Older payloads are refused.
+pub const APP_VERSION: u8 = 3;
 /// Version byte of the join protocol (distinct from the sync protocol's `1`).
 pub const DIRECT_VERSION: u8 = 0x47;
 /// Version byte inside an invite link.
@@ -194,10 +195,15 @@ impl Decode for LogPayload {
 
 // ---------------------------------------------------------------------------------- messages
 
-/// The plaintext of a guild message.
+/// The plaintext of a guild message: where and when, and what ([`Body`]).
+///
+/// Every kind of content travels this way, reactions, edits, deletes, pins and thread names
+/// included: all of it is sealed by the guild's group encryption, carries the sender's
+/// sequence number (so history sync delivers it to members who were offline), and relays see
+/// only ciphertext of similar sizes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppPayload {
-    /// The channel it was posted in.
+    /// The channel it was posted in (for a thread: the thread's parent channel).
     pub channel: u64,
     /// A random id, unique per guild (duplicates are stored once).
     pub msg_id: [u8; 16],
@@ -206,8 +212,156 @@ pub struct AppPayload {
     pub seq: u64,
     /// The sender's clock when sending, in milliseconds since the Unix epoch.
     pub sent_at: u64,
-    /// The text (UTF-8).
+    /// What it is.
+    pub body: Body,
+}
+
+/// A message id ([`AppPayload::msg_id`]) that an operation targets.
+pub type MsgId = [u8; 16];
+
+/// What a guild message carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// A message a member posts.
+    Post(Post),
+    /// Adds or removes the sender's reaction to a message (last writer wins per user and emoji).
+    React {
+        /// The message reacted to.
+        target: MsgId,
+        /// A Unicode emoji (one grapheme cluster, at most [`MAX_EMOJI`] bytes) or a guild custom
+        /// emoji reference `:name:` (at most [`MAX_EMOJI`] bytes).
+        emoji: String,
+        /// Added (true) or removed (false).
+        add: bool,
+    },
+    /// Replaces the text of one of the sender's own messages.
+    Edit {
+        /// The message edited (must be the sender's user's).
+        target: MsgId,
+        /// The new text.
+        text: String,
+    },
+    /// Deletes a message: the author's, or anyone's with Manage Messages.
+    Delete {
+        /// The message deleted.
+        target: MsgId,
+    },
+    /// Pins or unpins a message (Manage Messages).
+    Pin {
+        /// The message.
+        target: MsgId,
+        /// Pinned (true) or unpinned (false).
+        pinned: bool,
+    },
+    /// Creates a thread (its id is this message's id) or updates one.
+    Thread {
+        /// `None`: create a thread whose id is this message's id; `Some`: update that thread.
+        thread: Option<MsgId>,
+        /// The message it starts from (create only; `None`: a thread started in the channel).
+        starter: Option<MsgId>,
+        /// The thread's name (required on create; on update, `None` keeps it).
+        name: Option<String>,
+        /// Archive or unarchive (update; `None` keeps it).
+        archived: Option<bool>,
+    },
+}
+
+/// A posted message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Post {
+    /// The text (UTF-8, at most [`MAX_TEXT_CHARS`] characters).
     pub text: String,
+    /// The message this replies to.
+    pub reply_to: Option<MsgId>,
+    /// The thread it is posted in (a thread of [`AppPayload::channel`]).
+    pub thread: Option<MsgId>,
+    /// Disappearing-message timer in seconds from `sent_at` (0: none). Members also apply the
+    /// channel's and the guild's default timers: the shortest non-zero one wins.
+    pub ttl_secs: u32,
+}
+
+/// Longest reaction emoji, in bytes.
+pub const MAX_EMOJI: usize = 64;
+/// Longest thread name, in characters (Discord's limit).
+pub const MAX_THREAD_NAME: usize = 100;
+/// Longest message, in characters (Unicode scalar values), as Discord counts for Nitro-less
+/// users: 4,000. [`MAX_TEXT`] bounds the bytes.
+pub const MAX_TEXT_CHARS: usize = 4_000;
+
+fn put_id_opt(w: &mut Writer, id: Option<&MsgId>) {
+    match id {
+        None => w.u8(0),
+        Some(id) => {
+            w.u8(1);
+            w.put(id);
+        }
+    }
+}
+
+fn get_id_opt(r: &mut Reader<'_>, what: &'static str) -> Result<Option<MsgId>, DecodeError> {
+    match r.u8()? {
+        0 => Ok(None),
+        1 => Ok(Some(r.array()?)),
+        got => Err(DecodeError::UnknownTag {
+            what,
+            got: u64::from(got),
+        }),
+    }
+}
+
+fn get_bool_opt(r: &mut Reader<'_>, what: &'static str) -> Result<Option<bool>, DecodeError> {
+    match r.u8()? {
+        0 => Ok(None),
+        1 => Ok(Some(false)),
+        2 => Ok(Some(true)),
+        got => Err(DecodeError::UnknownTag {
+            what,
+            got: u64::from(got),
+        }),
+    }
+}
+
+/// Checks a message text: at most [`MAX_TEXT_CHARS`] characters.
+pub fn check_text(text: &str) -> Result<(), String> {
+    let n = text.chars().count();
+    if n > MAX_TEXT_CHARS {
+        return Err(format!(
+            "a message is at most {MAX_TEXT_CHARS} characters; this one has {n}"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a thread name: 1 to [`MAX_THREAD_NAME`] characters, not blank, no control characters.
+pub fn check_thread_name(name: &str) -> Result<(), String> {
+    let n = name.chars().count();
+    if name.trim().is_empty() || n > MAX_THREAD_NAME || name.chars().any(char::is_control) {
+        return Err(format!(
+            "a thread name is 1 to {MAX_THREAD_NAME} characters, not blank, without control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a reaction: a short emoji with no whitespace or control characters.
+pub fn check_emoji(emoji: &str) -> Result<(), String> {
+    if emoji.is_empty()
+        || emoji.len() > MAX_EMOJI
+        || emoji.chars().any(|c| c.is_whitespace() || c.is_control())
+        || emoji.chars().count() > 16
+    {
+        return Err(format!(
+            "a reaction is one emoji (at most {MAX_EMOJI} bytes, no spaces)"
+        ));
+    }
+    Ok(())
+}
+
+fn get_text(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let text = String::from_utf8(r.bytes32("message text", MAX_TEXT)?.to_vec())
+        .map_err(|_| DecodeError::Invalid("message text (not UTF-8)"))?;
+    check_text(&text).map_err(|_| DecodeError::Invalid("message text (too long)"))?;
+    Ok(text)
 }
 
 impl Encode for AppPayload {
@@ -217,7 +371,57 @@ impl Encode for AppPayload {
         w.put(&self.msg_id);
         w.u64(self.seq);
         w.u64(self.sent_at);
-        w.bytes32(self.text.as_bytes());
+        match &self.body {
+            Body::Post(p) => {
+                w.u8(0);
+                w.bytes32(p.text.as_bytes());
+                put_id_opt(w, p.reply_to.as_ref());
+                put_id_opt(w, p.thread.as_ref());
+                w.u32(p.ttl_secs);
+            }
+            Body::React { target, emoji, add } => {
+                w.u8(1);
+                w.put(target);
+                w.bytes16(emoji.as_bytes());
+                w.bool(*add);
+            }
+            Body::Edit { target, text } => {
+                w.u8(2);
+                w.put(target);
+                w.bytes32(text.as_bytes());
+            }
+            Body::Delete { target } => {
+                w.u8(3);
+                w.put(target);
+            }
+            Body::Pin { target, pinned } => {
+                w.u8(4);
+                w.put(target);
+                w.bool(*pinned);
+            }
+            Body::Thread {
+                thread,
+                starter,
+                name,
+                archived,
+            } => {
+                w.u8(5);
+                put_id_opt(w, thread.as_ref());
+                put_id_opt(w, starter.as_ref());
+                match name {
+                    None => w.u8(0),
+                    Some(n) => {
+                        w.u8(1);
+                        w.bytes16(n.as_bytes());
+                    }
+                }
+                w.u8(match archived {
+                    None => 0,
+                    Some(false) => 1,
+                    Some(true) => 2,
+                });
+            }
+        }
     }
 }
 
@@ -231,14 +435,89 @@ impl Decode for AppPayload {
             return Err(DecodeError::Invalid("message sequence number 0"));
         }
         let sent_at = r.u64()?;
-        let text = String::from_utf8(r.bytes32("message text", MAX_TEXT)?.to_vec())
-            .map_err(|_| DecodeError::Invalid("message text (not UTF-8)"))?;
+        let body = match r.u8()? {
+            0 => {
+                let text = get_text(r)?;
+                let reply_to = get_id_opt(r, "reply")?;
+                let thread = get_id_opt(r, "thread")?;
+                let ttl_secs = r.u32()?;
+                Body::Post(Post {
+                    text,
+                    reply_to,
+                    thread,
+                    ttl_secs,
+                })
+            }
+            1 => {
+                let target = r.array()?;
+                let emoji = String::from_utf8(r.bytes16("reaction", MAX_EMOJI)?.to_vec())
+                    .map_err(|_| DecodeError::Invalid("reaction (not UTF-8)"))?;
+                check_emoji(&emoji).map_err(|_| DecodeError::Invalid("reaction"))?;
+                Body::React {
+                    target,
+                    emoji,
+                    add: r.bool()?,
+                }
+            }
+            2 => Body::Edit {
+                target: r.array()?,
+                text: get_text(r)?,
+            },
+            3 => Body::Delete { target: r.array()? },
+            4 => Body::Pin {
+                target: r.array()?,
+                pinned: r.bool()?,
+            },
+            5 => {
+                let thread = get_id_opt(r, "thread")?;
+                let starter = get_id_opt(r, "thread starter")?;
+                let name = match r.u8()? {
+                    0 => None,
+                    1 => {
+                        let n = String::from_utf8(
+                            r.bytes16("thread name", MAX_THREAD_NAME * 4)?.to_vec(),
+                        )
+                        .map_err(|_| DecodeError::Invalid("thread name (not UTF-8)"))?;
+                        check_thread_name(&n).map_err(|_| DecodeError::Invalid("thread name"))?;
+                        Some(n)
+                    }
+                    got => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "thread name",
+                            got: u64::from(got),
+                        });
+                    }
+                };
+                let archived = get_bool_opt(r, "thread archived")?;
+                // A create names the thread and says nothing else; an update names a thread and
+                // changes something.
+                let ok = match thread {
+                    None => name.is_some() && archived.is_none(),
+                    Some(_) => starter.is_none() && (name.is_some() || archived.is_some()),
+                };
+                if !ok {
+                    return Err(DecodeError::Invalid("thread operation"));
+                }
+                Body::Thread {
+                    thread,
+                    starter,
+                    name,
+                    archived,
+                }
+            }
+            got => {
+                return Err(DecodeError::UnknownTag {
+                    what: "guild message body",
+                    got: u64::from(got),
+                });
+            }
+        };
         Ok(Self {
             channel,
             msg_id,
             seq,
             sent_at,
-            text,
+            body,
         })
     }
 }
@@ -678,9 +957,15 @@ mod tests {
         }
 
         #[test]
-        fn app_payload_round_trips(channel in any::<u64>(), id in any::<[u8; 16]>(), seq in 1..u64::MAX, at in any::<u64>(), text in ".{0,200}") {
-            let p = AppPayload { channel, msg_id: id, seq, sent_at: at, text };
-            prop_assert_eq!(AppPayload::from_bytes(&p.to_bytes()).unwrap(), p);
+        fn app_payload_round_trips(channel in any::<u64>(), id in any::<[u8; 16]>(), seq in 1..u64::MAX, at in any::<u64>(), body in body_strategy()) {
+            let p = AppPayload { channel, msg_id: id, seq, sent_at: at, body };
+            let bytes = p.to_bytes();
+            prop_assert_eq!(AppPayload::from_bytes(&bytes).unwrap(), p);
+            // Canonical: any other length of the same prefix is refused.
+            prop_assert!(AppPayload::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+            let mut longer = bytes.clone();
+            longer.push(0);
+            prop_assert!(AppPayload::from_bytes(&longer).is_err());
         }
 
         #[test]
@@ -690,6 +975,103 @@ mod tests {
             let _ = DirectRequest::from_bytes(&bytes);
             let _ = DirectResponse::from_bytes(&bytes);
             let _ = InviteLink::from_bytes(&bytes);
+        }
+    }
+
+    fn body_strategy() -> impl Strategy<Value = Body> {
+        let id = proptest::option::of(any::<[u8; 16]>());
+        prop_oneof![
+            (".{0,200}", id.clone(), id.clone(), any::<u32>()).prop_map(
+                |(text, reply_to, thread, ttl_secs)| {
+                    Body::Post(Post {
+                        text,
+                        reply_to,
+                        thread,
+                        ttl_secs,
+                    })
+                }
+            ),
+            (any::<[u8; 16]>(), "[\\p{So}a-z:]{1,8}", any::<bool>())
+                .prop_map(|(target, emoji, add)| Body::React { target, emoji, add }),
+            (any::<[u8; 16]>(), ".{0,100}").prop_map(|(target, text)| Body::Edit { target, text }),
+            any::<[u8; 16]>().prop_map(|target| Body::Delete { target }),
+            (any::<[u8; 16]>(), any::<bool>())
+                .prop_map(|(target, pinned)| Body::Pin { target, pinned }),
+            (id.clone(), "[a-z][a-z ]{0,30}").prop_map(|(starter, name)| Body::Thread {
+                thread: None,
+                starter,
+                name: Some(name),
+                archived: None
+            }),
+            (
+                any::<[u8; 16]>(),
+                proptest::option::of("[a-z][a-z ]{0,30}"),
+                any::<bool>()
+            )
+                .prop_map(|(t, name, archived)| Body::Thread {
+                    thread: Some(t),
+                    starter: None,
+                    name,
+                    archived: Some(archived)
+                }),
+        ]
+    }
+
+    #[test]
+    fn text_limit_is_characters_and_clear() {
+        assert!(check_text(&"é".repeat(4_000)).is_ok());
+        let err = check_text(&"a".repeat(4_001)).unwrap_err();
+        assert!(err.contains("4000") && err.contains("4001"), "{err}");
+        let p = AppPayload {
+            channel: 1,
+            msg_id: [1; 16],
+            seq: 1,
+            sent_at: 1,
+            body: Body::Post(Post {
+                text: "a".repeat(4_001),
+                ..Post::default()
+            }),
+        };
+        assert!(AppPayload::from_bytes(&p.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn hostile_bodies_are_refused() {
+        for e in ["", " ", "a b", "\u{0}", &"x".repeat(65)] {
+            assert!(check_emoji(e).is_err(), "{e:?}");
+        }
+        for n in ["", "   ", "a\nb", &"n".repeat(101)] {
+            assert!(check_thread_name(n).is_err(), "{n:?}");
+        }
+        // A thread update that changes nothing, and a create with no name.
+        for body in [
+            Body::Thread {
+                thread: Some([1; 16]),
+                starter: None,
+                name: None,
+                archived: None,
+            },
+            Body::Thread {
+                thread: None,
+                starter: None,
+                name: None,
+                archived: None,
+            },
+            Body::Thread {
+                thread: None,
+                starter: None,
+                name: Some("x".into()),
+                archived: Some(true),
+            },
+        ] {
+            let p = AppPayload {
+                channel: 1,
+                msg_id: [1; 16],
+                seq: 1,
+                sent_at: 1,
+                body,
+            };
+            assert!(AppPayload::from_bytes(&p.to_bytes()).is_err());
         }
     }
 

@@ -305,6 +305,100 @@ const MIGRATIONS: &[&str] = &[
     // 2,000 of 100,000 messages, the planner picking the guild's unique index and a full sort).
     "CREATE INDEX guild_messages_in_order ON guild_messages (guild, channel, sent_at, sender, seq);
      DROP INDEX guild_messages_by_channel;",
+    // 12: what messages say about messages (`guild::content`): replies, threads, timers,
+    // mentions and edit marks on posts; reactions, tombstones of deletes, pins, threads,
+    // operations waiting for their target, local edit history, per-device read state; and
+    // which message (and which target) each sealed envelope belongs to, so erasing a message
+    // empties its envelopes too.
+    "ALTER TABLE guild_messages ADD COLUMN reply_to BLOB;
+     ALTER TABLE guild_messages ADD COLUMN thread BLOB;
+     ALTER TABLE guild_messages ADD COLUMN expires_at INTEGER;
+     ALTER TABLE guild_messages ADD COLUMN mentions_me INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE guild_messages ADD COLUMN edited_at INTEGER;
+     ALTER TABLE guild_messages ADD COLUMN edit_device BLOB;
+     ALTER TABLE guild_messages ADD COLUMN edit_seq INTEGER;
+     CREATE INDEX guild_messages_expiry ON guild_messages (expires_at)
+        WHERE expires_at IS NOT NULL;
+     CREATE INDEX guild_messages_by_thread ON guild_messages (guild, thread, sent_at, sender, seq)
+        WHERE thread IS NOT NULL;
+     CREATE INDEX guild_messages_mentions ON guild_messages (guild, channel, sent_at)
+        WHERE mentions_me;
+     ALTER TABLE guild_envelopes ADD COLUMN msg_id BLOB;
+     ALTER TABLE guild_envelopes ADD COLUMN target BLOB;
+     CREATE INDEX guild_envelopes_by_msg ON guild_envelopes (guild, msg_id)
+        WHERE msg_id IS NOT NULL;
+     CREATE INDEX guild_envelopes_by_target ON guild_envelopes (guild, target)
+        WHERE target IS NOT NULL;
+     CREATE TABLE guild_reactions (
+        guild BLOB NOT NULL,
+        target BLOB NOT NULL,
+        user BLOB NOT NULL,
+        emoji TEXT NOT NULL,
+        channel INTEGER NOT NULL,
+        added INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        device BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (guild, target, user, emoji)
+     ) STRICT, WITHOUT ROWID;
+     CREATE TABLE guild_tombstones (
+        guild BLOB NOT NULL,
+        target BLOB NOT NULL,
+        deleted_by BLOB NOT NULL,
+        channel INTEGER NOT NULL,
+        moderator INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        erased INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (guild, target, deleted_by)
+     ) STRICT, WITHOUT ROWID;
+     CREATE TABLE guild_pins (
+        guild BLOB NOT NULL,
+        target BLOB NOT NULL,
+        channel INTEGER NOT NULL,
+        pinned INTEGER NOT NULL,
+        by BLOB NOT NULL,
+        at INTEGER NOT NULL,
+        device BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (guild, target)
+     ) STRICT, WITHOUT ROWID;
+     CREATE TABLE guild_threads (
+        guild BLOB NOT NULL,
+        thread BLOB NOT NULL,
+        channel INTEGER NOT NULL,
+        starter BLOB,
+        name TEXT NOT NULL,
+        archived INTEGER NOT NULL,
+        created_by BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        device BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (guild, thread)
+     ) STRICT, WITHOUT ROWID;
+     CREATE INDEX guild_threads_by_channel ON guild_threads (guild, channel);
+     CREATE TABLE guild_pending_ops (
+        guild BLOB NOT NULL,
+        target BLOB NOT NULL,
+        at INTEGER NOT NULL,
+        device BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        op BLOB NOT NULL
+     ) STRICT;
+     CREATE INDEX guild_pending_ops_by_target ON guild_pending_ops (guild, target);
+     CREATE TABLE guild_message_edits (
+        guild BLOB NOT NULL,
+        msg_id BLOB NOT NULL,
+        replaced_at INTEGER NOT NULL,
+        text TEXT NOT NULL
+     ) STRICT;
+     CREATE INDEX guild_message_edits_by_msg ON guild_message_edits (guild, msg_id);
+     CREATE TABLE guild_read_state (
+        guild BLOB NOT NULL,
+        channel INTEGER NOT NULL,
+        read_at INTEGER NOT NULL,
+        PRIMARY KEY (guild, channel)
+     ) STRICT, WITHOUT ROWID;",
 ];
 
 /// The newest schema version this build writes.
@@ -358,6 +452,9 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted content (erased messages, expired timers) is overwritten in the file, not
+        // left in free pages.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mut db = Self { conn, wal: None };
         db.migrate()?;

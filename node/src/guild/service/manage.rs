@@ -93,6 +93,8 @@ pub struct ChannelDetail {
     pub position: u16,
     /// Seconds between a member's messages; 0 for none.
     pub slow_mode_secs: u32,
+    /// The channel's default disappearing-message timer, seconds; 0 for none.
+    pub disappearing_secs: u32,
     /// Permission overwrites.
     pub overwrites: Vec<OverwriteInfo>,
     /// This user's permission bits in the channel.
@@ -195,6 +197,9 @@ pub struct ChannelEdit {
     pub topic: Option<String>,
     /// New slow mode, seconds.
     pub slow_mode_secs: Option<u32>,
+    /// New default disappearing-message timer, seconds (0: none).
+    #[serde(default)]
+    pub disappearing_secs: Option<u32>,
     /// New category (`Some(None)`: top level).
     pub parent: Option<Option<u64>>,
 }
@@ -319,6 +324,7 @@ fn channel_detail(view: &GuildView, me: &UserId, id: ChannelId) -> Option<Channe
         parent: c.parent.map(|p| p.0),
         position: c.position,
         slow_mode_secs: c.slow_mode_secs,
+        disappearing_secs: c.disappearing_secs,
         overwrites: c
             .overwrites
             .iter()
@@ -538,6 +544,15 @@ impl GuildService {
                 )));
             }
             ch.slow_mode_secs = s;
+        }
+        if let Some(d) = edit.disappearing_secs {
+            let max = super::messages::MAX_TTL_SECS;
+            if d > max {
+                return Err(GuildError::Invalid(format!(
+                    "a disappearing timer is at most {max} seconds (4 weeks), got {d}"
+                )));
+            }
+            ch.disappearing_secs = d;
         }
         if let Some(p) = edit.parent {
             ch.parent = p.map(ChannelId);

@@ -1,0 +1,396 @@
+//! Messaging beyond plain posts on [`GuildService`]: replies, threads, reactions, edits,
+//! deletes, pins, disappearing timers, mentions and read state. The rules live in
+//! [`crate::guild::content`]; this file resolves names and ids, sends, and lists.
+
+use serde_json::{Value, json};
+
+use super::GuildService;
+use crate::guild::GuildError;
+use crate::guild::content::{self, Thread};
+use crate::guild::engine::{self, now_ms, resolve_channel};
+use crate::guild::wire::{Body, MsgId, Post, check_emoji, check_thread_name};
+use securecomm_crdt::schema::{ChannelId, GuildId};
+
+/// Options of a post.
+#[derive(Debug, Clone, Default)]
+pub struct PostOptions {
+    /// Message replied to (hex id or a unique prefix of at least 6 digits).
+    pub reply_to: Option<String>,
+    /// Thread posted in (hex id, unique prefix, or exact name).
+    pub thread: Option<String>,
+    /// Disappearing timer in seconds (the channel's and the guild's defaults still apply: the
+    /// shortest non-zero one wins).
+    pub ttl_secs: Option<u32>,
+}
+
+/// Longest disappearing timer: 4 weeks, as Signal's longest preset.
+pub const MAX_TTL_SECS: u32 = 28 * 24 * 3600;
+
+fn parse_hex_prefix(s: &str) -> Result<String, GuildError> {
+    let s = s.trim().to_ascii_lowercase();
+    if s.len() < 6 || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(GuildError::Invalid(format!(
+            "{s:?} is not a message id (6 to 32 hex digits)"
+        )));
+    }
+    Ok(s)
+}
+
+/// Finds a stored message of `channel` by id or unique prefix.
+pub(crate) fn resolve_message(
+    conn: &rusqlite::Connection,
+    gid: &GuildId,
+    channel: ChannelId,
+    s: &str,
+) -> Result<MsgId, GuildError> {
+    let prefix = parse_hex_prefix(s)?;
+    let like = format!("{}%", prefix.to_ascii_uppercase());
+    let found: Vec<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT msg_id FROM guild_messages WHERE guild = ?1 AND channel = ?2
+             AND hex(msg_id) LIKE ?3 LIMIT 2",
+        )?
+        .query_map(
+            rusqlite::params![&gid.0[..], engine::sql_channel(channel.0), like],
+            |r| r.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    match found.as_slice() {
+        [one] => <[u8; 16]>::try_from(one.as_slice())
+            .map_err(|_| GuildError::Invalid("malformed message id in the store".into())),
+        [] => Err(GuildError::Invalid(format!(
+            "no message {prefix} in this channel"
+        ))),
+        _ => Err(GuildError::Ambiguous(format!("message {prefix}"))),
+    }
+}
+
+/// Finds a thread of `channel` by id, unique prefix or exact name.
+pub(crate) fn resolve_thread(
+    conn: &rusqlite::Connection,
+    gid: &GuildId,
+    channel: ChannelId,
+    s: &str,
+) -> Result<MsgId, GuildError> {
+    let all = content::threads(conn, gid, channel.0)?;
+    let lower = s.trim().to_ascii_lowercase();
+    let by_name: Vec<&Thread> = all.iter().filter(|t| t.name == s.trim()).collect();
+    let by_id: Vec<&Thread> = all
+        .iter()
+        .filter(|t| lower.len() >= 6 && t.id.starts_with(&lower))
+        .collect();
+    let pick = match (by_id.as_slice(), by_name.as_slice()) {
+        ([one], _) | ([], [one]) => one,
+        ([], []) => {
+            return Err(GuildError::Invalid(format!(
+                "no thread {s:?} in this channel (see `thread list`)"
+            )));
+        }
+        _ => return Err(GuildError::Ambiguous(format!("thread {s:?}"))),
+    };
+    hex::decode(&pick.id)
+        .ok()
+        .and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
+        .ok_or_else(|| GuildError::Invalid("malformed thread id in the store".into()))
+}
+
+impl GuildService {
+    /// `send GUILD CHANNEL TEXT [--reply-to MSG] [--thread THREAD] [--expires SECS]`.
+    pub async fn post(
+        &self,
+        guild: &str,
+        channel: &str,
+        text: &str,
+        opts: &PostOptions,
+    ) -> Result<Value, GuildError> {
+        if let Some(t) = opts.ttl_secs
+            && (t == 0 || t > MAX_TTL_SECS)
+        {
+            return Err(GuildError::Invalid(format!(
+                "a disappearing timer is 1 s to {MAX_TTL_SECS} s (4 weeks)"
+            )));
+        }
+        let text = text.to_owned();
+        let opts = opts.clone();
+        self.send_body(guild, channel, move |_, db, gid, ch| {
+            let reply_to = match &opts.reply_to {
+                Some(r) => Some(resolve_message(db.conn(), gid, ch, r)?),
+                None => None,
+            };
+            let thread = match &opts.thread {
+                Some(t) => Some(resolve_thread(db.conn(), gid, ch, t)?),
+                None => None,
+            };
+            Ok(Body::Post(Post {
+                text,
+                reply_to,
+                thread,
+                ttl_secs: opts.ttl_secs.unwrap_or(0),
+            }))
+        })
+        .await
+    }
+
+    /// `react GUILD CHANNEL MSG EMOJI [--remove]`.
+    pub async fn react(
+        &self,
+        guild: &str,
+        channel: &str,
+        msg: &str,
+        emoji: &str,
+        add: bool,
+    ) -> Result<Value, GuildError> {
+        check_emoji(emoji).map_err(GuildError::Invalid)?;
+        let (msg, emoji) = (msg.to_owned(), emoji.to_owned());
+        self.send_body(guild, channel, move |_, db, gid, ch| {
+            Ok(Body::React {
+                target: resolve_message(db.conn(), gid, ch, &msg)?,
+                emoji,
+                add,
+            })
+        })
+        .await
+    }
+
+    /// `edit GUILD CHANNEL MSG TEXT`: only the author's own messages.
+    pub async fn edit(
+        &self,
+        guild: &str,
+        channel: &str,
+        msg: &str,
+        text: &str,
+    ) -> Result<Value, GuildError> {
+        let (msg, text) = (msg.to_owned(), text.to_owned());
+        self.send_body(guild, channel, move |_, db, gid, ch| {
+            Ok(Body::Edit {
+                target: resolve_message(db.conn(), gid, ch, &msg)?,
+                text,
+            })
+        })
+        .await
+    }
+
+    /// `delete GUILD CHANNEL MSG`: the author's own, or anyone's with Manage Messages. Erases
+    /// the message from this store at once and from every member's store that receives the
+    /// delete; a member who already saw it may have kept a copy.
+    pub async fn delete(&self, guild: &str, channel: &str, msg: &str) -> Result<Value, GuildError> {
+        let msg = msg.to_owned();
+        let gid = self.resolve(guild)?;
+        let v = self
+            .send_body(guild, channel, move |_, db, gid, ch| {
+                Ok(Body::Delete {
+                    target: resolve_message(db.conn(), gid, ch, &msg)?,
+                })
+            })
+            .await?;
+        self.emit_erased(&gid, &v);
+        Ok(v)
+    }
+
+    /// `pin GUILD CHANNEL MSG [--unpin]` (Manage Messages).
+    pub async fn pin(
+        &self,
+        guild: &str,
+        channel: &str,
+        msg: &str,
+        pinned: bool,
+    ) -> Result<Value, GuildError> {
+        let msg = msg.to_owned();
+        self.send_body(guild, channel, move |_, db, gid, ch| {
+            Ok(Body::Pin {
+                target: resolve_message(db.conn(), gid, ch, &msg)?,
+                pinned,
+            })
+        })
+        .await
+    }
+
+    /// `thread create GUILD CHANNEL NAME [--from MSG]`: a thread's id is its creating message's.
+    pub async fn thread_create(
+        &self,
+        guild: &str,
+        channel: &str,
+        name: &str,
+        from: Option<&str>,
+    ) -> Result<Value, GuildError> {
+        check_thread_name(name).map_err(GuildError::Invalid)?;
+        let (name, from) = (name.to_owned(), from.map(str::to_owned));
+        self.send_body(guild, channel, move |_, db, gid, ch| {
+            let starter = match &from {
+                Some(m) => Some(resolve_message(db.conn(), gid, ch, m)?),
+                None => None,
+            };
+            Ok(Body::Thread {
+                thread: None,
+                starter,
+                name: Some(name),
+                archived: None,
+            })
+        })
+        .await
+    }
+
+    /// `thread rename|archive|unarchive GUILD CHANNEL THREAD`: the creator or Manage Messages.
+    pub async fn thread_update(
+        &self,
+        guild: &str,
+        channel: &str,
+        thread: &str,
+        name: Option<&str>,
+        archived: Option<bool>,
+    ) -> Result<Value, GuildError> {
+        if let Some(n) = name {
+            check_thread_name(n).map_err(GuildError::Invalid)?;
+        }
+        if name.is_none() && archived.is_none() {
+            return Err(GuildError::Invalid("nothing to change".into()));
+        }
+        let (thread, name) = (thread.to_owned(), name.map(str::to_owned));
+        self.send_body(guild, channel, move |_, db, gid, ch| {
+            Ok(Body::Thread {
+                thread: Some(resolve_thread(db.conn(), gid, ch, &thread)?),
+                starter: None,
+                name,
+                archived,
+            })
+        })
+        .await
+    }
+
+    /// `thread list GUILD CHANNEL`: newest activity first.
+    pub fn threads(&self, guild: &str, channel: &str) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        self.with_engine(|e, db| {
+            let g = e.guild_mut(&gid)?;
+            let ch = resolve_channel(g.crdt.view(), channel)?;
+            let t = content::threads(db.conn(), &gid, ch.0)?;
+            Ok(serde_json::to_value(t).unwrap_or(Value::Null))
+        })?
+    }
+
+    /// `pins GUILD CHANNEL`: the pinned messages, most recently pinned first.
+    pub fn pins(&self, guild: &str, channel: &str) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        self.with_engine(|e, db| {
+            let g = e.guild_mut(&gid)?;
+            let ch = resolve_channel(g.crdt.view(), channel)?;
+            let ids = content::pins(db.conn(), &gid, ch.0)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let row = db
+                    .conn()
+                    .query_row(
+                        "SELECT author, sent_at, text FROM guild_messages
+                         WHERE guild = ?1 AND msg_id = ?2",
+                        rusqlite::params![&gid.0[..], id],
+                        |r| {
+                            Ok((
+                                r.get::<_, Vec<u8>>(0)?,
+                                r.get::<_, i64>(1)?,
+                                r.get::<_, String>(2)?,
+                            ))
+                        },
+                    )
+                    .ok();
+                if let Some((author, at, text)) = row {
+                    out.push(json!({
+                        "id": hex::encode(&id),
+                        "sender": hex::encode(author),
+                        "sent_at": at,
+                        "text": text,
+                    }));
+                }
+            }
+            Ok(Value::Array(out))
+        })?
+    }
+
+    /// The earlier versions of a message this device saw (local only), oldest first.
+    pub fn edits(&self, guild: &str, channel: &str, msg: &str) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        self.with_engine(|e, db| {
+            let g = e.guild_mut(&gid)?;
+            let ch = resolve_channel(g.crdt.view(), channel)?;
+            let id = resolve_message(db.conn(), &gid, ch, msg)?;
+            let rows: Vec<(i64, String)> = db
+                .conn()
+                .prepare_cached(
+                    "SELECT replaced_at, text FROM guild_message_edits WHERE guild = ?1
+                     AND msg_id = ?2 ORDER BY replaced_at, rowid",
+                )?
+                .query_map(rusqlite::params![&gid.0[..], &id[..]], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(Value::Array(
+                rows.into_iter()
+                    .map(|(at, text)| json!({"replaced_at": at, "text": text}))
+                    .collect(),
+            ))
+        })?
+    }
+
+    /// Marks `channel` read on this device (up to now); returns unread mention counts left.
+    pub fn mark_read(&self, guild: &str, channel: &str) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        self.with_engine(|e, db| {
+            let g = e.guild_mut(&gid)?;
+            let ch = resolve_channel(g.crdt.view(), channel)?;
+            content::mark_read(db.conn(), &gid, ch.0, now_ms())?;
+            Ok::<(), GuildError>(())
+        })??;
+        self.mentions(guild)
+    }
+
+    /// `mentions GUILD`: unread mentions of this member per channel (read state is per device).
+    pub fn mentions(&self, guild: &str) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        self.with_engine(|_, db| {
+            let m = content::unread_mentions(db.conn(), &gid)?;
+            Ok(Value::Array(
+                m.into_iter()
+                    .map(|(ch, n)| json!({"channel": ch, "unread_mentions": n}))
+                    .collect(),
+            ))
+        })?
+    }
+
+    /// Erases messages whose timer ran out (called every tick and at start).
+    pub(crate) fn expire_due(&self) {
+        let r = self.with_engine(|_, db| -> Result<_, GuildError> {
+            let next = content::next_expiry(db.conn())?;
+            if next.is_none_or(|t| t > now_ms()) {
+                return Ok(Vec::new());
+            }
+            let tx = db.conn_mut().transaction()?;
+            let gone = content::expire(&tx, now_ms())?;
+            tx.commit()?;
+            Ok(gone)
+        });
+        match r {
+            Ok(Ok(gone)) => {
+                for (gid, channel, id) in gone {
+                    self.emit(super::GuildEvent::Erased {
+                        guild: hex::encode(gid.0),
+                        channel,
+                        id,
+                    });
+                }
+            }
+            Ok(Err(e)) | Err(e) => tracing::warn!(error = %e, "erasing expired messages failed"),
+        }
+    }
+
+    fn emit_erased(&self, gid: &GuildId, v: &Value) {
+        if let (Some(target), Some(channel)) = (
+            v.pointer("/op/target").and_then(Value::as_str),
+            v.get("channel").and_then(Value::as_u64),
+        ) {
+            self.emit(super::GuildEvent::Erased {
+                guild: hex::encode(gid.0),
+                channel,
+                id: target.to_owned(),
+            });
+        }
+    }
+}
