@@ -549,6 +549,7 @@ pub(crate) fn serve(conn: &Connection, req: &HistoryRequest) -> Result<HistoryRe
     let mut q = conn.prepare_cached(
         "SELECT seq, envelope FROM guild_envelopes
          WHERE guild = ?1 AND sender = ?2 AND seq > ?3 AND seq < ?4 AND sent_at >= ?5
+            AND length(envelope) > 0
          ORDER BY seq LIMIT ?6",
     )?;
     let mut items = Vec::new();

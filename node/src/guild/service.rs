@@ -1983,6 +1983,7 @@ impl GuildService {
                 .conn()
                 .prepare_cached(
                     "SELECT seq, envelope FROM guild_envelopes WHERE guild = ?1 AND sender = ?2
+                        AND length(envelope) > 0
                      ORDER BY seq DESC LIMIT ?3",
                 )?
                 .query_map(
