@@ -1964,7 +1964,12 @@ impl GuildService {
     /// everything that should be deposited was.
     async fn deposit_guild(&self, gid: &GuildId) -> bool {
         let connected = self.connected().await;
-        type Plan = Vec<(u64, Vec<u8>, Vec<(DevicePublicKey, [u8; 32], Multiaddr)>)>;
+        type Plan = Vec<(
+            u64,
+            Vec<u8>,
+            Option<u32>,
+            Vec<(DevicePublicKey, [u8; 32], Multiaddr)>,
+        )>;
         let plan: Result<Result<Plan, SyncError>, GuildError> = self.with_engine(|e, db| {
             let me = e.keys.me;
             let Some(g) = e.guilds.get_mut(gid) else {
@@ -1979,12 +1984,17 @@ impl GuildService {
                 return Ok(Vec::new());
             }
             let receipts = history::receipts(db.conn(), gid)?;
-            let mine: Vec<(i64, Vec<u8>)> = db
+            // With the timer of the message (or of the message an operation targets), so the
+            // relay drops a disappearing message's deposit when the message disappears.
+            let mine: Vec<(i64, Vec<u8>, Option<i64>)> = db
                 .conn()
                 .prepare_cached(
-                    "SELECT seq, envelope FROM guild_envelopes WHERE guild = ?1 AND sender = ?2
-                        AND length(envelope) > 0
-                     ORDER BY seq DESC LIMIT ?3",
+                    "SELECT e.seq, e.envelope,
+                        (SELECT MIN(m.expires_at) FROM guild_messages m WHERE m.guild = e.guild
+                            AND (m.msg_id = e.msg_id OR m.msg_id = e.target))
+                     FROM guild_envelopes e WHERE e.guild = ?1 AND e.sender = ?2
+                        AND length(e.envelope) > 0
+                     ORDER BY e.seq DESC LIMIT ?3",
                 )?
                 .query_map(
                     rusqlite::params![
@@ -1992,12 +2002,20 @@ impl GuildService {
                         &me.as_bytes()[..],
                         i64::try_from(DEPOSIT_WINDOW).unwrap_or(0)
                     ],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )?
                 .collect::<Result<_, _>>()?;
             let mut plan = Vec::new();
-            for (seq, env) in mine {
+            let now = engine::now_ms();
+            for (seq, env, expires_at) in mine {
                 let seq = u64::try_from(seq).unwrap_or(0);
+                let ttl = expires_at.map(|t| {
+                    let left = u64::try_from(t).unwrap_or(0).saturating_sub(now);
+                    u32::try_from(left.div_ceil(1000)).unwrap_or(u32::MAX)
+                });
+                if ttl == Some(0) {
+                    continue;
+                }
                 let mut who = Vec::new();
                 for d in &others {
                     if receipts.get(d).is_some_and(|r| r.contains(seq)) {
@@ -2037,7 +2055,7 @@ impl GuildService {
                             envelope: env,
                         },
                     );
-                    plan.push((seq, blob, who));
+                    plan.push((seq, blob, ttl, who));
                 }
             }
             Ok(plan)
@@ -2054,7 +2072,7 @@ impl GuildService {
             }
         };
         let mut complete = true;
-        for (seq, blob, who) in plan {
+        for (seq, blob, ttl, who) in plan {
             let mut by_relay: HashMap<Multiaddr, Vec<(DevicePublicKey, [u8; 32])>> = HashMap::new();
             for (d, tag, relay) in who {
                 by_relay.entry(relay).or_default().push((d, tag));
@@ -2070,6 +2088,10 @@ impl GuildService {
                         blob.clone(),
                     ) else {
                         continue;
+                    };
+                    let dep = match ttl {
+                        Some(t) => dep.with_ttl(t),
+                        None => dep,
                     };
                     match self
                         .inner

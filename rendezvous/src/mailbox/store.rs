@@ -380,7 +380,11 @@ impl Store {
                 return self.quota(Quota::Recipient(*tag), now).map(Err);
             }
         }
-        let expires_at = now.saturating_add(self.ttl_secs);
+        // A disappearing message asks to go sooner; nobody may ask to stay longer.
+        let ttl = d
+            .ttl_secs()
+            .map_or(self.ttl_secs, |t| u64::from(t).min(self.ttl_secs));
+        let expires_at = now.saturating_add(ttl);
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO items(sender, deposited_at, expires_at, size, blob, claims, state,
@@ -933,6 +937,29 @@ mod tests {
         assert_eq!((lens, more), (vec![300], true));
         let (lens, _, more) = page(&mut s, last, 10, 1 << 20, 4);
         assert_eq!((lens, more), (vec![400], false));
+    }
+
+    #[test]
+    fn a_deposit_with_a_shorter_time_limit_goes_sooner_and_a_longer_one_is_capped() {
+        let mut s = Store::open(None, &limits(), 100, PeerId::random()).unwrap();
+        let a = mailbox_key(1);
+        let short = Request::Deposit(Deposit::new([tag(&a)], vec![1; 10]).unwrap().with_ttl(5));
+        let long = Request::Deposit(
+            Deposit::new([tag(&a)], vec![2; 10])
+                .unwrap()
+                .with_ttl(10_000),
+        );
+        let Response::Stored { expires_at, .. } = s.handle(&PeerId::random(), short, 1_000) else {
+            panic!()
+        };
+        assert_eq!(expires_at, 1_005);
+        let Response::Stored { expires_at, .. } = s.handle(&PeerId::random(), long, 1_000) else {
+            panic!()
+        };
+        assert_eq!(expires_at, 1_100);
+        // Past the short limit only the long one is picked up, and the sweep drops the short.
+        assert_eq!(pickup(&mut s, &a, 1_006).0.len(), 1);
+        assert_eq!(s.sweep(1_006).unwrap().expired, 1);
     }
 
     #[test]

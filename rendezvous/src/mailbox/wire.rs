@@ -108,6 +108,9 @@ pub enum Request {
 pub struct Deposit {
     tags: Vec<Tag>,
     blob: Vec<u8>,
+    /// Seconds the depositor wants the item kept at most (a disappearing message): the relay
+    /// keeps it for the shorter of this and its own TTL. `None`: the relay's TTL.
+    ttl_secs: Option<u32>,
 }
 
 /// Why a [`Deposit`] could not be built.
@@ -132,7 +135,24 @@ impl Deposit {
         if blob.is_empty() || blob.len() > MAX_BLOB {
             return Err(DepositError::BlobSize(blob.len()));
         }
-        Ok(Self { tags, blob })
+        Ok(Self {
+            tags,
+            blob,
+            ttl_secs: None,
+        })
+    }
+
+    /// The same deposit, to be dropped by the relay after at most `secs` (at least 1) seconds.
+    /// Relays older than this request kind refuse it as malformed.
+    #[must_use]
+    pub fn with_ttl(mut self, secs: u32) -> Self {
+        self.ttl_secs = Some(secs.max(1));
+        self
+    }
+
+    /// The depositor's own time limit, if any.
+    pub fn ttl_secs(&self) -> Option<u32> {
+        self.ttl_secs
     }
 
     /// The distinct recipient tags.
@@ -393,6 +413,7 @@ mod tag {
     pub const STATUS: u8 = 4;
     pub const PUBLISH: u8 = 5;
     pub const FETCH: u8 = 6;
+    pub const DEPOSIT_TTL: u8 = 7;
 
     pub const STORED: u8 = 1;
     pub const REFUSED: u8 = 2;
@@ -472,7 +493,13 @@ impl Encode for Request {
         w.u8(WIRE_VERSION);
         match self {
             Self::Deposit(d) => {
-                w.u8(tag::DEPOSIT);
+                match d.ttl_secs {
+                    None => w.u8(tag::DEPOSIT),
+                    Some(t) => {
+                        w.u8(tag::DEPOSIT_TTL);
+                        w.u32(t);
+                    }
+                }
                 w.u8(u8::try_from(d.tags.len()).unwrap_or(u8::MAX));
                 for t in &d.tags {
                     w.put(t);
@@ -522,7 +549,15 @@ impl Decode for Request {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         r.version("mailbox request", WIRE_VERSION)?;
         match r.u8()? {
-            tag::DEPOSIT => {
+            t @ (tag::DEPOSIT | tag::DEPOSIT_TTL) => {
+                let ttl_secs = if t == tag::DEPOSIT_TTL {
+                    match r.u32()? {
+                        0 => return Err(DecodeError::Invalid("deposit time limit 0")),
+                        s => Some(s),
+                    }
+                } else {
+                    None
+                };
                 let n = usize::from(r.u8()?);
                 if n == 0 || n > MAX_TAGS {
                     return Err(DecodeError::TooLong {
@@ -540,7 +575,11 @@ impl Decode for Request {
                     tags.push(t);
                 }
                 let blob = blob(r, "blob", MAX_BLOB)?.to_vec();
-                Ok(Self::Deposit(Deposit { tags, blob }))
+                Ok(Self::Deposit(Deposit {
+                    tags,
+                    blob,
+                    ttl_secs,
+                }))
             }
             tag::PICKUP => Ok(Self::Pickup {
                 auth: PickupAuth::decode(r)?,
@@ -887,6 +926,17 @@ mod tests {
     }
 
     #[test]
+    fn a_deposit_with_a_time_limit_round_trips_and_zero_is_refused() {
+        let d = Deposit::new([[1; 32]], vec![9]).unwrap().with_ttl(30);
+        let bytes = Request::Deposit(d.clone()).to_bytes();
+        assert_eq!(&bytes[..6], &[1, 7, 0, 0, 0, 30]);
+        assert_eq!(Request::from_bytes(&bytes).unwrap(), Request::Deposit(d));
+        let mut zero = bytes.clone();
+        zero[5] = 0;
+        assert!(Request::from_bytes(&zero).is_err());
+    }
+
+    #[test]
     fn deposit_constructor_bounds() {
         assert_eq!(Deposit::new([], vec![1]), Err(DepositError::TagCount(0)));
         let many = (0..=64u8).map(|i| [i; 32]);
@@ -967,6 +1017,14 @@ mod tests {
         prop_oneof![
             (proptest::collection::vec(arb_tag(), 1..5), arb_blob(300))
                 .prop_map(|(t, b)| Request::Deposit(Deposit::new(t, b).unwrap())),
+            (
+                any::<u32>(),
+                proptest::collection::vec(any::<[u8; 32]>(), 1..4),
+                proptest::collection::vec(any::<u8>(), 1..40)
+            )
+                .prop_map(|(ttl, t, b)| Request::Deposit(
+                    Deposit::new(t, b).unwrap().with_ttl(ttl)
+                )),
             (arb_auth(), any::<u64>(), any::<u16>(), any::<u32>()).prop_map(
                 |(auth, after, max_items, max_bytes)| Request::Pickup {
                     auth,
