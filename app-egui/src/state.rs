@@ -1144,6 +1144,56 @@ mod tests {
         }
     }
 
+    /// Message rows carry the line kind and message id; headers take two rows; spoilers stay
+    /// revealed per message; mentions show nicknames of the current guild only.
+    #[test]
+    fn markdown_rows_spoilers_and_mention_names() {
+        let mut t = Timeline::default();
+        t.extend(vec![entry(1, "ann", 0, "# Title\n- ||secret|| <@&9>")]);
+        let rows = t.rows();
+        assert!(matches!(&rows[1], Row::Line { kind: LineKind::Header(1), msg, .. } if msg == "1"));
+        assert_eq!(rows[2], Row::Gap);
+        let Row::Line { kind, spans, .. } = &rows[3] else {
+            panic!("{:?}", rows[3])
+        };
+        assert_eq!(
+            *kind,
+            LineKind::Item {
+                depth: 0,
+                number: None
+            }
+        );
+        assert_eq!(spans[0].spoiler, Some(0));
+
+        let mut s = AppState::new("/tmp/x".into(), true);
+        assert!(!s.is_revealed("1", 0));
+        s.on_reveal_spoiler("1", 0);
+        assert!(s.is_revealed("1", 0) && !s.is_revealed("2", 0));
+
+        let key = "ab".repeat(32);
+        let member = MemberInfo {
+            user: key.clone(),
+            nickname: "Ann".into(),
+            owner: false,
+            roles: Vec::new(),
+            devices: Vec::new(),
+        };
+        s.members.insert("g1".into(), vec![member]);
+        let user = Mention::User(key);
+        assert_eq!(s.mention_label(&user), "@unknown-user", "no guild selected");
+        s.guild = Some("g1".into());
+        assert_eq!(s.mention_label(&user), "@Ann");
+        assert_eq!(
+            s.mention_label(&Mention::User("cd".repeat(32))),
+            "@unknown-user"
+        );
+        assert_eq!(s.mention_label(&Mention::Role(9)), "@unknown-role");
+        assert_eq!(s.mention_label(&Mention::Here), "@here");
+
+        s.on_link_clicked("https://example.org/x");
+        assert_eq!(s.link_confirm.as_deref(), Some("https://example.org/x"));
+    }
+
     /// Prepending pages lays out the same rows as building the whole timeline at once,
     /// including a group that spans the page boundary, and counts the rows it added.
     #[test]
