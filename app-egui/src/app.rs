@@ -723,7 +723,10 @@ fn line_ui(
                 .painter()
                 .layout_job(LayoutJob::single_section(sp.text.clone(), f));
             let (rect, resp) = ui.allocate_exact_size(galley.size(), egui::Sense::click());
-            ui.painter().rect_filled(rect, 2.0, Color32::from_gray(28));
+            // Darker than text, lighter than a dark theme's background: visible on both.
+            let gray = if resp.hovered() { 84 } else { 64 };
+            ui.painter()
+                .rect_filled(rect, 3.0, Color32::from_gray(gray));
             resp.widget_info(|| {
                 egui::WidgetInfo::labeled(egui::WidgetType::Button, true, "spoiler")
             });
