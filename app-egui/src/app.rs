@@ -754,6 +754,7 @@ fn line_ui(
                 )
                 .on_hover_cursor(egui::CursorIcon::PointingHand)
                 .on_hover_text(url.as_str());
+            resp.widget_info(|| egui::WidgetInfo::labeled(egui::WidgetType::Link, true, &sp.text));
             if resp.clicked() {
                 actions.push(RowAction::Link(url.clone()));
             }

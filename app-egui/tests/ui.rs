@@ -162,6 +162,10 @@ fn spoiler_hidden_until_clicked_and_masked_link_confirms_real_target() {
 
     // The link shows its text, not its target; a click opens only the confirm window.
     assert!(h.query_by_label(target).is_none());
+    assert!(
+        h.query_by_role_and_label(egui::accesskit::Role::Link, "the docs")
+            .is_some()
+    );
     h.get_by_label("the docs").click();
     settle(&mut h);
     assert_eq!(h.state().state.link_confirm.as_deref(), Some(target));
