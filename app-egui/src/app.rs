@@ -4,10 +4,10 @@
 
 use egui::text::LayoutJob;
 use egui::{Color32, FontId, Key, RichText, TextFormat, TextStyle};
+use securecomm_node::markdown::{LineKind, Span};
 
 use crate::backend::{Backend, BackendConfig, Command};
 use crate::state::{AppState, PREFETCH_ROWS, Phase, Row, View, short};
-use securecomm_node::markdown::Span;
 
 /// Most events folded per frame (the rest wait for the next frame, which is requested).
 pub const EVENTS_PER_FRAME: usize = 2000;
@@ -155,6 +155,47 @@ fn main_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
     });
     crate::ui::channels::new_channel_dialog(ctx, s, cmds);
     crate::ui::guild_settings::settings_window(ctx, s, cmds);
+    link_confirm_ui(ctx, s);
+}
+
+/// The window a clicked link opens: its full real target, and the user's choice. The app never
+/// fetches a link; "Open" hands it to the browser.
+fn link_confirm_ui(ctx: &egui::Context, s: &mut AppState) {
+    let Some(url) = s.link_confirm.clone() else {
+        return;
+    };
+    let mut close = false;
+    egui::Window::new("Open link?")
+        .collapsible(false)
+        .resizable(false)
+        .anchor(egui::Align2::CENTER_CENTER, [0.0, 0.0])
+        .show(ctx, |ui| {
+            ui.label("This link leads to:");
+            ui.add(egui::Label::new(RichText::new(&url).monospace().strong()).wrap());
+            ui.label(
+                RichText::new(
+                    "SecureComm never opens links by itself: Open hands it to your browser.",
+                )
+                .small()
+                .weak(),
+            );
+            ui.horizontal(|ui| {
+                if ui.button("Open").clicked() {
+                    ctx.open_url(egui::OpenUrl::new_tab(&url));
+                    close = true;
+                }
+                if ui.button("Copy").clicked() {
+                    ctx.copy_text(url.clone());
+                    close = true;
+                }
+                if ui.button("Cancel").clicked() || ui.input(|i| i.key_pressed(Key::Escape)) {
+                    close = true;
+                }
+            });
+        });
+    if close {
+        s.link_confirm = None;
+    }
 }
 
 fn status_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
@@ -469,7 +510,7 @@ fn messages_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
         }
         let mut actions = Vec::new();
         for row in &pending {
-            row_ui(ui, row, &mut actions);
+            row_ui(ui, s, row, &mut actions);
         }
         apply_row_actions(s, actions, cmds);
         return;
@@ -502,7 +543,7 @@ fn messages_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
         }
         for i in range {
             match rows.get(i).or_else(|| pending.get(i - rows.len())) {
-                Some(row) => row_ui(ui, row, &mut actions),
+                Some(row) => row_ui(ui, s, row, &mut actions),
                 None => break,
             }
         }
@@ -517,6 +558,10 @@ fn messages_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
 enum RowAction {
     Retry(u64),
     Discard(u64),
+    /// Show spoiler `.1` of message `.0`.
+    Reveal(String, u32),
+    /// Ask whether to open this link.
+    Link(String),
 }
 
 fn apply_row_actions(s: &mut AppState, actions: Vec<RowAction>, cmds: &mut Vec<Command>) {
@@ -524,11 +569,13 @@ fn apply_row_actions(s: &mut AppState, actions: Vec<RowAction>, cmds: &mut Vec<C
         match a {
             RowAction::Retry(local) => cmds.extend(s.on_retry(local)),
             RowAction::Discard(local) => s.on_discard(local),
+            RowAction::Reveal(msg, n) => s.on_reveal_spoiler(&msg, n),
+            RowAction::Link(url) => s.on_link_clicked(&url),
         }
     }
 }
 
-fn row_ui(ui: &mut egui::Ui, row: &Row, actions: &mut Vec<RowAction>) {
+fn row_ui(ui: &mut egui::Ui, s: &AppState, row: &Row, actions: &mut Vec<RowAction>) {
     match row {
         Row::Pending { local, failed } => {
             ui.horizontal(|ui| {
@@ -566,9 +613,15 @@ fn row_ui(ui: &mut egui::Ui, row: &Row, actions: &mut Vec<RowAction>) {
                 ui.label(RichText::new(time).small().weak());
             });
         }
-        Row::Line { spans, quote } => {
-            let job = spans_job(ui, spans, *quote);
-            ui.add(egui::Label::new(job).truncate());
+        Row::Line {
+            msg,
+            kind,
+            spans,
+            quote,
+        } => line_ui(ui, s, msg, *kind, spans, *quote, actions),
+        Row::Gap => {
+            let h = ui.text_style_height(&TextStyle::Body);
+            ui.allocate_exact_size(egui::vec2(0.0, h), egui::Sense::hover());
         }
         Row::Code(text) => {
             ui.add(
@@ -583,41 +636,129 @@ fn row_ui(ui: &mut egui::Ui, row: &Row, actions: &mut Vec<RowAction>) {
     }
 }
 
-fn spans_job(ui: &egui::Ui, spans: &[Span], quote: bool) -> LayoutJob {
-    let mut job = LayoutJob::default();
+/// One line of a message. It takes exactly one row's height whatever its font (a header's
+/// larger text spills into the [`Row::Gap`] below it), so every row has the same height.
+/// Plain runs of spans are one label; links, mentions and hidden spoilers are widgets of their
+/// own, to be clicked or highlighted.
+fn line_ui(
+    ui: &mut egui::Ui,
+    s: &AppState,
+    msg: &str,
+    kind: LineKind,
+    spans: &[Span],
+    quote: bool,
+    actions: &mut Vec<RowAction>,
+) {
+    let row_height = ui.text_style_height(&TextStyle::Body);
+    let (rect, _) = ui.allocate_exact_size(
+        egui::vec2(ui.available_width(), row_height),
+        egui::Sense::hover(),
+    );
+    let mut line = ui.new_child(
+        egui::UiBuilder::new()
+            .max_rect(rect)
+            .layout(egui::Layout::left_to_right(egui::Align::Min)),
+    );
+    let ui = &mut line;
+    ui.spacing_mut().item_spacing.x = 0.0;
+    ui.style_mut().wrap_mode = Some(egui::TextWrapMode::Truncate);
     let body = TextStyle::Body.resolve(ui.style());
-    let mono = FontId::monospace(body.size);
-    let normal = ui.visuals().text_color();
+    let weak = ui.visuals().weak_text_color();
+    let (size, color) = match kind {
+        LineKind::Header(1) => (body.size * 1.7, ui.visuals().strong_text_color()),
+        LineKind::Header(2) => (body.size * 1.4, ui.visuals().strong_text_color()),
+        LineKind::Header(_) => (body.size * 1.15, ui.visuals().strong_text_color()),
+        LineKind::Subtext => (body.size * 0.8, weak),
+        LineKind::Text | LineKind::Item { .. } => (body.size, ui.visuals().text_color()),
+    };
+    let font = FontId::new(size, body.family.clone());
+    let mono = FontId::monospace(size);
     if quote {
         // The quote bar from the monospace font (Hack has box drawing; the proportional
         // default font does not).
-        job.append(
-            "\u{2502} ",
-            0.0,
-            TextFormat::simple(mono.clone(), ui.visuals().weak_text_color()),
-        );
+        ui.label(RichText::new("\u{2502} ").font(mono.clone()).color(weak));
     }
-    for sp in spans {
-        let mut f = TextFormat::simple(body.clone(), normal);
-        if sp.style.bold {
+    if let LineKind::Item { depth, number } = kind {
+        ui.add_space(8.0 + 16.0 * f32::from(depth));
+        let marker = number.map_or_else(|| "\u{2022} ".to_owned(), |n| format!("{n}. "));
+        ui.label(RichText::new(marker).font(font.clone()).color(weak));
+    }
+    let header = matches!(kind, LineKind::Header(_));
+    let fmt = |ui: &egui::Ui, sp: &Span| {
+        let mut f = TextFormat::simple(font.clone(), color);
+        if sp.style.bold || header {
             f.color = ui.visuals().strong_text_color();
         }
-        if sp.style.italic {
-            f.italics = true;
-        }
+        f.italics = sp.style.italic;
         if sp.style.strike {
-            f.strikethrough = egui::Stroke::new(1.0, normal);
+            f.strikethrough = egui::Stroke::new(1.0, color);
+        }
+        if sp.style.underline {
+            f.underline = egui::Stroke::new(1.0, color);
         }
         if sp.style.code {
             f.font_id = mono.clone();
             f.background = ui.visuals().code_bg_color;
         }
-        if sp.link.is_some() {
-            // Shown, never fetched.
-            f.color = ui.visuals().hyperlink_color;
-            f.underline = egui::Stroke::new(1.0, ui.visuals().hyperlink_color);
+        f
+    };
+    let mut plain = LayoutJob::default();
+    let flush = |ui: &mut egui::Ui, job: &mut LayoutJob| {
+        if !job.is_empty() {
+            ui.add(egui::Label::new(std::mem::take(job)));
         }
-        job.append(&sp.text, 0.0, f);
+    };
+    for sp in spans {
+        let hidden = sp.spoiler.filter(|&n| !s.is_revealed(msg, n));
+        if hidden.is_none() && sp.link.is_none() && sp.mention.is_none() {
+            plain.append(&sp.text, 0.0, fmt(ui, sp));
+            continue;
+        }
+        flush(ui, &mut plain);
+        let mut f = fmt(ui, sp);
+        if let Some(n) = hidden {
+            // A dark box as wide as the hidden text; the text itself is never laid out where
+            // a screen reader could read it.
+            let galley = ui
+                .painter()
+                .layout_job(LayoutJob::single_section(sp.text.clone(), f));
+            let (rect, resp) = ui.allocate_exact_size(galley.size(), egui::Sense::click());
+            // Darker than text, lighter than a dark theme's background: visible on both.
+            let gray = if resp.hovered() { 84 } else { 64 };
+            ui.painter()
+                .rect_filled(rect, 3.0, Color32::from_gray(gray));
+            resp.widget_info(|| {
+                egui::WidgetInfo::labeled(egui::WidgetType::Button, true, "spoiler")
+            });
+            if resp.on_hover_text("Spoiler: click to show").clicked() {
+                actions.push(RowAction::Reveal(msg.to_owned(), n));
+            }
+            continue;
+        }
+        if let Some(m) = &sp.mention {
+            let accent = ui.visuals().hyperlink_color;
+            f.color = accent;
+            f.background = accent.gamma_multiply(0.2);
+            ui.label(LayoutJob::single_section(s.mention_label(m), f));
+            continue;
+        }
+        if let Some(url) = &sp.link {
+            // Shown, never fetched; a click asks first, showing the real target.
+            let accent = ui.visuals().hyperlink_color;
+            f.color = accent;
+            f.underline = egui::Stroke::new(1.0, accent);
+            let resp = ui
+                .add(
+                    egui::Label::new(LayoutJob::single_section(sp.text.clone(), f))
+                        .sense(egui::Sense::click()),
+                )
+                .on_hover_cursor(egui::CursorIcon::PointingHand)
+                .on_hover_text(url.as_str());
+            resp.widget_info(|| egui::WidgetInfo::labeled(egui::WidgetType::Link, true, &sp.text));
+            if resp.clicked() {
+                actions.push(RowAction::Link(url.clone()));
+            }
+        }
     }
-    job
+    flush(ui, &mut plain);
 }

@@ -265,7 +265,7 @@ async fn converse(alice: &Member, bob: &Member, carol: &Member) -> Result<String
         .map_err(err)?;
     let channels = a.list_channels(&guild).map_err(err)?;
     let general = text_channel(&channels, "general").ok_or("no #general")?;
-    let script: [(&Member, &str); 9] = [
+    let script: [(&Member, &str); 10] = [
         (
             alice,
             "Welcome to **Rustaceans**! Everything here is end-to-end encrypted.",
@@ -287,6 +287,11 @@ async fn converse(alice: &Member, bob: &Member, carol: &Member) -> Result<String
         ),
         (bob, "Voice in ~Lounge~ the Lounge channel at 8?"),
         (carol, "I'll be there"),
+        (
+            alice,
+            "## Tonight\n- voice at 8, __Lounge__\n  - ||the cake is a surprise||\n\
+             -# agenda: [the wiki](https://example.org/wiki/agenda), ping @here",
+        ),
     ];
     for (m, text) in script {
         // The guild's key agreement welcomes each joiner shortly after the join: retry.

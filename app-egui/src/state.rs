@@ -10,16 +10,20 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use securecomm_node::markdown::{self, Block, LineKind, Mention, Span};
+
 use crate::backend::{
     Before, ChannelInfo, Command, Delivery, DmMessage, Event, GuildInfo, Me, MemberInfo, Message,
     Passphrase,
 };
-use securecomm_node::markdown::{self, Block, Span};
 
 pub mod manage;
 
 /// A new author header starts after this much silence from the same author (ms).
 pub const GROUP_GAP_MS: u64 = 7 * 60 * 1000;
+/// Spoilers kept revealed; beyond it further clicks reveal nothing more (a bound, not a
+/// limit anyone reaches by reading).
+pub const MAX_REVEALED: usize = 10_000;
 /// Errors kept for display; older ones are dropped.
 pub const MAX_ERRORS: usize = 8;
 /// Messages kept per channel or DM conversation (the oldest are dropped beyond it).
@@ -61,11 +65,19 @@ pub enum Row {
     },
     /// One line of text.
     Line {
+        /// The message's id (`outbox N` for one not yet sent), which with a span's spoiler number
+        /// names a spoiler the user revealed.
+        msg: String,
+        /// Header, list item, subtext or plain text.
+        kind: LineKind,
         /// Its styled spans.
         spans: Vec<Span>,
         /// Whether it is a `> quote`.
         quote: bool,
     },
+    /// Space below a header line, whose text is taller than one row: rows keep one height so
+    /// the view can lay out only the visible ones, and a header takes two.
+    Gap,
     /// One line of a code block.
     Code(String),
     /// The header of one of our messages not yet sent (or failed, with `why`).
@@ -95,7 +107,7 @@ impl Outgoing {
     /// Its display rows: a pending header, then the text's rows.
     pub fn rows(&self) -> Vec<Row> {
         let e = Entry {
-            id: String::new(),
+            id: format!("outbox {}", self.local),
             sender: String::new(),
             author: String::new(),
             sent_at: 0,
@@ -334,11 +346,18 @@ fn push_rows(rows: &mut impl Extend<Row>, prev: Option<&Entry>, e: &Entry) {
     }
     for block in markdown::parse(&e.text) {
         match block {
-            Block::Line(spans) => rows.extend(std::iter::once(Row::Line {
-                spans,
-                quote: false,
-            })),
-            Block::Quote(spans) => rows.extend(std::iter::once(Row::Line { spans, quote: true })),
+            Block::Line(line) => {
+                let header = matches!(line.kind, LineKind::Header(1 | 2));
+                rows.extend(std::iter::once(Row::Line {
+                    msg: e.id.clone(),
+                    kind: line.kind,
+                    spans: line.spans,
+                    quote: line.quote,
+                }));
+                if header {
+                    rows.extend(std::iter::once(Row::Gap));
+                }
+            }
             Block::Code { text, .. } => {
                 rows.extend(text.split('\n').map(|l| Row::Code(l.to_owned())));
             }
@@ -509,6 +528,10 @@ pub struct AppState {
     pub manage: manage::ManageState,
     /// Voice channels and the call.
     pub voice: crate::voice::VoiceState,
+    /// Spoilers the user clicked open: (message id, spoiler number in the message).
+    pub revealed: HashSet<(String, u32)>,
+    /// A clicked link waiting for the user to open, copy or cancel it: its full real target.
+    pub link_confirm: Option<String>,
 }
 
 impl AppState {
@@ -545,19 +568,68 @@ impl AppState {
             restore: crate::settings::RestoreForm::default(),
             manage: manage::ManageState::default(),
             voice: crate::voice::VoiceState::default(),
+            revealed: HashSet::new(),
+            link_confirm: None,
         }
     }
 
-    /// Whether `text` mentions us: `@everyone`, `@here`, or `@` and our display name (as a
-    /// whole word).
+    /// A click on a hidden spoiler: it stays revealed (for this session).
+    pub fn on_reveal_spoiler(&mut self, msg: &str, spoiler: u32) {
+        if self.revealed.len() < MAX_REVEALED {
+            self.revealed.insert((msg.to_owned(), spoiler));
+        }
+    }
+
+    /// Whether spoiler `spoiler` of message `msg` was revealed.
+    pub fn is_revealed(&self, msg: &str, spoiler: u32) -> bool {
+        self.revealed.contains(&(msg.to_owned(), spoiler))
+    }
+
+    /// A click on a link: nothing opens until the user confirms its real target.
+    pub fn on_link_clicked(&mut self, url: &str) {
+        self.link_confirm = Some(url.to_owned());
+    }
+
+    /// How a mention is shown: `@nickname` of a member of the current guild (else
+    /// `@unknown-user`), `@rolename` (else `@unknown-role`), `@everyone`, `@here`.
+    pub fn mention_label(&self, m: &Mention) -> String {
+        match m {
+            Mention::User(key) => self
+                .guild
+                .as_ref()
+                .and_then(|g| self.members.get(g))
+                .and_then(|ms| ms.iter().find(|m| m.user == *key))
+                .map_or_else(
+                    || "@unknown-user".to_owned(),
+                    |m| {
+                        if m.nickname.is_empty() {
+                            format!("@{}", short(&m.user))
+                        } else {
+                            format!("@{}", m.nickname)
+                        }
+                    },
+                ),
+            Mention::Role(id) => self
+                .guild_data()
+                .and_then(|d| d.roles.iter().find(|r| r.id == *id))
+                .map_or_else(|| "@unknown-role".to_owned(), |r| format!("@{}", r.name)),
+            Mention::Everyone => "@everyone".to_owned(),
+            Mention::Here => "@here".to_owned(),
+        }
+    }
+
+    /// Whether `text` mentions us: `@everyone`, `@here`, `<@our key>`, or `@` and our display
+    /// name (as a whole word).
     pub fn mentions_me(&self, text: &str) -> bool {
         let lower = text.to_lowercase();
         if lower.contains("@everyone") || lower.contains("@here") {
             return true;
         }
-        self.me
-            .as_ref()
-            .is_some_and(|me| crate::settings::mentions(text, &me.display_name))
+        self.me.as_ref().is_some_and(|me| {
+            crate::settings::mentions(text, &me.display_name)
+                || (text.contains("<@")
+                    && markdown::mentions(text).contains(&Mention::User(me.user_id.clone())))
+        })
     }
 
     fn mark_unread(&mut self, at: Unread, mention: bool) {
@@ -1070,6 +1142,56 @@ mod tests {
             seq: u64::from(id),
             delivery: None,
         }
+    }
+
+    /// Message rows carry the line kind and message id; headers take two rows; spoilers stay
+    /// revealed per message; mentions show nicknames of the current guild only.
+    #[test]
+    fn markdown_rows_spoilers_and_mention_names() {
+        let mut t = Timeline::default();
+        t.extend(vec![entry(1, "ann", 0, "# Title\n- ||secret|| <@&9>")]);
+        let rows = t.rows();
+        assert!(matches!(&rows[1], Row::Line { kind: LineKind::Header(1), msg, .. } if msg == "1"));
+        assert_eq!(rows[2], Row::Gap);
+        let Row::Line { kind, spans, .. } = &rows[3] else {
+            panic!("{:?}", rows[3])
+        };
+        assert_eq!(
+            *kind,
+            LineKind::Item {
+                depth: 0,
+                number: None
+            }
+        );
+        assert_eq!(spans[0].spoiler, Some(0));
+
+        let mut s = AppState::new("/tmp/x".into(), true);
+        assert!(!s.is_revealed("1", 0));
+        s.on_reveal_spoiler("1", 0);
+        assert!(s.is_revealed("1", 0) && !s.is_revealed("2", 0));
+
+        let key = "ab".repeat(32);
+        let member = MemberInfo {
+            user: key.clone(),
+            nickname: "Ann".into(),
+            owner: false,
+            roles: Vec::new(),
+            devices: Vec::new(),
+        };
+        s.members.insert("g1".into(), vec![member]);
+        let user = Mention::User(key);
+        assert_eq!(s.mention_label(&user), "@unknown-user", "no guild selected");
+        s.guild = Some("g1".into());
+        assert_eq!(s.mention_label(&user), "@Ann");
+        assert_eq!(
+            s.mention_label(&Mention::User("cd".repeat(32))),
+            "@unknown-user"
+        );
+        assert_eq!(s.mention_label(&Mention::Role(9)), "@unknown-role");
+        assert_eq!(s.mention_label(&Mention::Here), "@here");
+
+        s.on_link_clicked("https://example.org/x");
+        assert_eq!(s.link_confirm.as_deref(), Some("https://example.org/x"));
     }
 
     /// Prepending pages lays out the same rows as building the whole timeline at once,

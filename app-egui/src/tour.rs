@@ -120,7 +120,8 @@ impl Tour {
                 Stop::Channel => {
                     s.phase == Phase::Main
                         && matches!(s.view, View::Channel { .. })
-                        && s.current_timeline().is_some_and(|t| t.entries().len() >= 9)
+                        && s.current_timeline()
+                            .is_some_and(|t| t.entries().len() >= 10)
                         && s.guild.as_ref().is_some_and(|g| s.members.contains_key(g))
                 }
                 Stop::Dm => s

@@ -133,6 +133,54 @@ fn create_guild_channel_and_send_a_message() {
     assert_eq!(headers, 1);
 }
 
+/// Issue 10 point 8: a spoiler's text is not on screen (nor in the accessibility tree) until
+/// clicked, and a masked link opens nothing: a click shows its full real target first.
+#[test]
+fn spoiler_hidden_until_clicked_and_masked_link_confirms_real_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    create_identity(&mut h, "Cleo", "pass phrase");
+    create_guild_and_channel(&mut h, "Spoilers", "films");
+    let target = "https://example.org/real/target?id=42";
+    let text = format!("the end: ||everyone survives|| and [the docs]({target})");
+    send_message(&mut h, &text);
+    wait_for(&mut h, "the message in the list", |s| has_message(s, &text));
+    wait_for(&mut h, "the outbox to empty", |s| s.outbox.is_empty());
+    settle(&mut h);
+    let id = h.state().state.current_timeline().unwrap().entries()[0]
+        .id
+        .clone();
+
+    assert!(h.query_by_label_contains("everyone survives").is_none());
+    assert!(h.query_by_label_contains("the end:").is_some());
+    assert!(!h.state().state.is_revealed(&id, 0));
+    h.get_by_label("spoiler").click();
+    settle(&mut h);
+    assert!(h.state().state.is_revealed(&id, 0));
+    assert!(h.query_by_label_contains("everyone survives").is_some());
+    assert!(h.query_by_label("spoiler").is_none());
+
+    // The link shows its text, not its target; a click opens only the confirm window.
+    assert!(h.query_by_label(target).is_none());
+    assert!(
+        h.query_by_role_and_label(egui::accesskit::Role::Link, "the docs")
+            .is_some()
+    );
+    h.get_by_label("the docs").click();
+    settle(&mut h);
+    assert_eq!(h.state().state.link_confirm.as_deref(), Some(target));
+    assert!(h.query_by_label("Open link?").is_some());
+    assert!(
+        h.query_all_by_label(target).count() >= 1,
+        "the full target is shown"
+    );
+    assert!(h.query_by_label("Open").is_some() && h.query_by_label("Copy").is_some());
+    h.get_by_label("Cancel").click();
+    settle(&mut h);
+    assert!(h.state().state.link_confirm.is_none());
+    assert!(h.query_by_label("Open link?").is_none());
+}
+
 #[test]
 fn invite_and_join_between_two_app_instances() {
     let (_dir_a, _dir_b, mut a, mut b) = ann_and_ben(harness);
