@@ -156,6 +156,7 @@ fn main_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
     crate::ui::channels::new_channel_dialog(ctx, s, cmds);
     crate::ui::guild_settings::settings_window(ctx, s, cmds);
     link_confirm_ui(ctx, s);
+    crate::ui::messages::confirm_delete_ui(ctx, s, cmds);
 }
 
 /// The window a clicked link opens: its full real target, and the user's choice. The app never
@@ -459,6 +460,7 @@ fn composer_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
         View::Dm { user } => format!("Message {}", s.name_of(user)),
     };
     ui.add_space(4.0);
+    crate::ui::messages::action_bar_ui(ui, s, cmds);
     ui.horizontal(|ui| {
         let l = ui.label("Message");
         ui.add(
@@ -562,6 +564,10 @@ enum RowAction {
     Reveal(String, u32),
     /// Ask whether to open this link.
     Link(String),
+    /// Select (or unselect) a message.
+    Select(String),
+    /// Toggle our reaction `.1` on message `.0`.
+    React(String, String),
 }
 
 fn apply_row_actions(s: &mut AppState, actions: Vec<RowAction>, cmds: &mut Vec<Command>) {
@@ -571,6 +577,8 @@ fn apply_row_actions(s: &mut AppState, actions: Vec<RowAction>, cmds: &mut Vec<C
             RowAction::Discard(local) => s.on_discard(local),
             RowAction::Reveal(msg, n) => s.on_reveal_spoiler(&msg, n),
             RowAction::Link(url) => s.on_link_clicked(&url),
+            RowAction::Select(msg) => s.on_select_message(&msg),
+            RowAction::React(msg, emoji) => cmds.extend(s.on_react(&msg, &emoji)),
         }
     }
 }
@@ -619,6 +627,17 @@ fn row_ui(ui: &mut egui::Ui, s: &AppState, row: &Row, actions: &mut Vec<RowActio
             spans,
             quote,
         } => line_ui(ui, s, msg, *kind, spans, *quote, actions),
+        Row::Reply { quote, .. } => crate::ui::messages::reply_row_ui(ui, quote),
+        Row::Meta {
+            msg,
+            reactions,
+            edited,
+            pinned,
+        } => {
+            if let Some(emoji) = crate::ui::messages::meta_row_ui(ui, reactions, *edited, *pinned) {
+                actions.push(RowAction::React(msg.clone(), emoji));
+            }
+        }
         Row::Gap => {
             let h = ui.text_style_height(&TextStyle::Body);
             ui.allocate_exact_size(egui::vec2(0.0, h), egui::Sense::hover());
@@ -650,10 +669,30 @@ fn line_ui(
     actions: &mut Vec<RowAction>,
 ) {
     let row_height = ui.text_style_height(&TextStyle::Body);
-    let (rect, _) = ui.allocate_exact_size(
+    // The whole row selects its message (message actions); spoilers and links drawn on it
+    // below sit on top and take their own clicks.
+    let (rect, row) = ui.allocate_exact_size(
         egui::vec2(ui.available_width(), row_height),
-        egui::Sense::hover(),
+        egui::Sense::click(),
     );
+    let first_words: String = spans.iter().flat_map(|s| s.text.chars()).take(40).collect();
+    row.widget_info(|| {
+        egui::WidgetInfo::labeled(
+            egui::WidgetType::Button,
+            true,
+            format!("Select message: {first_words}"),
+        )
+    });
+    if row.clicked() {
+        actions.push(RowAction::Select(msg.to_owned()));
+    }
+    if s.messages.selected.as_deref() == Some(msg) {
+        ui.painter().rect_filled(
+            rect,
+            2.0,
+            ui.visuals().selection.bg_fill.gamma_multiply(0.35),
+        );
+    }
     let mut line = ui.new_child(
         egui::UiBuilder::new()
             .max_rect(rect)

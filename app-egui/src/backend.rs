@@ -134,6 +134,52 @@ pub enum Command {
         /// The UI's id for the pending message, answered by [`Event::Sent`] or
         /// [`Event::SendFailed`].
         local: u64,
+        /// The message it replies to (hex).
+        reply_to: Option<String>,
+    },
+    /// Add or remove our reaction to a message.
+    React {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Message id (hex).
+        msg: String,
+        /// The emoji.
+        emoji: String,
+        /// Add (true) or remove.
+        add: bool,
+    },
+    /// Replace the text of one of our messages.
+    Edit {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Message id (hex).
+        msg: String,
+        /// The new text.
+        text: String,
+    },
+    /// Delete a message (ours, or anyone's with Manage Messages).
+    Delete {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Message id (hex).
+        msg: String,
+    },
+    /// Pin or unpin a message.
+    Pin {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Message id (hex).
+        msg: String,
+        /// Pin (true) or unpin.
+        pinned: bool,
     },
     /// Create an invite (no expiry, unlimited uses).
     CreateInvite {
@@ -197,6 +243,9 @@ pub struct ChannelInfo {
     pub name: String,
     /// `text`, `voice` or `category`.
     pub kind: String,
+    /// Our permissions in it, by name (`MANAGE_MESSAGES`, ...).
+    #[serde(default)]
+    pub my_permissions: Vec<String>,
 }
 
 /// A guild member.
@@ -218,7 +267,7 @@ pub struct MemberInfo {
 }
 
 /// A guild message.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 pub struct Message {
     /// Guild id (hex).
     pub guild: String,
@@ -244,6 +293,64 @@ pub struct Message {
     /// For this device's own messages: how many other members' devices confirmed receipt.
     #[serde(default)]
     pub delivery: Option<Delivery>,
+    /// The message it replies to (hex).
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    /// When the author last edited it (their clock, ms).
+    #[serde(default)]
+    pub edited_at: Option<u64>,
+    /// Reactions, per emoji, with who reacted.
+    #[serde(default)]
+    pub reactions: Vec<ReactionInfo>,
+    /// Pinned in its channel.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Whether the node judged that it notifies us (mention of us, of a role of ours, or an
+    /// allowed `@everyone`/`@here`).
+    #[serde(default)]
+    pub mentions_me: bool,
+}
+
+/// One emoji's reactions on a message.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ReactionInfo {
+    /// The emoji.
+    pub emoji: String,
+    /// Users who reacted (hex).
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+/// Something one message did to another, as the timeline applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageOp {
+    /// `user` added or removed a reaction.
+    React {
+        /// Target message (hex).
+        target: String,
+        /// Who (hex).
+        user: String,
+        /// The emoji.
+        emoji: String,
+        /// Added or removed.
+        add: bool,
+    },
+    /// The author edited the text.
+    Edit {
+        /// Target message (hex).
+        target: String,
+        /// New text.
+        text: String,
+        /// The edit's time, ms.
+        at: u64,
+    },
+    /// Pinned or unpinned.
+    Pin {
+        /// Target message (hex).
+        target: String,
+        /// Pinned or not.
+        pinned: bool,
+    },
 }
 
 /// Receipts for one of our own messages.
@@ -326,6 +433,24 @@ pub enum Event {
     },
     /// A message was stored (sent here or received).
     Message(Message),
+    /// A message changed another (reaction, edit, pin).
+    Op {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// What it did.
+        op: MessageOp,
+    },
+    /// A message was erased (deleted, or its timer ran out).
+    Erased {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Message id (hex).
+        id: String,
+    },
     /// A pending message was stored and handed to the network (it also arrives as
     /// [`Event::Message`] or [`Event::Dm`]).
     Sent {
@@ -774,20 +899,53 @@ async fn forward_events(g: GuildService, emit: Emitter) {
         };
         match ev {
             GuildEvent::Message(m) => {
-                emit.emit(Event::Message(Message {
-                    guild: m.guild,
-                    channel: m.channel,
-                    id: m.id,
-                    sender: m.sender,
-                    nickname: m.nickname,
-                    sent_at: m.sent_at,
-                    text: m.text,
-                    sender_device: m.sender_device,
-                    seq: m.seq,
-                    delivery: None,
-                }))
-                .await;
+                use securecomm_node::guild::content::Op;
+                let (guild, channel) = (m.guild.clone(), m.channel);
+                let op = match m.op {
+                    None if m.thread.is_some() => continue, // threads are not in the channel view
+                    None => None,
+                    Some(Op::React { target, emoji, add }) => Some(MessageOp::React {
+                        target,
+                        user: m.sender.clone(),
+                        emoji,
+                        add,
+                    }),
+                    Some(Op::Edit { target, text }) => Some(MessageOp::Edit {
+                        target,
+                        text,
+                        at: m.sent_at,
+                    }),
+                    Some(Op::Pin { target, pinned }) => Some(MessageOp::Pin { target, pinned }),
+                    // Deletes arrive as `Erased`; threads are not shown here yet.
+                    Some(Op::Delete { .. } | Op::Thread { .. }) => continue,
+                };
+                let ev = match op {
+                    Some(op) => Event::Op { guild, channel, op },
+                    None => Event::Message(Message {
+                        guild: m.guild,
+                        channel: m.channel,
+                        id: m.id,
+                        sender: m.sender,
+                        nickname: m.nickname,
+                        sent_at: m.sent_at,
+                        text: m.text,
+                        sender_device: m.sender_device,
+                        seq: m.seq,
+                        delivery: None,
+                        reply_to: m.reply_to,
+                        edited_at: m.edited_at,
+                        reactions: Vec::new(),
+                        pinned: m.pinned,
+                        mentions_me: m.mentions_me,
+                    }),
+                };
+                emit.emit(ev).await;
             }
+            GuildEvent::Erased { guild, channel, id } => {
+                emit.emit(Event::Erased { guild, channel, id }).await;
+            }
+            // Notifications come from `Message` (its `mentions_me`).
+            GuildEvent::Mention(_) => {}
             GuildEvent::Changed { guild } => {
                 refresh_guild_list(&g, &emit).await;
                 load_guild(&g, &guild, &emit).await;
@@ -1008,9 +1166,14 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
                 channel,
                 text,
                 local,
+                reply_to,
             } => {
                 // The node emits the stored message as a guild event.
-                match g.send(&guild, &channel.to_string(), &text).await {
+                let opts = securecomm_node::guild::service::messages::PostOptions {
+                    reply_to,
+                    ..Default::default()
+                };
+                match g.post(&guild, &channel.to_string(), &text, &opts).await {
                     Ok(_) => emit.emit(Event::Sent { local }).await,
                     Err(e) => {
                         emit.emit(Event::SendFailed {
@@ -1022,6 +1185,46 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
                 }
                 Ok(())
             }
+            Command::React {
+                guild,
+                channel,
+                msg,
+                emoji,
+                add,
+            } => g
+                .react(&guild, &channel.to_string(), &msg, &emoji, add)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Command::Edit {
+                guild,
+                channel,
+                msg,
+                text,
+            } => g
+                .edit(&guild, &channel.to_string(), &msg, &text)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Command::Delete {
+                guild,
+                channel,
+                msg,
+            } => g
+                .delete(&guild, &channel.to_string(), &msg)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Command::Pin {
+                guild,
+                channel,
+                msg,
+                pinned,
+            } => g
+                .pin(&guild, &channel.to_string(), &msg, pinned)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
             Command::CreateInvite { guild } => {
                 let v = g
                     .create_invite(&guild, None, 0)

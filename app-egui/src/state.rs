@@ -18,6 +18,7 @@ use crate::backend::{
 };
 
 pub mod manage;
+pub mod messages;
 
 /// A new author header starts after this much silence from the same author (ms).
 pub const GROUP_GAP_MS: u64 = 7 * 60 * 1000;
@@ -80,6 +81,25 @@ pub enum Row {
     Gap,
     /// One line of a code block.
     Code(String),
+    /// Above a reply: who and what it answers (or that the original is gone).
+    Reply {
+        /// The reply's id.
+        msg: String,
+        /// "author: first words", or a note that the original is not here.
+        quote: String,
+    },
+    /// Below a message with any: its reactions (emoji, count, whether ours), the edited mark
+    /// and the pin mark.
+    Meta {
+        /// The message's id.
+        msg: String,
+        /// Reactions in the order they came.
+        reactions: Vec<(String, usize, bool)>,
+        /// Edited by its author.
+        edited: bool,
+        /// Pinned in its channel.
+        pinned: bool,
+    },
     /// The header of one of our messages not yet sent (or failed, with `why`).
     Pending {
         /// The outbox id.
@@ -101,6 +121,8 @@ pub struct Outgoing {
     pub text: String,
     /// Why the last attempt failed.
     pub failed: Option<String>,
+    /// The message it replies to.
+    pub reply_to: Option<String>,
 }
 
 impl Outgoing {
@@ -115,13 +137,14 @@ impl Outgoing {
             device: String::new(),
             seq: 0,
             delivery: None,
+            ..Default::default()
         };
         let mut rows = vec![Row::Pending {
             local: self.local,
             failed: self.failed.clone(),
         }];
         // `prev == e` groups it, so no author header: the pending header stands in.
-        push_rows(&mut rows, Some(&e), &e);
+        push_rows(&mut rows, Some(&e), &e, |_| None);
         rows
     }
 
@@ -132,6 +155,7 @@ impl Outgoing {
                 channel: *channel,
                 text: self.text.clone(),
                 local: self.local,
+                reply_to: self.reply_to.clone(),
             }),
             View::Dm { user } => Some(Command::DmSend {
                 user: user.clone(),
@@ -144,7 +168,7 @@ impl Outgoing {
 }
 
 /// A message in a timeline, whatever its source (guild channel or DM).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {
     /// Message id.
     pub id: String,
@@ -162,6 +186,18 @@ pub struct Entry {
     pub seq: u64,
     /// Receipts, for our own messages loaded from history.
     pub delivery: Option<Delivery>,
+    /// The message it replies to.
+    pub reply_to: Option<String>,
+    /// Edited by its author.
+    pub edited: bool,
+    /// Reactions: emoji and who, in the order they came.
+    pub reactions: Vec<(String, Vec<String>)>,
+    /// Pinned in its channel.
+    pub pinned: bool,
+    /// The node says it notifies us.
+    pub mentions_me: bool,
+    /// Our own user id (hex), when known: marks our reactions.
+    pub me: Option<String>,
 }
 
 impl From<Message> for Entry {
@@ -180,6 +216,16 @@ impl From<Message> for Entry {
             device: m.sender_device,
             seq: m.seq,
             delivery: m.delivery,
+            reply_to: m.reply_to,
+            edited: m.edited_at.is_some(),
+            reactions: m
+                .reactions
+                .into_iter()
+                .map(|r| (r.emoji, r.users))
+                .collect(),
+            pinned: m.pinned,
+            mentions_me: m.mentions_me,
+            me: None,
         }
     }
 }
@@ -223,7 +269,10 @@ impl Timeline {
         let in_order = self.entries.back().is_none_or(|l| l.sent_at <= e.sent_at);
         if in_order {
             let prev = self.entries.back().cloned();
-            push_rows(&mut self.rows, prev.as_ref(), &e);
+            let original = |id: &str| self.find(id).cloned();
+            let mut rows = Vec::new();
+            push_rows(&mut rows, prev.as_ref(), &e, original);
+            self.rows.extend(rows);
             self.entries.push_back(e);
         } else {
             let at = self.entries.partition_point(|x| x.sent_at <= e.sent_at);
@@ -279,7 +328,14 @@ impl Timeline {
         let mut rows = Vec::new();
         let mut prev: Option<&Entry> = None;
         for e in &fresh {
-            push_rows(&mut rows, prev, e);
+            let original = |id: &str| {
+                fresh
+                    .iter()
+                    .find(|x| x.id == id)
+                    .or_else(|| self.find(id))
+                    .cloned()
+            };
+            push_rows(&mut rows, prev, e, original);
             prev = Some(e);
         }
         let mut added = rows.len();
@@ -324,11 +380,79 @@ impl Timeline {
 
     fn rebuild(&mut self) {
         self.rows.clear();
+        let by_id: HashMap<&str, &Entry> =
+            self.entries.iter().map(|e| (e.id.as_str(), e)).collect();
         let mut prev: Option<&Entry> = None;
         for e in &self.entries {
-            push_rows(&mut self.rows, prev, e);
+            push_rows(&mut self.rows, prev, e, |id| {
+                by_id.get(id).copied().cloned()
+            });
             prev = Some(e);
         }
+    }
+
+    /// A message by id.
+    pub fn find(&self, id: &str) -> Option<&Entry> {
+        if !self.ids.contains(id) {
+            return None;
+        }
+        self.entries.iter().rev().find(|e| e.id == id)
+    }
+
+    /// Applies what another message did to one of ours (reaction, edit, pin); returns whether
+    /// anything changed. The node stores the truth; this keeps the open view in step.
+    pub fn apply_op(&mut self, op: &crate::backend::MessageOp) -> bool {
+        use crate::backend::MessageOp;
+        let target = match op {
+            MessageOp::React { target, .. }
+            | MessageOp::Edit { target, .. }
+            | MessageOp::Pin { target, .. } => target,
+        };
+        if !self.ids.contains(target) {
+            return false;
+        }
+        let Some(e) = self.entries.iter_mut().rev().find(|e| &e.id == target) else {
+            return false;
+        };
+        match op {
+            MessageOp::React {
+                user, emoji, add, ..
+            } => {
+                let at = e.reactions.iter().position(|(x, _)| x == emoji);
+                match (at, *add) {
+                    (Some(i), true) => {
+                        if !e.reactions[i].1.contains(user) {
+                            e.reactions[i].1.push(user.clone());
+                        }
+                    }
+                    (None, true) => e.reactions.push((emoji.clone(), vec![user.clone()])),
+                    (Some(i), false) => {
+                        e.reactions[i].1.retain(|u| u != user);
+                        if e.reactions[i].1.is_empty() {
+                            e.reactions.remove(i);
+                        }
+                    }
+                    (None, false) => return false,
+                }
+            }
+            MessageOp::Edit { text, .. } => {
+                e.text.clone_from(text);
+                e.edited = true;
+            }
+            MessageOp::Pin { pinned, .. } => e.pinned = *pinned,
+        }
+        self.rebuild();
+        true
+    }
+
+    /// Removes an erased message; returns whether it was here.
+    pub fn remove(&mut self, id: &str) -> bool {
+        if !self.ids.remove(id) {
+            return false;
+        }
+        self.entries.retain(|e| e.id != id);
+        self.rebuild();
+        true
     }
 }
 
@@ -337,11 +461,40 @@ fn grouped(prev: &Entry, e: &Entry) -> bool {
     prev.sender == e.sender && e.sent_at.saturating_sub(prev.sent_at) <= GROUP_GAP_MS
 }
 
-fn push_rows(rows: &mut impl Extend<Row>, prev: Option<&Entry>, e: &Entry) {
+/// The quote shown above a reply: "author: first words" of `original`, or why it is missing.
+fn quote_of(original: Option<&Entry>) -> String {
+    match original {
+        Some(o) => {
+            let first: String = o
+                .text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(80)
+                .collect();
+            format!("{}: {first}", o.author)
+        }
+        None => "the original message is not here (deleted, or older than what is loaded)".into(),
+    }
+}
+
+fn push_rows(
+    rows: &mut impl Extend<Row>,
+    prev: Option<&Entry>,
+    e: &Entry,
+    original: impl FnOnce(&str) -> Option<Entry>,
+) {
     if !prev.is_some_and(|p| grouped(p, e)) {
         rows.extend(std::iter::once(Row::Header {
             author: e.author.clone(),
             time: format_time(e.sent_at),
+        }));
+    }
+    if let Some(r) = &e.reply_to {
+        rows.extend(std::iter::once(Row::Reply {
+            msg: e.id.clone(),
+            quote: quote_of(original(r).as_ref()),
         }));
     }
     for block in markdown::parse(&e.text) {
@@ -362,6 +515,27 @@ fn push_rows(rows: &mut impl Extend<Row>, prev: Option<&Entry>, e: &Entry) {
                 rows.extend(text.split('\n').map(|l| Row::Code(l.to_owned())));
             }
         }
+    }
+    if e.edited || e.pinned || !e.reactions.is_empty() {
+        rows.extend(std::iter::once(Row::Meta {
+            msg: e.id.clone(),
+            reactions: e
+                .reactions
+                .iter()
+                .map(|(emoji, users)| (emoji.clone(), users.len(), e.mine_reacted(users)))
+                .collect(),
+            edited: e.edited,
+            pinned: e.pinned,
+        }));
+    }
+}
+
+impl Entry {
+    /// Whether our user is among `users` (set through [`Entry::me`]).
+    fn mine_reacted(&self, users: &[String]) -> bool {
+        self.me
+            .as_ref()
+            .is_some_and(|me| users.iter().any(|u| u == me))
     }
 }
 
@@ -532,6 +706,9 @@ pub struct AppState {
     pub revealed: HashSet<(String, u32)>,
     /// A clicked link waiting for the user to open, copy or cancel it: its full real target.
     pub link_confirm: Option<String>,
+    /// Message actions: the selected message, a reply or edit in progress, a delete to
+    /// confirm (see [`messages`]).
+    pub messages: messages::MessageActions,
 }
 
 impl AppState {
@@ -570,6 +747,7 @@ impl AppState {
             voice: crate::voice::VoiceState::default(),
             revealed: HashSet::new(),
             link_confirm: None,
+            messages: messages::MessageActions::default(),
         }
     }
 
@@ -808,7 +986,11 @@ impl AppState {
                 let t = self.timelines.entry((guild, channel)).or_default();
                 // A first page shorter than asked for is the whole channel.
                 t.exhausted = t.entries().is_empty() && messages.len() < HISTORY_LIMIT;
-                t.extend(messages.into_iter().map(Entry::from));
+                let me = self.me.as_ref().map(|m| m.user_id.clone());
+                t.extend(messages.into_iter().map(|m| Entry {
+                    me: me.clone(),
+                    ..Entry::from(m)
+                }));
                 Vec::new()
             }
             Event::Older {
@@ -821,7 +1003,29 @@ impl AppState {
                 t.loading_older = false;
                 t.exhausted = exhausted;
                 // May set `exhausted` too, at the bound.
-                t.prepend(messages.into_iter().map(Entry::from).collect());
+                let me = self.me.as_ref().map(|m| m.user_id.clone());
+                t.prepend(
+                    messages
+                        .into_iter()
+                        .map(|m| Entry {
+                            me: me.clone(),
+                            ..Entry::from(m)
+                        })
+                        .collect(),
+                );
+                Vec::new()
+            }
+            Event::Op { guild, channel, op } => {
+                if let Some(t) = self.timelines.get_mut(&(guild, channel)) {
+                    t.apply_op(&op);
+                }
+                Vec::new()
+            }
+            Event::Erased { guild, channel, id } => {
+                if let Some(t) = self.timelines.get_mut(&(guild, channel)) {
+                    t.remove(&id);
+                }
+                self.messages.forget(&id);
                 Vec::new()
             }
             Event::Sent { local } => {
@@ -839,13 +1043,13 @@ impl AppState {
                     if *guild == m.guild && *channel == m.channel);
                 let mine = self.me.as_ref().is_some_and(|me| me.user_id == m.sender);
                 if !here && !mine {
-                    let mention = self.mentions_me(&m.text);
+                    let mention = m.mentions_me || self.mentions_me(&m.text);
                     self.mark_unread(Unread::Channel(m.guild.clone(), m.channel), mention);
                 }
                 let mut cmds = Vec::new();
                 if let Some(me) = &self.me
                     && m.sender != me.user_id
-                    && crate::settings::mentions(&m.text, &me.display_name)
+                    && (m.mentions_me || crate::settings::mentions(&m.text, &me.display_name))
                 {
                     let who = if m.nickname.is_empty() {
                         short(&m.sender)
@@ -856,10 +1060,14 @@ impl AppState {
                         .settings
                         .on_incoming(format!("{who} mentioned you"), &m.text);
                 }
+                let me = self.me.as_ref().map(|m| m.user_id.clone());
                 self.timelines
                     .entry((m.guild.clone(), m.channel))
                     .or_default()
-                    .insert(Entry::from(m));
+                    .insert(Entry {
+                        me,
+                        ..Entry::from(m)
+                    });
                 cmds
             }
             Event::DmHistory { user, messages } => {
@@ -1029,6 +1237,17 @@ impl AppState {
         if text.trim().is_empty() {
             return Vec::new();
         }
+        if let Some(cmds) = self.send_edit(&text) {
+            return cmds;
+        }
+        let chars = text.chars().count();
+        if chars > securecomm_node::guild::wire::MAX_TEXT_CHARS {
+            self.error(format!(
+                "a message is at most {} characters; this one has {chars}",
+                securecomm_node::guild::wire::MAX_TEXT_CHARS
+            ));
+            return Vec::new();
+        }
         if self.outbox.len() >= MAX_OUTBOX {
             self.error("too many messages waiting to be sent; retry or discard the failed ones");
             return Vec::new();
@@ -1038,6 +1257,7 @@ impl AppState {
             view: self.view.clone(),
             text,
             failed: None,
+            reply_to: self.messages.take_reply(&self.view),
         };
         let Some(cmd) = o.command() else {
             self.error("pick a channel first");
@@ -1124,6 +1344,7 @@ fn dm_entry(m: DmMessage, me: &str, them: &str) -> Entry {
         device: String::new(),
         seq: 0,
         delivery: None,
+        ..Default::default()
     }
 }
 
@@ -1141,6 +1362,7 @@ mod tests {
             device: "00".repeat(32),
             seq: u64::from(id),
             delivery: None,
+            ..Default::default()
         }
     }
 
@@ -1266,6 +1488,7 @@ mod tests {
                 sender_device: "ab".repeat(32),
                 seq: i + 1,
                 delivery: None,
+                ..Default::default()
             })
             .collect();
         s.apply(Event::History {
@@ -1314,6 +1537,7 @@ mod tests {
                 sender_device: String::new(),
                 seq: 1,
                 delivery: None,
+                ..Default::default()
             })
         };
         s.apply(msg(1, "bb", "on screen"));

@@ -309,6 +309,7 @@ fn a_channel_of_100k_messages_lays_out_only_visible_rows() {
             sender_device: "ab".repeat(32),
             seq: i + 1,
             delivery: None,
+            ..Default::default()
         })
         .collect();
     {

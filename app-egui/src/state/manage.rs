@@ -768,6 +768,7 @@ mod tests {
             parent,
             position,
             slow_mode_secs: 0,
+            disappearing_secs: 0,
             overwrites: Vec::new(),
             my_permissions: 0,
         }

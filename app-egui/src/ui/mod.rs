@@ -7,6 +7,7 @@
 pub mod channels;
 pub mod guild_settings;
 pub mod members;
+pub mod messages;
 pub mod settings;
 pub mod verify;
 pub mod voice;

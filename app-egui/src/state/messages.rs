@@ -1,0 +1,236 @@
+//! Acting on a message in the open channel, as on Discord: select it (click), then reply,
+//! react, edit (our own), delete (our own, or anyone's with Manage Messages) or pin (Manage
+//! Messages). Deleting asks first and says plainly what deletion can and cannot do.
+//!
+//! The node decides and stores; the state only turns clicks into [`Command`]s and keeps the
+//! selection, the reply or edit in progress and the delete to confirm.
+
+use super::{AppState, View};
+use crate::backend::Command;
+
+/// Reactions offered in one click.
+pub const QUICK_REACTIONS: [&str; 5] = ["👍", "❤️", "😂", "🎉", "👀"];
+
+/// What the user is doing with messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageActions {
+    /// The selected message (id) in the open channel.
+    pub selected: Option<String>,
+    /// Replying to this message: (channel view, id, "author: first words").
+    pub replying: Option<(View, String, String)>,
+    /// Editing this message of ours: (channel view, id).
+    pub editing: Option<(View, String)>,
+    /// Asked to delete this message: (channel view, id); waits for "Delete" or "Cancel".
+    pub confirm_delete: Option<(View, String)>,
+}
+
+impl MessageActions {
+    /// The reply to attach to a message sent in `view`, consumed.
+    pub fn take_reply(&mut self, view: &View) -> Option<String> {
+        match self.replying.take() {
+            Some((v, id, _)) if &v == view => Some(id),
+            other => {
+                self.replying = other;
+                None
+            }
+        }
+    }
+
+    /// Forgets a message that is gone.
+    pub fn forget(&mut self, id: &str) {
+        if self.selected.as_deref() == Some(id) {
+            self.selected = None;
+        }
+        if self.replying.as_ref().is_some_and(|(_, r, _)| r == id) {
+            self.replying = None;
+        }
+        if self.editing.as_ref().is_some_and(|(_, r)| r == id) {
+            self.editing = None;
+        }
+        if self.confirm_delete.as_ref().is_some_and(|(_, r)| r == id) {
+            self.confirm_delete = None;
+        }
+    }
+}
+
+impl AppState {
+    fn channel_of_view(&self) -> Option<(String, u64)> {
+        match &self.view {
+            View::Channel { guild, channel } => Some((guild.clone(), *channel)),
+            _ => None,
+        }
+    }
+
+    fn selected_entry(&self) -> Option<&super::Entry> {
+        let id = self.messages.selected.as_deref()?;
+        self.current_timeline()?.find(id)
+    }
+
+    /// Whether we may manage others' messages in the open channel.
+    pub fn may_manage_messages(&self) -> bool {
+        let Some((guild, channel)) = self.channel_of_view() else {
+            return false;
+        };
+        self.channels
+            .get(&guild)
+            .and_then(|cs| cs.iter().find(|c| c.id == channel))
+            .is_some_and(|c| {
+                c.my_permissions
+                    .iter()
+                    .any(|p| p == "MANAGE_MESSAGES" || p == "ADMINISTRATOR")
+            })
+    }
+
+    /// Whether the selected message is ours.
+    pub fn selected_is_mine(&self) -> bool {
+        let me = self.me.as_ref().map(|m| m.user_id.as_str());
+        self.selected_entry()
+            .is_some_and(|e| Some(e.sender.as_str()) == me)
+    }
+
+    /// A click on a message's line: selects it (again: unselects). Channels only; DMs have no
+    /// message actions yet.
+    pub fn on_select_message(&mut self, id: &str) {
+        if !matches!(self.view, View::Channel { .. }) || id.starts_with("outbox ") {
+            return;
+        }
+        if self.messages.selected.as_deref() == Some(id) {
+            self.messages.selected = None;
+        } else {
+            self.messages.selected = Some(id.to_owned());
+        }
+    }
+
+    /// "Reply": the next message sent here answers the selected one.
+    pub fn on_reply(&mut self) {
+        let Some(e) = self.selected_entry() else {
+            return;
+        };
+        let first: String = e
+            .text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(80)
+            .collect();
+        let quote = format!("{}: {first}", e.author);
+        let id = e.id.clone();
+        self.messages.editing = None;
+        self.messages.replying = Some((self.view.clone(), id, quote));
+        self.messages.selected = None;
+    }
+
+    /// A reaction button on the selected message (or a reaction chip under any message):
+    /// adds ours, or removes it if we had reacted with that emoji.
+    pub fn on_react(&mut self, id: &str, emoji: &str) -> Vec<Command> {
+        let Some((guild, channel)) = self.channel_of_view() else {
+            return Vec::new();
+        };
+        let me = self.me.as_ref().map(|m| m.user_id.clone());
+        let had = self
+            .current_timeline()
+            .and_then(|t| t.find(id))
+            .is_some_and(|e| {
+                e.reactions
+                    .iter()
+                    .any(|(x, users)| x == emoji && me.as_ref().is_some_and(|m| users.contains(m)))
+            });
+        vec![Command::React {
+            guild,
+            channel,
+            msg: id.to_owned(),
+            emoji: emoji.to_owned(),
+            add: !had,
+        }]
+    }
+
+    /// "Edit" on our selected message: the composer takes its text; Enter saves.
+    pub fn on_edit(&mut self) {
+        if !self.selected_is_mine() {
+            self.error("you can only edit your own messages");
+            return;
+        }
+        let Some(e) = self.selected_entry() else {
+            return;
+        };
+        let (id, text) = (e.id.clone(), e.text.clone());
+        self.messages.replying = None;
+        self.messages.editing = Some((self.view.clone(), id));
+        self.composer = text;
+        self.messages.selected = None;
+    }
+
+    /// Leaves a reply or an edit without sending (an edit gives the composer back empty).
+    pub fn on_cancel_compose(&mut self) {
+        if self.messages.editing.take().is_some() {
+            self.composer.clear();
+        }
+        self.messages.replying = None;
+    }
+
+    /// Sends the composer as an edit, if an edit is in progress here.
+    pub(super) fn send_edit(&mut self, text: &str) -> Option<Vec<Command>> {
+        let (view, id) = self.messages.editing.clone()?;
+        if view != self.view {
+            return None;
+        }
+        let (guild, channel) = self.channel_of_view()?;
+        self.messages.editing = None;
+        self.composer.clear();
+        Some(vec![Command::Edit {
+            guild,
+            channel,
+            msg: id,
+            text: text.to_owned(),
+        }])
+    }
+
+    /// "Delete": asks first.
+    pub fn on_delete(&mut self) {
+        if !self.selected_is_mine() && !self.may_manage_messages() {
+            self.error("you may delete only your own messages here");
+            return;
+        }
+        if let Some(id) = self.messages.selected.take() {
+            self.messages.confirm_delete = Some((self.view.clone(), id));
+        }
+    }
+
+    /// The delete confirmation's answer.
+    pub fn on_confirm_delete(&mut self, yes: bool) -> Vec<Command> {
+        let Some((view, id)) = self.messages.confirm_delete.take() else {
+            return Vec::new();
+        };
+        let View::Channel { guild, channel } = view else {
+            return Vec::new();
+        };
+        if !yes {
+            return Vec::new();
+        }
+        self.messages.selected = None;
+        vec![Command::Delete {
+            guild,
+            channel,
+            msg: id,
+        }]
+    }
+
+    /// "Pin" / "Unpin" on the selected message.
+    pub fn on_pin(&mut self) -> Vec<Command> {
+        let Some((guild, channel)) = self.channel_of_view() else {
+            return Vec::new();
+        };
+        let Some(e) = self.selected_entry() else {
+            return Vec::new();
+        };
+        let (id, pinned) = (e.id.clone(), !e.pinned);
+        self.messages.selected = None;
+        vec![Command::Pin {
+            guild,
+            channel,
+            msg: id,
+            pinned,
+        }]
+    }
+}

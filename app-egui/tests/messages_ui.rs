@@ -1,0 +1,133 @@
+//! Issue 10 in the app: reply, react, edit and delete by clicking through the real window
+//! (egui_kittest on the accessibility tree) against a real node, asserting on the app state
+//! the node's events produced.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use egui::Key;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use securecomm_app::App;
+use securecomm_app::state::{AppState, Row, View};
+
+fn harness(dir: &Path) -> Harness<'static, App> {
+    harness_sized(dir, 1200.0, 800.0)
+}
+
+fn open_channel(h: &mut Harness<'_, App>, guild: &str, channel: &str) {
+    type_into(h, "Guild name", guild);
+    h.get_by_label("Create guild").click();
+    wait_for(h, "the guild", |s| s.guild.is_some());
+    type_into(h, "Channel name", channel);
+    h.get_by_label("Create channel").click();
+    wait_for(h, "the channel to open", |s| {
+        matches!(&s.view, View::Channel { guild, channel: c }
+            if s.channels.get(guild).is_some_and(|cs| cs.iter().any(|x| x.id == *c && x.name == channel)))
+    });
+}
+
+fn send(h: &mut Harness<'_, App>, text: &str) {
+    type_into(h, "Message", text);
+    h.key_press(Key::Enter);
+    wait_for(h, &format!("{text:?} stored"), |s| {
+        s.outbox.is_empty() && entry(s, text).is_some()
+    });
+}
+
+fn entry<'a>(s: &'a AppState, text: &str) -> Option<&'a securecomm_app::state::Entry> {
+    s.current_timeline()?
+        .entries()
+        .iter()
+        .find(|e| e.text == text)
+}
+
+fn select(h: &mut Harness<'_, App>, first_words: &str) {
+    click(h, &format!("Select message: {first_words}"));
+    assert!(h.state().state.messages.selected.is_some(), "selected");
+}
+
+#[test]
+fn reply_react_edit_and_delete_by_clicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    create_identity(&mut h, "Dana", "pass phrase");
+    open_channel(&mut h, "Readers", "books");
+    send(&mut h, "who has read Dune?");
+    let first = entry(&h.state().state, "who has read Dune?")
+        .unwrap()
+        .id
+        .clone();
+
+    // Reply: select, "Reply", type, Enter: the reply carries the id and shows the quote.
+    select(&mut h, "who has read Dune?");
+    click(&mut h, "Reply");
+    assert!(
+        h.query_by_label_contains("Replying to Dana: who has read Dune?")
+            .is_some()
+    );
+    send(&mut h, "me, twice");
+    let s = &h.state().state;
+    assert_eq!(
+        entry(s, "me, twice").unwrap().reply_to.as_deref(),
+        Some(first.as_str())
+    );
+    assert!(s.messages.replying.is_none(), "the reply was used up");
+    assert!(
+        s.current_timeline()
+            .unwrap()
+            .rows()
+            .iter()
+            .any(|r| matches!(r, Row::Reply { quote, .. } if quote == "Dana: who has read Dune?"))
+    );
+
+    // React: a quick reaction on the selected message, then the chip under it takes it back.
+    select(&mut h, "who has read Dune?");
+    click(&mut h, "👍");
+    wait_for(&mut h, "the reaction", |s| {
+        entry(s, "who has read Dune?").is_some_and(|e| {
+            e.reactions.len() == 1 && e.reactions[0].0 == "👍" && e.reactions[0].1.len() == 1
+        })
+    });
+    settle(&mut h);
+    click(&mut h, "👍 1");
+    wait_for(&mut h, "the reaction removed", |s| {
+        entry(s, "who has read Dune?").is_some_and(|e| e.reactions.is_empty())
+    });
+
+    // Edit our reply: the composer takes its text; Enter saves; the entry is marked edited.
+    select(&mut h, "me, twice");
+    click(&mut h, "Edit");
+    assert_eq!(h.state().state.composer, "me, twice");
+    h.state_mut().state.composer.clear();
+    type_into(&mut h, "Message", "me, three times");
+    h.key_press(Key::Enter);
+    wait_for(&mut h, "the edit", |s| {
+        entry(s, "me, three times").is_some_and(|e| e.edited) && entry(s, "me, twice").is_none()
+    });
+    settle(&mut h);
+    assert!(h.query_by_label_contains("(edited)").is_some());
+
+    // Delete: asks first, says what deletion cannot reach, then the message is gone.
+    select(&mut h, "who has read Dune?");
+    click(&mut h, "Delete");
+    assert!(h.query_by_label_contains("may have kept a copy").is_some());
+    click(&mut h, "Cancel");
+    assert!(
+        entry(&h.state().state, "who has read Dune?").is_some(),
+        "cancel keeps it"
+    );
+    select(&mut h, "who has read Dune?");
+    click(&mut h, "Delete");
+    click(&mut h, "Delete");
+    wait_for(&mut h, "the message erased", |s| {
+        entry(s, "who has read Dune?").is_none()
+    });
+    // The reply stays, now quoting a message that is gone.
+    let s = &h.state().state;
+    assert!(entry(s, "me, three times").is_some());
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+}
