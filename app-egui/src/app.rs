@@ -460,21 +460,30 @@ fn composer_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
         View::Dm { user } => format!("Message {}", s.name_of(user)),
     };
     ui.add_space(4.0);
+    if let Some(t) = s.typing_line() {
+        ui.label(egui::RichText::new(t).small().weak());
+        ui.ctx()
+            .request_repaint_after(std::time::Duration::from_secs(1));
+    }
     crate::ui::messages::action_bar_ui(ui, s, cmds);
     ui.horizontal(|ui| {
         let l = ui.label("Message");
-        ui.add(
-            egui::TextEdit::multiline(&mut s.composer)
-                .id(id)
-                .return_key(egui::KeyboardShortcut::new(
-                    egui::Modifiers::SHIFT,
-                    Key::Enter,
-                ))
-                .hint_text(hint)
-                .desired_rows(2)
-                .desired_width(f32::INFINITY),
-        )
-        .labelled_by(l.id);
+        let edit = ui
+            .add(
+                egui::TextEdit::multiline(&mut s.composer)
+                    .id(id)
+                    .return_key(egui::KeyboardShortcut::new(
+                        egui::Modifiers::SHIFT,
+                        Key::Enter,
+                    ))
+                    .hint_text(hint)
+                    .desired_rows(2)
+                    .desired_width(f32::INFINITY),
+            )
+            .labelled_by(l.id);
+        if edit.changed() {
+            cmds.extend(s.on_composer_changed());
+        }
     });
     if send {
         cmds.extend(s.on_send());
@@ -675,12 +684,13 @@ fn line_ui(
         egui::vec2(ui.available_width(), row_height),
         egui::Sense::click(),
     );
-    let first_words: String = spans.iter().flat_map(|s| s.text.chars()).take(40).collect();
+    // Named by the message's id, not its text: the text is read from the line itself, and a
+    // label must not carry a spoiler's hidden words.
     row.widget_info(|| {
         egui::WidgetInfo::labeled(
             egui::WidgetType::Button,
             true,
-            format!("Select message: {first_words}"),
+            format!("Select message {}", msg.get(..8).unwrap_or(msg)),
         )
     });
     if row.clicked() {

@@ -170,6 +170,13 @@ pub enum Command {
         /// Message id (hex).
         msg: String,
     },
+    /// Tell connected members we are typing in a channel (the node throttles).
+    Typing {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+    },
     /// Pin or unpin a message.
     Pin {
         /// Guild id (hex).
@@ -441,6 +448,17 @@ pub enum Event {
         channel: u64,
         /// What it did.
         op: MessageOp,
+    },
+    /// A member is typing in a channel.
+    Typing {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Who (hex).
+        user: String,
+        /// Their nickname.
+        nickname: String,
     },
     /// A message was erased (deleted, or its timer ran out).
     Erased {
@@ -946,6 +964,20 @@ async fn forward_events(g: GuildService, emit: Emitter) {
             }
             // Notifications come from `Message` (its `mentions_me`).
             GuildEvent::Mention(_) => {}
+            GuildEvent::Typing {
+                guild,
+                channel,
+                user,
+                nickname,
+            } => {
+                emit.emit(Event::Typing {
+                    guild,
+                    channel,
+                    user,
+                    nickname,
+                })
+                .await;
+            }
             GuildEvent::Changed { guild } => {
                 refresh_guild_list(&g, &emit).await;
                 load_guild(&g, &guild, &emit).await;
@@ -1212,6 +1244,11 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
                 msg,
             } => g
                 .delete(&guild, &channel.to_string(), &msg)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Command::Typing { guild, channel } => g
+                .typing(&guild, &channel.to_string())
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),

@@ -48,6 +48,8 @@ pub struct Prefs {
     pub dark: bool,
     /// Desktop notifications for mentions and DMs.
     pub notifications: bool,
+    /// Send typing indicators and show others' (off: neither, as Signal does).
+    pub typing_indicators: bool,
     /// Audio devices and push-to-talk.
     pub voice: crate::voice::VoicePrefs,
 }
@@ -57,6 +59,7 @@ impl Default for Prefs {
         Self {
             dark: true,
             notifications: true,
+            typing_indicators: true,
             voice: crate::voice::VoicePrefs::default(),
         }
     }
@@ -679,6 +682,7 @@ mod tests {
         let p = Prefs {
             dark: false,
             notifications: false,
+            typing_indicators: false,
             voice: crate::voice::VoicePrefs {
                 mode: crate::voice::InputMode::PushToTalk,
                 ..crate::voice::VoicePrefs::default()

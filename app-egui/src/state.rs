@@ -1021,6 +1021,20 @@ impl AppState {
                 }
                 Vec::new()
             }
+            Event::Typing {
+                guild,
+                channel,
+                user,
+                nickname,
+            } => {
+                let name = if nickname.is_empty() {
+                    self.name_of(&user)
+                } else {
+                    nickname
+                };
+                self.on_typing(guild, channel, user, name);
+                Vec::new()
+            }
             Event::Erased { guild, channel, id } => {
                 if let Some(t) = self.timelines.get_mut(&(guild, channel)) {
                     t.remove(&id);
@@ -1059,6 +1073,9 @@ impl AppState {
                     cmds = self
                         .settings
                         .on_incoming(format!("{who} mentioned you"), &m.text);
+                }
+                if let Some(list) = self.messages.typing.get_mut(&(m.guild.clone(), m.channel)) {
+                    list.retain(|(u, _, _)| *u != m.sender);
                 }
                 let me = self.me.as_ref().map(|m| m.user_id.clone());
                 self.timelines

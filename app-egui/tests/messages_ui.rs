@@ -45,9 +45,18 @@ fn entry<'a>(s: &'a AppState, text: &str) -> Option<&'a securecomm_app::state::E
         .find(|e| e.text == text)
 }
 
-fn select(h: &mut Harness<'_, App>, first_words: &str) {
-    click(h, &format!("Select message: {first_words}"));
-    assert!(h.state().state.messages.selected.is_some(), "selected");
+/// Clicks the first row of the message with `text` (rows are named by message id).
+fn select(h: &mut Harness<'_, App>, text: &str) {
+    let id = entry(&h.state().state, text).unwrap().id.clone();
+    let label = format!("Select message {}", &id[..8]);
+    let rows = h.query_all_by_label(&label).count();
+    assert!(rows >= 1, "{label}");
+    h.query_all_by_label(&label).next().unwrap().click();
+    settle(h);
+    assert_eq!(
+        h.state().state.messages.selected.as_deref(),
+        Some(id.as_str())
+    );
 }
 
 #[test]

@@ -221,6 +221,13 @@ pub fn guild_event_json(e: &GuildEvent) -> Value {
             "nickname": m.nickname,
             "thread": m.thread,
         }),
+        GuildEvent::Typing {
+            guild,
+            channel,
+            user,
+            nickname,
+        } => json!({"event": "typing", "guild": guild, "channel": channel, "user": user,
+                    "nickname": nickname}),
         GuildEvent::Erased { guild, channel, id } => {
             json!({"event": "erased", "guild": guild, "channel": channel, "id": id})
         }

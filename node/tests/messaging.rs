@@ -246,17 +246,25 @@ fn replies_threads_reactions_pins_and_mentions_reach_every_member() {
     // The streams are live from the moment they open: settle, then mention.
     std::thread::sleep(Duration::from_millis(500));
     let text = format!("<@{ben_id}> you said twice?");
+    // Typing: ann's notice reaches ben and cat (once: the node throttles repeats).
+    let t = a.cli(&["typing", &gid, "general"]);
+    assert_eq!(t["sent_to"], 2, "{t}");
+    assert_eq!(a.cli(&["typing", &gid, "general"])["throttled"], true);
     a.send(&gid, "general", &text);
     c.send(&gid, "general", "@everyone book club tonight");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = [0usize; 3];
     let mut delivered = [0usize; 3];
+    let mut typing = [0usize; 3];
     while Instant::now() < deadline && delivered.iter().any(|&d| d < 2) {
         for (i, ev) in events.iter_mut().enumerate() {
             while let Ok(line) = ev.1.recv_timeout(Duration::from_millis(100)) {
                 let v: Value = serde_json::from_str(&line).unwrap();
                 if v["event"] == "mention" {
                     seen[i] += 1;
+                }
+                if v["event"] == "typing" && v["nickname"] == "ann" {
+                    typing[i] += 1;
                 }
                 if v["event"] == "message"
                     && (v["text"] == text.as_str() || v["text"] == "@everyone book club tonight")
@@ -279,6 +287,7 @@ fn replies_threads_reactions_pins_and_mentions_reach_every_member() {
         }
     }
     assert_eq!(seen, [1, 2, 0], "mention events at ann, ben, cat");
+    assert_eq!(typing, [0, 1, 1], "typing events at ann, ben, cat");
     let m = b.cli(&["mentions", &gid]);
     assert_eq!(m[0]["unread_mentions"], 2, "{m}");
     b.cli(&["read", &gid, "general"]);

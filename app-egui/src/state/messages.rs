@@ -5,11 +5,23 @@
 //! The node decides and stores; the state only turns clicks into [`Command`]s and keeps the
 //! selection, the reply or edit in progress and the delete to confirm.
 
+use std::time::{Duration, Instant};
+
 use super::{AppState, View};
 use crate::backend::Command;
 
+/// How long "X is typing" stays up after a notice.
+pub const TYPING_SHOWN: Duration = Duration::from_secs(8);
+/// Typing notices sent at most this often per channel.
+pub const TYPING_EVERY: Duration = Duration::from_secs(4);
+/// Typists remembered per channel.
+const MAX_TYPISTS: usize = 16;
+
 /// Reactions offered in one click.
 pub const QUICK_REACTIONS: [&str; 5] = ["👍", "❤️", "😂", "🎉", "👀"];
+
+/// Who is typing in one channel: (user, name, when the notice came).
+pub type Typists = Vec<(String, String, Instant)>;
 
 /// What the user is doing with messages.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,6 +34,10 @@ pub struct MessageActions {
     pub editing: Option<(View, String)>,
     /// Asked to delete this message: (channel view, id); waits for "Delete" or "Cancel".
     pub confirm_delete: Option<(View, String)>,
+    /// Who is typing where: (guild, channel) -> (user, name, when the notice came).
+    pub typing: std::collections::HashMap<(String, u64), Typists>,
+    /// When we last told a channel we were typing.
+    pub typing_sent: Option<(View, Instant)>,
 }
 
 impl MessageActions {
@@ -54,6 +70,61 @@ impl MessageActions {
 }
 
 impl AppState {
+    /// The composer's text changed: tell the channel we are typing (throttled; not when the
+    /// user turned typing indicators off, or the composer is empty).
+    pub fn on_composer_changed(&mut self) -> Vec<Command> {
+        if !self.settings.prefs.typing_indicators || self.composer.trim().is_empty() {
+            return Vec::new();
+        }
+        let Some((guild, channel)) = self.channel_of_view() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        if self
+            .messages
+            .typing_sent
+            .as_ref()
+            .is_some_and(|(v, at)| *v == self.view && now.duration_since(*at) < TYPING_EVERY)
+        {
+            return Vec::new();
+        }
+        self.messages.typing_sent = Some((self.view.clone(), now));
+        vec![Command::Typing { guild, channel }]
+    }
+
+    /// A member's typing notice.
+    pub fn on_typing(&mut self, guild: String, channel: u64, user: String, name: String) {
+        if !self.settings.prefs.typing_indicators {
+            return;
+        }
+        let now = Instant::now();
+        let list = self.messages.typing.entry((guild, channel)).or_default();
+        list.retain(|(u, _, at)| *u != user && now.duration_since(*at) < TYPING_SHOWN);
+        if list.len() < MAX_TYPISTS {
+            list.push((user, name, now));
+        }
+    }
+
+    /// "Ann is typing…" for the open channel, if anyone is.
+    pub fn typing_line(&self) -> Option<String> {
+        let (guild, channel) = self.channel_of_view()?;
+        let now = Instant::now();
+        let names: Vec<&str> = self
+            .messages
+            .typing
+            .get(&(guild, channel))?
+            .iter()
+            .filter(|(_, _, at)| now.duration_since(*at) < TYPING_SHOWN)
+            .map(|(_, n, _)| n.as_str())
+            .collect();
+        match names.as_slice() {
+            [] => None,
+            [one] => Some(format!("{one} is typing…")),
+            [a, b] => Some(format!("{a} and {b} are typing…")),
+            _ => Some("Several people are typing…".to_owned()),
+        }
+    }
+
     fn channel_of_view(&self) -> Option<(String, u64)> {
         match &self.view {
             View::Channel { guild, channel } => Some((guild.clone(), *channel)),
@@ -232,5 +303,72 @@ impl AppState {
             msg: id,
             pinned,
         }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_channel() -> AppState {
+        let mut s = AppState::new("/tmp/x".into(), true);
+        s.view = View::Channel {
+            guild: "g".into(),
+            channel: 1,
+        };
+        s
+    }
+
+    #[test]
+    fn typing_is_throttled_shown_for_a_while_and_can_be_turned_off() {
+        let mut s = in_channel();
+        assert!(s.on_composer_changed().is_empty(), "nothing typed yet");
+        s.composer = "h".into();
+        assert!(matches!(
+            s.on_composer_changed().as_slice(),
+            [Command::Typing { channel: 1, .. }]
+        ));
+        s.composer = "hi".into();
+        assert!(
+            s.on_composer_changed().is_empty(),
+            "once per {TYPING_EVERY:?}"
+        );
+
+        assert_eq!(s.typing_line(), None);
+        s.on_typing("g".into(), 1, "aa".into(), "Ann".into());
+        s.on_typing("g".into(), 1, "aa".into(), "Ann".into());
+        assert_eq!(s.typing_line().as_deref(), Some("Ann is typing…"));
+        s.on_typing("g".into(), 1, "bb".into(), "Ben".into());
+        assert_eq!(s.typing_line().as_deref(), Some("Ann and Ben are typing…"));
+        s.on_typing("g".into(), 2, "cc".into(), "Cat".into());
+        assert_eq!(
+            s.typing_line().as_deref(),
+            Some("Ann and Ben are typing…"),
+            "per channel"
+        );
+
+        // Off: nothing sent, nothing shown.
+        let mut s = in_channel();
+        s.settings.prefs.typing_indicators = false;
+        s.composer = "h".into();
+        assert!(s.on_composer_changed().is_empty());
+        s.on_typing("g".into(), 1, "aa".into(), "Ann".into());
+        assert_eq!(s.typing_line(), None);
+    }
+
+    #[test]
+    fn a_reply_is_used_once_and_only_in_its_channel() {
+        let mut s = in_channel();
+        s.messages.replying = Some((s.view.clone(), "m1".into(), "Ann: hi".into()));
+        let other = View::Channel {
+            guild: "g".into(),
+            channel: 2,
+        };
+        assert_eq!(s.messages.take_reply(&other), None);
+        assert_eq!(
+            s.messages.take_reply(&s.view.clone()).as_deref(),
+            Some("m1")
+        );
+        assert_eq!(s.messages.take_reply(&s.view.clone()), None);
     }
 }

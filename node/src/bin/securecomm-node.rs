@@ -227,6 +227,14 @@ enum Command {
         /// Guild name or id.
         guild: String,
     },
+    /// Tell the members connected now that you are typing in a channel (running node; at
+    /// most once every 4 seconds per channel).
+    Typing {
+        /// Guild name or id.
+        guild: String,
+        /// Channel name or id.
+        channel: String,
+    },
     /// Mark a channel read on this device (running node).
     Read {
         /// Guild name or id.
@@ -894,6 +902,15 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Some(Command::Mentions { guild }) => {
             remote(&dir, json, "mentions", json!({"guild": guild})).await?
+        }
+        Some(Command::Typing { guild, channel }) => {
+            remote(
+                &dir,
+                json,
+                "typing",
+                json!({"guild": guild, "channel": channel}),
+            )
+            .await?
         }
         Some(Command::Read { guild, channel }) => {
             remote(

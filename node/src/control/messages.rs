@@ -4,7 +4,7 @@
 //! {guild, channel, msg, unpin?}`, `pins {guild, channel}`, `edits {guild, channel, msg}`,
 //! `thread-create {guild, channel, name, from?}`, `thread-update {guild, channel, thread,
 //! name?, archived?}`, `thread-list {guild, channel}`, `thread-history {guild, channel, thread,
-//! limit?}`, `mentions {guild}`, `mark-read {guild, channel}`.
+//! limit?}`, `mentions {guild}`, `mark-read {guild, channel}`, `typing {guild, channel}`.
 
 use serde_json::Value;
 
@@ -26,7 +26,8 @@ pub(super) async fn handle(
     cmd: &str,
     a: &Value,
 ) -> Option<Result<Value, String>> {
-    const CMDS: [&str; 12] = [
+    const CMDS: [&str; 13] = [
+        "typing",
         "post",
         "react",
         "edit",
@@ -111,6 +112,7 @@ pub(super) async fn handle(
             (Err(e), _) | (_, Err(e)) => return Some(Err(e)),
         },
         "mark-read" => g.mark_read(guild, channel),
+        "typing" => g.typing(guild, channel).await,
         _ => return None,
     };
     Some(r.map_err(|e| e.to_string()))

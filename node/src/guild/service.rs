@@ -60,6 +60,17 @@ pub enum GuildEvent {
     /// A stored message mentions this member (sent after the `Message` event of the same
     /// message): what desktop notifications are raised for.
     Mention(StoredMessage),
+    /// A member is typing in a channel (shown for a few seconds; see `messages`).
+    Typing {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Who (hex root key).
+        user: String,
+        /// Their nickname in the guild.
+        nickname: String,
+    },
     /// Messages were erased (deleted, or their timer ran out).
     Erased {
         /// Guild id (hex).
@@ -151,6 +162,9 @@ struct Inner {
     recent_sends: Mutex<std::collections::VecDeque<(GuildId, u64, tokio::time::Instant)>>,
     /// When each (guild, member) was last nudged.
     nudged: Mutex<HashMap<(GuildId, PeerId), tokio::time::Instant>>,
+    /// Typing notices: when we last sent one per (guild, channel), and when each peer's last
+    /// one was shown (both bounded, see `messages`).
+    typing: Mutex<messages::TypingState>,
 }
 
 /// How often the node picks up mail and deposits for offline members.
@@ -252,12 +266,12 @@ const MAX_LOST_PEERS: usize = 4096;
 /// The larger peer id of a pair dials through a relay too once its backoff reaches this.
 const RELAY_DIAL_FALLBACK: Duration = Duration::from_secs(8);
 
-fn peer_of(device: &DevicePublicKey) -> Option<PeerId> {
+pub(crate) fn peer_of(device: &DevicePublicKey) -> Option<PeerId> {
     let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(device.as_bytes()).ok()?;
     Some(libp2p::identity::PublicKey::from(pk).to_peer_id())
 }
 
-fn device_of(peer: &PeerId) -> Option<DevicePublicKey> {
+pub(crate) fn device_of(peer: &PeerId) -> Option<DevicePublicKey> {
     author_of(peer).and_then(|a| DevicePublicKey::from_bytes(&a.0).ok())
 }
 
@@ -329,6 +343,7 @@ impl GuildService {
                 lost: Mutex::new(HashSet::new()),
                 recent_sends: Mutex::new(std::collections::VecDeque::new()),
                 nudged: Mutex::new(HashMap::new()),
+                typing: Mutex::new(messages::TypingState::default()),
             }),
         };
         svc.with_engine(|e, db| e.load_all(db.conn()))??;
@@ -2488,6 +2503,16 @@ async fn run_net_events(svc: GuildService, mut events: EventStream) {
             Event::DirectRequest { peer, id, data } if data.first() == Some(&HISTORY_VERSION) => {
                 let resp = svc.answer_history(peer, &data).to_bytes();
                 let _ = svc.inner.net.respond(id, resp).await;
+            }
+            Event::DirectRequest { peer, id, data }
+                if data.first() == Some(&messages::TYPING_VERSION) =>
+            {
+                svc.on_typing(peer, &data);
+                let _ = svc
+                    .inner
+                    .net
+                    .respond(id, vec![messages::TYPING_VERSION])
+                    .await;
             }
             Event::DirectRequest { peer, id, data } if data.first() == Some(&DM_VERSION) => {
                 let s = svc.clone();

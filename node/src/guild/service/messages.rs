@@ -2,6 +2,11 @@
 //! deletes, pins, disappearing timers, mentions and read state. The rules live in
 //! [`crate::guild::content`]; this file resolves names and ids, sends, and lists.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use securecomm_crdt::perms::Permissions;
 use serde_json::{Value, json};
 
 use super::GuildService;
@@ -21,6 +26,44 @@ pub struct PostOptions {
     /// Disappearing timer in seconds (the channel's and the guild's defaults still apply: the
     /// shortest non-zero one wins).
     pub ttl_secs: Option<u32>,
+}
+
+/// First byte of a typing notice on the direct protocol. A notice is `[TYPING_VERSION] ||
+/// guild id (32) || channel (u64, big-endian)`: it travels only inside the libp2p connection's
+/// Noise channel to members' devices (a relay on the path sees ciphertext), and the connection
+/// itself says who sends it, so it needs no signature. The answer is one byte.
+pub const TYPING_VERSION: u8 = 0x54;
+/// At most one notice per channel this often (the app shows one for [`TYPING_SHOWN`]).
+pub const TYPING_EVERY: Duration = Duration::from_secs(4);
+/// How long a notice is shown (the app's business; here for reference).
+pub const TYPING_SHOWN: Duration = Duration::from_secs(8);
+/// Most member devices a notice goes to (large guilds show typing only among those connected).
+pub const MAX_TYPING_PEERS: usize = 64;
+/// Entries kept in each of the typing maps before they are cleared.
+const MAX_TYPING_ENTRIES: usize = 1024;
+
+/// Typing notices sent and received, by when.
+#[derive(Default)]
+pub(crate) struct TypingState {
+    sent: HashMap<(GuildId, u64), Instant>,
+    seen: HashMap<(PeerId, GuildId, u64), Instant>,
+}
+
+fn typing_notice(gid: &GuildId, channel: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(41);
+    v.push(TYPING_VERSION);
+    v.extend_from_slice(&gid.0);
+    v.extend_from_slice(&channel.to_be_bytes());
+    v
+}
+
+fn parse_typing(data: &[u8]) -> Option<(GuildId, u64)> {
+    if data.len() != 41 || data[0] != TYPING_VERSION {
+        return None;
+    }
+    let gid = <[u8; 32]>::try_from(&data[1..33]).ok()?;
+    let ch = <[u8; 8]>::try_from(&data[33..41]).ok()?;
+    Some((GuildId(gid), u64::from_be_bytes(ch)))
 }
 
 /// Longest disappearing timer: 4 weeks, as Signal's longest preset.
@@ -381,6 +424,112 @@ impl GuildService {
         }
     }
 
+    /// `typing GUILD CHANNEL`: tells the connected member devices who may view the channel
+    /// that we are typing (at most once per [`TYPING_EVERY`] per channel; later calls within
+    /// that time do nothing). Returns how many devices were told.
+    pub async fn typing(&self, guild: &str, channel: &str) -> Result<Value, GuildError> {
+        let gid = self.resolve(guild)?;
+        let connected: std::collections::HashSet<PeerId> = self
+            .inner
+            .net
+            .peers()
+            .await
+            .map(|v| v.into_iter().map(|p| p.peer).collect())
+            .unwrap_or_default();
+        let (ch, peers) = self.with_engine(|e, _| {
+            let me = e.keys.me;
+            let g = e.guild_mut(&gid)?;
+            let view = g.crdt.view();
+            let ch = resolve_channel(view, channel)?;
+            let peers: Vec<PeerId> = view
+                .members()
+                .iter()
+                .filter(|(u, _)| {
+                    view.channel_permissions(u, &ch)
+                        .contains(Permissions::VIEW_CHANNEL)
+                })
+                .flat_map(|(_, m)| m.devices.iter().copied())
+                .filter(|d| *d != me)
+                .filter_map(|d| super::peer_of(&d))
+                .filter(|p| connected.contains(p))
+                .take(MAX_TYPING_PEERS)
+                .collect();
+            Ok::<_, GuildError>((ch, peers))
+        })??;
+        {
+            let mut t = self.inner.typing.lock().map_err(|_| GuildError::Poisoned)?;
+            let now = Instant::now();
+            if t.sent
+                .get(&(gid, ch.0))
+                .is_some_and(|at| now.duration_since(*at) < TYPING_EVERY)
+            {
+                return Ok(json!({"sent_to": 0, "throttled": true}));
+            }
+            if t.sent.len() >= MAX_TYPING_ENTRIES {
+                t.sent.clear();
+            }
+            t.sent.insert((gid, ch.0), now);
+        }
+        let notice = typing_notice(&gid, ch.0);
+        let n = peers.len();
+        for p in peers {
+            let (net, notice) = (self.inner.net.clone(), notice.clone());
+            self.spawn(async move {
+                let _ = net.request(p, notice).await;
+            });
+        }
+        Ok(json!({"sent_to": n, "throttled": false}))
+    }
+
+    /// A typing notice from `peer`: shown if it is a member device that may view the channel,
+    /// at most once per [`TYPING_EVERY`] per peer and channel.
+    pub(crate) fn on_typing(&self, peer: PeerId, data: &[u8]) {
+        let Some((gid, channel)) = parse_typing(data) else {
+            return;
+        };
+        let Some(device) = super::device_of(&peer) else {
+            return;
+        };
+        if let Ok(mut t) = self.inner.typing.lock() {
+            let now = Instant::now();
+            let key = (peer, gid, channel);
+            if t.seen
+                .get(&key)
+                .is_some_and(|at| now.duration_since(*at) < TYPING_EVERY / 2)
+            {
+                return;
+            }
+            if t.seen.len() >= MAX_TYPING_ENTRIES {
+                t.seen.clear();
+            }
+            t.seen.insert(key, now);
+        }
+        let who = self.with_engine(|e, _| {
+            let g = e.guild_mut(&gid).ok()?;
+            let view = g.crdt.view();
+            let user = *view.user_of_device(&device)?;
+            let perms = view.channel_permissions(&user, &ChannelId(channel));
+            perms
+                .contains(Permissions::VIEW_CHANNEL.union(Permissions::SEND_MESSAGES))
+                .then(|| {
+                    (
+                        hex::encode(user.as_bytes()),
+                        view.member(&user)
+                            .map(|m| m.nickname.clone())
+                            .unwrap_or_default(),
+                    )
+                })
+        });
+        if let Ok(Some((user, nickname))) = who {
+            self.emit(super::GuildEvent::Typing {
+                guild: hex::encode(gid.0),
+                channel,
+                user,
+                nickname,
+            });
+        }
+    }
+
     fn emit_erased(&self, gid: &GuildId, v: &Value) {
         if let (Some(target), Some(channel)) = (
             v.pointer("/op/target").and_then(Value::as_str),
@@ -392,5 +541,23 @@ impl GuildService {
                 id: target.to_owned(),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typing_notices_round_trip_and_anything_else_is_ignored() {
+        let n = typing_notice(&GuildId([3; 32]), u64::MAX - 1);
+        assert_eq!(parse_typing(&n), Some((GuildId([3; 32]), u64::MAX - 1)));
+        assert_eq!(parse_typing(&n[..40]), None);
+        let mut longer = n.clone();
+        longer.push(0);
+        assert_eq!(parse_typing(&longer), None);
+        let mut other = n;
+        other[0] = 0x55;
+        assert_eq!(parse_typing(&other), None);
     }
 }
