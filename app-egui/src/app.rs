@@ -157,6 +157,7 @@ fn main_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
     crate::ui::guild_settings::settings_window(ctx, s, cmds);
     link_confirm_ui(ctx, s);
     crate::ui::messages::confirm_delete_ui(ctx, s, cmds);
+    crate::ui::messages::threads_windows_ui(ctx, s, cmds);
 }
 
 /// The window a clicked link opens: its full real target, and the user's choice. The app never
@@ -500,7 +501,10 @@ fn messages_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
             .map_or_else(|| "#?".to_owned(), |c| format!("# {}", c.name)),
         View::Dm { user } => format!("@ {}", s.name_of(user)),
     };
-    ui.heading(title);
+    ui.horizontal(|ui| {
+        ui.heading(title);
+        crate::ui::messages::threads_button_ui(ui, s, cmds);
+    });
     ui.separator();
     let pending = s.pending_rows();
     let key = match &s.view {

@@ -170,6 +170,62 @@ pub enum Command {
         /// Message id (hex).
         msg: String,
     },
+    /// Mark a channel read on this device (the node keeps per-device read state).
+    MarkRead {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+    },
+    /// List a channel's threads.
+    LoadThreads {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+    },
+    /// Load a thread's messages.
+    LoadThread {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Thread id (hex).
+        thread: String,
+    },
+    /// Start a thread, from a message or on its own.
+    CreateThread {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Its name.
+        name: String,
+        /// The message it starts from (hex).
+        from: Option<String>,
+    },
+    /// Post in a thread.
+    ThreadPost {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Thread id (hex).
+        thread: String,
+        /// The text.
+        text: String,
+    },
+    /// Archive or unarchive a thread.
+    ArchiveThread {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Thread id (hex).
+        thread: String,
+        /// Archived or not.
+        archived: bool,
+    },
     /// Tell connected members we are typing in a channel (the node throttles).
     Typing {
         /// Guild id (hex).
@@ -250,7 +306,7 @@ pub struct ChannelInfo {
     pub name: String,
     /// `text`, `voice` or `category`.
     pub kind: String,
-    /// Our permissions in it, by name (`MANAGE_MESSAGES`, ...).
+    /// Our permissions in it, by name (`manage_messages`, ...).
     #[serde(default)]
     pub my_permissions: Vec<String>,
 }
@@ -316,6 +372,26 @@ pub struct Message {
     /// allowed `@everyone`/`@here`).
     #[serde(default)]
     pub mentions_me: bool,
+}
+
+/// A thread of a channel, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ThreadInfo {
+    /// Its id (hex).
+    pub id: String,
+    /// The message it started from (hex), if any.
+    #[serde(default)]
+    pub starter: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// Archived (no new posts).
+    pub archived: bool,
+    /// Who created it (hex).
+    pub created_by: String,
+    /// Messages in it.
+    pub messages: u64,
+    /// The newest message's time, ms.
+    pub last_at: u64,
 }
 
 /// One emoji's reactions on a message.
@@ -448,6 +524,36 @@ pub enum Event {
         channel: u64,
         /// What it did.
         op: MessageOp,
+    },
+    /// A channel's threads.
+    Threads {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// Newest activity first.
+        threads: Vec<ThreadInfo>,
+    },
+    /// A thread's messages, oldest first.
+    ThreadHistory {
+        /// Thread id (hex).
+        thread: String,
+        /// Messages.
+        messages: Vec<Message>,
+    },
+    /// A message was posted in a thread.
+    ThreadMessage {
+        /// Thread id (hex).
+        thread: String,
+        /// The message.
+        message: Message,
+    },
+    /// A thread was created or changed: reload the channel's list.
+    ThreadsChanged {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
     },
     /// A member is typing in a channel.
     Typing {
@@ -919,8 +1025,28 @@ async fn forward_events(g: GuildService, emit: Emitter) {
             GuildEvent::Message(m) => {
                 use securecomm_node::guild::content::Op;
                 let (guild, channel) = (m.guild.clone(), m.channel);
+                if m.op.is_none()
+                    && let Some(thread) = m.thread.clone()
+                {
+                    let message = Message {
+                        guild: m.guild,
+                        channel: m.channel,
+                        id: m.id,
+                        sender: m.sender,
+                        nickname: m.nickname,
+                        sent_at: m.sent_at,
+                        text: m.text,
+                        sender_device: m.sender_device,
+                        seq: m.seq,
+                        reply_to: m.reply_to,
+                        mentions_me: m.mentions_me,
+                        ..Message::default()
+                    };
+                    emit.emit(Event::ThreadMessage { thread, message }).await;
+                    emit.emit(Event::ThreadsChanged { guild, channel }).await;
+                    continue;
+                }
                 let op = match m.op {
-                    None if m.thread.is_some() => continue, // threads are not in the channel view
                     None => None,
                     Some(Op::React { target, emoji, add }) => Some(MessageOp::React {
                         target,
@@ -934,8 +1060,12 @@ async fn forward_events(g: GuildService, emit: Emitter) {
                         at: m.sent_at,
                     }),
                     Some(Op::Pin { target, pinned }) => Some(MessageOp::Pin { target, pinned }),
-                    // Deletes arrive as `Erased`; threads are not shown here yet.
-                    Some(Op::Delete { .. } | Op::Thread { .. }) => continue,
+                    Some(Op::Thread { .. }) => {
+                        emit.emit(Event::ThreadsChanged { guild, channel }).await;
+                        continue;
+                    }
+                    // Deletes arrive as `Erased`.
+                    Some(Op::Delete { .. }) => continue,
                 };
                 let ev = match op {
                     Some(op) => Event::Op { guild, channel, op },
@@ -1244,6 +1374,70 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
                 msg,
             } => g
                 .delete(&guild, &channel.to_string(), &msg)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Command::MarkRead { guild, channel } => g
+                .mark_read(&guild, &channel.to_string())
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Command::LoadThreads { guild, channel } => {
+                let v = g
+                    .threads(&guild, &channel.to_string())
+                    .map_err(|e| e.to_string())?;
+                let threads = parse::<Vec<ThreadInfo>>(v, "thread list")?;
+                emit.emit(Event::Threads {
+                    guild,
+                    channel,
+                    threads,
+                })
+                .await;
+                Ok(())
+            }
+            Command::LoadThread {
+                guild,
+                channel,
+                thread,
+            } => {
+                let v = g
+                    .history_in(&guild, &channel.to_string(), Some(&thread), None, 500)
+                    .map_err(|e| e.to_string())?;
+                let messages = parse::<Vec<Message>>(v, "thread history")?;
+                emit.emit(Event::ThreadHistory { thread, messages }).await;
+                Ok(())
+            }
+            Command::CreateThread {
+                guild,
+                channel,
+                name,
+                from,
+            } => g
+                .thread_create(&guild, &channel.to_string(), &name, from.as_deref())
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Command::ThreadPost {
+                guild,
+                channel,
+                thread,
+                text,
+            } => {
+                let opts = securecomm_node::guild::service::messages::PostOptions {
+                    thread: Some(thread),
+                    ..Default::default()
+                };
+                g.post(&guild, &channel.to_string(), &text, &opts)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            Command::ArchiveThread {
+                guild,
+                channel,
+                thread,
+                archived,
+            } => g
+                .thread_update(&guild, &channel.to_string(), &thread, None, Some(archived))
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),

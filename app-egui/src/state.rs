@@ -1021,6 +1021,56 @@ impl AppState {
                 }
                 Vec::new()
             }
+            Event::Threads {
+                guild,
+                channel,
+                threads,
+            } => {
+                self.messages
+                    .threads
+                    .lists
+                    .insert((guild, channel), threads);
+                Vec::new()
+            }
+            Event::ThreadHistory { thread, messages } => {
+                let me = self.me.as_ref().map(|m| m.user_id.clone());
+                let t = &mut self.messages.threads;
+                if t.open.as_ref().is_some_and(|(_, _, id)| *id == thread) {
+                    t.messages = messages
+                        .into_iter()
+                        .map(|m| Entry {
+                            me: me.clone(),
+                            ..Entry::from(m)
+                        })
+                        .collect();
+                }
+                Vec::new()
+            }
+            Event::ThreadMessage { thread, message } => {
+                let me = self.me.as_ref().map(|m| m.user_id.clone());
+                self.on_thread_message(
+                    thread,
+                    Entry {
+                        me,
+                        ..Entry::from(message)
+                    },
+                );
+                Vec::new()
+            }
+            Event::ThreadsChanged { guild, channel } => {
+                let shown = self.messages.threads.list_open
+                    || self
+                        .messages
+                        .threads
+                        .open
+                        .as_ref()
+                        .is_some_and(|(g, c, _)| *g == guild && *c == channel);
+                if shown {
+                    vec![Command::LoadThreads { guild, channel }]
+                } else {
+                    Vec::new()
+                }
+            }
             Event::Typing {
                 guild,
                 channel,
@@ -1230,10 +1280,19 @@ impl AppState {
             guild: guild.to_owned(),
             channel,
         };
-        vec![Command::LoadHistory {
-            guild: guild.to_owned(),
-            channel,
-        }]
+        self.messages.selected = None;
+        self.messages.threads.list_open = false;
+        vec![
+            Command::LoadHistory {
+                guild: guild.to_owned(),
+                channel,
+            },
+            // Read state is per device and kept by the node (unread mention counts).
+            Command::MarkRead {
+                guild: guild.to_owned(),
+                channel,
+            },
+        ]
     }
 
     /// Opens a DM conversation.

@@ -120,6 +120,13 @@ fn reply_react_edit_and_delete_by_clicking() {
     settle(&mut h);
     assert!(h.query_by_label_contains("(edited)").is_some());
 
+    // Pin (the owner may manage messages): the mark shows under the message.
+    select(&mut h, "who has read Dune?");
+    click(&mut h, "Pin");
+    wait_for(&mut h, "the pin", |s| {
+        entry(s, "who has read Dune?").is_some_and(|e| e.pinned)
+    });
+
     // Delete: asks first, says what deletion cannot reach, then the message is gone.
     select(&mut h, "who has read Dune?");
     click(&mut h, "Delete");
@@ -139,4 +146,55 @@ fn reply_react_edit_and_delete_by_clicking() {
     let s = &h.state().state;
     assert!(entry(s, "me, three times").is_some());
     assert!(s.errors.is_empty(), "{:?}", s.errors);
+}
+
+#[test]
+fn a_thread_from_a_message_holds_its_own_posts_and_can_be_archived() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    create_identity(&mut h, "Eve", "pass phrase");
+    open_channel(&mut h, "Hikers", "trips");
+    send(&mut h, "plans for Saturday");
+    select(&mut h, "plans for Saturday");
+    click(&mut h, "Start thread");
+    wait_for(&mut h, "the thread listed", |s| {
+        s.messages.threads.list_open
+            && s.messages
+                .threads
+                .lists
+                .values()
+                .flatten()
+                .any(|t| t.name == "plans for Saturday")
+    });
+    settle(&mut h);
+    click(&mut h, "Open plans for Saturday");
+    type_into(&mut h, "Thread message", "I bring snacks");
+    click(&mut h, "Send to thread");
+    wait_for(&mut h, "the thread post", |s| {
+        s.messages
+            .threads
+            .messages
+            .iter()
+            .any(|m| m.text == "I bring snacks")
+    });
+    assert!(
+        entry(&h.state().state, "I bring snacks").is_none(),
+        "a thread's post stays out of the channel"
+    );
+    click(&mut h, "Archive");
+    wait_for(&mut h, "the thread archived", |s| {
+        s.open_thread().is_some_and(|t| t.archived)
+    });
+    settle(&mut h);
+    type_into(&mut h, "Thread message", "too late");
+    click(&mut h, "Send to thread");
+    assert!(
+        h.state()
+            .state
+            .errors
+            .iter()
+            .any(|e| e.contains("archived")),
+        "{:?}",
+        h.state().state.errors
+    );
 }

@@ -20,6 +20,28 @@ const MAX_TYPISTS: usize = 16;
 /// Reactions offered in one click.
 pub const QUICK_REACTIONS: [&str; 5] = ["👍", "❤️", "😂", "🎉", "👀"];
 
+/// Messages kept per open thread.
+pub const MAX_THREAD_MESSAGES: usize = 500;
+
+/// Threads of channels: their lists, the one open in the thread window, unread counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Threads {
+    /// Thread lists per (guild, channel), newest activity first.
+    pub lists: std::collections::HashMap<(String, u64), Vec<crate::backend::ThreadInfo>>,
+    /// The thread list window is open.
+    pub list_open: bool,
+    /// The thread shown in the thread window: (guild, channel, thread id).
+    pub open: Option<(String, u64, String)>,
+    /// The open thread's messages, oldest first (at most [`MAX_THREAD_MESSAGES`]).
+    pub messages: Vec<super::Entry>,
+    /// The thread window's composer.
+    pub composer: String,
+    /// Name typed for a new thread.
+    pub new_name: String,
+    /// Messages arrived in threads not open, per thread id.
+    pub unread: std::collections::HashMap<String, u32>,
+}
+
 /// Who is typing in one channel: (user, name, when the notice came).
 pub type Typists = Vec<(String, String, Instant)>;
 
@@ -38,6 +60,8 @@ pub struct MessageActions {
     pub typing: std::collections::HashMap<(String, u64), Typists>,
     /// When we last told a channel we were typing.
     pub typing_sent: Option<(View, Instant)>,
+    /// Threads.
+    pub threads: Threads,
 }
 
 impl MessageActions {
@@ -70,6 +94,144 @@ impl MessageActions {
 }
 
 impl AppState {
+    /// "Threads": opens (or closes) the open channel's thread list, loading it.
+    pub fn on_toggle_threads(&mut self) -> Vec<Command> {
+        let t = &mut self.messages.threads;
+        t.list_open = !t.list_open;
+        match (t.list_open, self.channel_of_view()) {
+            (true, Some((guild, channel))) => vec![Command::LoadThreads { guild, channel }],
+            _ => Vec::new(),
+        }
+    }
+
+    /// "Create thread" in the list window (named by the user), or "Thread" on the selected
+    /// message (named after its first words, as Discord does; renamed later from the CLI).
+    pub fn on_create_thread(&mut self, from_selected: bool) -> Vec<Command> {
+        let Some((guild, channel)) = self.channel_of_view() else {
+            return Vec::new();
+        };
+        let (name, from) = if from_selected {
+            let Some(e) = self.selected_entry() else {
+                return Vec::new();
+            };
+            let words: String = e
+                .text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(60)
+                .collect();
+            let name = if words.trim().is_empty() {
+                "Thread".to_owned()
+            } else {
+                words.trim().to_owned()
+            };
+            (name, Some(e.id.clone()))
+        } else {
+            (self.messages.threads.new_name.trim().to_owned(), None)
+        };
+        if let Err(e) = securecomm_node::guild::wire::check_thread_name(&name) {
+            self.error(e);
+            return Vec::new();
+        }
+        self.messages.threads.new_name.clear();
+        self.messages.threads.list_open = true;
+        self.messages.selected = None;
+        vec![Command::CreateThread {
+            guild,
+            channel,
+            name,
+            from,
+        }]
+    }
+
+    /// "Open" on a thread of the list.
+    pub fn on_open_thread(&mut self, thread: &str) -> Vec<Command> {
+        let Some((guild, channel)) = self.channel_of_view() else {
+            return Vec::new();
+        };
+        let t = &mut self.messages.threads;
+        t.open = Some((guild.clone(), channel, thread.to_owned()));
+        t.messages.clear();
+        t.composer.clear();
+        t.unread.remove(thread);
+        vec![Command::LoadThread {
+            guild,
+            channel,
+            thread: thread.to_owned(),
+        }]
+    }
+
+    /// Closes the thread window.
+    pub fn on_close_thread(&mut self) {
+        self.messages.threads.open = None;
+        self.messages.threads.messages.clear();
+    }
+
+    /// Enter (or "Send") in the thread window.
+    pub fn on_thread_send(&mut self) -> Vec<Command> {
+        let text = self.messages.threads.composer.trim_end().to_owned();
+        let Some((guild, channel, thread)) = self.messages.threads.open.clone() else {
+            return Vec::new();
+        };
+        if text.trim().is_empty() {
+            return Vec::new();
+        }
+        if self.open_thread().is_some_and(|t| t.archived) {
+            self.error("this thread is archived; unarchive it to post");
+            return Vec::new();
+        }
+        self.messages.threads.composer.clear();
+        vec![Command::ThreadPost {
+            guild,
+            channel,
+            thread,
+            text,
+        }]
+    }
+
+    /// "Archive" / "Unarchive" in the thread window.
+    pub fn on_archive_thread(&mut self) -> Vec<Command> {
+        let Some((guild, channel, thread)) = self.messages.threads.open.clone() else {
+            return Vec::new();
+        };
+        let archived = !self.open_thread().is_some_and(|t| t.archived);
+        vec![Command::ArchiveThread {
+            guild,
+            channel,
+            thread,
+            archived,
+        }]
+    }
+
+    /// The open thread as listed.
+    pub fn open_thread(&self) -> Option<&crate::backend::ThreadInfo> {
+        let (g, c, id) = self.messages.threads.open.as_ref()?;
+        self.messages
+            .threads
+            .lists
+            .get(&(g.clone(), *c))?
+            .iter()
+            .find(|t| &t.id == id)
+    }
+
+    /// A thread message arrived: into the open thread, or counted unread.
+    pub(super) fn on_thread_message(&mut self, thread: String, e: super::Entry) {
+        let t = &mut self.messages.threads;
+        if t.open.as_ref().is_some_and(|(_, _, id)| *id == thread) {
+            if !t.messages.iter().any(|m| m.id == e.id) {
+                t.messages.push(e);
+                t.messages.sort_by_key(|m| m.sent_at);
+                if t.messages.len() > MAX_THREAD_MESSAGES {
+                    t.messages.remove(0);
+                }
+            }
+        } else if t.unread.len() < 4096 || t.unread.contains_key(&thread) {
+            *t.unread.entry(thread).or_insert(0) += 1;
+        }
+    }
+
     /// The composer's text changed: tell the channel we are typing (throttled; not when the
     /// user turned typing indicators off, or the composer is empty).
     pub fn on_composer_changed(&mut self) -> Vec<Command> {
@@ -148,7 +310,7 @@ impl AppState {
             .is_some_and(|c| {
                 c.my_permissions
                     .iter()
-                    .any(|p| p == "MANAGE_MESSAGES" || p == "ADMINISTRATOR")
+                    .any(|p| p == "manage_messages" || p == "administrator")
             })
     }
 

@@ -53,7 +53,7 @@ pub fn action_bar_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command
         .current_timeline()
         .and_then(|t| t.find(&selected))
         .is_some_and(|e| e.pinned);
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         ui.label(RichText::new("Selected message:").small().weak());
         if ui.small_button("Reply").clicked() {
             s.on_reply();
@@ -75,6 +75,9 @@ pub fn action_bar_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command
                 .clicked()
         {
             cmds.extend(s.on_pin());
+        }
+        if ui.small_button("Start thread").clicked() {
+            cmds.extend(s.on_create_thread(true));
         }
         if ui.small_button("Close").clicked() {
             s.messages.selected = None;
@@ -157,4 +160,133 @@ pub fn meta_row_ui(
         }
     });
     clicked
+}
+
+/// The button next to a channel's title: its threads, with unread counts.
+pub fn threads_button_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
+    if !matches!(s.view, View::Channel { .. }) {
+        return;
+    }
+    let unread: u32 = s.messages.threads.unread.values().sum();
+    let label = if unread > 0 {
+        format!("Threads ({unread} new)")
+    } else {
+        "Threads".to_owned()
+    };
+    if ui.button(label).clicked() {
+        cmds.extend(s.on_toggle_threads());
+    }
+}
+
+/// The thread list of the open channel, and the open thread.
+pub fn threads_windows_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
+    let key = match &s.view {
+        View::Channel { guild, channel } => Some((guild.clone(), *channel)),
+        _ => None,
+    };
+    if s.messages.threads.list_open
+        && let Some(key) = key
+    {
+        let mut open = true;
+        egui::Window::new("Threads")
+            .open(&mut open)
+            .default_width(320.0)
+            .show(ctx, |ui| {
+                let list = s
+                    .messages
+                    .threads
+                    .lists
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_default();
+                if list.is_empty() {
+                    ui.label(RichText::new("No threads in this channel yet.").weak());
+                }
+                for t in list {
+                    ui.horizontal(|ui| {
+                        let unread = s.messages.threads.unread.get(&t.id).copied().unwrap_or(0);
+                        let mut name = format!("🧵 {}", t.name);
+                        if t.archived {
+                            name.push_str(" (archived)");
+                        }
+                        ui.label(name);
+                        ui.label(
+                            RichText::new(format!("{} messages", t.messages))
+                                .small()
+                                .weak(),
+                        );
+                        if unread > 0 {
+                            ui.label(RichText::new(format!("{unread} new")).small().strong());
+                        }
+                        if ui.small_button(format!("Open {}", t.name)).clicked() {
+                            cmds.extend(s.on_open_thread(&t.id));
+                        }
+                    });
+                }
+                ui.separator();
+                ui.horizontal(|ui| {
+                    let l = ui.label("Thread name");
+                    ui.text_edit_singleline(&mut s.messages.threads.new_name)
+                        .labelled_by(l.id);
+                    if ui.button("Create thread").clicked() {
+                        cmds.extend(s.on_create_thread(false));
+                    }
+                });
+            });
+        if !open {
+            s.messages.threads.list_open = false;
+        }
+    }
+    if s.messages.threads.open.is_none() {
+        return;
+    }
+    let info = s.open_thread().cloned();
+    let title = info
+        .as_ref()
+        .map_or_else(|| "Thread".to_owned(), |t| format!("🧵 {}", t.name));
+    let mut open = true;
+    egui::Window::new("Thread")
+        .id(egui::Id::new("thread window"))
+        .title_bar(true)
+        .open(&mut open)
+        .default_width(420.0)
+        .show(ctx, |ui| {
+            ui.heading(title);
+            let archived = info.as_ref().is_some_and(|t| t.archived);
+            if ui
+                .small_button(if archived { "Unarchive" } else { "Archive" })
+                .clicked()
+            {
+                cmds.extend(s.on_archive_thread());
+            }
+            ui.separator();
+            egui::ScrollArea::vertical()
+                .max_height(320.0)
+                .stick_to_bottom(true)
+                .show(ui, |ui| {
+                    for m in &s.messages.threads.messages {
+                        ui.horizontal_wrapped(|ui| {
+                            ui.label(RichText::new(&m.author).strong());
+                            ui.label(&m.text);
+                        });
+                    }
+                });
+            ui.separator();
+            if archived {
+                ui.label(RichText::new("Archived: unarchive to post.").small().weak());
+            }
+            ui.horizontal(|ui| {
+                let l = ui.label("Thread message");
+                let r = ui
+                    .text_edit_singleline(&mut s.messages.threads.composer)
+                    .labelled_by(l.id);
+                let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+                if ui.button("Send to thread").clicked() || enter {
+                    cmds.extend(s.on_thread_send());
+                }
+            });
+        });
+    if !open {
+        s.on_close_thread();
+    }
 }
