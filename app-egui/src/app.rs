@@ -158,6 +158,7 @@ fn main_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
     link_confirm_ui(ctx, s);
     crate::ui::messages::confirm_delete_ui(ctx, s, cmds);
     crate::ui::messages::threads_windows_ui(ctx, s, cmds);
+    crate::ui::messages::pins_window_ui(ctx, s);
 }
 
 /// The window a clicked link opens: its full real target, and the user's choice. The app never

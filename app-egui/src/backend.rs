@@ -170,6 +170,13 @@ pub enum Command {
         /// Message id (hex).
         msg: String,
     },
+    /// List a channel's pinned messages.
+    LoadPins {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+    },
     /// Mark a channel read on this device (the node keeps per-device read state).
     MarkRead {
         /// Guild id (hex).
@@ -374,6 +381,19 @@ pub struct Message {
     pub mentions_me: bool,
 }
 
+/// A pinned message, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PinInfo {
+    /// Message id (hex).
+    pub id: String,
+    /// Author (hex).
+    pub sender: String,
+    /// Author's clock, ms.
+    pub sent_at: u64,
+    /// The text.
+    pub text: String,
+}
+
 /// A thread of a channel, as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ThreadInfo {
@@ -524,6 +544,15 @@ pub enum Event {
         channel: u64,
         /// What it did.
         op: MessageOp,
+    },
+    /// A channel's pinned messages, most recently pinned first.
+    Pins {
+        /// Guild id (hex).
+        guild: String,
+        /// Channel id.
+        channel: u64,
+        /// The messages.
+        pins: Vec<PinInfo>,
     },
     /// A channel's threads.
     Threads {
@@ -1377,6 +1406,19 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),
+            Command::LoadPins { guild, channel } => {
+                let v = g
+                    .pins(&guild, &channel.to_string())
+                    .map_err(|e| e.to_string())?;
+                let pins = parse::<Vec<PinInfo>>(v, "pins")?;
+                emit.emit(Event::Pins {
+                    guild,
+                    channel,
+                    pins,
+                })
+                .await;
+                Ok(())
+            }
             Command::MarkRead { guild, channel } => g
                 .mark_read(&guild, &channel.to_string())
                 .map(drop)

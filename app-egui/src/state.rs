@@ -1016,9 +1016,21 @@ impl AppState {
                 Vec::new()
             }
             Event::Op { guild, channel, op } => {
-                if let Some(t) = self.timelines.get_mut(&(guild, channel)) {
+                if let Some(t) = self.timelines.get_mut(&(guild.clone(), channel)) {
                     t.apply_op(&op);
                 }
+                if self.messages.pins_open && matches!(op, crate::backend::MessageOp::Pin { .. }) {
+                    vec![Command::LoadPins { guild, channel }]
+                } else {
+                    Vec::new()
+                }
+            }
+            Event::Pins {
+                guild,
+                channel,
+                pins,
+            } => {
+                self.messages.pins.insert((guild, channel), pins);
                 Vec::new()
             }
             Event::Threads {
@@ -1282,6 +1294,7 @@ impl AppState {
         };
         self.messages.selected = None;
         self.messages.threads.list_open = false;
+        self.messages.pins_open = false;
         vec![
             Command::LoadHistory {
                 guild: guild.to_owned(),

@@ -126,6 +126,18 @@ fn reply_react_edit_and_delete_by_clicking() {
     wait_for(&mut h, "the pin", |s| {
         entry(s, "who has read Dune?").is_some_and(|e| e.pinned)
     });
+    click(&mut h, "Pins");
+    wait_for(&mut h, "the pinned list", |s| {
+        s.messages
+            .pins
+            .values()
+            .flatten()
+            .any(|p| p.text == "who has read Dune?")
+    });
+    settle(&mut h);
+    assert!(h.query_by_label("Pinned messages").is_some());
+    click(&mut h, "Pins");
+    assert!(!h.state().state.messages.pins_open);
 
     // Delete: asks first, says what deletion cannot reach, then the message is gone.
     select(&mut h, "who has read Dune?");

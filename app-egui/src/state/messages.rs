@@ -62,6 +62,10 @@ pub struct MessageActions {
     pub typing_sent: Option<(View, Instant)>,
     /// Threads.
     pub threads: Threads,
+    /// The pinned-messages window: open, and the list per (guild, channel).
+    pub pins_open: bool,
+    /// Pinned messages per (guild, channel), most recently pinned first.
+    pub pins: std::collections::HashMap<(String, u64), Vec<crate::backend::PinInfo>>,
 }
 
 impl MessageActions {
@@ -94,6 +98,15 @@ impl MessageActions {
 }
 
 impl AppState {
+    /// "Pins": opens (or closes) the open channel's pinned messages, loading them.
+    pub fn on_toggle_pins(&mut self) -> Vec<Command> {
+        self.messages.pins_open = !self.messages.pins_open;
+        match (self.messages.pins_open, self.channel_of_view()) {
+            (true, Some((guild, channel))) => vec![Command::LoadPins { guild, channel }],
+            _ => Vec::new(),
+        }
+    }
+
     /// "Threads": opens (or closes) the open channel's thread list, loading it.
     pub fn on_toggle_threads(&mut self) -> Vec<Command> {
         let t = &mut self.messages.threads;

@@ -176,6 +176,51 @@ pub fn threads_button_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Com
     if ui.button(label).clicked() {
         cmds.extend(s.on_toggle_threads());
     }
+    if ui.button("Pins").clicked() {
+        cmds.extend(s.on_toggle_pins());
+    }
+}
+
+/// The open channel's pinned messages.
+pub fn pins_window_ui(ctx: &egui::Context, s: &mut AppState) {
+    if !s.messages.pins_open {
+        return;
+    }
+    let View::Channel { guild, channel } = s.view.clone() else {
+        return;
+    };
+    let pins = s
+        .messages
+        .pins
+        .get(&(guild, channel))
+        .cloned()
+        .unwrap_or_default();
+    let mut open = true;
+    // Kept at the right, clear of the channel's title bar and its messages' start.
+    egui::Window::new("Pinned messages")
+        .open(&mut open)
+        .default_width(300.0)
+        .anchor(egui::Align2::RIGHT_BOTTOM, [-12.0, -120.0])
+        .show(ctx, |ui| {
+            if pins.is_empty() {
+                ui.label(RichText::new("Nothing pinned in this channel.").weak());
+            }
+            for p in &pins {
+                ui.horizontal_wrapped(|ui| {
+                    ui.label(RichText::new(s.name_of(&p.sender)).strong());
+                    ui.label(
+                        RichText::new(crate::state::format_time(p.sent_at))
+                            .small()
+                            .weak(),
+                    );
+                });
+                ui.label(&p.text);
+                ui.separator();
+            }
+        });
+    if !open {
+        s.messages.pins_open = false;
+    }
 }
 
 /// The thread list of the open channel, and the open thread.
