@@ -298,12 +298,17 @@ fn edit_a_channel_topic_slow_mode_order_and_overwrite() {
     type_into(&mut h, "Topic", "welcome");
     click(&mut h, "Slow mode");
     click(&mut h, "30 s");
+    click(&mut h, "Disappearing messages");
+    click(&mut h, "1 d");
     click(&mut h, "Save channel");
     wait_for(&mut h, "the edited channel", |s| {
         s.guild_data().is_some_and(|d| {
-            d.channels
-                .iter()
-                .any(|c| c.name == "general" && c.topic == "welcome" && c.slow_mode_secs == 30)
+            d.channels.iter().any(|c| {
+                c.name == "general"
+                    && c.topic == "welcome"
+                    && c.slow_mode_secs == 30
+                    && c.disappearing_secs == 86_400
+            })
         })
     });
 

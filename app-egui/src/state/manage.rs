@@ -166,6 +166,8 @@ pub struct ChannelForm {
     pub topic: String,
     /// Slow mode, seconds.
     pub slow_mode_secs: u32,
+    /// Default disappearing-message timer, seconds (0: off).
+    pub disappearing_secs: u32,
     /// The overwrite target being edited.
     pub target: Option<OverwriteFor>,
     /// Allowed bits of that overwrite.
@@ -664,6 +666,7 @@ impl AppState {
             name: c.name,
             topic: c.topic,
             slow_mode_secs: c.slow_mode_secs,
+            disappearing_secs: c.disappearing_secs,
             target: None,
             allow: 0,
             deny: 0,
@@ -687,7 +690,7 @@ impl AppState {
                 name: Some(f.name),
                 topic: Some(f.topic),
                 slow_mode_secs: Some(f.slow_mode_secs),
-                disappearing_secs: None,
+                disappearing_secs: Some(f.disappearing_secs),
                 parent: None,
             },
         })

@@ -341,6 +341,21 @@ fn channels_tab(ui: &mut egui::Ui, s: &mut AppState, d: &GuildData, cmds: &mut V
                         ui.selectable_value(&mut f.slow_mode_secs, secs, slow_label(secs));
                     }
                 });
+            egui::ComboBox::from_label("Disappearing messages")
+                .selected_text(slow_label(f.disappearing_secs))
+                .show_ui(ui, |ui| {
+                    for secs in DISAPPEARING_CHOICES {
+                        ui.selectable_value(&mut f.disappearing_secs, secs, slow_label(secs));
+                    }
+                });
+            ui.label(
+                egui::RichText::new(
+                    "New messages here are erased from every member's device after this time \
+                     (the guild's default, if shorter, still applies).",
+                )
+                .small()
+                .weak(),
+            );
         }
     });
     ui.horizontal(|ui| {
@@ -430,12 +445,16 @@ fn channels_tab(ui: &mut egui::Ui, s: &mut AppState, d: &GuildData, cmds: &mut V
     }
 }
 
+/// Channel disappearing-message timers offered (seconds; 0: off), as Signal's presets.
+const DISAPPEARING_CHOICES: [u32; 7] = [0, 30, 300, 3600, 8 * 3600, 86_400, 7 * 86_400];
+
 fn slow_label(secs: u32) -> String {
     match secs {
         0 => "Off".into(),
         s if s < 60 => format!("{s} s"),
         s if s < 3600 => format!("{} min", s / 60),
-        s => format!("{} h", s / 3600),
+        s if s < 86_400 || s % 86_400 != 0 => format!("{} h", s / 3600),
+        s => format!("{} d", s / 86_400),
     }
 }
 
