@@ -305,6 +305,36 @@ const MIGRATIONS: &[&str] = &[
     // 2,000 of 100,000 messages, the planner picking the guild's unique index and a full sort).
     "CREATE INDEX guild_messages_in_order ON guild_messages (guild, channel, sent_at, sender, seq);
      DROP INDEX guild_messages_by_channel;",
+    // 12: local full-text search (`store::search`): an FTS5 index over `guild_messages.text`
+    // with external content (the text is stored once, in `guild_messages`), kept in step by
+    // triggers on INSERT, UPDATE OF text and DELETE, so code that edits or deletes messages
+    // needs no extra call (but `INSERT OR REPLACE` would bypass the DELETE trigger unless
+    // `recursive_triggers` is on: use INSERT OR IGNORE or an UPSERT's DO UPDATE, as now). The
+    // tokenizer folds case and removes diacritics ("cafe" finds "Café"). FTS5's `secure-delete`
+    // (SQLite >= 3.44; the bundled SQLCipher 4.20 is SQLite 3.54.1) is on, so deleted or
+    // edited text is removed from the index pages instead of lingering as dead entries until
+    // a merge. `has_file` marks messages with an attachment; issue 11 (files) sets it.
+    "ALTER TABLE guild_messages ADD COLUMN has_file INTEGER NOT NULL DEFAULT 0;
+     CREATE VIRTUAL TABLE guild_messages_fts USING fts5(
+        text,
+        content = 'guild_messages',
+        content_rowid = 'rorder',
+        tokenize = 'unicode61 remove_diacritics 2'
+     );
+     INSERT INTO guild_messages_fts (guild_messages_fts, rank) VALUES ('secure-delete', 1);
+     CREATE TRIGGER guild_messages_fts_insert AFTER INSERT ON guild_messages BEGIN
+        INSERT INTO guild_messages_fts (rowid, text) VALUES (new.rorder, new.text);
+     END;
+     CREATE TRIGGER guild_messages_fts_delete AFTER DELETE ON guild_messages BEGIN
+        INSERT INTO guild_messages_fts (guild_messages_fts, rowid, text)
+            VALUES ('delete', old.rorder, old.text);
+     END;
+     CREATE TRIGGER guild_messages_fts_update AFTER UPDATE OF text, rorder ON guild_messages BEGIN
+        INSERT INTO guild_messages_fts (guild_messages_fts, rowid, text)
+            VALUES ('delete', old.rorder, old.text);
+        INSERT INTO guild_messages_fts (rowid, text) VALUES (new.rorder, new.text);
+     END;
+     INSERT INTO guild_messages_fts (guild_messages_fts) VALUES ('rebuild');",
 ];
 
 /// The newest schema version this build writes.
