@@ -41,6 +41,7 @@ use crate::sync::peer::{ApplyHook, author_of};
 use crate::sync::{Delivery, GroupId, SyncConfig, SyncError, SyncPeer};
 
 pub mod manage;
+pub mod search;
 
 /// Guild events for subscribers (the control API's `events` stream).
 #[derive(Debug, Clone)]

@@ -19,11 +19,26 @@
 //! Text with no word at all (`"!!"`) matches nothing; empty text lists the newest messages that
 //! pass the filters.
 //!
+//! # Filters and order, inside the index
+//!
+//! The index has a second column, `meta`, of tokens for the filters: guild, channel, author
+//! (the whole stored value in hex, so exact), `has_file`, and the day and week of `sent_at`.
+//! A filter is one more term ANDed into the FTS5 expression, so FTS5 intersects doclists and no
+//! message row is read for a message the filters reject. A time range becomes the day (or week)
+//! buckets it covers, ORed, when there are at most [`MAX_TIME_TOKENS`] of them; the exact bounds
+//! are then checked on the rows of those candidates only.
+//!
+//! Hits are walked newest-stored first (descending row id, which FTS5 serves from its doclists
+//! without sorting), so a page of 50 stops after 50 matches. Relevance is BM25 over the newest
+//! [`MAX_RANKED`] matches (an explicit bound: ranking all 300,000 matches of a common word costs
+//! hundreds of milliseconds); older matches are reached by narrowing the query or by
+//! [`Order::Newest`] paging.
+//!
 //! # Bounds
 //!
-//! At most [`MAX_LIMIT`] hits per page, pages at most [`MAX_OFFSET`] hits deep, snippets of at
-//! most [`SNIPPET_TOKENS`] words; a query reads at most `limit + offset` rows in its final
-//! order, then computes snippets for that page only.
+//! At most [`MAX_LIMIT`] hits per page, pages at most [`MAX_OFFSET`] hits deep, at most
+//! [`MAX_RANKED`] matches ranked, snippets of at most [`SNIPPET_TOKENS`] words computed for the
+//! page only.
 //!
 //! Not indexed: direct messages (their own table, no index yet), file names and contents
 //! (issue 11), nicknames and channel names (resolved from the guild document, not stored with
@@ -48,6 +63,13 @@ pub const MAX_OFFSET: usize = 10_000;
 pub const SNIPPET_TOKENS: i64 = 24;
 /// Characters of a message shown when the query has no words (no snippet to compute).
 pub const PREVIEW_CHARS: i64 = 160;
+/// Relevance ranks the newest this many matches (BM25 for every match of a word found in a
+/// third of a million messages would take longer than the search is allowed to).
+pub const MAX_RANKED: usize = 5_000;
+/// Most day (then week) buckets a time range is turned into as index tokens; wider ranges are
+/// checked on the rows only.
+pub const MAX_TIME_TOKENS: u64 = 64;
+const DAY_MS: u64 = 86_400_000;
 /// Marks the start of a matched word in [`Hit::snippet`].
 pub const MARK_OPEN: char = '\u{2}';
 /// Marks the end of a matched word in [`Hit::snippet`].
@@ -66,10 +88,13 @@ pub enum SearchError {
 /// Order of the hits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Order {
-    /// Best match first (FTS5's BM25); the newest first when the query has no words.
+    /// Best match first (FTS5's BM25 over the text) among the newest [`MAX_RANKED`] matches;
+    /// the newest first when the query has no words.
     #[default]
     Relevance,
-    /// Newest first by the sender's clock.
+    /// Most recently stored first. For messages received live that is the order they were
+    /// sent in; messages fetched later by history sync count as new when they arrive (storage
+    /// order is what the index walks without reading rows; see the module docs).
     Newest,
 }
 
@@ -154,11 +179,35 @@ pub fn fts_expression(text: &str) -> Option<String> {
     Some(out)
 }
 
+/// The `meta` token for a filter, as migration 12 builds it: a tag letter, then the hex of
+/// the stored value (SQLite's `hex()` of a blob, or of an integer's decimal text), or the
+/// number itself for days and weeks.
+fn meta_token(tag: char, value: &[u8]) -> String {
+    format!("{tag}{}", hex::encode_upper(value))
+}
+
+/// The day or week buckets covering `[after, before)`, as `meta` tokens ORed, when there are
+/// at most [`MAX_TIME_TOKENS`] of them.
+fn time_tokens(after: u64, before: u64) -> Option<String> {
+    let last = before.checked_sub(1)?;
+    for (tag, span) in [('d', DAY_MS), ('w', 7 * DAY_MS)] {
+        let (first, end) = (after / span, last / span);
+        if end < first {
+            return None;
+        }
+        if end - first < MAX_TIME_TOKENS {
+            let terms: Vec<String> = (first..=end).map(|n| format!("\"{tag}{n}\"")).collect();
+            return Some(format!("meta : ({})", terms.join(" OR ")));
+        }
+    }
+    None
+}
+
 /// Runs `q` against the store. See the module docs for the query syntax and bounds.
 pub fn search(conn: &Connection, q: &Query) -> Result<Vec<Hit>, SearchError> {
     let limit = q.limit.clamp(1, MAX_LIMIT);
     let offset = q.offset.min(MAX_OFFSET);
-    let expr = if q.text.trim().is_empty() {
+    let words = if q.text.trim().is_empty() {
         None
     } else {
         match fts_expression(&q.text) {
@@ -166,108 +215,143 @@ pub fn search(conn: &Connection, q: &Query) -> Result<Vec<Hit>, SearchError> {
             None => return Ok(Vec::new()),
         }
     };
-
-    let mut filters = String::new();
-    let mut args: Vec<SqlValue> = Vec::new();
-    if let Some(e) = &expr {
-        args.push(SqlValue::Text(e.clone()));
-        filters.push_str(" AND guild_messages_fts MATCH ?1");
+    if let (Some(a), Some(b)) = (q.after, q.before)
+        && a >= b
+    {
+        return Ok(Vec::new());
     }
-    let mut filter = |sql: &str, v: SqlValue| {
-        args.push(v);
-        filters.push_str(&format!(" AND {sql} ?{}", args.len()));
-    };
+
+    // Filters as index tokens (exact: whole values, not prefixes), times as day or week
+    // buckets (coarse: the exact bounds are checked on the rows).
+    let mut expr: Vec<String> = Vec::new();
+    if let Some(w) = &words {
+        expr.push(format!("text : ({w})"));
+    }
+    // A guild's token lists half the store in a two-guild store; with a channel (random ids,
+    // in practice one guild's) the guild is checked on the few rows left instead.
+    let mut exact = String::new();
+    let mut args: Vec<SqlValue> = Vec::new();
     if let Some(g) = q.guild {
-        filter("m.guild =", SqlValue::Blob(g.to_vec()));
+        if q.channel.is_some() {
+            args.push(SqlValue::Blob(g.to_vec()));
+            exact.push_str(&format!(" AND m.guild = ?{}", args.len()));
+        } else {
+            expr.push(format!("meta : \"{}\"", meta_token('g', &g)));
+        }
     }
     if let Some(c) = q.channel {
-        filter(
-            "m.channel =",
-            SqlValue::Integer(i64::from_ne_bytes(c.to_ne_bytes())),
-        );
+        let stored = i64::from_ne_bytes(c.to_ne_bytes()).to_string();
+        expr.push(format!("meta : \"{}\"", meta_token('c', stored.as_bytes())));
     }
     if let Some(a) = q.author {
-        filter("m.author =", SqlValue::Blob(a.to_vec()));
-    }
-    if let Some(t) = q.after {
-        filter("m.sent_at >=", SqlValue::Integer(sql_time(t)));
-    }
-    if let Some(t) = q.before {
-        filter("m.sent_at <", SqlValue::Integer(sql_time(t)));
+        expr.push(format!("meta : \"{}\"", meta_token('a', &a)));
     }
     if let Some(f) = q.has_file {
-        filter("m.has_file =", SqlValue::Integer(i64::from(f)));
+        expr.push(format!("meta : \"f{}\"", u8::from(f)));
     }
+    if let (Some(a), Some(b)) = (q.after, q.before)
+        && let Some(t) = time_tokens(a, b)
+    {
+        expr.push(t);
+    }
+
+    let mut times = exact;
+    if let Some(t) = q.after {
+        args.push(SqlValue::Integer(sql_time(t)));
+        times.push_str(&format!(" AND m.sent_at >= ?{}", args.len()));
+    }
+    if let Some(t) = q.before {
+        args.push(SqlValue::Integer(sql_time(t)));
+        times.push_str(&format!(" AND m.sent_at < ?{}", args.len()));
+    }
+    // Rows are read only to check exact times (and the guild, with a channel).
+    let join = if times.is_empty() {
+        ""
+    } else {
+        "JOIN guild_messages m ON m.rorder = guild_messages_fts.rowid"
+    };
     args.push(SqlValue::Integer(limit as i64));
     let lim = args.len();
     args.push(SqlValue::Integer(offset as i64));
     let off = args.len();
-
-    const COLUMNS: &str =
-        "m.rorder, m.guild, m.channel, m.msg_id, m.sender, m.seq, m.author, m.sent_at, m.has_file";
-    // The order history reads (and its index serves) for newest first.
-    const NEWEST: &str = "m.sent_at DESC, m.sender DESC, m.seq DESC, m.rorder DESC";
+    let expr = (!expr.is_empty()).then(|| expr.join(" AND "));
+    if let Some(e) = &expr {
+        args.push(SqlValue::Text(e.clone()));
+    }
+    let m = args.len();
+    // BM25 over the text only (weight 0 for the filter tokens).
+    let score = if words.is_some() {
+        "bm25(guild_messages_fts, 1.0, 0.0)"
+    } else {
+        "0.0"
+    };
     let sql = match (&expr, q.order) {
-        (Some(_), Order::Relevance) => format!(
-            "SELECT {COLUMNS}, guild_messages_fts.rank FROM guild_messages_fts
-             JOIN guild_messages m ON m.rorder = guild_messages_fts.rowid
-             WHERE 1{filters} ORDER BY guild_messages_fts.rank LIMIT ?{lim} OFFSET ?{off}"
+        (Some(_), Order::Relevance) if words.is_some() => format!(
+            "SELECT r, score FROM (
+                SELECT guild_messages_fts.rowid AS r, {score} AS score FROM guild_messages_fts {join}
+                WHERE guild_messages_fts MATCH ?{m}{times}
+                ORDER BY guild_messages_fts.rowid DESC LIMIT {MAX_RANKED})
+             ORDER BY score, r DESC LIMIT ?{lim} OFFSET ?{off}"
         ),
-        (Some(_), Order::Newest) => format!(
-            "SELECT {COLUMNS}, guild_messages_fts.rank FROM guild_messages_fts
-             JOIN guild_messages m ON m.rorder = guild_messages_fts.rowid
-             WHERE 1{filters} ORDER BY {NEWEST} LIMIT ?{lim} OFFSET ?{off}"
+        (Some(_), _) => format!(
+            "SELECT guild_messages_fts.rowid, {score} FROM guild_messages_fts {join}
+             WHERE guild_messages_fts MATCH ?{m}{times}
+             ORDER BY guild_messages_fts.rowid DESC LIMIT ?{lim} OFFSET ?{off}"
         ),
         (None, _) => format!(
-            "SELECT {COLUMNS}, 0.0 FROM guild_messages m
-             WHERE 1{filters} ORDER BY {NEWEST} LIMIT ?{lim} OFFSET ?{off}"
+            "SELECT m.rorder, 0.0 FROM guild_messages m WHERE 1{times}
+             ORDER BY m.rorder DESC LIMIT ?{lim} OFFSET ?{off}"
         ),
     };
-    let mut st = conn.prepare_cached(&sql)?;
-    let page = st
+    let page: Vec<(i64, f64)> = conn
+        .prepare_cached(&sql)?
         .query_map(params_from_iter(args.iter()), |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                Hit {
-                    guild: r.get(1)?,
-                    channel: u64::from_ne_bytes(r.get::<_, i64>(2)?.to_ne_bytes()),
-                    msg_id: r.get(3)?,
-                    device: r.get(4)?,
-                    seq: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
-                    author: r.get(6)?,
-                    sent_at: u64::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
-                    has_file: r.get::<_, i64>(8)? != 0,
-                    snippet: String::new(),
-                    rank: r.get(9)?,
-                },
-            ))
+            Ok((r.get(0)?, r.get(1)?))
         })?
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<_, _>>()?;
 
-    // Snippets for this page only: computing them in the query above would compute one for
-    // every match before sorting.
+    // The rows and snippets of this page only.
+    const COLUMNS: &str =
+        "m.guild, m.channel, m.msg_id, m.sender, m.seq, m.author, m.sent_at, m.has_file";
     let mut hits = Vec::with_capacity(page.len());
-    for (rorder, mut hit) in page {
-        hit.snippet = match &expr {
-            Some(e) => conn
-                .prepare_cached(
-                    "SELECT snippet(guild_messages_fts, 0, ?3, ?4, ?5, ?6) FROM guild_messages_fts
-                     WHERE guild_messages_fts MATCH ?1 AND rowid = ?2",
-                )?
+    for (rorder, rank) in page {
+        let row = |r: &rusqlite::Row<'_>| {
+            Ok(Hit {
+                guild: r.get(0)?,
+                channel: u64::from_ne_bytes(r.get::<_, i64>(1)?.to_ne_bytes()),
+                msg_id: r.get(2)?,
+                device: r.get(3)?,
+                seq: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                author: r.get(5)?,
+                sent_at: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                has_file: r.get::<_, i64>(7)? != 0,
+                snippet: r.get(8)?,
+                rank,
+            })
+        };
+        let hit = match &words {
+            Some(w) => conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS}, snippet(guild_messages_fts, 0, ?3, ?4, ?5, ?6)
+                     FROM guild_messages_fts JOIN guild_messages m ON m.rorder = guild_messages_fts.rowid
+                     WHERE guild_messages_fts MATCH ?1 AND guild_messages_fts.rowid = ?2"
+                ))?
                 .query_row(
                     params![
-                        e,
+                        format!("text : ({w})"),
                         rorder,
                         MARK_OPEN.to_string(),
                         MARK_CLOSE.to_string(),
                         ELLIPSIS,
                         SNIPPET_TOKENS
                     ],
-                    |r| r.get(0),
+                    row,
                 )?,
             None => conn
-                .prepare_cached("SELECT substr(text, 1, ?2) FROM guild_messages WHERE rorder = ?1")?
-                .query_row(params![rorder, PREVIEW_CHARS], |r| r.get(0))?,
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS}, substr(m.text, 1, ?2) FROM guild_messages m WHERE m.rorder = ?1"
+                ))?
+                .query_row(params![rorder, PREVIEW_CHARS], row)?,
         };
         hits.push(hit);
     }
@@ -606,6 +690,80 @@ mod tests {
             }),
             [3_000]
         );
+        // Time ranges by day buckets, then exact bounds; wide ranges by weeks or rows only.
+        let day = DAY_MS;
+        insert(&db, G1, 1, BOB, 3 * day + 5, "relay later");
+        insert(&db, G1, 1, BOB, 400 * day, "relay much later");
+        assert_eq!(
+            only(Query {
+                after: Some(2 * day),
+                before: Some(4 * day),
+                ..relay.clone()
+            }),
+            [3 * day + 5]
+        );
+        assert!(
+            only(Query {
+                after: Some(3 * day + 6),
+                before: Some(4 * day),
+                ..relay.clone()
+            })
+            .is_empty()
+        );
+        assert_eq!(
+            only(Query {
+                after: Some(3_500),
+                before: Some(3 * day + 6),
+                ..relay.clone()
+            }),
+            [3 * day + 5, 4_000]
+        );
+        assert_eq!(
+            only(Query {
+                after: Some(3 * day),
+                before: Some(300 * day),
+                ..relay.clone()
+            }),
+            [3 * day + 5]
+        );
+        assert_eq!(
+            only(Query {
+                after: Some(0),
+                before: Some(1_000 * day),
+                ..relay.clone()
+            })
+            .len(),
+            4
+        );
+        assert_eq!(
+            only(Query {
+                after: Some(100 * day),
+                ..relay.clone()
+            }),
+            [400 * day]
+        );
+        assert!(
+            only(Query {
+                after: Some(5),
+                before: Some(5),
+                ..relay.clone()
+            })
+            .is_empty()
+        );
+        assert_eq!(
+            only(Query {
+                author: Some(BOB),
+                after: Some(day),
+                ..base.clone()
+            }),
+            [400 * day, 3 * day + 5]
+        );
+        db.conn()
+            .execute(
+                "DELETE FROM guild_messages WHERE sent_at > ?1",
+                [day as i64],
+            )
+            .unwrap();
         // Paging.
         assert_eq!(
             only(Query {
@@ -678,7 +836,7 @@ mod tests {
             // Back to schema 11 with one message, as an older build left it.
             db.conn()
                 .execute_batch(
-                    "DROP TRIGGER guild_messages_fts_insert; DROP TRIGGER guild_messages_fts_delete;
+                    "DROP VIEW guild_messages_search; DROP TRIGGER guild_messages_fts_insert; DROP TRIGGER guild_messages_fts_delete;
                      DROP TRIGGER guild_messages_fts_update; DROP TABLE guild_messages_fts;
                      ALTER TABLE guild_messages DROP COLUMN has_file; PRAGMA user_version = 11;",
                 )
