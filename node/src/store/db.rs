@@ -308,8 +308,8 @@ const MIGRATIONS: &[&str] = &[
     // 12: local full-text search (`store::search`): an FTS5 index with external content (the
     // text is stored once, in `guild_messages`) over two columns of the view
     // `guild_messages_search`: the text, and `meta`, tokens for the search filters (guild,
-    // channel, author, day, week, has_file), so filters are doclist intersections inside the
-    // index rather than a row lookup per match. Triggers keep it in step with INSERT, UPDATE
+    // channel, author, author in a channel, author in a guild, day, week, has_file), so filters
+    // are doclist intersections inside the index rather than a row lookup per match. Triggers keep it in step with INSERT, UPDATE
     // (of the text or a filtered column) and DELETE, so code that edits or deletes messages
     // needs no extra call (`INSERT OR REPLACE` would bypass the DELETE trigger unless
     // `recursive_triggers` is on: use INSERT OR IGNORE or an UPSERT's DO UPDATE, as now). The
@@ -324,6 +324,7 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE guild_messages ADD COLUMN has_file INTEGER NOT NULL DEFAULT 0;
      CREATE VIEW guild_messages_search (rorder, text, meta) AS
         SELECT m.rorder, m.text, 'g' || hex(m.guild) || ' c' || hex(m.channel) || ' a' || hex(m.author)
+            || ' p' || hex(m.channel) || hex(m.author) || ' q' || hex(m.guild) || hex(m.author)
             || ' d' || (m.sent_at / 86400000) || ' w' || (m.sent_at / 604800000)
             || ' f' || m.has_file
         FROM guild_messages m;
@@ -339,6 +340,7 @@ const MIGRATIONS: &[&str] = &[
      CREATE TRIGGER guild_messages_fts_insert AFTER INSERT ON guild_messages BEGIN
         INSERT INTO guild_messages_fts (rowid, text, meta) VALUES (new.rorder, new.text,
             'g' || hex(new.guild) || ' c' || hex(new.channel) || ' a' || hex(new.author)
+            || ' p' || hex(new.channel) || hex(new.author) || ' q' || hex(new.guild) || hex(new.author)
             || ' d' || (new.sent_at / 86400000) || ' w' || (new.sent_at / 604800000)
             || ' f' || new.has_file);
      END;
@@ -346,6 +348,7 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO guild_messages_fts (guild_messages_fts, rowid, text, meta)
             VALUES ('delete', old.rorder, old.text,
             'g' || hex(old.guild) || ' c' || hex(old.channel) || ' a' || hex(old.author)
+            || ' p' || hex(old.channel) || hex(old.author) || ' q' || hex(old.guild) || hex(old.author)
             || ' d' || (old.sent_at / 86400000) || ' w' || (old.sent_at / 604800000)
             || ' f' || old.has_file);
      END;
@@ -355,10 +358,12 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO guild_messages_fts (guild_messages_fts, rowid, text, meta)
             VALUES ('delete', old.rorder, old.text,
             'g' || hex(old.guild) || ' c' || hex(old.channel) || ' a' || hex(old.author)
+            || ' p' || hex(old.channel) || hex(old.author) || ' q' || hex(old.guild) || hex(old.author)
             || ' d' || (old.sent_at / 86400000) || ' w' || (old.sent_at / 604800000)
             || ' f' || old.has_file);
         INSERT INTO guild_messages_fts (rowid, text, meta) VALUES (new.rorder, new.text,
             'g' || hex(new.guild) || ' c' || hex(new.channel) || ' a' || hex(new.author)
+            || ' p' || hex(new.channel) || hex(new.author) || ' q' || hex(new.guild) || hex(new.author)
             || ' d' || (new.sent_at / 86400000) || ' w' || (new.sent_at / 604800000)
             || ' f' || new.has_file);
      END;
