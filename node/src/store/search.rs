@@ -878,6 +878,43 @@ mod tests {
             .unwrap();
     }
 
+    /// `secure-delete`: once a message is deleted, its words are gone from the index's pages,
+    /// not only unreachable. With FTS5's `secure-delete` set to 0 this test fails (the word
+    /// stays in the index blocks; checked when it was written). SQLite's page-level `PRAGMA
+    /// secure_delete` (whether freed space in pages is zeroed) is 1 in the bundled SQLCipher.
+
+    #[test]
+    fn deleted_words_leave_the_index_pages() {
+        let db = sample();
+        let row = insert(&db, G1, 1, ALICE, 9_000, "the password is quixotriangulate");
+        let in_pages = |word: &[u8]| -> bool {
+            let mut st = db
+                .conn()
+                .prepare("SELECT block FROM guild_messages_fts_data")
+                .unwrap();
+            let blocks: Vec<Vec<u8>> = st
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            blocks
+                .iter()
+                .any(|b| b.windows(word.len()).any(|w| w == word))
+        };
+        // Terms are stored prefix-compressed against their neighbours: look for the tail.
+        assert!(in_pages(b"riangulate"));
+        db.conn()
+            .execute("DELETE FROM guild_messages WHERE rorder = ?1", [row])
+            .unwrap();
+        assert!(!in_pages(b"riangulate"));
+        assert!(texts(&db, &q("quixo")).is_empty());
+        let page_level: i64 = db
+            .conn()
+            .query_row("PRAGMA secure_delete", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(page_level, 1);
+    }
+
     #[test]
     fn migration_backfills_existing_rows() {
         let dir = tempfile::tempdir().unwrap();
