@@ -20,7 +20,8 @@
 //! expires?, uses?}`, `channel-create {guild, name, voice?}`, `channel-list {guild}`, `send
 //! {guild, channel, text}`, `history {guild, channel, limit?}`, `members {guild}`, `role-create
 //! {guild, name, perms}`, `role-grant {guild, user, role}`, `kick {guild, user}`, `ban {guild,
-//! user, reason?}`, `find-user {user}`, and the management commands of `control/manage.rs`
+//! user, reason?}`, `find-user {user}`, `search {text?, guild?, channel?, author?, after?, before?,
+//! has_file?, order?, limit?, offset?}` (local full-text search, see `store::search`), and the management commands of `control/manage.rs`
 //! (channel details and moves, role list/revoke/delete, bans, unban, invite list/revoke, guild
 //! settings), and the messaging commands of `control/messages.rs` (replies, threads, reactions,
 //! edits, deletes, pins, timers, mentions, read state). `events` adds `{"event": "message",
@@ -272,6 +273,60 @@ fn opt_u64(args: &Value, name: &str) -> Result<Option<u64>, String> {
     }
 }
 
+fn opt_str(args: &Value, name: &str) -> Result<Option<String>, String> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("argument {name:?} must be a string")),
+    }
+}
+
+/// A time argument: ms since the Unix epoch, or a string `store::search::parse_time_ms` reads
+/// (YYYY-MM-DD or RFC 3339).
+fn opt_time(args: &Value, name: &str) -> Result<Option<u64>, String> {
+    match args.get(name) {
+        Some(Value::String(s)) => crate::store::search::parse_time_ms(s)
+            .map(Some)
+            .map_err(|e| format!("argument {name:?}: {e}")),
+        _ => opt_u64(args, name),
+    }
+}
+
+/// The arguments of `search`: `{text?, guild?, channel?, author?, after?, before?, has_file?,
+/// order? ("relevance" | "newest"), limit?, offset?}`.
+fn search_request(a: &Value) -> Result<crate::guild::service::search::SearchRequest, String> {
+    use crate::store::search::Order;
+    let order = match a.get("order").and_then(Value::as_str) {
+        None | Some("relevance") => Order::Relevance,
+        Some("newest") => Order::Newest,
+        Some(other) => {
+            return Err(format!(
+                "argument \"order\" must be \"relevance\" or \"newest\", got {other:?}"
+            ));
+        }
+    };
+    let has_file = match a.get("has_file") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err("argument \"has_file\" must be true or false".into()),
+    };
+    let size = |v: Option<u64>, default: usize| {
+        v.map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
+    };
+    Ok(crate::guild::service::search::SearchRequest {
+        text: opt_str(a, "text")?.unwrap_or_default(),
+        guild: opt_str(a, "guild")?,
+        channel: opt_str(a, "channel")?,
+        author: opt_str(a, "author")?,
+        after: opt_time(a, "after")?,
+        before: opt_time(a, "before")?,
+        has_file,
+        order,
+        limit: size(opt_u64(a, "limit")?, 50),
+        offset: size(opt_u64(a, "offset")?, 0),
+    })
+}
+
 async fn handle_guild(g: &GuildService, cmd: &str, a: &Value) -> Option<Result<Value, String>> {
     let e = |r: Result<Value, crate::guild::GuildError>| r.map_err(|e| e.to_string());
     Some(match cmd {
@@ -315,6 +370,7 @@ async fn handle_guild(g: &GuildService, cmd: &str, a: &Value) -> Option<Result<V
             }
             (Err(x), _, _) | (_, Err(x), _) | (_, _, Err(x)) => Err(x),
         },
+        "search" => search_request(a).and_then(|r| e(g.search(&r))),
         "members" => match arg(a, "guild") {
             Ok(guild) => e(g.members(guild)),
             Err(x) => Err(x),

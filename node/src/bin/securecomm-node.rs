@@ -14,6 +14,8 @@
 //! securecomm-node send GUILD CHANNEL TEXT | history GUILD CHANNEL [--limit N] | members GUILD
 //! securecomm-node role create GUILD NAME --perms LIST | role grant GUILD USER ROLE
 //! securecomm-node kick GUILD USER | ban GUILD USER [--reason TEXT]
+//! securecomm-node search TEXT [--guild G] [--channel C] [--author USER] [--after DATE]
+//!                 [--before DATE] [--has-file] [--newest] [--limit N] [--offset N]
 //! ```
 //! Every command takes `--json` for machine-readable output.
 //! The passphrase is read from the terminal, or from `SECURECOMM_PASSPHRASE` for scripts.
@@ -251,6 +253,41 @@ enum Command {
         /// How many of the latest messages.
         #[arg(long, default_value_t = 50)]
         limit: u64,
+    },
+    /// Search the messages stored on this device (running node). TEXT is plain words (no
+    /// operators; the last word also matches as a prefix); an empty TEXT lists the newest
+    /// messages that pass the filters.
+    Search {
+        /// Words to find.
+        #[arg(default_value = "")]
+        text: String,
+        /// Only this guild (name or id).
+        #[arg(long)]
+        guild: Option<String>,
+        /// Only this channel (name or id; needs --guild).
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only messages by this user (id or nickname).
+        #[arg(long)]
+        author: Option<String>,
+        /// Sent at or after: YYYY-MM-DD (UTC) or RFC 3339.
+        #[arg(long)]
+        after: Option<String>,
+        /// Sent before: YYYY-MM-DD (UTC) or RFC 3339.
+        #[arg(long)]
+        before: Option<String>,
+        /// Only messages with a file.
+        #[arg(long)]
+        has_file: bool,
+        /// Newest first instead of best match first.
+        #[arg(long)]
+        newest: bool,
+        /// Hits per page (at most 200).
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+        /// Hits to skip (the previous page's `next_offset`).
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
     },
     /// Direct messages with users you share a guild with (running node).
     Dm {
@@ -1004,6 +1041,44 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
             }
         }
+        Some(Command::Search {
+            text,
+            guild,
+            channel,
+            author,
+            after,
+            before,
+            has_file,
+            newest,
+            limit,
+            offset,
+        }) => {
+            let time = |t: Option<String>| {
+                t.map(|t| securecomm_node::store::search::parse_time_ms(&t))
+                    .transpose()
+            };
+            let args = json!({
+                "text": text,
+                "guild": guild,
+                "channel": channel,
+                "author": author,
+                "after": time(after)?,
+                "before": time(before)?,
+                "has_file": has_file.then_some(true),
+                "order": if newest { "newest" } else { "relevance" },
+                "limit": limit,
+                "offset": offset,
+            });
+            let mut c = ControlClient::connect(&dir)
+                .await
+                .map_err(|e| no_node(&dir, e))?;
+            let v = c.call("search", args).await?;
+            if json {
+                println!("{v}");
+            } else {
+                print_hits(&v);
+            }
+        }
         Some(Command::Dm { action }) => {
             let (cmd, args) = match action {
                 DmAction::Send { user, text } => ("dm-send", json!({"user": user, "text": text})),
@@ -1208,4 +1283,38 @@ fn prompt_line(prompt: &str) -> Result<String, String> {
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
     Ok(line.trim().to_owned())
+}
+
+/// Search hits as `[time] #channel (guild) who: snippet`, matched words in brackets.
+fn print_hits(v: &Value) {
+    let hits = v.get("hits").and_then(Value::as_array);
+    if hits.is_none_or(Vec::is_empty) {
+        println!("no messages found");
+    }
+    for h in hits.into_iter().flatten() {
+        let s = |k: &str| h.get(k).and_then(Value::as_str).filter(|n| !n.is_empty());
+        let who = s("nickname")
+            .or_else(|| s("sender").map(|x| x.get(..12).unwrap_or(x)))
+            .unwrap_or("?");
+        let channel = s("channel_name").map_or_else(
+            || h.get("channel").map(Value::to_string).unwrap_or_default(),
+            str::to_owned,
+        );
+        let guild = s("guild_name").or_else(|| s("guild")).unwrap_or("?");
+        let snippet: String = s("snippet")
+            .unwrap_or("")
+            .chars()
+            .map(|c| match c {
+                '\u{2}' => '[',
+                '\u{3}' => ']',
+                c if c.is_control() => ' ',
+                c => c,
+            })
+            .collect();
+        let at = h.get("sent_at").and_then(Value::as_u64).unwrap_or(0);
+        println!("[{at}] #{channel} ({guild}) {who}: {snippet}");
+    }
+    if let Some(n) = v.get("next_offset").and_then(Value::as_u64) {
+        println!("more: --offset {n}");
+    }
 }

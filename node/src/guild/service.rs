@@ -44,6 +44,7 @@ use crate::sync::{Delivery, GroupId, SyncConfig, SyncError, SyncPeer};
 
 pub mod manage;
 pub mod messages;
+pub mod search;
 
 /// Guild events for subscribers (the control API's `events` stream).
 #[derive(Debug, Clone)]

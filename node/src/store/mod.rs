@@ -5,6 +5,7 @@ pub mod backup;
 pub mod contacts;
 pub mod db;
 pub mod identity;
+pub mod search;
 pub mod settings;
 
 pub use db::{Db, DbError};
