@@ -413,7 +413,10 @@ const MIGRATIONS: &[&str] = &[
     // it). FTS5's `secure-delete`
     // (SQLite >= 3.44; the bundled SQLCipher 4.20 is SQLite 3.54.1) is on, so deleted or
     // edited text is removed from the index pages instead of lingering as dead entries until
-    // a merge. `has_file` marks messages with an attachment; issue 11 (files) sets it.
+    // a merge. The backfill ends with `optimize`, so the first messages stored afterwards do
+    // not pay for the rebuild's pending merges (measured at 1,000,000 messages: 1,066 us per
+    // insert before, 281 us after; the optimize took 14 s). `has_file` marks messages with an
+    // attachment; issue 11 (files) sets it.
     // `store::search::meta_token` must build the same tokens as `meta` here.
     "ALTER TABLE guild_messages ADD COLUMN has_file INTEGER NOT NULL DEFAULT 0;
      CREATE VIEW guild_messages_search (rorder, text, meta) AS
@@ -461,7 +464,8 @@ const MIGRATIONS: &[&str] = &[
             || ' d' || (new.sent_at / 86400000) || ' w' || (new.sent_at / 604800000)
             || ' f' || new.has_file);
      END;
-     INSERT INTO guild_messages_fts (guild_messages_fts) VALUES ('rebuild');",
+     INSERT INTO guild_messages_fts (guild_messages_fts) VALUES ('rebuild');
+     INSERT INTO guild_messages_fts (guild_messages_fts) VALUES ('optimize');",
 ];
 
 /// The newest schema version this build writes.
