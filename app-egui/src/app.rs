@@ -159,6 +159,7 @@ fn main_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
     crate::ui::messages::confirm_delete_ui(ctx, s, cmds);
     crate::ui::messages::threads_windows_ui(ctx, s, cmds);
     crate::ui::messages::pins_window_ui(ctx, s);
+    crate::ui::messages::search_window_ui(ctx, s, cmds);
 }
 
 /// The window a clicked link opens: its full real target, and the user's choice. The app never
@@ -533,6 +534,7 @@ fn messages_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
     };
     let loading = t.loading_older;
     let rows = t.rows();
+    let mut jumped: Option<String> = None;
     let total = rows.len() + pending.len();
     let row_height = ui.text_style_height(&TextStyle::Body);
     let step = row_height + ui.spacing().item_spacing.y;
@@ -550,6 +552,19 @@ fn messages_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
         let shift = added as f32 * step;
         area = area.vertical_scroll_offset(state.offset.y + shift);
     }
+    // A search result's "Jump": once the timeline holds the message, scroll to its first row
+    // and select it.
+    if let Some(id) = s.messages.jump_to.clone()
+        && let Some(at) = rows.iter().position(|r| match r {
+            Row::Line { msg, .. } | Row::Reply { msg, .. } | Row::Meta { msg, .. } => *msg == id,
+            _ => false,
+        })
+    {
+        #[allow(clippy::cast_precision_loss)] // row counts far below 2^24
+        let y = (at.saturating_sub(2)) as f32 * step;
+        area = area.vertical_scroll_offset(y).stick_to_bottom(false);
+        jumped = Some(id);
+    }
     let mut actions = Vec::new();
     let mut near_top = false;
     area.show_rows(ui, row_height, total, |ui, range| {
@@ -565,6 +580,10 @@ fn messages_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
         }
     });
     apply_row_actions(s, actions, cmds);
+    if let Some(id) = jumped {
+        s.messages.jump_to = None;
+        s.messages.selected = Some(id);
+    }
     if near_top {
         cmds.extend(s.on_near_top());
     }

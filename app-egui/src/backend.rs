@@ -170,6 +170,17 @@ pub enum Command {
         /// Message id (hex).
         msg: String,
     },
+    /// Search the local store.
+    Search {
+        /// What the user typed.
+        text: String,
+        /// Only this guild (hex).
+        guild: Option<String>,
+        /// Only this channel (needs `guild`).
+        channel: Option<u64>,
+        /// Only this author (user id or nickname).
+        author: Option<String>,
+    },
     /// List a channel's pinned messages.
     LoadPins {
         /// Guild id (hex).
@@ -381,6 +392,33 @@ pub struct Message {
     pub mentions_me: bool,
 }
 
+/// A search result.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SearchHit {
+    /// Guild id (hex).
+    pub guild: String,
+    /// Guild name.
+    #[serde(default)]
+    pub guild_name: String,
+    /// Channel id.
+    pub channel: u64,
+    /// Channel name.
+    #[serde(default)]
+    pub channel_name: String,
+    /// Message id (hex).
+    pub id: String,
+    /// Author (hex).
+    pub sender: String,
+    /// Author's nickname.
+    #[serde(default)]
+    pub nickname: String,
+    /// Author's clock, ms.
+    pub sent_at: u64,
+    /// The matching words in context, between U+0002 and U+0003.
+    #[serde(default)]
+    pub snippet: String,
+}
+
 /// A pinned message, as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct PinInfo {
@@ -544,6 +582,13 @@ pub enum Event {
         channel: u64,
         /// What it did.
         op: MessageOp,
+    },
+    /// Search results, best first.
+    SearchResults {
+        /// The text searched.
+        text: String,
+        /// Hits.
+        hits: Vec<SearchHit>,
     },
     /// A channel's pinned messages, most recently pinned first.
     Pins {
@@ -1406,6 +1451,32 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),
+            Command::Search {
+                text,
+                guild,
+                channel,
+                author,
+            } => {
+                let req = securecomm_node::guild::service::search::SearchRequest {
+                    text: text.clone(),
+                    guild,
+                    channel: channel.map(|c| c.to_string()),
+                    author,
+                    after: None,
+                    before: None,
+                    has_file: None,
+                    order: Default::default(),
+                    limit: 50,
+                    offset: 0,
+                };
+                let v = g.search(&req).map_err(|e| e.to_string())?;
+                let hits = parse::<Vec<SearchHit>>(
+                    v.get("hits").cloned().unwrap_or(Value::Null),
+                    "search results",
+                )?;
+                emit.emit(Event::SearchResults { text, hits }).await;
+                Ok(())
+            }
             Command::LoadPins { guild, channel } => {
                 let v = g
                     .pins(&guild, &channel.to_string())

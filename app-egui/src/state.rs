@@ -1025,6 +1025,10 @@ impl AppState {
                     Vec::new()
                 }
             }
+            Event::SearchResults { text, hits } => {
+                self.messages.search.results = Some((text, hits));
+                Vec::new()
+            }
             Event::Pins {
                 guild,
                 channel,

@@ -210,3 +210,51 @@ fn a_thread_from_a_message_holds_its_own_posts_and_can_be_archived() {
         h.state().state.errors
     );
 }
+
+#[test]
+fn search_finds_a_message_in_another_channel_and_jumps_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    create_identity(&mut h, "Fay", "pass phrase");
+    open_channel(&mut h, "Airships", "history");
+    send(&mut h, "the Hindenburg was a zeppelin");
+    send(&mut h, "unrelated chatter");
+    let (guild, history) = match &h.state().state.view {
+        View::Channel { guild, channel } => (guild.clone(), *channel),
+        v => panic!("{v:?}"),
+    };
+    let id = entry(&h.state().state, "the Hindenburg was a zeppelin")
+        .unwrap()
+        .id
+        .clone();
+    // Somewhere else now.
+    type_into(&mut h, "Channel name", "lounge");
+    h.get_by_label("Create channel").click();
+    wait_for(
+        &mut h,
+        "the lounge",
+        |s| matches!(&s.view, View::Channel { channel, .. } if *channel != history),
+    );
+
+    click(&mut h, "Find messages");
+    type_into(&mut h, "Search text", "Zeppelin");
+    click(&mut h, "Search");
+    wait_for(&mut h, "the results", |s| {
+        s.messages.search.results.is_some()
+    });
+    let hits = h.state().state.messages.search.results.clone().unwrap().1;
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0].id, id);
+    assert_eq!(hits[0].channel_name, "history");
+    assert!(
+        hits[0].snippet.contains("\u{2}zeppelin\u{3}"),
+        "{:?}",
+        hits[0].snippet
+    );
+    settle(&mut h);
+    click(&mut h, &format!("Jump to {}", &id[..8]));
+    wait_for(&mut h, "the jump", |s| {
+        matches!(&s.view, View::Channel { guild: g, channel } if *g == guild && *channel == history)
+            && s.messages.selected.as_deref() == Some(id.as_str())
+    });
+}

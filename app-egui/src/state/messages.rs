@@ -42,6 +42,21 @@ pub struct Threads {
     pub unread: std::collections::HashMap<String, u32>,
 }
 
+/// The search window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Search {
+    /// The window is open.
+    pub open: bool,
+    /// What the user typed.
+    pub text: String,
+    /// Only the open channel.
+    pub this_channel: bool,
+    /// Only this author (nickname or user id; empty: anyone).
+    pub author: String,
+    /// The last results: (text searched, hits).
+    pub results: Option<(String, Vec<crate::backend::SearchHit>)>,
+}
+
 /// Who is typing in one channel: (user, name, when the notice came).
 pub type Typists = Vec<(String, String, Instant)>;
 
@@ -66,6 +81,11 @@ pub struct MessageActions {
     pub pins_open: bool,
     /// Pinned messages per (guild, channel), most recently pinned first.
     pub pins: std::collections::HashMap<(String, u64), Vec<crate::backend::PinInfo>>,
+    /// Local search.
+    pub search: Search,
+    /// A message to scroll to and select once its channel's timeline holds it (a search
+    /// result's "Jump").
+    pub jump_to: Option<String>,
 }
 
 impl MessageActions {
@@ -98,6 +118,41 @@ impl MessageActions {
 }
 
 impl AppState {
+    /// "Search": opens or closes the search window.
+    pub fn on_toggle_search(&mut self) {
+        self.messages.search.open = !self.messages.search.open;
+    }
+
+    /// "Search" in the search window (or Enter).
+    pub fn on_search(&mut self) -> Vec<Command> {
+        let q = &self.messages.search;
+        let text = q.text.trim().to_owned();
+        let author = (!q.author.trim().is_empty()).then(|| q.author.trim().to_owned());
+        if text.is_empty() && author.is_none() {
+            self.error("type something to search for");
+            return Vec::new();
+        }
+        let (guild, channel) = match (&self.view, q.this_channel) {
+            (View::Channel { guild, channel }, true) => (Some(guild.clone()), Some(*channel)),
+            (View::Channel { guild, .. }, false) => (Some(guild.clone()), None),
+            _ => (self.guild.clone(), None),
+        };
+        vec![Command::Search {
+            text,
+            guild,
+            channel,
+            author,
+        }]
+    }
+
+    /// "Jump" on a search result: opens its channel and scrolls to the message.
+    pub fn on_jump(&mut self, hit: &crate::backend::SearchHit) -> Vec<Command> {
+        self.guild = Some(hit.guild.clone());
+        let cmds = self.on_select_channel(&hit.guild, hit.channel);
+        self.messages.jump_to = Some(hit.id.clone());
+        cmds
+    }
+
     /// "Pins": opens (or closes) the open channel's pinned messages, loading them.
     pub fn on_toggle_pins(&mut self) -> Vec<Command> {
         self.messages.pins_open = !self.messages.pins_open;

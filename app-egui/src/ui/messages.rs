@@ -179,6 +179,9 @@ pub fn threads_button_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Com
     if ui.button("Pins").clicked() {
         cmds.extend(s.on_toggle_pins());
     }
+    if ui.button("Find messages").clicked() {
+        s.on_toggle_search();
+    }
 }
 
 /// The open channel's pinned messages.
@@ -334,4 +337,100 @@ pub fn threads_windows_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<
     if !open {
         s.on_close_thread();
     }
+}
+
+/// The search window: words, "only this channel", an author, and results with "Jump".
+pub fn search_window_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
+    if !s.messages.search.open {
+        return;
+    }
+    let mut open = true;
+    let mut jump = None;
+    egui::Window::new("Search messages")
+        .open(&mut open)
+        .default_width(420.0)
+        .anchor(egui::Align2::RIGHT_TOP, [-12.0, 60.0])
+        .show(ctx, |ui| {
+            let q = &mut s.messages.search;
+            let mut go = false;
+            ui.horizontal(|ui| {
+                let l = ui.label("Search text");
+                let r = ui.text_edit_singleline(&mut q.text).labelled_by(l.id);
+                go |= r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            });
+            ui.horizontal(|ui| {
+                let l = ui.label("From");
+                ui.text_edit_singleline(&mut q.author).labelled_by(l.id);
+            });
+            ui.checkbox(&mut q.this_channel, "Only this channel");
+            go |= ui.button("Search").clicked();
+            if go {
+                cmds.extend(s.on_search());
+            }
+            ui.label(
+                RichText::new("Searches the messages stored on this device; nothing leaves it.")
+                    .small()
+                    .weak(),
+            );
+            ui.separator();
+            let Some((text, hits)) = s.messages.search.results.clone() else {
+                return;
+            };
+            if hits.is_empty() {
+                ui.label(RichText::new(format!("Nothing found for {text:?}.")).weak());
+            }
+            egui::ScrollArea::vertical()
+                .max_height(360.0)
+                .show(ui, |ui| {
+                    for h in &hits {
+                        ui.horizontal_wrapped(|ui| {
+                            let who = if h.nickname.is_empty() {
+                                crate::state::short(&h.sender)
+                            } else {
+                                h.nickname.clone()
+                            };
+                            ui.label(
+                                RichText::new(format!(
+                                    "#{} · {who} · {}",
+                                    h.channel_name,
+                                    crate::state::format_time(h.sent_at)
+                                ))
+                                .small()
+                                .weak(),
+                            );
+                            if ui
+                                .small_button(format!("Jump to {}", &h.id[..8.min(h.id.len())]))
+                                .clicked()
+                            {
+                                jump = Some(h.clone());
+                            }
+                        });
+                        ui.label(snippet_job(ui, &h.snippet));
+                        ui.separator();
+                    }
+                });
+        });
+    if let Some(h) = jump {
+        cmds.extend(s.on_jump(&h));
+    }
+    if !open {
+        s.messages.search.open = false;
+    }
+}
+
+/// A snippet with its matched words (between U+0002 and U+0003) in the strong colour.
+fn snippet_job(ui: &egui::Ui, snippet: &str) -> egui::text::LayoutJob {
+    let mut job = egui::text::LayoutJob::default();
+    let font = egui::TextStyle::Body.resolve(ui.style());
+    let (plain, strong) = (ui.visuals().text_color(), ui.visuals().strong_text_color());
+    let mut matched = false;
+    for part in snippet.split(['\u{2}', '\u{3}']) {
+        job.append(
+            part,
+            0.0,
+            egui::TextFormat::simple(font.clone(), if matched { strong } else { plain }),
+        );
+        matched = !matched;
+    }
+    job
 }
