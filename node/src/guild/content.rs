@@ -18,7 +18,8 @@
 //!
 //! Operations may arrive before their target (a moderator's delete fetched before the post it
 //! deletes, an edit from the author's other device): deletes leave a tombstone that the target
-//! meets when it arrives; edits and pins wait in `guild_pending_ops` (bounded per guild).
+//! meets when it arrives; reactions, edits and pins wait in `guild_pending_ops` (bounded per
+//! guild).
 //! Reactions, pins and thread settings are last-writer-wins per key, ordered by
 //! (sender's time, device, sequence number), so every member converges whatever the order.
 //!
@@ -35,9 +36,10 @@
 //! # Bounds
 //!
 //! Texts at most [`super::wire::MAX_TEXT_CHARS`] characters; at most [`MAX_PENDING_OPS`] waiting
-//! operations per guild (oldest dropped); at most [`MAX_REACTION_KINDS`] distinct emoji per
-//! message (further new emoji are ignored); at most [`MAX_EDIT_HISTORY`] kept versions per
-//! message; [`MAX_ERASE_BATCH`] expired messages erased per sweep.
+//! operations per guild, and as many deletes of messages not seen yet (oldest dropped); at
+//! most [`MAX_REACTION_KINDS`] emoji per user on one message (and [`MAX_REACTION_ROWS`]
+//! remembered); at most [`MAX_EDIT_HISTORY`] kept versions per message; [`MAX_ERASE_BATCH`]
+//! expired messages erased per sweep.
 
 use rusqlite::{OptionalExtension, Transaction, params};
 use securecomm_crdt::GuildView;
@@ -53,8 +55,12 @@ use crate::sync::SyncError;
 
 /// Most operations waiting for their target, per guild.
 pub const MAX_PENDING_OPS: i64 = 10_000;
-/// Most distinct reaction emoji per message.
+/// How far past [`MAX_PENDING_OPS`] a waiting list may grow before it is cut back to it.
+pub const PRUNE_SLACK: i64 = 256;
+/// Most reaction emoji one user has on one message at once.
 pub const MAX_REACTION_KINDS: i64 = 20;
+/// Most reaction rows (added or removed) remembered per user and message.
+pub const MAX_REACTION_ROWS: i64 = 64;
 /// Most earlier versions of a message kept locally.
 pub const MAX_EDIT_HISTORY: i64 = 50;
 /// Most expired messages erased in one sweep.
@@ -429,44 +435,19 @@ pub(crate) fn apply(
     let author = bytes(&m.sender);
     let s = stamp_of(m);
     match op {
-        Op::React { target, emoji, add } => {
+        Op::React { target, .. } => {
             let t = bytes(target);
             if erased(tx, gid, &t)? {
                 return Ok(false);
             }
-            if message_meta_tx(tx, gid, &t)?.is_some_and(|(_, ch, _)| ch != m.channel) {
-                return Ok(false);
+            match message_meta_tx(tx, gid, &t)? {
+                Some((_, ch, _)) if ch != m.channel => Ok(false),
+                Some(_) => apply_to_present(tx, gid, m),
+                None => {
+                    park(tx, gid, &t, m)?;
+                    Ok(false)
+                }
             }
-            let kinds: i64 = tx.query_row(
-                "SELECT COUNT(DISTINCT emoji) FROM guild_reactions WHERE guild = ?1 AND target = ?2
-                 AND emoji != ?3",
-                params![g, t, emoji],
-                |r| r.get(0),
-            )?;
-            if *add && kinds >= MAX_REACTION_KINDS {
-                return Ok(false);
-            }
-            let n = tx.execute(
-                "INSERT INTO guild_reactions (guild, target, user, emoji, added, at, device, seq,
-                    channel)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (guild, target, user, emoji) DO UPDATE SET
-                    added = excluded.added, at = excluded.at, device = excluded.device,
-                    seq = excluded.seq
-                 WHERE (excluded.at, excluded.device, excluded.seq) > (at, device, seq)",
-                params![
-                    g,
-                    t,
-                    author,
-                    emoji,
-                    *add,
-                    s.0,
-                    s.1,
-                    s.2,
-                    sql_channel(m.channel)
-                ],
-            )?;
-            Ok(n > 0)
         }
         Op::Delete { target, moderator } => {
             let t = bytes(target);
@@ -476,6 +457,22 @@ pub(crate) fn apply(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![g, t, sql_channel(m.channel), author, *moderator, s.0],
             )?;
+            // Deletes of messages this member never saw wait, bounded: past the bound plus a
+            // slack (so the pruning sort runs once per PRUNE_SLACK inserts), the oldest go.
+            let waiting: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM guild_tombstones WHERE guild = ?1 AND NOT erased",
+                params![g],
+                |r| r.get(0),
+            )?;
+            if waiting > MAX_PENDING_OPS + PRUNE_SLACK {
+                tx.execute(
+                    "DELETE FROM guild_tombstones WHERE guild = ?1 AND NOT erased
+                        AND (target, deleted_by) IN (
+                            SELECT target, deleted_by FROM guild_tombstones
+                            WHERE guild = ?1 AND NOT erased ORDER BY at DESC LIMIT -1 OFFSET ?2)",
+                    params![g, MAX_PENDING_OPS],
+                )?;
+            }
             match message_meta_tx(tx, gid, &t)? {
                 Some((a, ch, _)) if ch == m.channel && (*moderator || a == author) => {
                     erase(tx, gid, &t)?;
@@ -693,6 +690,7 @@ struct ParkedOp {
 
 #[derive(Serialize, serde::Deserialize)]
 enum ParkedKind {
+    React(String, bool),
     Edit(String),
     Pin(bool),
     Thread {
@@ -706,6 +704,11 @@ impl ParkedOp {
     fn into_message(self, gid: &GuildId, target: &[u8], channel: u64) -> StoredMessage {
         let t = hex::encode(target);
         let op = match self.op {
+            ParkedKind::React(emoji, add) => Op::React {
+                target: t,
+                emoji,
+                add,
+            },
             ParkedKind::Edit(text) => Op::Edit { target: t, text },
             ParkedKind::Pin(pinned) => Op::Pin { target: t, pinned },
             ParkedKind::Thread {
@@ -742,6 +745,7 @@ fn park(
     m: &StoredMessage,
 ) -> Result<(), SyncError> {
     let kind = match &m.op {
+        Some(Op::React { emoji, add, .. }) => ParkedKind::React(emoji.clone(), *add),
         Some(Op::Edit { text, .. }) => ParkedKind::Edit(text.clone()),
         Some(Op::Pin { pinned, .. }) => ParkedKind::Pin(*pinned),
         Some(Op::Thread {
@@ -770,11 +774,18 @@ fn park(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![&gid.0[..], target, s.0, s.1, s.2, json],
     )?;
-    tx.execute(
-        "DELETE FROM guild_pending_ops WHERE guild = ?1 AND rowid NOT IN
-            (SELECT rowid FROM guild_pending_ops WHERE guild = ?1 ORDER BY rowid DESC LIMIT ?2)",
-        params![&gid.0[..], MAX_PENDING_OPS],
+    let waiting: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM guild_pending_ops WHERE guild = ?1",
+        params![&gid.0[..]],
+        |r| r.get(0),
     )?;
+    if waiting > MAX_PENDING_OPS + PRUNE_SLACK {
+        tx.execute(
+            "DELETE FROM guild_pending_ops WHERE guild = ?1 AND rowid NOT IN
+                (SELECT rowid FROM guild_pending_ops WHERE guild = ?1 ORDER BY rowid DESC LIMIT ?2)",
+            params![&gid.0[..], MAX_PENDING_OPS],
+        )?;
+    }
     Ok(())
 }
 
@@ -788,6 +799,42 @@ fn apply_to_present(
     let author = bytes(&m.sender);
     let s = stamp_of(m);
     match &m.op {
+        Some(Op::React { target, emoji, add }) => {
+            let t = bytes(target);
+            // Per user and message: at most MAX_REACTION_KINDS emoji on, and at most
+            // MAX_REACTION_ROWS remembered (removed ones too, for last-writer-wins). Only a
+            // user past these bounds can see members disagree, about that user's reactions.
+            let (on, rows): (i64, i64) = tx.query_row(
+                "SELECT COUNT(*) FILTER (WHERE added), COUNT(*) FROM guild_reactions
+                 WHERE guild = ?1 AND target = ?2 AND user = ?3 AND emoji != ?4",
+                params![g, t, author, emoji],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if (*add && on >= MAX_REACTION_KINDS) || rows >= MAX_REACTION_ROWS {
+                return Ok(false);
+            }
+            let n = tx.execute(
+                "INSERT INTO guild_reactions (guild, target, user, emoji, added, at, device, seq,
+                    channel)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (guild, target, user, emoji) DO UPDATE SET
+                    added = excluded.added, at = excluded.at, device = excluded.device,
+                    seq = excluded.seq
+                 WHERE (excluded.at, excluded.device, excluded.seq) > (at, device, seq)",
+                params![
+                    g,
+                    t,
+                    author,
+                    emoji,
+                    *add,
+                    s.0,
+                    s.1,
+                    s.2,
+                    sql_channel(m.channel)
+                ],
+            )?;
+            Ok(n > 0)
+        }
         Some(Op::Edit { target, text }) => {
             let t = bytes(target);
             let row: Option<EditRow> = tx
@@ -1460,6 +1507,59 @@ mod tests {
         ] {
             assert!(state(&order).is_empty(), "{:?}", state(&order));
         }
+    }
+
+    #[test]
+    fn reactions_and_waiting_deletes_are_bounded() {
+        let mut ops = vec![msg(2, 1, 10, None, "react to me")];
+        for i in 0..25u8 {
+            ops.push(msg(
+                3,
+                u64::from(i) + 1,
+                20 + u64::from(i),
+                Some(Op::React {
+                    target: id(2, 1),
+                    emoji: format!("e{i}"),
+                    add: true,
+                }),
+                "",
+            ));
+        }
+        let s = state(&ops);
+        assert_eq!(
+            s.iter().filter(|l| l.starts_with("react")).count(),
+            20,
+            "{s:?}"
+        );
+
+        let mut db = Db::open_in_memory(&Secret32::from_bytes([1; 32])).unwrap();
+        let tx = db.conn_mut().transaction().unwrap();
+        for i in 0..(MAX_PENDING_OPS + PRUNE_SLACK + 50) as u64 {
+            let mut target = [9u8; 16];
+            target[..8].copy_from_slice(&i.to_be_bytes());
+            let m = StoredMessage {
+                seq: i + 1,
+                sent_at: i,
+                ..msg(
+                    1,
+                    1,
+                    i,
+                    Some(Op::Delete {
+                        target: hex::encode(target),
+                        moderator: true,
+                    }),
+                    "",
+                )
+            };
+            apply(&tx, &G, &m, true).unwrap();
+        }
+        let n: i64 = tx
+            .query_row("SELECT COUNT(*) FROM guild_tombstones", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            (MAX_PENDING_OPS..=MAX_PENDING_OPS + PRUNE_SLACK).contains(&n),
+            "{n}"
+        );
     }
 
     #[test]
