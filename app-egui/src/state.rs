@@ -462,7 +462,7 @@ fn grouped(prev: &Entry, e: &Entry) -> bool {
 }
 
 /// The quote shown above a reply: "author: first words" of `original`, or why it is missing.
-fn quote_of(original: Option<&Entry>) -> String {
+pub(crate) fn quote_of(original: Option<&Entry>) -> String {
     match original {
         Some(o) => {
             let first: String = o

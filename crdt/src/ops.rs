@@ -172,6 +172,10 @@ impl GuildOp {
             Self::DeleteRole(_) => 6,
             Self::GrantRole(..) => 7,
             Self::RevokeRole(..) => 8,
+            // A channel with a disappearing timer (added after the first schema) has its own
+            // tag, so channels without one encode exactly as before and every encoding has
+            // one length.
+            Self::PutChannel(_, ch) if ch.disappearing_secs != 0 => 21,
             Self::PutChannel(..) => 9,
             Self::DeleteChannel(_) => 10,
             Self::CreateInvite(..) => 11,
@@ -222,6 +226,9 @@ impl Encode for GuildOp {
             Self::PutChannel(id, ch) => {
                 id.encode(w);
                 ch.encode(w);
+                if ch.disappearing_secs != 0 {
+                    w.u32(ch.disappearing_secs);
+                }
             }
             Self::DeleteChannel(id) => id.encode(w),
             Self::CreateInvite(c, inv) => {
@@ -290,6 +297,15 @@ impl GuildOp {
             7 => Self::GrantRole(keys.root(r)?, RoleId::decode(r)?),
             8 => Self::RevokeRole(keys.root(r)?, RoleId::decode(r)?),
             9 => Self::PutChannel(ChannelId::decode(r)?, Channel::decode_with(r, keys)?),
+            21 => {
+                let id = ChannelId::decode(r)?;
+                let mut ch = Channel::decode_with(r, keys)?;
+                ch.disappearing_secs = match r.u32()? {
+                    0 => return Err(DecodeError::Invalid("channel timer 0 with a timer tag")),
+                    t => t,
+                };
+                Self::PutChannel(id, ch)
+            }
             10 => Self::DeleteChannel(ChannelId::decode(r)?),
             11 => Self::CreateInvite(
                 InviteCode::decode(r)?,

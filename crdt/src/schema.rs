@@ -570,11 +570,7 @@ impl Encode for Channel {
         w.u32(self.slow_mode_secs);
         w.u32(self.bitrate);
         w.u16(self.user_limit);
-        // Added after the first schema: written only when set, so channels without a timer
-        // encode exactly as before.
-        if self.disappearing_secs != 0 {
-            w.u32(self.disappearing_secs);
-        }
+        // `disappearing_secs` is written by `GuildOp::PutChannel` under its own tag.
     }
 }
 impl Decode for Channel {
@@ -630,15 +626,6 @@ impl Channel {
         let slow_mode_secs = r.u32()?;
         let bitrate = r.u32()?;
         let user_limit = r.u16()?;
-        // The channel ends its op's value, so a trailing timer is recognised by what is left.
-        let disappearing_secs = if r.remaining() == 0 {
-            0
-        } else {
-            match r.u32()? {
-                0 => return Err(DecodeError::Invalid("channel timer 0 written out")),
-                t => t,
-            }
-        };
         Ok(Self {
             kind,
             name,
@@ -649,7 +636,7 @@ impl Channel {
             slow_mode_secs,
             bitrate,
             user_limit,
-            disappearing_secs,
+            disappearing_secs: 0,
         })
     }
 }
@@ -726,6 +713,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::ops::GuildOp;
 
     fn channel(disappearing_secs: u32) -> Channel {
         Channel {
@@ -743,17 +731,27 @@ mod tests {
     }
 
     #[test]
-    fn channel_timer_is_a_trailing_field_written_only_when_set() {
-        let plain = channel(0).to_bytes();
-        let timed = channel(3600).to_bytes();
+    fn a_channel_timer_has_its_own_op_tag_and_exact_encodings() {
+        let plain = GuildOp::PutChannel(ChannelId(7), channel(0)).to_bytes();
+        let timed = GuildOp::PutChannel(ChannelId(7), channel(3600)).to_bytes();
+        // Channels without a timer encode as before; a timed one is tag 21 plus four bytes.
+        assert_eq!(plain[1], 9);
+        assert_eq!(timed[1], 21);
         assert_eq!(timed.len(), plain.len() + 4);
-        assert_eq!(&timed[..plain.len()], &plain[..]);
-        assert_eq!(Channel::from_bytes(&plain).unwrap(), channel(0));
-        assert_eq!(Channel::from_bytes(&timed).unwrap(), channel(3600));
-        // Canonical: a zero timer written out, or a partial one, is refused.
-        let mut zero = plain.clone();
-        zero.extend_from_slice(&[0; 4]);
-        assert!(Channel::from_bytes(&zero).is_err());
-        assert!(Channel::from_bytes(&timed[..timed.len() - 1]).is_err());
+        assert_eq!(&timed[2..plain.len()], &plain[2..]);
+        for (b, ch) in [(&plain, channel(0)), (&timed, channel(3600))] {
+            assert_eq!(
+                GuildOp::from_bytes(b).unwrap(),
+                GuildOp::PutChannel(ChannelId(7), ch)
+            );
+            for n in 0..b.len() {
+                assert!(GuildOp::from_bytes(&b[..n]).is_err(), "truncated to {n}");
+            }
+        }
+        // A timer tag with a zero timer is refused.
+        let mut zero = timed.clone();
+        let l = zero.len();
+        zero[l - 4..].copy_from_slice(&[0; 4]);
+        assert!(GuildOp::from_bytes(&zero).is_err());
     }
 }

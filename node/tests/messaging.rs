@@ -6,9 +6,7 @@
 
 mod procs;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use procs::*;
@@ -86,6 +84,18 @@ fn reactions(m: &Value) -> Vec<(String, u64)> {
         .unwrap_or_default();
     r.sort();
     r
+}
+
+/// The id of the `general` channel.
+fn general(n: &Node, gid: &str) -> u64 {
+    let ch = n.cli(&["channel", "list", gid]);
+    ch.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "general")
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap()
 }
 
 /// Opens a node's database (the node may be running: SQLite allows a second reader).
@@ -242,7 +252,7 @@ fn replies_threads_reactions_pins_and_mentions_reach_every_member() {
     // Mentions: an event only at the members mentioned (ben by name; @everyone, which
     // @everyone may use by default as on Discord, reaches ann and ben but not its author).
     let ben_id = b.user_id();
-    let mut events: Vec<_> = nodes.iter().map(event_stream).collect();
+    let mut events: Vec<_> = nodes.iter().map(Node::events).collect();
     // The streams are live from the moment they open: settle, then mention.
     std::thread::sleep(Duration::from_millis(500));
     let text = format!("<@{ben_id}> you said twice?");
@@ -296,28 +306,6 @@ fn replies_threads_reactions_pins_and_mentions_reach_every_member() {
         let _ = child.kill();
         let _ = child.wait();
     }
-}
-
-/// `events` of a node as a channel of lines.
-fn event_stream(n: &Node) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    let mut ev = bin()
-        .arg("--data-dir")
-        .arg(n.path())
-        .arg("events")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = ev.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    (ev, rx)
 }
 
 #[test]
@@ -424,15 +412,7 @@ fn disappearing_messages_are_erased_from_every_store_even_one_offline_at_expiry(
     });
 
     // The channel's default timer applies to a message sent without one, at every member.
-    let ch = nodes[0].cli(&["channel", "list", &gid]);
-    let general = ch
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "general")
-        .unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let general = general(&nodes[0], &gid);
     nodes[0].cli(&[
         "channel",
         "edit",
@@ -462,15 +442,7 @@ fn disappearing_messages_are_erased_from_every_store_even_one_offline_at_expiry(
 fn slow_mode_and_the_size_limit_are_enforced_with_clear_errors() {
     let (_relay, nodes, gid) = community(&["ann", "ben"]);
     let (a, b) = (&nodes[0], &nodes[1]);
-    let ch = a.cli(&["channel", "list", &gid]);
-    let general = ch
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "general")
-        .unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let general = general(a, &gid);
     a.cli(&[
         "channel",
         "edit",

@@ -407,15 +407,7 @@ impl AppState {
         let Some(e) = self.selected_entry() else {
             return;
         };
-        let first: String = e
-            .text
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(80)
-            .collect();
-        let quote = format!("{}: {first}", e.author);
+        let quote = super::quote_of(Some(e));
         let id = e.id.clone();
         self.messages.editing = None;
         self.messages.replying = Some((self.view.clone(), id, quote));

@@ -177,6 +177,29 @@ impl Node {
             .collect()
     }
 
+    /// `events` of this node as a channel of JSON lines (the child process ends when dropped
+    /// or killed by the caller).
+    pub fn events(&self) -> (Child, std::sync::mpsc::Receiver<String>) {
+        let mut ev = bin()
+            .arg("--data-dir")
+            .arg(self.path())
+            .arg("events")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = ev.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        (ev, rx)
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap(); // SIGKILL on Unix
