@@ -440,7 +440,7 @@ pub(crate) fn apply(
             if erased(tx, gid, &t)? {
                 return Ok(false);
             }
-            match message_meta_tx(tx, gid, &t)? {
+            match message_meta(tx, gid, &t)? {
                 Some((_, ch, _)) if ch != m.channel => Ok(false),
                 Some(_) => apply_to_present(tx, gid, m),
                 None => {
@@ -473,7 +473,7 @@ pub(crate) fn apply(
                     params![g, MAX_PENDING_OPS],
                 )?;
             }
-            match message_meta_tx(tx, gid, &t)? {
+            match message_meta(tx, gid, &t)? {
                 Some((a, ch, _)) if ch == m.channel && (*moderator || a == author) => {
                     erase(tx, gid, &t)?;
                     tx.execute(
@@ -1157,14 +1157,6 @@ pub(crate) fn pins(
         )?
         .query_map(params![&gid.0[..], sql_channel(channel)], |r| r.get(0))?
         .collect::<Result<_, _>>()?)
-}
-
-fn message_meta_tx(
-    tx: &Transaction<'_>,
-    gid: &GuildId,
-    msg: &[u8],
-) -> Result<Option<Meta>, SyncError> {
-    message_meta(tx, gid, msg)
 }
 
 /// The author (root key), channel and thread of a stored message.
