@@ -1168,6 +1168,7 @@ async fn forward_events(g: GuildService, emit: Emitter) {
             }
             // Notifications come from `Message` (its `mentions_me`).
             GuildEvent::Mention(_) => {}
+            GuildEvent::FileProgress(_) | GuildEvent::FileDone { .. } => {}
             GuildEvent::Typing {
                 guild,
                 channel,

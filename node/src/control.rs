@@ -232,6 +232,21 @@ pub fn guild_event_json(e: &GuildEvent) -> Value {
         GuildEvent::Erased { guild, channel, id } => {
             json!({"event": "erased", "guild": guild, "channel": channel, "id": id})
         }
+        GuildEvent::FileProgress(p) => {
+            let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("event".into(), json!("file-progress"));
+            }
+            v
+        }
+        GuildEvent::FileDone {
+            root,
+            name,
+            ok,
+            error,
+            rejected,
+        } => json!({"event": "file-done", "root": root, "name": name, "ok": ok,
+                    "error": error, "rejected": rejected}),
     }
 }
 

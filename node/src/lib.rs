@@ -5,6 +5,7 @@
 //! it calls lives in `securecomm-noise`, which does no I/O.
 
 pub mod control;
+pub mod files;
 pub mod guild;
 pub mod markdown;
 pub mod net;

@@ -155,6 +155,14 @@ enum Command {
         /// Disappear after this many seconds (from every member's store).
         #[arg(long)]
         expires: Option<u32>,
+        /// Attach a file (encrypted before it leaves this device; repeat for several).
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<std::path::PathBuf>,
+    },
+    /// Shared files: fetch, follow, save, list (running node).
+    Files {
+        #[command(subcommand)]
+        action: FilesAction,
     },
     /// React to a message with an emoji, or remove your reaction (running node).
     React {
@@ -551,6 +559,38 @@ enum DmAction {
 }
 
 #[derive(Subcommand)]
+enum FilesAction {
+    /// Start (or resume) fetching a file from the members who have it.
+    Fetch {
+        /// File id (hex, or a unique prefix of at least 6 digits; see `files list`).
+        file: String,
+        /// Wait until it is complete (or paused), printing progress to stderr.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Running fetches, or one file's state.
+    Status {
+        /// File id or prefix.
+        file: Option<String>,
+    },
+    /// Decrypt a fetched file to PATH (checked against its announced hash; never overwrites).
+    Save {
+        /// File id or prefix.
+        file: String,
+        /// Where to write it.
+        path: std::path::PathBuf,
+    },
+    /// Files posted in a guild (or one channel), newest first.
+    List {
+        /// Guild name or id.
+        guild: String,
+        /// Only this channel.
+        #[arg(long)]
+        channel: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum RoleAction {
     /// Create a role.
     Create {
@@ -878,11 +918,22 @@ async fn run(cli: Cli) -> Result<(), String> {
             reply_to,
             thread,
             expires,
+            files,
         }) => {
+            let files = files
+                .iter()
+                .map(|p| {
+                    std::path::absolute(p)
+                        .map(|p| p.display().to_string())
+                        .map_err(|e| format!("{}: {e}", p.display()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let args = json!({"guild": guild, "channel": channel, "text": text,
-                              "reply_to": reply_to, "thread": thread, "ttl_secs": expires});
+                              "reply_to": reply_to, "thread": thread, "ttl_secs": expires,
+                              "files": files});
             remote(&dir, json, "post", args).await?
         }
+        Some(Command::Files { action }) => files_command(&dir, json, action).await?,
         Some(Command::React {
             guild,
             channel,
@@ -1257,6 +1308,69 @@ async fn remote(dir: &std::path::Path, json: bool, cmd: &str, args: Value) -> Re
         .map_err(|e| no_node(dir, e))?;
     print_value(json, &c.call(cmd, args).await?);
     Ok(())
+}
+
+async fn files_command(
+    dir: &std::path::Path,
+    json: bool,
+    action: FilesAction,
+) -> Result<(), String> {
+    match action {
+        FilesAction::Fetch { file, wait } => {
+            let mut c = ControlClient::connect(dir)
+                .await
+                .map_err(|e| no_node(dir, e))?;
+            let mut v = c.call("files-fetch", json!({"file": file})).await?;
+            loop {
+                let st = v["state"].as_str().unwrap_or_default().to_owned();
+                if !wait || st == "complete" || st == "paused" {
+                    break;
+                }
+                eprintln!(
+                    "{} {:.1}% {} B/s eta {} s ({} sources, {} rejected)",
+                    v["name"].as_str().unwrap_or_default(),
+                    v["percent"].as_f64().unwrap_or(0.0),
+                    v["bytes_per_sec"].as_u64().unwrap_or(0),
+                    v["eta_secs"].as_u64().map_or("?".into(), |s| s.to_string()),
+                    v["sources"].as_u64().unwrap_or(0),
+                    v["rejected"].as_u64().unwrap_or(0),
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                v = c.call("files-status", json!({"file": file})).await?;
+            }
+            if wait && v["state"] == "paused" {
+                return Err(format!(
+                    "fetch paused: {}",
+                    v["error"].as_str().unwrap_or("unknown error")
+                ));
+            }
+            print_value(json, &v);
+            Ok(())
+        }
+        FilesAction::Status { file } => {
+            remote(dir, json, "files-status", json!({"file": file})).await
+        }
+        FilesAction::Save { file, path } => {
+            let path =
+                std::path::absolute(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            remote(
+                dir,
+                json,
+                "files-save",
+                json!({"file": file, "path": path.display().to_string()}),
+            )
+            .await
+        }
+        FilesAction::List { guild, channel } => {
+            remote(
+                dir,
+                json,
+                "files-list",
+                json!({"guild": guild, "channel": channel}),
+            )
+            .await
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -4,7 +4,9 @@
 //! {guild, channel, msg, unpin?}`, `pins {guild, channel}`, `edits {guild, channel, msg}`,
 //! `thread-create {guild, channel, name, from?}`, `thread-update {guild, channel, thread,
 //! name?, archived?}`, `thread-list {guild, channel}`, `thread-history {guild, channel, thread,
-//! limit?}`, `mentions {guild}`, `mark-read {guild, channel}`, `typing {guild, channel}`.
+//! limit?}`, `mentions {guild}`, `mark-read {guild, channel}`, `typing {guild, channel}`;
+//! files: `post {.., files: [PATH..]}`, `files-fetch {file}`, `files-status {file?}`,
+//! `files-save {file, path}`, `files-list {guild, channel?}`.
 
 use serde_json::Value;
 
@@ -41,6 +43,38 @@ pub(super) async fn handle(
         "thread-history",
         "mark-read",
     ];
+    match cmd {
+        "files-fetch" => {
+            return Some(match arg(a, "file") {
+                Ok(f) => g.fetch_file(f).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            });
+        }
+        "files-status" => {
+            return Some(
+                g.file_status(s(a, "file").as_deref())
+                    .map_err(|e| e.to_string()),
+            );
+        }
+        "files-save" => {
+            return Some(match (arg(a, "file"), arg(a, "path")) {
+                (Ok(f), Ok(p)) => g
+                    .save_file(f, std::path::Path::new(p))
+                    .await
+                    .map_err(|e| e.to_string()),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            });
+        }
+        "files-list" => {
+            return Some(match arg(a, "guild") {
+                Ok(guild) => g
+                    .list_files(guild, s(a, "channel").as_deref())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            });
+        }
+        _ => {}
+    }
     if cmd == "mentions" {
         return Some(match arg(a, "guild") {
             Ok(guild) => g.mentions(guild).map_err(|e| e.to_string()),
@@ -62,6 +96,16 @@ pub(super) async fn handle(
                     reply_to: s(a, "reply_to"),
                     thread: s(a, "thread"),
                     ttl_secs: ttl.map(|t| u32::try_from(t).unwrap_or(u32::MAX)),
+                    files: a
+                        .get("files")
+                        .and_then(Value::as_array)
+                        .map(|v| {
+                            v.iter()
+                                .filter_map(Value::as_str)
+                                .map(std::path::PathBuf::from)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 };
                 g.post(guild, channel, text, &opts).await
             }

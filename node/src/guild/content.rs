@@ -134,6 +134,8 @@ pub struct Judged {
     pub op: Option<Op>,
     /// Slow mode of the channel in ms, when it applies to the sender (0: does not).
     pub slow_ms: u64,
+    /// Attached files (posts).
+    pub attachments: Vec<crate::files::wire::Attachment>,
 }
 
 /// The shortest non-zero timer of a message, its channel and its guild, in seconds.
@@ -214,6 +216,16 @@ pub fn judge(
             j.reply_to = post.reply_to.as_ref().map(id);
             j.thread = post.thread.as_ref().map(id);
             j.text.clone_from(&post.text);
+            if !post.files.is_empty() {
+                if !perms.contains(Permissions::ATTACH_FILES) {
+                    return Err("sender may not attach files in that channel");
+                }
+                let max = view.settings().max_upload_bytes;
+                if max > 0 && post.files.iter().any(|f| f.size > max) {
+                    return Err("attached file larger than the guild allows");
+                }
+                j.attachments.clone_from(&post.files);
+            }
             let exempt = moderator || perms.contains(Permissions::MANAGE_CHANNELS);
             if !exempt {
                 j.slow_ms = u64::from(ch.slow_mode_secs).saturating_mul(1000);
@@ -629,8 +641,8 @@ fn store_post(tx: &Transaction<'_>, gid: &GuildId, m: &StoredMessage) -> Result<
     }
     let n = tx.execute(
         "INSERT OR IGNORE INTO guild_messages (guild, channel, msg_id, sender, author, sent_at,
-            received_at, text, seq, reply_to, thread, expires_at, mentions_me)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            received_at, text, seq, reply_to, thread, expires_at, mentions_me, has_file)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             g,
             sql_channel(m.channel),
@@ -644,12 +656,14 @@ fn store_post(tx: &Transaction<'_>, gid: &GuildId, m: &StoredMessage) -> Result<
             m.reply_to.as_deref().map(bytes),
             m.thread.as_deref().map(bytes),
             m.expires_at.map(sql),
-            m.mentions_me
+            m.mentions_me,
+            !m.attachments.is_empty()
         ],
     )?;
     if n == 0 {
         return Ok(false);
     }
+    crate::files::db::attach(tx, gid, &id, &m.attachments)?;
     replay_parked(tx, gid, &id, m.channel)?;
     Ok(true)
 }
@@ -964,6 +978,7 @@ pub(crate) fn erase(tx: &Transaction<'_>, gid: &GuildId, target: &[u8]) -> Resul
         "DELETE FROM guild_pins WHERE guild = ?1 AND target = ?2",
         "DELETE FROM guild_message_edits WHERE guild = ?1 AND msg_id = ?2",
         "DELETE FROM guild_pending_ops WHERE guild = ?1 AND target = ?2",
+        "DELETE FROM guild_files WHERE guild = ?1 AND owner = ?2",
     ] {
         tx.execute(table, params![g, target])?;
     }
@@ -1055,6 +1070,7 @@ pub(crate) fn decorate(
             }
         }
         m.reactions = by;
+        m.files = crate::files::db::infos(conn, gid, &id)?;
         m.pinned = pinned
             .query_row(params![g, id], |r| r.get::<_, bool>(0))
             .optional()?

@@ -128,6 +128,12 @@ pub struct StoredMessage {
     /// Pinned in its channel.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub pinned: bool,
+    /// Attached files.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::files::FileInfo>,
+    /// The attachments with their keys, while the message is being stored (not shown).
+    #[serde(skip)]
+    pub attachments: Vec<crate::files::wire::Attachment>,
     /// Slow mode interval that applies to its author here, ms (0: none; not shown).
     #[serde(skip)]
     pub slow_ms: u64,
@@ -1041,6 +1047,12 @@ impl Engine {
             op: j.op,
             slow_ms: j.slow_ms,
             envelope: data.to_vec(),
+            files: j
+                .attachments
+                .iter()
+                .map(|a| crate::files::FileInfo::of(a, "remote"))
+                .collect(),
+            attachments: j.attachments,
             ..StoredMessage::default()
         }))
     }
@@ -1270,6 +1282,12 @@ impl Engine {
                 expires_at: judged.expires_at,
                 op: judged.op,
                 envelope: sealed.0.clone(),
+                files: judged
+                    .attachments
+                    .iter()
+                    .map(|a| crate::files::FileInfo::of(a, "complete"))
+                    .collect(),
+                attachments: judged.attachments,
                 ..StoredMessage::default()
             },
             sealed: sealed.0,

@@ -42,6 +42,7 @@ use crate::store::{Db, LocalProfile};
 use crate::sync::peer::{ApplyHook, author_of};
 use crate::sync::{Delivery, GroupId, SyncConfig, SyncError, SyncPeer};
 
+pub mod files;
 pub mod manage;
 pub mod messages;
 pub mod search;
@@ -71,6 +72,21 @@ pub enum GuildEvent {
         user: String,
         /// Their nickname in the guild.
         nickname: String,
+    },
+    /// A file fetch made progress (at most every half second per file).
+    FileProgress(files::Progress),
+    /// A file fetch ended: complete, or paused by an error.
+    FileDone {
+        /// The file (hex root).
+        root: String,
+        /// Its name.
+        name: String,
+        /// Complete.
+        ok: bool,
+        /// Why it paused.
+        error: Option<String>,
+        /// Chunks that failed their check during the fetch (fetched again elsewhere).
+        rejected: u64,
     },
     /// Messages were erased (deleted, or their timer ran out).
     Erased {
@@ -166,8 +182,12 @@ struct Inner {
     /// Typing notices: when we last sent one per (guild, channel), and when each peer's last
     /// one was shown (both bounded, see `messages`).
     typing: Mutex<messages::TypingState>,
+    /// File sharing: the encrypted file store, running fetches, serving bounds.
+    files: files::FileState,
 }
 
+/// How often files of erased messages are removed from the file store.
+pub const FILES_GC_EVERY: Duration = Duration::from_secs(10);
 /// How often the node picks up mail and deposits for offline members.
 pub const MAILBOX_EVERY: Duration = Duration::from_secs(3);
 /// Own messages per guild considered for mailbox deposits (the most recent ones).
@@ -312,6 +332,7 @@ impl GuildService {
         // Subscribe to network events before anything can arrive.
         let net_events = net.events();
         let wal = db.wal_sync();
+        let files_dir = db.dir().map(|d| d.join("files"));
         let (sync, deliveries) = SyncPeer::start(
             net.clone(),
             db,
@@ -345,6 +366,7 @@ impl GuildService {
                 recent_sends: Mutex::new(std::collections::VecDeque::new()),
                 nudged: Mutex::new(HashMap::new()),
                 typing: Mutex::new(messages::TypingState::default()),
+                files: files::FileState::new(files_dir),
             }),
         };
         svc.with_engine(|e, db| e.load_all(db.conn()))??;
@@ -360,6 +382,7 @@ impl GuildService {
         svc.spawn(run_deliveries(svc.clone(), deliveries));
         svc.spawn(run_net_events(svc.clone(), net_events));
         svc.spawn(run_ticks(svc.clone()));
+        svc.resume_fetches();
         svc.drain_outq().await;
         Ok(svc)
     }
@@ -2515,6 +2538,12 @@ async fn run_net_events(svc: GuildService, mut events: EventStream) {
                     .respond(id, vec![messages::TYPING_VERSION])
                     .await;
             }
+            Event::DirectRequest { peer, id, data }
+                if data.first() == Some(&crate::files::wire::FILE_PROTO_VERSION) =>
+            {
+                let s = svc.clone();
+                svc.spawn(async move { s.serve_file(peer, id, data).await });
+            }
             Event::DirectRequest { peer, id, data } if data.first() == Some(&DM_VERSION) => {
                 let s = svc.clone();
                 svc.spawn(async move {
@@ -2557,6 +2586,7 @@ async fn run_ticks(svc: GuildService) {
     let mut backoff: HashMap<PeerId, (tokio::time::Instant, Duration)> = HashMap::new();
     let mut every = tokio::time::Instant::now();
     let mut mail = tokio::time::Instant::now();
+    let mut files_gc = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         if mail.elapsed() >= MAILBOX_EVERY {
@@ -2575,6 +2605,10 @@ async fn run_ticks(svc: GuildService) {
             }
         }
         svc.expire_due();
+        if files_gc.elapsed() >= FILES_GC_EVERY {
+            files_gc = tokio::time::Instant::now();
+            svc.collect_files();
+        }
         svc.start_history().await;
         svc.send_receipts().await;
         svc.repair_round().await;

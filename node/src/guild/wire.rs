@@ -278,6 +278,9 @@ pub struct Post {
     /// Disappearing-message timer in seconds from `sent_at` (0: none). Members also apply the
     /// channel's and the guild's default timers: the shortest non-zero one wins.
     pub ttl_secs: u32,
+    /// Attached files (at most [`crate::files::wire::MAX_ATTACHMENTS`]). A post with files
+    /// encodes under its own body tag, so posts without files encode exactly as before.
+    pub files: Vec<crate::files::wire::Attachment>,
 }
 
 /// Longest reaction emoji, in bytes.
@@ -373,11 +376,14 @@ impl Encode for AppPayload {
         w.u64(self.sent_at);
         match &self.body {
             Body::Post(p) => {
-                w.u8(0);
+                w.u8(if p.files.is_empty() { 0 } else { 6 });
                 w.bytes32(p.text.as_bytes());
                 put_id_opt(w, p.reply_to.as_ref());
                 put_id_opt(w, p.thread.as_ref());
                 w.u32(p.ttl_secs);
+                if !p.files.is_empty() {
+                    crate::files::wire::put_attachments(w, &p.files);
+                }
             }
             Body::React { target, emoji, add } => {
                 w.u8(1);
@@ -436,16 +442,26 @@ impl Decode for AppPayload {
         }
         let sent_at = r.u64()?;
         let body = match r.u8()? {
-            0 => {
+            tag @ (0 | 6) => {
                 let text = get_text(r)?;
                 let reply_to = get_id_opt(r, "reply")?;
                 let thread = get_id_opt(r, "thread")?;
                 let ttl_secs = r.u32()?;
+                let files = if tag == 6 {
+                    let f = crate::files::wire::get_attachments(r)?;
+                    if f.is_empty() {
+                        return Err(DecodeError::Invalid("a post with files but none listed"));
+                    }
+                    f
+                } else {
+                    Vec::new()
+                };
                 Body::Post(Post {
                     text,
                     reply_to,
                     thread,
                     ttl_secs,
+                    files,
                 })
             }
             1 => {
@@ -981,16 +997,39 @@ mod tests {
     fn body_strategy() -> impl Strategy<Value = Body> {
         let id = proptest::option::of(any::<[u8; 16]>());
         prop_oneof![
-            (".{0,200}", id.clone(), id.clone(), any::<u32>()).prop_map(
-                |(text, reply_to, thread, ttl_secs)| {
+            (
+                ".{0,200}",
+                id.clone(),
+                id.clone(),
+                any::<u32>(),
+                0usize..3,
+                any::<[u8; 32]>()
+            )
+                .prop_map(|(text, reply_to, thread, ttl_secs, n, root)| {
+                    let files = (0..n)
+                        .map(|i| crate::files::wire::Attachment {
+                            name: format!("f{i}.bin"),
+                            mime: "application/octet-stream".into(),
+                            size: u64::from(ttl_secs) * 1000 + i as u64,
+                            sha256: root,
+                            root,
+                            header: securecomm_noise::file::FileHeader::new(
+                                128 * 1024,
+                                &mut rand_core::OsRng,
+                            )
+                            .unwrap_or_else(|_| unreachable!()),
+                            key: securecomm_noise::file::FileKey::from_bytes(root),
+                            thumbnail: None,
+                        })
+                        .collect();
                     Body::Post(Post {
                         text,
                         reply_to,
                         thread,
                         ttl_secs,
+                        files,
                     })
-                }
-            ),
+                }),
             (any::<[u8; 16]>(), "[\\p{So}a-z:]{1,8}", any::<bool>())
                 .prop_map(|(target, emoji, add)| Body::React { target, emoji, add }),
             (any::<[u8; 16]>(), ".{0,100}").prop_map(|(target, text)| Body::Edit { target, text }),

@@ -466,6 +466,39 @@ const MIGRATIONS: &[&str] = &[
      END;
      INSERT INTO guild_messages_fts (guild_messages_fts) VALUES ('rebuild');
      INSERT INTO guild_messages_fts (guild_messages_fts) VALUES ('optimize');",
+    // 14: file sharing (`crate::files`). `files`: one row per file known here (by content
+    // address), with its key (this database is encrypted), header, size, plaintext hash and
+    // transfer state; `have` is the bitmap of chunks held while fetching (written after the
+    // part file is synced, so a restart resumes from it). `guild_files`: which guild message
+    // (or other owner, `kind`) announced which file, with its name, type and thumbnail; a
+    // file stays while one owner does, and members are served a file only if it belongs to
+    // one of their guilds.
+    "CREATE TABLE files (
+        root BLOB PRIMARY KEY,
+        key BLOB NOT NULL,
+        header BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 BLOB NOT NULL,
+        state INTEGER NOT NULL DEFAULT 0,
+        have BLOB,
+        have_count INTEGER NOT NULL DEFAULT 0,
+        added_at INTEGER NOT NULL,
+        error TEXT
+     ) STRICT;
+     CREATE TABLE guild_files (
+        guild BLOB NOT NULL,
+        owner BLOB NOT NULL,
+        idx INTEGER NOT NULL,
+        kind INTEGER NOT NULL DEFAULT 0,
+        root BLOB NOT NULL,
+        name TEXT NOT NULL,
+        mime TEXT NOT NULL,
+        thumb BLOB,
+        thumb_w INTEGER,
+        thumb_h INTEGER,
+        PRIMARY KEY (guild, owner, idx)
+     ) STRICT;
+     CREATE INDEX guild_files_root ON guild_files (root, guild);",
 ];
 
 /// The newest schema version this build writes.
@@ -476,6 +509,7 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 pub struct Db {
     conn: Connection,
     wal: Option<PathBuf>,
+    dir: Option<PathBuf>,
 }
 
 impl Db {
@@ -491,7 +525,14 @@ impl Db {
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         db.wal = Some(PathBuf::from(wal));
+        db.dir = path.parent().map(Path::to_path_buf);
         Ok(db)
+    }
+
+    /// The directory the database file is in (`None` in memory): where the node keeps its
+    /// other stores (the encrypted file store).
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
     }
 
     /// An encrypted in-memory database (tests).
@@ -523,7 +564,11 @@ impl Db {
         // left in free pages.
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut db = Self { conn, wal: None };
+        let mut db = Self {
+            conn,
+            wal: None,
+            dir: None,
+        };
         db.migrate()?;
         Ok(db)
     }

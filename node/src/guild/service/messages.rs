@@ -26,6 +26,8 @@ pub struct PostOptions {
     /// Disappearing timer in seconds (the channel's and the guild's defaults still apply: the
     /// shortest non-zero one wins).
     pub ttl_secs: Option<u32>,
+    /// Files to attach (paths readable by the node).
+    pub files: Vec<std::path::PathBuf>,
 }
 
 /// First byte of a typing notice on the direct protocol. A notice is `[TYPING_VERSION] ||
@@ -153,6 +155,8 @@ impl GuildService {
                 "a disappearing timer is 1 s to {MAX_TTL_SECS} s (4 weeks)"
             )));
         }
+        let gid = self.resolve(guild)?;
+        let files = self.attach_paths(&gid, channel, &opts.files).await?;
         let text = text.to_owned();
         let opts = opts.clone();
         self.send_body(guild, channel, move |_, db, gid, ch| {
@@ -169,6 +173,7 @@ impl GuildService {
                 reply_to,
                 thread,
                 ttl_secs: opts.ttl_secs.unwrap_or(0),
+                files,
             }))
         })
         .await
