@@ -278,4 +278,43 @@ fn tampered_chunks_are_rejected_and_fetched_from_another_member() {
     let out = work.path().join("cy.bin");
     nodes[2].cli(&["files", "save", &root, out.to_str().unwrap()]);
     assert_eq!(sha256_file(&out), digest);
+
+    // The guild's upload limit: a larger file is refused before anything is sent.
+    let s = nodes[0].cli(&["guild", "settings", &gid, "--max-upload", "1000000"]);
+    assert_eq!(s["max_upload_bytes"], 1_000_000, "{s}");
+    let err = nodes[0].cli_err(&[
+        "send",
+        &gid,
+        "general",
+        "big",
+        "--file",
+        src.to_str().unwrap(),
+    ]);
+    assert!(err.contains("at most 1000000 bytes"), "{err}");
+    // A member may not raise it.
+    let err = nodes[1].cli_err(&["guild", "settings", &gid, "--max-upload", "0"]);
+    assert!(
+        err.contains("not permitted") || err.contains("permission"),
+        "{err}"
+    );
+
+    // Deleting the message removes the file from every member's store.
+    let msg = nodes[0].cli(&["files", "list", &gid])[0]["msg"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    nodes[0].cli(&["delete", &gid, "general", &msg]);
+    for n in &nodes {
+        let dir = n.path().join("files");
+        until(&format!("{}'s copy to be erased", n.name), || {
+            let left: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&root[..16]))
+                .collect();
+            left.is_empty().then_some(())
+        });
+        let err = n.cli_err(&["files", "status", &root]);
+        assert!(err.contains("no file"), "{err}");
+    }
 }

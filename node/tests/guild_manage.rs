@@ -241,12 +241,14 @@ async fn owner_manages_categories_channels_roles_settings_and_invites() {
             SettingsEdit {
                 name: Some("Workshop 2".into()),
                 history_visible_to_new_members: Some(true),
+                max_upload_bytes: Some(8 << 20),
             },
         )
         .await
         .unwrap();
     assert_eq!(o.name, "Workshop 2");
     assert!(o.history_visible_to_new_members);
+    assert_eq!(o.max_upload_bytes, 8 << 20);
 
     // Invites: listed with expiry, max uses and their code; revoked.
     let inv = s.create_invite(&gid, Some(3600), 5).await.unwrap();

@@ -518,6 +518,7 @@ impl AppState {
             name: (current.as_ref().map(|o| o.name.as_str()) != Some(name.as_str()))
                 .then_some(name),
             history_visible_to_new_members: Some(s.history_visible),
+            max_upload_bytes: None,
         };
         manage(ManageCmd::UpdateSettings { guild, edit })
     }
@@ -815,6 +816,7 @@ mod tests {
                 name: "Guild".into(),
                 owner: None,
                 history_visible_to_new_members: false,
+                max_upload_bytes: 0,
                 my_permissions: perms,
                 my_rank: rank,
                 i_am_owner: owner,

@@ -345,6 +345,20 @@ enum GuildAction {
         /// The code.
         code: String,
     },
+    /// Show a guild's settings, or change them (Manage Guild).
+    Settings {
+        /// Guild name or id.
+        guild: String,
+        /// Rename the guild.
+        #[arg(long)]
+        name: Option<String>,
+        /// Whether new members may read history from before they joined.
+        #[arg(long)]
+        history_visible: Option<bool>,
+        /// Largest attachment in bytes (0: no guild limit).
+        #[arg(long)]
+        max_upload: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -830,6 +844,22 @@ async fn run(cli: Cli) -> Result<(), String> {
                 GuildAction::Create { name } => ("guild-create", json!({"name": name})),
                 GuildAction::List => ("guild-list", Value::Null),
                 GuildAction::Join { code } => ("guild-join", json!({"code": code})),
+                GuildAction::Settings {
+                    guild,
+                    name,
+                    history_visible,
+                    max_upload,
+                } => {
+                    if name.is_none() && history_visible.is_none() && max_upload.is_none() {
+                        ("guild-settings", json!({"guild": guild}))
+                    } else {
+                        (
+                            "guild-update",
+                            json!({"guild": guild, "name": name,
+                                   "history_visible": history_visible, "max_upload": max_upload}),
+                        )
+                    }
+                }
             };
             remote(&dir, json, cmd, args).await?
         }

@@ -48,6 +48,7 @@ pub(super) async fn handle(
                     | "invite-list"
                     | "invite-revoke"
                     | "guild-settings"
+                    | "guild-update"
             )
             .then_some(Err(e));
         }
@@ -94,6 +95,19 @@ pub(super) async fn handle(
             Err(e) => Err(e),
         },
         "guild-settings" => j(g.guild_overview(guild)),
+        "guild-update" => match opt_u64(a, "max_upload") {
+            Ok(max_upload) => {
+                let edit = crate::guild::service::manage::SettingsEdit {
+                    name: a.get("name").and_then(Value::as_str).map(str::to_owned),
+                    history_visible_to_new_members: a
+                        .get("history_visible")
+                        .and_then(Value::as_bool),
+                    max_upload_bytes: max_upload,
+                };
+                j(g.update_settings(guild, edit).await)
+            }
+            Err(e) => Err(e),
+        },
         _ => return None,
     })
 }

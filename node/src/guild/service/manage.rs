@@ -25,7 +25,7 @@ use securecomm_crdt::ops::{GuildOp, MAX_OPS_PER_CHANGE};
 use securecomm_crdt::perms::Permissions;
 use securecomm_crdt::schema::{
     ChannelId, ChannelKind, GuildId, InviteCode, MAX_NAME, MAX_OVERWRITES, MAX_REASON, MAX_TOPIC,
-    Overwrite, OverwriteTarget, RoleId, Settings, UserId,
+    Overwrite, OverwriteTarget, RoleId, UserId,
 };
 use securecomm_crdt::view::GuildView;
 use securecomm_noise::keys::RootPublicKey;
@@ -180,6 +180,8 @@ pub struct GuildOverview {
     pub owner: Option<String>,
     /// Whether new members may read messages from before they joined.
     pub history_visible_to_new_members: bool,
+    /// Largest attachment in bytes (0: no guild limit; the node's own cap applies).
+    pub max_upload_bytes: u64,
     /// This user's guild-wide permission bits.
     pub my_permissions: u64,
     /// This user's rank (`u32::MAX` for the owner).
@@ -228,6 +230,8 @@ pub struct SettingsEdit {
     pub name: Option<String>,
     /// Whether new members may read history from before they joined.
     pub history_visible_to_new_members: Option<bool>,
+    /// Largest attachment in bytes (0: no guild limit).
+    pub max_upload_bytes: Option<u64>,
 }
 
 /// "manage_roles" -> "Manage Roles".
@@ -416,6 +420,7 @@ impl GuildService {
                 name: v.name().to_owned(),
                 owner: v.owner().map(user_hex),
                 history_visible_to_new_members: v.settings().history_visible_to_new_members,
+                max_upload_bytes: v.settings().max_upload_bytes,
                 my_permissions: v.base_permissions(me).bits(),
                 my_rank: v.rank(me),
                 i_am_owner: v.is_owner(me),
@@ -423,7 +428,8 @@ impl GuildService {
         })
     }
 
-    /// Renames the guild and/or changes its history visibility (`MANAGE_GUILD`).
+    /// Renames the guild and/or changes its history visibility or upload limit
+    /// (`MANAGE_GUILD`).
     pub async fn update_settings(
         &self,
         guild: &str,
@@ -435,13 +441,15 @@ impl GuildService {
         if let Some(n) = &edit.name {
             ops.push(GuildOp::SetName(check_name("guild", n)?));
         }
-        if let Some(h) = edit.history_visible_to_new_members
-            && h != settings.history_visible_to_new_members
-        {
-            ops.push(GuildOp::SetSettings(Settings {
-                history_visible_to_new_members: h,
-                ..settings
-            }));
+        let mut next = settings;
+        if let Some(h) = edit.history_visible_to_new_members {
+            next.history_visible_to_new_members = h;
+        }
+        if let Some(m) = edit.max_upload_bytes {
+            next.max_upload_bytes = m;
+        }
+        if next != settings {
+            ops.push(GuildOp::SetSettings(next));
         }
         if !ops.is_empty() {
             self.checked_change(&gid, ops).await?;
