@@ -922,10 +922,12 @@ mod tests {
         let key = Secret32::from_bytes([3; 32]);
         {
             let db = Db::open(&path, &key).unwrap();
-            // Back to schema 12 (before the index) with one message, as an older build left it.
+            // Back to schema 12 (before the index and the file tables) with one message, as an
+            // older build left it.
             db.conn()
                 .execute_batch(
-                    "DROP VIEW guild_messages_search; DROP TRIGGER guild_messages_fts_insert; DROP TRIGGER guild_messages_fts_delete;
+                    "DROP TABLE guild_files; DROP TABLE files;
+                     DROP VIEW guild_messages_search; DROP TRIGGER guild_messages_fts_insert; DROP TRIGGER guild_messages_fts_delete;
                      DROP TRIGGER guild_messages_fts_update; DROP TABLE guild_messages_fts;
                      ALTER TABLE guild_messages DROP COLUMN has_file; PRAGMA user_version = 12;",
                 )
