@@ -325,3 +325,59 @@ pub fn resolve(conn: &Connection, s: &str) -> Result<Option<[u8; 32]>, String> {
         _ => Err(format!("file id {s:?} is ambiguous")),
     }
 }
+
+/// What `guild_files.kind` says a reference is.
+pub mod kind {
+    /// An attachment of a message (`owner` = message id).
+    pub const MESSAGE: i64 = 0;
+    /// A soundboard clip of the guild's library (`owner` = sound id, big-endian).
+    pub const SOUND: i64 = 1;
+}
+
+/// Records a guild asset (a soundboard clip): the file (in `st`, unless known) and the guild's
+/// reference to it, so members are served it and it is kept while referenced.
+pub fn register_asset(
+    conn: &Connection,
+    gid: &GuildId,
+    owner: &[u8],
+    a: &Attachment,
+    st: i64,
+) -> Result<(), rusqlite::Error> {
+    register(conn, a, st)?;
+    conn.prepare_cached(
+        "INSERT INTO guild_files (guild, owner, idx, kind, root, name, mime)
+         VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6)
+         ON CONFLICT (guild, owner, idx) DO UPDATE SET root = excluded.root, name = excluded.name",
+    )?
+    .execute(params![
+        &gid.0[..],
+        owner,
+        kind::SOUND,
+        &a.root[..],
+        a.name,
+        a.mime
+    ])?;
+    Ok(())
+}
+
+/// Drops a guild's asset references whose owner is not in `keep` (sounds removed from the
+/// library); the files themselves go at the next collection if nothing else refers to them.
+pub fn retain_assets(
+    conn: &Connection,
+    gid: &GuildId,
+    keep: &[Vec<u8>],
+) -> Result<(), rusqlite::Error> {
+    let owners: Vec<Vec<u8>> = conn
+        .prepare_cached("SELECT owner FROM guild_files WHERE guild = ?1 AND kind = ?2")?
+        .query_map(params![&gid.0[..], kind::SOUND], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for o in owners {
+        if !keep.contains(&o) {
+            conn.prepare_cached(
+                "DELETE FROM guild_files WHERE guild = ?1 AND kind = ?2 AND owner = ?3",
+            )?
+            .execute(params![&gid.0[..], kind::SOUND, o])?;
+        }
+    }
+    Ok(())
+}
