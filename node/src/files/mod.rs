@@ -16,8 +16,9 @@
 //!   file. A chunk that fails is counted, the member who sent it is avoided for that chunk (and
 //!   dropped after three failures), and the chunk is asked of another. Members that are still
 //!   fetching serve the chunks they hold. Which chunks are held is a bitmap kept in the
-//!   encrypted database, written after the part file is synced, so a restart resumes where the
-//!   last sync left off. Progress (percentage, speed, time left) goes out as events.
+//!   encrypted database, saved every second without syncing the part file; a resumed fetch
+//!   re-checks the chunks the bitmap claims and fetches again those a crash lost. Progress
+//!   (percentage, speed, time left) goes out as events.
 //! * **Saving** ([`store::FileStore::export`]): decryption, chunk by chunk, into the path the
 //!   user chose; the whole-file SHA-256 must match the announcement before the file appears.
 //! * **Erasing**: a deleted or expired message's files leave the store (rows and ciphertext).

@@ -37,7 +37,7 @@ pub const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024 * 1024;
 pub const MAX_THUMB_SOURCE: u64 = 64 * 1024 * 1024;
 /// How long a fetch waits for a member who has the file before it pauses.
 pub const NO_SOURCE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often fetch progress is saved (the part file synced, then the bitmap written).
+/// How often fetch progress (the bitmap of chunks held) is saved.
 pub const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// How often progress events go out during a fetch.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -449,6 +449,22 @@ impl GuildService {
         );
         let empty = bitmap(u64::from(count));
         let mut have = row.have.filter(|h| h.len() == empty.len()).unwrap_or(empty);
+        if row.have_count > 0 {
+            // Progress is saved without syncing the part file: chunks the bitmap claims are
+            // checked again, and any lost in a crash are fetched again.
+            let (s, h, mut map) = (store.clone(), hashes.clone(), have);
+            let (header, size) = (a.header, a.size);
+            let (map2, cleared) = blocking(move || {
+                let r = s.verify_part(&root, &header, size, &h, &mut map);
+                (map, r)
+            })
+            .await?;
+            have = map2;
+            let cleared = cleared.map_err(io_err("checking the part file"))?;
+            if cleared > 0 {
+                tracing::info!(cleared, "chunks lost before a restart are fetched again");
+            }
+        }
         let mut missing: VecDeque<u32> = (0..count).filter(|&i| !bit(&have, i)).collect();
         let mut have_count = u64::from(count) - missing.len() as u64;
         let mut have_bytes: u64 = (0..count)
@@ -545,7 +561,7 @@ impl GuildService {
             if inflight.is_empty() {
                 let since = *idle_since.get_or_insert(Instant::now());
                 if since.elapsed() > NO_SOURCE_TIMEOUT {
-                    self.save_have(&part, &root, &have, have_count).await;
+                    self.save_have(&root, &have, have_count).await;
                     return Err(GuildError::Invalid(
                         "no connected member has the rest of this file (it stays paused; fetch it again later)"
                             .into(),
@@ -650,7 +666,7 @@ impl GuildService {
             if dirty && now.duration_since(saved) >= SAVE_EVERY {
                 saved = now;
                 dirty = false;
-                self.save_have(&part, &root, &have, have_count).await;
+                self.save_have(&root, &have, have_count).await;
             }
             if now.duration_since(shown) >= PROGRESS_EVERY {
                 shown = now;
@@ -693,13 +709,12 @@ impl GuildService {
         Ok(())
     }
 
-    async fn save_have(&self, part: &Arc<File>, root: &[u8; 32], have: &[u8], count: u64) {
-        let f = part.clone();
-        if blocking(move || f.sync_data()).await.is_ok() {
-            let r = self.with_engine(|_, db| db::set_have(db.conn(), root, have, count));
-            if !matches!(r, Ok(Ok(()))) {
-                tracing::warn!("saving fetch progress failed");
-            }
+    /// Saves which chunks are held. The part file is not synced first (that stalled the
+    /// transfer every second); a resumed fetch checks the chunks again instead.
+    async fn save_have(&self, root: &[u8; 32], have: &[u8], count: u64) {
+        let r = self.with_engine(|_, db| db::set_have(db.conn(), root, have, count));
+        if !matches!(r, Ok(Ok(()))) {
+            tracing::warn!("saving fetch progress failed");
         }
     }
 
