@@ -33,9 +33,9 @@ pub mod thumb;
 pub mod wire;
 
 /// Most chunk requests in flight for one fetch (across all sources).
-pub const MAX_INFLIGHT: usize = 12;
+pub const MAX_INFLIGHT: usize = 16;
 /// Most requests in flight to one source.
-pub const MAX_INFLIGHT_PER_PEER: usize = 6;
+pub const MAX_INFLIGHT_PER_PEER: usize = 8;
 /// Most fetches running at once; more wait.
 pub const MAX_ACTIVE_FETCHES: usize = 4;
 /// Most fetch-protocol requests served at once; more are answered `Busy`.

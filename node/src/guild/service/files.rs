@@ -116,6 +116,19 @@ struct Source {
 }
 
 type Answer = (PeerId, Vec<u32>, Result<FileResponse, String>);
+/// Chunks checked and written by a blocking task: each index with its length, or `None` if it
+/// failed its hash.
+type Written = (PeerId, Result<Vec<(u32, Option<usize>)>, GuildError>);
+
+/// Most batches of received chunks being checked and written at once (bounds memory with
+/// [`MAX_INFLIGHT`]).
+const MAX_WRITES: usize = 4;
+
+enum Step {
+    Answer(Answer),
+    Written(Written),
+    Tick,
+}
 
 impl GuildService {
     fn file_store(&self) -> Result<&FileStore, GuildError> {
@@ -479,6 +492,9 @@ impl GuildService {
         let mut inflight: FuturesUnordered<
             std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>>,
         > = FuturesUnordered::new();
+        let mut writes: FuturesUnordered<
+            std::pin::Pin<Box<dyn std::future::Future<Output = Written> + Send>>,
+        > = FuturesUnordered::new();
         let mut refreshed: Option<Instant> = None;
         let mut saved = Instant::now();
         let mut shown = Instant::now();
@@ -487,7 +503,7 @@ impl GuildService {
         let mut dirty = false;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while !missing.is_empty() || !inflight.is_empty() {
+        while !missing.is_empty() || !inflight.is_empty() || !writes.is_empty() {
             let now = Instant::now();
             if refreshed.is_none_or(|t| now.duration_since(t) > Duration::from_secs(2)) {
                 refreshed = Some(now);
@@ -558,7 +574,7 @@ impl GuildService {
                     (peer, batch, r)
                 }));
             }
-            if inflight.is_empty() {
+            if inflight.is_empty() && writes.is_empty() {
                 let since = *idle_since.get_or_insert(Instant::now());
                 if since.elapsed() > NO_SOURCE_TIMEOUT {
                     self.save_have(&root, &have, have_count).await;
@@ -577,51 +593,37 @@ impl GuildService {
                 continue;
             }
             idle_since = None;
-            tokio::select! {
-                Some((peer, batch, r)) = inflight.next() => {
-                    let src = sources.get_mut(&peer);
-                    let mut good: Vec<(u32, Vec<u8>)> = Vec::new();
+            let step = tokio::select! {
+                Some(answer) = inflight.next(), if writes.len() < MAX_WRITES => Step::Answer(answer),
+                Some(done) = writes.next() => Step::Written(done),
+                _ = tick.tick() => Step::Tick,
+            };
+            match step {
+                Step::Tick => {}
+                Step::Answer((peer, batch, r)) => {
+                    // Chunks returned go to a blocking task that checks and writes them; the
+                    // rest are asked again.
+                    let mut got: Vec<(u32, Vec<u8>, [u8; 32])> = Vec::new();
                     let mut requeue: Vec<u32> = Vec::new();
-                    let mut strikes = 0u32;
                     match r {
                         Ok(FileResponse::Chunks(chunks)) => {
-                            let mut got: HashMap<u32, Vec<u8>> = chunks
+                            let mut by: HashMap<u32, Vec<u8>> = chunks
                                 .into_iter()
                                 .filter(|(i, _)| batch.contains(i))
                                 .collect();
                             for i in &batch {
-                                match got.remove(i) {
-                                    Some(c) if chunk_span(&a.header, a.size, *i).1 == c.len()
-                                        && hashes.get(*i as usize) == Some(&chunk_hash(&c)) =>
-                                    {
-                                        good.push((*i, c));
-                                    }
-                                    Some(_) => {
-                                        strikes += 1;
-                                        p.rejected += 1;
-                                        let b = bad.entry(*i).or_default();
-                                        if b.len() < 64 {
-                                            b.push(peer);
-                                        }
-                                        tracing::warn!(chunk = i, %peer, "a fetched chunk failed its check");
-                                        requeue.push(*i);
-                                    }
-                                    None => requeue.push(*i),
+                                match (by.remove(i), hashes.get(*i as usize)) {
+                                    (Some(c), Some(h)) => got.push((*i, c, *h)),
+                                    _ => requeue.push(*i),
                                 }
                             }
                         }
-                        Ok(FileResponse::Missing) => requeue.extend(&batch),
-                        Ok(FileResponse::Busy) => requeue.extend(&batch),
-                        Ok(FileResponse::Manifest { .. }) | Err(_) => requeue.extend(&batch),
+                        Ok(_) | Err(_) => requeue.extend(&batch),
                     }
-                    if let Some(s) = src {
+                    if let Some(s) = sources.get_mut(&peer) {
                         s.inflight = s.inflight.saturating_sub(1);
-                        s.strikes += strikes;
-                        s.sending = !good.is_empty();
-                        if s.strikes >= MAX_STRIKES {
-                            s.dropped = true;
-                        }
-                        if good.is_empty() {
+                        if got.is_empty() {
+                            s.sending = false;
                             s.errors += 1;
                             let backoff = Duration::from_millis(250 * u64::from(s.errors.min(12)));
                             s.wait_until = Some(Instant::now() + backoff);
@@ -629,38 +631,72 @@ impl GuildService {
                             s.errors = 0;
                         }
                     }
-                    // Failed chunks go first, so they are asked of someone else at once.
                     for i in requeue.into_iter().rev() {
                         missing.push_front(i);
                     }
-                    if !good.is_empty() {
+                    if !got.is_empty() {
                         let f = part.clone();
                         let header = a.header;
                         let size = a.size;
-                        let written = blocking(move || -> std::io::Result<Vec<(u32, usize)>> {
-                            use std::os::unix::fs::FileExt;
-                            let mut out = Vec::with_capacity(good.len());
-                            for (i, c) in good {
-                                let (off, _) = chunk_span(&header, size, i);
-                                f.write_all_at(&c, off)?;
-                                out.push((i, c.len()));
-                            }
-                            Ok(out)
-                        })
-                        .await?
-                        .map_err(io_err("writing the part file"))?;
-                        for (i, len) in written {
-                            if !bit(&have, i) {
-                                set_bit(&mut have, i);
-                                have_count += 1;
-                                have_bytes += len as u64;
-                                bad.remove(&i);
-                            }
-                        }
-                        dirty = true;
+                        writes.push(Box::pin(async move {
+                            let r =
+                                blocking(move || -> std::io::Result<Vec<(u32, Option<usize>)>> {
+                                    use std::os::unix::fs::FileExt;
+                                    let mut out = Vec::with_capacity(got.len());
+                                    for (i, c, expected) in got {
+                                        if chunk_span(&header, size, i).1 != c.len()
+                                            || chunk_hash(&c) != expected
+                                        {
+                                            out.push((i, None));
+                                            continue;
+                                        }
+                                        let (off, _) = chunk_span(&header, size, i);
+                                        f.write_all_at(&c, off)?;
+                                        out.push((i, Some(c.len())));
+                                    }
+                                    Ok(out)
+                                })
+                                .await
+                                .and_then(|r| r.map_err(io_err("writing the part file")));
+                            (peer, r)
+                        }));
                     }
                 }
-                _ = tick.tick() => {}
+                Step::Written((peer, r)) => {
+                    let mut strikes = 0u32;
+                    for (i, len) in r? {
+                        match len {
+                            Some(len) => {
+                                if !bit(&have, i) {
+                                    set_bit(&mut have, i);
+                                    have_count += 1;
+                                    have_bytes += len as u64;
+                                    bad.remove(&i);
+                                }
+                                dirty = true;
+                            }
+                            None => {
+                                // A chunk that fails its check: counted, never asked of this
+                                // member again, and first in line for another.
+                                strikes += 1;
+                                p.rejected += 1;
+                                let b = bad.entry(i).or_default();
+                                if b.len() < 64 {
+                                    b.push(peer);
+                                }
+                                tracing::warn!(chunk = i, %peer, "a fetched chunk failed its check");
+                                missing.push_front(i);
+                            }
+                        }
+                    }
+                    if let Some(s) = sources.get_mut(&peer) {
+                        s.strikes += strikes;
+                        s.sending = strikes == 0;
+                        if s.strikes >= MAX_STRIKES {
+                            s.dropped = true;
+                        }
+                    }
+                }
             }
             let now = Instant::now();
             if dirty && now.duration_since(saved) >= SAVE_EVERY {
