@@ -45,6 +45,7 @@ use crate::sync::{Delivery, GroupId, SyncConfig, SyncError, SyncPeer};
 pub mod manage;
 pub mod messages;
 pub mod search;
+pub mod sound;
 
 /// Guild events for subscribers (the control API's `events` stream).
 #[derive(Debug, Clone)]
