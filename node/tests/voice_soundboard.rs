@@ -13,17 +13,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use libp2p::PeerId;
+use rand_core::OsRng;
 use securecomm_crdt::perms::Permissions;
 use securecomm_netsim::inproc::Cluster;
 use securecomm_node::guild::service::manage::OverwriteFor;
 use securecomm_node::sound::{decode_asset, encode_asset};
 use securecomm_node::voice::FRAME_SAMPLES;
-use securecomm_node::voice::call::Device;
+use securecomm_node::voice::call::{self, Command, Device, EngineConfig, RemoteSetup};
+use securecomm_node::voice::codec::CodecConfig;
 use securecomm_node::voice::device::{AudioSink, WavSink};
 use securecomm_node::voice::service::{JoinOptions, VoiceService};
+use securecomm_node::voice::soundboard::ClipCache;
+use securecomm_noise::secret::Secret32;
 use serde_json::Value;
 use sha2::Digest;
 
@@ -241,4 +246,95 @@ async fn a_played_clip_is_in_the_other_participants_recording_cached_or_not() {
     va.stop().await;
     vb.stop().await;
     c.stop().await;
+}
+
+/// A participant without Use Soundboard whose client plays anyway (here: its engine driven
+/// directly, past the service's check): the receiver drops the play events and does not mix
+/// the clip, although it has it cached. Its voice frames are still played.
+#[test]
+fn play_events_from_a_participant_without_use_soundboard_are_dropped() {
+    let pcm = clip(5, 700.0);
+    let root = root_of(&pcm);
+    let cache = || {
+        let mut c = ClipCache::default();
+        c.insert(root, pcm.clone());
+        Arc::new(Mutex::new(c))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("b.wav");
+    let (ka, kb) = (Secret32::random(&mut OsRng), Secret32::random(&mut OsRng));
+    let (pa, pb) = (Secret32::random(&mut OsRng), Secret32::random(&mut OsRng));
+    let cfg = |ssrc: u32, key: &Secret32, output: Device| EngineConfig {
+        ssrc,
+        key: (0, key.clone()),
+        codec: CodecConfig::default(),
+        input: Device::Null,
+        output,
+        bind: "127.0.0.1:0".parse().unwrap(),
+        relay_only: false,
+        process: None,
+        push_to_talk: false,
+        muted: false,
+        clips: cache(),
+        clip_needed: None,
+    };
+    let a = call::start(cfg(1, &ka, Device::Null)).unwrap();
+    let b = call::start(cfg(2, &kb, Device::Wav(out.clone()))).unwrap();
+    let at = |port: u16| vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))];
+    a.command(Command::Upsert(RemoteSetup {
+        peer: PeerId::random(),
+        ssrc: 2,
+        candidates: at(b.port()),
+        out_key: pb.clone(),
+        in_key: pa.clone(),
+        relays: Vec::new(),
+        may_speak: true,
+        may_soundboard: true,
+    }))
+    .unwrap();
+    b.command(Command::Upsert(RemoteSetup {
+        peer: PeerId::random(),
+        ssrc: 1,
+        candidates: at(a.port()),
+        out_key: pa,
+        in_key: pb,
+        relays: Vec::new(),
+        may_speak: true,
+        may_soundboard: false,
+    }))
+    .unwrap();
+    a.command(Command::AddKey {
+        ssrc: 2,
+        kid: 0,
+        base: kb,
+    })
+    .unwrap();
+    b.command(Command::AddKey {
+        ssrc: 1,
+        kid: 0,
+        base: ka,
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.stats().remotes.first().is_none_or(|r| r.accepted < 10) {
+        assert!(Instant::now() < deadline, "no media: {:?}", b.stats());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.command(Command::PlayClip {
+        id: 7,
+        root,
+        volume: 100,
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2_500));
+    let remote = b.stats().remotes[0].clone();
+    assert!(remote.clips_refused >= 1, "{remote:?}");
+    assert_eq!(remote.clips_playing, 0, "{remote:?}");
+    assert!(remote.accepted > 100, "{remote:?}");
+    assert_eq!(a.stats().clips_played, 1);
+    b.stop();
+    a.stop();
+    let rec = read_wav(&out);
+    let r = best_ncc(&rec, &pcm[CLIP / 2..]);
+    assert!(r < 0.3, "the clip was mixed anyway: ncc {r}");
 }
