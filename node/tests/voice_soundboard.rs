@@ -202,6 +202,17 @@ async fn a_played_clip_is_in_the_other_participants_recording_cached_or_not() {
     let engine = va.status()["engine"].clone();
     assert_eq!(engine["clips_played"], 2, "{engine}");
     assert_eq!(engine["clips_in_stream"], 1, "{engine}");
+    // Played again: Alice remembers Bob lacked it and streams it from its first frame.
+    let again = clip(31, 1_200.0);
+    let again_root = root_of(&again);
+    va.cache_clip(again_root, again.clone());
+    va.play_clip(again_root, 100).unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    va.play_clip(again_root, 100).unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let engine = va.status()["engine"].clone();
+    assert_eq!(engine["clips_played"], 4, "{engine}");
+    assert_eq!(engine["clips_in_stream"], 3, "{engine}");
 
     // 3. Without Use Soundboard in the channel, Bob cannot play (his side refuses), and
     //    Alice's view of him says so (her engine drops his play events).
@@ -239,6 +250,13 @@ async fn a_played_clip_is_in_the_other_participants_recording_cached_or_not() {
     let local = best_ncc(&rec, &cached[half..]);
     let fallback = best_ncc(&rec, &missing[half..]);
     let never = best_ncc(&rec, &clip(37, 700.0)[half..]);
+    // The clip's first half is in the recording too. A loose check: on loopback the first
+    // play lost only the few frames before Bob's request arrived, so it matches as well; the
+    // engine's count above (3 in the stream, the second play of `again` from its first frame)
+    // is what shows the second play went into the stream whole.
+    let whole = best_ncc(&rec, &again[..half]);
+    eprintln!("ncc of the first half of a clip played twice: {whole:.5}");
+    assert!(whole > 0.7, "second play from its first frame: {whole}");
     eprintln!("ncc: cached {local:.5}, fallback {fallback:.5}, never played {never:.5}");
     assert!(local > 0.7, "cached clip: {local}");
     assert!(fallback > 0.7, "clip mixed into alice's stream: {fallback}");

@@ -73,6 +73,8 @@ const MAX_OUTSTANDING_PROBES: usize = 16;
 /// A frame louder than this (RMS of 16-bit samples) counts as speech for the indicators.
 const SPEAKING_RMS: f64 = 300.0;
 const SPEAKING_HOLD: Duration = Duration::from_millis(300);
+/// Clips remembered as lacked by a participant (see `Engine::lacked`).
+const MAX_LACKED: usize = 64;
 /// How often the statistics snapshot is refreshed.
 const STATS_EVERY: Duration = Duration::from_millis(200);
 
@@ -546,6 +548,9 @@ struct Engine {
     soundboard_gain: f32,
     clips_played: u64,
     clips_in_stream: u64,
+    /// Clips a participant lacked in this call: later plays of them go into our stream from
+    /// their first frame (bounded; forgotten when someone leaves).
+    lacked: VecDeque<[u8; 32]>,
 }
 
 fn rms(f: &Frame) -> f64 {
@@ -616,6 +621,7 @@ impl Engine {
             soundboard_gain: 1.0,
             clips_played: 0,
             clips_in_stream: 0,
+            lacked: VecDeque::new(),
         })
     }
 
@@ -744,6 +750,8 @@ impl Engine {
             }
             Command::Remove(ssrc) => {
                 self.remotes.remove(&ssrc);
+                // Whoever lacked a clip may be the one who left.
+                self.lacked.clear();
             }
             Command::Rekey(kid, base) => {
                 self.sender
@@ -792,12 +800,16 @@ impl Engine {
                         in_stream: false,
                     };
                     self.clips_played += 1;
+                    let lacked = self.lacked.contains(&root);
+                    if lacked {
+                        self.clips_in_stream += 1;
+                    }
                     self.own_plays.push(OwnPlay {
                         event,
                         monitor: ActiveClip::new(event, pcm.clone(), 0, self.soundboard_gain),
                         pcm,
                         frame: 0,
-                        in_stream_since: None,
+                        in_stream_since: lacked.then_some(0),
                     });
                 }
             }
@@ -807,6 +819,12 @@ impl Engine {
                 {
                     p.in_stream_since = Some(p.frame);
                     self.clips_in_stream += 1;
+                    if !self.lacked.contains(&p.event.root) {
+                        if self.lacked.len() >= MAX_LACKED {
+                            self.lacked.pop_front();
+                        }
+                        self.lacked.push_back(p.event.root);
+                    }
                 }
             }
             Command::SetSoundboardGain(g) => {

@@ -24,7 +24,10 @@
 //! (`VoiceRequest::NeedClip` over the encrypted signalling); the sender then mixes the rest of
 //! the clip into its own outgoing stream and marks the event [`ClipEvent::in_stream`] in the
 //! frames that follow: from the frame so marked, receivers that were mixing the clip locally
-//! stop (the stream now carries it), so nobody hears it twice.
+//! stop (the stream now carries it), so nobody hears it twice. The first play of such a clip
+//! misses its first frames at that receiver (the time the request takes); the sender remembers
+//! clips someone lacked in this call and puts later plays of them in its stream from the
+//! first frame.
 //!
 //! # Permission
 //!
