@@ -155,8 +155,12 @@ impl GuildService {
             ))),
             Err(_) => Ok(()),
         })?;
-        let clip =
-            sound::import(file, extension).map_err(|e| GuildError::Invalid(e.to_string()))?;
+        // Decoding and encoding take up to a few hundred milliseconds of CPU: off the runtime.
+        let (bytes, ext) = (file.to_vec(), extension.map(str::to_owned));
+        let clip = tokio::task::spawn_blocking(move || sound::import(&bytes, ext.as_deref()))
+            .await
+            .map_err(|e| GuildError::Invalid(format!("importing the sound: {e}")))?
+            .map_err(|e| GuildError::Invalid(e.to_string()))?;
         let asset = clip.asset_bytes();
         let reference = store_asset(&asset, clip.duration_ms().max(1));
         let id = SoundId(OsRng.next_u64());
