@@ -3,12 +3,14 @@
 //! Order of checks, cheapest first, so bad input costs as little as possible:
 //!
 //! 1. input size ([`MAX_INPUT_BYTES`]), before any parsing;
-//! 2. probing by content (the extension hint is only compared afterwards);
-//! 3. the container's declared length, if it has one, against the duration limit;
-//! 4. decoding packet by packet, stopping as soon as the decoded length passes the limit plus
+//! 2. metadata the decoders must not parse is neutralized or checked (see
+//!    `sound::sanitize`: symphonia trusts some length fields);
+//! 3. probing by content (the extension hint is only compared afterwards);
+//! 4. the container's declared length, if it has one, against the duration limit;
+//! 5. decoding packet by packet, stopping as soon as the decoded length passes the limit plus
 //!    [`DURATION_MARGIN_MS`], or the packet count passes [`MAX_PACKETS`] (a stream of packets
 //!    that decode to nothing);
-//! 5. downmix, resample (rubato), peak normalization, Opus encoding.
+//! 6. downmix, resample (rubato), peak normalization, Opus encoding.
 //!
 //! symphonia is memory-safe Rust but has had panics on malformed input; the decoding step runs
 //! under `catch_unwind` so such a panic becomes [`ImportError::Corrupt`] instead of taking the
@@ -355,7 +357,8 @@ fn format_of(params: &CodecParameters) -> SourceFormat {
 
 /// Probes by content and decodes to mono at the source rate, with every limit enforced.
 fn decode_source(bytes: &[u8], hint: Option<&str>) -> Result<Decoded, ImportError> {
-    let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes.to_vec())), Default::default());
+    let clean = super::sanitize::sanitize(bytes)?.into_owned();
+    let mss = MediaSourceStream::new(Box::new(Cursor::new(clean)), Default::default());
     let format_opts = FormatOptions {
         enable_gapless: true,
         ..Default::default()

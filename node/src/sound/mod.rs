@@ -34,6 +34,7 @@
 
 pub mod asset;
 pub mod import;
+mod sanitize;
 
 pub use asset::{AssetError, ClipAsset, decode_asset, encode_asset};
 pub use import::{Clip, ImportError, Mislabelled, SourceFormat, import};
