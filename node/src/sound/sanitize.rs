@@ -161,7 +161,7 @@ fn check_comment_packet(p: &[u8]) -> Result<(), ImportError> {
     };
     let bad = || corrupt("malformed comment header");
     let mut r = body;
-    let mut take_len = |r: &mut &[u8]| -> Result<usize, ImportError> {
+    let take_len = |r: &mut &[u8]| -> Result<usize, ImportError> {
         let (n, rest) = r.split_first_chunk::<4>().ok_or_else(bad)?;
         *r = rest;
         Ok(u32::from_le_bytes(*n) as usize)
