@@ -218,6 +218,8 @@ mod tests {
         assert!(matches!(sanitize(VORBIS).unwrap(), Cow::Borrowed(_)));
         assert!(matches!(sanitize(OPUS).unwrap(), Cow::Borrowed(_)));
         assert_eq!(&sanitize(WAV).unwrap()[..], WAV);
+        // FLAC is rewritten in place (block types only): same length, same audio.
+        assert_eq!(sanitize(FLAC).unwrap().len(), FLAC.len());
     }
 
     #[test]
