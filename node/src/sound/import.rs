@@ -357,7 +357,7 @@ fn format_of(params: &CodecParameters) -> SourceFormat {
 
 /// Probes by content and decodes to mono at the source rate, with every limit enforced.
 fn decode_source(bytes: &[u8], hint: Option<&str>) -> Result<Decoded, ImportError> {
-    let clean = super::sanitize::sanitize(bytes)?.into_owned();
+    let clean = super::sanitize::sanitize(bytes, hint)?.into_owned();
     let mss = MediaSourceStream::new(Box::new(Cursor::new(clean)), Default::default());
     let format_opts = FormatOptions {
         enable_gapless: true,

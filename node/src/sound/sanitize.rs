@@ -27,13 +27,28 @@ fn corrupt(what: &str) -> ImportError {
 }
 
 /// The bytes to hand to the decoders: `bytes` with the metadata above neutralized.
-pub(super) fn sanitize(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ImportError> {
+///
+/// The file must begin with its format's signature (after an ID3v2 tag): `fLaC`, `RIFF` ..
+/// `WAVE`, `OggS`, or an MPEG audio frame sync. symphonia's probe would otherwise scan the
+/// input for a signature anywhere, and start parsing at an offset this module never checked
+/// (the fuzzer found a FLAC signature behind junk carrying the same 4 GB comment).
+pub(super) fn sanitize<'a>(
+    bytes: &'a [u8],
+    hint: Option<&str>,
+) -> Result<Cow<'a, [u8]>, ImportError> {
     let bytes = strip_id3v2(bytes)?;
+    let mpeg_sync = bytes.len() >= 2 && bytes[0] == 0xff && bytes[1] & 0xe0 == 0xe0;
+    let riff = bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE";
+    if !(bytes.starts_with(b"fLaC") || bytes.starts_with(b"OggS") || riff || mpeg_sync) {
+        return Err(ImportError::Unrecognized {
+            claimed: hint.map(|h| h.trim_start_matches('.').to_ascii_lowercase()),
+        });
+    }
     if bytes.starts_with(b"fLaC") {
         return flac(bytes).map(Cow::Owned);
     }
-    if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE" {
-        return riff(bytes).map(Cow::Owned);
+    if riff {
+        return riff_chunks(bytes).map(Cow::Owned);
     }
     if bytes.starts_with(b"OggS") {
         ogg_comments(bytes)?;
@@ -78,7 +93,7 @@ fn flac(bytes: &[u8]) -> Result<Vec<u8>, ImportError> {
     }
 }
 
-fn riff(bytes: &[u8]) -> Result<Vec<u8>, ImportError> {
+fn riff_chunks(bytes: &[u8]) -> Result<Vec<u8>, ImportError> {
     let mut out = bytes.to_vec();
     let mut pos = 12;
     while pos + 8 <= out.len() {
@@ -189,12 +204,29 @@ mod tests {
     const OPUS: &[u8] = include_bytes!("testdata/clip.opus");
     const WAV: &[u8] = include_bytes!("testdata/clip.wav");
     const FLAC_BOMB: &[u8] = include_bytes!("testdata/regressions/flac-comment-4gb.flac");
+    const FLAC_BEHIND_JUNK: &[u8] =
+        include_bytes!("testdata/regressions/flac-comment-4gb-behind-junk.bin");
+
+    /// Regression (fuzz target `sound_import`): the same comment, behind junk that symphonia's
+    /// probe would have skipped to find the FLAC signature.
+    #[test]
+    fn a_file_must_begin_with_its_signature() {
+        assert_eq!(
+            sanitize(FLAC_BEHIND_JUNK, Some("flac")).unwrap_err(),
+            ImportError::Unrecognized {
+                claimed: Some("flac".into())
+            }
+        );
+        let mut junk_then_wav = b"junk".to_vec();
+        junk_then_wav.extend_from_slice(WAV);
+        assert!(sanitize(&junk_then_wav, None).is_err());
+    }
 
     /// Regression (fuzz target `sound_import`): a Vorbis comment in FLAC claiming 4 GB made
     /// symphonia ask for a 4 GB buffer. The comment block is padding before symphonia sees it.
     #[test]
     fn flac_comment_blocks_become_padding() {
-        let s = sanitize(FLAC_BOMB).unwrap();
+        let s = sanitize(FLAC_BOMB, None).unwrap();
         let mut pos = 4;
         let mut kinds = Vec::new();
         loop {
@@ -215,11 +247,11 @@ mod tests {
 
     #[test]
     fn fixtures_pass_unchanged_where_nothing_is_rewritten() {
-        assert!(matches!(sanitize(VORBIS).unwrap(), Cow::Borrowed(_)));
-        assert!(matches!(sanitize(OPUS).unwrap(), Cow::Borrowed(_)));
-        assert_eq!(&sanitize(WAV).unwrap()[..], WAV);
+        assert!(matches!(sanitize(VORBIS, None).unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(sanitize(OPUS, None).unwrap(), Cow::Borrowed(_)));
+        assert_eq!(&sanitize(WAV, None).unwrap()[..], WAV);
         // FLAC is rewritten in place (block types only): same length, same audio.
-        assert_eq!(sanitize(FLAC).unwrap().len(), FLAC.len());
+        assert_eq!(sanitize(FLAC, None).unwrap().len(), FLAC.len());
     }
 
     #[test]
@@ -230,7 +262,7 @@ mod tests {
         let mut evil = VORBIS.to_vec();
         evil[at + 7..at + 11].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
         assert_eq!(
-            sanitize(&evil).unwrap_err(),
+            sanitize(&evil, None).unwrap_err(),
             ImportError::Corrupt("malformed comment header".into())
         );
     }
@@ -239,8 +271,8 @@ mod tests {
     fn an_id3_tag_is_cut_and_its_size_checked() {
         let mut tagged = b"ID3\x04\x00\x00\x00\x00\x00\x05hello".to_vec();
         tagged.extend_from_slice(WAV);
-        assert_eq!(&sanitize(&tagged).unwrap()[..], WAV);
-        assert!(sanitize(b"ID3\x04\x00\x00\x7f\x7f\x7f\x7f").is_err());
+        assert_eq!(&sanitize(&tagged, None).unwrap()[..], WAV);
+        assert!(sanitize(b"ID3\x04\x00\x00\x7f\x7f\x7f\x7f", None).is_err());
     }
 
     #[test]
@@ -249,6 +281,6 @@ mod tests {
         evil.extend_from_slice(b"LIST");
         evil.extend_from_slice(&0xffff_0000u32.to_le_bytes());
         evil.extend_from_slice(&WAV[12..]);
-        assert!(sanitize(&evil).is_err());
+        assert!(sanitize(&evil, None).is_err());
     }
 }
