@@ -15,7 +15,9 @@ use thiserror::Error;
 use crate::invite::InviteToken;
 use crate::ops::GuildOp;
 use crate::perms::Permissions;
-use crate::schema::{Channel, ChannelKind, DeviceCert, InviteCode, MAX_DEVICES, RoleId, UserId};
+use crate::schema::{
+    Channel, ChannelKind, DeviceCert, InviteCode, MAX_DEVICES, MAX_SOUNDS, RoleId, UserId,
+};
 use crate::verify::{SigItem, verify_each_threads};
 use crate::view::GuildView;
 
@@ -375,6 +377,8 @@ pub fn authorize_with(
             Some(_) => None,
         });
     };
+    // Sounds this change adds to the library (a change may add several; the bound counts them).
+    let mut new_sounds = 0usize;
     for (index, op) in ops.iter().enumerate() {
         let mut target_only = None;
         match op {
@@ -488,6 +492,27 @@ pub fn authorize_with(
                             why: "parent must be an existing category",
                         });
                     }
+                }
+            }
+            GuildOp::PutSound(id, _) => {
+                j.need(index, Permissions::MANAGE_GUILD, j.base)?;
+                if !view.sounds().contains_key(id) {
+                    new_sounds += 1;
+                    if view.sounds().len() + new_sounds > MAX_SOUNDS {
+                        return Err(AuthzError::Invalid {
+                            index,
+                            why: "a guild holds at most 48 sounds",
+                        });
+                    }
+                }
+            }
+            GuildOp::DeleteSound(id) => {
+                j.need(index, Permissions::MANAGE_GUILD, j.base)?;
+                if !view.sounds().contains_key(id) {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "no such sound",
+                    });
                 }
             }
             GuildOp::DeleteChannel(id) => {

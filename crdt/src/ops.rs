@@ -21,7 +21,7 @@ use thiserror::Error;
 use crate::invite::InviteToken;
 use crate::schema::{
     Channel, ChannelId, DeviceCert, InviteCode, KeySource, MAX_NAME, MAX_REASON, NoCache, Role,
-    RoleId, Settings, UserId, push_hex, put_str, read_str,
+    RoleId, Settings, Sound, SoundId, UserId, push_hex, put_str, read_str,
 };
 
 /// Version byte of an encoded [`GuildOp`].
@@ -90,6 +90,11 @@ pub enum GuildOp {
     AddDevice(DeviceCert),
     /// The author removes one of its devices.
     RemoveDevice(UserId, DevicePublicKey),
+    /// Adds or replaces a soundboard sound (`MANAGE_GUILD`; at most
+    /// [`crate::schema::MAX_SOUNDS`] in the library).
+    PutSound(SoundId, Sound),
+    /// Removes a soundboard sound (`MANAGE_GUILD`).
+    DeleteSound(SoundId),
 }
 
 impl GuildOp {
@@ -119,6 +124,7 @@ impl GuildOp {
                 write!(out, "/role/{}", r.0)
             }
             Self::PutChannel(id, _) | Self::DeleteChannel(id) => write!(out, "channel/{}", id.0),
+            Self::PutSound(id, _) | Self::DeleteSound(id) => write!(out, "sound/{}", id.0),
             Self::CreateInvite(c, _) | Self::RevokeInvite(c) => {
                 out.push_str("invite/");
                 push_hex(out, &c.0);
@@ -188,6 +194,8 @@ impl GuildOp {
             Self::SetNickname(..) => 18,
             Self::AddDevice(_) => 19,
             Self::RemoveDevice(..) => 20,
+            Self::PutSound(..) => 22,
+            Self::DeleteSound(_) => 23,
         }
     }
 }
@@ -258,6 +266,11 @@ impl Encode for GuildOp {
                 u.encode(w);
                 d.encode(w);
             }
+            Self::PutSound(id, sound) => {
+                id.encode(w);
+                sound.encode(w);
+            }
+            Self::DeleteSound(id) => id.encode(w),
         }
     }
 }
@@ -324,6 +337,8 @@ impl GuildOp {
             18 => Self::SetNickname(keys.root(r)?, read_str(r, "nickname", MAX_REASON)?),
             19 => Self::AddDevice(DeviceCert::decode_with(r, keys)?),
             20 => Self::RemoveDevice(keys.root(r)?, keys.device(r)?),
+            22 => Self::PutSound(SoundId::decode(r)?, Sound::decode(r)?),
+            23 => Self::DeleteSound(SoundId::decode(r)?),
             got => {
                 return Err(DecodeError::UnknownTag {
                     what: "guild op",
@@ -500,6 +515,7 @@ mod tests {
                 GuildOp::RemoveDevice(u, d),
                 format!("member/{uh}/device/{dh}"),
             ),
+            (GuildOp::DeleteSound(SoundId(42)), "sound/42".into()),
         ];
         let mut buf = String::from("left over from an earlier op");
         for (op, want) in cases {

@@ -278,6 +278,62 @@ pub struct Ban {
     pub by: UserId,
 }
 
+/// A soundboard sound's identifier: random, chosen by the member who adds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SoundId(pub u64);
+
+/// Longest sound name, in characters (Discord's 32; at most 4 bytes each on the wire).
+pub const MAX_SOUND_NAME_CHARS: usize = 32;
+/// Longest sound emoji, in bytes (room for a ZWJ sequence of several code points).
+pub const MAX_SOUND_EMOJI: usize = 32;
+/// Most sounds in one guild's library. Enforced when authorizing a change (a change that
+/// would take the library past it is refused) and again when folding the view (concurrent
+/// additions past it are dropped in the canonical order, so every replica keeps the same 48).
+pub const MAX_SOUNDS: usize = 48;
+/// Highest per-sound volume, in percent.
+pub const MAX_SOUND_VOLUME: u8 = 100;
+/// Longest sound, in milliseconds (the import limit, 5.2 s).
+pub const MAX_SOUND_DURATION_MS: u32 = 5_200;
+/// Largest encrypted sound asset, in bytes.
+pub const MAX_SOUND_ASSET_BYTES: u64 = 512 * 1024;
+
+/// Where a sound's audio is: an encrypted file delivered by the file-transfer layer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SoundAsset {
+    /// Content address of the encrypted file (the root its chunks hang from).
+    pub root: [u8; 32],
+    /// The file key (the guild document is itself encrypted to members).
+    pub key: [u8; 32],
+    /// Size of the encrypted file, in bytes.
+    pub size: u64,
+    /// Length of the clip, in milliseconds.
+    pub duration_ms: u32,
+}
+
+impl std::fmt::Debug for SoundAsset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is never printed.
+        f.debug_struct("SoundAsset")
+            .field("root", &short_hex(&self.root))
+            .field("size", &self.size)
+            .field("duration_ms", &self.duration_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sound in the guild's soundboard library.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sound {
+    /// Display name, 1 to [`MAX_SOUND_NAME_CHARS`] characters.
+    pub name: String,
+    /// An emoji shown with the name, if any.
+    pub emoji: Option<String>,
+    /// Playback volume in percent, 0 to [`MAX_SOUND_VOLUME`].
+    pub volume: u8,
+    /// The audio.
+    pub asset: SoundAsset,
+}
+
 /// Guild-wide settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Settings {
@@ -662,6 +718,81 @@ impl Invite {
             creator: keys.root(r)?,
             expires_at: r.u64()?,
             max_uses: r.u32()?,
+        })
+    }
+}
+
+impl Encode for SoundId {
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.0);
+    }
+}
+impl Decode for SoundId {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self(r.u64()?))
+    }
+}
+
+impl Encode for Sound {
+    fn encode(&self, w: &mut Writer) {
+        put_str(w, &self.name);
+        match &self.emoji {
+            None => w.u8(0),
+            Some(e) => {
+                w.u8(1);
+                put_str(w, e);
+            }
+        }
+        w.u8(self.volume);
+        w.put(&self.asset.root);
+        w.put(&self.asset.key);
+        w.u64(self.asset.size);
+        w.u32(self.asset.duration_ms);
+    }
+}
+impl Decode for Sound {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let name = read_str(r, "sound name", MAX_SOUND_NAME_CHARS * 4)?;
+        if name.is_empty() || name.chars().count() > MAX_SOUND_NAME_CHARS {
+            return Err(DecodeError::Invalid("sound name length"));
+        }
+        let emoji = match r.u8()? {
+            0 => None,
+            1 => {
+                let e = read_str(r, "sound emoji", MAX_SOUND_EMOJI)?;
+                if e.is_empty() {
+                    return Err(DecodeError::Invalid("empty sound emoji"));
+                }
+                Some(e)
+            }
+            got => {
+                return Err(DecodeError::UnknownTag {
+                    what: "sound emoji",
+                    got: u64::from(got),
+                });
+            }
+        };
+        let volume = r.u8()?;
+        if volume > MAX_SOUND_VOLUME {
+            return Err(DecodeError::Invalid("sound volume"));
+        }
+        let asset = SoundAsset {
+            root: r.array()?,
+            key: r.array()?,
+            size: r.u64()?,
+            duration_ms: r.u32()?,
+        };
+        if asset.size == 0 || asset.size > MAX_SOUND_ASSET_BYTES {
+            return Err(DecodeError::Invalid("sound asset size"));
+        }
+        if asset.duration_ms == 0 || asset.duration_ms > MAX_SOUND_DURATION_MS {
+            return Err(DecodeError::Invalid("sound duration"));
+        }
+        Ok(Self {
+            name,
+            emoji,
+            volume,
+            asset,
         })
     }
 }

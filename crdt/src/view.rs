@@ -14,7 +14,7 @@ use crate::ops::GuildOp;
 use crate::perms::{self, Permissions};
 use crate::schema::{
     Ban, Channel, ChannelId, DeviceSet, GuildId, InviteCode, InviteState, MAX_DEVICES,
-    MAX_MEMBER_ROLES, Member, Role, RoleId, Settings, UserId,
+    MAX_MEMBER_ROLES, MAX_SOUNDS, Member, Role, RoleId, Settings, Sound, SoundId, UserId,
 };
 
 /// Permissions of `@everyone` in a new guild (Discord's defaults for the listed bits).
@@ -84,6 +84,7 @@ pub struct GuildView {
     channels: BTreeMap<ChannelId, Channel>,
     invites: BTreeMap<InviteCode, InviteState>,
     bans: BTreeMap<UserId, Ban>,
+    sounds: BTreeMap<SoundId, Sound>,
 }
 
 impl GuildView {
@@ -101,6 +102,7 @@ impl GuildView {
             channels: BTreeMap::new(),
             invites: BTreeMap::new(),
             bans: BTreeMap::new(),
+            sounds: BTreeMap::new(),
         }
     }
 
@@ -147,6 +149,10 @@ impl GuildView {
     /// Bans by user.
     pub fn bans(&self) -> &BTreeMap<UserId, Ban> {
         &self.bans
+    }
+    /// The soundboard library by sound id (at most [`MAX_SOUNDS`]).
+    pub fn sounds(&self) -> &BTreeMap<SoundId, Sound> {
+        &self.sounds
     }
     /// Whether `user` is the owner.
     pub fn is_owner(&self, user: &UserId) -> bool {
@@ -378,6 +384,16 @@ impl GuildView {
                     m.devices.insert(cert.device);
                     self.device_owner.insert(cert.device.to_bytes(), cert.user);
                 }
+            }
+            GuildOp::PutSound(id, sound) => {
+                // Concurrent additions can each pass authorization yet together pass the
+                // bound: the fold keeps the first ones in canonical order and drops the rest.
+                if self.sounds.contains_key(id) || self.sounds.len() < MAX_SOUNDS {
+                    self.sounds.insert(*id, sound.clone());
+                }
+            }
+            GuildOp::DeleteSound(id) => {
+                self.sounds.remove(id);
             }
             GuildOp::RemoveDevice(u, d) => {
                 if let Some(m) = self.members.get_mut(u)

@@ -24,7 +24,8 @@
 //! has_file?, order?, limit?, offset?}` (local full-text search, see `store::search`), and the management commands of `control/manage.rs`
 //! (channel details and moves, role list/revoke/delete, bans, unban, invite list/revoke, guild
 //! settings), and the messaging commands of `control/messages.rs` (replies, threads, reactions,
-//! edits, deletes, pins, timers, mentions, read state). `events` adds `{"event": "message",
+//! edits, deletes, pins, timers, mentions, read state), and the soundboard commands of
+//! `control/sound.rs` (upload, list, play, delete, volume). `events` adds `{"event": "message",
 //! ...}` for every stored guild message or operation (`op` set), `{"event": "mention", ...}`
 //! when one mentions this member, `{"event": "erased", ...}` when a message is deleted or its
 //! timer runs out, and `{"event": "guild-changed", "guild": ...}` after log deliveries.
@@ -48,6 +49,7 @@ use crate::voice::service::{JoinOptions, VoiceService};
 
 mod manage;
 mod messages;
+mod sound;
 use crate::net::{Client, Event};
 
 /// Longest request line.
@@ -517,6 +519,9 @@ async fn handle_voice(v: &VoiceService, cmd: &str, a: &Value) -> Option<Result<V
 
 async fn handle(ctx: &Context, req: Request) -> Result<Value, String> {
     let net = &ctx.net;
+    if let Some(r) = sound::handle(ctx, req.cmd.as_str(), &req.args).await {
+        return r;
+    }
     if let Some(v) = &ctx.voice
         && let Some(r) = handle_voice(v, req.cmd.as_str(), &req.args).await
     {

@@ -10,6 +10,7 @@ pub mod guild;
 pub mod markdown;
 pub mod net;
 pub mod runtime;
+pub mod sound;
 pub mod store;
 pub mod sync;
 pub mod voice;

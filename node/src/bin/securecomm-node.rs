@@ -14,6 +14,8 @@
 //! securecomm-node send GUILD CHANNEL TEXT | history GUILD CHANNEL [--limit N] | members GUILD
 //! securecomm-node role create GUILD NAME --perms LIST | role grant GUILD USER ROLE
 //! securecomm-node kick GUILD USER | ban GUILD USER [--reason TEXT]
+//! securecomm-node sound upload GUILD FILE --name N [--emoji E] [--volume P] | sound list GUILD
+//! securecomm-node sound play GUILD SOUND | sound delete GUILD SOUND | sound volume PERCENT
 //! securecomm-node search TEXT [--guild G] [--channel C] [--author USER] [--after DATE]
 //!                 [--before DATE] [--has-file] [--newest] [--limit N] [--offset N]
 //! ```
@@ -135,6 +137,11 @@ enum Command {
     Voice {
         #[command(subcommand)]
         action: VoiceAction,
+    },
+    /// The guild's soundboard: upload, list, play, delete (running node).
+    Sound {
+        #[command(subcommand)]
+        action: SoundAction,
     },
     /// Send a message to a guild channel (running node). Returns once it is stored durably.
     /// At most 4,000 characters; Discord's markdown; mentions as `<@USER_ID>`, `<@&ROLE_ID>`,
@@ -541,6 +548,51 @@ enum VoiceAction {
     },
 }
 
+#[derive(Subcommand)]
+enum SoundAction {
+    /// Add a sound to the guild's library (Manage Guild): MP3, Ogg (Vorbis, Opus), FLAC or
+    /// WAV, at most 5.2 s and 512 KiB; normalized to a -1 dBFS peak.
+    Upload {
+        /// Guild name or id.
+        guild: String,
+        /// The audio file.
+        file: PathBuf,
+        /// The sound's name (1 to 32 characters).
+        #[arg(long)]
+        name: String,
+        /// An emoji shown with it.
+        #[arg(long)]
+        emoji: Option<String>,
+        /// Its volume, 0 to 100 percent.
+        #[arg(long, default_value_t = 100)]
+        volume: u8,
+    },
+    /// The guild's sounds.
+    List {
+        /// Guild name or id.
+        guild: String,
+    },
+    /// Play a sound in the current call (Use Soundboard).
+    Play {
+        /// Guild name or id.
+        guild: String,
+        /// Sound name or id.
+        sound: String,
+    },
+    /// Remove a sound from the library (Manage Guild).
+    Delete {
+        /// Guild name or id.
+        guild: String,
+        /// Sound name or id.
+        sound: String,
+    },
+    /// Volume of every sound you hear, 0 to 200 percent.
+    Volume {
+        /// Percent.
+        percent: u32,
+    },
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum OnOff {
     On,
@@ -938,6 +990,34 @@ async fn run(cli: Cli) -> Result<(), String> {
                 VoiceAction::Volume { user, percent } => {
                     ("voice-volume", json!({"user": user, "percent": percent}))
                 }
+            };
+            remote(&dir, json, cmd, args).await?
+        }
+        Some(Command::Sound { action }) => {
+            let (cmd, args) = match action {
+                SoundAction::Upload {
+                    guild,
+                    file,
+                    name,
+                    emoji,
+                    volume,
+                } => {
+                    // The path is resolved here: the node runs elsewhere.
+                    let file = std::path::absolute(&file).unwrap_or(file);
+                    (
+                        "sound-upload",
+                        json!({"guild": guild, "file": file.display().to_string(), "name": name,
+                               "emoji": emoji, "volume": volume}),
+                    )
+                }
+                SoundAction::List { guild } => ("sound-list", json!({"guild": guild})),
+                SoundAction::Play { guild, sound } => {
+                    ("sound-play", json!({"guild": guild, "sound": sound}))
+                }
+                SoundAction::Delete { guild, sound } => {
+                    ("sound-delete", json!({"guild": guild, "sound": sound}))
+                }
+                SoundAction::Volume { percent } => ("sound-volume", json!({"percent": percent})),
             };
             remote(&dir, json, cmd, args).await?
         }

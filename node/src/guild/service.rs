@@ -46,6 +46,7 @@ pub mod files;
 pub mod manage;
 pub mod messages;
 pub mod search;
+pub mod sound;
 
 /// Guild events for subscribers (the control API's `events` stream).
 #[derive(Debug, Clone)]
@@ -2638,6 +2639,8 @@ pub struct VoiceRoom {
     pub user_limit: u16,
     /// Whether this node's user may speak there.
     pub may_speak: bool,
+    /// Whether this node's user may play soundboard clips there (Speak and Use Soundboard).
+    pub may_use_soundboard: bool,
     /// The media-relay room id: `SHA-256("SecureComm/voice-room v1" | guild secret | channel)`,
     /// which only members can compute and which says nothing about the guild or channel.
     pub room_id: [u8; 32],
@@ -2652,6 +2655,8 @@ pub struct VoiceRights {
     pub connect: bool,
     /// Speak.
     pub speak: bool,
+    /// Play soundboard clips: Speak and Use Soundboard.
+    pub soundboard: bool,
 }
 
 impl GuildService {
@@ -2703,6 +2708,8 @@ impl GuildService {
                 bitrate,
                 user_limit,
                 may_speak: perms.contains(Permissions::SPEAK),
+                may_use_soundboard: perms
+                    .contains(Permissions::SPEAK.union(Permissions::USE_SOUNDBOARD)),
                 room_id,
                 member_peers,
             })
@@ -2732,6 +2739,7 @@ impl GuildService {
             Some(VoiceRights {
                 connect: perms.contains(Permissions::VIEW_CHANNEL.union(Permissions::CONNECT)),
                 speak: perms.contains(Permissions::SPEAK),
+                soundboard: perms.contains(Permissions::SPEAK.union(Permissions::USE_SOUNDBOARD)),
             })
         })
         .ok()

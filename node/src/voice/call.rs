@@ -46,8 +46,11 @@ use super::device::{
 use super::jitter::JitterConfig;
 use super::pipeline::{Concealment, MAX_VOICE_PACKET, VoiceReceiver, VoiceSender};
 use super::process::{ProcessConfig, Processor};
+use super::soundboard::{
+    ActiveClip, ClipCache, ClipEvent, EVENT_REPEATS, MAX_ACTIVE_CLIPS, RemoteClips,
+};
 use super::wire::{self, PROBE, PROBE_ACK, PeerPacket};
-use super::{FRAME_US, Frame, SILENCE};
+use super::{FRAME_SAMPLES, FRAME_US, Frame, SILENCE};
 
 /// A direct path without an acknowledgement for this long is dropped.
 pub const PATH_TIMEOUT: Duration = Duration::from_secs(4);
@@ -70,6 +73,8 @@ const MAX_OUTSTANDING_PROBES: usize = 16;
 /// A frame louder than this (RMS of 16-bit samples) counts as speech for the indicators.
 const SPEAKING_RMS: f64 = 300.0;
 const SPEAKING_HOLD: Duration = Duration::from_millis(300);
+/// Clips remembered as lacked by a participant (see `Engine::lacked`).
+const MAX_LACKED: usize = 64;
 /// How often the statistics snapshot is refreshed.
 const STATS_EVERY: Duration = Duration::from_millis(200);
 
@@ -130,6 +135,8 @@ pub struct RemoteSetup {
     pub relays: Vec<wire::RelayEndpoint>,
     /// Whether its frames are decoded (it may speak).
     pub may_speak: bool,
+    /// Whether its soundboard play events are taken (Speak and Use Soundboard).
+    pub may_soundboard: bool,
 }
 
 /// What the async side tells the engine.
@@ -162,6 +169,20 @@ pub enum Command {
     SetRelayOnly(bool),
     /// Push-to-talk: whether the key is down (only used in push-to-talk mode).
     SetTransmit(bool),
+    /// Play a cached clip (the caller checked Use Soundboard): announce it in our frames and
+    /// play it to ourselves.
+    PlayClip {
+        /// The play's id (random).
+        id: u32,
+        /// The clip's asset root (must be in the clip cache).
+        root: [u8; 32],
+        /// Its volume, percent (0..=100).
+        volume: u8,
+    },
+    /// A participant lacks the clip of our play `id`: mix the rest into our stream.
+    MixInStream(u32),
+    /// Gain of every soundboard clip we hear (0.0 ..= 2.0).
+    SetSoundboardGain(f32),
     /// End the call: flush the output and stop the thread.
     Stop,
 }
@@ -212,6 +233,10 @@ pub struct RemoteStats {
     pub may_speak: bool,
     /// Playback volume set for it, percent (100: unchanged).
     pub volume_percent: u32,
+    /// Soundboard play events dropped because it may not use the soundboard.
+    pub clips_refused: u64,
+    /// Its soundboard clips being mixed here now.
+    pub clips_playing: usize,
 }
 
 /// The engine's numbers, refreshed every 200 ms.
@@ -225,6 +250,10 @@ pub struct EngineStats {
     pub port: u16,
     /// Frames sent.
     pub frames_sent: u64,
+    /// Soundboard clips we played.
+    pub clips_played: u64,
+    /// Of those, clips mixed into our stream because a participant lacked them.
+    pub clips_in_stream: u64,
     /// Bytes sent (all copies).
     pub bytes_sent: u64,
     /// Outgoing bitrate per copy, kbit/s, over the last second.
@@ -313,6 +342,11 @@ pub struct EngineConfig {
     pub push_to_talk: bool,
     /// Start muted.
     pub muted: bool,
+    /// Decoded soundboard clips by asset root, shared with the voice service.
+    pub clips: Arc<Mutex<ClipCache>>,
+    /// Where the engine reports a participant's play event whose clip is not cached
+    /// (`(ssrc, event)`; bounded, dropped when full).
+    pub clip_needed: Option<tokio::sync::mpsc::Sender<(u32, ClipEvent)>>,
 }
 
 /// Starts the engine thread. The socket is bound and the devices opened before this returns,
@@ -430,6 +464,29 @@ struct Remote {
     via_relay: u64,
     via_direct: u64,
     heard: u64,
+    /// Its play events and the clips of them being mixed.
+    clips: RemoteClips,
+    /// Play events dropped because it may not use the soundboard.
+    clip_refused: u64,
+}
+
+/// One of our own plays.
+struct OwnPlay {
+    event: ClipEvent,
+    pcm: Arc<[i16]>,
+    /// Frames of the clip sent so far (index of the next one).
+    frame: u64,
+    /// What we hear of it ourselves.
+    monitor: ActiveClip,
+    /// Frame from which we mix it into our stream (a participant lacked it).
+    in_stream_since: Option<u64>,
+}
+
+impl OwnPlay {
+    fn done(&self) -> bool {
+        self.frame.saturating_mul(FRAME_SAMPLES as u64) >= self.pcm.len() as u64
+            && self.monitor.done()
+    }
 }
 
 impl Remote {
@@ -485,6 +542,15 @@ struct Engine {
     wrapped: Vec<u8>,
     frame: Frame,
     mix: Vec<i32>,
+    clips: Arc<Mutex<ClipCache>>,
+    clip_needed: Option<tokio::sync::mpsc::Sender<(u32, ClipEvent)>>,
+    own_plays: Vec<OwnPlay>,
+    soundboard_gain: f32,
+    clips_played: u64,
+    clips_in_stream: u64,
+    /// Clips a participant lacked in this call: later plays of them go into our stream from
+    /// their first frame (bounded; forgotten when someone leaves).
+    lacked: VecDeque<[u8; 32]>,
 }
 
 fn rms(f: &Frame) -> f64 {
@@ -549,6 +615,13 @@ impl Engine {
             wrapped: Vec::with_capacity(MAX_VOICE_PACKET + 32),
             frame: SILENCE,
             mix: vec![0; SILENCE.len()],
+            clips: cfg.clips,
+            clip_needed: cfg.clip_needed,
+            own_plays: Vec::new(),
+            soundboard_gain: 1.0,
+            clips_played: 0,
+            clips_in_stream: 0,
+            lacked: VecDeque::new(),
         })
     }
 
@@ -659,6 +732,8 @@ impl Engine {
                                 via_relay: 0,
                                 via_direct: 0,
                                 heard: 0,
+                                clips: RemoteClips::default(),
+                                clip_refused: 0,
                             },
                         );
                     }
@@ -675,6 +750,8 @@ impl Engine {
             }
             Command::Remove(ssrc) => {
                 self.remotes.remove(&ssrc);
+                // Whoever lacked a clip may be the one who left.
+                self.lacked.clear();
             }
             Command::Rekey(kid, base) => {
                 self.sender
@@ -710,9 +787,111 @@ impl Engine {
                     }
                 }
             }
+            Command::PlayClip { id, root, volume } => {
+                let pcm = self.clips.lock().ok().and_then(|c| c.get(&root));
+                if let Some(pcm) = pcm
+                    && self.own_plays.len() < MAX_ACTIVE_CLIPS
+                {
+                    let event = ClipEvent {
+                        id,
+                        root,
+                        volume: volume.min(100),
+                        frames_ago: 0,
+                        in_stream: false,
+                    };
+                    self.clips_played += 1;
+                    let lacked = self.lacked.contains(&root);
+                    if lacked {
+                        self.clips_in_stream += 1;
+                    }
+                    self.own_plays.push(OwnPlay {
+                        event,
+                        monitor: ActiveClip::new(event, pcm.clone(), 0, self.soundboard_gain),
+                        pcm,
+                        frame: 0,
+                        in_stream_since: lacked.then_some(0),
+                    });
+                }
+            }
+            Command::MixInStream(id) => {
+                if let Some(p) = self.own_plays.iter_mut().find(|p| p.event.id == id)
+                    && p.in_stream_since.is_none()
+                {
+                    p.in_stream_since = Some(p.frame);
+                    self.clips_in_stream += 1;
+                    if !self.lacked.contains(&p.event.root) {
+                        if self.lacked.len() >= MAX_LACKED {
+                            self.lacked.pop_front();
+                        }
+                        self.lacked.push_back(p.event.root);
+                    }
+                }
+            }
+            Command::SetSoundboardGain(g) => {
+                self.soundboard_gain = if g.is_finite() {
+                    g.clamp(0.0, 2.0)
+                } else {
+                    1.0
+                };
+            }
             Command::Stop => {}
         }
         Ok(())
+    }
+
+    /// Our plays' part of the outgoing frame: mixes the clips that go in our stream into
+    /// `self.frame`, and returns the play event this frame carries, if any (a new play's first
+    /// frames, or a play just moved into the stream).
+    fn own_plays_frame(&mut self) -> Option<ClipEvent> {
+        let mut attach: Option<(u64, ClipEvent)> = None;
+        let mut acc: Option<Vec<i32>> = None;
+        for p in &mut self.own_plays {
+            let idx = p.frame;
+            p.frame += 1;
+            let start = usize::try_from(idx)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(FRAME_SAMPLES);
+            let candidate = match p.in_stream_since {
+                Some(since) => {
+                    if let Some(src) = p.pcm.get(start..(start + FRAME_SAMPLES).min(p.pcm.len())) {
+                        let acc = acc.get_or_insert_with(|| {
+                            self.frame.iter().map(|&s| i32::from(s)).collect()
+                        });
+                        let g = f32::from(p.event.volume) / 100.0;
+                        for (a, &s) in acc.iter_mut().zip(src) {
+                            *a += (f32::from(s) * g) as i32;
+                        }
+                    }
+                    (idx - since <= u64::from(EVENT_REPEATS)).then_some((
+                        idx - since,
+                        ClipEvent {
+                            in_stream: true,
+                            frames_ago: 0,
+                            ..p.event
+                        },
+                    ))
+                }
+                None => (idx <= u64::from(EVENT_REPEATS)).then_some((
+                    idx,
+                    ClipEvent {
+                        frames_ago: idx as u8,
+                        ..p.event
+                    },
+                )),
+            };
+            // The newest need first (a play's first frame before another's repeat).
+            if let Some((age, e)) = candidate
+                && attach.is_none_or(|(a, _)| age < a)
+            {
+                attach = Some((age, e));
+            }
+        }
+        if let Some(acc) = acc {
+            for (o, a) in self.frame.iter_mut().zip(acc) {
+                *o = a.clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16;
+            }
+        }
+        attach.map(|(_, e)| e)
     }
 
     /// One 20 ms frame: capture, encode, send; receive side: play and mix.
@@ -743,11 +922,23 @@ impl Engine {
         if !gated && rms(&self.frame) > SPEAKING_RMS {
             self.speaking_until = Some(now + SPEAKING_HOLD);
         }
+        let event = self.own_plays_frame();
         wire::media_header(self.ssrc, &mut self.packet);
         let mut frame = Vec::with_capacity(MAX_VOICE_PACKET);
-        self.sender
-            .send_into(&self.frame, &mut frame)
-            .map_err(|e| e.to_string())?;
+        match &event {
+            Some(e) => {
+                if let Some(t) = self.packet.first_mut() {
+                    *t = wire::MEDIA_EXT;
+                }
+                self.sender
+                    .send_event_into(&self.frame, e, &mut frame)
+                    .map_err(|e| e.to_string())?;
+            }
+            None => self
+                .sender
+                .send_into(&self.frame, &mut frame)
+                .map_err(|e| e.to_string())?,
+        }
         self.packet.extend_from_slice(&frame);
         self.frames += 1;
         self.send_media();
@@ -755,7 +946,8 @@ impl Engine {
         self.mix.iter_mut().for_each(|m| *m = 0);
         let now_us = self.now_us(now);
         let mut out = SILENCE;
-        for r in self.remotes.values_mut() {
+        let mut needed: Vec<(u32, ClipEvent)> = Vec::new();
+        for (ssrc, r) in self.remotes.iter_mut() {
             let Some(rx) = r.rx.as_mut() else { continue };
             if rx.play(now_us, &mut out).is_err() {
                 continue;
@@ -766,6 +958,33 @@ impl Engine {
             let g = r.gain;
             for (m, &s) in self.mix.iter_mut().zip(out.iter()) {
                 *m += (f32::from(s) * g) as i32;
+            }
+            // Clips whose frame was just played start now, in time with the voice.
+            if let Some(seq) = rx.last_played() {
+                for (event, frames_in) in r.clips.due(seq) {
+                    let pcm = self.clips.lock().ok().and_then(|c| c.get(&event.root));
+                    match pcm {
+                        Some(pcm) if r.clips.active.len() < MAX_ACTIVE_CLIPS => r
+                            .clips
+                            .active
+                            .push(ActiveClip::new(event, pcm, frames_in, self.soundboard_gain)),
+                        Some(_) => {}
+                        None => needed.push((*ssrc, event)),
+                    }
+                }
+            }
+            for c in r.clips.active.iter_mut() {
+                c.mix_into(&mut self.mix);
+            }
+            r.clips.active.retain(|c| !c.done());
+        }
+        for p in self.own_plays.iter_mut() {
+            p.monitor.mix_into(&mut self.mix);
+        }
+        self.own_plays.retain(|p| !p.done());
+        if let Some(tx) = &self.clip_needed {
+            for n in needed {
+                let _ = tx.try_send(n);
             }
         }
         if self.deafened {
@@ -941,6 +1160,8 @@ impl Engine {
                     speaking: r.speaking_until.is_some_and(|t| t > now),
                     may_speak: r.setup.may_speak,
                     volume_percent: (r.gain * 100.0).round() as u32,
+                    clips_refused: r.clip_refused,
+                    clips_playing: r.clips.active.len(),
                 }
             })
             .collect();
@@ -949,6 +1170,8 @@ impl Engine {
             error: None,
             port: self.socket.local_addr().map(|a| a.port()).unwrap_or(0),
             frames_sent: self.frames,
+            clips_played: self.clips_played,
+            clips_in_stream: self.clips_in_stream,
             bytes_sent: self.bytes_sent,
             bitrate_kbps: self.bitrate_kbps,
             speaking: self.speaking_until.is_some_and(|t| t > now),
@@ -990,7 +1213,7 @@ impl Engine {
             return;
         };
         match p {
-            PeerPacket::Media { ssrc, frame } => {
+            PeerPacket::Media { ssrc, frame, ext } => {
                 let Some(r) = self.remotes.get_mut(&ssrc) else {
                     self.dropped += 1;
                     return;
@@ -999,7 +1222,16 @@ impl Engine {
                     r.heard += 1;
                     return;
                 };
-                if rx.receive(frame, now_us).is_ok() {
+                if let Ok(event) = rx.receive_ext(frame, now_us, ext) {
+                    if let Some((event, seq)) = event {
+                        // Receivers check the right too: an event from a participant without
+                        // Use Soundboard (or Speak) is dropped, the frame's voice is kept.
+                        if r.setup.may_soundboard {
+                            r.clips.on_event(event, seq);
+                        } else {
+                            r.clip_refused += 1;
+                        }
+                    }
                     r.heard += 1;
                     r.bytes_window += bytes.len() as u64;
                     if from.is_some() {

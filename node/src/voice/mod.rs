@@ -12,6 +12,7 @@
 //!   tuned to measured loss, DTX, FEC and loss concealment on the decoding side).
 //! * [`jitter`]: the adaptive jitter buffer (target near the 95th percentile of observed jitter
 //!   plus a margin, reordering, late-packet accounting, concealment instead of gaps).
+//! * [`soundboard`]: soundboard play events in media frames, the clip cache and clip mixing.
 //! * [`pipeline`]: [`pipeline::VoiceSender`] and [`pipeline::VoiceReceiver`], which join the
 //!   parts above with `securecomm_noise::frame` (SFrame-shaped frame encryption).
 //!
@@ -27,6 +28,7 @@ mod opus_ffi;
 pub mod pipeline;
 pub mod process;
 pub mod service;
+pub mod soundboard;
 pub mod wire;
 
 /// Sample rate of every voice signal, in Hz.

@@ -10,6 +10,11 @@
 //! epoch. DTX frames (1-3 bytes of Opus in silence) are still sent, which keeps the sequence
 //! contiguous for the jitter buffer at about 1 kbit/s of cost.
 //!
+//! A frame that carries a soundboard play event (see [`super::soundboard`]) has the plaintext
+//! `event (39 bytes) || opus` and the packet type `MEDIA_EXT` as associated data
+//! ([`VoiceSender::send_event_into`], [`VoiceReceiver::receive_ext`]); plain frames keep empty
+//! associated data, so neither kind decrypts as the other.
+//!
 //! # Epochs
 //!
 //! A new epoch (join or leave) gives the sender a new [`FrameSender`] (new KID, counter from
@@ -31,7 +36,10 @@ use thiserror::Error;
 
 use super::codec::{CodecConfig, CodecError, Decoded, MAX_PACKET, VoiceDecoder, VoiceEncoder};
 use super::jitter::{Action, JitterBuffer, JitterConfig};
+use super::soundboard::{ClipEvent, split_ext};
+use super::wire::MEDIA_EXT;
 use super::{FRAME_SAMPLES, Frame};
+use securecomm_noise::codec::Encode;
 
 /// Longest voice packet on the wire: largest header, largest Opus packet, tag.
 pub const MAX_VOICE_PACKET: usize = MAX_HEADER_LEN + MAX_PACKET + NT;
@@ -52,6 +60,9 @@ pub enum VoiceError {
     /// The packet is longer than any voice packet can be.
     #[error("voice packet too long: at most {MAX_VOICE_PACKET} bytes, got {0}")]
     TooLong(usize),
+    /// A `MEDIA_EXT` frame whose play event does not parse.
+    #[error("malformed soundboard event in a voice frame")]
+    Event,
 }
 
 /// Counters of a sender.
@@ -98,6 +109,23 @@ impl VoiceSender {
             .stats
             .max_overhead
             .max(out.len().saturating_sub(self.opus.len()));
+        Ok(())
+    }
+
+    /// Encodes and encrypts one frame carrying a play event (a `MEDIA_EXT` packet's frame).
+    pub fn send_event_into(
+        &mut self,
+        pcm: &Frame,
+        event: &ClipEvent,
+        out: &mut Vec<u8>,
+    ) -> Result<(), VoiceError> {
+        self.encoder.encode(pcm, &mut self.opus)?;
+        let mut plain = event.to_bytes();
+        plain.extend_from_slice(&self.opus);
+        self.frames.encrypt_into(&plain, &[MEDIA_EXT], out)?;
+        self.stats.frames += 1;
+        self.stats.opus_bytes += self.opus.len() as u64;
+        self.stats.wire_bytes += out.len() as u64;
         Ok(())
     }
 
@@ -204,6 +232,8 @@ pub struct VoiceReceiver {
     /// `(KID, offset)`: sequence number = counter + offset.
     offsets: Vec<(u64, u64)>,
     highest_seq: Option<u64>,
+    /// Sequence number of the frame the last [`VoiceReceiver::play`] played or concealed.
+    last_played: Option<u64>,
     plaintext: Vec<u8>,
     skipped: Frame,
     stats: ReceiverStats,
@@ -229,6 +259,7 @@ impl VoiceReceiver {
             use_fec: concealment.fec,
             offsets: Vec::with_capacity(MAX_STREAM_KEYS),
             highest_seq: None,
+            last_played: None,
             plaintext: Vec::with_capacity(MAX_PACKET),
             skipped: [0; FRAME_SAMPLES],
             stats: ReceiverStats::default(),
@@ -262,6 +293,45 @@ impl VoiceReceiver {
             self.stats.rejected += 1;
         }
         result
+    }
+
+    /// Takes one packet's frame that may carry a play event (`ext`: it came as `MEDIA_EXT`).
+    /// Returns the event and the sequence number of its frame.
+    pub fn receive_ext(
+        &mut self,
+        packet: &[u8],
+        now_us: u64,
+        ext: bool,
+    ) -> Result<Option<(ClipEvent, u64)>, VoiceError> {
+        if !ext {
+            return self.receive(packet, now_us).map(|()| None);
+        }
+        let result = self.accept_ext(packet, now_us);
+        if result.is_err() {
+            self.stats.rejected += 1;
+        }
+        result.map(Some)
+    }
+
+    fn accept_ext(&mut self, packet: &[u8], now_us: u64) -> Result<(ClipEvent, u64), VoiceError> {
+        if packet.len() > MAX_VOICE_PACKET + super::soundboard::EVENT_LEN {
+            return Err(VoiceError::TooLong(packet.len()));
+        }
+        let mut plain = Vec::with_capacity(packet.len());
+        let header = self.frames.decrypt_into(packet, &[MEDIA_EXT], &mut plain)?;
+        let (event, opus) = split_ext(&plain).map_err(|_| VoiceError::Event)?;
+        VoiceDecoder::check_packet(opus)?;
+        let seq = self.sequence(header.kid, header.ctr);
+        self.highest_seq = Some(self.highest_seq.map_or(seq, |h| h.max(seq)));
+        self.jitter.push(seq, opus.to_vec(), now_us);
+        self.stats.accepted += 1;
+        Ok((event, seq))
+    }
+
+    /// The sequence number of the frame the last [`VoiceReceiver::play`] played or concealed
+    /// (`None` before the first, and after a tick that played nothing of the stream).
+    pub fn last_played(&self) -> Option<u64> {
+        self.last_played
     }
 
     fn accept(&mut self, packet: &[u8], now_us: u64) -> Result<(), VoiceError> {
@@ -301,6 +371,10 @@ impl VoiceReceiver {
     /// Produces the 20 ms frame to play at `now_us` (call once per 20 ms of playback).
     pub fn play(&mut self, now_us: u64, out: &mut Frame) -> Result<Played, VoiceError> {
         let playout = self.jitter.pop(now_us);
+        self.last_played = match &playout.action {
+            Action::Packet { seq, .. } | Action::Missing { seq, .. } => Some(*seq),
+            Action::Idle | Action::Stretch => None,
+        };
         let crossfade = match &playout.skipped {
             Some(p) => {
                 if self.decoder.decode(p, &mut self.skipped).is_err() {
@@ -402,6 +476,43 @@ mod tests {
         let end = ((i + 1) * FRAME_SAMPLES).min(pcm.len());
         f[..end - start].copy_from_slice(&pcm[start..end]);
         f
+    }
+
+    #[test]
+    fn a_play_event_rides_in_its_frame_and_cannot_be_relabelled() {
+        use crate::voice::soundboard::ClipEvent;
+        let (mut tx, mut rx) = pair();
+        let pcm = speechlike(0.2);
+        let event = ClipEvent {
+            id: 42,
+            root: [9; 32],
+            volume: 70,
+            frames_ago: 0,
+            in_stream: false,
+        };
+        let mut with_event = Vec::new();
+        tx.send_event_into(&frame_at(&pcm, 0), &event, &mut with_event)
+            .unwrap();
+        let plain = tx.send(&frame_at(&pcm, 1)).unwrap();
+        // Relabelled (MEDIA_EXT sent as MEDIA and the reverse): the associated data differs, so
+        // neither decrypts; nothing is buffered.
+        assert!(rx.receive_ext(&with_event, 0, false).is_err());
+        assert!(rx.receive_ext(&plain, 0, true).is_err());
+        assert_eq!(
+            rx.receive_ext(&with_event, 0, true).unwrap(),
+            Some((event, 0))
+        );
+        assert_eq!(rx.receive_ext(&plain, 20_000, false).unwrap(), None);
+        assert_eq!(rx.stats().accepted, 2);
+        assert_eq!(rx.stats().rejected, 2);
+        // The frame itself plays as voice, and playout names its sequence number.
+        let mut out = [0; FRAME_SAMPLES];
+        let mut played = Vec::new();
+        for k in 0..20u64 {
+            rx.play(k * FRAME_US, &mut out).unwrap();
+            played.extend(rx.last_played());
+        }
+        assert_eq!(played.first(), Some(&0));
     }
 
     #[test]

@@ -22,6 +22,17 @@
 //! not decoded. Rights are checked again every second, so a kick, a ban or a role change
 //! removes a participant (and rotates the keys) without waiting for it to leave.
 //!
+//! # Soundboard
+//!
+//! [`VoiceService::cache_clip`] fills the clip cache the engines mix from (the guild layer
+//! calls it with each downloaded library asset, decoded by `sound::decode_asset`);
+//! [`VoiceService::play_clip`] checks Speak and Use Soundboard in the call's channel against
+//! the guild state as it is now and has the engine announce the play in our frames. Each
+//! participant's soundboard right is refreshed with its other rights, and the engine drops
+//! play events of participants without it. A receiver that lacks a clip sends
+//! `VoiceRequest::NeedClip` to its player, who mixes it into its stream (see
+//! [`super::soundboard`]).
+//!
 //! # Paths
 //!
 //! Candidates are this node's interface addresses (from libp2p's listeners) with the call's
@@ -48,6 +59,7 @@ use tokio::task::JoinHandle;
 use super::call::{self, Command, Device, EngineConfig, EngineHandle, OwnAllocation, RemoteSetup};
 use super::codec::CodecConfig;
 use super::process::ProcessConfig;
+use super::soundboard::{ClipCache, ClipEvent};
 use super::wire::{Announce, RelayEndpoint, SenderKey, VOICE_VERSION, VoiceRequest, VoiceResponse};
 use crate::guild::GuildService;
 use crate::guild::service::VoiceRoom;
@@ -67,6 +79,8 @@ const PRESENCE_TTL: Duration = Duration::from_secs(20);
 const MAX_PRESENCE: usize = 1024;
 /// Timeout of one signalling request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound of the engine's queue of play events whose clip is not cached.
+const CLIP_NEEDED_BOUND: usize = 16;
 
 /// Options of a join.
 #[derive(Debug, Clone)]
@@ -107,6 +121,7 @@ struct Participant {
     ssrc: u32,
     theirs: Announce,
     may_speak: bool,
+    may_soundboard: bool,
     last_heard: Instant,
     last_packets: u64,
     last_accepted: u64,
@@ -174,7 +189,13 @@ impl Call {
         }
     }
 
-    fn setup_for(&mut self, peer: PeerId, a: &Announce, may_speak: bool) -> RemoteSetup {
+    fn setup_for(
+        &mut self,
+        peer: PeerId,
+        a: &Announce,
+        may_speak: bool,
+        may_soundboard: bool,
+    ) -> RemoteSetup {
         RemoteSetup {
             peer,
             ssrc: a.ssrc,
@@ -183,6 +204,7 @@ impl Call {
             in_key: self.probe_key(peer),
             relays: a.relays.clone(),
             may_speak,
+            may_soundboard,
         }
     }
 
@@ -197,6 +219,10 @@ struct Inner {
     call: Mutex<Option<Call>>,
     presence: Mutex<HashMap<(GuildId, ChannelId, PeerId), Instant>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Decoded soundboard clips, shared with every call's engine.
+    clips: Arc<Mutex<ClipCache>>,
+    /// Gain of the soundboard clips we hear, kept across calls.
+    soundboard_gain: Mutex<f32>,
 }
 
 /// The voice layer of a node (one call at a time). Cheap to clone.
@@ -228,6 +254,8 @@ impl VoiceService {
                 call: Mutex::new(None),
                 presence: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(Vec::new()),
+                clips: Arc::new(Mutex::new(ClipCache::default())),
+                soundboard_gain: Mutex::new(1.0),
             }),
         };
         let events = tokio::spawn(svc.clone().run_events());
@@ -278,7 +306,12 @@ impl VoiceService {
             Some(p) => p,
             None => matches!(opts.input, Device::Cpal(_)).then(ProcessConfig::default),
         };
+        // Play events whose clip we lack, reported by the engine; each becomes a NeedClip
+        // request to the participant who played it.
+        let (clip_tx, clip_rx) = tokio::sync::mpsc::channel(CLIP_NEEDED_BOUND);
         let engine = call::start(EngineConfig {
+            clips: self.inner.clips.clone(),
+            clip_needed: Some(clip_tx),
             ssrc,
             key: (0, key.clone()),
             codec,
@@ -296,6 +329,13 @@ impl VoiceService {
             let own = SocketAddr::new(opts.bind.ip(), engine.port());
             candidates.retain(|c| *c != own);
             candidates.insert(0, own);
+        }
+        let gain = self.inner.soundboard_gain.lock().map(|g| *g).unwrap_or(1.0);
+        let _ = engine.command(Command::SetSoundboardGain(gain));
+        let needs = tokio::spawn(self.clone().run_clip_needs(clip_rx));
+        if let Ok(mut t) = self.inner.tasks.lock() {
+            t.retain(|h| !h.is_finished());
+            t.push(needs);
         }
         let name = room.name.clone();
         *self.inner.call.lock().map_err(err)? = Some(Call {
@@ -421,6 +461,7 @@ impl VoiceService {
                         "muted": part.theirs.muted,
                         "deafened": part.theirs.deafened,
                         "may_speak": part.may_speak,
+                        "may_soundboard": part.may_soundboard,
                     });
                     if let Some(r) = by_peer.get(&p.to_string()) {
                         let extra = serde_json::to_value(r).unwrap_or(Value::Null);
@@ -449,6 +490,8 @@ impl VoiceService {
                     "error": s.error,
                     "port": s.port,
                     "frames_sent": s.frames_sent,
+                    "clips_played": s.clips_played,
+                    "clips_in_stream": s.clips_in_stream,
                     "bytes_sent": s.bytes_sent,
                     "bitrate_kbps": s.bitrate_kbps,
                     "speaking": s.speaking,
@@ -635,7 +678,7 @@ impl VoiceService {
                 {
                     return Err("the channel is full".into());
                 }
-                let setup = c.setup_for(peer, &a, rights.speak);
+                let setup = c.setup_for(peer, &a, rights.speak, rights.soundboard);
                 c.engine.command(Command::Upsert(setup))?;
                 if rights.speak
                     && let Some(k) = &a.key
@@ -651,6 +694,7 @@ impl VoiceService {
                     ssrc: a.ssrc,
                     theirs: a.clone(),
                     may_speak: rights.speak,
+                    may_soundboard: rights.soundboard,
                     last_heard: now,
                     last_packets: 0,
                     last_accepted: 0,
@@ -670,6 +714,7 @@ impl VoiceService {
                 }
                 part.theirs = a;
                 part.may_speak = rights.speak;
+                part.may_soundboard = rights.soundboard;
                 part.last_heard = now;
                 Ok((new || rejoined, c.settled))
             })
@@ -807,7 +852,123 @@ impl VoiceService {
                 self.on_leave(peer, guild, channel);
                 VoiceResponse::Ok
             }
+            VoiceRequest::NeedClip {
+                guild,
+                channel,
+                event,
+            } => {
+                let done = self.with_call(|c| {
+                    if !c.is_room(&guild, &channel) || !c.participants.contains_key(&peer) {
+                        return Err("not a participant of this call".to_string());
+                    }
+                    c.engine.command(Command::MixInStream(event))
+                });
+                match done {
+                    Some(Ok(())) => VoiceResponse::Ok,
+                    Some(Err(e)) => VoiceResponse::Refused(e),
+                    None => VoiceResponse::NotInRoom,
+                }
+            }
         }
+    }
+
+    /// Sends a `NeedClip` to the player of each event whose clip the engine lacked.
+    async fn run_clip_needs(self, mut rx: tokio::sync::mpsc::Receiver<(u32, ClipEvent)>) {
+        while let Some((ssrc, event)) = rx.recv().await {
+            let Some((peer, req)) = self
+                .with_call(|c| {
+                    let peer = c
+                        .participants
+                        .iter()
+                        .find(|(_, p)| p.ssrc == ssrc)
+                        .map(|(peer, _)| *peer)?;
+                    let req = VoiceRequest::NeedClip {
+                        guild: c.room.guild,
+                        channel: c.room.channel,
+                        event: event.id,
+                    };
+                    Some((peer, req.to_bytes()))
+                })
+                .flatten()
+            else {
+                continue;
+            };
+            tracing::debug!(%peer, "soundboard clip not cached; asking its player to mix it");
+            let s = self.clone();
+            tokio::spawn(async move { s.request(peer, req).await });
+        }
+    }
+
+    /// Adds a decoded clip (48 kHz mono, as `sound::decode_asset` gives) to the clip cache,
+    /// under its asset root. The guild layer calls this once a library asset is downloaded,
+    /// so that playing it needs no download. The cache keeps the newest
+    /// [`super::soundboard::MAX_CACHED_CLIPS`].
+    pub fn cache_clip(&self, root: [u8; 32], pcm: Arc<[i16]>) {
+        if let Ok(mut c) = self.inner.clips.lock() {
+            c.insert(root, pcm);
+        }
+    }
+
+    /// Forgets a cached clip (its sound was deleted from the library).
+    pub fn uncache_clip(&self, root: &[u8; 32]) {
+        if let Ok(mut c) = self.inner.clips.lock() {
+            c.remove(root);
+        }
+    }
+
+    /// Whether a clip is cached.
+    pub fn has_clip(&self, root: &[u8; 32]) -> bool {
+        self.inner
+            .clips
+            .lock()
+            .map(|c| c.get(root).is_some())
+            .unwrap_or(false)
+    }
+
+    /// Plays a cached clip in the current call at `volume` percent (the sound's own volume):
+    /// every participant hears it in time with our voice. Needs Speak and Use Soundboard in
+    /// the call's channel.
+    pub fn play_clip(&self, root: [u8; 32], volume: u8) -> VoiceResult<Value> {
+        if !self.has_clip(&root) {
+            return Err("that sound is not downloaded yet".into());
+        }
+        let id = OsRng.next_u32();
+        let (guild, channel) = self
+            .with_call(|c| (c.room.guild, c.room.channel))
+            .ok_or("not in a call")?;
+        // The rights as they are now (a role change since the join counts).
+        let room = self
+            .inner
+            .guilds
+            .voice_room(&hex::encode(guild.0), &channel.0.to_string())
+            .map_err(err)?;
+        if !room.may_use_soundboard {
+            return Err(format!(
+                "you may not use the soundboard in #{} (needs Speak and Use Soundboard)",
+                room.name
+            ));
+        }
+        self.with_call(|c| {
+            c.engine.command(Command::PlayClip {
+                id,
+                root,
+                volume: volume.min(100),
+            })
+        })
+        .ok_or("not in a call")??;
+        Ok(json!({"played": hex::encode(root), "event": id}))
+    }
+
+    /// Volume of every soundboard clip this node plays to its user, 0 to 200 percent.
+    pub fn set_soundboard_volume(&self, percent: u32) -> VoiceResult<Value> {
+        let gain = percent.min(200) as f32 / 100.0;
+        if let Ok(mut g) = self.inner.soundboard_gain.lock() {
+            *g = gain;
+        }
+        if let Some(r) = self.with_call(|c| c.engine.command(Command::SetSoundboardGain(gain))) {
+            r?;
+        }
+        Ok(json!({"soundboard_volume": percent.min(200)}))
     }
 
     async fn run_events(self) {
@@ -880,14 +1041,15 @@ impl VoiceService {
                 if silent || !rights.is_some_and(|r| r.connect) {
                     gone.push(*peer);
                 } else if let Some(r) = rights
-                    && r.speak != part.may_speak
+                    && (r.speak != part.may_speak || r.soundboard != part.may_soundboard)
                 {
                     part.may_speak = r.speak;
-                    upserts.push((*peer, part.theirs.clone(), r.speak));
+                    part.may_soundboard = r.soundboard;
+                    upserts.push((*peer, part.theirs.clone(), r.speak, r.soundboard));
                 }
             }
-            for (peer, a, speak) in upserts {
-                let setup = c.setup_for(peer, &a, speak);
+            for (peer, a, speak, soundboard) in upserts {
+                let setup = c.setup_for(peer, &a, speak, soundboard);
                 let _ = c.engine.command(Command::Upsert(setup));
                 if speak && let Some(k) = &a.key {
                     let _ = c.engine.command(Command::AddKey {

@@ -17,6 +17,7 @@
 //! MEDIA      0x10 | ssrc u32 | SFrame frame (header, ChaCha20-Poly1305(Opus), tag)
 //! PROBE      0x11 | ssrc u32 | nonce u64 | mac 16     mac under the recipient's probe key
 //! PROBE_ACK  0x12 | ssrc u32 | nonce u64 | mac 16     mac under the prober's probe key
+//! MEDIA_EXT  0x13 | ssrc u32 | SFrame frame of (play event | Opus), type byte as AAD
 //! ```
 //!
 //! `ssrc` is the sender's stream id. A probe's MAC is HMAC-SHA-256 (truncated to 16 bytes)
@@ -53,6 +54,9 @@ const MAX_REASON: usize = 200;
 pub const MEDIA: u8 = 0x10;
 /// UDP packet type: a path probe.
 pub const PROBE: u8 = 0x11;
+/// UDP packet type: a media frame carrying a soundboard play event (see
+/// [`super::soundboard`]); the type byte is the frame's associated data.
+pub const MEDIA_EXT: u8 = 0x13;
 /// UDP packet type: a probe's acknowledgement.
 pub const PROBE_ACK: u8 = 0x12;
 /// Length of a probe or acknowledgement.
@@ -120,6 +124,16 @@ pub enum VoiceRequest {
         guild: GuildId,
         /// The voice channel.
         channel: ChannelId,
+    },
+    /// The sender does not have the clip of the recipient's play event `event` cached: the
+    /// recipient should mix it into its own stream (see [`super::soundboard`]).
+    NeedClip {
+        /// The guild.
+        guild: GuildId,
+        /// The voice channel.
+        channel: ChannelId,
+        /// The play event's id.
+        event: u32,
     },
 }
 
@@ -269,6 +283,16 @@ impl Encode for VoiceRequest {
                 w.put(&guild.0);
                 w.u64(channel.0);
             }
+            Self::NeedClip {
+                guild,
+                channel,
+                event,
+            } => {
+                w.u8(3);
+                w.put(&guild.0);
+                w.u64(channel.0);
+                w.u32(*event);
+            }
         }
     }
 }
@@ -281,6 +305,11 @@ impl Decode for VoiceRequest {
             2 => Ok(Self::Leave {
                 guild: GuildId(r.array()?),
                 channel: ChannelId(r.u64()?),
+            }),
+            3 => Ok(Self::NeedClip {
+                guild: GuildId(r.array()?),
+                channel: ChannelId(r.u64()?),
+                event: r.u32()?,
             }),
             got => Err(DecodeError::UnknownTag {
                 what: "voice request",
@@ -335,6 +364,8 @@ pub enum PeerPacket<'a> {
         ssrc: u32,
         /// The SFrame frame.
         frame: &'a [u8],
+        /// Sent as `MEDIA_EXT`: the frame carries a soundboard play event.
+        ext: bool,
     },
     /// A probe from stream `ssrc`.
     Probe {
@@ -376,12 +407,16 @@ pub fn parse_packet(b: &[u8]) -> Result<PeerPacket<'_>, PacketError> {
             .ok_or(PacketError::Malformed)?,
     );
     match t {
-        MEDIA => {
+        MEDIA | MEDIA_EXT => {
             let frame = &rest[4..];
             if frame.is_empty() {
                 return Err(PacketError::Malformed);
             }
-            Ok(PeerPacket::Media { ssrc, frame })
+            Ok(PeerPacket::Media {
+                ssrc,
+                frame,
+                ext: t == MEDIA_EXT,
+            })
         }
         PROBE | PROBE_ACK => {
             if b.len() != PROBE_LEN {
@@ -476,6 +511,11 @@ mod tests {
             VoiceRequest::Leave {
                 guild: GuildId([3; 32]),
                 channel: ChannelId(1),
+            },
+            VoiceRequest::NeedClip {
+                guild: GuildId([3; 32]),
+                channel: ChannelId(1),
+                event: 0xdead_beef,
             },
         ] {
             assert_eq!(VoiceRequest::from_bytes(&req.to_bytes()).unwrap(), req);

@@ -386,7 +386,7 @@ fn siblings(view: &GuildView, id: ChannelId) -> Vec<ChannelId> {
 
 impl GuildService {
     /// Runs `f` on the guild's view (with this user's id).
-    fn on_view<R>(
+    pub(super) fn on_view<R>(
         &self,
         gid: &GuildId,
         f: impl FnOnce(&GuildView, &UserId) -> Result<R, GuildError>,
@@ -400,7 +400,11 @@ impl GuildService {
 
     /// Judges `ops` like every replica will, turning a refusal into a clear error, then
     /// authors and writes them as one change.
-    async fn checked_change(&self, gid: &GuildId, ops: Vec<GuildOp>) -> Result<(), GuildError> {
+    pub(super) async fn checked_change(
+        &self,
+        gid: &GuildId,
+        ops: Vec<GuildOp>,
+    ) -> Result<(), GuildError> {
         self.with_engine(|e, _| {
             let device = e.keys.me;
             let g = e.guild_mut(gid)?;
