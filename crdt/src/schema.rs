@@ -304,10 +304,14 @@ pub struct SoundAsset {
     pub root: [u8; 32],
     /// The file key (the guild document is itself encrypted to members).
     pub key: [u8; 32],
-    /// Size of the encrypted file, in bytes.
+    /// Size of the clip asset (the plaintext of the encrypted file), in bytes.
     pub size: u64,
     /// Length of the clip, in milliseconds.
     pub duration_ms: u32,
+    /// The encrypted file's header (chunk size and nonce prefix), needed to fetch and decrypt.
+    pub header: [u8; 12],
+    /// SHA-256 of the clip asset, checked after decryption.
+    pub sha256: [u8; 32],
 }
 
 impl std::fmt::Debug for SoundAsset {
@@ -748,6 +752,8 @@ impl Encode for Sound {
         w.put(&self.asset.key);
         w.u64(self.asset.size);
         w.u32(self.asset.duration_ms);
+        w.put(&self.asset.header);
+        w.put(&self.asset.sha256);
     }
 }
 impl Decode for Sound {
@@ -781,6 +787,8 @@ impl Decode for Sound {
             key: r.array()?,
             size: r.u64()?,
             duration_ms: r.u32()?,
+            header: r.array()?,
+            sha256: r.array()?,
         };
         if asset.size == 0 || asset.size > MAX_SOUND_ASSET_BYTES {
             return Err(DecodeError::Invalid("sound asset size"));

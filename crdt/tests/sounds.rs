@@ -20,6 +20,8 @@ fn sound(name: &str) -> Sound {
             key: [9; 32],
             size: 12_345,
             duration_ms: 1_000,
+            header: [1; 12],
+            sha256: [2; 32],
         },
     }
 }
@@ -161,7 +163,7 @@ proptest! {
             name,
             emoji,
             volume,
-            asset: SoundAsset { root, key, size, duration_ms },
+            asset: SoundAsset { root, key, size, duration_ms, header: [3; 12], sha256: root },
         });
         prop_assert_eq!(GuildOp::from_bytes(&op.to_bytes()).unwrap(), op);
     }

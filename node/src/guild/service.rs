@@ -2608,6 +2608,7 @@ async fn run_ticks(svc: GuildService) {
         svc.expire_due();
         if files_gc.elapsed() >= FILES_GC_EVERY {
             files_gc = tokio::time::Instant::now();
+            svc.sync_sound_assets();
             svc.collect_files();
         }
         svc.start_history().await;

@@ -260,11 +260,42 @@ impl VoiceService {
         };
         let events = tokio::spawn(svc.clone().run_events());
         let ticks = tokio::spawn(svc.clone().run_ticks());
+        let clips = tokio::spawn(svc.clone().load_library_clips());
         if let Ok(mut t) = svc.inner.tasks.lock() {
             t.push(events);
             t.push(ticks);
+            t.push(clips);
         }
         svc
+    }
+
+    /// Keeps the clip cache filled with every guild library sound whose asset is here (the
+    /// guild layer fetches them ahead of time), so playing one needs no download.
+    async fn load_library_clips(self) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let guilds = self.inner.guilds.clone();
+            let roots = guilds.sound_roots_here();
+            // At most what the cache keeps, so a large library is not decoded over and over.
+            for root in roots
+                .into_iter()
+                .take(super::soundboard::MAX_CACHED_CLIPS)
+            {
+                if self.has_clip(&root) {
+                    continue;
+                }
+                let g = guilds.clone();
+                let pcm = tokio::task::spawn_blocking(move || g.sound_clip(&root))
+                    .await
+                    .ok()
+                    .flatten();
+                if let Some(pcm) = pcm {
+                    self.cache_clip(root, pcm.into());
+                }
+            }
+        }
     }
 
     /// Leaves any call and stops the voice layer's tasks.

@@ -131,7 +131,7 @@ enum Step {
 }
 
 impl GuildService {
-    fn file_store(&self) -> Result<&FileStore, GuildError> {
+    pub(crate) fn file_store(&self) -> Result<&FileStore, GuildError> {
         self.inner.files.store.as_ref().ok_or_else(|| {
             GuildError::Invalid("file sharing needs an on-disk store (this node has none)".into())
         })
@@ -238,7 +238,7 @@ impl GuildService {
     }
 
     /// Spawns the fetch of `root` unless one runs.
-    fn start_fetch(&self, root: [u8; 32]) {
+    pub(crate) fn start_fetch(&self, root: [u8; 32]) {
         {
             let Ok(mut active) = self.inner.files.active.lock() else {
                 return;

@@ -1,8 +1,8 @@
 //! The guild's soundboard library on [`GuildService`]: upload, list, find and delete sounds.
 //!
 //! Uploading imports the file ([`crate::sound::import`]: decoded, limited to 5.2 s and
-//! 512 KiB, normalized, encoded as an Opus clip asset), hands the asset to [`store_asset`] for
-//! encryption and distribution, and records the sound (name, emoji, volume and the asset's
+//! 512 KiB, normalized, encoded as an Opus clip asset), encrypts the asset into the file store
+//! like any shared file ([`GuildService::store_asset`]), and records the sound (name, emoji, volume and the asset's
 //! reference) with a `PutSound` op, which the crdt accepts only from members with Manage Guild
 //! and only while the library holds fewer than 48 sounds. Names are unique within a guild here
 //! (so `sound play GUILD NAME` means one sound); the crdt itself does not require it.
@@ -10,11 +10,11 @@
 use rand_core::{OsRng, RngCore};
 use securecomm_crdt::ops::GuildOp;
 use securecomm_crdt::schema::{
-    MAX_SOUND_EMOJI, MAX_SOUND_NAME_CHARS, MAX_SOUND_VOLUME, Sound, SoundAsset, SoundId,
+    MAX_SOUND_ASSET_BYTES, MAX_SOUND_EMOJI, MAX_SOUND_NAME_CHARS, MAX_SOUND_VOLUME, Sound, SoundAsset, SoundId,
 };
 use securecomm_crdt::view::GuildView;
+use securecomm_noise::codec::{Decode, Encode};
 use serde::Serialize;
-use sha2::Digest;
 
 use super::GuildService;
 use crate::guild::GuildError;
@@ -73,27 +73,6 @@ fn info(id: SoundId, s: &Sound) -> SoundInfo {
         duration_ms: s.asset.duration_ms,
         size: s.asset.size,
         root: hex::encode(s.asset.root),
-    }
-}
-
-/// Stores a clip asset and returns its reference in the guild state.
-///
-/// TODO(files): this is where the encrypted file store plugs in: encrypt `asset` under a fresh
-/// random file key with the chunked cipher (`securecomm_noise`'s file encryption), store and
-/// announce the chunks so members fetch them ahead of time, and return the real content
-/// address (`root`) and ciphertext size. Until then the key is fresh and random but unused,
-/// the root is a labelled SHA-256 of the plaintext asset, and the size is the asset's own.
-pub fn store_asset(asset: &[u8], duration_ms: u32) -> SoundAsset {
-    let mut key = [0u8; 32];
-    OsRng.fill_bytes(&mut key);
-    let mut h = sha2::Sha256::new();
-    h.update(b"SecureComm/sound-asset placeholder v1");
-    h.update(asset);
-    SoundAsset {
-        root: h.finalize().into(),
-        key,
-        size: asset.len() as u64,
-        duration_ms,
     }
 }
 
@@ -162,16 +141,26 @@ impl GuildService {
             .map_err(|e| GuildError::Invalid(format!("importing the sound: {e}")))?
             .map_err(|e| GuildError::Invalid(e.to_string()))?;
         let asset = clip.asset_bytes();
-        let reference = store_asset(&asset, clip.duration_ms().max(1));
         let id = SoundId(OsRng.next_u64());
+        let reference = self
+            .store_asset(&gid, id, &asset, clip.duration_ms().max(1))
+            .await?;
         let s = Sound {
             name: name.to_owned(),
             emoji: emoji.map(str::to_owned),
             volume,
             asset: reference,
         };
-        self.checked_change(&gid, vec![GuildOp::PutSound(id, s.clone())])
-            .await?;
+        if let Err(e) = self
+            .checked_change(&gid, vec![GuildOp::PutSound(id, s.clone())])
+            .await
+        {
+            // Not in the library: its stored asset goes at the next collection.
+            let _ = self.with_engine(|_, db| {
+                crate::files::db::retain_assets(db.conn(), &gid, &self.sound_owners(&gid))
+            });
+            return Err(e);
+        }
         Ok(UploadedSound {
             sound: info(id, &s),
             note: clip.mislabelled.map(|m| m.to_string()),
@@ -211,4 +200,179 @@ impl GuildService {
             .await?;
         Ok(info(id, &s))
     }
+}
+
+impl GuildService {
+    /// Encrypts a clip asset into the file store (fresh key, like any shared file) as the asset
+    /// of sound `id` in `gid`, and returns its reference for the guild state. Members fetch it
+    /// ahead of time ([`GuildService::sync_sound_assets`]).
+    pub(crate) async fn store_asset(
+        &self,
+        gid: &securecomm_crdt::schema::GuildId,
+        id: SoundId,
+        asset: &[u8],
+        duration_ms: u32,
+    ) -> Result<SoundAsset, GuildError> {
+        let store = self.file_store()?.clone();
+        let bytes = asset.to_vec();
+        let a = tokio::task::spawn_blocking(move || {
+            store.import(&bytes[..], "sound.sclp", SOUND_MIME, MAX_SOUND_ASSET_BYTES)
+        })
+        .await
+        .map_err(|_| GuildError::Invalid("storing the sound stopped unexpectedly".into()))?
+        .map_err(|e| GuildError::Invalid(format!("storing the sound: {e}")))?
+        .attachment;
+        self.with_engine(|_, db| {
+            crate::files::db::register_asset(
+                db.conn(),
+                gid,
+                &id.0.to_be_bytes(),
+                &a,
+                crate::files::state::COMPLETE,
+            )
+        })?
+        .map_err(|e| GuildError::Invalid(e.to_string()))?;
+        let mut header = [0u8; 12];
+        for (d, s) in header.iter_mut().zip(a.header.to_bytes()) {
+            *d = s;
+        }
+        Ok(SoundAsset {
+            root: a.root,
+            key: *a.key.expose(),
+            size: a.size,
+            duration_ms,
+            header,
+            sha256: a.sha256,
+        })
+    }
+
+    fn sound_owners(&self, gid: &securecomm_crdt::schema::GuildId) -> Vec<Vec<u8>> {
+        self.with_engine(|e, _| {
+            e.guilds
+                .get_mut(gid)
+                .map(|g| {
+                    g.crdt
+                        .view()
+                        .sounds()
+                        .keys()
+                        .map(|id| id.0.to_be_bytes().to_vec())
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Fetches every guild's library ahead of time: each sound's asset is recorded as a guild
+    /// asset and fetched from members unless it is here; sounds gone from a library lose their
+    /// reference (the file goes at the next collection). Runs on the service's tick.
+    pub(crate) fn sync_sound_assets(&self) {
+        let Ok(libraries) = self.with_engine(|e, _| {
+            e.guilds
+                .iter_mut()
+                .map(|(gid, g)| {
+                    let sounds: Vec<(SoundId, Sound)> = g
+                        .crdt
+                        .view()
+                        .sounds()
+                        .iter()
+                        .map(|(id, s)| (*id, s.clone()))
+                        .collect();
+                    (*gid, sounds)
+                })
+                .collect::<Vec<_>>()
+        }) else {
+            return;
+        };
+        for (gid, sounds) in libraries {
+            let mut owners = Vec::with_capacity(sounds.len());
+            for (id, s) in sounds {
+                let owner = id.0.to_be_bytes().to_vec();
+                owners.push(owner.clone());
+                let Some(a) = attachment_of(&s) else {
+                    continue;
+                };
+                let st = self.with_engine(|_, db| {
+                    crate::files::db::register_asset(
+                        db.conn(),
+                        &gid,
+                        &owner,
+                        &a,
+                        crate::files::state::FETCHING,
+                    )?;
+                    crate::files::db::load(db.conn(), &a.root).map(|r| r.map(|r| r.state))
+                });
+                match st {
+                    Ok(Ok(Some(crate::files::state::COMPLETE))) => {}
+                    Ok(Ok(Some(_))) => self.start_fetch(a.root),
+                    _ => {}
+                }
+            }
+            let _ = self.with_engine(|_, db| {
+                crate::files::db::retain_assets(db.conn(), &gid, &owners)
+            });
+        }
+    }
+
+    /// The decoded clip (48 kHz mono) of a library sound whose asset is here, if `root` is one.
+    pub fn sound_clip(&self, root: &[u8; 32]) -> Option<Vec<i16>> {
+        let is_sound = self
+            .with_engine(|_, db| {
+                db.conn()
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM guild_files WHERE root = ?1 AND kind = ?2)",
+                        rusqlite::params![&root[..], crate::files::db::kind::SOUND],
+                        |r| r.get::<_, bool>(0),
+                    )
+                    .unwrap_or(false)
+            })
+            .unwrap_or(false);
+        if !is_sound {
+            return None;
+        }
+        let bytes = self.read_small_file(root, MAX_SOUND_ASSET_BYTES).ok()?;
+        crate::sound::decode_asset(&bytes).ok()
+    }
+
+    /// The asset roots of every library sound (all guilds) that is here, complete.
+    pub fn sound_roots_here(&self) -> Vec<[u8; 32]> {
+        self.with_engine(|_, db| -> Vec<[u8; 32]> {
+            let Ok(mut st) = db.conn().prepare(
+                "SELECT DISTINCT g.root FROM guild_files g JOIN files f ON f.root = g.root
+                 WHERE g.kind = ?1 AND f.state = ?2",
+            ) else {
+                return Vec::new();
+            };
+            st.query_map(
+                rusqlite::params![crate::files::db::kind::SOUND, crate::files::state::COMPLETE],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .map(|rows| {
+                rows.filter_map(Result::ok)
+                    .filter_map(|r| <[u8; 32]>::try_from(r.as_slice()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// Media type of a clip asset file.
+pub const SOUND_MIME: &str = "application/x-securecomm-clip";
+
+/// The file a sound's asset reference describes, if it is one the fetch protocol can carry.
+fn attachment_of(s: &Sound) -> Option<crate::files::wire::Attachment> {
+    let a = crate::files::wire::Attachment {
+        name: "sound.sclp".into(),
+        mime: SOUND_MIME.into(),
+        size: s.asset.size,
+        sha256: s.asset.sha256,
+        root: s.asset.root,
+        header: securecomm_noise::file::FileHeader::from_bytes(&s.asset.header).ok()?,
+        key: securecomm_noise::file::FileKey::from_bytes(s.asset.key),
+        thumbnail: None,
+    };
+    crate::files::wire::check_attachments(std::slice::from_ref(&a)).ok()?;
+    Some(a)
 }
