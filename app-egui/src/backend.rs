@@ -1582,7 +1582,21 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
                 Ok(())
             }
             Command::FetchFile { root } => {
-                let v = g.fetch_file(&root).await.map_err(|e| e.to_string())?;
+                let v = match g.fetch_file(&root).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // The card leaves "queued" (the app set it on the click).
+                        let why = format!("could not fetch the file: {e}");
+                        emit.emit(Event::Transfer(Transfer {
+                            root,
+                            state: "paused".into(),
+                            error: Some(why.clone()),
+                            ..Transfer::default()
+                        }))
+                        .await;
+                        return Err(why);
+                    }
+                };
                 let mut t = parse::<Transfer>(v, "file status")?;
                 // An already running fetch reports `queued` until its first progress.
                 if t.state == "remote" {

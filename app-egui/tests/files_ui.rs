@@ -319,6 +319,11 @@ fn an_image_preview_is_decoded_only_when_previews_are_on() {
     drop(h);
     let mut h = harness(&dir.path().join("app"));
     unlock(&mut h, "pass phrase");
+    wait_for(&mut h, "the channel list", |s| {
+        s.channels.values().flatten().any(|c| c.name == "summer")
+    });
+    settle(&mut h);
+    h.query_all_by_label("# summer").next().unwrap().click();
     wait_for(&mut h, "the history", |s| {
         entry(s, "the beach").is_some_and(|e| e.files.first().is_some_and(|f| f.thumb.is_some()))
     });
