@@ -119,7 +119,7 @@ pub enum Row {
         mime: String,
         /// Its size in bytes.
         size: u64,
-        /// Its state when the message was loaded (`sending` for the outbox).
+        /// Its state when the message was loaded (`sending` or `unsent` in the outbox).
         state: String,
     },
     /// One strip of an image's preview: a preview spans `parts` rows, each drawing its own
@@ -185,13 +185,20 @@ impl Outgoing {
         }];
         // `prev == e` groups it, so no author header: the pending header stands in.
         push_rows(&mut rows, Some(&e), &e, |_| None, false);
-        rows.extend(self.files.iter().map(|f| Row::File {
-            msg: e.id.clone(),
-            root: String::new(),
-            name: f.name.clone(),
-            mime: securecomm_node::files::mime_for(&f.name).to_owned(),
-            size: f.size,
-            state: "sending".into(),
+        rows.extend(self.files.iter().map(|f| {
+            Row::File {
+                msg: e.id.clone(),
+                root: String::new(),
+                name: f.name.clone(),
+                mime: securecomm_node::files::mime_for(&f.name).to_owned(),
+                size: f.size,
+                state: if self.failed.is_some() {
+                    "unsent"
+                } else {
+                    "sending"
+                }
+                .into(),
+            }
         }));
         rows
     }

@@ -333,3 +333,40 @@ fn an_image_preview_is_decoded_only_when_previews_are_on() {
     assert!(h.query_by_label("Image preview holiday.png").is_some());
     assert_eq!(h.state().state.files.previews.decoded, 1);
 }
+
+#[test]
+fn a_file_gone_before_sending_fails_clearly_and_discard_gives_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, b"draft").unwrap();
+    let mut h = harness(&dir.path().join("app"));
+    create_identity(&mut h, "Hal", "pass phrase");
+    open_channel(&mut h, "Desk", "notes");
+    drop_file(&mut h, &notes);
+    assert_eq!(h.state().state.files.attached.len(), 1);
+    std::fs::remove_file(&notes).unwrap();
+    // Only the file, no text: Enter still sends.
+    h.get_by_label("Message").click();
+    settle(&mut h);
+    h.key_press(Key::Enter);
+    wait_for(&mut h, "the failure", |s| {
+        s.outbox.iter().any(|o| o.failed.is_some())
+    });
+    let why = h.state().state.outbox[0].failed.clone().unwrap();
+    assert!(why.contains("cannot read"), "{why}");
+    settle(&mut h);
+    assert!(h.query_by_label_contains("not sent: cannot read").is_some());
+    assert!(
+        h.query_by_label_contains("not sent (see above)").is_some(),
+        "the pending card"
+    );
+    click(&mut h, "Discard");
+    let s = &h.state().state;
+    assert!(s.outbox.is_empty());
+    assert_eq!(
+        s.files.attached.len(),
+        1,
+        "the attachment is back in the composer"
+    );
+    assert_eq!(s.files.attached[0].name, "notes.txt");
+}

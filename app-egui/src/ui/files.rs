@@ -194,9 +194,16 @@ pub fn file_row_ui(
     ui.add_space(8.0);
     ui.label(RichText::new(format!("{} {name}", type_icon(mime))).strong());
     ui.label(RichText::new(human_size(size)).small().weak());
-    if loaded == "sending" {
-        ui.label(RichText::new("encrypting and sending…").small().weak());
-        return;
+    match loaded {
+        "sending" => {
+            ui.label(RichText::new("encrypting and sending…").small().weak());
+            return;
+        }
+        "unsent" => {
+            ui.label(RichText::new("not sent (see above)").small().weak());
+            return;
+        }
+        _ => {}
     }
     let transfer = s.files.transfers.get(root);
     match s.card_state(root, loaded) {
