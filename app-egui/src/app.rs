@@ -160,6 +160,9 @@ fn main_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
     crate::ui::messages::threads_windows_ui(ctx, s, cmds);
     crate::ui::messages::pins_window_ui(ctx, s);
     crate::ui::messages::search_window_ui(ctx, s, cmds);
+    crate::ui::files::attach_window_ui(ctx, s);
+    crate::ui::files::save_window_ui(ctx, s, cmds);
+    crate::ui::files::drop_ui(ctx, s);
 }
 
 /// The window a clicked link opens: its full real target, and the user's choice. The app never
@@ -469,6 +472,7 @@ fn composer_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
             .request_repaint_after(std::time::Duration::from_secs(1));
     }
     crate::ui::messages::action_bar_ui(ui, s, cmds);
+    crate::ui::files::attachments_ui(ui, s);
     ui.horizontal(|ui| {
         let l = ui.label("Message");
         let edit = ui
@@ -514,11 +518,13 @@ fn messages_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
         _ => None,
     };
     // Rows laid in front since the last frame push the scroll offset down by as many rows.
+    let previews = s.settings.prefs.show_previews;
     let (added, settled) =
         key.as_ref()
             .and_then(|k| s.timelines.get_mut(k))
             .map_or((0, false), |t| {
                 t.frames_shown = t.frames_shown.saturating_add(1);
+                t.set_previews(previews);
                 (std::mem::take(&mut t.rows_added_front), t.frames_shown > 3)
             });
     let Some(t) = s.current_timeline() else {
@@ -529,7 +535,7 @@ fn messages_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
         for row in &pending {
             row_ui(ui, s, row, &mut actions);
         }
-        apply_row_actions(s, actions, cmds);
+        apply_row_actions(ui.ctx(), s, actions, cmds);
         return;
     };
     let loading = t.loading_older;
@@ -556,7 +562,10 @@ fn messages_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
     // and select it.
     if let Some(id) = s.messages.jump_to.clone()
         && let Some(at) = rows.iter().position(|r| match r {
-            Row::Line { msg, .. } | Row::Reply { msg, .. } | Row::Meta { msg, .. } => *msg == id,
+            Row::Line { msg, .. }
+            | Row::Reply { msg, .. }
+            | Row::Meta { msg, .. }
+            | Row::File { msg, .. } => *msg == id,
             _ => false,
         })
     {
@@ -579,7 +588,7 @@ fn messages_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
             }
         }
     });
-    apply_row_actions(s, actions, cmds);
+    apply_row_actions(ui.ctx(), s, actions, cmds);
     if let Some(id) = jumped {
         s.messages.jump_to = None;
         s.messages.selected = Some(id);
@@ -601,9 +610,18 @@ enum RowAction {
     Select(String),
     /// Toggle our reaction `.1` on message `.0`.
     React(String, String),
+    /// A file card or preview asks for something.
+    File(crate::ui::files::FileAction),
 }
 
-fn apply_row_actions(s: &mut AppState, actions: Vec<RowAction>, cmds: &mut Vec<Command>) {
+fn apply_row_actions(
+    ctx: &egui::Context,
+    s: &mut AppState,
+    actions: Vec<RowAction>,
+    cmds: &mut Vec<Command>,
+) {
+    use crate::ui::files::FileAction;
+    let mut decoded = 0;
     for a in actions {
         match a {
             RowAction::Retry(local) => cmds.extend(s.on_retry(local)),
@@ -612,6 +630,17 @@ fn apply_row_actions(s: &mut AppState, actions: Vec<RowAction>, cmds: &mut Vec<C
             RowAction::Link(url) => s.on_link_clicked(&url),
             RowAction::Select(msg) => s.on_select_message(&msg),
             RowAction::React(msg, emoji) => cmds.extend(s.on_react(&msg, &emoji)),
+            RowAction::File(FileAction::Download(root)) => cmds.extend(s.on_download(&root)),
+            RowAction::File(FileAction::Save(root, name)) => s.on_open_save(&root, &name),
+            RowAction::File(FileAction::Visible(msg, root)) => {
+                // A few per frame; the rest ask again next frame.
+                if decoded >= crate::state::files::DECODES_PER_FRAME {
+                    ctx.request_repaint();
+                } else if s.on_preview_visible(ctx, &msg, &root) {
+                    decoded += 1;
+                    ctx.request_repaint();
+                }
+            }
         }
     }
 }
@@ -670,6 +699,30 @@ fn row_ui(ui: &mut egui::Ui, s: &AppState, row: &Row, actions: &mut Vec<RowActio
             if let Some(emoji) = crate::ui::messages::meta_row_ui(ui, reactions, *edited, *pinned) {
                 actions.push(RowAction::React(msg.clone(), emoji));
             }
+        }
+        Row::File {
+            root,
+            name,
+            mime,
+            size,
+            state,
+            ..
+        } => {
+            let mut fa = Vec::new();
+            crate::ui::files::file_row_ui(ui, s, root, name, mime, *size, state, &mut fa);
+            actions.extend(fa.into_iter().map(RowAction::File));
+        }
+        Row::Preview {
+            msg,
+            root,
+            name,
+            part,
+            parts,
+            size,
+        } => {
+            let mut fa = Vec::new();
+            crate::ui::files::preview_row_ui(ui, s, msg, root, name, *part, *parts, *size, &mut fa);
+            actions.extend(fa.into_iter().map(RowAction::File));
         }
         Row::Gap => {
             let h = ui.text_style_height(&TextStyle::Body);

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use securecomm_node::files::FileInfo;
+use securecomm_node::files::wire::Thumbnail;
 use securecomm_node::guild::{GuildEvent, GuildService, HistoryCursor};
 use securecomm_node::net::{Client, NetConfig, PeerPath, RelayState};
 use securecomm_node::runtime::Node;
@@ -136,6 +138,23 @@ pub enum Command {
         local: u64,
         /// The message it replies to (hex).
         reply_to: Option<String>,
+        /// Files to attach (encrypted into the node's store before the message goes out).
+        files: Vec<PathBuf>,
+    },
+    /// Start (or resume) fetching an attached file; answered by [`Event::Transfer`]s.
+    FetchFile {
+        /// The file (hex root).
+        root: String,
+    },
+    /// Decrypt a fetched file to a path (the node never overwrites); answered by
+    /// [`Event::FileSaved`] or [`Event::Error`].
+    SaveFile {
+        /// The file (hex root).
+        root: String,
+        /// Its name, for the messages.
+        name: String,
+        /// Where to write it.
+        path: PathBuf,
     },
     /// Add or remove our reaction to a message.
     React {
@@ -390,6 +409,95 @@ pub struct Message {
     /// allowed `@everyone`/`@here`).
     #[serde(default)]
     pub mentions_me: bool,
+    /// Attached files.
+    #[serde(default)]
+    pub files: Vec<FileCard>,
+}
+
+/// A file attached to a message, as the message list shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+pub struct FileCard {
+    /// Content address (hex): what fetch and save take.
+    pub root: String,
+    /// File name.
+    pub name: String,
+    /// Media type.
+    #[serde(default)]
+    pub mime: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// `remote`, `fetching`, `paused` or `complete`, when the message was loaded (live
+    /// changes arrive as [`Event::Transfer`]).
+    #[serde(default)]
+    pub state: String,
+    /// Bytes held when the message was loaded.
+    #[serde(default)]
+    pub have: u64,
+    /// Thumbnail size in pixels, when the sender made one.
+    #[serde(default)]
+    pub thumbnail: Option<(u16, u16)>,
+    /// The thumbnail's JPEG bytes, as received inside the encrypted message: decoded only
+    /// when the app shows it (see [`crate::state::files`]).
+    #[serde(skip)]
+    pub thumb: Option<Arc<Thumbnail>>,
+}
+
+impl From<FileInfo> for FileCard {
+    fn from(f: FileInfo) -> Self {
+        Self {
+            root: f.root,
+            name: f.name,
+            mime: f.mime,
+            size: f.size,
+            state: f.state,
+            have: f.have,
+            thumbnail: f.thumbnail,
+            thumb: f.thumb.map(Arc::new),
+        }
+    }
+}
+
+/// A file transfer's state: from fetch progress events, the end of a fetch, or a status query.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+pub struct Transfer {
+    /// The file (hex root).
+    pub root: String,
+    /// Its size in bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// Bytes held.
+    #[serde(default)]
+    pub have: u64,
+    /// `have / size` in percent.
+    #[serde(default)]
+    pub percent: f64,
+    /// Recent speed, bytes per second.
+    #[serde(default)]
+    pub bytes_per_sec: u64,
+    /// Seconds left at that speed.
+    #[serde(default)]
+    pub eta_secs: Option<u64>,
+    /// `queued`, `waiting` (no member with the file connected), `fetching`, `paused` or
+    /// `complete`.
+    pub state: String,
+    /// Why it paused.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl From<securecomm_node::guild::service::files::Progress> for Transfer {
+    fn from(p: securecomm_node::guild::service::files::Progress) -> Self {
+        Self {
+            root: p.root,
+            size: p.size,
+            have: p.have,
+            percent: p.percent,
+            bytes_per_sec: p.bytes_per_sec,
+            eta_secs: p.eta_secs,
+            state: p.state,
+            error: None,
+        }
+    }
 }
 
 /// A search result.
@@ -574,6 +682,17 @@ pub enum Event {
     },
     /// A message was stored (sent here or received).
     Message(Message),
+    /// A file transfer moved on (progress, done, paused).
+    Transfer(Transfer),
+    /// A file was saved where the user asked.
+    FileSaved {
+        /// The file (hex root).
+        root: String,
+        /// Its name.
+        name: String,
+        /// Where it was written.
+        path: String,
+    },
     /// A message changed another (reaction, edit, pin).
     Op {
         /// Guild id (hex).
@@ -1159,6 +1278,7 @@ async fn forward_events(g: GuildService, emit: Emitter) {
                         reactions: Vec::new(),
                         pinned: m.pinned,
                         mentions_me: m.mentions_me,
+                        files: m.files.into_iter().map(FileCard::from).collect(),
                     }),
                 };
                 emit.emit(ev).await;
@@ -1168,7 +1288,20 @@ async fn forward_events(g: GuildService, emit: Emitter) {
             }
             // Notifications come from `Message` (its `mentions_me`).
             GuildEvent::Mention(_) => {}
-            GuildEvent::FileProgress(_) | GuildEvent::FileDone { .. } => {}
+            GuildEvent::FileProgress(p) => emit.emit(Event::Transfer(p.into())).await,
+            GuildEvent::FileDone {
+                root, ok, error, ..
+            } => {
+                // The size and bytes held come from the card; only the state changes here.
+                let t = Transfer {
+                    root,
+                    state: if ok { "complete" } else { "paused" }.into(),
+                    percent: if ok { 100.0 } else { 0.0 },
+                    error,
+                    ..Transfer::default()
+                };
+                emit.emit(Event::Transfer(t)).await;
+            }
             GuildEvent::Typing {
                 guild,
                 channel,
@@ -1245,6 +1378,28 @@ async fn poll_net(net: Client, guilds: GuildService, emit: Emitter) {
             }
         }
         tokio::time::sleep(NET_POLL).await;
+    }
+}
+
+/// History as JSON leaves out thumbnail bytes: they are read from the local store for the
+/// messages whose files have one (reading is not decoding; that waits for the view).
+fn fill_thumbs(g: &GuildService, guild: &str, messages: &mut [Message]) {
+    for m in messages.iter_mut() {
+        if !m
+            .files
+            .iter()
+            .any(|f| f.thumbnail.is_some() && f.thumb.is_none())
+        {
+            continue;
+        }
+        let Ok(infos) = g.message_files(guild, &m.id) else {
+            continue;
+        };
+        for info in infos {
+            if let Some(card) = m.files.iter_mut().find(|c| c.root == info.root) {
+                card.thumb = info.thumb.map(Arc::new);
+            }
+        }
     }
 }
 
@@ -1340,7 +1495,8 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
                 let v = g
                     .history(&guild, &channel.to_string(), HISTORY_LIMIT)
                     .map_err(|e| e.to_string())?;
-                let messages = parse::<Vec<Message>>(v, "history")?;
+                let mut messages = parse::<Vec<Message>>(v, "history")?;
+                fill_thumbs(g, &guild, &mut messages);
                 emit.emit(Event::History {
                     guild,
                     channel,
@@ -1388,7 +1544,8 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
                 let v = g
                     .history_page(&guild, &channel.to_string(), Some(&cursor), OLDER_PAGE)
                     .map_err(|e| e.to_string())?;
-                let messages = parse::<Vec<Message>>(v, "history")?;
+                let mut messages = parse::<Vec<Message>>(v, "history")?;
+                fill_thumbs(g, &guild, &mut messages);
                 emit.emit(Event::Older {
                     guild,
                     channel,
@@ -1404,10 +1561,12 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
                 text,
                 local,
                 reply_to,
+                files,
             } => {
                 // The node emits the stored message as a guild event.
                 let opts = securecomm_node::guild::service::messages::PostOptions {
                     reply_to,
+                    files,
                     ..Default::default()
                 };
                 match g.post(&guild, &channel.to_string(), &text, &opts).await {
@@ -1420,6 +1579,48 @@ async fn execute(g: &GuildService, cmd: Command, emit: &Emitter) {
                         .await;
                     }
                 }
+                Ok(())
+            }
+            Command::FetchFile { root } => {
+                let v = match g.fetch_file(&root).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // The card leaves "queued" (the app set it on the click).
+                        let why = format!("could not fetch the file: {e}");
+                        emit.emit(Event::Transfer(Transfer {
+                            root,
+                            state: "paused".into(),
+                            error: Some(why.clone()),
+                            ..Transfer::default()
+                        }))
+                        .await;
+                        return Err(why);
+                    }
+                };
+                let mut t = parse::<Transfer>(v, "file status")?;
+                // An already running fetch reports `queued` until its first progress.
+                if t.state == "remote" {
+                    t.state = "queued".into();
+                }
+                emit.emit(Event::Transfer(t)).await;
+                Ok(())
+            }
+            Command::SaveFile { root, name, path } => {
+                if path.exists() {
+                    return Err(format!(
+                        "{} already exists: files are never overwritten; choose another name",
+                        path.display()
+                    ));
+                }
+                g.save_file(&root, &path)
+                    .await
+                    .map_err(|e| format!("could not save {name}: {e}"))?;
+                emit.emit(Event::FileSaved {
+                    root,
+                    name,
+                    path: path.display().to_string(),
+                })
+                .await;
                 Ok(())
             }
             Command::React {

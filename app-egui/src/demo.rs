@@ -198,6 +198,36 @@ fn text_channel(v: &Value, name: &str) -> Option<String> {
         .map(|id| id.to_string())
 }
 
+/// A 480 x 270 PNG of a sunset-like gradient.
+fn write_sunset(path: &Path) -> Result<(), String> {
+    let (w, h) = (480u32, 270u32);
+    let mut px = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let t = y * 255 / h;
+            let sun = {
+                let (dx, dy) = (x.abs_diff(300), y.abs_diff(190));
+                dx * dx + dy * dy < 40 * 40
+            };
+            let (r, g, b) = if y > 200 {
+                (40, 30 + (x % 7) as u8, 70)
+            } else if sun {
+                (255, 220, 120)
+            } else {
+                (255 - (t / 3) as u8, (150 - t / 2) as u8, (90 + t / 3) as u8)
+            };
+            px.extend_from_slice(&[r, g, b]);
+        }
+    }
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc.write_header().map_err(|e| e.to_string())?;
+    writer.write_image_data(&px).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())
+}
+
 /// A small community for screenshots and demos, all real and on loopback only: the owner
 /// (`dir`, the identity the app unlocks) creates a guild with a few channels and a role,
 /// Bob and Carol (in `others`) join by invite, the three talk, Bob writes the owner a DM;
@@ -211,7 +241,7 @@ pub async fn seed_community(
     let alice = start_member(dir, "Alice", passphrase, kdf).await?;
     let bob = start_member(&others.join("bob"), "Bob", "bob's pass", kdf).await?;
     let carol = start_member(&others.join("carol"), "Carol", "carol's pass", kdf).await?;
-    let result = converse(&alice, &bob, &carol).await;
+    let result = converse(&alice, &bob, &carol, &others.join("sunset.png")).await;
     let bob_id = bob.user_id.clone();
     let user_id = alice.user_id.clone();
     for m in [carol, bob, alice] {
@@ -224,7 +254,12 @@ pub async fn seed_community(
     })
 }
 
-async fn converse(alice: &Member, bob: &Member, carol: &Member) -> Result<String, String> {
+async fn converse(
+    alice: &Member,
+    bob: &Member,
+    carol: &Member,
+    photo: &Path,
+) -> Result<String, String> {
     let err = |e: securecomm_node::guild::GuildError| e.to_string();
     let a = &alice.node.guilds;
     let guild = a
@@ -308,6 +343,17 @@ async fn converse(alice: &Member, bob: &Member, carol: &Member) -> Result<String
             }
         }
     }
+    // Bob shares a photo: its card and inline preview (the tour's last stop).
+    write_sunset(photo)?;
+    let opts = securecomm_node::guild::service::messages::PostOptions {
+        files: vec![photo.to_path_buf()],
+        ..Default::default()
+    };
+    bob.node
+        .guilds
+        .post(&guild, &general, "Sunset from Saturday's hike", &opts)
+        .await
+        .map_err(err)?;
     let mut tries = 0;
     loop {
         match bob
@@ -340,7 +386,7 @@ async fn converse(alice: &Member, bob: &Member, carol: &Member) -> Result<String
             .ok()
             .and_then(|v| v.as_array().map(Vec::len))
             .unwrap_or(0);
-        if n >= 9 && dms >= 1 {
+        if n >= 10 && dms >= 1 {
             return Ok(guild);
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -50,6 +50,9 @@ pub struct Prefs {
     pub notifications: bool,
     /// Send typing indicators and show others' (off: neither, as Signal does).
     pub typing_indicators: bool,
+    /// Show image previews inline (the sender's thumbnail, decoded only when on screen; off:
+    /// none is decoded).
+    pub show_previews: bool,
     /// Audio devices and push-to-talk.
     pub voice: crate::voice::VoicePrefs,
 }
@@ -60,6 +63,7 @@ impl Default for Prefs {
             dark: true,
             notifications: true,
             typing_indicators: true,
+            show_previews: true,
             voice: crate::voice::VoicePrefs::default(),
         }
     }
@@ -683,6 +687,7 @@ mod tests {
             dark: false,
             notifications: false,
             typing_indicators: false,
+            show_previews: false,
             voice: crate::voice::VoicePrefs {
                 mode: crate::voice::InputMode::PushToTalk,
                 ..crate::voice::VoicePrefs::default()

@@ -13,10 +13,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use securecomm_node::markdown::{self, Block, LineKind, Mention, Span};
 
 use crate::backend::{
-    Before, ChannelInfo, Command, Delivery, DmMessage, Event, GuildInfo, Me, MemberInfo, Message,
-    Passphrase,
+    Before, ChannelInfo, Command, Delivery, DmMessage, Event, FileCard, GuildInfo, Me, MemberInfo,
+    Message, Passphrase,
 };
 
+pub mod files;
 pub mod manage;
 pub mod messages;
 
@@ -42,6 +43,11 @@ pub const PREFETCH_ROWS: usize = 500;
 pub const MAX_OUTBOX: usize = 100;
 /// Conversations with an unread marker (beyond it, new conversations get none).
 pub const MAX_UNREAD: usize = 4096;
+/// Largest preview, in points: thumbnails are scaled down to fit.
+pub const PREVIEW_MAX: (f32, f32) = (320.0, 160.0);
+/// Preview rows are counted at this row height (the body text's row plus spacing in the
+/// default style); the view fits the image to the rows it gets.
+const NOMINAL_ROW_STEP: f32 = 20.0;
 
 /// Which screen is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +106,38 @@ pub enum Row {
         /// Pinned in its channel.
         pinned: bool,
     },
+    /// One attached file: type icon, name, size, and its state and action (Download, the
+    /// progress, Save as).
+    File {
+        /// The message's id (`outbox N` while sending).
+        msg: String,
+        /// The file (hex root; empty while sending).
+        root: String,
+        /// Its name.
+        name: String,
+        /// Its media type.
+        mime: String,
+        /// Its size in bytes.
+        size: u64,
+        /// Its state when the message was loaded (`sending` or `unsent` in the outbox).
+        state: String,
+    },
+    /// One strip of an image's preview: a preview spans `parts` rows, each drawing its own
+    /// slice, so every row keeps one height and the view still lays out only visible rows.
+    Preview {
+        /// The message's id.
+        msg: String,
+        /// The file (hex root).
+        root: String,
+        /// Its name.
+        name: String,
+        /// Which strip, from 0.
+        part: u8,
+        /// Strips in all.
+        parts: u8,
+        /// The thumbnail's size in pixels.
+        size: (u16, u16),
+    },
     /// The header of one of our messages not yet sent (or failed, with `why`).
     Pending {
         /// The outbox id.
@@ -123,6 +161,8 @@ pub struct Outgoing {
     pub failed: Option<String>,
     /// The message it replies to.
     pub reply_to: Option<String>,
+    /// Files sent with it.
+    pub files: Vec<files::Attached>,
 }
 
 impl Outgoing {
@@ -144,7 +184,22 @@ impl Outgoing {
             failed: self.failed.clone(),
         }];
         // `prev == e` groups it, so no author header: the pending header stands in.
-        push_rows(&mut rows, Some(&e), &e, |_| None);
+        push_rows(&mut rows, Some(&e), &e, |_| None, false);
+        rows.extend(self.files.iter().map(|f| {
+            Row::File {
+                msg: e.id.clone(),
+                root: String::new(),
+                name: f.name.clone(),
+                mime: securecomm_node::files::mime_for(&f.name).to_owned(),
+                size: f.size,
+                state: if self.failed.is_some() {
+                    "unsent"
+                } else {
+                    "sending"
+                }
+                .into(),
+            }
+        }));
         rows
     }
 
@@ -156,6 +211,7 @@ impl Outgoing {
                 text: self.text.clone(),
                 local: self.local,
                 reply_to: self.reply_to.clone(),
+                files: self.files.iter().map(|f| f.path.clone()).collect(),
             }),
             View::Dm { user } => Some(Command::DmSend {
                 user: user.clone(),
@@ -198,6 +254,8 @@ pub struct Entry {
     pub mentions_me: bool,
     /// Our own user id (hex), when known: marks our reactions.
     pub me: Option<String>,
+    /// Attached files.
+    pub files: Vec<FileCard>,
 }
 
 impl From<Message> for Entry {
@@ -226,6 +284,7 @@ impl From<Message> for Entry {
             pinned: m.pinned,
             mentions_me: m.mentions_me,
             me: None,
+            files: m.files,
         }
     }
 }
@@ -246,6 +305,8 @@ pub struct Timeline {
     /// Frames this timeline has been drawn (saturating): older pages are fetched only once the
     /// view has settled at the bottom, not on the first frame, which starts at the top.
     pub frames_shown: u32,
+    /// Image previews are not laid out ("Show image previews" is off).
+    hide_previews: bool,
 }
 
 impl Timeline {
@@ -257,6 +318,15 @@ impl Timeline {
     /// The display rows.
     pub fn rows(&self) -> &VecDeque<Row> {
         &self.rows
+    }
+
+    /// Lays out image previews or not (the "Show image previews" setting); rebuilds the rows
+    /// when that changes.
+    pub fn set_previews(&mut self, on: bool) {
+        if self.hide_previews == on {
+            self.hide_previews = !on;
+            self.rebuild();
+        }
     }
 
     /// Adds one message (ignored if already there). Appending is O(rows of the message);
@@ -271,7 +341,7 @@ impl Timeline {
             let prev = self.entries.back().cloned();
             let original = |id: &str| self.find(id).cloned();
             let mut rows = Vec::new();
-            push_rows(&mut rows, prev.as_ref(), &e, original);
+            push_rows(&mut rows, prev.as_ref(), &e, original, !self.hide_previews);
             self.rows.extend(rows);
             self.entries.push_back(e);
         } else {
@@ -335,7 +405,7 @@ impl Timeline {
                     .or_else(|| self.find(id))
                     .cloned()
             };
-            push_rows(&mut rows, prev, e, original);
+            push_rows(&mut rows, prev, e, original, !self.hide_previews);
             prev = Some(e);
         }
         let mut added = rows.len();
@@ -384,9 +454,13 @@ impl Timeline {
             self.entries.iter().map(|e| (e.id.as_str(), e)).collect();
         let mut prev: Option<&Entry> = None;
         for e in &self.entries {
-            push_rows(&mut self.rows, prev, e, |id| {
-                by_id.get(id).copied().cloned()
-            });
+            push_rows(
+                &mut self.rows,
+                prev,
+                e,
+                |id| by_id.get(id).copied().cloned(),
+                !self.hide_previews,
+            );
             prev = Some(e);
         }
     }
@@ -484,6 +558,7 @@ fn push_rows(
     prev: Option<&Entry>,
     e: &Entry,
     original: impl FnOnce(&str) -> Option<Entry>,
+    previews: bool,
 ) {
     if !prev.is_some_and(|p| grouped(p, e)) {
         rows.extend(std::iter::once(Row::Header {
@@ -516,6 +591,27 @@ fn push_rows(
             }
         }
     }
+    for f in &e.files {
+        rows.extend(std::iter::once(Row::File {
+            msg: e.id.clone(),
+            root: f.root.clone(),
+            name: f.name.clone(),
+            mime: f.mime.clone(),
+            size: f.size,
+            state: f.state.clone(),
+        }));
+        if let Some(size) = f.thumbnail.filter(|_| previews && f.thumb.is_some()) {
+            let parts = preview_rows(size);
+            rows.extend((0..parts).map(|part| Row::Preview {
+                msg: e.id.clone(),
+                root: f.root.clone(),
+                name: f.name.clone(),
+                part,
+                parts,
+                size,
+            }));
+        }
+    }
     if e.edited || e.pinned || !e.reactions.is_empty() {
         rows.extend(std::iter::once(Row::Meta {
             msg: e.id.clone(),
@@ -528,6 +624,21 @@ fn push_rows(
             pinned: e.pinned,
         }));
     }
+}
+
+/// A preview's size in points: the thumbnail scaled down to fit [`PREVIEW_MAX`].
+pub fn preview_size((w, h): (u16, u16)) -> (f32, f32) {
+    let (w, h) = (f32::from(w.max(1)), f32::from(h.max(1)));
+    let k = (PREVIEW_MAX.0 / w).min(PREVIEW_MAX.1 / h).min(1.0);
+    (w * k, h * k)
+}
+
+/// Rows a preview of a thumbnail this size spans.
+fn preview_rows(size: (u16, u16)) -> u8 {
+    let (_, h) = preview_size(size);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 1..=8
+    let n = (h / NOMINAL_ROW_STEP).ceil().clamp(1.0, 8.0) as u8;
+    n
 }
 
 impl Entry {
@@ -709,6 +820,8 @@ pub struct AppState {
     /// Message actions: the selected message, a reply or edit in progress, a delete to
     /// confirm (see [`messages`]).
     pub messages: messages::MessageActions,
+    /// Attachments, transfers and previews (see [`files`]).
+    pub files: files::FilesState,
 }
 
 impl AppState {
@@ -748,6 +861,7 @@ impl AppState {
             revealed: HashSet::new(),
             link_confirm: None,
             messages: messages::MessageActions::default(),
+            files: files::FilesState::default(),
         }
     }
 
@@ -900,6 +1014,9 @@ impl AppState {
             let o = self.outbox.remove(at);
             if self.composer.trim().is_empty() {
                 self.composer = o.text;
+            }
+            if self.files.attached.is_empty() {
+                self.files.attached = o.files;
             }
         }
     }
@@ -1106,6 +1223,20 @@ impl AppState {
                     t.remove(&id);
                 }
                 self.messages.forget(&id);
+                Vec::new()
+            }
+            Event::Transfer(t) => {
+                self.on_transfer(t);
+                Vec::new()
+            }
+            Event::FileSaved { root, name, path } => {
+                self.settings
+                    .notices
+                    .push_back(format!("Saved {name} to {path}"));
+                while self.settings.notices.len() > crate::settings::MAX_NOTICES {
+                    self.settings.notices.pop_front();
+                }
+                self.files.saved.insert(root, path);
                 Vec::new()
             }
             Event::Sent { local } => {
@@ -1327,11 +1458,16 @@ impl AppState {
     /// The composer's send (Enter).
     pub fn on_send(&mut self) -> Vec<Command> {
         let text = self.composer.trim_end().to_owned();
-        if text.trim().is_empty() {
+        let with_files = !self.files.attached.is_empty() && self.messages.editing.is_none();
+        if text.trim().is_empty() && !with_files {
             return Vec::new();
         }
         if let Some(cmds) = self.send_edit(&text) {
             return cmds;
+        }
+        if with_files && !matches!(self.view, View::Channel { .. }) {
+            self.error("files can be sent in guild channels only; remove them to send here");
+            return Vec::new();
         }
         let chars = text.chars().count();
         if chars > securecomm_node::guild::wire::MAX_TEXT_CHARS {
@@ -1351,8 +1487,10 @@ impl AppState {
             text,
             failed: None,
             reply_to: self.messages.take_reply(&self.view),
+            files: std::mem::take(&mut self.files.attached),
         };
         let Some(cmd) = o.command() else {
+            self.files.attached = o.files;
             self.error("pick a channel first");
             return Vec::new();
         };

@@ -27,6 +27,7 @@ enum Stop {
     Safety,
     Settings,
     Voice,
+    Preview,
 }
 
 impl Stop {
@@ -39,11 +40,12 @@ impl Stop {
             Self::Safety => "05-safety-number.png",
             Self::Settings => "06-settings.png",
             Self::Voice => "07-voice.png",
+            Self::Preview => "08-image-preview.png",
         }
     }
 }
 
-const STOPS: [Stop; 7] = [
+const STOPS: [Stop; 8] = [
     Stop::Unlock,
     Stop::Channel,
     Stop::Dm,
@@ -51,6 +53,7 @@ const STOPS: [Stop; 7] = [
     Stop::Safety,
     Stop::Settings,
     Stop::Voice,
+    Stop::Preview,
 ];
 
 /// The tour, wrapping the app.
@@ -135,6 +138,12 @@ impl Tour {
                 Stop::Safety => s.verify.safety.is_some(),
                 Stop::Settings => s.settings.open && s.settings.data_size.is_some(),
                 Stop::Voice => s.voice.status.in_call && s.voice.status.channel_name == "Lounge",
+                // Bob's photo in #general, its preview decoded (previews are on by default).
+                Stop::Preview => s
+                    .current_timeline()
+                    .and_then(|t| t.entries().iter().rev().find(|e| !e.files.is_empty()))
+                    .and_then(|e| e.files.first())
+                    .is_some_and(|f| matches!(s.files.previews.get(&f.root), Some(Some(_)))),
             }
     }
 
@@ -157,7 +166,7 @@ impl Tour {
             }
             return;
         }
-        if stop != Stop::Channel {
+        if stop != Stop::Channel && stop != Stop::Preview {
             return;
         }
         let s = &mut self.app.state;
@@ -219,7 +228,7 @@ impl Tour {
                     None => Vec::new(),
                 }
             }
-            Stop::Voice => Vec::new(),
+            Stop::Voice | Stop::Preview => Vec::new(),
         };
         self.app.dispatch(cmds);
         self.since = Instant::now();

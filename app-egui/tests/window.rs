@@ -1,7 +1,7 @@
 //! The real window: `securecomm --screenshots` under Xvfb (software OpenGL, X11), exactly as
 //! `scripts/screenshots.sh` runs it. Proves the binary starts eframe, unlocks a seeded store
 //! through the UI state, draws the login, channel, DM, guild settings, safety-number,
-//! settings and voice screens, and that what the GPU drew is a real picture (decoded PNGs with many
+//! settings, voice and image preview screens, and that what the GPU drew is a real picture (decoded PNGs with many
 //! colours, not a blank frame).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -43,6 +43,7 @@ fn the_real_window_draws_the_main_screens_under_xvfb() {
         "05-safety-number.png",
         "06-settings.png",
         "07-voice.png",
+        "08-image-preview.png",
     ] {
         let file = std::fs::File::open(out.path().join(name)).unwrap();
         let mut reader = png::Decoder::new(std::io::BufReader::new(file))

@@ -5,6 +5,7 @@
 //! call its `on_*` actions and collect the returned commands.
 
 pub mod channels;
+pub mod files;
 pub mod guild_settings;
 pub mod members;
 pub mod messages;

@@ -214,6 +214,15 @@ fn notifications_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>
     {
         cmds.extend(s.settings.on_prefs_changed());
     }
+    if ui
+        .checkbox(
+            &mut s.settings.prefs.show_previews,
+            "Show image previews (the sender's small copy, decoded only when shown)",
+        )
+        .changed()
+    {
+        cmds.extend(s.settings.on_prefs_changed());
+    }
     if let Some(e) = &s.settings.notify_error {
         ui.colored_label(NOTICE, e);
     }
