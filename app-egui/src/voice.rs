@@ -147,6 +147,29 @@ pub enum VoiceCommand {
     Watch(Vec<(String, u64)>),
     /// List the sound cards.
     ListDevices,
+    /// List a guild's soundboard library.
+    Sounds {
+        /// Guild id (hex).
+        guild: String,
+    },
+    /// Play a sound of the library in the current call.
+    PlaySound {
+        /// Guild id (hex).
+        guild: String,
+        /// Sound id.
+        sound: u64,
+    },
+    /// Import an audio file into a guild's library (Manage Guild).
+    UploadSound {
+        /// Guild id (hex).
+        guild: String,
+        /// The audio file (MP3, Ogg Vorbis or Opus, WAV, FLAC; up to 5.2 s and 512 KB).
+        path: std::path::PathBuf,
+        /// The sound's name.
+        name: String,
+    },
+    /// How loud the soundboard clips others play are, percent (0 to 200).
+    SoundboardVolume(u32),
 }
 
 /// What the voice layer tells the UI.
@@ -160,6 +183,15 @@ pub enum VoiceEvent {
     Joined(VoiceStatus),
     /// A join failed.
     JoinFailed(String),
+    /// A guild's soundboard library.
+    Sounds {
+        /// Guild id (hex).
+        guild: String,
+        /// Its sounds, by name.
+        sounds: Vec<SoundEntry>,
+    },
+    /// A sound was played (its name).
+    SoundPlayed(String),
     /// The sound cards: input and output names, or why they could not be listed.
     Devices {
         /// Microphones.
@@ -167,6 +199,52 @@ pub enum VoiceEvent {
         /// Speakers.
         outputs: Result<Vec<String>, String>,
     },
+}
+
+/// A sound of a guild's library, as the soundboard panel shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoundEntry {
+    /// Sound id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Emoji, if any.
+    pub emoji: Option<String>,
+    /// Length in milliseconds.
+    pub duration_ms: u32,
+}
+
+/// The soundboard panel's state.
+#[derive(Debug, Clone)]
+pub struct Soundboard {
+    /// The panel is open.
+    pub open: bool,
+    /// The guild the sounds are of, and the sounds.
+    pub sounds: Option<(String, Vec<SoundEntry>)>,
+    /// The upload dialog: file path and name.
+    pub upload_path: String,
+    /// The name for the uploaded sound.
+    pub upload_name: String,
+    /// An upload is running.
+    pub uploading: bool,
+    /// Volume of the clips others play, percent.
+    pub volume: u32,
+    /// The last sound played here (shown under the buttons).
+    pub last_played: Option<String>,
+}
+
+impl Default for Soundboard {
+    fn default() -> Self {
+        Self {
+            open: false,
+            sounds: None,
+            upload_path: String::new(),
+            upload_name: String::new(),
+            uploading: false,
+            volume: 100,
+            last_played: None,
+        }
+    }
 }
 
 /// Someone seen in a voice channel.
@@ -349,6 +427,8 @@ pub struct VoiceState {
     pub capturing_key: bool,
     /// The device lists were asked for and have not arrived.
     pub listing: bool,
+    /// The soundboard panel.
+    pub soundboard: Soundboard,
     sent_mute: Option<bool>,
     sent_deafen: Option<bool>,
     watched: Vec<(String, u64)>,
@@ -369,6 +449,11 @@ impl VoiceState {
             VoiceEvent::Present(p) => self.present = p,
             // Shown as an error by the caller ([`crate::state::AppState::apply`]).
             VoiceEvent::JoinFailed(_) => self.joining = None,
+            VoiceEvent::Sounds { guild, sounds } => {
+                self.soundboard.uploading = false;
+                self.soundboard.sounds = Some((guild, sounds));
+            }
+            VoiceEvent::SoundPlayed(name) => self.soundboard.last_played = Some(name),
             VoiceEvent::Devices { inputs, outputs } => {
                 self.listing = false;
                 self.inputs = Some(inputs);
@@ -680,6 +765,59 @@ pub async fn execute(ctx: &VoiceCtx, cmd: VoiceCommand) -> Vec<Event> {
             }
             Vec::new()
         }
+        VoiceCommand::Sounds { guild } => sounds_event(ctx, &guild),
+        VoiceCommand::PlaySound { guild, sound } => {
+            let found = ctx
+                .guilds
+                .find_sound(&guild, &sound.to_string())
+                .map_err(|e| e.to_string());
+            match found
+                .and_then(|(info, asset)| v.play_clip(asset.root, info.volume).map(|_| info.name))
+            {
+                Ok(name) => vec![Event::Voice(VoiceEvent::SoundPlayed(name))],
+                Err(e) => vec![Event::Error(e)],
+            }
+        }
+        VoiceCommand::UploadSound { guild, path, name } => {
+            let up = async {
+                let len = tokio::fs::metadata(&path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+                    .len();
+                if len > securecomm_node::sound::MAX_INPUT_BYTES as u64 {
+                    return Err(format!(
+                        "{} is too large for a sound: at most {} bytes",
+                        path.display(),
+                        securecomm_node::sound::MAX_INPUT_BYTES
+                    ));
+                }
+                let bytes = tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let ext = path.extension().and_then(|e| e.to_str());
+                let up = ctx
+                    .guilds
+                    .upload_sound(&guild, &bytes, ext, &name, None, 100)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let pcm =
+                    securecomm_node::sound::decode_asset(&up.asset).map_err(|e| e.to_string())?;
+                v.cache_clip(up.root, pcm.into());
+                Ok::<_, String>(())
+            };
+            match up.await {
+                Ok(()) => sounds_event(ctx, &guild),
+                Err(e) => {
+                    let mut out = vec![Event::Error(e)];
+                    out.extend(sounds_event(ctx, &guild));
+                    out
+                }
+            }
+        }
+        VoiceCommand::SoundboardVolume(p) => match v.set_soundboard_volume(p.min(200)) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![Event::Error(e)],
+        },
         VoiceCommand::ListDevices => {
             let listed = tokio::task::spawn_blocking(|| {
                 let names = |input| {
@@ -695,6 +833,25 @@ pub async fn execute(ctx: &VoiceCtx, cmd: VoiceCommand) -> Vec<Event> {
             });
             vec![Event::Voice(VoiceEvent::Devices { inputs, outputs })]
         }
+    }
+}
+
+/// The library of `guild` as an event (or the error that kept it from being read).
+fn sounds_event(ctx: &VoiceCtx, guild: &str) -> Vec<Event> {
+    match ctx.guilds.list_sounds(guild) {
+        Ok(list) => vec![Event::Voice(VoiceEvent::Sounds {
+            guild: guild.to_owned(),
+            sounds: list
+                .into_iter()
+                .map(|s| SoundEntry {
+                    id: s.id,
+                    name: s.name,
+                    emoji: s.emoji,
+                    duration_ms: s.duration_ms,
+                })
+                .collect(),
+        })],
+        Err(e) => vec![Event::Error(e.to_string())],
     }
 }
 

@@ -391,3 +391,69 @@ fn two_instances_in_one_voice_channel_list_each_other_and_show_who_speaks() {
     no_errors(&a);
     no_errors(&b);
 }
+
+#[test]
+fn the_soundboard_refuses_a_bad_file_uploads_a_sound_and_plays_it_in_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = speaking_harness(dir.path());
+    create_identity(&mut h, "Sam", "pass");
+    let guild = create_guild(&mut h, "Studio");
+    let ch = create_voice_channel(&mut h, "Stage");
+    settle(&mut h);
+    click(&mut h, "🔊 Stage");
+    wait_for(&mut h, "the call", |s| {
+        s.voice.in_channel(&guild, ch) && s.voice.status.in_call
+    });
+    click(&mut h, "🎵 Soundboard");
+    wait_for(&mut h, "the empty library", |s| {
+        s.voice
+            .soundboard
+            .sounds
+            .as_ref()
+            .is_some_and(|(g, l)| *g == guild && l.is_empty())
+    });
+    assert!(
+        h.query_by_label("No sounds yet: upload one below.")
+            .is_some()
+    );
+
+    // Text named .mp3 is refused with an error, and nothing is added.
+    let bad = dir.path().join("notes.mp3");
+    std::fs::write(&bad, "these are not sounds, just words").unwrap();
+    type_into(&mut h, "Sound file", bad.to_str().unwrap());
+    type_into(&mut h, "Sound name", "oops");
+    click(&mut h, "Upload");
+    wait_for(&mut h, "the refusal", |s| {
+        !s.errors.is_empty() && !s.voice.soundboard.uploading
+    });
+    assert!(
+        h.state()
+            .state
+            .voice
+            .soundboard
+            .sounds
+            .as_ref()
+            .is_some_and(|(_, l)| l.is_empty())
+    );
+    h.state_mut().state.errors.clear();
+
+    // A real clip (the node's WAV fixture) is imported, listed and played.
+    let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/src/sound/testdata/clip.wav");
+    type_into(&mut h, "Sound file", clip.to_str().unwrap());
+    type_into(&mut h, "Sound name", "tada");
+    click(&mut h, "Upload");
+    wait_for(&mut h, "the uploaded sound", |s| {
+        s.voice
+            .soundboard
+            .sounds
+            .as_ref()
+            .is_some_and(|(_, l)| l.iter().any(|x| x.name == "tada"))
+    });
+    no_errors(&h);
+    click(&mut h, "▶ tada");
+    wait_for(&mut h, "the sound played", |s| {
+        s.voice.soundboard.last_played.as_deref() == Some("tada")
+    });
+    assert!(h.query_by_label("Played tada").is_some());
+    no_errors(&h);
+}

@@ -7,7 +7,7 @@ use egui::{Color32, RichText, Sense, Stroke};
 use super::{ALARM, GOOD, NOTICE};
 use crate::backend::Command;
 use crate::state::AppState;
-use crate::voice::{AudioDevice, InputMode, Quality, VoiceRow};
+use crate::voice::{AudioDevice, InputMode, Quality, VoiceCommand, VoiceRow};
 
 /// What a click in the channel list's voice rows asks for.
 #[derive(Debug)]
@@ -170,6 +170,115 @@ pub fn panel_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
         if ui.button("Disconnect").clicked() {
             cmds.extend(s.voice.on_leave());
         }
+    });
+    let guild = s.voice.status.guild.clone();
+    if ui
+        .selectable_label(s.voice.soundboard.open, "🎵 Soundboard")
+        .on_hover_text("Play a sound from this guild's library to everyone in the call")
+        .clicked()
+    {
+        s.voice.soundboard.open = !s.voice.soundboard.open;
+        if s.voice.soundboard.open {
+            cmds.push(Command::Voice(VoiceCommand::Sounds {
+                guild: guild.clone(),
+            }));
+        }
+    }
+    if s.voice.soundboard.open {
+        soundboard_ui(ui, s, &guild, cmds);
+    }
+}
+
+/// The soundboard: a button per sound of the call's guild, the volume of clips others play,
+/// and an upload row (Manage Guild; the node refuses otherwise and says why).
+fn soundboard_ui(ui: &mut egui::Ui, s: &mut AppState, guild: &str, cmds: &mut Vec<Command>) {
+    let b = &mut s.voice.soundboard;
+    ui.group(|ui| {
+        match &b.sounds {
+            Some((g, sounds)) if g == guild => {
+                if sounds.is_empty() {
+                    ui.label(
+                        RichText::new("No sounds yet: upload one below.")
+                            .small()
+                            .weak(),
+                    );
+                }
+                ui.horizontal_wrapped(|ui| {
+                    for snd in sounds {
+                        let label = match &snd.emoji {
+                            Some(e) => format!("{e} {}", snd.name),
+                            None => format!("▶ {}", snd.name),
+                        };
+                        if ui
+                            .button(label)
+                            .on_hover_text(format!(
+                                "Play {} ({:.1} s) to everyone in the call",
+                                snd.name,
+                                f64::from(snd.duration_ms) / 1000.0
+                            ))
+                            .clicked()
+                        {
+                            cmds.push(Command::Voice(VoiceCommand::PlaySound {
+                                guild: guild.to_owned(),
+                                sound: snd.id,
+                            }));
+                        }
+                    }
+                });
+            }
+            _ => {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label(RichText::new("Loading sounds…").small());
+                });
+            }
+        }
+        if let Some(p) = &b.last_played {
+            ui.label(RichText::new(format!("Played {p}")).small().weak());
+        }
+        let mut vol = b.volume;
+        if ui
+            .add(
+                egui::Slider::new(&mut vol, 0..=200)
+                    .suffix("%")
+                    .text("Soundboard volume"),
+            )
+            .changed()
+        {
+            b.volume = vol;
+            cmds.push(Command::Voice(VoiceCommand::SoundboardVolume(vol)));
+        }
+        ui.label(RichText::new("Upload a sound (MP3, OGG, WAV, FLAC; up to 5.2 s)").small());
+        ui.horizontal(|ui| {
+            let l = ui.label(RichText::new("Sound file").small());
+            ui.add(
+                egui::TextEdit::singleline(&mut b.upload_path)
+                    .hint_text("/path/to/sound.mp3")
+                    .desired_width(170.0),
+            )
+            .labelled_by(l.id);
+        });
+        ui.horizontal(|ui| {
+            let l = ui.label(RichText::new("Sound name").small());
+            ui.add(egui::TextEdit::singleline(&mut b.upload_name).desired_width(90.0))
+                .labelled_by(l.id);
+            let ready = !b.uploading
+                && !b.upload_path.trim().is_empty()
+                && !b.upload_name.trim().is_empty();
+            if ui.add_enabled(ready, egui::Button::new("Upload")).clicked() {
+                b.uploading = true;
+                cmds.push(Command::Voice(VoiceCommand::UploadSound {
+                    guild: guild.to_owned(),
+                    path: std::path::PathBuf::from(b.upload_path.trim()),
+                    name: b.upload_name.trim().to_owned(),
+                }));
+                b.upload_path.clear();
+                b.upload_name.clear();
+            }
+            if b.uploading {
+                ui.spinner();
+            }
+        });
     });
 }
 

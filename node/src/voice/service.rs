@@ -279,10 +279,7 @@ impl VoiceService {
             let guilds = self.inner.guilds.clone();
             let roots = guilds.sound_roots_here();
             // At most what the cache keeps, so a large library is not decoded over and over.
-            for root in roots
-                .into_iter()
-                .take(super::soundboard::MAX_CACHED_CLIPS)
-            {
+            for root in roots.into_iter().take(super::soundboard::MAX_CACHED_CLIPS) {
                 if self.has_clip(&root) {
                     continue;
                 }

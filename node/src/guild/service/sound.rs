@@ -10,7 +10,8 @@
 use rand_core::{OsRng, RngCore};
 use securecomm_crdt::ops::GuildOp;
 use securecomm_crdt::schema::{
-    MAX_SOUND_ASSET_BYTES, MAX_SOUND_EMOJI, MAX_SOUND_NAME_CHARS, MAX_SOUND_VOLUME, Sound, SoundAsset, SoundId,
+    MAX_SOUND_ASSET_BYTES, MAX_SOUND_EMOJI, MAX_SOUND_NAME_CHARS, MAX_SOUND_VOLUME, Sound,
+    SoundAsset, SoundId,
 };
 use securecomm_crdt::view::GuildView;
 use securecomm_noise::codec::{Decode, Encode};
@@ -308,9 +309,8 @@ impl GuildService {
                     _ => {}
                 }
             }
-            let _ = self.with_engine(|_, db| {
-                crate::files::db::retain_assets(db.conn(), &gid, &owners)
-            });
+            let _ =
+                self.with_engine(|_, db| crate::files::db::retain_assets(db.conn(), &gid, &owners));
         }
     }
 
