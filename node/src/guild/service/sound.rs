@@ -156,10 +156,11 @@ impl GuildService {
             .checked_change(&gid, vec![GuildOp::PutSound(id, s.clone())])
             .await
         {
-            // Not in the library: its stored asset goes at the next collection.
-            let _ = self.with_engine(|_, db| {
-                crate::files::db::retain_assets(db.conn(), &gid, &self.sound_owners(&gid))
-            });
+            // Not in the library: its stored asset goes at the next collection. (The owners
+            // are read first: `with_engine` does not nest.)
+            let owners = self.sound_owners(&gid);
+            let _ =
+                self.with_engine(|_, db| crate::files::db::retain_assets(db.conn(), &gid, &owners));
             return Err(e);
         }
         Ok(UploadedSound {
