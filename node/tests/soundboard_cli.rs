@@ -9,15 +9,15 @@
 //! (see `voice_soundboard.rs` for the threshold; measured about 0.999).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod correlate;
 mod procs;
 
 use std::path::Path;
 
+use correlate::*;
 use procs::*;
 use securecomm_node::sound;
 use serde_json::Value;
-
-const FRAME: usize = 960;
 
 fn gated_tone_wav(path: &Path) {
     let spec = hound::WavSpec {
@@ -60,62 +60,6 @@ fn silence_wav(path: &Path, seconds: usize) {
         w.write_sample(0i16).unwrap();
     }
     w.finalize().unwrap();
-}
-
-fn read_wav(path: &Path) -> Vec<i16> {
-    let r = hound::WavReader::open(path).unwrap();
-    r.into_samples::<i16>().map(|s| s.unwrap()).collect()
-}
-
-fn ncc_at(signal: &[i16], template: &[i16], lag: usize) -> f64 {
-    let Some(window) = signal.get(lag..lag + template.len()) else {
-        return 0.0;
-    };
-    let (mut xy, mut xx, mut yy) = (0f64, 0f64, 0f64);
-    for (&a, &b) in window.iter().zip(template) {
-        let (a, b) = (f64::from(a), f64::from(b));
-        xy += a * b;
-        xx += a * a;
-        yy += b * b;
-    }
-    if xx == 0.0 || yy == 0.0 {
-        0.0
-    } else {
-        xy / (xx * yy).sqrt()
-    }
-}
-
-fn envelope(s: &[i16]) -> Vec<f64> {
-    s.chunks_exact(FRAME)
-        .map(|f| f.iter().map(|&x| f64::from(x).abs()).sum::<f64>())
-        .collect()
-}
-
-/// Best normalized cross-correlation of `template` in `signal` (coarse on 20 ms envelopes,
-/// then sample by sample around the best three coarse lags).
-fn best_ncc(signal: &[i16], template: &[i16]) -> f64 {
-    let (es, et) = (envelope(signal), envelope(template));
-    if es.len() < et.len() {
-        return 0.0;
-    }
-    let mut coarse: Vec<(f64, usize)> = (0..=es.len() - et.len())
-        .map(|lag| {
-            let w = &es[lag..lag + et.len()];
-            let dot: f64 = w.iter().zip(&et).map(|(a, b)| a * b).sum();
-            let n: f64 = w.iter().map(|a| a * a).sum::<f64>().sqrt()
-                * et.iter().map(|b| b * b).sum::<f64>().sqrt();
-            (if n == 0.0 { 0.0 } else { dot / n }, lag)
-        })
-        .collect();
-    coarse.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let mut best = 0f64;
-    for &(_, lag) in coarse.iter().take(3) {
-        let centre = lag * FRAME;
-        for l in centre.saturating_sub(2 * FRAME)..=centre + 2 * FRAME {
-            best = best.max(ncc_at(signal, template, l));
-        }
-    }
-    best
 }
 
 fn sounds(n: &Node, gid: &str) -> Vec<Value> {
