@@ -220,7 +220,8 @@ impl FileHeader {
         HEADER_LEN as u64 + u64::from(index) * self.sealed_chunk_len() as u64
     }
 
-    fn to_array(self) -> [u8; HEADER_LEN] {
+    /// The encoded header (what starts the encrypted file, and its chunks' AAD).
+    pub fn to_array(self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         for (dst, src) in out.iter_mut().zip(self.to_bytes()) {
             *dst = src;

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use rand_core::{OsRng, RngCore};
 use securecomm_noise::file::{
-    FileDecryptor, FileEncryptor, FileError, FileHeader, FileKey, FileParams, HEADER_LEN,
+    FileDecryptor, FileEncryptor, FileError, FileHeader, FileKey, FileParams,
 };
 use sha2::{Digest, Sha256};
 
@@ -294,7 +294,7 @@ impl FileStore {
         if f.metadata()?.len() != len {
             f.set_len(len)?;
         }
-        f.write_all_at(&a.header.to_bytes_array(), 0)?;
+        f.write_all_at(&a.header.to_array(), 0)?;
         Ok(f)
     }
 
@@ -460,22 +460,6 @@ pub fn describe(e: &io::Error) -> String {
     }
 }
 
-/// The header's 12 bytes.
-trait HeaderBytes {
-    fn to_bytes_array(&self) -> [u8; HEADER_LEN];
-}
-
-impl HeaderBytes for FileHeader {
-    fn to_bytes_array(&self) -> [u8; HEADER_LEN] {
-        use securecomm_noise::codec::Encode;
-        let mut out = [0u8; HEADER_LEN];
-        for (d, s) in out.iter_mut().zip(self.to_bytes()) {
-            *d = s;
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -555,7 +539,7 @@ mod tests {
             .attachment;
         let p = s.enc_path(&att.root);
         let mut bytes = fs::read(&p).unwrap();
-        bytes[HEADER_LEN + 10] ^= 1;
+        bytes[securecomm_noise::file::HEADER_LEN + 10] ^= 1;
         fs::write(&p, bytes).unwrap();
         let dest = dir.path().join("out");
         assert!(s.export(&att, &dest).is_err());

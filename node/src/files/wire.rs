@@ -26,6 +26,13 @@ pub const MANIFEST_PAGE: u32 = 16_384;
 /// Most chunks asked for in one request: seven 128 KiB chunks (917 KB) fit one frame of the
 /// direct protocol ([`crate::net::codec::MAX_FRAME`], 1 MiB); eight would not.
 pub const MAX_CHUNKS_PER_REQUEST: u16 = 7;
+/// Largest file announced or accepted (16 GiB: a manifest of 4 MiB and a bitmap of 16 KiB).
+/// Members refuse announcements of larger files, so a hostile one cannot make a fetch
+/// allocate for 2^32 chunks.
+pub const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024 * 1024;
+/// Most chunks of a file (16 GiB in 128 KiB chunks): also bounds files announced with tiny
+/// chunks.
+pub const MAX_CHUNKS: u64 = 131_072;
 /// Largest chunk on the wire: the fetch protocol only serves files whose chunks are at most
 /// this big, so an answer of [`MAX_CHUNKS_PER_REQUEST`] chunks fits one frame.
 pub const MAX_WIRE_CHUNK: usize = 128 * 1024 + securecomm_noise::file::TAG_LEN;
@@ -149,8 +156,11 @@ pub fn check_attachments(files: &[Attachment]) -> Result<(), String> {
         if f.header.sealed_chunk_len() > MAX_WIRE_CHUNK {
             return Err("file chunks larger than the fetch protocol carries".into());
         }
-        if f.chunk_count() > u64::from(u32::MAX) {
-            return Err("file too large: more than 2^32 chunks".into());
+        if f.size > MAX_FILE_SIZE {
+            return Err(format!("a file is at most {MAX_FILE_SIZE} bytes"));
+        }
+        if f.chunk_count() > MAX_CHUNKS {
+            return Err(format!("a file has at most {MAX_CHUNKS} chunks"));
         }
         if let Some(t) = &f.thumbnail {
             if t.jpeg.is_empty()
@@ -431,7 +441,7 @@ mod tests {
         #[test]
         fn attachments_round_trip(
             name in "[a-z]{1,40}\\.[a-z]{1,4}",
-            size in 0u64..1 << 40,
+            size in 0u64..=MAX_FILE_SIZE,
             thumb in proptest::option::of(proptest::collection::vec(any::<u8>(), 1..2000)),
         ) {
             let files = vec![attachment(name, size, thumb)];
@@ -485,6 +495,11 @@ mod tests {
         }
         let big = attachment("x.png".into(), 1, Some(vec![0; MAX_THUMBNAIL + 1]));
         assert!(check_attachments(&[big]).is_err());
+        let huge = attachment("x.bin".into(), MAX_FILE_SIZE + 1, None);
+        assert!(check_attachments(&[huge]).is_err());
+        let mut tiny_chunks = attachment("x.bin".into(), 1 << 30, None);
+        tiny_chunks.header = FileHeader::new(16, &mut OsRng).unwrap();
+        assert!(check_attachments(&[tiny_chunks]).is_err());
         let many: Vec<_> = (0..=MAX_ATTACHMENTS)
             .map(|i| attachment(format!("{i}.bin"), 1, None))
             .collect();

@@ -1010,7 +1010,8 @@ mod tests {
                         .map(|i| crate::files::wire::Attachment {
                             name: format!("f{i}.bin"),
                             mime: "application/octet-stream".into(),
-                            size: u64::from(ttl_secs) * 1000 + i as u64,
+                            size: (u64::from(ttl_secs) * 1000 + i as u64)
+                                % crate::files::wire::MAX_FILE_SIZE,
                             sha256: root,
                             root,
                             header: securecomm_noise::file::FileHeader::new(

@@ -30,9 +30,7 @@ use crate::files::{
     db, mime_for, state, thumb,
 };
 
-/// Largest file when the guild sets no limit (2^32 chunks of 128 KiB would allow more; this
-/// keeps a fetch's manifest at 4 MiB).
-pub const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024 * 1024;
+pub use crate::files::wire::MAX_FILE_SIZE;
 /// Largest image a thumbnail is made from.
 pub const MAX_THUMB_SOURCE: u64 = 64 * 1024 * 1024;
 /// How long a fetch waits for a member who has the file before it pauses.

@@ -14,7 +14,7 @@ use securecomm_crdt::schema::{
     SoundAsset, SoundId,
 };
 use securecomm_crdt::view::GuildView;
-use securecomm_noise::codec::{Decode, Encode};
+use securecomm_noise::codec::Decode;
 use serde::Serialize;
 
 use super::GuildService;
@@ -234,10 +234,7 @@ impl GuildService {
             )
         })?
         .map_err(|e| GuildError::Invalid(e.to_string()))?;
-        let mut header = [0u8; 12];
-        for (d, s) in header.iter_mut().zip(a.header.to_bytes()) {
-            *d = s;
-        }
+        let header = a.header.to_array();
         Ok(SoundAsset {
             root: a.root,
             key: *a.key.expose(),
