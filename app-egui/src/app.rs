@@ -137,6 +137,9 @@ fn login_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
 }
 
 fn main_ui(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Command>) {
+    if s.prepare_emoji(ctx) {
+        ctx.request_repaint();
+    }
     crate::ui::verify::banner_ui(ctx, s, cmds);
     crate::ui::verify::safety_window_ui(ctx, s, cmds);
     crate::ui::settings::settings_window_ui(ctx, s, cmds);
@@ -696,7 +699,9 @@ fn row_ui(ui: &mut egui::Ui, s: &AppState, row: &Row, actions: &mut Vec<RowActio
             edited,
             pinned,
         } => {
-            if let Some(emoji) = crate::ui::messages::meta_row_ui(ui, reactions, *edited, *pinned) {
+            if let Some(emoji) =
+                crate::ui::messages::meta_row_ui(ui, s, reactions, *edited, *pinned)
+            {
                 actions.push(RowAction::React(msg.clone(), emoji));
             }
         }

@@ -837,6 +837,13 @@ pub enum Event {
     Manage(ManageEvent),
     /// Voice channels ([`crate::voice`]).
     Voice(crate::voice::VoiceEvent),
+    /// A guild's custom emoji (the whole list), with the images that are here.
+    Emojis {
+        /// Guild id (hex).
+        guild: String,
+        /// By name.
+        list: Vec<crate::state::emoji::CustomEmoji>,
+    },
 }
 
 /// How the backend runs.
@@ -1292,6 +1299,10 @@ async fn forward_events(g: GuildService, emit: Emitter) {
             GuildEvent::FileDone {
                 root, ok, error, ..
             } => {
+                if ok {
+                    // A custom emoji's image fetched ahead of time: show it.
+                    manage::on_file_done(&g, &root, &emit).await;
+                }
                 // The size and bytes held come from the card; only the state changes here.
                 let t = Transfer {
                     root,

@@ -17,6 +17,7 @@ use crate::backend::{
     Message, Passphrase,
 };
 
+pub mod emoji;
 pub mod files;
 pub mod manage;
 pub mod messages;
@@ -822,6 +823,8 @@ pub struct AppState {
     pub messages: messages::MessageActions,
     /// Attachments, transfers and previews (see [`files`]).
     pub files: files::FilesState,
+    /// Guild custom emoji and their textures (see [`emoji`]).
+    pub emoji: emoji::EmojiState,
 }
 
 impl AppState {
@@ -862,6 +865,7 @@ impl AppState {
             link_confirm: None,
             messages: messages::MessageActions::default(),
             files: files::FilesState::default(),
+            emoji: emoji::EmojiState::default(),
         }
     }
 
@@ -1358,6 +1362,10 @@ impl AppState {
                 Vec::new()
             }
             Event::Manage(m) => self.apply_manage(m),
+            Event::Emojis { guild, list } => {
+                self.on_emojis(guild, list);
+                Vec::new()
+            }
             Event::Voice(v) => {
                 if let crate::voice::VoiceEvent::JoinFailed(why) = &v {
                     self.error(format!("could not join the voice channel: {why}"));

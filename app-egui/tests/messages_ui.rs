@@ -258,3 +258,88 @@ fn search_finds_a_message_in_another_channel_and_jumps_to_it() {
             && s.messages.selected.as_deref() == Some(id.as_str())
     });
 }
+
+#[test]
+fn a_custom_emoji_uploaded_in_settings_is_a_reaction_with_its_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    create_identity(&mut h, "Fay", "pass phrase");
+    open_channel(&mut h, "Zoo", "pets");
+    send(&mut h, "look at this");
+
+    // Upload from the guild settings' Emoji tab: a 200 x 100 PNG becomes a 128 x 64 emoji.
+    let src = dir.path().join("otter.png");
+    image::RgbaImage::from_fn(200, 100, |x, y| {
+        image::Rgba([(x % 256) as u8, (y * 2 % 256) as u8, 90, 255])
+    })
+    .save(&src)
+    .unwrap();
+    click(&mut h, "Guild settings");
+    wait_for(&mut h, "the settings window", |s| {
+        s.manage.settings.open && s.guild_data().is_some()
+    });
+    click(&mut h, "Emoji");
+    // A bad name is refused before anything is sent.
+    type_into(&mut h, "Image file", src.to_str().unwrap());
+    type_into(&mut h, "Emoji name", "no spaces please");
+    click(&mut h, "Upload emoji");
+    assert!(
+        h.state()
+            .state
+            .errors
+            .iter()
+            .any(|e| e.contains("letters, digits or underscores")),
+        "{:?}",
+        h.state().state.errors
+    );
+    h.state_mut().state.errors.clear();
+    h.state_mut().state.emoji.upload.name.clear();
+    type_into(&mut h, "Emoji name", "otter");
+    click(&mut h, "Upload emoji");
+    wait_for(&mut h, "the emoji with its image", |s| {
+        s.current_emojis()
+            .iter()
+            .any(|e| e.name == "otter" && e.png.is_some())
+    });
+    settle(&mut h);
+    let s = &h.state().state;
+    let guild = s.guild.clone().unwrap();
+    let t = s.emoji.texture(&guild, "otter").expect("decoded");
+    assert_eq!(t.size(), [128, 64]);
+    assert!(
+        h.query_by_label(":otter:").is_some(),
+        "listed with its image"
+    );
+    h.state_mut().state.manage.settings.open = false;
+    settle(&mut h);
+
+    // React with it from the action bar; the chip shows the image and the count.
+    select(&mut h, "look at this");
+    click(&mut h, ":otter:");
+    wait_for(&mut h, "the custom reaction", |s| {
+        entry(s, "look at this").is_some_and(|e| {
+            e.reactions.len() == 1 && e.reactions[0].0 == ":otter:" && e.reactions[0].1.len() == 1
+        })
+    });
+    settle(&mut h);
+    h.state_mut().state.messages.selected = None;
+    settle(&mut h);
+    assert!(
+        h.query_by_label(":otter: 1").is_none(),
+        "the chip shows the image, not the text"
+    );
+    click(&mut h, "1");
+    wait_for(&mut h, "the custom reaction removed", |s| {
+        entry(s, "look at this").is_some_and(|e| e.reactions.is_empty())
+    });
+
+    // Delete it in the settings: gone from the list.
+    click(&mut h, "Guild settings");
+    click(&mut h, "Emoji");
+    click(&mut h, "Delete :otter:");
+    wait_for(&mut h, "the emoji deleted", |s| {
+        s.current_emojis().is_empty()
+    });
+    let s = &h.state().state;
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+}

@@ -16,7 +16,8 @@ use crate::invite::InviteToken;
 use crate::ops::GuildOp;
 use crate::perms::Permissions;
 use crate::schema::{
-    Channel, ChannelKind, DeviceCert, InviteCode, MAX_DEVICES, MAX_SOUNDS, RoleId, UserId,
+    Channel, ChannelKind, DeviceCert, EmojiId, InviteCode, MAX_DEVICES, MAX_EMOJIS, MAX_SOUNDS,
+    RoleId, UserId,
 };
 use crate::verify::{SigItem, verify_each_threads};
 use crate::view::GuildView;
@@ -379,6 +380,9 @@ pub fn authorize_with(
     };
     // Sounds this change adds to the library (a change may add several; the bound counts them).
     let mut new_sounds = 0usize;
+    // Likewise for custom emoji, with the names this change gives them (names are unique).
+    let mut new_emojis = 0usize;
+    let mut emoji_names: Vec<(EmojiId, &str)> = Vec::new();
     for (index, op) in ops.iter().enumerate() {
         let mut target_only = None;
         match op {
@@ -512,6 +516,41 @@ pub fn authorize_with(
                     return Err(AuthzError::Invalid {
                         index,
                         why: "no such sound",
+                    });
+                }
+            }
+            GuildOp::PutEmoji(id, emoji) => {
+                j.need(index, Permissions::MANAGE_GUILD, j.base)?;
+                let taken = view
+                    .emojis()
+                    .iter()
+                    .any(|(other, e)| other != id && e.name == emoji.name)
+                    || emoji_names
+                        .iter()
+                        .any(|(other, name)| other != id && *name == emoji.name);
+                if taken {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "another emoji of the guild has that name",
+                    });
+                }
+                if !view.emojis().contains_key(id) && !emoji_names.iter().any(|(o, _)| o == id) {
+                    new_emojis += 1;
+                    if view.emojis().len() + new_emojis > MAX_EMOJIS {
+                        return Err(AuthzError::Invalid {
+                            index,
+                            why: "a guild holds at most 50 custom emoji",
+                        });
+                    }
+                }
+                emoji_names.push((*id, emoji.name.as_str()));
+            }
+            GuildOp::DeleteEmoji(id) => {
+                j.need(index, Permissions::MANAGE_GUILD, j.base)?;
+                if !view.emojis().contains_key(id) {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "no such emoji",
                     });
                 }
             }

@@ -20,8 +20,8 @@ use thiserror::Error;
 
 use crate::invite::InviteToken;
 use crate::schema::{
-    Channel, ChannelId, DeviceCert, InviteCode, KeySource, MAX_NAME, MAX_REASON, NoCache, Role,
-    RoleId, Settings, Sound, SoundId, UserId, push_hex, put_str, read_str,
+    Channel, ChannelId, DeviceCert, Emoji, EmojiId, InviteCode, KeySource, MAX_NAME, MAX_REASON,
+    NoCache, Role, RoleId, Settings, Sound, SoundId, UserId, push_hex, put_str, read_str,
 };
 
 /// Version byte of an encoded [`GuildOp`].
@@ -95,6 +95,11 @@ pub enum GuildOp {
     PutSound(SoundId, Sound),
     /// Removes a soundboard sound (`MANAGE_GUILD`).
     DeleteSound(SoundId),
+    /// Adds or replaces a custom emoji (`MANAGE_GUILD`; a name no other emoji of the guild has;
+    /// at most [`crate::schema::MAX_EMOJIS`]).
+    PutEmoji(EmojiId, Emoji),
+    /// Removes a custom emoji (`MANAGE_GUILD`).
+    DeleteEmoji(EmojiId),
 }
 
 impl GuildOp {
@@ -125,6 +130,7 @@ impl GuildOp {
             }
             Self::PutChannel(id, _) | Self::DeleteChannel(id) => write!(out, "channel/{}", id.0),
             Self::PutSound(id, _) | Self::DeleteSound(id) => write!(out, "sound/{}", id.0),
+            Self::PutEmoji(id, _) | Self::DeleteEmoji(id) => write!(out, "emoji/{}", id.0),
             Self::CreateInvite(c, _) | Self::RevokeInvite(c) => {
                 out.push_str("invite/");
                 push_hex(out, &c.0);
@@ -196,6 +202,8 @@ impl GuildOp {
             Self::RemoveDevice(..) => 20,
             Self::PutSound(..) => 22,
             Self::DeleteSound(_) => 23,
+            Self::PutEmoji(..) => 24,
+            Self::DeleteEmoji(_) => 25,
         }
     }
 }
@@ -271,6 +279,11 @@ impl Encode for GuildOp {
                 sound.encode(w);
             }
             Self::DeleteSound(id) => id.encode(w),
+            Self::PutEmoji(id, emoji) => {
+                id.encode(w);
+                emoji.encode(w);
+            }
+            Self::DeleteEmoji(id) => id.encode(w),
         }
     }
 }
@@ -339,6 +352,8 @@ impl GuildOp {
             20 => Self::RemoveDevice(keys.root(r)?, keys.device(r)?),
             22 => Self::PutSound(SoundId::decode(r)?, Sound::decode(r)?),
             23 => Self::DeleteSound(SoundId::decode(r)?),
+            24 => Self::PutEmoji(EmojiId::decode(r)?, Emoji::decode(r)?),
+            25 => Self::DeleteEmoji(EmojiId::decode(r)?),
             got => {
                 return Err(DecodeError::UnknownTag {
                     what: "guild op",
@@ -516,6 +531,7 @@ mod tests {
                 format!("member/{uh}/device/{dh}"),
             ),
             (GuildOp::DeleteSound(SoundId(42)), "sound/42".into()),
+            (GuildOp::DeleteEmoji(EmojiId(7)), "emoji/7".into()),
         ];
         let mut buf = String::from("left over from an earlier op");
         for (op, want) in cases {

@@ -338,6 +338,68 @@ pub struct Sound {
     pub asset: SoundAsset,
 }
 
+/// A custom emoji's identifier: random, chosen by the member who adds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EmojiId(pub u64);
+
+/// Shortest custom emoji name, in characters (Discord's 2).
+pub const MIN_EMOJI_NAME_CHARS: usize = 2;
+/// Longest custom emoji name, in characters (Discord's 32).
+pub const MAX_EMOJI_NAME_CHARS: usize = 32;
+/// Most custom emoji in one guild (Discord's 50 for a guild without boosts). Enforced like
+/// [`MAX_SOUNDS`]: by authorization, and again by the fold for concurrent additions.
+pub const MAX_EMOJIS: usize = 50;
+/// Largest custom emoji image (the plaintext of its encrypted file), in bytes (Discord's 256 KiB).
+pub const MAX_EMOJI_IMAGE_BYTES: u64 = 256 * 1024;
+
+/// Checks a custom emoji name: 2 to 32 ASCII letters, digits and underscores (what Discord
+/// accepts, and what `:name:` in a reaction or message can name without escaping).
+pub fn check_emoji_name(name: &str) -> Result<(), &'static str> {
+    let n = name.len();
+    if !(MIN_EMOJI_NAME_CHARS..=MAX_EMOJI_NAME_CHARS).contains(&n)
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err("an emoji name is 2 to 32 letters, digits or underscores");
+    }
+    Ok(())
+}
+
+/// Where a custom emoji's image is: an encrypted file delivered by the file-transfer layer,
+/// fetched by every member ahead of time. The image is a PNG of at most 128 x 128 pixels made
+/// by the uploader's client; receivers decode it with limits all the same.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct EmojiImage {
+    /// Content address of the encrypted file (the root its chunks hang from).
+    pub root: [u8; 32],
+    /// The file key (the guild document is itself encrypted to members).
+    pub key: [u8; 32],
+    /// Size of the image (the plaintext of the encrypted file), in bytes.
+    pub size: u64,
+    /// The encrypted file's header (chunk size and nonce prefix), needed to fetch and decrypt.
+    pub header: [u8; 12],
+    /// SHA-256 of the image, checked after decryption.
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for EmojiImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is never printed.
+        f.debug_struct("EmojiImage")
+            .field("root", &short_hex(&self.root))
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A guild custom emoji: a name members write as `:name:` and its encrypted image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Emoji {
+    /// Name, checked by [`check_emoji_name`]; unique within the guild.
+    pub name: String,
+    /// The image.
+    pub image: EmojiImage,
+}
+
 /// Guild-wide settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Settings {
@@ -802,6 +864,45 @@ impl Decode for Sound {
             volume,
             asset,
         })
+    }
+}
+
+impl Encode for EmojiId {
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.0);
+    }
+}
+impl Decode for EmojiId {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self(r.u64()?))
+    }
+}
+
+impl Encode for Emoji {
+    fn encode(&self, w: &mut Writer) {
+        put_str(w, &self.name);
+        w.put(&self.image.root);
+        w.put(&self.image.key);
+        w.u64(self.image.size);
+        w.put(&self.image.header);
+        w.put(&self.image.sha256);
+    }
+}
+impl Decode for Emoji {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let name = read_str(r, "emoji name", MAX_EMOJI_NAME_CHARS)?;
+        check_emoji_name(&name).map_err(DecodeError::Invalid)?;
+        let image = EmojiImage {
+            root: r.array()?,
+            key: r.array()?,
+            size: r.u64()?,
+            header: r.array()?,
+            sha256: r.array()?,
+        };
+        if image.size == 0 || image.size > MAX_EMOJI_IMAGE_BYTES {
+            return Err(DecodeError::Invalid("emoji image size"));
+        }
+        Ok(Self { name, image })
     }
 }
 

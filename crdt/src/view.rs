@@ -13,8 +13,9 @@ use securecomm_noise::keys::DevicePublicKey;
 use crate::ops::GuildOp;
 use crate::perms::{self, Permissions};
 use crate::schema::{
-    Ban, Channel, ChannelId, DeviceSet, GuildId, InviteCode, InviteState, MAX_DEVICES,
-    MAX_MEMBER_ROLES, MAX_SOUNDS, Member, Role, RoleId, Settings, Sound, SoundId, UserId,
+    Ban, Channel, ChannelId, DeviceSet, Emoji, EmojiId, GuildId, InviteCode, InviteState,
+    MAX_DEVICES, MAX_EMOJIS, MAX_MEMBER_ROLES, MAX_SOUNDS, Member, Role, RoleId, Settings, Sound,
+    SoundId, UserId,
 };
 
 /// Permissions of `@everyone` in a new guild (Discord's defaults for the listed bits).
@@ -85,6 +86,7 @@ pub struct GuildView {
     invites: BTreeMap<InviteCode, InviteState>,
     bans: BTreeMap<UserId, Ban>,
     sounds: BTreeMap<SoundId, Sound>,
+    emojis: BTreeMap<EmojiId, Emoji>,
 }
 
 impl GuildView {
@@ -103,6 +105,7 @@ impl GuildView {
             invites: BTreeMap::new(),
             bans: BTreeMap::new(),
             sounds: BTreeMap::new(),
+            emojis: BTreeMap::new(),
         }
     }
 
@@ -153,6 +156,17 @@ impl GuildView {
     /// The soundboard library by sound id (at most [`MAX_SOUNDS`]).
     pub fn sounds(&self) -> &BTreeMap<SoundId, Sound> {
         &self.sounds
+    }
+    /// The guild's custom emoji by id (at most [`MAX_EMOJIS`], names unique).
+    pub fn emojis(&self) -> &BTreeMap<EmojiId, Emoji> {
+        &self.emojis
+    }
+    /// The custom emoji named `name`, if any.
+    pub fn emoji_named(&self, name: &str) -> Option<(EmojiId, &Emoji)> {
+        self.emojis
+            .iter()
+            .find(|(_, e)| e.name == name)
+            .map(|(id, e)| (*id, e))
     }
     /// Whether `user` is the owner.
     pub fn is_owner(&self, user: &UserId) -> bool {
@@ -394,6 +408,21 @@ impl GuildView {
             }
             GuildOp::DeleteSound(id) => {
                 self.sounds.remove(id);
+            }
+            GuildOp::PutEmoji(id, emoji) => {
+                // Concurrent additions may pass the bound or reuse a name (each was judged
+                // without the other): the fold keeps the first in canonical order and drops the
+                // rest, so every replica holds the same emoji under unique names.
+                let name_taken = self
+                    .emojis
+                    .iter()
+                    .any(|(other, e)| other != id && e.name == emoji.name);
+                if !name_taken && (self.emojis.contains_key(id) || self.emojis.len() < MAX_EMOJIS) {
+                    self.emojis.insert(*id, emoji.clone());
+                }
+            }
+            GuildOp::DeleteEmoji(id) => {
+                self.emojis.remove(id);
             }
             GuildOp::RemoveDevice(u, d) => {
                 if let Some(m) = self.members.get_mut(u)

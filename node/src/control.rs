@@ -25,7 +25,8 @@
 //! (channel details and moves, role list/revoke/delete, bans, unban, invite list/revoke, guild
 //! settings), and the messaging commands of `control/messages.rs` (replies, threads, reactions,
 //! edits, deletes, pins, timers, mentions, read state), and the soundboard commands of
-//! `control/sound.rs` (upload, list, play, delete, volume). `events` adds `{"event": "message",
+//! `control/sound.rs` (upload, list, play, delete, volume), and the custom emoji commands of
+//! `control/emoji.rs` (upload, list, delete, save). `events` adds `{"event": "message",
 //! ...}` for every stored guild message or operation (`op` set), `{"event": "mention", ...}`
 //! when one mentions this member, `{"event": "erased", ...}` when a message is deleted or its
 //! timer runs out, and `{"event": "guild-changed", "guild": ...}` after log deliveries.
@@ -47,6 +48,7 @@ use crate::voice::call::Device;
 use crate::voice::process::ProcessConfig;
 use crate::voice::service::{JoinOptions, VoiceService};
 
+mod emoji;
 mod manage;
 mod messages;
 mod sound;
@@ -520,6 +522,9 @@ async fn handle_voice(v: &VoiceService, cmd: &str, a: &Value) -> Option<Result<V
 async fn handle(ctx: &Context, req: Request) -> Result<Value, String> {
     let net = &ctx.net;
     if let Some(r) = sound::handle(ctx, req.cmd.as_str(), &req.args).await {
+        return r;
+    }
+    if let Some(r) = emoji::handle(ctx, req.cmd.as_str(), &req.args).await {
         return r;
     }
     if let Some(v) = &ctx.voice

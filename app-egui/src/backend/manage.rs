@@ -12,6 +12,7 @@ use securecomm_node::guild::{
 };
 
 use super::{Emitter, Event};
+use crate::state::emoji::CustomEmoji;
 
 /// What the management UI asks of the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +158,22 @@ pub enum ManageCmd {
         /// What changes.
         edit: SettingsEdit,
     },
+    /// Make a custom emoji from an image file.
+    UploadEmoji {
+        /// Guild id (hex).
+        guild: String,
+        /// The image file.
+        path: std::path::PathBuf,
+        /// Its name.
+        name: String,
+    },
+    /// Delete a custom emoji.
+    DeleteEmoji {
+        /// Guild id (hex).
+        guild: String,
+        /// Emoji id.
+        id: u64,
+    },
 }
 
 /// Management data from the node.
@@ -205,7 +222,7 @@ async fn gather(g: &GuildService, guild: &str) -> Result<GuildData, String> {
     })
 }
 
-/// Loads and emits one guild's management data (errors are emitted too).
+/// Loads and emits one guild's management data and custom emoji (errors are emitted too).
 pub(super) async fn load(g: &GuildService, guild: &str, emit: &Emitter) {
     match gather(g, guild).await {
         Ok(d) => {
@@ -213,6 +230,48 @@ pub(super) async fn load(g: &GuildService, guild: &str, emit: &Emitter) {
                 .await
         }
         Err(e) => emit.emit(Event::Error(e)).await,
+    }
+    emit_emojis(g, guild, emit).await;
+}
+
+/// Emits a guild's custom emoji, with the image of each that is here.
+pub(super) async fn emit_emojis(g: &GuildService, guild: &str, emit: &Emitter) {
+    let (g2, guild2) = (g.clone(), guild.to_owned());
+    // Reading the images decrypts up to 50 small files: off the runtime's threads.
+    let list = tokio::task::spawn_blocking(move || {
+        g2.list_emojis(&guild2).map(|l| {
+            l.into_iter()
+                .map(|e| CustomEmoji {
+                    png: e
+                        .here
+                        .then(|| g2.emoji_image(&guild2, &e.id.to_string()).ok())
+                        .flatten()
+                        .map(std::sync::Arc::new),
+                    id: e.id,
+                    name: e.name,
+                    root: e.root,
+                })
+                .collect::<Vec<_>>()
+        })
+    })
+    .await;
+    match list {
+        Ok(Ok(list)) => {
+            emit.emit(Event::Emojis {
+                guild: guild.to_owned(),
+                list,
+            })
+            .await;
+        }
+        Ok(Err(e)) => emit.emit(Event::Error(e.to_string())).await,
+        Err(_) => {}
+    }
+}
+
+/// After a fetch finished: re-emits the emoji of every guild that has `root` as an image.
+pub(super) async fn on_file_done(g: &GuildService, root: &str, emit: &Emitter) {
+    for guild in g.guilds_with_emoji_image(root) {
+        emit_emojis(g, &guild, emit).await;
     }
 }
 
@@ -324,6 +383,17 @@ pub(super) async fn execute(g: &GuildService, cmd: ManageCmd, emit: &Emitter) {
             }
             ManageCmd::UpdateSettings { guild, edit } => {
                 g.update_settings(&guild, edit).await.map_err(s)?;
+                guild
+            }
+            ManageCmd::UploadEmoji { guild, path, name } => {
+                let bytes = tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                g.upload_emoji(&guild, &bytes, &name).await.map_err(s)?;
+                guild
+            }
+            ManageCmd::DeleteEmoji { guild, id } => {
+                g.delete_emoji(&guild, &id.to_string()).await.map_err(s)?;
                 guild
             }
         })

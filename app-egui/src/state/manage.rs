@@ -60,6 +60,8 @@ pub enum Tab {
     Channels,
     /// Create, list, revoke invites.
     Invites,
+    /// Custom emoji: upload, list, delete.
+    Emoji,
 }
 
 /// When a new invite expires.

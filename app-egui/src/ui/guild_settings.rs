@@ -1,4 +1,5 @@
-//! The guild settings window: Overview, Roles, Members, Channel settings and Invites tabs.
+//! The guild settings window: Overview, Roles, Members, Channel settings, Invites and Emoji
+//! tabs.
 //! Every button the user may not use is disabled and says why on hover.
 
 use egui::RichText;
@@ -32,6 +33,7 @@ pub fn settings_window(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Com
                 ui.selectable_value(t, Tab::Members, "Members");
                 ui.selectable_value(t, Tab::Channels, "Channel settings");
                 ui.selectable_value(t, Tab::Invites, "Invites");
+                ui.selectable_value(t, Tab::Emoji, "Emoji");
             });
             ui.separator();
             egui::ScrollArea::vertical().show(ui, |ui| match s.manage.settings.tab {
@@ -40,6 +42,7 @@ pub fn settings_window(ctx: &egui::Context, s: &mut AppState, cmds: &mut Vec<Com
                 Tab::Members => members_tab(ui, s, &data, cmds),
                 Tab::Channels => channels_tab(ui, s, &data, cmds),
                 Tab::Invites => invites_tab(ui, s, &data, cmds),
+                Tab::Emoji => emoji_tab(ui, s, cmds),
             });
         });
     if !open {
@@ -476,6 +479,65 @@ fn uses_label(n: u32) -> String {
         "No limit".into()
     } else {
         n.to_string()
+    }
+}
+
+fn emoji_tab(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
+    let why = s.lacks(perm("manage_guild"));
+    ui.label(
+        RichText::new(
+            "Members write a custom emoji as :name: and react with it. Its image (PNG, JPEG, \
+             GIF or WebP, made into a 128 x 128 PNG without the original's metadata) is \
+             encrypted like any file and fetched by every member ahead of time.",
+        )
+        .weak(),
+    );
+    ui.add_enabled_ui(why.is_none(), |ui| {
+        let f = &mut s.emoji.upload;
+        super::labelled(
+            ui,
+            "Image file",
+            egui::TextEdit::singleline(&mut f.path).hint_text("/path/to/image.png"),
+        );
+        super::labelled(
+            ui,
+            "Emoji name",
+            egui::TextEdit::singleline(&mut f.name).hint_text("letters, digits, _"),
+        );
+    });
+    if guarded_button(ui, "Upload emoji", why.as_deref()) {
+        cmds.extend(s.on_upload_emoji());
+    }
+    ui.separator();
+    let guild = s.guild.clone().unwrap_or_default();
+    let list = s.current_emojis().to_vec();
+    if list.is_empty() {
+        ui.label(RichText::new("No custom emoji yet.").weak());
+    }
+    ui.label(format!(
+        "{} of {} emoji",
+        list.len(),
+        securecomm_crdt::schema::MAX_EMOJIS
+    ));
+    for e in list {
+        ui.horizontal(|ui| {
+            match s.emoji.texture(&guild, &e.name) {
+                Some(t) => {
+                    ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(32.0, 32.0)));
+                }
+                None if e.png.is_none() => {
+                    ui.spinner()
+                        .on_hover_text("Fetching the image from members");
+                }
+                None => {
+                    ui.label("?").on_hover_text("The image did not decode");
+                }
+            }
+            ui.label(format!(":{}:", e.name));
+            if guarded_button(ui, &format!("Delete :{}:", e.name), why.as_deref()) {
+                cmds.extend(s.on_delete_emoji(e.id));
+            }
+        });
     }
 }
 

@@ -63,6 +63,9 @@ pub fn action_bar_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command
                 cmds.extend(s.on_react(&selected, emoji));
             }
         }
+        if let Some(reaction) = custom_emoji_picker(ui, s) {
+            cmds.extend(s.on_react(&selected, &reaction));
+        }
         if mine && ui.small_button("Edit").clicked() {
             s.on_edit();
         }
@@ -127,25 +130,78 @@ pub fn reply_row_ui(ui: &mut egui::Ui, quote: &str) {
     ui.add(egui::Label::new(RichText::new(format!("↪ {quote}")).small().weak()).truncate());
 }
 
-/// The row below a message: reaction chips (click: toggle ours), edited and pinned marks.
+/// Custom emoji shown inline in the action bar; the rest are under "More emoji".
+pub const INLINE_CUSTOM: usize = 8;
+
+/// The current guild's custom emoji whose images are here, as reaction buttons (each named
+/// `:name:` for screen readers and tests). Returns the reaction clicked.
+fn custom_emoji_picker(ui: &mut egui::Ui, s: &AppState) -> Option<String> {
+    let guild = s.guild.clone()?;
+    let ready: Vec<(String, egui::TextureHandle)> = s
+        .current_emojis()
+        .iter()
+        .filter_map(|e| Some((e.name.clone(), s.emoji.texture(&guild, &e.name)?.clone())))
+        .collect();
+    let mut clicked = None;
+    let mut button = |ui: &mut egui::Ui, name: &str, t: &egui::TextureHandle| {
+        let label = format!(":{name}:");
+        let img = egui::Image::new(t)
+            .fit_to_exact_size(egui::vec2(18.0, 18.0))
+            .alt_text(label.clone());
+        if ui
+            .add(egui::Button::image(img))
+            .on_hover_text(format!("React with {label}"))
+            .clicked()
+        {
+            clicked = Some(label);
+        }
+    };
+    for (name, t) in ready.iter().take(INLINE_CUSTOM) {
+        button(ui, name, t);
+    }
+    if ready.len() > INLINE_CUSTOM {
+        ui.menu_button("More emoji", |ui| {
+            ui.horizontal_wrapped(|ui| {
+                for (name, t) in &ready[INLINE_CUSTOM..] {
+                    button(ui, name, t);
+                }
+            });
+        });
+    }
+    clicked
+}
+
+/// The row below a message: reaction chips (click: toggle ours), edited and pinned marks. A
+/// custom emoji `:name:` of the current guild whose image is here shows the image and the
+/// count (its hover text names it); any other shows its text.
 /// Returns the emoji clicked, if any.
 pub fn meta_row_ui(
     ui: &mut egui::Ui,
+    s: &AppState,
     reactions: &[(String, usize, bool)],
     edited: bool,
     pinned: bool,
 ) -> Option<String> {
     let mut clicked = None;
+    let guild = s.guild.clone().unwrap_or_default();
     ui.horizontal(|ui| {
         for (emoji, count, mine) in reactions {
-            let chip = egui::Button::new(RichText::new(format!("{emoji} {count}")).small())
-                .selected(*mine);
+            let texture = crate::state::emoji::custom_name(emoji)
+                .and_then(|name| s.emoji.texture(&guild, name));
+            let chip = match texture {
+                Some(t) => egui::Button::image_and_text(
+                    egui::Image::new(t).fit_to_exact_size(egui::vec2(16.0, 16.0)),
+                    RichText::new(count.to_string()).small(),
+                ),
+                None => egui::Button::new(RichText::new(format!("{emoji} {count}")).small()),
+            }
+            .selected(*mine);
             if ui
                 .add(chip)
                 .on_hover_text(if *mine {
-                    "Remove your reaction"
+                    format!("{emoji}: remove your reaction")
                 } else {
-                    "React too"
+                    format!("{emoji}: react too")
                 })
                 .clicked()
             {

@@ -9,6 +9,7 @@ use securecomm_crdt::perms::Permissions;
 use securecomm_crdt::schema::{
     Channel, ChannelId, ChannelKind, DeviceCert, Invite, InviteCode, Role, RoleId, UserId,
 };
+use securecomm_noise::codec::{Decode, DecodeError, Encode};
 use securecomm_noise::keys::{DeviceSigningKey, RootSigningKey};
 
 pub struct U {
@@ -179,4 +180,23 @@ pub fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
         }
     }
     out
+}
+
+/// Checks an op's canonical encoding: it decodes back to itself, every truncation and a
+/// trailing byte are refused, and so is another version byte.
+pub fn assert_codec(op: &GuildOp) {
+    let b = op.to_bytes();
+    assert_eq!(&GuildOp::from_bytes(&b).unwrap(), op);
+    for n in 0..b.len() {
+        assert!(GuildOp::from_bytes(&b[..n]).is_err());
+    }
+    let mut t = b.clone();
+    t.push(0);
+    assert_eq!(GuildOp::from_bytes(&t), Err(DecodeError::TrailingBytes(1)));
+    let mut v = b;
+    v[0] = 2;
+    assert!(matches!(
+        GuildOp::from_bytes(&v),
+        Err(DecodeError::UnknownVersion { .. })
+    ));
 }

@@ -16,6 +16,8 @@
 //! securecomm-node kick GUILD USER | ban GUILD USER [--reason TEXT]
 //! securecomm-node sound upload GUILD FILE --name N [--emoji E] [--volume P] | sound list GUILD
 //! securecomm-node sound play GUILD SOUND | sound delete GUILD SOUND | sound volume PERCENT
+//! securecomm-node emoji upload GUILD FILE --name N | emoji list GUILD | emoji delete GUILD EMOJI
+//! securecomm-node emoji save GUILD EMOJI OUT.png
 //! securecomm-node search TEXT [--guild G] [--channel C] [--author USER] [--after DATE]
 //!                 [--before DATE] [--has-file] [--newest] [--limit N] [--offset N]
 //! ```
@@ -142,6 +144,12 @@ enum Command {
     Sound {
         #[command(subcommand)]
         action: SoundAction,
+    },
+    /// The guild's custom emoji: upload, list, delete, save (running node). React with one
+    /// as `:name:`.
+    Emoji {
+        #[command(subcommand)]
+        action: EmojiAction,
     },
     /// Send a message to a guild channel (running node). Returns once it is stored durably.
     /// At most 4,000 characters; Discord's markdown; mentions as `<@USER_ID>`, `<@&ROLE_ID>`,
@@ -593,6 +601,42 @@ enum SoundAction {
     },
 }
 
+#[derive(Subcommand)]
+enum EmojiAction {
+    /// Add a custom emoji (Manage Guild): a PNG, JPEG, GIF or WebP image (at most 8 MiB),
+    /// made into a PNG of at most 128 x 128 pixels without the original's metadata.
+    Upload {
+        /// Guild name or id.
+        guild: String,
+        /// The image file.
+        file: PathBuf,
+        /// The emoji's name: 2 to 32 letters, digits or underscores (written `:name:`).
+        #[arg(long)]
+        name: String,
+    },
+    /// The guild's custom emoji, and whether each image is here yet.
+    List {
+        /// Guild name or id.
+        guild: String,
+    },
+    /// Remove a custom emoji (Manage Guild).
+    Delete {
+        /// Guild name or id.
+        guild: String,
+        /// Emoji name or id.
+        emoji: String,
+    },
+    /// Write an emoji's image (PNG) to a new file.
+    Save {
+        /// Guild name or id.
+        guild: String,
+        /// Emoji name or id.
+        emoji: String,
+        /// Where to write it (must not exist).
+        out: PathBuf,
+    },
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum OnOff {
     On,
@@ -1018,6 +1062,30 @@ async fn run(cli: Cli) -> Result<(), String> {
                     ("sound-delete", json!({"guild": guild, "sound": sound}))
                 }
                 SoundAction::Volume { percent } => ("sound-volume", json!({"percent": percent})),
+            };
+            remote(&dir, json, cmd, args).await?
+        }
+        Some(Command::Emoji { action }) => {
+            let (cmd, args) = match action {
+                EmojiAction::Upload { guild, file, name } => {
+                    // Paths are resolved here: the node runs elsewhere.
+                    let file = std::path::absolute(&file).unwrap_or(file);
+                    (
+                        "emoji-upload",
+                        json!({"guild": guild, "file": file.display().to_string(), "name": name}),
+                    )
+                }
+                EmojiAction::List { guild } => ("emoji-list", json!({"guild": guild})),
+                EmojiAction::Delete { guild, emoji } => {
+                    ("emoji-delete", json!({"guild": guild, "emoji": emoji}))
+                }
+                EmojiAction::Save { guild, emoji, out } => {
+                    let out = std::path::absolute(&out).unwrap_or(out);
+                    (
+                        "emoji-save",
+                        json!({"guild": guild, "emoji": emoji, "out": out.display().to_string()}),
+                    )
+                }
             };
             remote(&dir, json, cmd, args).await?
         }

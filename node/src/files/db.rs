@@ -332,13 +332,17 @@ pub mod kind {
     pub const MESSAGE: i64 = 0;
     /// A soundboard clip of the guild's library (`owner` = sound id, big-endian).
     pub const SOUND: i64 = 1;
+    /// A custom emoji's image (`owner` = emoji id, big-endian).
+    pub const EMOJI: i64 = 2;
 }
 
-/// Records a guild asset (a soundboard clip): the file (in `st`, unless known) and the guild's
-/// reference to it, so members are served it and it is kept while referenced.
+/// Records a guild asset of kind `kind` (a soundboard clip, a custom emoji image): the file
+/// (in `st`, unless known) and the guild's reference to it, so members are served it and it
+/// is kept while referenced.
 pub fn register_asset(
     conn: &Connection,
     gid: &GuildId,
+    kind: i64,
     owner: &[u8],
     a: &Attachment,
     st: i64,
@@ -351,8 +355,8 @@ pub fn register_asset(
     )?
     .execute(params![
         &gid.0[..],
-        owner,
-        kind::SOUND,
+        &asset_owner(kind, owner)[..],
+        kind,
         &a.root[..],
         a.name,
         a.mime
@@ -360,24 +364,40 @@ pub fn register_asset(
     Ok(())
 }
 
-/// Drops a guild's asset references whose owner is not in `keep` (sounds removed from the
-/// library); the files themselves go at the next collection if nothing else refers to them.
+/// Drops a guild's asset references of kind `kind` whose owner is not in `keep` (sounds
+/// removed from the library, emoji deleted); the files themselves go at the next collection if
+/// nothing else refers to them.
 pub fn retain_assets(
     conn: &Connection,
     gid: &GuildId,
+    kind: i64,
     keep: &[Vec<u8>],
 ) -> Result<(), rusqlite::Error> {
+    let keep: Vec<Vec<u8>> = keep.iter().map(|o| asset_owner(kind, o)).collect();
     let owners: Vec<Vec<u8>> = conn
         .prepare_cached("SELECT owner FROM guild_files WHERE guild = ?1 AND kind = ?2")?
-        .query_map(params![&gid.0[..], kind::SOUND], |r| r.get(0))?
+        .query_map(params![&gid.0[..], kind], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for o in owners {
         if !keep.contains(&o) {
             conn.prepare_cached(
                 "DELETE FROM guild_files WHERE guild = ?1 AND kind = ?2 AND owner = ?3",
             )?
-            .execute(params![&gid.0[..], kind::SOUND, o])?;
+            .execute(params![&gid.0[..], kind, o])?;
         }
     }
     Ok(())
+}
+
+/// The `owner` column of a guild asset reference. Rows are keyed by (guild, owner, index), so
+/// owners of different kinds must not collide: a sound keeps its bare id (as stored since
+/// migration 14), other kinds prefix theirs with the kind.
+fn asset_owner(kind: i64, owner: &[u8]) -> Vec<u8> {
+    if kind == self::kind::SOUND {
+        return owner.to_vec();
+    }
+    let mut o = Vec::with_capacity(owner.len() + 8);
+    o.extend_from_slice(&kind.to_be_bytes());
+    o.extend_from_slice(owner);
+    o
 }

@@ -28,6 +28,7 @@
 //! fetch, and 32 bytes of manifest per chunk.
 
 pub mod db;
+pub mod emoji;
 pub mod store;
 pub mod thumb;
 pub mod wire;

@@ -42,6 +42,8 @@ use crate::store::{Db, LocalProfile};
 use crate::sync::peer::{ApplyHook, author_of};
 use crate::sync::{Delivery, GroupId, SyncConfig, SyncError, SyncPeer};
 
+pub(crate) mod assets;
+pub mod emoji;
 pub mod files;
 pub mod manage;
 pub mod messages;
@@ -2608,7 +2610,7 @@ async fn run_ticks(svc: GuildService) {
         svc.expire_due();
         if files_gc.elapsed() >= FILES_GC_EVERY {
             files_gc = tokio::time::Instant::now();
-            svc.sync_sound_assets();
+            svc.sync_guild_assets();
             svc.collect_files();
         }
         svc.start_history().await;

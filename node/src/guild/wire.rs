@@ -346,8 +346,14 @@ pub fn check_thread_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a reaction: a short emoji with no whitespace or control characters.
+/// Checks a reaction: a short emoji with no whitespace or control characters, or a custom
+/// emoji reference `:name:` (a name as [`securecomm_crdt::schema::check_emoji_name`] allows).
 pub fn check_emoji(emoji: &str) -> Result<(), String> {
+    if let Some(name) = emoji.strip_prefix(':').and_then(|e| e.strip_suffix(':'))
+        && securecomm_crdt::schema::check_emoji_name(name).is_ok()
+    {
+        return Ok(());
+    }
     if emoji.is_empty()
         || emoji.len() > MAX_EMOJI
         || emoji.chars().any(|c| c.is_whitespace() || c.is_control())

@@ -189,6 +189,12 @@ impl GuildService {
         add: bool,
     ) -> Result<Value, GuildError> {
         check_emoji(emoji).map_err(GuildError::Invalid)?;
+        if add {
+            // A custom `:name:` must name one of the guild's emoji; removing one that was
+            // deleted since is fine.
+            let gid = self.resolve(guild)?;
+            self.check_reaction(&gid, emoji)?;
+        }
         let (msg, emoji) = (msg.to_owned(), emoji.to_owned());
         self.send_body(guild, channel, move |_, db, gid, ch| {
             Ok(Body::React {

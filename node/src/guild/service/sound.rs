@@ -14,7 +14,6 @@ use securecomm_crdt::schema::{
     SoundAsset, SoundId,
 };
 use securecomm_crdt::view::GuildView;
-use securecomm_noise::codec::Decode;
 use serde::Serialize;
 
 use super::GuildService;
@@ -156,11 +155,8 @@ impl GuildService {
             .checked_change(&gid, vec![GuildOp::PutSound(id, s.clone())])
             .await
         {
-            // Not in the library: its stored asset goes at the next collection. (The owners
-            // are read first: `with_engine` does not nest.)
-            let owners = self.sound_owners(&gid);
-            let _ =
-                self.with_engine(|_, db| crate::files::db::retain_assets(db.conn(), &gid, &owners));
+            // Not in the library: its stored asset goes at the next collection.
+            self.retain_guild_assets(&gid, crate::files::db::kind::SOUND);
             return Err(e);
         }
         Ok(UploadedSound {
@@ -207,7 +203,7 @@ impl GuildService {
 impl GuildService {
     /// Encrypts a clip asset into the file store (fresh key, like any shared file) as the asset
     /// of sound `id` in `gid`, and returns its reference for the guild state. Members fetch it
-    /// ahead of time ([`GuildService::sync_sound_assets`]).
+    /// ahead of time ([`GuildService::sync_guild_assets`]).
     pub(crate) async fn store_asset(
         &self,
         gid: &securecomm_crdt::schema::GuildId,
@@ -215,120 +211,29 @@ impl GuildService {
         asset: &[u8],
         duration_ms: u32,
     ) -> Result<SoundAsset, GuildError> {
-        let store = self.file_store()?.clone();
-        let bytes = asset.to_vec();
-        let a = tokio::task::spawn_blocking(move || {
-            store.import(&bytes[..], "sound.sclp", SOUND_MIME, MAX_SOUND_ASSET_BYTES)
-        })
-        .await
-        .map_err(|_| GuildError::Invalid("storing the sound stopped unexpectedly".into()))?
-        .map_err(|e| GuildError::Invalid(format!("storing the sound: {e}")))?
-        .attachment;
-        self.with_engine(|_, db| {
-            crate::files::db::register_asset(
-                db.conn(),
+        let a = self
+            .store_guild_asset(
                 gid,
+                crate::files::db::kind::SOUND,
                 &id.0.to_be_bytes(),
-                &a,
-                crate::files::state::COMPLETE,
+                asset,
+                ("sound.sclp", SOUND_MIME),
+                MAX_SOUND_ASSET_BYTES,
             )
-        })?
-        .map_err(|e| GuildError::Invalid(e.to_string()))?;
-        let header = a.header.to_array();
+            .await?;
         Ok(SoundAsset {
             root: a.root,
             key: *a.key.expose(),
             size: a.size,
             duration_ms,
-            header,
+            header: a.header.to_array(),
             sha256: a.sha256,
         })
     }
 
-    fn sound_owners(&self, gid: &securecomm_crdt::schema::GuildId) -> Vec<Vec<u8>> {
-        self.with_engine(|e, _| {
-            e.guilds
-                .get_mut(gid)
-                .map(|g| {
-                    g.crdt
-                        .view()
-                        .sounds()
-                        .keys()
-                        .map(|id| id.0.to_be_bytes().to_vec())
-                        .collect()
-                })
-                .unwrap_or_default()
-        })
-        .unwrap_or_default()
-    }
-
-    /// Fetches every guild's library ahead of time: each sound's asset is recorded as a guild
-    /// asset and fetched from members unless it is here; sounds gone from a library lose their
-    /// reference (the file goes at the next collection). Runs on the service's tick.
-    pub(crate) fn sync_sound_assets(&self) {
-        let Ok(libraries) = self.with_engine(|e, _| {
-            e.guilds
-                .iter_mut()
-                .map(|(gid, g)| {
-                    let sounds: Vec<(SoundId, Sound)> = g
-                        .crdt
-                        .view()
-                        .sounds()
-                        .iter()
-                        .map(|(id, s)| (*id, s.clone()))
-                        .collect();
-                    (*gid, sounds)
-                })
-                .collect::<Vec<_>>()
-        }) else {
-            return;
-        };
-        for (gid, sounds) in libraries {
-            let mut owners = Vec::with_capacity(sounds.len());
-            for (id, s) in sounds {
-                let owner = id.0.to_be_bytes().to_vec();
-                owners.push(owner.clone());
-                let Some(a) = attachment_of(&s) else {
-                    continue;
-                };
-                let st = self.with_engine(|_, db| {
-                    crate::files::db::register_asset(
-                        db.conn(),
-                        &gid,
-                        &owner,
-                        &a,
-                        crate::files::state::FETCHING,
-                    )?;
-                    crate::files::db::load(db.conn(), &a.root).map(|r| r.map(|r| r.state))
-                });
-                match st {
-                    Ok(Ok(Some(crate::files::state::COMPLETE))) => {}
-                    Ok(Ok(Some(_))) => self.start_fetch(a.root),
-                    _ => {}
-                }
-            }
-            let _ =
-                self.with_engine(|_, db| crate::files::db::retain_assets(db.conn(), &gid, &owners));
-        }
-    }
-
     /// The decoded clip (48 kHz mono) of a library sound whose asset is here, if `root` is one.
     pub fn sound_clip(&self, root: &[u8; 32]) -> Option<Vec<i16>> {
-        let is_sound = self
-            .with_engine(|_, db| {
-                db.conn()
-                    .query_row(
-                        "SELECT EXISTS (SELECT 1 FROM guild_files WHERE root = ?1 AND kind = ?2)",
-                        rusqlite::params![&root[..], crate::files::db::kind::SOUND],
-                        |r| r.get::<_, bool>(0),
-                    )
-                    .unwrap_or(false)
-            })
-            .unwrap_or(false);
-        if !is_sound {
-            return None;
-        }
-        let bytes = self.read_small_file(root, MAX_SOUND_ASSET_BYTES).ok()?;
+        let bytes = self.asset_bytes(root, crate::files::db::kind::SOUND, MAX_SOUND_ASSET_BYTES)?;
         crate::sound::decode_asset(&bytes).ok()
     }
 
@@ -360,17 +265,14 @@ impl GuildService {
 pub const SOUND_MIME: &str = "application/x-securecomm-clip";
 
 /// The file a sound's asset reference describes, if it is one the fetch protocol can carry.
-fn attachment_of(s: &Sound) -> Option<crate::files::wire::Attachment> {
-    let a = crate::files::wire::Attachment {
-        name: "sound.sclp".into(),
-        mime: SOUND_MIME.into(),
-        size: s.asset.size,
-        sha256: s.asset.sha256,
-        root: s.asset.root,
-        header: securecomm_noise::file::FileHeader::from_bytes(&s.asset.header).ok()?,
-        key: securecomm_noise::file::FileKey::from_bytes(s.asset.key),
-        thumbnail: None,
-    };
-    crate::files::wire::check_attachments(std::slice::from_ref(&a)).ok()?;
-    Some(a)
+pub(crate) fn attachment_of(s: &Sound) -> Option<crate::files::wire::Attachment> {
+    super::assets::attachment(
+        "sound.sclp",
+        SOUND_MIME,
+        s.asset.size,
+        s.asset.sha256,
+        s.asset.root,
+        &s.asset.header,
+        s.asset.key,
+    )
 }
