@@ -630,6 +630,16 @@ pub fn authorize_with(
                     });
                 }
             }
+            GuildOp::SetVoiceMute(u, _) => {
+                j.need(index, Permissions::MUTE_MEMBERS, j.base)?;
+                if view.member(u).is_none() {
+                    return Err(AuthzError::Invalid {
+                        index,
+                        why: "not a member",
+                    });
+                }
+                j.act_on_member(index, u)?;
+            }
             GuildOp::SetNickname(u, _) => {
                 if *u != user {
                     return Err(AuthzError::Invalid {

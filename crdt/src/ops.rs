@@ -100,6 +100,9 @@ pub enum GuildOp {
     PutEmoji(EmojiId, Emoji),
     /// Removes a custom emoji (`MANAGE_GUILD`).
     DeleteEmoji(EmojiId),
+    /// Server-mutes (`true`) or unmutes a member in every voice channel of the guild
+    /// (`MUTE_MEMBERS`, lower rank; not the owner, not oneself).
+    SetVoiceMute(UserId, bool),
 }
 
 impl GuildOp {
@@ -156,6 +159,11 @@ impl GuildOp {
                 push_hex(out, u.as_bytes());
                 out.write_str("/nick")
             }
+            Self::SetVoiceMute(u, _) => {
+                out.push_str("member/");
+                push_hex(out, u.as_bytes());
+                out.write_str("/voice-mute")
+            }
             Self::AddDevice(c) => {
                 out.push_str("member/");
                 push_hex(out, c.user.as_bytes());
@@ -204,6 +212,7 @@ impl GuildOp {
             Self::DeleteSound(_) => 23,
             Self::PutEmoji(..) => 24,
             Self::DeleteEmoji(_) => 25,
+            Self::SetVoiceMute(..) => 26,
         }
     }
 }
@@ -284,6 +293,10 @@ impl Encode for GuildOp {
                 emoji.encode(w);
             }
             Self::DeleteEmoji(id) => id.encode(w),
+            Self::SetVoiceMute(u, on) => {
+                u.encode(w);
+                w.bool(*on);
+            }
         }
     }
 }
@@ -354,6 +367,7 @@ impl GuildOp {
             23 => Self::DeleteSound(SoundId::decode(r)?),
             24 => Self::PutEmoji(EmojiId::decode(r)?, Emoji::decode(r)?),
             25 => Self::DeleteEmoji(EmojiId::decode(r)?),
+            26 => Self::SetVoiceMute(keys.root(r)?, r.bool()?),
             got => {
                 return Err(DecodeError::UnknownTag {
                     what: "guild op",
@@ -525,6 +539,10 @@ mod tests {
             (
                 GuildOp::SetNickname(u, "n".into()),
                 format!("member/{uh}/nick"),
+            ),
+            (
+                GuildOp::SetVoiceMute(u, true),
+                format!("member/{uh}/voice-mute"),
             ),
             (
                 GuildOp::RemoveDevice(u, d),

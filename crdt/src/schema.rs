@@ -236,6 +236,9 @@ pub struct Member {
     pub joined_at: u64,
     /// Roles held, not counting `@everyone`.
     pub roles: BTreeSet<RoleId>,
+    /// Server-muted: may not speak in any voice channel of the guild until unmuted (set by a
+    /// member with Mute Members who outranks them).
+    pub voice_muted: bool,
 }
 
 /// An invite as recorded in the guild.

@@ -261,6 +261,7 @@ impl GuildView {
                 nickname: nickname.to_owned(),
                 joined_at: time,
                 roles: BTreeSet::new(),
+                voice_muted: false,
             },
         );
     }
@@ -388,6 +389,11 @@ impl GuildView {
             GuildOp::SetNickname(u, n) => {
                 if let Some(m) = self.members.get_mut(u) {
                     m.nickname.clone_from(n);
+                }
+            }
+            GuildOp::SetVoiceMute(u, on) => {
+                if let Some(m) = self.members.get_mut(u) {
+                    m.voice_muted = *on;
                 }
             }
             GuildOp::AddDevice(cert) => {

@@ -254,3 +254,52 @@ fn actor_chain_cannot_fork_or_backdate() {
     );
     let _: UserId = a.id();
 }
+
+#[test]
+fn server_mute_needs_mute_members_and_rank_and_spares_the_owner() {
+    let (mut g, envs, [o, a, m, p]) = standard();
+    // A plain member, and an admin without Mute Members, may not.
+    for who in [&p, &a] {
+        let bad = g
+            .forge_change(&who.dev, 2000, &[GuildOp::SetVoiceMute(m.id(), true)])
+            .unwrap();
+        rejected_everywhere(&mut g, &envs, bad);
+    }
+    // The owner may; every replica sees the member muted, then unmuted.
+    let mute = g
+        .change(&o.dev, 2001, vec![GuildOp::SetVoiceMute(a.id(), true)])
+        .unwrap();
+    let mut r = replica(&g, &envs);
+    r.receive(vec![mute]);
+    assert!(r.view().member(&a.id()).unwrap().voice_muted);
+    assert!(!r.view().member(&p.id()).unwrap().voice_muted);
+    g.change(&o.dev, 2002, vec![GuildOp::SetVoiceMute(a.id(), false)])
+        .unwrap();
+    assert!(!g.view().member(&a.id()).unwrap().voice_muted);
+    // The moderator, given Mute Members, mutes the plain member but not the higher admin,
+    // not the owner and not itself.
+    g.change(
+        &o.dev,
+        2003,
+        vec![GuildOp::PutRole(
+            R_MOD,
+            role(
+                5,
+                Permissions::MANAGE_CHANNELS
+                    | Permissions::KICK_MEMBERS
+                    | Permissions::MUTE_MEMBERS,
+            ),
+        )],
+    )
+    .unwrap();
+    g.change(&m.dev, 2004, vec![GuildOp::SetVoiceMute(p.id(), true)])
+        .unwrap();
+    assert!(g.view().member(&p.id()).unwrap().voice_muted);
+    for target in [a.id(), o.id(), m.id()] {
+        assert!(
+            g.change(&m.dev, 2005, vec![GuildOp::SetVoiceMute(target, true)])
+                .is_err()
+        );
+    }
+    assert_codec(&GuildOp::SetVoiceMute(p.id(), true));
+}

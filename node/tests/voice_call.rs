@@ -380,3 +380,117 @@ fn relayed_call_then_upgrade_to_direct_without_a_gap() {
         n.stop();
     }
 }
+
+/// The accepted-frame count `n` reports for the participant named `who`.
+fn accepted_from(n: &Node, who: &str) -> Option<(u64, bool)> {
+    participants(n)
+        .into_iter()
+        .find(|p| p["nickname"] == who)
+        .map(|p| {
+            (
+                p["accepted"].as_u64().unwrap_or(0),
+                p["may_speak"].as_bool().unwrap_or(false),
+            )
+        })
+}
+
+/// Server mute: the owner mutes a member for the whole guild; the other participant stops
+/// accepting the member's frames and the member's own node knows it may not speak; a member
+/// without Mute Members cannot do it; unmuting brings the voice back.
+#[test]
+fn server_mute_silences_a_member_in_every_client_until_unmuted() {
+    let relay = TestRelay::start(None);
+    let mut nodes: Vec<Node> = ["alice", "bob"].iter().map(|n| Node::new(n)).collect();
+    for n in &mut nodes {
+        n.start(&["--listen", "/ip4/127.0.0.1/tcp/0", "--relay", &relay.addr]);
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (gid, code) = create_and_invite(a, "Mute Club", 1);
+    a.cli(&["channel", "create", &gid, "Lounge", "--voice"]);
+    assert_eq!(b.cli(&["guild", "join", &code])["ready"], true);
+    for n in &nodes {
+        wait_keyed(n, &gid, 2);
+        until(&format!("{} to see the voice channel", n.name), || {
+            n.cli(&["channel", "list", &gid])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == "Lounge")
+                .then_some(())
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Bob talks all the time (a steady tone for 60 s); Alice is silent.
+    let tone = Speaker {
+        freq: 700.0,
+        gate: vec![true; 3000],
+    };
+    let quiet = Speaker {
+        freq: 700.0,
+        gate: vec![false; 3000],
+    };
+    let (bob_in, alice_in) = (dir.path().join("bob.wav"), dir.path().join("alice.wav"));
+    write_wav(&bob_in, &tone, 0);
+    write_wav(&alice_in, &quiet, 0);
+    a.cli(&[
+        "voice",
+        "join",
+        &gid,
+        "Lounge",
+        "--input",
+        alice_in.to_str().unwrap(),
+    ]);
+    b.cli(&[
+        "voice",
+        "join",
+        &gid,
+        "Lounge",
+        "--input",
+        bob_in.to_str().unwrap(),
+    ]);
+    until("alice to hear bob", || {
+        accepted_from(a, "bob").filter(|(n, speak)| *n > 50 && *speak)
+    });
+
+    // Bob (no Mute Members) cannot mute Alice.
+    let e = b.cli_err(&["voice", "server-mute", &gid, "alice", "on"]);
+    assert!(
+        e.contains("not permitted") || e.contains("Mute Members"),
+        "{e}"
+    );
+    // Alice mutes Bob: both clients know it, and Alice accepts no more of his frames.
+    let m = a.cli(&["voice", "server-mute", &gid, "bob", "on"]);
+    assert_eq!(m["voice_muted"], true, "{m}");
+    until("bob's node to know it is muted", || {
+        (b.cli(&["voice", "status"])["may_speak"] == false).then_some(())
+    });
+    until("alice to refuse bob's voice", || {
+        accepted_from(a, "bob").filter(|(_, speak)| !speak)
+    });
+    let members = b.cli(&["members", &gid]);
+    assert!(
+        members
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["nickname"] == "bob" && m["voice_muted"] == true),
+        "{members}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (before, _) = accepted_from(a, "bob").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (after, _) = accepted_from(a, "bob").unwrap();
+    assert_eq!(before, after, "frames of a muted member were accepted");
+
+    // Unmuted: his voice is back.
+    a.cli(&["voice", "server-mute", &gid, "bob", "off"]);
+    until("alice to hear bob again", || {
+        accepted_from(a, "bob").filter(|(n, speak)| *speak && *n > after + 50)
+    });
+    for n in &nodes {
+        n.cli(&["voice", "leave"]);
+    }
+    for n in &mut nodes {
+        n.stop();
+    }
+}

@@ -158,6 +158,15 @@ pub enum ManageCmd {
         /// What changes.
         edit: SettingsEdit,
     },
+    /// Server-mute or unmute a member.
+    ServerMute {
+        /// Guild id (hex).
+        guild: String,
+        /// User id (hex).
+        user: String,
+        /// Mute (else unmute).
+        on: bool,
+    },
     /// Make a custom emoji from an image file.
     UploadEmoji {
         /// Guild id (hex).
@@ -383,6 +392,10 @@ pub(super) async fn execute(g: &GuildService, cmd: ManageCmd, emit: &Emitter) {
             }
             ManageCmd::UpdateSettings { guild, edit } => {
                 g.update_settings(&guild, edit).await.map_err(s)?;
+                guild
+            }
+            ManageCmd::ServerMute { guild, user, on } => {
+                g.set_voice_mute(&guild, &user, on).await.map_err(s)?;
                 guild
             }
             ManageCmd::UploadEmoji { guild, path, name } => {

@@ -628,6 +628,18 @@ impl AppState {
         })
     }
 
+    /// Members tab: "Server mute" or "Server unmute" (every voice channel of the guild).
+    pub fn on_server_mute(&mut self, user: &str, on: bool) -> Vec<Command> {
+        let Some(guild) = self.selected_guild() else {
+            return Vec::new();
+        };
+        manage(ManageCmd::ServerMute {
+            guild,
+            user: user.to_owned(),
+            on,
+        })
+    }
+
     /// Members tab: "Ban" with the typed reason.
     pub fn on_ban(&mut self, user: &str) -> Vec<Command> {
         let Some(guild) = self.selected_guild() else {
@@ -800,6 +812,7 @@ mod tests {
             owner: false,
             roles: roles.to_vec(),
             rank,
+            voice_muted: false,
         }
     }
 

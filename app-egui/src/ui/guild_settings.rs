@@ -254,6 +254,15 @@ fn members_tab(ui: &mut egui::Ui, s: &mut AppState, d: &GuildData, cmds: &mut Ve
         if guarded_button(ui, "Kick", kick_why.as_deref()) {
             cmds.extend(s.on_kick(&m.user));
         }
+        let mute_why = s.cannot_act_on(&m, perm("mute_members"));
+        let (mute_label, mute) = if m.voice_muted {
+            ("Server unmute", false)
+        } else {
+            ("Server mute", true)
+        };
+        if guarded_button(ui, mute_label, mute_why.as_deref()) {
+            cmds.extend(s.on_server_mute(&m.user, mute));
+        }
         ui.horizontal(|ui| {
             let l = ui.label("Ban reason");
             ui.text_edit_singleline(&mut s.manage.settings.ban_reason)
@@ -263,7 +272,7 @@ fn members_tab(ui: &mut egui::Ui, s: &mut AppState, d: &GuildData, cmds: &mut Ve
             }
         });
     } else {
-        ui.label("Pick a member to manage their roles, kick or ban them.");
+        ui.label("Pick a member to manage their roles, mute, kick or ban them.");
     }
     ui.separator();
     ui.label(RichText::new(format!("Bans ({})", d.bans.len())).strong());

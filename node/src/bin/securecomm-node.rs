@@ -554,6 +554,16 @@ enum VoiceAction {
         /// Percent.
         percent: u32,
     },
+    /// Server-mute (`on`) or unmute a member in every voice channel of a guild (Mute
+    /// Members, and a higher role than theirs). Needs no call.
+    ServerMute {
+        /// Guild name or id.
+        guild: String,
+        /// Nickname or user id.
+        user: String,
+        /// `on` or `off`.
+        state: OnOff,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1034,6 +1044,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 VoiceAction::Volume { user, percent } => {
                     ("voice-volume", json!({"user": user, "percent": percent}))
                 }
+                VoiceAction::ServerMute { guild, user, state } => (
+                    "server-mute",
+                    json!({"guild": guild, "user": user, "on": state.on()}),
+                ),
             };
             remote(&dir, json, cmd, args).await?
         }

@@ -2,7 +2,7 @@
 //! methods): `channel-details {guild}`, `channel-edit {guild, channel, name?, topic?,
 //! slow_mode_secs?, disappearing_secs?}`, `channel-move {guild, channel, up}`, `role-list
 //! {guild}`, `role-revoke {guild, user, role}`, `role-delete {guild, role}`, `ban-list
-//! {guild}`, `unban {guild, user}`, `invite-list {guild}`, `invite-revoke {guild, invite}`,
+//! {guild}`, `unban {guild, user}`, `server-mute {guild, user, on}`, `invite-list {guild}`, `invite-revoke {guild, invite}`,
 //! `guild-settings {guild}`. Results are the typed structs as JSON.
 
 use serde::Serialize;
@@ -45,6 +45,7 @@ pub(super) async fn handle(
                     | "role-delete"
                     | "ban-list"
                     | "unban"
+                    | "server-mute"
                     | "invite-list"
                     | "invite-revoke"
                     | "guild-settings"
@@ -88,6 +89,14 @@ pub(super) async fn handle(
         "unban" => match arg(a, "user") {
             Ok(u) => j(g.unban(guild, u).await),
             Err(e) => Err(e),
+        },
+        "server-mute" => match (arg(a, "user"), a.get("on").and_then(Value::as_bool)) {
+            (Ok(u), Some(on)) => j(g
+                .set_voice_mute(guild, u, on)
+                .await
+                .map(|()| serde_json::json!({"user": u, "voice_muted": on}))),
+            (Err(e), _) => Err(e),
+            (_, None) => Err("missing boolean argument \"on\"".into()),
         },
         "invite-list" => j(g.list_invites(guild).await),
         "invite-revoke" => match arg(a, "invite") {

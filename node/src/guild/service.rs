@@ -1122,6 +1122,7 @@ impl GuildService {
                         "roles": roles,
                         "devices": m.devices.iter().map(|d| hex::encode(d.as_bytes())).collect::<Vec<_>>(),
                         "keyed": m.devices.iter().all(|d| keyed.contains(d)),
+                        "voice_muted": m.voice_muted,
                         "permissions": perm_names(view.base_permissions(u)),
                     })
                 })
@@ -2698,6 +2699,7 @@ impl GuildService {
             sha2::Digest::update(&mut h, cid.0.to_be_bytes());
             let room_id: [u8; 32] = sha2::Digest::finalize(h).into();
             let (name, bitrate, user_limit) = (ch.name.clone(), ch.bitrate, ch.user_limit);
+            let muted = view.member(&user).is_some_and(|m| m.voice_muted);
             let member_peers = g
                 .member_devices()
                 .iter()
@@ -2710,9 +2712,9 @@ impl GuildService {
                 name,
                 bitrate,
                 user_limit,
-                may_speak: perms.contains(Permissions::SPEAK),
-                may_use_soundboard: perms
-                    .contains(Permissions::SPEAK.union(Permissions::USE_SOUNDBOARD)),
+                may_speak: !muted && perms.contains(Permissions::SPEAK),
+                may_use_soundboard: !muted
+                    && perms.contains(Permissions::SPEAK.union(Permissions::USE_SOUNDBOARD)),
                 room_id,
                 member_peers,
             })
@@ -2739,10 +2741,13 @@ impl GuildService {
             }
             let user = *view.user_of_device(&device)?;
             let perms = view.channel_permissions(&user, channel);
+            // A server-muted member keeps Connect but loses Speak (and so the soundboard).
+            let muted = view.member(&user).is_some_and(|m| m.voice_muted);
             Some(VoiceRights {
                 connect: perms.contains(Permissions::VIEW_CHANNEL.union(Permissions::CONNECT)),
-                speak: perms.contains(Permissions::SPEAK),
-                soundboard: perms.contains(Permissions::SPEAK.union(Permissions::USE_SOUNDBOARD)),
+                speak: !muted && perms.contains(Permissions::SPEAK),
+                soundboard: !muted
+                    && perms.contains(Permissions::SPEAK.union(Permissions::USE_SOUNDBOARD)),
             })
         })
         .ok()

@@ -345,7 +345,8 @@ impl VoiceService {
             codec,
             process,
             push_to_talk: opts.push_to_talk,
-            muted: opts.muted,
+            // A member without Speak (or server-muted) sends nothing at all.
+            muted: opts.muted || !room.may_speak,
             input: opts.input,
             output: opts.output,
             bind: opts.bind,
@@ -422,7 +423,8 @@ impl VoiceService {
     pub fn set_muted(&self, muted: bool) -> VoiceResult<Value> {
         self.with_call(|c| {
             c.muted = muted;
-            c.engine.command(Command::SetMuted(muted))
+            c.engine
+                .command(Command::SetMuted(muted || !c.room.may_speak))
         })
         .ok_or("not in a call")??;
         Ok(self.status())
@@ -528,6 +530,7 @@ impl VoiceService {
                     "dropped": s.dropped,
                 },
                 "muted": c.muted,
+                "may_speak": c.room.may_speak,
                 "deafened": c.deafened,
                 "participants": participants,
             })
@@ -1102,8 +1105,17 @@ impl VoiceService {
                 })
                 .collect();
             let me = guilds.voice_rights(&c.room.guild, &c.room.channel, &self.inner.net.peer_id());
+            // Our own Speak right changed (server mute, a role, an overwrite): stop or start
+            // sending; others enforce it on their side anyway.
+            let may_speak = me.is_some_and(|r| r.speak);
+            let may_speak_again = may_speak && !c.room.may_speak;
+            if may_speak != c.room.may_speak {
+                c.room.may_speak = may_speak;
+                c.room.may_use_soundboard = me.is_some_and(|r| r.soundboard);
+                let _ = c.engine.command(Command::SetMuted(c.muted || !may_speak));
+            }
             (
-                !gone.is_empty(),
+                !gone.is_empty() || may_speak_again,
                 asks,
                 me.is_some_and(|r| r.connect),
                 (c.room.guild, c.room.channel),

@@ -135,6 +135,9 @@ pub struct MemberDetail {
     pub roles: Vec<u64>,
     /// Rank: highest role position (`u32::MAX` for the owner).
     pub rank: u32,
+    /// Server-muted in the guild's voice channels.
+    #[serde(default)]
+    pub voice_muted: bool,
 }
 
 /// A ban.
@@ -821,6 +824,7 @@ impl GuildService {
                         .map(|r| r.0)
                         .collect(),
                     rank: v.rank(u),
+                    voice_muted: m.voice_muted,
                 })
                 .collect();
             out.sort_by(|a, b| a.nickname.cmp(&b.nickname).then(a.user.cmp(&b.user)));
@@ -833,6 +837,21 @@ impl GuildService {
         let gid = self.resolve(guild)?;
         let u = self.on_view(&gid, |v, _| resolve_user(v, user))?;
         self.checked_change(&gid, vec![GuildOp::Kick(u)]).await
+    }
+
+    /// Server-mutes (`on`) or unmutes a member in every voice channel of the guild
+    /// (`MUTE_MEMBERS`, lower rank), with a clear refusal. Every member's client enforces it:
+    /// the muted member's frames are dropped, and its own node stops sending.
+    pub async fn set_voice_mute(
+        &self,
+        guild: &str,
+        user: &str,
+        on: bool,
+    ) -> Result<(), GuildError> {
+        let gid = self.resolve(guild)?;
+        let u = self.on_view(&gid, |v, _| resolve_user(v, user))?;
+        self.checked_change(&gid, vec![GuildOp::SetVoiceMute(u, on)])
+            .await
     }
 
     /// Bans a user with a reason (`BAN_MEMBERS`, lower rank), with a clear refusal.
