@@ -513,6 +513,14 @@ fn messages_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
     ui.horizontal(|ui| {
         ui.heading(title);
         crate::ui::messages::threads_button_ui(ui, s, cmds);
+        if let View::Dm { user } = s.view.clone()
+            && ui
+                .button("📞 Call")
+                .on_hover_text("A voice call with this user, end to end encrypted")
+                .clicked()
+        {
+            cmds.extend(s.voice.on_call(&user, &s.settings.prefs.voice));
+        }
     });
     ui.separator();
     let pending = s.pending_rows();

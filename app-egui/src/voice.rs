@@ -130,6 +130,17 @@ pub enum VoiceCommand {
         /// Join muted (push-to-talk key up, or the mute button on).
         muted: bool,
     },
+    /// Call a user directly, or answer their call (leaving any call first).
+    Call {
+        /// User id (hex) or nickname.
+        user: String,
+        /// Microphone.
+        input: AudioDevice,
+        /// Speakers.
+        output: AudioDevice,
+        /// Join muted.
+        muted: bool,
+    },
     /// Leave the call.
     Leave,
     /// Self-mute on or off.
@@ -278,6 +289,33 @@ pub struct VoiceStatus {
     pub engine: EngineStatus,
     /// The others in the call.
     pub participants: Vec<Participant>,
+    /// Whether we may speak here (`Some(false)`: server-muted, or no Speak permission).
+    pub may_speak: Option<bool>,
+    /// Direct calls ringing (users in a call with us that we have not joined).
+    pub ringing: Vec<Ringing>,
+}
+
+/// A direct call ringing here.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default)]
+pub struct Ringing {
+    /// The caller's device (peer id).
+    pub peer: String,
+    /// The caller's user id (hex), if known.
+    pub user: Option<String>,
+    /// The caller's nickname, if known.
+    pub nickname: Option<String>,
+}
+
+impl Ringing {
+    /// The name shown.
+    pub fn name(&self) -> String {
+        self.nickname
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| self.user.as_deref().map(crate::state::short))
+            .unwrap_or_else(|| crate::state::short(&self.peer))
+    }
 }
 
 /// The media engine's part of the status.
@@ -472,7 +510,7 @@ impl VoiceState {
             && self
                 .joining
                 .as_ref()
-                .is_some_and(|(g, c)| *g == s.guild && *c == s.channel)
+                .is_some_and(|(g, c)| (*g == s.guild && *c == s.channel) || g.starts_with("call:"))
         {
             self.joining = None;
         }
@@ -501,6 +539,18 @@ impl VoiceState {
         vec![Command::Voice(VoiceCommand::Join {
             guild: guild.to_owned(),
             channel,
+            input: prefs.input.clone(),
+            output: prefs.output.clone(),
+            muted: self.wanted_mute(prefs),
+        })]
+    }
+
+    /// "Call" in a direct conversation, or "Answer" on a ringing call: a two-person call with
+    /// `user` (hex id).
+    pub fn on_call(&mut self, user: &str, prefs: &VoicePrefs) -> Vec<Command> {
+        self.joining = Some((format!("call:{user}"), 0));
+        vec![Command::Voice(VoiceCommand::Call {
+            user: user.to_owned(),
             input: prefs.input.clone(),
             output: prefs.output.clone(),
             muted: self.wanted_mute(prefs),
@@ -748,6 +798,33 @@ pub async fn execute(ctx: &VoiceCtx, cmd: VoiceCommand) -> Vec<Event> {
                 ..JoinOptions::default()
             };
             match v.join(&guild, &channel.to_string(), opts).await {
+                Ok(_) => vec![Event::Voice(VoiceEvent::Joined(status_of(v)))],
+                Err(e) => vec![
+                    Event::Voice(VoiceEvent::JoinFailed(e)),
+                    Event::Voice(VoiceEvent::Status(status_of(v))),
+                ],
+            }
+        }
+        VoiceCommand::Call {
+            user,
+            input,
+            output,
+            muted,
+        } => {
+            let (input, output) = ctx
+                .devices
+                .clone()
+                .unwrap_or_else(|| (input.device(), output.device()));
+            if let Err(e) = v.leave().await {
+                return vec![Event::Voice(VoiceEvent::JoinFailed(e))];
+            }
+            let opts = JoinOptions {
+                input,
+                output,
+                muted,
+                ..JoinOptions::default()
+            };
+            match v.call(&user, opts).await {
                 Ok(_) => vec![Event::Voice(VoiceEvent::Joined(status_of(v)))],
                 Err(e) => vec![
                     Event::Voice(VoiceEvent::JoinFailed(e)),

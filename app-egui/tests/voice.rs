@@ -15,7 +15,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
 use securecomm_app::App;
 use securecomm_app::settings::Prefs;
-use securecomm_app::state::AppState;
+use securecomm_app::state::{AppState, View};
 use securecomm_app::voice::{InputMode, Quality};
 use securecomm_node::voice::call::Device;
 use serde_json::Value;
@@ -456,4 +456,58 @@ fn the_soundboard_refuses_a_bad_file_uploads_a_sound_and_plays_it_in_the_call() 
     });
     assert!(h.query_by_label("Played tada").is_some());
     no_errors(&h);
+}
+
+#[test]
+fn a_direct_call_from_a_conversation_rings_and_is_answered() {
+    let (dir_a, dir_b, mut a, mut b) = ann_and_ben(speaking_harness);
+    let guild = create_guild(&mut a, "Pals");
+    a.get_by_label("Create invite").click();
+    wait_for(&mut a, "the invite", |s| s.invites.contains_key(&guild));
+    let code = a.state().state.invites[&guild].clone();
+    type_into(&mut b, "Invite code", &code);
+    b.get_by_label("Join guild").click();
+    let g = guild.clone();
+    wait_all(&mut [&mut b, &mut a], "Ben to join", move |s| {
+        s.guild.as_deref() == Some(g.as_str()) && s.joining.is_empty()
+    });
+    let ben = b.state().state.me.as_ref().unwrap().user_id.clone();
+    wait_all(&mut [&mut a, &mut b], "Ann to know Ben", |s| {
+        s.members.values().flatten().any(|m| m.nickname == "Ben")
+    });
+
+    // Ann opens the conversation with Ben and presses Call.
+    a.state_mut().state.view = View::Dm { user: ben.clone() };
+    settle(&mut a);
+    click(&mut a, "📞 Call");
+    wait_node(
+        &mut [&mut a, &mut b],
+        dir_a.path(),
+        "Ann in the call",
+        |v| flag(v, "in_call") && v["channel_name"] == "call with Ben",
+    );
+    // Ben's app rings; he answers.
+    wait_all(&mut [&mut b, &mut a], "Ben's app to ring", |s| {
+        s.voice.status.ringing.iter().any(|r| r.name() == "Ann")
+    });
+    settle(&mut b);
+    click(&mut b, "Answer Ann");
+    wait_node(
+        &mut [&mut a, &mut b],
+        dir_b.path(),
+        "Ben to hear Ann",
+        |v| {
+            v["participants"].as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p["nickname"] == "Ann" && p["accepted"].as_u64().unwrap_or(0) > 10)
+            })
+        },
+    );
+    wait_all(&mut [&mut b, &mut a], "the ringing to stop", |s| {
+        s.voice.status.in_call && s.voice.status.ringing.is_empty()
+    });
+    click(&mut b, "Disconnect");
+    wait_for(&mut b, "Ben to leave", |s| !s.voice.status.in_call);
+    no_errors(&a);
+    no_errors(&b);
 }

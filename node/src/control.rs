@@ -470,35 +470,27 @@ fn flag(a: &Value, name: &str) -> Result<bool, String> {
     }
 }
 
+/// The options of `voice-join` and `voice-call`: `input`, `output`, `relay_only`,
+/// `push_to_talk`, `process`.
+fn join_options(a: &Value) -> Result<JoinOptions, String> {
+    Ok(JoinOptions {
+        input: device(a, "input")?,
+        output: device(a, "output")?,
+        relay_only: flag(a, "relay_only")?,
+        push_to_talk: flag(a, "push_to_talk")?,
+        process: process(a)?,
+        ..JoinOptions::default()
+    })
+}
+
 async fn handle_voice(v: &VoiceService, cmd: &str, a: &Value) -> Option<Result<Value, String>> {
     Some(match cmd {
-        "voice-join" => match (arg(a, "guild"), arg(a, "channel")) {
-            (Ok(guild), Ok(channel)) => {
-                let opts = match (
-                    device(a, "input"),
-                    device(a, "output"),
-                    flag(a, "relay_only"),
-                    flag(a, "push_to_talk"),
-                    process(a),
-                ) {
-                    (Ok(input), Ok(output), Ok(relay_only), Ok(push_to_talk), Ok(process)) => {
-                        JoinOptions {
-                            input,
-                            output,
-                            relay_only,
-                            push_to_talk,
-                            process,
-                            ..JoinOptions::default()
-                        }
-                    }
-                    (Err(x), ..)
-                    | (_, Err(x), ..)
-                    | (_, _, Err(x), ..)
-                    | (_, _, _, Err(x), _)
-                    | (.., Err(x)) => return Some(Err(x)),
-                };
-                v.join(guild, channel, opts).await
-            }
+        "voice-join" => match (arg(a, "guild"), arg(a, "channel"), join_options(a)) {
+            (Ok(guild), Ok(channel), Ok(opts)) => v.join(guild, channel, opts).await,
+            (Err(x), ..) | (_, Err(x), _) | (.., Err(x)) => Err(x),
+        },
+        "voice-call" => match (arg(a, "user"), join_options(a)) {
+            (Ok(user), Ok(opts)) => v.call(user, opts).await,
             (Err(x), _) | (_, Err(x)) => Err(x),
         },
         "voice-leave" => v.leave().await,

@@ -494,3 +494,83 @@ fn server_mute_silences_a_member_in_every_client_until_unmuted() {
         n.stop();
     }
 }
+
+/// A direct call: Alice calls Bob (who shares a guild with her, not a voice channel); Bob sees
+/// it ringing, calls back, and hears her; the call is end to end between the two; someone who
+/// shares no guild with Alice cannot call her.
+#[test]
+fn a_direct_call_rings_and_connects_two_users() {
+    let relay = TestRelay::start(None);
+    let mut nodes: Vec<Node> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|n| Node::new(n))
+        .collect();
+    for n in &mut nodes {
+        n.start(&["--listen", "/ip4/127.0.0.1/tcp/0", "--relay", &relay.addr]);
+    }
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (gid, code) = create_and_invite(a, "Friends", 1);
+    assert_eq!(b.cli(&["guild", "join", &code])["ready"], true);
+    for n in [a, b] {
+        wait_keyed(n, &gid, 2);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tone = Speaker {
+        freq: 600.0,
+        gate: vec![true; 2000],
+    };
+    let alice_in = dir.path().join("alice.wav");
+    write_wav(&alice_in, &tone, 0);
+    let bob_out = dir.path().join("bob-out.wav");
+
+    let j = a.cli(&[
+        "voice",
+        "call",
+        "bob",
+        "--input",
+        alice_in.to_str().unwrap(),
+    ]);
+    assert_eq!(j["in_call"], true, "{j}");
+    assert_eq!(j["channel_name"], "call with bob", "{j}");
+    until("bob to see alice's call ringing", || {
+        b.cli(&["voice", "status"])["ringing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["nickname"] == "alice")
+            .then_some(())
+    });
+    b.cli(&[
+        "voice",
+        "call",
+        "alice",
+        "--output",
+        bob_out.to_str().unwrap(),
+    ]);
+    until("bob to hear alice", || {
+        accepted_from(b, "alice").filter(|(n, speak)| *n > 50 && *speak)
+    });
+    until("alice to see bob", || accepted_from(a, "bob").map(|_| ()));
+    assert!(
+        b.cli(&["voice", "status"])["ringing"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "answered calls stop ringing"
+    );
+    // Carol shares no guild with Alice: no call.
+    let e = c.cli_err(&["voice", "call", "alice"]);
+    assert!(e.contains("alice"), "{e}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    b.cli(&["voice", "leave"]);
+    a.cli(&["voice", "leave"]);
+    let rec = read_wav(&bob_out);
+    let loud = rec.iter().filter(|s| s.unsigned_abs() > 2000).count();
+    assert!(
+        loud > 48_000,
+        "bob's recording holds alice's tone ({loud} loud samples)"
+    );
+    for n in &mut nodes {
+        n.stop();
+    }
+}

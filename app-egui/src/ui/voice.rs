@@ -105,13 +105,29 @@ pub fn apply_actions(s: &mut AppState, gid: &str, actions: Vec<VoiceAction>) -> 
 
 /// Whether the voice panel has anything to show.
 pub fn panel_shown(s: &AppState) -> bool {
-    s.voice.status.in_call || s.voice.joining.is_some()
+    s.voice.status.in_call || s.voice.joining.is_some() || !s.voice.status.ringing.is_empty()
 }
 
 /// The voice panel: connection and quality, the channel, mute, deafen, disconnect.
 pub fn panel_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
     ui.add_space(4.0);
+    for r in s.voice.status.ringing.clone() {
+        ui.horizontal(|ui| {
+            ui.label(RichText::new(format!("📞 {} is calling", r.name())).strong());
+            let who = r.user.clone().unwrap_or_else(|| r.name());
+            if ui
+                .button(format!("Answer {}", r.name()))
+                .on_hover_text("Join the call (leaving any other)")
+                .clicked()
+            {
+                cmds.extend(s.voice.on_call(&who, &s.settings.prefs.voice));
+            }
+        });
+    }
     let v = &s.voice;
+    if !v.status.in_call && v.joining.is_none() {
+        return;
+    }
     if !v.status.in_call {
         ui.horizontal(|ui| {
             ui.spinner();
@@ -140,6 +156,12 @@ pub fn panel_ui(ui: &mut egui::Ui, s: &mut AppState, cmds: &mut Vec<Command>) {
         .find(|g| g.id == s.voice.status.guild)
         .map_or_else(String::new, |g| format!(" / {}", g.name));
     ui.label(RichText::new(format!("🔊 {}{guild}", s.voice.status.channel_name)).small());
+    if s.voice.status.may_speak == Some(false) {
+        ui.colored_label(
+            ALARM,
+            RichText::new("You may not speak here (server-muted or no Speak permission)").small(),
+        );
+    }
     if let Some(e) = &s.voice.status.engine.error {
         ui.colored_label(ALARM, RichText::new(format!("audio stopped: {e}")).small());
     }

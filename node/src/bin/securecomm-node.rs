@@ -501,27 +501,16 @@ enum VoiceAction {
         guild: String,
         /// Voice channel name or id.
         channel: String,
-        /// Speak from a 48 kHz WAV file (then silence), `default` for the default microphone,
-        /// or `device:NAME`. Without it the node sends silence.
-        #[arg(long)]
-        input: Option<String>,
-        /// Record what you hear to a WAV file, `default` for the default speakers, or
-        /// `device:NAME`. Without it nothing is played.
-        #[arg(long)]
-        output: Option<String>,
-        /// Send media only through a relay, never directly (peers never learn your address).
-        #[arg(long)]
-        relay_only: bool,
-        /// Push-to-talk: send nothing until `voice transmit on` (else voice activity).
-        #[arg(long)]
-        push_to_talk: bool,
-        /// Echo cancellation, noise suppression and voice activity detection on the input
-        /// (default: on for a sound card, off for a WAV file).
-        #[arg(long, conflicts_with = "no_processing")]
-        processing: bool,
-        /// No capture processing.
-        #[arg(long)]
-        no_processing: bool,
+        #[command(flatten)]
+        opts: CallOpts,
+    },
+    /// Call a user directly (nickname or user id from a guild you share), or answer their
+    /// call (`voice status` shows calls ringing). Leaves any other call.
+    Call {
+        /// Nickname or user id.
+        user: String,
+        #[command(flatten)]
+        opts: CallOpts,
     },
     /// Push-to-talk key down (`on`) or up (`off`).
     Transmit {
@@ -564,6 +553,59 @@ enum VoiceAction {
         /// `on` or `off`.
         state: OnOff,
     },
+}
+
+/// How a node takes part in a call (`voice join`, `voice call`).
+#[derive(clap::Args)]
+struct CallOpts {
+    /// Speak from a 48 kHz WAV file (then silence), `default` for the default microphone,
+    /// or `device:NAME`. Without it the node sends silence.
+    #[arg(long)]
+    input: Option<String>,
+    /// Record what you hear to a WAV file, `default` for the default speakers, or
+    /// `device:NAME`. Without it nothing is played.
+    #[arg(long)]
+    output: Option<String>,
+    /// Send media only through a relay, never directly (peers never learn your address).
+    #[arg(long)]
+    relay_only: bool,
+    /// Push-to-talk: send nothing until `voice transmit on` (else voice activity).
+    #[arg(long)]
+    push_to_talk: bool,
+    /// Echo cancellation, noise suppression and voice activity detection on the input
+    /// (default: on for a sound card, off for a WAV file).
+    #[arg(long, conflicts_with = "no_processing")]
+    processing: bool,
+    /// No capture processing.
+    #[arg(long)]
+    no_processing: bool,
+}
+
+impl CallOpts {
+    /// The control request's arguments (paths resolved here: the node runs elsewhere).
+    fn to_json(&self) -> Value {
+        let abs = |p: &Option<String>| {
+            p.clone().map(|p| {
+                if p == "default" || p.starts_with("device:") {
+                    p
+                } else {
+                    std::path::absolute(&p)
+                        .map(|a| a.display().to_string())
+                        .unwrap_or(p)
+                }
+            })
+        };
+        let process = if self.processing {
+            Some(true)
+        } else if self.no_processing {
+            Some(false)
+        } else {
+            None
+        };
+        json!({"input": abs(&self.input), "output": abs(&self.output),
+               "relay_only": self.relay_only, "push_to_talk": self.push_to_talk,
+               "process": process})
+    }
 }
 
 #[derive(Subcommand)]
@@ -1007,33 +1049,17 @@ async fn run(cli: Cli) -> Result<(), String> {
                 VoiceAction::Join {
                     guild,
                     channel,
-                    input,
-                    output,
-                    relay_only,
-                    push_to_talk,
-                    processing,
-                    no_processing,
+                    opts,
                 } => {
-                    // Paths are resolved here: the node runs elsewhere.
-                    let abs = |p: Option<String>| {
-                        p.map(|p| {
-                            if p == "default" || p.starts_with("device:") {
-                                p
-                            } else {
-                                std::path::absolute(&p)
-                                    .map(|a| a.display().to_string())
-                                    .unwrap_or(p)
-                            }
-                        })
-                    };
-                    (
-                        "voice-join",
-                        json!({"guild": guild, "channel": channel, "input": abs(input),
-                               "output": abs(output), "relay_only": relay_only,
-                               "push_to_talk": push_to_talk,
-                               "process": if processing { Some(true) }
-                                          else if no_processing { Some(false) } else { None }}),
-                    )
+                    let mut args = opts.to_json();
+                    args["guild"] = json!(guild);
+                    args["channel"] = json!(channel);
+                    ("voice-join", args)
+                }
+                VoiceAction::Call { user, opts } => {
+                    let mut args = opts.to_json();
+                    args["user"] = json!(user);
+                    ("voice-call", args)
                 }
                 VoiceAction::Leave => ("voice-leave", Value::Null),
                 VoiceAction::Transmit { state } => ("voice-transmit", json!({"on": state.on()})),

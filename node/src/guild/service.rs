@@ -2663,7 +2663,97 @@ pub struct VoiceRights {
     pub soundboard: bool,
 }
 
+/// The voice "guild" id of a call between two users: `SHA-256("SecureComm/dm-call v1" | the
+/// smaller user id | the larger)`, the same on both sides; its one channel is 0. It never
+/// collides with a real guild id (random), and a call's signalling names it like a guild.
+pub fn dm_call_id(a: &RootPublicKey, b: &RootPublicKey) -> GuildId {
+    let (x, y) = if a.as_bytes() <= b.as_bytes() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, b"SecureComm/dm-call v1");
+    sha2::Digest::update(&mut h, x.as_bytes());
+    sha2::Digest::update(&mut h, y.as_bytes());
+    GuildId(sha2::Digest::finalize(h).into())
+}
+
 impl GuildService {
+    /// The voice room of a direct call with `user` (a nickname or user id from a guild both
+    /// share): two participants, 64 kbit/s, everyone may speak, no soundboard (it belongs to
+    /// guilds). Both sides compute the same room ([`dm_call_id`]), so calling back answers.
+    ///
+    /// Its media-relay room id is derived from the two public user ids, so anyone who knows
+    /// both could join that relay room; it would receive ciphertext it cannot decrypt and
+    /// nothing the relay itself does not already see (sizes and timing), and frames it sends
+    /// fail authentication.
+    pub fn dm_voice_room(&self, user: &str) -> Result<VoiceRoom, GuildError> {
+        let target = self.find_user(user)?;
+        let me = self.with_engine(|e, _| e.keys.user)?;
+        if target == me {
+            return Err(GuildError::Invalid(
+                "that is you: calls go to other users".into(),
+            ));
+        }
+        let nickname = self
+            .with_engine(|e, _| {
+                e.guilds
+                    .values_mut()
+                    .find_map(|g| g.crdt.view().member(&target).map(|m| m.nickname.clone()))
+            })?
+            .unwrap_or_else(|| user.to_owned());
+        let member_peers = self
+            .devices_of_user(&target)?
+            .iter()
+            .filter_map(peer_of)
+            .collect();
+        let gid = dm_call_id(&me, &target);
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut h, b"SecureComm/dm-call-room v1");
+        sha2::Digest::update(&mut h, gid.0);
+        Ok(VoiceRoom {
+            guild: gid,
+            channel: ChannelId(0),
+            name: format!("call with {nickname}"),
+            bitrate: 64_000,
+            user_limit: 2,
+            may_speak: true,
+            may_use_soundboard: false,
+            room_id: sha2::Digest::finalize(h).into(),
+            member_peers,
+        })
+    }
+
+    /// The user (hex id) a peer's device belongs to, in any guild this node is in.
+    pub fn user_of_peer(&self, peer: &PeerId) -> Option<String> {
+        let device = device_of(peer)?;
+        self.user_of_device(&device)
+            .map(|u| hex::encode(u.as_bytes()))
+    }
+
+    /// Whether `guild` is one of this node's guilds (not, say, a direct call's room).
+    pub fn is_guild(&self, guild: &GuildId) -> bool {
+        self.with_engine(|e, _| e.guilds.contains_key(guild))
+            .unwrap_or(false)
+    }
+
+    /// Whether `peer` is a device of the user this node shares the direct call `guild`
+    /// ([`dm_call_id`]) with, on channel 0.
+    fn is_dm_call_peer(&self, guild: &GuildId, channel: &ChannelId, peer: &PeerId) -> bool {
+        if channel.0 != 0 {
+            return false;
+        }
+        let Some(device) = device_of(peer) else {
+            return false;
+        };
+        let Some(user) = self.user_of_device(&device) else {
+            return false;
+        };
+        self.with_engine(|e, _| dm_call_id(&e.keys.user, &user) == *guild)
+            .unwrap_or(false)
+    }
+
     /// The voice room of `channel` in `guild` (names or ids), if this node's user may connect.
     pub fn voice_room(&self, guild: &str, channel: &str) -> Result<VoiceRoom, GuildError> {
         let gid = self.resolve(guild)?;
@@ -2722,7 +2812,9 @@ impl GuildService {
     }
 
     /// What `peer` (a member device) may do in voice channel `channel` of `guild`; `None` if
-    /// the peer is no member device of the guild or the channel is no voice channel.
+    /// the peer is no member device of the guild or the channel is no voice channel. For a
+    /// direct call ([`dm_call_id`]), the other user's devices and ours may do all but the
+    /// soundboard.
     pub fn voice_rights(
         &self,
         guild: &GuildId,
@@ -2730,6 +2822,20 @@ impl GuildService {
         peer: &PeerId,
     ) -> Option<VoiceRights> {
         let device = device_of(peer)?;
+        let is_guild = self
+            .with_engine(|e, _| e.guilds.contains_key(guild))
+            .unwrap_or(false);
+        if !is_guild {
+            // A direct call: its other user (any of their devices, and ours) may do
+            // everything but the soundboard.
+            let me = self.with_engine(|e, _| e.keys.me).ok()?;
+            let ok = self.is_dm_call_peer(guild, channel, peer) || device == me;
+            return ok.then_some(VoiceRights {
+                connect: true,
+                speak: true,
+                soundboard: false,
+            });
+        }
         self.with_engine(|e, _| {
             let g = e.guilds.get_mut(guild)?;
             if !g.member_devices().contains(&device) {
@@ -2758,10 +2864,16 @@ impl GuildService {
     pub fn nickname_of(&self, guild: &GuildId, peer: &PeerId) -> Option<String> {
         let device = device_of(peer)?;
         self.with_engine(|e, _| {
-            let g = e.guilds.get_mut(guild)?;
-            let view = g.crdt.view();
-            let user = *view.user_of_device(&device)?;
-            view.member(&user).map(|m| m.nickname.clone())
+            // A direct call's "guild" is no guild: the nickname from any guild shared.
+            let views: Vec<&mut super::engine::GuildState> = match e.guilds.get_mut(guild) {
+                Some(_) => e.guilds.get_mut(guild).into_iter().collect(),
+                None => e.guilds.values_mut().collect(),
+            };
+            views.into_iter().find_map(|g| {
+                let view = g.crdt.view();
+                let user = *view.user_of_device(&device)?;
+                view.member(&user).map(|m| m.nickname.clone())
+            })
         })
         .ok()
         .flatten()

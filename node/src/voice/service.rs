@@ -313,6 +313,40 @@ impl VoiceService {
     /// Joins voice channel `channel` of `guild` (leaving any other call first).
     pub async fn join(&self, guild: &str, channel: &str, opts: JoinOptions) -> VoiceResult<Value> {
         let room = self.inner.guilds.voice_room(guild, channel).map_err(err)?;
+        self.join_room(room, opts).await
+    }
+
+    /// Calls `user` directly (a nickname or user id from a guild both share), or answers
+    /// their call: both sides join the same two-person room. The other side sees the call
+    /// ringing in `voice status` until it calls back.
+    pub async fn call(&self, user: &str, opts: JoinOptions) -> VoiceResult<Value> {
+        let room = self.inner.guilds.dm_voice_room(user).map_err(err)?;
+        self.join_room(room, opts).await
+    }
+
+    /// Direct calls ringing here: users in a call with this node's user whom it has not
+    /// joined (from their announces of the last few seconds).
+    pub fn ringing(&self) -> Vec<Value> {
+        let now = Instant::now();
+        let in_call = self.with_call(|c| (c.room.guild, c.room.channel));
+        let Ok(mut p) = self.inner.presence.lock() else {
+            return Vec::new();
+        };
+        p.retain(|_, at| now.saturating_duration_since(*at) < PRESENCE_TTL);
+        let guilds = &self.inner.guilds;
+        p.keys()
+            .filter(|(g, c, _)| in_call != Some((*g, *c)) && !guilds.is_guild(g))
+            .map(|(g, _, peer)| {
+                json!({
+                    "peer": peer.to_string(),
+                    "user": guilds.user_of_peer(peer),
+                    "nickname": guilds.nickname_of(g, peer),
+                })
+            })
+            .collect()
+    }
+
+    async fn join_room(&self, room: VoiceRoom, opts: JoinOptions) -> VoiceResult<Value> {
         if self.with_call(|c| c.is_room(&room.guild, &room.channel)) == Some(true) {
             return Err(format!("already in #{}", room.name));
         }
@@ -535,7 +569,9 @@ impl VoiceService {
                 "participants": participants,
             })
         });
-        v.unwrap_or_else(|| json!({"in_call": false}))
+        let mut v = v.unwrap_or_else(|| json!({"in_call": false}));
+        v["ringing"] = Value::Array(self.ringing());
+        v
     }
 
     /// Members seen in a voice channel recently (from their announces).
