@@ -91,6 +91,23 @@ fn vm(pid: u32, field: &str) -> u64 {
         * 1024
 }
 
+/// CPU time (user + system, every thread) a process has used so far; with `children`, that of
+/// its children that have ended instead (the CLI processes this bench runs).
+fn cpu_of(pid: &str, children: bool) -> Duration {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at `) `.
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let at = if children { 13 } else { 11 };
+    let ticks: u64 = f[at].parse::<u64>().unwrap() + f[at + 1].parse::<u64>().unwrap();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+fn cpu(pid: &str) -> Duration {
+    cpu_of(pid, false)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is taken from the command line.
     let mib = env("MIB", 1024);
@@ -110,7 +127,9 @@ fn main() {
 
     // Warm the page cache for both runs alike.
     let _ = std::fs::read(&src).map(|v| v.len());
+    let cpu_before = cpu("self");
     let tcp = tcp_copy(&src, &work.path().join("tcp-copy.bin"));
+    let tcp_cpu = cpu("self") - cpu_before;
     let _ = std::fs::remove_file(work.path().join("tcp-copy.bin"));
 
     let started = Instant::now();
@@ -138,7 +157,10 @@ fn main() {
             .then_some(())
     });
     let pid = b.child.as_ref().unwrap().id();
+    let sender = a.child.as_ref().unwrap().id().to_string();
     let rss_before = vm(pid, "VmRSS:");
+    let (a_cpu, b_cpu) = (cpu(&sender), cpu(&pid.to_string()));
+    let polls_cpu = cpu_of("self", true);
     let started = Instant::now();
     b.cli(&["files", "fetch", &root]);
     loop {
@@ -150,6 +172,8 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let fetch = started.elapsed();
+    let (a_cpu, b_cpu) = (cpu(&sender) - a_cpu, cpu(&pid.to_string()) - b_cpu);
+    let polls_cpu = cpu_of("self", true) - polls_cpu;
     let peak = vm(pid, "VmHWM:");
     let out = work.path().join("saved.bin");
     let started = Instant::now();
@@ -169,6 +193,17 @@ fn main() {
         fetch.as_secs_f64(),
         mb(fetch),
         100.0 * tcp.as_secs_f64() / fetch.as_secs_f64()
+    );
+    let per_gb = |d: Duration| d.as_secs_f64() * 1e9 / bytes as f64;
+    println!(
+        "  CPU per GB: TCP copy (both ends) {:.2} s; fetch: sender {:.2} s, receiver {:.2} s",
+        per_gb(tcp_cpu),
+        per_gb(a_cpu),
+        per_gb(b_cpu)
+    );
+    println!(
+        "  (the bench's `files status` process every 20 ms used {:.2} s of CPU during the fetch)",
+        polls_cpu.as_secs_f64()
     );
     println!(
         "  sender: encrypt into store + post {:>8.2} s  {:>8.1} MB/s",

@@ -11,8 +11,8 @@
 //! * **Fetching** (`files fetch`, or a click in the app; nothing is fetched or decoded before
 //!   the user's client asks): the manifest is fetched first and checked against the root, then
 //!   sealed chunks are requested from every connected member who may hold them, several at
-//!   once (the fetch protocol, [`wire::FileRequest`], on the direct request-response protocol),
-//!   each chunk checked against its manifest hash before it is written at its offset in a part
+//!   once (the fetch protocol, [`wire::FileRequest`], pipelined on one long-lived stream per
+//!   member: [`stream`]), each chunk checked against its manifest hash before it is written at its offset in a part
 //!   file. A chunk that fails is counted, the member who sent it is avoided for that chunk (and
 //!   dropped after three failures), and the chunk is asked of another. Members that are still
 //!   fetching serve the chunks they hold. Which chunks are held is a bitmap kept in the
@@ -30,6 +30,7 @@
 pub mod db;
 pub mod emoji;
 pub mod store;
+pub mod stream;
 pub mod thumb;
 pub mod wire;
 
@@ -39,7 +40,8 @@ pub const MAX_INFLIGHT: usize = 16;
 pub const MAX_INFLIGHT_PER_PEER: usize = 8;
 /// Most fetches running at once; more wait.
 pub const MAX_ACTIVE_FETCHES: usize = 4;
-/// Most fetch-protocol requests served at once; more are answered `Busy`.
+/// Most fetch-protocol requests (on the direct protocol) and file streams served at once; more
+/// are answered `Busy`.
 pub const MAX_SERVING: usize = 32;
 /// Failed chunks after which a source is dropped for the rest of a fetch.
 pub const MAX_STRIKES: u32 = 3;

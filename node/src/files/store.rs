@@ -28,7 +28,7 @@ use securecomm_noise::file::{
 };
 use sha2::{Digest, Sha256};
 
-use super::wire::{Attachment, MANIFEST_PAGE, ciphertext_len};
+use super::wire::{Attachment, MANIFEST_PAGE, ciphertext_len, encode_chunks};
 
 /// Plaintext bytes per chunk of a shared file: large enough that a request of
 /// [`super::wire::MAX_CHUNKS_PER_REQUEST`] chunks moves most of a megabyte, small enough that a
@@ -208,37 +208,40 @@ impl FileStore {
         }
     }
 
-    /// Reads the sealed chunks `indexes` of a file (complete, or being fetched: `have` says which
-    /// chunks the part file holds). Chunks not held are left out.
-    pub fn read_chunks(
+    /// Writes into `out` the fetch protocol's `Chunks` answer for the sealed chunks `indexes` of a
+    /// file (complete, or being fetched: `have` says which chunks the part file holds; at most
+    /// [`super::wire::MAX_CHUNKS_PER_REQUEST`] of them; those not held are left out), each chunk
+    /// read from disk straight into the frame. Returns how many chunks it holds.
+    pub fn chunks_answer(
         &self,
         root: &[u8; 32],
         header: &FileHeader,
         size: u64,
         indexes: impl Iterator<Item = u32>,
         have: Option<&[u8]>,
-    ) -> io::Result<Vec<(u32, Vec<u8>)>> {
+        out: &mut Vec<u8>,
+    ) -> io::Result<usize> {
         let path = match have {
             None => self.enc_path(root),
             Some(_) => self.part_path(root),
         };
         let f = match File::open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return encode_chunks(out, std::iter::empty(), |_| None, |_, _| Ok(()));
+            }
             Err(e) => return Err(e),
         };
         let count = header.chunk_count(size);
-        let mut out = Vec::new();
-        for i in indexes {
-            if u64::from(i) >= count || have.is_some_and(|h| !bit(h, i)) {
-                continue;
-            }
-            let (off, len) = chunk_span(header, size, i);
-            let mut buf = vec![0u8; len];
-            f.read_exact_at(&mut buf, off)?;
-            out.push((i, buf));
-        }
-        Ok(out)
+        encode_chunks(
+            out,
+            indexes,
+            |i| {
+                (u64::from(i) < count && have.is_none_or(|h| bit(h, i)))
+                    .then(|| chunk_span(header, size, i).1)
+            },
+            |i, buf| f.read_exact_at(buf, chunk_span(header, size, i).0),
+        )
     }
 
     /// Checks every chunk `have` claims against the manifest, clearing the bits of chunks that
@@ -466,6 +469,28 @@ mod tests {
     use super::*;
     use securecomm_noise::file::chunk_hash;
 
+    use crate::files::wire::FileAnswer;
+
+    /// Serves chunk `i` of `att` from `store` as a fetch answer, decoded.
+    fn read_chunk(store: &FileStore, att: &Attachment, i: u32) -> (u32, Vec<u8>) {
+        let mut frame = Vec::new();
+        let n = store
+            .chunks_answer(
+                &att.root,
+                &att.header,
+                att.size,
+                std::iter::once(i),
+                None,
+                &mut frame,
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        match FileAnswer::parse(&frame).unwrap() {
+            FileAnswer::Chunks(c) => (c[0].0, c[0].1.to_vec()),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn import_serve_refetch_and_export_round_trip_without_plaintext_on_disk() {
         let dir = tempfile::tempdir().unwrap();
@@ -492,14 +517,11 @@ mod tests {
         b.put_manifest(&att.root, &hashes).unwrap();
         let part = b.open_part(&att).unwrap();
         for i in [3u32, 1, 0, 2] {
-            let got = a
-                .read_chunks(&att.root, &att.header, att.size, std::iter::once(i), None)
-                .unwrap();
-            let (idx, c) = &got[0];
-            assert_eq!(*idx, i);
-            assert_eq!(chunk_hash(c), hashes[i as usize]);
+            let (idx, c) = read_chunk(&a, &att, i);
+            assert_eq!(idx, i);
+            assert_eq!(chunk_hash(&c), hashes[i as usize]);
             let (off, _) = chunk_span(&att.header, att.size, i);
-            part.write_all_at(c, off).unwrap();
+            part.write_all_at(&c, off).unwrap();
         }
         // What a resumed fetch checks: all four chunks are good; one torn chunk is cleared.
         let mut have = bitmap(4);
@@ -513,10 +535,8 @@ mod tests {
         part.write_all_at(&[0xff; 7], off + 5).unwrap();
         assert_eq!(check(&mut have), 1);
         assert!(bit(&have, 1) && !bit(&have, 2) && bit(&have, 3));
-        let good = a
-            .read_chunks(&att.root, &att.header, att.size, std::iter::once(2), None)
-            .unwrap();
-        part.write_all_at(&good[0].1, off).unwrap();
+        let (_, good) = read_chunk(&a, &att, 2);
+        part.write_all_at(&good, off).unwrap();
         b.finish_part(&att.root).unwrap();
         let dest = dir.path().join("out.bin");
         assert_eq!(b.export(&att, &dest).unwrap(), data.len() as u64);

@@ -393,16 +393,12 @@ impl Decode for FileResponse {
                 let hashes = (0..n).map(|_| r.array()).collect::<Result<Vec<_>, _>>()?;
                 Ok(Self::Manifest { total, hashes })
             }
-            1 => {
-                let n = r.u16()?;
-                if n > MAX_CHUNKS_PER_REQUEST {
-                    return Err(DecodeError::Invalid("chunk count in a file response"));
-                }
-                let chunks = (0..n)
-                    .map(|_| Ok((r.u32()?, r.bytes32("file chunk", MAX_WIRE_CHUNK)?.to_vec())))
-                    .collect::<Result<Vec<_>, DecodeError>>()?;
-                Ok(Self::Chunks(chunks))
-            }
+            1 => Ok(Self::Chunks(
+                chunk_list(r)?
+                    .into_iter()
+                    .map(|(i, c)| (i, c.to_vec()))
+                    .collect(),
+            )),
             2 => Ok(Self::Missing),
             3 => Ok(Self::Busy),
             got => Err(DecodeError::UnknownTag {
@@ -411,6 +407,83 @@ impl Decode for FileResponse {
             }),
         }
     }
+}
+
+/// The chunk list of a `Chunks` answer (after its tag), borrowed from the frame.
+fn chunk_list<'a>(r: &mut Reader<'a>) -> Result<Vec<(u32, &'a [u8])>, DecodeError> {
+    let n = r.u16()?;
+    if n > MAX_CHUNKS_PER_REQUEST {
+        return Err(DecodeError::Invalid("chunk count in a file response"));
+    }
+    (0..n)
+        .map(|_| Ok((r.u32()?, r.bytes32("file chunk", MAX_WIRE_CHUNK)?)))
+        .collect()
+}
+
+/// An answer of the fetch protocol whose chunks stay in the received frame (no copy): what a
+/// fetch decodes. Same rules as [`FileResponse`]'s decoder, which it shares.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FileAnswer<'a> {
+    /// Chunks, each with its index (see [`FileResponse::Chunks`]).
+    Chunks(Vec<(u32, &'a [u8])>),
+    /// Any other answer, decoded.
+    Other(FileResponse),
+}
+
+impl<'a> FileAnswer<'a> {
+    /// Decodes an answer (strict: trailing bytes are refused).
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("file response", FILE_PROTO_VERSION)?;
+        let a = if bytes.get(1) == Some(&1) {
+            r.u8()?;
+            Self::Chunks(chunk_list(&mut r)?)
+        } else {
+            return FileResponse::from_bytes(bytes).map(Self::Other);
+        };
+        r.finish()?;
+        Ok(a)
+    }
+}
+
+/// Encodes a `Chunks` answer straight into `out` (whatever it held is overwritten): `fill` is
+/// called with each index and a buffer of exactly its length to fill in place, so a served
+/// chunk is read from disk into the frame with no copy, and a reused buffer is not zeroed
+/// again. Indexes for which `len` gives `None` are left out. The bytes are those of
+/// [`FileResponse::Chunks`]'s encoding.
+pub fn encode_chunks<E>(
+    out: &mut Vec<u8>,
+    indexes: impl Iterator<Item = u32>,
+    len: impl Fn(u32) -> Option<usize>,
+    mut fill: impl FnMut(u32, &mut [u8]) -> Result<(), E>,
+) -> Result<usize, E> {
+    fn at_least(out: &mut Vec<u8>, len: usize) {
+        if out.len() < len {
+            out.resize(len, 0);
+        }
+    }
+    at_least(out, 4);
+    let mut pos = 4;
+    let mut n: u16 = 0;
+    for i in indexes {
+        let Some(l) = len(i).filter(|&l| l <= MAX_WIRE_CHUNK) else {
+            continue;
+        };
+        if n >= MAX_CHUNKS_PER_REQUEST {
+            break;
+        }
+        at_least(out, pos + 8 + l);
+        out[pos..pos + 4].copy_from_slice(&i.to_be_bytes());
+        out[pos + 4..pos + 8].copy_from_slice(&u32::try_from(l).unwrap_or(u32::MAX).to_be_bytes());
+        pos += 8;
+        fill(i, &mut out[pos..pos + l])?;
+        pos += l;
+        n += 1;
+    }
+    out.truncate(pos);
+    out[..2].copy_from_slice(&[FILE_PROTO_VERSION, 1]);
+    out[2..4].copy_from_slice(&n.to_be_bytes());
+    Ok(usize::from(n))
 }
 
 #[cfg(test)]
@@ -463,14 +536,48 @@ mod tests {
             for req in [FileRequest::Manifest { root, first }, FileRequest::Chunks { root, first, count }] {
                 prop_assert_eq!(FileRequest::from_bytes(&req.to_bytes()).unwrap(), req);
             }
-            let resp = FileResponse::Chunks(chunks);
-            prop_assert_eq!(FileResponse::from_bytes(&resp.to_bytes()).unwrap(), resp);
+            let resp = FileResponse::Chunks(chunks.clone());
+            let bytes = resp.to_bytes();
+            prop_assert_eq!(FileResponse::from_bytes(&bytes).unwrap(), resp);
+            // The borrowing decoder sees the same chunks (at most 7 decode, like the owning one).
+            match FileAnswer::parse(&bytes) {
+                Ok(FileAnswer::Chunks(c)) => {
+                    let c: Vec<(u32, Vec<u8>)> = c.into_iter().map(|(i, b)| (i, b.to_vec())).collect();
+                    prop_assert_eq!(&c, &chunks);
+                }
+                Ok(other) => prop_assert!(false, "decoded as {:?}", other),
+                Err(_) => prop_assert!(chunks.len() > usize::from(MAX_CHUNKS_PER_REQUEST)),
+            }
+            // The in-place encoder writes the same bytes (for distinct indexes, up to 7).
+            let mut distinct: Vec<(u32, Vec<u8>)> = Vec::new();
+            for (i, c) in chunks {
+                if distinct.len() < usize::from(MAX_CHUNKS_PER_REQUEST) && !distinct.iter().any(|(j, _)| *j == i) {
+                    distinct.push((i, c));
+                }
+            }
+            let find = |i: u32| distinct.iter().find(|(j, _)| *j == i).map(|(_, c)| c);
+            let mut out = vec![0xEE; 3];
+            let n = encode_chunks::<()>(
+                &mut out,
+                distinct.iter().map(|(i, _)| *i),
+                |i| find(i).map(Vec::len),
+                |i, buf| {
+                    buf.copy_from_slice(find(i).ok_or(())?);
+                    Ok(())
+                },
+            );
+            prop_assert_eq!(n, Ok(distinct.len()));
+            prop_assert_eq!(out, FileResponse::Chunks(distinct).to_bytes());
         }
 
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = FileRequest::from_bytes(&bytes);
             let _ = FileResponse::from_bytes(&bytes);
+            prop_assert_eq!(
+                FileAnswer::parse(&bytes).is_ok(),
+                FileResponse::from_bytes(&bytes).is_ok()
+            );
             let _ = get_attachments(&mut Reader::new(&bytes));
         }
     }

@@ -384,6 +384,7 @@ impl GuildService {
         }
         svc.spawn(run_deliveries(svc.clone(), deliveries));
         svc.spawn(run_net_events(svc.clone(), net_events));
+        svc.spawn(svc.clone().serve_file_streams());
         svc.spawn(run_ticks(svc.clone()));
         svc.resume_fetches();
         svc.drain_outq().await;

@@ -15,7 +15,19 @@ pub const MAX_FRAME: usize = 1 << 20;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FrameCodec;
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+/// Reads one frame (at most [`MAX_FRAME`] bytes).
+pub(crate) async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    read_frame_into(io, &mut buf).await?;
+    Ok(buf)
+}
+
+/// Reads one frame into `buf`, reusing its memory (a buffer long enough already is not zeroed
+/// again: the frame overwrites it).
+pub(crate) async fn read_frame_into<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -25,18 +37,31 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u
             format!("frame too large: at most {MAX_FRAME} bytes, got {len}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
+    if buf.len() >= len {
+        buf.truncate(len);
+    } else {
+        buf.resize(len, 0);
+    }
+    io.read_exact(buf).await
 }
 
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> io::Result<()> {
+/// Writes one frame and flushes it, leaving the stream open for more.
+pub(crate) async fn put_frame<T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    data: &[u8],
+) -> io::Result<()> {
     let len = u32::try_from(data.len())
         .ok()
         .filter(|&l| l as usize <= MAX_FRAME)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
     io.write_all(&len.to_be_bytes()).await?;
     io.write_all(data).await?;
+    io.flush().await
+}
+
+/// Writes one frame and closes the stream (request-response: one frame each way).
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> io::Result<()> {
+    put_frame(io, data).await?;
     io.close().await
 }
 

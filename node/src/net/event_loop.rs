@@ -178,6 +178,17 @@ pub struct Client {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
+    streams: Streams,
+}
+
+/// Opens and accepts plain streams without the event loop (libp2p-stream's control).
+#[derive(Clone)]
+struct Streams(libp2p_stream::Control);
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Streams")
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -308,7 +319,34 @@ impl Client {
         self.ask(|tx| Command::Request(peer, data, tx)).await?
     }
 
-    /// Answers an inbound direct request.
+    /// Opens a stream of our file protocol ([`super::FILES_PROTOCOL`]) to a connected peer.
+    /// Its bytes travel between the connection's task and the caller, not through the event
+    /// loop. Fails with [`NetError::Unsupported`] when the peer does not speak the protocol.
+    pub async fn open_files_stream(&self, peer: PeerId) -> Result<libp2p::Stream, NetError> {
+        let mut control = self.streams.0.clone();
+        control
+            .open_stream(peer, super::FILES_PROTOCOL)
+            .await
+            .map_err(|e| match e {
+                libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => {
+                    NetError::Unsupported(peer)
+                }
+                e => NetError::Request {
+                    peer,
+                    reason: e.to_string(),
+                },
+            })
+    }
+
+    /// Streams peers open on our file protocol. Only one taker: a second call fails.
+    pub fn accept_files_streams(&self) -> Result<libp2p_stream::IncomingStreams, NetError> {
+        self.streams
+            .0
+            .clone()
+            .accept(super::FILES_PROTOCOL)
+            .map_err(|e| NetError::Transport(e.to_string()))
+    }
+
     /// Sends a request to a relay's mailbox and waits for its answer.
     pub async fn mailbox(
         &self,
@@ -323,6 +361,7 @@ impl Client {
         self.ask(|tx| Command::Media(relay, req, tx)).await?
     }
 
+    /// Answers an inbound direct request.
     pub async fn respond(&self, id: InboundRequestId, data: Vec<u8>) -> Result<(), NetError> {
         self.commands
             .send(Command::Respond(id, data))
@@ -489,6 +528,7 @@ impl EventLoop {
             peer_id: *swarm.local_peer_id(),
             commands: ctx,
             events: etx.clone(),
+            streams: Streams(swarm.behaviour().streams.new_control()),
         };
         let lp = Self {
             swarm,

@@ -81,6 +81,9 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/securecomm/kad/1.
 pub const DEFAULT_RELAY_TARGET: usize = 2;
 /// Our request-response protocol for two-party messages.
 pub const DIRECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/securecomm/direct/1");
+/// Our stream protocol for file chunks: long-lived streams with pipelined fetch-protocol
+/// requests ([`crate::files::stream`]), so bulk bytes do not pass through the event loop.
+pub const FILES_PROTOCOL: StreamProtocol = StreamProtocol::new("/securecomm/files/1");
 /// Largest gossip message (an envelope is at most 61,485 bytes).
 pub const MAX_GOSSIP_MESSAGE: usize = 64 * 1024;
 /// How many events a slow subscriber may fall behind before losing the oldest.
@@ -116,6 +119,9 @@ pub enum NetError {
         /// Why.
         reason: String,
     },
+    /// The peer does not speak the protocol asked for.
+    #[error("{0} does not speak this protocol")]
+    Unsupported(PeerId),
     /// The event loop has stopped.
     #[error("the node has shut down")]
     Closed,
@@ -177,6 +183,9 @@ pub struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     gossipsub: gossipsub::Behaviour,
     direct: request_response::Behaviour<codec::FrameCodec>,
+    /// Plain streams ([`FILES_PROTOCOL`]), driven outside the event loop through a
+    /// [`libp2p_stream::Control`].
+    streams: libp2p_stream::Behaviour,
     /// The relays' mailbox protocol (client side only).
     mailbox: request_response::Behaviour<securecomm_rendezvous::mailbox::MailboxCodec>,
     /// The relays' UDP media relay allocations (client side only).
@@ -321,6 +330,7 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
                             .with_request_timeout(Duration::from_secs(20))
                             .with_max_concurrent_streams(64),
                     ),
+                    streams: libp2p_stream::Behaviour::new(),
                     mailbox: request_response::Behaviour::with_codec(
                         securecomm_rendezvous::mailbox::MailboxCodec::default(),
                         [(

@@ -24,11 +24,15 @@ use tokio::time::Instant;
 
 use super::{GuildError, GuildEvent, GuildService, device_of, peer_of};
 use crate::files::store::{FileStore, bit, bitmap, chunk_span, set_bit};
-use crate::files::wire::{Attachment, FileRequest, FileResponse, MAX_CHUNKS_PER_REQUEST};
+use crate::files::stream::{MAX_STREAMS_PER_PEER, Pipe, Spares};
+use crate::files::wire::{
+    Attachment, FileAnswer, FileRequest, FileResponse, MAX_CHUNKS_PER_REQUEST,
+};
 use crate::files::{
     FileInfo, MAX_ACTIVE_FETCHES, MAX_INFLIGHT, MAX_INFLIGHT_PER_PEER, MAX_SERVING, MAX_STRIKES,
     db, mime_for, state, thumb,
 };
+use crate::net::NetError;
 
 pub use crate::files::wire::MAX_FILE_SIZE;
 /// Largest image a thumbnail is made from.
@@ -46,6 +50,8 @@ pub(crate) struct FileState {
     active: std::sync::Mutex<HashMap<[u8; 32], Progress>>,
     slots: Arc<Semaphore>,
     serving: Arc<Semaphore>,
+    /// File streams served per peer.
+    streams_of: std::sync::Mutex<HashMap<PeerId, usize>>,
 }
 
 impl FileState {
@@ -59,6 +65,7 @@ impl FileState {
             active: std::sync::Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(MAX_ACTIVE_FETCHES)),
             serving: Arc::new(Semaphore::new(MAX_SERVING)),
+            streams_of: std::sync::Mutex::new(HashMap::new()),
         }
     }
 }
@@ -113,10 +120,40 @@ struct Source {
     sending: bool,
 }
 
-type Answer = (PeerId, Vec<u32>, Result<FileResponse, String>);
+/// A request's chunk indexes and its answer (the raw frame).
+type Answer = (PeerId, Vec<u32>, Result<Vec<u8>, String>);
 /// Chunks checked and written by a blocking task: each index with its length, or `None` if it
 /// failed its hash.
 type Written = (PeerId, Result<Vec<(u32, Option<usize>)>, GuildError>);
+
+/// How a fetch reaches one member: a pipelined file stream, or (a member that does not speak
+/// the file protocol) the direct request-response protocol.
+#[derive(Default)]
+enum Link {
+    #[default]
+    Unopened,
+    Stream(Pipe),
+    Direct,
+}
+
+/// Decrements a peer's count of served file streams when a stream ends.
+struct StreamSlot {
+    svc: GuildService,
+    peer: PeerId,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.svc.inner.files.streams_of.lock()
+            && let Some(n) = m.get_mut(&self.peer)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.peer);
+            }
+        }
+    }
+}
 
 /// Most batches of received chunks being checked and written at once (bounds memory with
 /// [`MAX_INFLIGHT`]).
@@ -487,6 +524,10 @@ impl GuildService {
         self.set_progress(&root, &p, false);
         let mut sources: HashMap<PeerId, Source> = HashMap::new();
         let mut bad: HashMap<u32, Vec<PeerId>> = HashMap::new();
+        // One file stream per member asked, opened on first use and again after it fails.
+        let mut links: HashMap<PeerId, Arc<tokio::sync::Mutex<Link>>> = HashMap::new();
+        // Frame buffers, reused from answer to answer.
+        let spares = Spares::default();
         let mut inflight: FuturesUnordered<
             std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>>,
         > = FuturesUnordered::new();
@@ -507,6 +548,7 @@ impl GuildService {
                 refreshed = Some(now);
                 let live = self.sources_for(&root).await;
                 sources.retain(|peer, src| live.contains(peer) || src.inflight > 0);
+                links.retain(|peer, _| sources.contains_key(peer));
                 for peer in live {
                     sources.entry(peer).or_insert(Source {
                         inflight: 0,
@@ -562,13 +604,11 @@ impl GuildService {
                 if let Some(s) = sources.get_mut(&peer) {
                     s.inflight += 1;
                 }
-                let net = self.inner.net.clone();
+                let link = links.entry(peer).or_default().clone();
+                let svc = self.clone();
+                let spares = spares.clone();
                 inflight.push(Box::pin(async move {
-                    let r = net
-                        .request(peer, req.to_bytes())
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|b| FileResponse::from_bytes(&b).map_err(|e| e.to_string()));
+                    let r = svc.file_request(&link, peer, req.to_bytes(), &spares).await;
                     (peer, batch, r)
                 }));
             }
@@ -599,15 +639,17 @@ impl GuildService {
             match step {
                 Step::Tick => {}
                 Step::Answer((peer, batch, r)) => {
-                    // Chunks returned go to a blocking task that checks and writes them; the
-                    // rest are asked again.
-                    let mut got: Vec<(u32, Vec<u8>, [u8; 32])> = Vec::new();
+                    // Chunks returned go to a blocking task that checks and writes them straight
+                    // from the received frame; the rest are asked again.
+                    let mut got: Vec<(u32, std::ops::Range<usize>, [u8; 32])> = Vec::new();
                     let mut requeue: Vec<u32> = Vec::new();
-                    match r {
-                        Ok(FileResponse::Chunks(chunks)) => {
-                            let mut by: HashMap<u32, Vec<u8>> = chunks
+                    let frame = r.unwrap_or_default();
+                    match FileAnswer::parse(&frame) {
+                        Ok(FileAnswer::Chunks(chunks)) => {
+                            let mut by: HashMap<u32, std::ops::Range<usize>> = chunks
                                 .into_iter()
                                 .filter(|(i, _)| batch.contains(i))
+                                .map(|(i, c)| (i, span_in(&frame, c)))
                                 .collect();
                             for i in &batch {
                                 match (by.remove(i), hashes.get(*i as usize)) {
@@ -632,26 +674,31 @@ impl GuildService {
                     for i in requeue.into_iter().rev() {
                         missing.push_front(i);
                     }
-                    if !got.is_empty() {
+                    if got.is_empty() {
+                        spares.give(frame);
+                    } else {
                         let f = part.clone();
                         let header = a.header;
                         let size = a.size;
+                        let spares = spares.clone();
                         writes.push(Box::pin(async move {
                             let r =
                                 blocking(move || -> std::io::Result<Vec<(u32, Option<usize>)>> {
                                     use std::os::unix::fs::FileExt;
                                     let mut out = Vec::with_capacity(got.len());
-                                    for (i, c, expected) in got {
+                                    for (i, span, expected) in got {
+                                        let c = &frame[span];
                                         if chunk_span(&header, size, i).1 != c.len()
-                                            || chunk_hash(&c) != expected
+                                            || chunk_hash(c) != expected
                                         {
                                             out.push((i, None));
                                             continue;
                                         }
                                         let (off, _) = chunk_span(&header, size, i);
-                                        f.write_all_at(&c, off)?;
+                                        f.write_all_at(c, off)?;
                                         out.push((i, Some(c.len())));
                                     }
+                                    spares.give(frame);
                                     Ok(out)
                                 })
                                 .await
@@ -752,22 +799,131 @@ impl GuildService {
         }
     }
 
+    /// Sends a fetch-protocol request to `peer` over `link` (opening its stream if needed) and
+    /// returns the answer's bytes.
+    async fn file_request(
+        &self,
+        link: &tokio::sync::Mutex<Link>,
+        peer: PeerId,
+        req: Vec<u8>,
+        spares: &Spares,
+    ) -> Result<Vec<u8>, String> {
+        let pipe = {
+            let mut l = link.lock().await;
+            match &*l {
+                Link::Stream(p) if !p.is_closed() => Some(p.clone()),
+                Link::Direct => None,
+                _ => match self.inner.net.open_files_stream(peer).await {
+                    Ok(stream) => {
+                        let (p, driver) = Pipe::new(stream, spares.clone());
+                        self.spawn(driver);
+                        *l = Link::Stream(p.clone());
+                        Some(p)
+                    }
+                    Err(NetError::Unsupported(_)) => {
+                        *l = Link::Direct;
+                        None
+                    }
+                    Err(e) => {
+                        *l = Link::Unopened;
+                        return Err(e.to_string());
+                    }
+                },
+            }
+        };
+        match pipe {
+            Some(p) => p.request(req).await,
+            None => self
+                .inner
+                .net
+                .request(peer, req)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Serves file streams that members open ([`crate::files::stream`]): only from devices of
+    /// members of one of our guilds (others are closed at once), at most [`MAX_SERVING`] at once
+    /// and [`MAX_STREAMS_PER_PEER`] per peer (more are answered `busy`). Every request on them
+    /// is checked like one on the direct protocol.
+    pub(crate) async fn serve_file_streams(self) {
+        let Ok(mut incoming) = self.inner.net.accept_files_streams() else {
+            tracing::warn!("file streams cannot be served (already taken)");
+            return;
+        };
+        let busy = FileResponse::Busy.to_bytes();
+        while let Some((peer, stream)) = incoming.next().await {
+            // Only members' devices get a stream slot (every request is checked again, for
+            // its file); others are refused at once.
+            let member = device_of(&peer).is_some_and(|device| {
+                self.with_engine(|e, _| {
+                    e.guilds
+                        .values_mut()
+                        .any(|gs| gs.crdt.view().user_of_device(&device).is_some())
+                })
+                .unwrap_or(false)
+            });
+            if !member {
+                tracing::debug!(%peer, "file stream refused: not a member's device");
+                continue;
+            }
+            let per_peer = self.inner.files.streams_of.lock().ok().and_then(|mut m| {
+                let n = m.entry(peer).or_default();
+                (*n < MAX_STREAMS_PER_PEER).then(|| {
+                    *n += 1;
+                    StreamSlot {
+                        svc: self.clone(),
+                        peer,
+                    }
+                })
+            });
+            let permit = self.inner.files.serving.clone().try_acquire_owned();
+            let (Some(slot), Ok(permit)) = (per_peer, permit) else {
+                crate::files::stream::refuse(stream, &busy).await;
+                continue;
+            };
+            let s = self.clone();
+            self.spawn(async move {
+                let _held = (slot, permit);
+                crate::files::stream::serve(stream, |req, buf| {
+                    let s = s.clone();
+                    async move { s.answer_file(peer, &req, buf).await }
+                })
+                .await;
+            });
+        }
+    }
+
     /// Answers a fetch-protocol request from `peer`.
     pub(crate) async fn serve_file(&self, peer: PeerId, id: InboundRequestId, data: Vec<u8>) {
         let resp = match self.inner.files.serving.clone().try_acquire_owned() {
-            Ok(_permit) => self.answer_file(peer, &data).await,
-            Err(_) => FileResponse::Busy,
+            Ok(_permit) => self.answer_file(peer, &data, Vec::new()).await,
+            Err(_) => FileResponse::Busy.to_bytes(),
         };
-        let _ = self.inner.net.respond(id, resp.to_bytes()).await;
+        let _ = self.inner.net.respond(id, resp).await;
     }
 
-    async fn answer_file(&self, peer: PeerId, data: &[u8]) -> FileResponse {
+    /// The encoded answer to a fetch-protocol request from `peer`; a `Chunks` answer is built
+    /// in `buf` (a buffer to reuse).
+    async fn answer_file(&self, peer: PeerId, data: &[u8], buf: Vec<u8>) -> Vec<u8> {
+        self.answer_file_in(peer, data, buf)
+            .await
+            .unwrap_or_else(|r| r.to_bytes())
+    }
+
+    /// [`Self::answer_file`]: a built `Chunks` frame, or another answer to encode.
+    async fn answer_file_in(
+        &self,
+        peer: PeerId,
+        data: &[u8],
+        mut buf: Vec<u8>,
+    ) -> Result<Vec<u8>, FileResponse> {
         let (Ok(req), Some(device), Ok(store)) = (
             FileRequest::from_bytes(data),
             device_of(&peer),
             self.file_store(),
         ) else {
-            return FileResponse::Missing;
+            return Err(FileResponse::Missing);
         };
         let root = match &req {
             FileRequest::Manifest { root, .. } | FileRequest::Chunks { root, .. } => *root,
@@ -790,40 +946,42 @@ impl GuildService {
         });
         let Ok(Some(row)) = row else {
             tracing::debug!(%peer, "file request refused: unknown file or not a member");
-            return FileResponse::Missing;
+            return Err(FileResponse::Missing);
         };
         let store = store.clone();
         match req {
-            FileRequest::Manifest { first, .. } => {
+            FileRequest::Manifest { first, .. } => Err(
                 match blocking(move || store.manifest_page(&root, first)).await {
                     Ok(Ok(Some((total, hashes)))) if first < total || total == 0 => {
                         FileResponse::Manifest { total, hashes }
                     }
                     _ => FileResponse::Missing,
-                }
-            }
+                },
+            ),
             FileRequest::Chunks { first, count, .. } => {
                 let have = match row.state {
                     state::COMPLETE => None,
                     _ => match row.have {
                         Some(h) => Some(h),
-                        None => return FileResponse::Missing,
+                        None => return Err(FileResponse::Missing),
                     },
                 };
                 let a = row.attachment;
                 let r = blocking(move || {
-                    store.read_chunks(
+                    let n = store.chunks_answer(
                         &root,
                         &a.header,
                         a.size,
                         (first..first.saturating_add(u32::from(count))).take(usize::from(count)),
                         have.as_deref(),
-                    )
+                        &mut buf,
+                    );
+                    (n, buf)
                 })
                 .await;
                 match r {
-                    Ok(Ok(chunks)) if !chunks.is_empty() => FileResponse::Chunks(chunks),
-                    _ => FileResponse::Missing,
+                    Ok((Ok(n), frame)) if n > 0 => Ok(frame),
+                    _ => Err(FileResponse::Missing),
                 }
             }
         }
@@ -950,6 +1108,12 @@ impl GuildService {
         self.with_engine(|_, db| db::infos(db.conn(), &gid, &id))?
             .map_err(|e| GuildError::Invalid(e.to_string()))
     }
+}
+
+/// Where `part` (a slice of `frame`) lies in it.
+fn span_in(frame: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(frame.as_ptr() as usize);
+    start..start + part.len()
 }
 
 fn percent(have: u64, size: u64) -> f64 {
