@@ -479,9 +479,11 @@ fn a_direct_call_from_a_conversation_rings_and_is_answered() {
     // Ann opens the conversation with Ben (as the DM list does: no guild selected, so a late
     // channel list of the guild does not switch the view back) and presses Call.
     let _history = a.state_mut().state.on_select_dm(&ben);
-    wait_for(&mut a, "the conversation open", |s| {
-        matches!(&s.view, View::Dm { user } if *user == ben)
-    });
+    wait_for(
+        &mut a,
+        "the conversation open",
+        |s| matches!(&s.view, View::Dm { user } if *user == ben),
+    );
     click(&mut a, "📞 Call");
     wait_node(
         &mut [&mut a, &mut b],
