@@ -781,28 +781,10 @@ pub async fn execute(ctx: &VoiceCtx, cmd: VoiceCommand) -> Vec<Event> {
             output,
             muted,
         } => {
-            let (input, output) = ctx
-                .devices
-                .clone()
-                .unwrap_or_else(|| (input.device(), output.device()));
-            // Leaving first also makes "rejoin the same channel" possible.
-            if let Err(e) = v.leave().await {
-                return vec![Event::Voice(VoiceEvent::JoinFailed(e))];
-            }
-            // Push-to-talk up (or the mute button on) from the first frame: the microphone is
-            // never live while the join runs.
-            let opts = JoinOptions {
-                input,
-                output,
-                muted,
-                ..JoinOptions::default()
-            };
-            match v.join(&guild, &channel.to_string(), opts).await {
-                Ok(_) => vec![Event::Voice(VoiceEvent::Joined(status_of(v)))],
-                Err(e) => vec![
-                    Event::Voice(VoiceEvent::JoinFailed(e)),
-                    Event::Voice(VoiceEvent::Status(status_of(v))),
-                ],
+            let opts = enter_options(v, ctx, input, output, muted).await;
+            match opts {
+                Ok(opts) => entered(v, v.join(&guild, &channel.to_string(), opts).await),
+                Err(e) => e,
             }
         }
         VoiceCommand::Call {
@@ -810,28 +792,10 @@ pub async fn execute(ctx: &VoiceCtx, cmd: VoiceCommand) -> Vec<Event> {
             input,
             output,
             muted,
-        } => {
-            let (input, output) = ctx
-                .devices
-                .clone()
-                .unwrap_or_else(|| (input.device(), output.device()));
-            if let Err(e) = v.leave().await {
-                return vec![Event::Voice(VoiceEvent::JoinFailed(e))];
-            }
-            let opts = JoinOptions {
-                input,
-                output,
-                muted,
-                ..JoinOptions::default()
-            };
-            match v.call(&user, opts).await {
-                Ok(_) => vec![Event::Voice(VoiceEvent::Joined(status_of(v)))],
-                Err(e) => vec![
-                    Event::Voice(VoiceEvent::JoinFailed(e)),
-                    Event::Voice(VoiceEvent::Status(status_of(v))),
-                ],
-            }
-        }
+        } => match enter_options(v, ctx, input, output, muted).await {
+            Ok(opts) => entered(v, v.call(&user, opts).await),
+            Err(e) => e,
+        },
         VoiceCommand::Leave => status(v.leave().await),
         VoiceCommand::SetMuted(on) => quiet(v.set_muted(on), v),
         VoiceCommand::SetDeafened(on) => quiet(v.set_deafened(on), v),
@@ -974,6 +938,42 @@ fn presence(ctx: &VoiceCtx) -> BTreeMap<(String, u64), Vec<VoiceMember>> {
 }
 
 /// Reads the call's status and the watched channels' presence, and sends what changed.
+/// Before joining a channel or a call: leaves any call (which also makes "rejoin the same
+/// channel" possible) and picks the devices. Push-to-talk up (or the mute button on) applies
+/// from the first frame: the microphone is never live while the join runs.
+async fn enter_options(
+    v: &VoiceService,
+    ctx: &VoiceCtx,
+    input: AudioDevice,
+    output: AudioDevice,
+    muted: bool,
+) -> Result<JoinOptions, Vec<Event>> {
+    let (input, output) = ctx
+        .devices
+        .clone()
+        .unwrap_or_else(|| (input.device(), output.device()));
+    v.leave()
+        .await
+        .map_err(|e| vec![Event::Voice(VoiceEvent::JoinFailed(e))])?;
+    Ok(JoinOptions {
+        input,
+        output,
+        muted,
+        ..JoinOptions::default()
+    })
+}
+
+/// The events after joining a channel or a call.
+fn entered(v: &VoiceService, r: Result<serde_json::Value, String>) -> Vec<Event> {
+    match r {
+        Ok(_) => vec![Event::Voice(VoiceEvent::Joined(status_of(v)))],
+        Err(e) => vec![
+            Event::Voice(VoiceEvent::JoinFailed(e)),
+            Event::Voice(VoiceEvent::Status(status_of(v))),
+        ],
+    }
+}
+
 async fn poll(ctx: VoiceCtx, emit: crate::backend::Emitter) {
     let mut last_status: Option<VoiceStatus> = None;
     let mut last_present = None;
