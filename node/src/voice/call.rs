@@ -43,7 +43,7 @@ use super::device::{
     AudioSink, AudioSource, CpalInput, CpalOutput, DeviceError, NullSink, NullSource, WavSink,
     WavSource,
 };
-use super::jitter::JitterConfig;
+use super::jitter::{JitterConfig, JitterStats};
 use super::pipeline::{Concealment, MAX_VOICE_PACKET, VoiceReceiver, VoiceSender};
 use super::process::{ProcessConfig, Processor};
 use super::soundboard::{
@@ -77,6 +77,8 @@ const SPEAKING_HOLD: Duration = Duration::from_millis(300);
 const MAX_LACKED: usize = 64;
 /// How often the statistics snapshot is refreshed.
 const STATS_EVERY: Duration = Duration::from_millis(200);
+/// A receiver report counts this long (they come every second).
+const REPORT_FRESH: Duration = Duration::from_secs(5);
 
 /// Where the engine's audio comes from or goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +210,10 @@ pub struct RemoteStats {
     pub loss: f32,
     /// Fraction of packets that came too late to play.
     pub late: f64,
+    /// Packets that came after their frame was played or skipped.
+    pub late_packets: u64,
+    /// Frames skipped to shrink the jitter buffer.
+    pub skipped: u64,
     /// Incoming bitrate over the last second, kbit/s.
     pub bitrate_kbps: f64,
     /// Media packets accepted (authentic and fresh).
@@ -233,6 +239,10 @@ pub struct RemoteStats {
     pub may_speak: bool,
     /// Playback volume set for it, percent (100: unchanged).
     pub volume_percent: u32,
+    /// The loss (0..1) it last reported on our stream, if within the last few seconds.
+    pub reported_loss: Option<f32>,
+    /// Receiver reports accepted from it.
+    pub reports: u64,
     /// Soundboard play events dropped because it may not use the soundboard.
     pub clips_refused: u64,
     /// Its soundboard clips being mixed here now.
@@ -270,6 +280,13 @@ pub struct EngineStats {
     pub reflexive: Option<String>,
     /// Packets dropped before decryption (malformed, unknown stream, bad MAC).
     pub dropped: u64,
+    /// The loss (0..1) our encoder's FEC is tuned to.
+    pub fec_loss: f32,
+    /// Where that loss comes from: `reports` (the worst receiver report of the last few
+    /// seconds), `incoming` (no reports: the worst loss we see from the others) or `none`.
+    pub fec_tuned_by: &'static str,
+    /// The expected-loss percentage our Opus encoder was given for it (0 without FEC).
+    pub fec_expected_percent: u8,
     /// Remote participants.
     pub remotes: Vec<RemoteStats>,
 }
@@ -468,6 +485,12 @@ struct Remote {
     clips: RemoteClips,
     /// Play events dropped because it may not use the soundboard.
     clip_refused: u64,
+    /// Nonce of the last receiver report accepted from it (reports must grow).
+    report_nonce: u64,
+    /// The loss it last reported on our stream, and when.
+    reported: Option<(f32, Instant)>,
+    /// Receiver reports accepted from it.
+    reports: u64,
 }
 
 /// One of our own plays.
@@ -551,6 +574,11 @@ struct Engine {
     /// Clips a participant lacked in this call: later plays of them go into our stream from
     /// their first frame (bounded; forgotten when someone leaves).
     lacked: VecDeque<[u8; 32]>,
+    /// Nonce of our last receiver report (one counter for all recipients).
+    report_nonce: u64,
+    /// The loss our encoder's FEC is tuned to, and where it came from.
+    fec_loss: f32,
+    fec_tuned_by: &'static str,
 }
 
 fn rms(f: &Frame) -> f64 {
@@ -622,6 +650,9 @@ impl Engine {
             clips_played: 0,
             clips_in_stream: 0,
             lacked: VecDeque::new(),
+            report_nonce: 0,
+            fec_loss: 0.0,
+            fec_tuned_by: "none",
         })
     }
 
@@ -734,6 +765,9 @@ impl Engine {
                                 heard: 0,
                                 clips: RemoteClips::default(),
                                 clip_refused: 0,
+                                report_nonce: 0,
+                                reported: None,
+                                reports: 0,
                             },
                         );
                     }
@@ -1005,6 +1039,40 @@ impl Engine {
         Ok(())
     }
 
+    /// Tells every participant whose frames we decode the loss we see on its stream, on the
+    /// path its media comes by (directly, or through our media relay).
+    fn send_reports(&mut self) {
+        let own = self.own.clone();
+        let mut out: Vec<([u8; wire::REPORT_LEN], Option<SocketAddr>, Option<u32>)> = Vec::new();
+        for r in self.remotes.values() {
+            let Some(rx) = &r.rx else { continue };
+            if rx.stats().accepted == 0 {
+                continue;
+            }
+            self.report_nonce += 1;
+            let p = wire::report_packet(
+                &r.setup.out_key,
+                self.ssrc,
+                self.report_nonce,
+                rx.loss_report(),
+            );
+            out.push((p, r.direct, r.relay_route(own.as_ref())));
+        }
+        for (p, direct, relayed) in out {
+            match (direct, relayed, own.as_ref()) {
+                (Some(addr), _, _) => self.send_to(&p, addr),
+                (None, Some(dest), Some(own)) => {
+                    self.wrapped.clear();
+                    relay_wire::encode_send(own.token, dest, &p, &mut self.wrapped);
+                    let w = std::mem::take(&mut self.wrapped);
+                    self.send_to(&w, own.addr);
+                    self.wrapped = w;
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn send_to(&mut self, bytes: &[u8], to: SocketAddr) {
         if self.socket.send_to(bytes, to).is_ok() {
             self.bytes_sent += bytes.len() as u64;
@@ -1104,17 +1172,29 @@ impl Engine {
             self.next_second = now + Duration::from_secs(1);
             self.bitrate_kbps = self.bytes_window as f64 * 8.0 / 1000.0;
             self.bytes_window = 0;
-            let mut worst = 0.0f32;
+            let (mut reported, mut incoming) = (None::<f32>, 0.0f32);
             for r in self.remotes.values_mut() {
                 r.bitrate_kbps = r.bytes_window as f64 * 8.0 / 1000.0;
                 r.bytes_window = 0;
                 if let Some(rx) = &r.rx {
-                    worst = worst.max(rx.loss_report());
+                    incoming = incoming.max(rx.loss_report());
+                }
+                if let Some((loss, at)) = r.reported
+                    && now.saturating_duration_since(at) <= REPORT_FRESH
+                {
+                    reported = Some(reported.map_or(loss, |w| w.max(loss)));
                 }
             }
-            // No receiver reports on the wire yet: the loss we see from the others stands in for
-            // the loss on our own uplink (paths are mostly symmetric) to tune FEC.
-            let _ = self.sender.receiver_report(worst);
+            // FEC protects the receiver that loses most of our stream, as its reports say.
+            // Until anyone reports (a peer of an older version), the loss we see from the others
+            // stands in for the loss on our own uplink (paths are mostly symmetric).
+            (self.fec_loss, self.fec_tuned_by) = match reported {
+                Some(l) => (l, "reports"),
+                None if self.remotes.values().any(|r| r.rx.is_some()) => (incoming, "incoming"),
+                None => (0.0, "none"),
+            };
+            let _ = self.sender.receiver_report(self.fec_loss);
+            self.send_reports();
         }
         if now >= self.next_stats {
             self.next_stats = now + STATS_EVERY;
@@ -1128,15 +1208,15 @@ impl Engine {
             .remotes
             .values()
             .map(|r| {
-                let (jb, buffered, loss, late, s) = match &r.rx {
+                let (jb, buffered, loss, j, s) = match &r.rx {
                     Some(rx) => (
                         rx.jitter().target_us() as f64 / 1000.0,
                         rx.jitter().len(),
                         rx.loss_report(),
-                        rx.jitter().stats().late_fraction(),
+                        rx.jitter().stats(),
                         rx.stats(),
                     ),
-                    None => (0.0, 0, 0.0, 0.0, Default::default()),
+                    None => (0.0, 0, 0.0, JitterStats::default(), Default::default()),
                 };
                 RemoteStats {
                     peer: r.setup.peer.to_string(),
@@ -1147,7 +1227,9 @@ impl Engine {
                     jitter_buffer_ms: jb,
                     buffered,
                     loss,
-                    late,
+                    late: j.late_fraction(),
+                    late_packets: j.late,
+                    skipped: j.skipped,
                     bitrate_kbps: r.bitrate_kbps,
                     accepted: s.accepted,
                     rejected: s.rejected,
@@ -1160,6 +1242,11 @@ impl Engine {
                     speaking: r.speaking_until.is_some_and(|t| t > now),
                     may_speak: r.setup.may_speak,
                     volume_percent: (r.gain * 100.0).round() as u32,
+                    reported_loss: r
+                        .reported
+                        .filter(|(_, at)| now.saturating_duration_since(*at) <= REPORT_FRESH)
+                        .map(|(l, _)| l),
+                    reports: r.reports,
                     clips_refused: r.clip_refused,
                     clips_playing: r.clips.active.len(),
                 }
@@ -1180,6 +1267,9 @@ impl Engine {
             fanout: own.is_some() && self.remotes.len() > MESH_MAX,
             reflexive: self.reflexive.map(|a| a.to_string()),
             dropped: self.dropped,
+            fec_loss: self.fec_loss,
+            fec_tuned_by: self.fec_tuned_by,
+            fec_expected_percent: self.sender.encoder().expected_loss(),
             remotes,
         };
         if let Ok(mut shared) = self.shared.lock() {
@@ -1286,6 +1376,27 @@ impl Engine {
                 r.rtt = Some(at.saturating_duration_since(sent));
                 r.last_ack = Some(at);
                 r.direct = Some(from);
+            }
+            PeerPacket::Report {
+                ssrc,
+                nonce,
+                loss,
+                mac,
+            } => {
+                let Some(r) = self.remotes.get_mut(&ssrc) else {
+                    self.dropped += 1;
+                    return;
+                };
+                if nonce <= r.report_nonce
+                    || !wire::report_ok(&r.setup.in_key, ssrc, nonce, loss, &mac)
+                {
+                    self.dropped += 1;
+                    return;
+                }
+                r.heard += 1;
+                r.report_nonce = nonce;
+                r.reports += 1;
+                r.reported = Some((f32::from(loss) / f32::from(wire::MAX_REPORT_LOSS), at));
             }
         }
     }

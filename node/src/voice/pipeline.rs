@@ -146,6 +146,11 @@ impl VoiceSender {
         Ok(self.encoder.set_measured_loss(loss)?)
     }
 
+    /// The encoder's settings (expected loss, bitrate).
+    pub fn encoder(&self) -> &VoiceEncoder {
+        &self.encoder
+    }
+
     /// The encoder (bitrate changes, lookahead).
     pub fn encoder_mut(&mut self) -> &mut VoiceEncoder {
         &mut self.encoder

@@ -18,12 +18,19 @@
 //! PROBE      0x11 | ssrc u32 | nonce u64 | mac 16     mac under the recipient's probe key
 //! PROBE_ACK  0x12 | ssrc u32 | nonce u64 | mac 16     mac under the prober's probe key
 //! MEDIA_EXT  0x13 | ssrc u32 | SFrame frame of (play event | Opus), type byte as AAD
+//! REPORT     0x14 | ssrc u32 | nonce u64 | loss u16 | mac 16
+//!                                                  mac under the recipient's probe key
 //! ```
 //!
 //! `ssrc` is the sender's stream id. A probe's MAC is HMAC-SHA-256 (truncated to 16 bytes)
 //! under the probe key the recipient gave this sender alone, over the type byte, `ssrc` and
 //! `nonce`: a probe or an acknowledgement proves the pair, so only the two peers can steer each
-//! other's media to a new address (how a NAT rebinding is followed). Media frames need no MAC
+//! other's media to a new address (how a NAT rebinding is followed). A receiver report tells a
+//! sender the loss its receiver sees on the sender's stream (basis points, at most 10,000), so
+//! the sender tunes its FEC to the path its packets actually take; it is MACed like a probe
+//! (with the loss in the MAC) and its nonce only grows, so a replayed or forged report cannot
+//! push a sender's FEC up or down. Reports say nothing a relay could not already guess from
+//! the traffic, so they are authenticated, not encrypted. Media frames need no MAC
 //! of their own: they are authenticated by their sender key, and a frame is never used to
 //! change a path. Through a media relay the same packets travel inside the relay's `SEND` and
 //! `DATA` framing ([`securecomm_rendezvous::media`]).
@@ -61,6 +68,12 @@ pub const MEDIA_EXT: u8 = 0x13;
 pub const PROBE_ACK: u8 = 0x12;
 /// Length of a probe or acknowledgement.
 pub const PROBE_LEN: usize = 1 + 4 + 8 + 16;
+/// UDP packet type: a receiver report (the loss seen on the recipient's stream).
+pub const REPORT: u8 = 0x14;
+/// Length of a receiver report.
+pub const REPORT_LEN: usize = 1 + 4 + 8 + 2 + 16;
+/// Largest loss a report can carry, in basis points (100%).
+pub const MAX_REPORT_LOSS: u16 = 10_000;
 
 /// A sender key: one epoch of one participant's stream.
 #[derive(Clone, PartialEq, Eq)]
@@ -385,6 +398,17 @@ pub enum PeerPacket<'a> {
         /// Its MAC.
         mac: [u8; 16],
     },
+    /// A receiver report from stream `ssrc`: the loss it sees on our stream.
+    Report {
+        /// The reporter's stream id.
+        ssrc: u32,
+        /// The report's nonce (grows with every report of this reporter).
+        nonce: u64,
+        /// Loss in basis points (at most [`MAX_REPORT_LOSS`]).
+        loss: u16,
+        /// Its MAC.
+        mac: [u8; 16],
+    },
 }
 
 /// Why a UDP packet was dropped before any cryptography.
@@ -433,6 +457,30 @@ pub fn parse_packet(b: &[u8]) -> Result<PeerPacket<'_>, PacketError> {
                 PeerPacket::ProbeAck { ssrc, nonce, mac }
             })
         }
+        REPORT => {
+            if b.len() != REPORT_LEN {
+                return Err(PacketError::Malformed);
+            }
+            let nonce =
+                u64::from_be_bytes(rest[4..12].try_into().map_err(|_| PacketError::Malformed)?);
+            let loss = u16::from_be_bytes(
+                rest[12..14]
+                    .try_into()
+                    .map_err(|_| PacketError::Malformed)?,
+            );
+            if loss > MAX_REPORT_LOSS {
+                return Err(PacketError::Malformed);
+            }
+            let mac: [u8; 16] = rest[14..30]
+                .try_into()
+                .map_err(|_| PacketError::Malformed)?;
+            Ok(PeerPacket::Report {
+                ssrc,
+                nonce,
+                loss,
+                mac,
+            })
+        }
         other => Err(PacketError::UnknownType(other)),
     }
 }
@@ -445,6 +493,11 @@ pub fn media_header(ssrc: u32, out: &mut Vec<u8>) {
 }
 
 fn probe_mac(key: &Secret32, kind: u8, ssrc: u32, nonce: u64) -> [u8; 16] {
+    packet_mac(key, kind, ssrc, nonce, &[])
+}
+
+/// HMAC-SHA-256, truncated to 16 bytes, over a packet's type, stream id, nonce and `extra`.
+fn packet_mac(key: &Secret32, kind: u8, ssrc: u32, nonce: u64, extra: &[u8]) -> [u8; 16] {
     // HMAC takes keys of any length, so this never fails; an all-zero MAC would only fail
     // verification.
     let Ok(mut m) = <Hmac<Sha256> as Mac>::new_from_slice(key.expose()) else {
@@ -454,6 +507,7 @@ fn probe_mac(key: &Secret32, kind: u8, ssrc: u32, nonce: u64) -> [u8; 16] {
     m.update(&[kind]);
     m.update(&ssrc.to_be_bytes());
     m.update(&nonce.to_be_bytes());
+    m.update(extra);
     let full = m.finalize().into_bytes();
     let mut out = [0u8; 16];
     out.copy_from_slice(&full[..16]);
@@ -473,6 +527,27 @@ pub fn probe_packet(kind: u8, key: &Secret32, ssrc: u32, nonce: u64) -> [u8; PRO
 /// Whether `mac` is right for a probe or acknowledgement of `kind` (constant time).
 pub fn probe_ok(kind: u8, key: &Secret32, ssrc: u32, nonce: u64, mac: &[u8; 16]) -> bool {
     probe_mac(key, kind, ssrc, nonce).ct_eq(mac).into()
+}
+
+/// A receiver report from stream `ssrc`: `loss` (0.0..=1.0, clamped) seen on the recipient's
+/// stream, MACed under the probe key the recipient gave us.
+pub fn report_packet(key: &Secret32, ssrc: u32, nonce: u64, loss: f32) -> [u8; REPORT_LEN] {
+    let bp = (loss.clamp(0.0, 1.0) * f32::from(MAX_REPORT_LOSS)).round() as u16;
+    let bp = bp.min(MAX_REPORT_LOSS);
+    let mut p = [0u8; REPORT_LEN];
+    p[0] = REPORT;
+    p[1..5].copy_from_slice(&ssrc.to_be_bytes());
+    p[5..13].copy_from_slice(&nonce.to_be_bytes());
+    p[13..15].copy_from_slice(&bp.to_be_bytes());
+    p[15..].copy_from_slice(&packet_mac(key, REPORT, ssrc, nonce, &bp.to_be_bytes()));
+    p
+}
+
+/// Whether `mac` is right for a receiver report (constant time).
+pub fn report_ok(key: &Secret32, ssrc: u32, nonce: u64, loss: u16, mac: &[u8; 16]) -> bool {
+    packet_mac(key, REPORT, ssrc, nonce, &loss.to_be_bytes())
+        .ct_eq(mac)
+        .into()
 }
 
 #[cfg(test)]
@@ -555,6 +630,53 @@ mod tests {
         ));
         assert!(!probe_ok(PROBE, &k, ssrc + 1, nonce, &mac));
         assert!(!probe_ok(PROBE, &k, ssrc, nonce + 1, &mac));
+    }
+
+    #[test]
+    fn reports_carry_the_loss_and_verify_only_under_their_key() {
+        let k = Secret32::random(&mut rand_core::OsRng);
+        let p = report_packet(&k, 9, 41, 0.237);
+        let Ok(PeerPacket::Report {
+            ssrc,
+            nonce,
+            loss,
+            mac,
+        }) = parse_packet(&p)
+        else {
+            panic!("not a report");
+        };
+        assert_eq!((ssrc, nonce, loss), (9, 41, 2370));
+        assert!(report_ok(&k, ssrc, nonce, loss, &mac));
+        // Another key, stream, nonce or loss: refused.
+        let other = Secret32::random(&mut rand_core::OsRng);
+        assert!(!report_ok(&other, ssrc, nonce, loss, &mac));
+        assert!(!report_ok(&k, ssrc + 1, nonce, loss, &mac));
+        assert!(!report_ok(&k, ssrc, nonce + 1, loss, &mac));
+        assert!(!report_ok(&k, ssrc, nonce, loss + 1, &mac));
+        // A probe's MAC over the same fields is not a report's.
+        assert!(!report_ok(
+            &k,
+            ssrc,
+            nonce,
+            0,
+            &probe_mac(&k, PROBE, ssrc, nonce)
+        ));
+        // Out of range and wrong lengths.
+        assert_eq!(
+            report_packet(&k, 1, 1, 7.0)[13..15],
+            10_000u16.to_be_bytes()
+        );
+        assert_eq!(report_packet(&k, 1, 1, f32::NAN)[13..15], [0, 0]);
+        let mut big = p;
+        big[13..15].copy_from_slice(&10_001u16.to_be_bytes());
+        assert_eq!(parse_packet(&big), Err(PacketError::Malformed));
+        assert_eq!(
+            parse_packet(&p[..REPORT_LEN - 1]),
+            Err(PacketError::Malformed)
+        );
+        let mut long = p.to_vec();
+        long.push(0);
+        assert_eq!(parse_packet(&long), Err(PacketError::Malformed));
     }
 
     proptest! {
