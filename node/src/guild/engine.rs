@@ -21,7 +21,7 @@
 //! durably once per [`RESERVE_BLOCK`] sends, holding the chain as it will be at the end of the
 //! block (`Engine::prepare_send`), so a crash can skip indices but never reuse one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand_core::{OsRng, RngCore};
@@ -248,6 +248,18 @@ pub(crate) struct Engine {
     pub keys: Keys,
     pub guilds: BTreeMap<GuildId, GuildState>,
     topics: HashMap<String, GuildId>,
+    /// Digests of the last [`MAX_FROM_HISTORY`] messages taken from history sessions: the same
+    /// message arriving by gossip afterwards (the sender's outbox publishing it once the
+    /// connection is back) is an honest duplicate, ignored, not a replay to penalise.
+    from_history: (HashSet<[u8; 32]>, VecDeque<[u8; 32]>),
+}
+
+/// Most history-delivered message digests remembered (see [`Engine`]).
+const MAX_FROM_HISTORY: usize = 4096;
+
+fn digest(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).into()
 }
 
 /// Milliseconds since the Unix epoch.
@@ -476,6 +488,7 @@ impl Engine {
             keys,
             guilds: BTreeMap::new(),
             topics: HashMap::new(),
+            from_history: (HashSet::new(), VecDeque::new()),
         }
     }
 
@@ -816,11 +829,16 @@ impl Engine {
             return Ok(Verdict::Ignore("not a topic of ours"));
         };
         Self::fresh(conn, g)?;
-        let v = if data.len() > MAX_GOSSIP_PAYLOAD {
+        let mut v = if data.len() > MAX_GOSSIP_PAYLOAD {
             Verdict::Reject("oversized")
         } else {
             Self::decrypt_check(g, data, None, &me, true)
         };
+        if let Verdict::Reject("replayed") = v
+            && self.from_history.0.contains(&digest(data))
+        {
+            v = Verdict::Ignore("already delivered by history");
+        }
         if let Verdict::Reject(_) = v {
             g.rejected = g.rejected.saturating_add(1);
         }
@@ -958,6 +976,16 @@ impl Engine {
                 Self::decrypt_check(g, data, Some((*sender, *seq)), &me, false)
             };
             if let Verdict::Accept(Some(m)) = v {
+                let (set, order) = &mut self.from_history;
+                let d = digest(data);
+                if set.insert(d) {
+                    order.push_back(d);
+                    if order.len() > MAX_FROM_HISTORY
+                        && let Some(old) = order.pop_front()
+                    {
+                        set.remove(&old);
+                    }
+                }
                 accepted.push((*gid, m));
                 verdicts.push(Verdict::Accept(None));
             } else {

@@ -287,6 +287,11 @@ const REPAIR_WINDOW: Duration = Duration::from_secs(60);
 const NUDGE_EVERY: Duration = Duration::from_secs(5);
 /// Most peers remembered as just lost.
 const MAX_LOST_PEERS: usize = 4096;
+/// Most relay circuits one reconnect round dials. libp2p's relay client opens at most 10 at a
+/// time over one relay connection and drops the rest (each drop a failed dial and a doubled
+/// backoff): netsim's 20-member chaos run, where a NAT flush cut every connection of one
+/// member, lost seconds to it.
+const MAX_CIRCUIT_DIALS_PER_ROUND: usize = 8;
 /// The larger peer id of a pair dials through a relay too once its backoff reaches this.
 const RELAY_DIAL_FALLBACK: Duration = Duration::from_secs(8);
 
@@ -1305,6 +1310,7 @@ impl GuildService {
         if let Ok(mut lost) = self.inner.lost.lock() {
             lost.retain(|p| !connected.contains(p));
         }
+        let mut circuit_budget = MAX_CIRCUIT_DIALS_PER_ROUND;
         for peer in self.member_peers() {
             if connected.contains(&peer) {
                 continue;
@@ -1355,6 +1361,13 @@ impl GuildService {
                 let _ = self.inner.net.dial_peer(peer, direct, 8).await;
             }
             if relay_turn && !circuits.is_empty() {
+                if circuit_budget == 0 {
+                    // Over budget: this peer's circuit waits for the next round, its backoff
+                    // not grown.
+                    backoff.insert(peer, (now + TICK, delay));
+                    continue;
+                }
+                circuit_budget -= 1;
                 let _ = self.inner.net.dial_peer(peer, circuits, 1).await;
             }
         }
