@@ -60,10 +60,15 @@ pub fn ruleset(kind: NatKind, public: Ipv4Addr, wan: &str) -> String {
         _ => (String::new(), String::new(), String::new()),
     };
     let forward = match kind {
-        NatKind::UdpBlocked => "    meta l4proto udp drop\n".to_owned(),
+        // Only what crosses the WAN is filtered: hosts on the site's LAN reach each other
+        // freely, as behind a real firewall (the LAN bridge's frames pass this hook too).
+        NatKind::UdpBlocked => format!(
+            "    oifname \"{wan}\" meta l4proto udp drop\n    iifname \"{wan}\" meta l4proto udp drop\n"
+        ),
         NatKind::Tcp443Only => format!(
             "    ct state established,related accept\n    \
-             oifname \"{wan}\" tcp dport 443 accept\n    drop\n"
+             oifname \"{wan}\" tcp dport 443 accept\n    \
+             oifname \"{wan}\" drop\n    iifname \"{wan}\" drop\n"
         ),
         _ => String::new(),
     };
@@ -99,7 +104,20 @@ mod tests {
         assert!(ruleset(NatKind::FullCone, ip, "wan").contains("udp dport @fc dnat"));
         assert!(ruleset(NatKind::AddressRestricted, ip, "wan").contains("ip saddr @seen dnat"));
         assert!(ruleset(NatKind::UdpBlocked, ip, "wan").contains("udp drop"));
-        assert!(ruleset(NatKind::Tcp443Only, ip, "wan").contains("tcp dport 443 accept"));
+        let t = ruleset(NatKind::Tcp443Only, ip, "wan");
+        assert!(t.contains("tcp dport 443 accept"), "{t}");
+        // Filtering applies to the WAN only: LAN hosts reach each other.
+        for r in [t, ruleset(NatKind::UdpBlocked, ip, "wan")] {
+            let forward = r.split("chain fwdfilter").nth(1).unwrap_or_default();
+            let forward = forward.split("chain input").next().unwrap_or_default();
+            assert!(
+                forward
+                    .lines()
+                    .filter(|l| l.contains("drop"))
+                    .all(|l| l.contains("\"wan\"")),
+                "{forward}"
+            );
+        }
         assert!(!ruleset(NatKind::None, ip, "wan").contains("snat"));
     }
 }

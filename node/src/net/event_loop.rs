@@ -478,6 +478,30 @@ impl std::fmt::Debug for EventLoop {
     }
 }
 
+/// The private IPv4 network (/24) an address is on, if it is a private IPv4 address.
+fn private_net(a: &Multiaddr) -> Option<[u8; 3]> {
+    match a.iter().next() {
+        Some(Protocol::Ip4(ip)) if ip.is_private() => {
+            let o = ip.octets();
+            Some([o[0], o[1], o[2]])
+        }
+        _ => None,
+    }
+}
+
+/// Of `theirs`, the direct addresses on a private network (/24) one of `ours` is on: a peer
+/// behind the same NAT, reachable without the relay.
+fn same_lan(ours: &[Multiaddr], theirs: &[Multiaddr]) -> Vec<Multiaddr> {
+    let nets: Vec<[u8; 3]> = ours.iter().filter_map(private_net).collect();
+    theirs
+        .iter()
+        .filter(|a| !a.iter().any(|p| p == Protocol::P2pCircuit))
+        .filter(|a| private_net(a).is_some_and(|n| nets.contains(&n)))
+        .take(MAX_LAN_ADDRS)
+        .cloned()
+        .collect()
+}
+
 fn path_of(endpoint: &ConnectedPoint) -> PeerPath {
     // An inbound relayed connection has the circuit in its local (listen) address; its
     // send-back address is only `/p2p/<peer>`. An outbound one has it in the dialled address.
@@ -754,6 +778,35 @@ impl EventLoop {
         }
     }
 
+    /// A peer reached only through a relay that listens on our own private network (a member
+    /// behind the same NAT: the same home, office or carrier-grade NAT) is dialled there too,
+    /// and the one-connection rule then keeps the direct connection. Hole punching cannot do
+    /// this (a NAT rarely forwards its own public address back inside), and without it two
+    /// members on one LAN talked through a relay, so a relay's death cut them apart (netsim's
+    /// chaos run, four hosts per site).
+    fn upgrade_to_lan(&mut self, peer: PeerId, theirs: &[Multiaddr]) {
+        let relayed_only = self
+            .connections
+            .get(&peer)
+            .is_some_and(|c| !c.is_empty() && c.iter().all(|(_, p, _)| *p == PeerPath::Relayed));
+        if !relayed_only {
+            return;
+        }
+        let ours: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+        let lan = same_lan(&ours, theirs);
+        if lan.is_empty() {
+            return;
+        }
+        tracing::debug!(%peer, addrs = ?lan, "dialling a relayed peer on our LAN");
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::NotDialing)
+            .addresses(lan)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "LAN upgrade not started");
+        }
+    }
+
     /// Keeps one connection to `peer` and closes the others: a direct one if there is one;
     /// among those, the newest (a new connection is evidence of a live path, an old one may
     /// have died without either end knowing yet); among connections opened within
@@ -989,6 +1042,7 @@ impl EventLoop {
                 for addr in &addrs {
                     self.swarm.add_peer_address(peer_id, addr.clone());
                 }
+                self.upgrade_to_lan(peer_id, &addrs);
                 self.emit(Event::Identified {
                     peer: peer_id,
                     listen_addrs: addrs,
@@ -1146,5 +1200,47 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn same_lan_keeps_direct_private_addresses_on_our_networks_only() {
+        let ours = [
+            a("/ip4/127.0.0.1/tcp/4001"),
+            a("/ip4/10.4.0.10/tcp/4001"),
+            a("/ip4/10.4.0.10/udp/4001/quic-v1"),
+            a("/ip4/198.18.0.10/tcp/4001/p2p-circuit"),
+        ];
+        let theirs = [
+            a("/ip4/10.4.0.11/udp/4001/quic-v1"),
+            a("/ip4/10.4.0.11/tcp/4001"),
+            // Another private network, loopback, public, a circuit through a relay on our
+            // network, IPv6: none of these.
+            a("/ip4/10.5.0.11/tcp/4001"),
+            a("/ip4/127.0.0.1/tcp/4001"),
+            a("/ip4/198.18.4.1/tcp/4001"),
+            a(
+                "/ip4/10.4.0.1/tcp/4001/p2p/12D3KooWEi1Vx8vpXH5wTpvaiEyMSUkYW5aitf8QiMBDB3H4KmxT/p2p-circuit",
+            ),
+            a("/ip6/fd00::1/tcp/4001"),
+        ];
+        assert_eq!(
+            same_lan(&ours, &theirs),
+            vec![
+                a("/ip4/10.4.0.11/udp/4001/quic-v1"),
+                a("/ip4/10.4.0.11/tcp/4001")
+            ]
+        );
+        // Listening only on loopback or public addresses: no LAN to share.
+        assert!(same_lan(&ours[..1], &theirs).is_empty());
+        assert!(same_lan(&[a("/ip4/0.0.0.0/tcp/4001")], &theirs).is_empty());
     }
 }
