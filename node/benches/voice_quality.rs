@@ -51,9 +51,9 @@ use securecomm_node::voice::codec::CodecConfig;
 use securecomm_node::voice::device::{AudioSink, AudioSource, WavSink, WavSource};
 use securecomm_node::voice::jitter::{JitterConfig, JitterStats};
 use securecomm_node::voice::pipeline::{
-    Concealment, ReceiverStats, SenderStats, VoiceReceiver, VoiceSender,
+    Concealment, HalfPlayout, ReceiverStats, SenderStats, VoiceReceiver, VoiceSender,
 };
-use securecomm_node::voice::{FRAME_SAMPLES, FRAME_US, Frame, SAMPLE_RATE};
+use securecomm_node::voice::{FRAME_SAMPLES, FRAME_US, Frame, HALF_SAMPLES, HALF_US, SAMPLE_RATE};
 use securecomm_noise::frame::{BaseKey, FrameReceiver, FrameSender, frame_kid};
 use securecomm_noise::secret::Secret32;
 
@@ -305,7 +305,8 @@ fn samples_at(us: u64) -> usize {
 }
 
 /// One pass of `input` through sender, channel and receiver. Frame `f` is captured during
-/// `[f, f+1) * 20 ms` and sent at its end; the receiver plays a frame at `k * 20 ms + phase`.
+/// `[f, f+1) * 20 ms` and sent at its end; the receiver's device ticks at `k * 10 ms + phase`
+/// (10 ms of audio per tick, as the call engine plays).
 fn run(input: &[i16], channel: &Channel, concealment: Concealment, phase_us: u64) -> RunResult {
     // +DRED holds a steady 3 frames under loss (not the burst-following lookahead, whose
     // changes of target cost a stretch or a skip each).
@@ -438,10 +439,12 @@ fn run_exp(input: &[i16], channel: &Channel, exp: &Exp, phase_us: u64) -> RunRes
     let mut next_frame = 0;
     let mut ticks = 0u64;
     let mut packet = Vec::new();
-    let mut out = [0i16; FRAME_SAMPLES];
+    // The device ticks every 10 ms, as the call engine does (`HalfPlayout`).
+    let mut half = [0i16; HALF_SAMPLES];
+    let mut playout = HalfPlayout::new();
     let mut k = 0u64;
     loop {
-        let now = k * FRAME_US + phase_us;
+        let now = k * HALF_US + phase_us;
         if now > end_us {
             break;
         }
@@ -468,12 +471,12 @@ fn run_exp(input: &[i16], channel: &Channel, exp: &Exp, phase_us: u64) -> RunRes
             };
             rx.receive(&p, arrival).unwrap();
         }
-        rx.play(now, &mut out).unwrap();
+        let decoded = playout.play(&mut rx, now, &mut half).unwrap();
         recv_cpu += t.elapsed();
-        ticks += 1;
+        ticks += u64::from(decoded.is_some());
         let pos = samples_at(now);
-        output[pos..pos + FRAME_SAMPLES].copy_from_slice(&out);
-        if (fec || exp.dred > 0) && k % 50 == 49 {
+        output[pos..pos + HALF_SAMPLES].copy_from_slice(&half);
+        if (fec || exp.dred > 0) && k % 100 == 99 {
             tx.receiver_report(rx.loss_report() * exp.hint).unwrap();
         }
         k += 1;
@@ -766,20 +769,23 @@ fn main() {
     let clean = Channel::new(Loss::None, 0, frames, 1);
     let mut lags = Vec::new();
     let mut lookahead = 0;
-    for phase_ms in [0u64, 5, 10, 15] {
-        let r = run(&input, &clean, Concealment::default(), phase_ms * 1000);
+    // The device ticks every 10 ms, so phases repeat after 10 ms; 1 ms steps cover them.
+    for phase_us in (0..HALF_US).step_by(1_000) {
+        let r = run(&input, &clean, Concealment::default(), phase_us);
         lookahead = r.lookahead;
         let lag = delay_lag(&input, &r.output, samples_at(120_000));
         let ms = lag as f64 * 1000.0 / f64::from(SAMPLE_RATE);
         println!(
-            "  device tick phase {phase_ms:>2} ms: {ms:5.1} ms (jitter-buffer delay {:.1} ms)",
+            "  device tick phase {:>4.1} ms: {ms:5.1} ms (jitter-buffer delay {:.1} ms)",
+            phase_us as f64 / 1000.0,
             r.jitter.mean_buffer_delay_ms()
         );
         lags.push(ms);
     }
     println!(
-        "  mean over phases: {:.1} ms  (= 20 ms frame + {:.1} ms Opus lookahead + jitter buffer margin + device phase)",
+        "  over phases: mean {:.1} ms, worst {:.1} ms  (= 20 ms frame + {:.1} ms Opus lookahead + jitter buffer margin + device phase)",
         lags.iter().sum::<f64>() / lags.len() as f64,
+        lags.iter().copied().fold(0.0, f64::max),
         lookahead as f64 * 1000.0 / f64::from(SAMPLE_RATE)
     );
 

@@ -44,13 +44,13 @@ use super::device::{
     WavSource,
 };
 use super::jitter::{JitterConfig, JitterStats};
-use super::pipeline::{Concealment, MAX_VOICE_PACKET, VoiceReceiver, VoiceSender};
+use super::pipeline::{Concealment, HalfPlayout, MAX_VOICE_PACKET, VoiceReceiver, VoiceSender};
 use super::process::{ProcessConfig, Processor};
 use super::soundboard::{
     ActiveClip, ClipCache, ClipEvent, EVENT_REPEATS, MAX_ACTIVE_CLIPS, RemoteClips,
 };
 use super::wire::{self, PROBE, PROBE_ACK, PeerPacket};
-use super::{FRAME_SAMPLES, FRAME_US, Frame, SILENCE};
+use super::{FRAME_SAMPLES, Frame, HALF_SAMPLES, HALF_US, SILENCE};
 
 /// A direct path without an acknowledgement for this long is dropped.
 pub const PATH_TIMEOUT: Duration = Duration::from_secs(4);
@@ -491,6 +491,8 @@ struct Remote {
     reported: Option<(f32, Instant)>,
     /// Receiver reports accepted from it.
     reports: u64,
+    /// Its frames, played 10 ms at a time.
+    playout: HalfPlayout,
 }
 
 /// One of our own plays.
@@ -564,7 +566,12 @@ struct Engine {
     packet: Vec<u8>,
     wrapped: Vec<u8>,
     frame: Frame,
-    mix: Vec<i32>,
+    /// The next 20 ms of soundboard clips, laid out at the start of each frame period.
+    clip_mix: Vec<i32>,
+    /// What was played in the current 20 ms (the echo canceller's reference).
+    played: Frame,
+    /// Whether the next 10 ms step is the second half of a frame period.
+    second_half: bool,
     clips: Arc<Mutex<ClipCache>>,
     clip_needed: Option<tokio::sync::mpsc::Sender<(u32, ClipEvent)>>,
     own_plays: Vec<OwnPlay>,
@@ -581,7 +588,7 @@ struct Engine {
     fec_tuned_by: &'static str,
 }
 
-fn rms(f: &Frame) -> f64 {
+fn rms(f: &[i16]) -> f64 {
     let sum: f64 = f.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
     (sum / f.len() as f64).sqrt()
 }
@@ -642,7 +649,9 @@ impl Engine {
             packet: Vec::with_capacity(MAX_VOICE_PACKET + 8),
             wrapped: Vec::with_capacity(MAX_VOICE_PACKET + 32),
             frame: SILENCE,
-            mix: vec![0; SILENCE.len()],
+            clip_mix: vec![0; FRAME_SAMPLES],
+            played: SILENCE,
+            second_half: false,
             clips: cfg.clips,
             clip_needed: cfg.clip_needed,
             own_plays: Vec::new(),
@@ -677,10 +686,10 @@ impl Engine {
             let now = Instant::now();
             if now >= next_frame {
                 self.tick(now)?;
-                next_frame += Duration::from_micros(FRAME_US);
+                next_frame += Duration::from_micros(HALF_US);
                 // Far behind (the machine stalled): skip ahead rather than burst.
                 if now.saturating_duration_since(next_frame) > Duration::from_millis(200) {
-                    next_frame = now + Duration::from_micros(FRAME_US);
+                    next_frame = now + Duration::from_micros(HALF_US);
                 }
             }
             self.housekeeping(now);
@@ -768,6 +777,7 @@ impl Engine {
                                 report_nonce: 0,
                                 reported: None,
                                 reports: 0,
+                                playout: HalfPlayout::new(),
                             },
                         );
                     }
@@ -928,8 +938,21 @@ impl Engine {
         attach.map(|(_, e)| e)
     }
 
-    /// One 20 ms frame: capture, encode, send; receive side: play and mix.
+    /// One 10 ms step: every other step captures, encodes and sends a 20 ms frame (and lays
+    /// out the next 20 ms of soundboard clips); every step plays 10 ms of each participant
+    /// ([`HalfPlayout`]) and mixes them.
     fn tick(&mut self, now: Instant) -> Result<(), String> {
+        let first = !self.second_half;
+        self.second_half = first;
+        if first {
+            self.capture_and_send(now)?;
+        }
+        self.play_half(now, first);
+        Ok(())
+    }
+
+    /// Captures, encodes and sends one 20 ms frame.
+    fn capture_and_send(&mut self, now: Instant) -> Result<(), String> {
         if !self.input_done {
             match self.input.read_frame(&mut self.frame) {
                 Ok(true) => {}
@@ -976,25 +999,32 @@ impl Engine {
         self.packet.extend_from_slice(&frame);
         self.frames += 1;
         self.send_media();
+        Ok(())
+    }
 
-        self.mix.iter_mut().for_each(|m| *m = 0);
+    /// Plays 10 ms (`first`: the first half of a 20 ms frame period): each participant's
+    /// next half frame and the soundboard clips, mixed.
+    fn play_half(&mut self, now: Instant, first: bool) {
         let now_us = self.now_us(now);
-        let mut out = SILENCE;
+        let mut mix = [0i32; HALF_SAMPLES];
+        let mut half = [0i16; HALF_SAMPLES];
         let mut needed: Vec<(u32, ClipEvent)> = Vec::new();
         for (ssrc, r) in self.remotes.iter_mut() {
             let Some(rx) = r.rx.as_mut() else { continue };
-            if rx.play(now_us, &mut out).is_err() {
+            let Ok(decoded) = r.playout.play(rx, now_us, &mut half) else {
                 continue;
-            }
-            if rms(&out) > SPEAKING_RMS {
+            };
+            if rms(&half) > SPEAKING_RMS {
                 r.speaking_until = Some(now + SPEAKING_HOLD);
             }
             let g = r.gain;
-            for (m, &s) in self.mix.iter_mut().zip(out.iter()) {
+            for (m, &s) in mix.iter_mut().zip(half.iter()) {
                 *m += (f32::from(s) * g) as i32;
             }
-            // Clips whose frame was just played start now, in time with the voice.
-            if let Some(seq) = rx.last_played() {
+            // Clips whose frame was just decoded start with it, in time with the voice.
+            if decoded.is_some()
+                && let Some(seq) = rx.last_played()
+            {
                 for (event, frames_in) in r.clips.due(seq) {
                     let pcm = self.clips.lock().ok().and_then(|c| c.get(&event.root));
                     match pcm {
@@ -1007,36 +1037,50 @@ impl Engine {
                     }
                 }
             }
-            for c in r.clips.active.iter_mut() {
-                c.mix_into(&mut self.mix);
+        }
+        if first {
+            // Clips advance 20 ms at a time: lay out the next 20 ms of all of them now.
+            self.clip_mix.iter_mut().for_each(|m| *m = 0);
+            for r in self.remotes.values_mut() {
+                for c in r.clips.active.iter_mut() {
+                    c.mix_into(&mut self.clip_mix);
+                }
+                r.clips.active.retain(|c| !c.done());
             }
-            r.clips.active.retain(|c| !c.done());
+            for p in self.own_plays.iter_mut() {
+                p.monitor.mix_into(&mut self.clip_mix);
+            }
+            self.own_plays.retain(|p| !p.done());
         }
-        for p in self.own_plays.iter_mut() {
-            p.monitor.mix_into(&mut self.mix);
+        let offset = if first { 0 } else { HALF_SAMPLES };
+        let clips = self
+            .clip_mix
+            .get(offset..offset + HALF_SAMPLES)
+            .unwrap_or_default();
+        for (m, &c) in mix.iter_mut().zip(clips) {
+            *m += c;
         }
-        self.own_plays.retain(|p| !p.done());
         if let Some(tx) = &self.clip_needed {
             for n in needed {
                 let _ = tx.try_send(n);
             }
         }
-        if self.deafened {
-            out = SILENCE;
-        } else {
-            for (o, &m) in out.iter_mut().zip(self.mix.iter()) {
+        let mut out = [0i16; HALF_SAMPLES];
+        if !self.deafened {
+            for (o, &m) in out.iter_mut().zip(mix.iter()) {
                 *o = m.clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16;
             }
         }
-        if let Some(p) = self.processor.as_mut() {
-            // Exactly what the speakers play is what can echo back into the microphone.
-            p.far_end(&out);
+        // Exactly what the speakers play is what can echo back into the microphone: the
+        // echo canceller gets it per 20 ms, once both halves are out.
+        self.played[offset..offset + HALF_SAMPLES].copy_from_slice(&out);
+        if !first && let Some(p) = self.processor.as_mut() {
+            p.far_end(&self.played);
         }
-        if let Err(e) = self.output.write_frame(&out) {
+        if let Err(e) = self.output.write_samples(&out) {
             tracing::warn!(error = %e, "voice output failed; playing nothing");
             self.output = Box::new(NullSink::default());
         }
-        Ok(())
     }
 
     /// Tells every participant whose frames we decode the loss we see on its stream, on the

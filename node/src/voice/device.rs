@@ -69,10 +69,14 @@ pub trait AudioSource {
     fn read_frame(&mut self, frame: &mut Frame) -> Result<bool, DeviceError>;
 }
 
-/// Where 20 ms frames of audio to play go.
+/// Where audio to play goes (the call engine writes 10 ms at a time).
 pub trait AudioSink {
-    /// Plays (or stores) one frame.
-    fn write_frame(&mut self, frame: &Frame) -> Result<(), DeviceError>;
+    /// Plays (or stores) the next samples (48 kHz mono).
+    fn write_samples(&mut self, samples: &[i16]) -> Result<(), DeviceError>;
+    /// Plays (or stores) one 20 ms frame.
+    fn write_frame(&mut self, frame: &Frame) -> Result<(), DeviceError> {
+        self.write_samples(frame)
+    }
     /// Pushes out whatever is buffered (a WAV file's header and data).
     fn flush(&mut self) -> Result<(), DeviceError>;
 }
@@ -208,13 +212,13 @@ impl WavSink {
 }
 
 impl AudioSink for WavSink {
-    fn write_frame(&mut self, frame: &Frame) -> Result<(), DeviceError> {
+    fn write_samples(&mut self, samples: &[i16]) -> Result<(), DeviceError> {
         let path = Path::new(&self.path);
         let w = self.writer.as_mut().ok_or_else(|| DeviceError::Wav {
             path: self.path.clone(),
             message: "already finished".into(),
         })?;
-        for s in frame {
+        for s in samples {
             w.write_sample(*s).map_err(|e| wav_err(path, e))?;
         }
         Ok(())
@@ -275,13 +279,16 @@ impl AudioSource for NullSource {
 /// Discards audio, counting frames.
 #[derive(Debug, Clone, Default)]
 pub struct NullSink {
-    /// Frames written so far.
+    /// Whole 20 ms frames written so far.
     pub frames: u64,
+    /// Samples written so far.
+    pub samples: u64,
 }
 
 impl AudioSink for NullSink {
-    fn write_frame(&mut self, _frame: &Frame) -> Result<(), DeviceError> {
-        self.frames += 1;
+    fn write_samples(&mut self, samples: &[i16]) -> Result<(), DeviceError> {
+        self.samples += samples.len() as u64;
+        self.frames = self.samples / FRAME_SAMPLES as u64;
         Ok(())
     }
 
@@ -493,11 +500,11 @@ impl CpalOutput {
 }
 
 impl AudioSink for CpalOutput {
-    fn write_frame(&mut self, frame: &Frame) -> Result<(), DeviceError> {
+    fn write_samples(&mut self, samples: &[i16]) -> Result<(), DeviceError> {
         if let Some(f) = take_fault(&self.fault) {
             return Err(DeviceError::Disconnected(f));
         }
-        let chunk: Vec<f32> = frame.iter().map(|s| f32::from(*s) / 32768.0).collect();
+        let chunk: Vec<f32> = samples.iter().map(|s| f32::from(*s) / 32768.0).collect();
         match self.tx.try_send(chunk) {
             Ok(()) => Ok(()),
             // The device plays slower than we write (or not at all): drop, as a real-time

@@ -43,5 +43,13 @@ pub const FRAME_SAMPLES: usize = (SAMPLE_RATE / 1000 * FRAME_MS) as usize;
 /// One 20 ms mono frame of 16-bit PCM at 48 kHz.
 pub type Frame = [i16; FRAME_SAMPLES];
 
+/// Playback runs in 10 ms steps (half a frame), so a stream starts playing at most 10 ms after
+/// its first frame is due instead of up to 20 ms (see [`pipeline::HalfPlayout`]).
+pub const HALF_US: u64 = FRAME_US / 2;
+/// Samples in 10 ms.
+pub const HALF_SAMPLES: usize = FRAME_SAMPLES / 2;
+/// Ten milliseconds of 16-bit PCM.
+pub type Half = [i16; HALF_SAMPLES];
+
 /// A frame of silence.
 pub const SILENCE: Frame = [0; FRAME_SAMPLES];
