@@ -270,9 +270,10 @@ pub fn event_json(e: &Event) -> Value {
         Event::ConnectionAdded(p) => json!({"event": "connection-added", "peer": p.to_string()}),
         Event::HolePunched(p) => json!({"event": "hole-punched", "peer": p.to_string()}),
         Event::Lagged(n) => json!({"event": "lagged", "missed": n}),
-        Event::Gossip { .. } | Event::DirectRequest { .. } | Event::Identified { .. } => {
-            Value::Null
-        }
+        Event::Gossip { .. }
+        | Event::DirectRequest { .. }
+        | Event::Identified { .. }
+        | Event::Subscribed { .. } => Value::Null,
     }
 }
 

@@ -124,6 +124,13 @@ pub enum Event {
         /// The request bytes.
         data: Vec<u8>,
     },
+    /// A peer subscribed to a gossip topic (a publication that found nobody can go now).
+    Subscribed {
+        /// The peer.
+        peer: PeerId,
+        /// The topic.
+        topic: String,
+    },
     /// A peer told us (identify) where it listens.
     Identified {
         /// The peer.
@@ -1081,6 +1088,15 @@ impl EventLoop {
                         }
                     }
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+                peer_id,
+                topic,
+            })) => {
+                self.emit(Event::Subscribed {
+                    peer: peer_id,
+                    topic: topic.to_string(),
+                });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,

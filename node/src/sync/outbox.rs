@@ -144,6 +144,17 @@ impl Outbox {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Makes every publication on `topic` due at `now_ms` (a peer just subscribed to it, so
+    /// what waited out a backoff can go now). Returns how many were waiting.
+    pub fn hurry(db: &Db, topic: &str, now_ms: u64) -> Result<usize, SyncError> {
+        Ok(db
+            .conn()
+            .prepare_cached(
+                "UPDATE outbox SET next_attempt_at = ?2 WHERE topic = ?1 AND next_attempt_at > ?2",
+            )?
+            .execute(params![topic, sql_u64(now_ms)])?)
+    }
+
     /// When the next publication is due, if any.
     pub fn next_due_ms(db: &Db) -> Result<Option<u64>, SyncError> {
         let v: Option<i64> =
@@ -291,6 +302,24 @@ mod tests {
         assert_eq!(Outbox::len(&db).unwrap(), 0);
         assert_eq!(Outbox::next_due_ms(&db).unwrap(), None);
         assert!(!format!("{:?}", due[0]).contains("one"));
+    }
+
+    #[test]
+    fn a_new_subscriber_makes_waiting_publications_on_its_topic_due() {
+        let db = Db::open_in_memory(&Secret32::from_bytes([5; 32])).unwrap();
+        let a = Outbox::enqueue(&db, "guild-a", b"one", 1000).unwrap();
+        let b = Outbox::enqueue(&db, "guild-b", b"two", 1000).unwrap();
+        for _ in 0..5 {
+            Outbox::failed(&db, a, 1000).unwrap();
+            Outbox::failed(&db, b, 1000).unwrap();
+        }
+        assert!(Outbox::due(&db, 1100, 10).unwrap().is_empty());
+        assert_eq!(Outbox::hurry(&db, "guild-a", 1100).unwrap(), 1);
+        let due = Outbox::due(&db, 1100, 10).unwrap();
+        assert_eq!(due.iter().map(|p| p.id).collect::<Vec<_>>(), vec![a]);
+        // Already due: nothing to hurry; the other topic keeps its backoff.
+        assert_eq!(Outbox::hurry(&db, "guild-a", 1100).unwrap(), 0);
+        assert_eq!(Outbox::hurry(&db, "nobody", 1100).unwrap(), 0);
     }
 
     #[test]

@@ -667,6 +667,15 @@ async fn run_events(inner: Arc<Inner>, mut events: crate::net::EventStream) {
                     });
                 }
                 Some(Event::Lagged(_)) => refresh_connected(&inner).await,
+                // Publications that found no subscriber back off up to 30 s; one just appeared.
+                Some(Event::Subscribed { topic, .. }) => {
+                    let hurried = lock(&inner.state)
+                        .and_then(|st| Outbox::hurry(&st.db, &topic, now_ms()))
+                        .unwrap_or(0);
+                    if hurried > 0 {
+                        inner.outbox_wake.notify_one();
+                    }
+                }
                 Some(_) => {}
             },
             _ = anti_entropy.tick() => {

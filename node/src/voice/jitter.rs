@@ -45,7 +45,8 @@
 //!   cross-fade out of it instead of clicking. A skip waits for a pause: the receiver says
 //!   whether what it just played was quiet ([`JitterBuffer::set_quiet`]), and a frame is
 //!   skipped only after [`JitterConfig::quiet_frames`] quiet frames in a row, unless playout is
-//!   [`JitterConfig::force_skip_frames`] or more behind. Netsim's five-NAT call showed why:
+//!   [`JitterConfig::force_skip_frames`] or more behind or the skip has waited
+//!   [`JitterConfig::max_skip_wait`] ticks (so the delay goal holds through long speech). Netsim's five-NAT call showed why:
 //!   after a stall of the loaded machine the buffer shrank by skipping 20 ms frames in the
 //!   middle of words, and PESQ-WB of those recordings fell to 1.4-2.4 (3.1-4.5 for the rest).
 //!
@@ -87,6 +88,9 @@ pub struct JitterConfig {
     pub quiet_frames: u32,
     /// Frames behind schedule from which a frame is skipped even during speech.
     pub force_skip_frames: u64,
+    /// Most ticks a due skip waits for a pause before it happens anyway (the delay the skip
+    /// would remove is paid meanwhile).
+    pub max_skip_wait: u32,
 }
 
 impl Default for JitterConfig {
@@ -104,6 +108,7 @@ impl Default for JitterConfig {
             min_lookahead_frames: 1,
             quiet_frames: 3,
             force_skip_frames: 3,
+            max_skip_wait: 25,
         }
     }
 }
@@ -230,6 +235,8 @@ pub struct JitterBuffer {
     ticks_since_skip: u32,
     /// Quiet frames played in a row (as the receiver reports).
     quiet_run: u32,
+    /// Ticks the due skip has waited for a pause so far.
+    skip_waited: u32,
     stats: JitterStats,
 }
 
@@ -265,6 +272,7 @@ impl JitterBuffer {
             burst_ewma: 1.0,
             ticks_since_skip: 0,
             quiet_run: u32::MAX,
+            skip_waited: 0,
             stats: JitterStats::default(),
         }
     }
@@ -442,14 +450,20 @@ impl JitterBuffer {
             next = due;
         }
         let mut skipped = None;
-        let pause = self.quiet_run >= self.config.quiet_frames
-            || due - next >= self.config.force_skip_frames;
         let skip_due =
             next < due && self.playing && self.ticks_since_skip >= self.config.shrink_interval;
+        let pause = self.quiet_run >= self.config.quiet_frames
+            || due - next >= self.config.force_skip_frames
+            || self.skip_waited >= self.config.max_skip_wait;
         if skip_due && !pause {
             self.stats.skips_deferred += 1;
+            self.skip_waited += 1;
+        }
+        if !skip_due {
+            self.skip_waited = 0;
         }
         if skip_due && pause {
+            self.skip_waited = 0;
             self.ticks_since_skip = 0;
             self.stats.skipped += 1;
             skipped = self.packets.remove(&next).map(|h| h.payload);
@@ -665,9 +679,10 @@ mod tests {
     /// there; quiet all along, it drops them as the target falls.
     #[test]
     fn shrinking_waits_for_a_pause_in_speech() {
-        let run = |loud_until: u64, force: u64| {
+        let run = |loud_until: u64, force: u64, wait: u32| {
             let mut jb = JitterBuffer::new(JitterConfig {
                 force_skip_frames: force,
+                max_skip_wait: wait,
                 ..JitterConfig::default()
             });
             let mut rng = 0x9e37_79b9_u64;
@@ -702,8 +717,9 @@ mod tests {
             }
             (skipped_at, jb.stats())
         };
-        // Speech until tick 1000 (the target has fallen long before): every skip in the pause.
-        let (at, s) = run(1000, 100);
+        // Speech until tick 1000 (the target has fallen long before), no limit on waiting:
+        // every skip in the pause.
+        let (at, s) = run(1000, 100, u32::MAX);
         assert!(
             at.len() >= 2,
             "the excess is dropped in the pause: {at:?} {s:?}"
@@ -714,11 +730,16 @@ mod tests {
         );
         assert!(s.skips_deferred > 0, "{s:?}");
         // Quiet all along: skipped while the target falls, before tick 1000.
-        let (at, _) = run(0, 100);
+        let (at, _) = run(0, 100, u32::MAX);
         assert!(at.first().is_some_and(|&t| t < 1000), "{at:?}");
         // `force_skip_frames` behind, speech does not wait.
-        let (at, s) = run(1000, 2);
+        let (at, s) = run(1000, 2, u32::MAX);
         assert!(at.first().is_some_and(|&t| t < 1000), "{at:?} {s:?}");
+        // Nor does it wait longer than `max_skip_wait` ticks: the default waits 25 ticks, and
+        // each skip comes at most that long after it was due.
+        let (at, s) = run(1000, 100, 25);
+        assert!(at.first().is_some_and(|&t| t < 1000), "{at:?} {s:?}");
+        assert!(s.skips_deferred >= 25, "{s:?}");
     }
 
     #[test]
