@@ -45,8 +45,6 @@ use securecomm_noise::codec::Encode;
 pub const MAX_VOICE_PACKET: usize = MAX_HEADER_LEN + MAX_PACKET + NT;
 /// Samples cross-faded when the jitter buffer skips a frame (2.5 ms).
 const CROSSFADE: usize = 120;
-/// A played frame below this RMS (about -42 dBFS) counts as a pause in speech.
-const QUIET_RMS: f64 = 260.0;
 /// KIDs whose sequence offset the receiver remembers (current epoch and a few before).
 const MAX_STREAM_KEYS: usize = 4;
 
@@ -437,10 +435,6 @@ impl VoiceReceiver {
                 *o = (f32::from(*o) * w + f32::from(*s) * (1.0 - w)).round() as i16;
             }
         }
-        // A pause in speech is where the jitter buffer may drop a frame unheard.
-        let energy: f64 = out.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-        let quiet = energy / (out.len().max(1) as f64) < QUIET_RMS * QUIET_RMS;
-        self.jitter.set_quiet(quiet);
         match played {
             Played::Packet => self.stats.decoded += 1,
             Played::Fec => self.stats.fec += 1,
