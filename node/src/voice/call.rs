@@ -1103,18 +1103,33 @@ impl Engine {
             out.push((p, r.direct, r.relay_route(own.as_ref())));
         }
         for (p, direct, relayed) in out {
-            match (direct, relayed, own.as_ref()) {
-                (Some(addr), _, _) => self.send_to(&p, addr),
-                (None, Some(dest), Some(own)) => {
-                    self.wrapped.clear();
-                    relay_wire::encode_send(own.token, dest, &p, &mut self.wrapped);
-                    let w = std::mem::take(&mut self.wrapped);
-                    self.send_to(&w, own.addr);
-                    self.wrapped = w;
-                }
-                _ => {}
-            }
+            self.send_on_path(&p, direct, relayed, own.as_ref());
         }
+    }
+
+    /// Sends `bytes` to a participant: to its direct address if it has one, else through our
+    /// media-relay allocation to its allocation `relayed`; nowhere without either.
+    fn send_on_path(
+        &mut self,
+        bytes: &[u8],
+        direct: Option<SocketAddr>,
+        relayed: Option<u32>,
+        own: Option<&OwnAllocation>,
+    ) {
+        match (direct, relayed, own) {
+            (Some(addr), _, _) => self.send_to(bytes, addr),
+            (None, Some(dest), Some(own)) => self.send_via_relay(bytes, dest, own),
+            _ => {}
+        }
+    }
+
+    /// Sends `bytes` through our allocation to `dest` (an allocation id, or `FANOUT`).
+    fn send_via_relay(&mut self, bytes: &[u8], dest: u32, own: &OwnAllocation) {
+        self.wrapped.clear();
+        relay_wire::encode_send(own.token, dest, bytes, &mut self.wrapped);
+        let w = std::mem::take(&mut self.wrapped);
+        self.send_to(&w, own.addr);
+        self.wrapped = w;
     }
 
     fn send_to(&mut self, bytes: &[u8], to: SocketAddr) {
@@ -1129,11 +1144,7 @@ impl Engine {
         let own = self.own.clone();
         let fanout = own.is_some() && self.remotes.len() > MESH_MAX;
         if let (true, Some(own)) = (fanout, own.as_ref()) {
-            self.wrapped.clear();
-            relay_wire::encode_send(own.token, relay_wire::FANOUT, &packet, &mut self.wrapped);
-            let w = std::mem::take(&mut self.wrapped);
-            self.send_to(&w, own.addr);
-            self.wrapped = w;
+            self.send_via_relay(&packet, relay_wire::FANOUT, own);
         } else {
             let targets: Vec<(Option<SocketAddr>, Option<u32>)> = self
                 .remotes
@@ -1141,17 +1152,7 @@ impl Engine {
                 .map(|r| (r.direct, r.relay_route(own.as_ref())))
                 .collect();
             for (direct, relayed) in targets {
-                match (direct, relayed, own.as_ref()) {
-                    (Some(addr), _, _) => self.send_to(&packet, addr),
-                    (None, Some(dest), Some(own)) => {
-                        self.wrapped.clear();
-                        relay_wire::encode_send(own.token, dest, &packet, &mut self.wrapped);
-                        let w = std::mem::take(&mut self.wrapped);
-                        self.send_to(&w, own.addr);
-                        self.wrapped = w;
-                    }
-                    _ => {}
-                }
+                self.send_on_path(&packet, direct, relayed, own.as_ref());
             }
         }
         self.packet = packet;

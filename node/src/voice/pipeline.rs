@@ -239,6 +239,8 @@ pub struct VoiceReceiver {
     highest_seq: Option<u64>,
     /// Sequence number of the frame the last [`VoiceReceiver::play`] played or concealed.
     last_played: Option<u64>,
+    /// Whether the last frame played was a stretch (concealment inserted to grow the buffer).
+    stretched: bool,
     plaintext: Vec<u8>,
     skipped: Frame,
     stats: ReceiverStats,
@@ -265,6 +267,7 @@ impl VoiceReceiver {
             offsets: Vec::with_capacity(MAX_STREAM_KEYS),
             highest_seq: None,
             last_played: None,
+            stretched: false,
             plaintext: Vec::with_capacity(MAX_PACKET),
             skipped: [0; FRAME_SAMPLES],
             stats: ReceiverStats::default(),
@@ -376,6 +379,7 @@ impl VoiceReceiver {
     /// Produces the 20 ms frame to play at `now_us` (call once per 20 ms of playback).
     pub fn play(&mut self, now_us: u64, out: &mut Frame) -> Result<Played, VoiceError> {
         let playout = self.jitter.pop(now_us);
+        self.stretched = playout.action == Action::Stretch;
         self.last_played = match &playout.action {
             Action::Packet { seq, .. } | Action::Missing { seq, .. } => Some(*seq),
             Action::Idle | Action::Stretch => None,
@@ -483,9 +487,10 @@ impl HalfPlayout {
         let frame = self.frame.get_or_insert_with(|| Box::new(SILENCE));
         let played = rx.play(now_us, frame)?;
         out.copy_from_slice(&frame[..HALF_SAMPLES]);
-        // Not started yet: the other half is dropped (silence), and the next call asks again,
-        // 10 ms later.
-        if played != Played::Silence {
+        // Not started yet, or a stretch (the next frame is not due): only 10 ms is played and
+        // the next call asks again 10 ms later, so the buffer grows by 10 ms steps where it
+        // would otherwise grow by a whole frame.
+        if played != Played::Silence && !rx.stretched {
             let mut second = Box::new([0i16; HALF_SAMPLES]);
             second.copy_from_slice(&frame[HALF_SAMPLES..]);
             self.pending = Some(second);
