@@ -24,11 +24,11 @@
 //! observed p95 jitter with late packets, crypto overhead per frame, CPU per sent and per
 //! received frame.
 //!
-//! Last run (2 seeds, 0 ms jitter; 30 ms within 0.07), PESQ-WB ours / +DRED / baseline: none
-//! 4.42 / 4.42 / 4.42; 5% random 4.15 / 4.14 / 2.87; 10% random 3.88 / 3.79 / 2.03; 20%
-//! random 2.91 / 2.99 / 1.32; 10% bursty 2.70 / 2.73 / 2.17; 20% bursty 1.94 / 2.17 / 1.49.
-//! Wire 60 / 66 / 60 kbit/s. Delay 31.4-46.4 ms by tick phase (mean 38.9); CPU 0.283 ms per
-//! sent frame, 0.066 / 0.070 ms per received frame without / with 10% loss. README has the
+//! Last run (2 seeds, 0 ms jitter; 30 ms within 0.08), PESQ-WB ours / +DRED / baseline: none
+//! 4.43 / 4.43 / 4.43; 5% random 4.08 / 4.12 / 2.89; 10% random 3.91 / 3.78 / 2.04; 20%
+//! random 2.89 / 2.98 / 1.33; 10% bursty 2.69 / 2.69 / 2.13; 20% bursty 1.96 / 2.15 / 1.48.
+//! Wire 60 / 66 / 60 kbit/s. Delay 31.4-40.4 ms by tick phase (mean 35.9); CPU 0.214 ms per
+//! sent frame, 0.053 / 0.058 ms per received frame without / with 10% loss. README has the
 //! full table.
 //!
 //! Run: `cargo bench -p securecomm-node --bench voice_quality`. Needs `espeak-ng` and `sox`
