@@ -208,6 +208,29 @@ impl Cluster {
         Ok(gid)
     }
 
+    /// A voice channel `name` in guild `gid`, created by node `owner` and waited for until
+    /// every node sees it. Returns its channel id.
+    pub async fn voice_channel(&self, gid: &str, owner: usize, name: &str) -> Result<u64> {
+        let o = self
+            .nodes
+            .get(owner)
+            .ok_or_else(|| fail("voice channel owner", format!("no node {owner}")))?;
+        o.guilds
+            .create_channel(gid, name, true)
+            .await
+            .map_err(|e| fail("creating a voice channel", e))?;
+        self.until("every member to see the voice channel", || {
+            self.nodes
+                .iter()
+                .all(|n| n.guilds.voice_room(gid, name).is_ok())
+        })
+        .await?;
+        o.guilds
+            .voice_room(gid, name)
+            .map(|r| r.channel.0)
+            .map_err(|e| fail("reading the voice channel", e))
+    }
+
     /// Waits until `f` holds, polling every 50 ms, for at most [`WAIT`].
     pub async fn until(&self, what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
         let deadline = Instant::now() + WAIT;

@@ -227,19 +227,7 @@ async fn a_leaver_cannot_decrypt_the_next_epoch_and_bad_packets_are_dropped() {
     let c = Cluster::start(3).await.unwrap();
     let gid = c.guild("voice keys", 0).await.unwrap();
     let (alice, bob, carol) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
-    alice
-        .guilds
-        .create_channel(&gid, "Lounge", true)
-        .await
-        .unwrap();
-    c.until("everyone to see the voice channel", || {
-        c.nodes
-            .iter()
-            .all(|n| n.guilds.voice_room(&gid, "Lounge").is_ok())
-    })
-    .await
-    .unwrap();
-    let channel = alice.guilds.voice_room(&gid, "Lounge").unwrap().channel.0;
+    let channel = c.voice_channel(&gid, 0, "Lounge").await.unwrap();
     let guild = Value::String(gid.clone());
 
     let voice = VoiceService::start(alice.net.clone(), alice.guilds.clone());
@@ -451,17 +439,7 @@ async fn receiver_reports_tune_fec_and_forged_or_replayed_ones_are_ignored() {
     let c = Cluster::start(2).await.unwrap();
     let gid = c.guild("voice reports", 0).await.unwrap();
     let (alice, bob) = (&c.nodes[0], &c.nodes[1]);
-    alice
-        .guilds
-        .create_channel(&gid, "Lounge", true)
-        .await
-        .unwrap();
-    c.until("bob to see the voice channel", || {
-        bob.guilds.voice_room(&gid, "Lounge").is_ok()
-    })
-    .await
-    .unwrap();
-    let channel = alice.guilds.voice_room(&gid, "Lounge").unwrap().channel.0;
+    let channel = c.voice_channel(&gid, 0, "Lounge").await.unwrap();
     let guild = Value::String(gid.clone());
     let voice = VoiceService::start(alice.net.clone(), alice.guilds.clone());
     let opts = JoinOptions {

@@ -88,18 +88,7 @@ async fn a_played_clip_is_in_the_other_participants_recording_cached_or_not() {
     let c = Cluster::start(2).await.unwrap();
     let gid = c.guild("soundboard", 0).await.unwrap();
     let (alice, bob) = (&c.nodes[0], &c.nodes[1]);
-    alice
-        .guilds
-        .create_channel(&gid, "Lounge", true)
-        .await
-        .unwrap();
-    c.until("both to see the voice channel", || {
-        c.nodes
-            .iter()
-            .all(|n| n.guilds.voice_room(&gid, "Lounge").is_ok())
-    })
-    .await
-    .unwrap();
+    c.voice_channel(&gid, 0, "Lounge").await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let quiet = dir.path().join("silence.wav");

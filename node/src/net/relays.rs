@@ -12,7 +12,8 @@
 //!   configured first, then by fewest failures, then by peer id;
 //! * a relay whose reservation fails, expires or whose connection closes waits
 //!   `min(2^failures s, 60 s)` before it is tried again, except that a reservation that was
-//!   held is asked for again at once the first time if no other relay can take its place; a request that gets no answer in
+//!   held is asked for again at once if no other relay can take its place; a request that
+//!   gets no answer in
 //!   [`RESERVE_TIMEOUT`] is cancelled and counted as a failure.
 
 use std::collections::BTreeMap;

@@ -524,6 +524,13 @@ impl Remote {
             .map(|r| r.alloc_id)
     }
 
+    /// The loss it reported on our stream, if the report is fresh.
+    fn fresh_report(&self, now: Instant) -> Option<f32> {
+        self.reported
+            .filter(|(_, at)| now.saturating_duration_since(*at) <= REPORT_FRESH)
+            .map(|(loss, _)| loss)
+    }
+
     fn path(&self, own: Option<&OwnAllocation>) -> &'static str {
         if self.direct.is_some() {
             "direct"
@@ -1224,9 +1231,7 @@ impl Engine {
                 if let Some(rx) = &r.rx {
                     incoming = incoming.max(rx.loss_report());
                 }
-                if let Some((loss, at)) = r.reported
-                    && now.saturating_duration_since(at) <= REPORT_FRESH
-                {
+                if let Some(loss) = r.fresh_report(now) {
                     reported = Some(reported.map_or(loss, |w| w.max(loss)));
                 }
             }
@@ -1287,10 +1292,7 @@ impl Engine {
                     speaking: r.speaking_until.is_some_and(|t| t > now),
                     may_speak: r.setup.may_speak,
                     volume_percent: (r.gain * 100.0).round() as u32,
-                    reported_loss: r
-                        .reported
-                        .filter(|(_, at)| now.saturating_duration_since(*at) <= REPORT_FRESH)
-                        .map(|(l, _)| l),
+                    reported_loss: r.fresh_report(now),
                     reports: r.reports,
                     clips_refused: r.clip_refused,
                     clips_playing: r.clips.active.len(),

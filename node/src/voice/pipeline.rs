@@ -459,16 +459,27 @@ impl VoiceReceiver {
 /// a stream that has not started asks the jitter buffer again 10 ms later, so it starts within
 /// 10 ms of being due and keeps that phase: each 20 ms frame is decoded once and played as two
 /// halves. Every other decision (loss, FEC, stretches, skips) stays per 20 ms frame.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HalfPlayout {
-    pending: Option<Box<Half>>,
-    frame: Option<Box<Frame>>,
+    /// The frame being played.
+    frame: Frame,
+    /// Whether its second half is still to play.
+    pending: bool,
+}
+
+impl Default for HalfPlayout {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl HalfPlayout {
     /// A playout that has not started.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            frame: SILENCE,
+            pending: false,
+        }
     }
 
     /// Fills `out` with the next 10 ms of `rx` at `now_us` (call every 10 ms). Returns what
@@ -480,27 +491,18 @@ impl HalfPlayout {
         now_us: u64,
         out: &mut Half,
     ) -> Result<Option<Played>, VoiceError> {
-        if let Some(p) = self.pending.take() {
-            *out = *p;
+        if self.pending {
+            self.pending = false;
+            out.copy_from_slice(&self.frame[HALF_SAMPLES..]);
             return Ok(None);
         }
-        let frame = self.frame.get_or_insert_with(|| Box::new(SILENCE));
-        let played = rx.play(now_us, frame)?;
-        out.copy_from_slice(&frame[..HALF_SAMPLES]);
+        let played = rx.play(now_us, &mut self.frame)?;
+        out.copy_from_slice(&self.frame[..HALF_SAMPLES]);
         // Not started yet, or a stretch (the next frame is not due): only 10 ms is played and
         // the next call asks again 10 ms later, so the buffer grows by 10 ms steps where it
         // would otherwise grow by a whole frame.
-        if played != Played::Silence && !rx.stretched {
-            let mut second = Box::new([0i16; HALF_SAMPLES]);
-            second.copy_from_slice(&frame[HALF_SAMPLES..]);
-            self.pending = Some(second);
-        }
+        self.pending = played != Played::Silence && !rx.stretched;
         Ok(Some(played))
-    }
-
-    /// Forgets a half-played frame (the stream was reset).
-    pub fn reset(&mut self) {
-        self.pending = None;
     }
 }
 
