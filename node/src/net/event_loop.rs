@@ -469,6 +469,66 @@ fn connection_rank(me: &PeerId, peer: &PeerId, endpoint: &ConnectedPoint) -> Con
     )
 }
 
+/// Connections to one peer that a follower (the end with the larger peer id) closes on its own:
+/// only those this much older than a connection at least as direct. The leader's
+/// [`SAME_MOMENT`] window plus any skew between the two ends' clocks of one handshake must stay
+/// well under it.
+const FOLLOWER_STALE: Duration = Duration::from_secs(6);
+
+/// Which of one peer's open connections to close, given each one's rank and when it opened.
+///
+/// gossipsub queues a peer's messages once for all its connections and any of them may take
+/// the next one: with a second path that had died silently (a killed relay's circuit, noticed
+/// only after QUIC's idle timeout) messages vanished into it, and netsim's chaos runs saw
+/// deliveries 5-15 s late. Keeping the old connection instead of the new one made it worse: a
+/// pair that had just reconnected through the other relay was cut again. So one connection is
+/// kept: a direct one if there is one; among those the newest (a new connection is evidence of
+/// a live path, an old one may have died without either end knowing yet); among connections
+/// opened within [`SAME_MOMENT`] of that one, the best ranked.
+///
+/// Only the leader (the smaller peer id, `leads`) applies that rule in full. Each end times a
+/// connection by its own clock, and when two connections opened about [`SAME_MOMENT`] apart
+/// one end could judge them the same moment (keep the better ranked) and the other not (keep
+/// the newer): each closed the one the other kept, the pair lost both, redialled, and could do
+/// it again (one chaos run in three ended with a pair flapping like this). The follower only
+/// closes connections [`FOLLOWER_STALE`] older than another at least as direct, which the
+/// leader never keeps either; the leader's closes reach it like any remote close.
+fn redundant_connections<Id: Copy + Eq>(
+    leads: bool,
+    conns: &[(Id, ConnRank, tokio::time::Instant)],
+) -> Vec<Id> {
+    let Some(direct) = conns.iter().map(|(_, r, _)| r.0).max() else {
+        return Vec::new();
+    };
+    if !leads {
+        return conns
+            .iter()
+            .filter(|(_, r, t)| {
+                conns
+                    .iter()
+                    .any(|(_, r2, t2)| r2.0 >= r.0 && t2.duration_since(*t) > FOLLOWER_STALE)
+            })
+            .map(|(id, _, _)| *id)
+            .collect();
+    }
+    let class = || conns.iter().filter(|(_, r, _)| r.0 == direct);
+    let Some(newest) = class().map(|(_, _, t)| *t).max() else {
+        return Vec::new();
+    };
+    let Some(keep) = class()
+        .filter(|(_, _, t)| newest.duration_since(*t) < SAME_MOMENT)
+        .max_by(|a, b| a.1.cmp(&b.1))
+        .map(|(id, _, _)| *id)
+    else {
+        return Vec::new();
+    };
+    conns
+        .iter()
+        .filter(|(id, _, _)| *id != keep)
+        .map(|(id, _, _)| *id)
+        .collect()
+}
+
 /// A peer on the LAN, as mDNS last reported it.
 #[derive(Debug)]
 struct LanPeer {
@@ -814,16 +874,7 @@ impl EventLoop {
         }
     }
 
-    /// Keeps one connection to `peer` and closes the others: a direct one if there is one;
-    /// among those, the newest (a new connection is evidence of a live path, an old one may
-    /// have died without either end knowing yet); among connections opened within
-    /// [`SAME_MOMENT`] of that one, the best ranked. Both ends choose the same.
-    ///
-    /// gossipsub queues a peer's messages once for all its connections and any of them may
-    /// take the next one: with a second path that had died silently (a killed relay's circuit,
-    /// noticed only after QUIC's idle timeout) messages vanished into it, and netsim's chaos
-    /// runs saw deliveries 5-15 s late. Keeping the old connection instead of the new one made
-    /// it worse: a pair that had just reconnected through the other relay was cut again.
+    /// Closes the connections to `peer` that [`redundant_connections`] picks (see there why).
     fn keep_best_connection(&mut self, peer: PeerId) {
         // Relays carry our reservations and mailbox requests, not guild gossip: a second
         // connection to one is harmless, and closing the older one could drop a reservation.
@@ -833,33 +884,13 @@ impl EventLoop {
         let Some(conns) = self.connections.get(&peer) else {
             return;
         };
-        let ranked: Vec<(ConnectionId, &ConnRank, tokio::time::Instant)> = conns
+        let ranked: Vec<(ConnectionId, ConnRank, tokio::time::Instant)> = conns
             .iter()
-            .filter_map(|c| self.conn_rank.get(&c.0).map(|(r, t)| (c.0, r, *t)))
+            .filter_map(|c| self.conn_rank.get(&c.0).map(|(r, t)| (c.0, r.clone(), *t)))
             .collect();
-        let Some(direct) = ranked.iter().map(|(_, r, _)| r.0).max() else {
-            return;
-        };
-        let class: Vec<&(ConnectionId, &ConnRank, tokio::time::Instant)> =
-            ranked.iter().filter(|(_, r, _)| r.0 == direct).collect();
-        let Some(newest) = class.iter().map(|(_, _, t)| *t).max() else {
-            return;
-        };
-        let Some(keep) = class
-            .iter()
-            .filter(|(_, _, t)| newest.duration_since(*t) < SAME_MOMENT)
-            .max_by(|a, b| a.1.cmp(b.1))
-            .map(|(id, _, _)| *id)
-        else {
-            return;
-        };
-        let worse: Vec<ConnectionId> = ranked
-            .iter()
-            .filter(|(id, _, _)| *id != keep)
-            .map(|(id, _, _)| *id)
-            .collect();
-        for id in worse {
-            tracing::debug!(%peer, ?id, "closing a redundant connection");
+        let leads = *self.swarm.local_peer_id() < peer;
+        for id in redundant_connections(leads, &ranked) {
+            tracing::debug!(%peer, ?id, leads, "closing a redundant connection");
             self.swarm.close_connection(id);
         }
     }
@@ -1222,6 +1253,69 @@ impl EventLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One end's view in [`connection_choice_never_leaves_a_pair_without_a_connection`].
+    #[derive(Default)]
+    struct End {
+        open: Vec<(usize, ConnRank, tokio::time::Instant)>,
+        gone: std::collections::HashSet<usize>,
+    }
+
+    proptest::proptest! {
+        /// Both ends run [`redundant_connections`] on every new connection, each by its own
+        /// clock (a handshake completes up to a second apart at the two ends) and learn of the
+        /// other's closes up to 300 ms later: at least one connection always survives at both.
+        /// With both ends applying the leader's rule this failed (two connections opened about
+        /// `SAME_MOMENT` apart, each end closing the one the other kept).
+        #[test]
+        fn connection_choice_never_leaves_a_pair_without_a_connection(
+            conns in proptest::collection::vec(
+                (0u64..8_000, 0u64..1_000, 0u64..1_000, 0u8..2, 0u8..2, 0u8..3, 0u64..300),
+                1..6,
+            ),
+        ) {
+            let base = tokio::time::Instant::now();
+            let at = |ms: u64| base + Duration::from_millis(ms);
+            // (global time in ms, end 0 = leader / 1 = follower, what): an arrival of connection
+            // i, or the close of connection i by the other end.
+            let mut events: Vec<(u64, usize, usize, bool)> = Vec::new();
+            for (i, c) in conns.iter().enumerate() {
+                events.push((c.0 + c.1, 0, i, false));
+                events.push((c.0 + c.2, 1, i, false));
+            }
+            let rank = |i: usize| -> ConnRank {
+                let c = conns[i];
+                (c.3, c.4, std::cmp::Reverse(vec![c.5]))
+            };
+            let mut ends = [End::default(), End::default()];
+            while !events.is_empty() {
+                events.sort_by_key(|e| (e.0, e.1, e.2));
+                let (now, side, i, is_close) = events.remove(0);
+                let end = &mut ends[side];
+                if is_close {
+                    end.gone.insert(i);
+                    end.open.retain(|c| c.0 != i);
+                    continue;
+                }
+                if end.gone.contains(&i) {
+                    continue;
+                }
+                end.open.push((i, rank(i), at(now)));
+                for id in redundant_connections(side == 0, &end.open) {
+                    end.open.retain(|c| c.0 != id);
+                    end.gone.insert(id);
+                    events.push((now + conns[id].6, 1 - side, id, true));
+                }
+            }
+            let alive: Vec<usize> = ends[0]
+                .open
+                .iter()
+                .map(|c| c.0)
+                .filter(|i| ends[1].open.iter().any(|c| c.0 == *i))
+                .collect();
+            proptest::prop_assert!(!alive.is_empty(), "no connection survives: {conns:?}");
+        }
+    }
 
     fn a(s: &str) -> Multiaddr {
         s.parse().unwrap()
