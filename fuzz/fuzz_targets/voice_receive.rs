@@ -1,12 +1,14 @@
 //! Feeds a voice receiver (`securecomm-node::voice::pipeline`) arbitrary traffic: raw packets
 //! (forgeries, garbage, truncations) and arbitrary Opus payloads that pass frame decryption
 //! (encrypted with the stream's real key, so libopus, the FEC/PLC paths and the jitter buffer
-//! see them), interleaved with playout ticks at arbitrary times. Nothing may panic.
+//! see them), arbitrary redundancy plaintexts (`MEDIA_RED`: copy tables and copies) under the
+//! real key, interleaved with playout ticks at arbitrary times. Nothing may panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use securecomm_node::voice::jitter::JitterConfig;
 use securecomm_node::voice::pipeline::{Concealment, VoiceReceiver};
+use securecomm_node::voice::wire::MEDIA_RED;
 use securecomm_node::voice::{FRAME_SAMPLES, FRAME_US};
 use securecomm_noise::frame::{BaseKey, FrameReceiver, FrameSender, frame_kid};
 use securecomm_noise::secret::Secret32;
@@ -33,13 +35,18 @@ fuzz_target!(|data: &[u8]| {
         let n = usize::from(*len).min(tail.len());
         let (chunk, next) = tail.split_at(n);
         rest = next;
-        match op % 4 {
+        match op % 5 {
             0 => {
                 let _ = rx.receive(chunk, now);
             }
             1 => {
                 if let Ok(packet) = tx.encrypt(chunk, b"") {
                     let _ = rx.receive(&packet, now);
+                }
+            }
+            4 => {
+                if let Ok(packet) = tx.encrypt(chunk, &[MEDIA_RED]) {
+                    let _ = rx.receive_typed(&packet, now, MEDIA_RED);
                 }
             }
             2 => {

@@ -69,8 +69,9 @@ const NETWORK_DELAY_US: u64 = 40_000;
 /// Mean burst length of the bursty loss model, in frames (60 ms).
 const MEAN_BURST_FRAMES: f64 = 3.0;
 
-/// What the table compares, all through the same channel.
-const VARIANTS: [(&str, Concealment); 4] = [
+/// What the table compares, all through the same channel: name, concealment, whether the
+/// sender may add redundant copies.
+const VARIANTS: [(&str, Concealment, bool); 4] = [
     (
         "ours",
         Concealment {
@@ -78,6 +79,7 @@ const VARIANTS: [(&str, Concealment); 4] = [
             deep_plc: true,
             dred: false,
         },
+        true,
     ),
     (
         "dred",
@@ -86,14 +88,16 @@ const VARIANTS: [(&str, Concealment); 4] = [
             deep_plc: true,
             dred: true,
         },
+        false,
     ),
     (
-        "classic",
+        "nored",
         Concealment {
             fec: true,
-            deep_plc: false,
+            deep_plc: true,
             dred: false,
         },
+        false,
     ),
     (
         "baseline",
@@ -102,6 +106,7 @@ const VARIANTS: [(&str, Concealment); 4] = [
             deep_plc: false,
             dred: false,
         },
+        false,
     ),
 ];
 
@@ -210,7 +215,7 @@ fn thread_cpu_ns() -> Option<u64> {
 
 /// Receives `packets` (every `loss_every`-th one lost, 0: none) and plays a frame per packet.
 fn receive_pass(
-    packets: &[Vec<u8>],
+    packets: &[(u8, Vec<u8>)],
     secret: &Secret32,
     loss_every: usize,
     concealment: Concealment,
@@ -223,10 +228,10 @@ fn receive_pass(
     // Packet i arrives at i * 20 ms and the device ticks 5 ms later, so the jitter buffer
     // plays what its target says is due then (with the extra frame held under loss, the packet
     // after a lost one is there, as on a real path).
-    for (i, p) in packets.iter().enumerate() {
+    for (i, (kind, p)) in packets.iter().enumerate() {
         let now = i as u64 * FRAME_US;
         if loss_every == 0 || i % loss_every != 3 {
-            rx.receive(p, now).unwrap();
+            rx.receive_typed(p, now, *kind).unwrap();
         }
         rx.play(now + 5_000, &mut out).unwrap();
     }
@@ -255,13 +260,14 @@ fn cpu_report(input: &[i16]) {
             FrameSender::for_call(&secret, 1, 0),
         )
         .unwrap();
-        tx.receiver_report(0.1).unwrap();
+        // 10% random loss reported: a copy of the previous frame in every packet.
+        tx.receiver_report(0.1, 1.0).unwrap();
         tx
     };
     // Packets to receive, made once.
     let mut tx = new_sender();
-    let packets: Vec<Vec<u8>> = (0..frames)
-        .map(|f| tx.send(&frame_of(input, f)).unwrap())
+    let packets: Vec<(u8, Vec<u8>)> = (0..frames)
+        .map(|f| tx.send_typed(&frame_of(input, f)).unwrap())
         .collect();
     let send_ms = measure(&mut || {
         let mut tx = new_sender();
@@ -275,7 +281,7 @@ fn cpu_report(input: &[i16]) {
     let recv_plain = measure(&mut || receive_pass(&packets, &secret, 10, Concealment::plain()));
     let per = |ms: f64| ms / frames as f64;
     println!(
-        "CPU, thread CPU time, best of 3 (encoder complexity {}): {:.3} ms per sent frame (Opus encode incl. FEC + encrypt); per received frame {:.3} ms without loss, {:.3} ms with 10% loss (FEC + deep PLC), {:.3} ms with 10% loss and classic PLC only",
+        "CPU, thread CPU time, best of 3 (encoder complexity {}): {:.3} ms per sent frame (Opus encode + a redundant copy + encrypt); per received frame {:.3} ms without loss, {:.3} ms with 10% loss (copies, FEC, deep PLC), {:.3} ms with 10% loss and classic PLC",
         encoder_complexity(),
         per(send_ms),
         per(recv_clean),
@@ -307,7 +313,13 @@ fn samples_at(us: u64) -> usize {
 /// One pass of `input` through sender, channel and receiver. Frame `f` is captured during
 /// `[f, f+1) * 20 ms` and sent at its end; the receiver's device ticks at `k * 10 ms + phase`
 /// (10 ms of audio per tick, as the call engine plays).
-fn run(input: &[i16], channel: &Channel, concealment: Concealment, phase_us: u64) -> RunResult {
+fn run(
+    input: &[i16],
+    channel: &Channel,
+    concealment: Concealment,
+    red: bool,
+    phase_us: u64,
+) -> RunResult {
     // +DRED holds a steady 3 frames under loss (not the burst-following lookahead, whose
     // changes of target cost a stretch or a skip each).
     let exp = Exp {
@@ -317,6 +329,8 @@ fn run(input: &[i16], channel: &Channel, concealment: Concealment, phase_us: u64
         lookahead_min: if concealment.dred { 3 } else { 1 },
         hint: 1.0,
         bitrate: 64_000,
+        red,
+        lookahead_loss: -1.0,
     };
     run_exp(input, channel, &exp, phase_us)
 }
@@ -330,6 +344,10 @@ struct Exp {
     lookahead_min: u64,
     hint: f32,
     bitrate: u32,
+    /// Whether the sender may add redundant copies.
+    red: bool,
+    /// The jitter buffer's `fec_lookahead_loss` (negative: its default).
+    lookahead_loss: f32,
 }
 
 fn parse_exp(spec: &str) -> (String, Exp) {
@@ -341,6 +359,8 @@ fn parse_exp(spec: &str) -> (String, Exp) {
         lookahead_min: 1,
         hint: 1.0,
         bitrate: 64_000,
+        red: true,
+        lookahead_loss: -1.0,
     };
     for kv in rest.split(',').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap();
@@ -355,6 +375,8 @@ fn parse_exp(spec: &str) -> (String, Exp) {
             "lamin" => e.lookahead_min = v.parse().unwrap(),
             "br" => e.bitrate = v.parse().unwrap(),
             "hint" => e.hint = v.parse().unwrap(),
+            "lal" => e.lookahead_loss = v.parse().unwrap(),
+            "red" => e.red = v == "1",
             _ => panic!("unknown key {k}"),
         }
     }
@@ -422,11 +444,17 @@ fn run_exp(input: &[i16], channel: &Channel, exp: &Exp, phase_us: u64) -> RunRes
         ..base
     };
     let mut tx = VoiceSender::new(codec, FrameSender::for_call(&secret, 1, 0)).unwrap();
+    tx.allow_redundancy(exp.red);
     let jitter = JitterConfig {
         fec_lookahead: fec || exp.dred > 0,
         // Waiting past the next packet only pays with DRED.
         max_lookahead_frames: exp.lookahead,
         min_lookahead_frames: exp.lookahead_min,
+        fec_lookahead_loss: if exp.lookahead_loss < 0.0 {
+            JitterConfig::default().fec_lookahead_loss
+        } else {
+            exp.lookahead_loss
+        },
         ..JitterConfig::default()
     };
     let mut rx = VoiceReceiver::new(keys, jitter, concealment).unwrap();
@@ -434,7 +462,9 @@ fn run_exp(input: &[i16], channel: &Channel, exp: &Exp, phase_us: u64) -> RunRes
     let frames = channel.lost.len();
     let end_us = (frames as u64 + 15) * FRAME_US + NETWORK_DELAY_US;
     let mut output = vec![0i16; samples_at(end_us + FRAME_US) + FRAME_SAMPLES];
-    let mut in_flight: BinaryHeap<Reverse<(u64, usize, Vec<u8>)>> = BinaryHeap::new();
+    // (arrival, frame, packet type, packet), earliest first.
+    type InFlight = Reverse<(u64, usize, u8, Vec<u8>)>;
+    let mut in_flight: BinaryHeap<InFlight> = BinaryHeap::new();
     let (mut send_cpu, mut recv_cpu) = (Duration::ZERO, Duration::ZERO);
     let mut next_frame = 0;
     let mut ticks = 0u64;
@@ -451,25 +481,25 @@ fn run_exp(input: &[i16], channel: &Channel, exp: &Exp, phase_us: u64) -> RunRes
         while next_frame < frames && (next_frame as u64 + 1) * FRAME_US <= now {
             let pcm = frame_of(input, next_frame);
             let t = Instant::now();
-            tx.send_into(&pcm, &mut packet).unwrap();
+            let kind = tx.send_into(&pcm, &mut packet).unwrap();
             send_cpu += t.elapsed();
             if !channel.lost[next_frame] {
                 let arrival = (next_frame as u64 + 1) * FRAME_US
                     + NETWORK_DELAY_US
                     + channel.jitter_us[next_frame];
-                in_flight.push(Reverse((arrival, next_frame, packet.clone())));
+                in_flight.push(Reverse((arrival, next_frame, kind, packet.clone())));
             }
             next_frame += 1;
         }
         let t = Instant::now();
-        while let Some(Reverse((arrival, _, _))) = in_flight.peek() {
+        while let Some(Reverse((arrival, _, _, _))) = in_flight.peek() {
             if *arrival > now {
                 break;
             }
-            let Some(Reverse((arrival, _, p))) = in_flight.pop() else {
+            let Some(Reverse((arrival, _, kind, p))) = in_flight.pop() else {
                 break;
             };
-            rx.receive(&p, arrival).unwrap();
+            rx.receive_typed(&p, arrival, kind).unwrap();
         }
         let decoded = playout.play(&mut rx, now, &mut half).unwrap();
         recv_cpu += t.elapsed();
@@ -477,7 +507,8 @@ fn run_exp(input: &[i16], channel: &Channel, exp: &Exp, phase_us: u64) -> RunRes
         let pos = samples_at(now);
         output[pos..pos + HALF_SAMPLES].copy_from_slice(&half);
         if (fec || exp.dred > 0) && k % 100 == 99 {
-            tx.receiver_report(rx.loss_report() * exp.hint).unwrap();
+            tx.receiver_report(rx.loss_report() * exp.hint, rx.jitter().mean_burst())
+                .unwrap();
         }
         k += 1;
         // Stop once everything sent was played: ticks after the end would count as losses.
@@ -650,31 +681,33 @@ fn main() {
 
     println!();
     println!(
-        "PESQ-WB (P.862.2 MOS-LQO) at 64 kbit/s, mean of {seeds} seed(s). ours = FEC + deep PLC; +DRED = ours with DRED (10 x 10 ms, lookahead up to 3 frames; experimental, off by default); FEC only = FEC + classic PLC; baseline = no FEC, classic PLC; diff = ours - baseline"
+        "PESQ-WB (P.862.2 MOS-LQO) at 64 kbit/s, mean of {seeds} seed(s). ours = redundant copies under loss (RED) + FEC + deep PLC; +DRED = FEC + deep PLC + DRED (10 x 10 ms, lookahead 3 frames; experimental, off by default); no RED = FEC + deep PLC; baseline = no FEC, classic PLC; diff = ours - baseline; kbit/s on the wire (Opus, copies, crypto)"
     );
     println!(
-        "{:<13} {:>6} | {:>6} {:>8} {:>8} {:>8} {:>6} | {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7} {:>22}",
+        "{:<13} {:>6} | {:>6} {:>8} {:>8} {:>8} {:>6} | {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7} {:>27}",
         "loss",
         "jitter",
         "ours",
         "+DRED",
-        "FEC only",
+        "no RED",
         "baseline",
         "diff",
         "loss seen",
         "p95 jit",
         "JB delay",
         "late%",
+        "RED",
         "FEC",
         "DRED",
         "PLC",
         "stretch",
-        "kbit/s ours/+DRED/base"
+        "kbit/s ours/+DRED/noRED/base"
     );
     let mut jb_rows = Vec::new();
     for loss in losses {
         for jitter_ms in jitters {
-            let (mut ours, mut deep, mut classic, mut base) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+            let (mut ours, mut deep, mut nored, mut base) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+            let mut red_frames = 0u64;
             // Wire bit rate (Opus + crypto overhead) per variant, kbit/s.
             let mut kbps = [0.0f64; VARIANTS.len()];
             let mut stats = (
@@ -683,8 +716,8 @@ fn main() {
             for seed in 0..seeds {
                 let channel = Channel::new(loss, jitter_ms, frames, 1000 + seed * 7919);
                 let phase = (seed * 7_000 + 3_000) % FRAME_US;
-                for (v, (variant, concealment)) in VARIANTS.into_iter().enumerate() {
-                    let r = run(&input, &channel, concealment, phase);
+                for (v, (variant, concealment, red)) in VARIANTS.into_iter().enumerate() {
+                    let r = run(&input, &channel, concealment, red, phase);
                     kbps[v] += r.sender.wire_bytes as f64 * 8.0
                         / (r.sender.frames as f64 * FRAME_US as f64 / 1e6)
                         / 1000.0
@@ -701,15 +734,17 @@ fn main() {
                     if variant == "dred" {
                         deep += score;
                         stats.8 += r.receiver.dred;
-                    } else if variant == "classic" {
-                        classic += score;
+                    } else if variant == "nored" {
+                        nored += score;
                     } else if variant == "ours" {
                         ours += score;
                         send_cpu += r.send_cpu;
                         sent += r.sender.frames;
                         recv_cpu += r.recv_cpu;
                         ticks += r.ticks;
-                        overhead_sum += r.sender.wire_bytes - r.sender.opus_bytes;
+                        overhead_sum +=
+                            r.sender.wire_bytes - r.sender.opus_bytes - r.sender.red_bytes;
+                        red_frames += r.receiver.redundant;
                         overhead_frames += r.sender.frames;
                         overhead_max = overhead_max.max(r.sender.max_overhead);
                         opus_bytes += r.sender.opus_bytes;
@@ -734,31 +769,35 @@ fn main() {
             let s = seeds as f64;
             ours /= s;
             deep /= s;
-            classic /= s;
+            nored /= s;
             base /= s;
             println!(
-                "{:<13} {:>3} ms | {:>6.2} {:>8.2} {:>8.2} {:>8.2} {:>+6.2} | {:>8.1}% {:>5.1} ms {:>5.1} ms {:>5.2}% {:>6} {:>6} {:>6} {:>7} {:>22}",
+                "{:<13} {:>3} ms | {:>6.2} {:>8.2} {:>8.2} {:>8.2} {:>+6.2} | {:>8.1}% {:>5.1} ms {:>5.1} ms {:>5.2}% {:>6} {:>6} {:>6} {:>6} {:>7} {:>27}",
                 loss.label(),
                 jitter_ms,
                 ours,
                 deep,
-                classic,
+                nored,
                 base,
                 ours - base,
                 stats.0 / s * 100.0,
                 stats.1 / s,
                 stats.2 / s,
                 stats.3 / s,
+                red_frames / seeds,
                 stats.4 / seeds,
                 stats.8 / seeds,
                 stats.5 / seeds,
                 stats.6 / seeds,
-                format!("{:.1}/{:.1}/{:.1}", kbps[0], kbps[1], kbps[3]),
+                format!(
+                    "{:.1}/{:.1}/{:.1}/{:.1}",
+                    kbps[0], kbps[1], kbps[2], kbps[3]
+                ),
             );
         }
     }
     println!(
-        "(ours columns: loss seen = channel loss; JB delay = mean playout time minus earliest possible arrival; FEC/PLC/stretch = frames per run; DRED = frames rebuilt by DRED in the +DRED run)"
+        "(ours columns: loss seen = channel loss; JB delay = mean playout time minus earliest possible arrival; RED/FEC/PLC/stretch = frames per run played from a copy, rebuilt by FEC, concealed, inserted; DRED = frames rebuilt by DRED in the +DRED run)"
     );
 
     // Pipeline delay, capture to playback, without network delay or jitter, per tick phase.
@@ -771,7 +810,7 @@ fn main() {
     let mut lookahead = 0;
     // The device ticks every 10 ms, so phases repeat after 10 ms; 1 ms steps cover them.
     for phase_us in (0..HALF_US).step_by(1_000) {
-        let r = run(&input, &clean, Concealment::default(), phase_us);
+        let r = run(&input, &clean, Concealment::default(), true, phase_us);
         lookahead = r.lookahead;
         let lag = delay_lag(&input, &r.output, samples_at(120_000));
         let ms = lag as f64 * 1000.0 / f64::from(SAMPLE_RATE);
@@ -791,7 +830,7 @@ fn main() {
 
     println!();
     println!(
-        "Jitter buffer, ours, seed 0 (target = p95 jitter + 5 ms margin, + 20 ms while loss > 1%):"
+        "Jitter buffer, ours, seed 0 (target = p95 jitter + 5 ms margin, + 20 ms while loss > 1%, or + the farthest copy's distance while copies come):"
     );
     for (loss, jitter_ms, j, p95, target) in &jb_rows {
         println!(
@@ -827,8 +866,8 @@ fn main() {
 
     // Keep one pair of recordings to listen to.
     let listen = Channel::new(Loss::Bursty(0.10), 30, frames, 1000);
-    for (variant, concealment) in VARIANTS {
-        let r = run(&input, &listen, concealment, 3_000);
+    for (variant, concealment, red) in VARIANTS {
+        let r = run(&input, &listen, concealment, red, 3_000);
         let path = dir.join(format!("listen_bursty10_jitter30_{variant}.wav"));
         let mut sink = WavSink::create(&path).unwrap();
         for f in 0..frames {

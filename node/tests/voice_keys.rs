@@ -26,7 +26,7 @@ use securecomm_node::voice::{FRAME_SAMPLES, codec::CodecConfig};
 use securecomm_noise::codec::{Decode, Encode};
 use securecomm_noise::frame::{BaseKey, FrameReceiver, FrameSender, SframeHeader};
 use securecomm_noise::secret::Secret32;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[derive(Default)]
 struct RawState {
@@ -39,8 +39,12 @@ struct RawState {
     left: bool,
     /// Alice's media frames as received.
     frames: Vec<Vec<u8>>,
-    /// Alice's receiver reports (nonce, loss in basis points) with a valid MAC.
-    reports: Vec<(u64, u16)>,
+    /// Alice's receiver reports (nonce, loss in basis points, mean burst in tenths of a
+    /// frame) with a valid MAC.
+    reports: Vec<(u64, u16, u8)>,
+    /// Alice's media packets by type: plain, with redundant copies.
+    plain: u64,
+    red: u64,
 }
 
 struct RawParticipant {
@@ -109,9 +113,14 @@ impl RawParticipant {
                                 .as_ref()
                                 .map(|o| wire::probe_packet(PROBE_ACK, o, me, nonce))
                         }
-                        Ok(PeerPacket::Media { frame, .. }) => {
-                            if s.frames.len() < 20_000 {
-                                s.frames.push(frame.to_vec());
+                        Ok(PeerPacket::Media { frame, kind, .. }) => {
+                            if kind == wire::MEDIA_RED {
+                                s.red += 1;
+                            } else {
+                                s.plain += 1;
+                                if s.frames.len() < 20_000 {
+                                    s.frames.push(frame.to_vec());
+                                }
                             }
                             None
                         }
@@ -119,10 +128,11 @@ impl RawParticipant {
                             ssrc,
                             nonce,
                             loss,
+                            burst,
                             mac,
-                        }) if wire::report_ok(&k, ssrc, nonce, loss, &mac) => {
+                        }) if wire::report_ok(&k, ssrc, nonce, loss, burst, &mac) => {
                             if s.reports.len() < 10_000 {
-                                s.reports.push((nonce, loss));
+                                s.reports.push((nonce, loss, burst));
                             }
                             None
                         }
@@ -431,9 +441,9 @@ async fn a_leaver_cannot_decrypt_the_next_epoch_and_bad_packets_are_dropped() {
     c.stop().await;
 }
 
-/// Receiver reports: Alice tells Bob the loss she sees on his stream, and tunes her own FEC to
-/// the loss Bob reports on hers; a forged report, a replayed one and one from an unknown stream
-/// change nothing.
+/// Receiver reports: Alice tells Bob the loss she sees on his stream and how bursty it is, and
+/// tunes her own FEC and redundant copies to what Bob reports on hers; a forged report, a
+/// replayed one and one from an unknown stream change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_reports_tune_fec_and_forged_or_replayed_ones_are_ignored() {
     let c = Cluster::start(2).await.unwrap();
@@ -479,7 +489,7 @@ async fn receiver_reports_tune_fec_and_forged_or_replayed_ones_are_ignored() {
             .unwrap()
             .reports
             .iter()
-            .any(|(_, l)| *l >= 1000)
+            .any(|(_, l, _)| *l >= 1000)
     })
     .await;
     let reports = b.state.lock().unwrap().reports.clone();
@@ -487,30 +497,61 @@ async fn receiver_reports_tune_fec_and_forged_or_replayed_ones_are_ignored() {
         reports.windows(2).all(|w| w[1].0 > w[0].0),
         "report nonces grow: {reports:?}"
     );
+    // Every fourth frame: isolated losses, a mean run of one frame.
+    let last = reports.last().unwrap();
+    assert!(
+        (10..=12).contains(&last.2),
+        "burst of isolated losses: {reports:?}"
+    );
     eprintln!("alice's reports to bob: {reports:?}");
 
-    // Until Bob reports, Alice tunes FEC to the loss she sees herself.
+    // Until Bob reports, Alice tunes to the loss she sees herself.
     assert_eq!(status()["fec_tuned_by"], "incoming", "{}", voice.status());
 
-    // Bob reports 25% loss on Alice's stream.
+    // Bob reports 0.9% loss in isolated frames on Alice's stream: FEC alone.
     let key = b.state.lock().unwrap().out_key.clone().unwrap();
-    let report = wire::report_packet(&key, b.ssrc, 10, 0.25);
-    b.sock.send_to(&report, alice_addr).await.unwrap();
-    wait("alice to tune her FEC to bob's report", || {
+    let light = wire::report_packet(&key, b.ssrc, 8, 0.009, 1.0);
+    b.sock.send_to(&light, alice_addr).await.unwrap();
+    wait("alice to tune her FEC to bob's light report", || {
         let s = status();
-        s["fec_tuned_by"] == "reports" && s["fec_expected_percent"] == 27
+        s["fec_tuned_by"] == "reports"
+            && s["fec_expected_percent"] == 3
+            && s["redundancy"] == json!([])
     })
     .await;
-    assert_eq!(me()["reports"], 1);
+
+    // 25% in isolated frames: copies of the two previous frames in every packet, and FEC.
+    let report = wire::report_packet(&key, b.ssrc, 10, 0.25, 1.1);
+    b.sock.send_to(&report, alice_addr).await.unwrap();
+    wait("alice to add copies for bob's report", || {
+        let s = status();
+        s["redundancy"] == json!([1, 2]) && s["fec_expected_percent"] == 27
+    })
+    .await;
+    assert_eq!(me()["reports"], 2);
     assert!((me()["reported_loss"].as_f64().unwrap() - 0.25).abs() < 1e-3);
+    let red_before = b.state.lock().unwrap().red;
+    wait("bob to get packets with copies", || {
+        b.state.lock().unwrap().red >= red_before + 10
+    })
+    .await;
+
+    // The same loss in bursts of three frames: copies of frames 3 and 6 back, no FEC.
+    let bursty = wire::report_packet(&key, b.ssrc, 11, 0.25, 3.0);
+    b.sock.send_to(&bursty, alice_addr).await.unwrap();
+    wait("alice to spread her copies for bursts", || {
+        let s = status();
+        s["redundancy"] == json!([3, 6]) && s["fec_expected_percent"] == 0
+    })
+    .await;
 
     // Forged (another key), replayed (an old nonce with a valid MAC), from an unknown stream,
     // and a report claiming more than 100%: none counts.
     let dropped_before = status()["dropped"].as_u64().unwrap();
-    let forged = wire::report_packet(&Secret32::random(&mut OsRng), b.ssrc, 11, 0.9);
-    let replayed = wire::report_packet(&key, b.ssrc, 9, 0.9);
-    let stranger = wire::report_packet(&key, b.ssrc ^ 1, 12, 0.9);
-    let mut too_much = wire::report_packet(&key, b.ssrc, 13, 1.0);
+    let forged = wire::report_packet(&Secret32::random(&mut OsRng), b.ssrc, 12, 0.0, 1.0);
+    let replayed = wire::report_packet(&key, b.ssrc, 9, 0.0, 1.0);
+    let stranger = wire::report_packet(&key, b.ssrc ^ 1, 13, 0.0, 1.0);
+    let mut too_much = wire::report_packet(&key, b.ssrc, 14, 1.0, 1.0);
     too_much[13..15].copy_from_slice(&20_000u16.to_be_bytes());
     for p in [
         &forged[..],
@@ -526,19 +567,25 @@ async fn receiver_reports_tune_fec_and_forged_or_replayed_ones_are_ignored() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(me()["reports"], 1, "{}", voice.status());
-    assert_eq!(status()["fec_expected_percent"], 27, "{}", voice.status());
+    assert_eq!(me()["reports"], 3, "{}", voice.status());
+    assert_eq!(status()["redundancy"], json!([3, 6]), "{}", voice.status());
 
-    // A fresh report of no loss turns FEC's expectation down again.
+    // A fresh report of no loss stops the copies; plain packets again.
     b.sock
-        .send_to(&wire::report_packet(&key, b.ssrc, 14, 0.0), alice_addr)
+        .send_to(&wire::report_packet(&key, b.ssrc, 15, 0.0, 1.0), alice_addr)
         .await
         .unwrap();
     wait("alice to follow bob's new report", || {
-        status()["fec_expected_percent"] == 0
+        let s = status();
+        s["fec_expected_percent"] == 0 && s["redundancy"] == json!([])
     })
     .await;
-    assert_eq!(me()["reports"], 2);
+    assert_eq!(me()["reports"], 4);
+    let plain_before = b.state.lock().unwrap().plain;
+    wait("bob to get plain packets again", || {
+        b.state.lock().unwrap().plain >= plain_before + 10
+    })
+    .await;
 
     voice.stop().await;
     drop(b);

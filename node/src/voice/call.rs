@@ -224,6 +224,8 @@ pub struct RemoteStats {
     pub decoded: u64,
     /// Frames recovered by FEC.
     pub fec: u64,
+    /// Frames played from a redundant copy in a later packet (their own packet was lost).
+    pub redundant: u64,
     /// Frames concealed.
     pub concealed: u64,
     /// Frames that came through the media relay.
@@ -285,8 +287,13 @@ pub struct EngineStats {
     /// Where that loss comes from: `reports` (the worst receiver report of the last few
     /// seconds), `incoming` (no reports: the worst loss we see from the others) or `none`.
     pub fec_tuned_by: &'static str,
-    /// The expected-loss percentage our Opus encoder was given for it (0 without FEC).
+    /// The expected-loss percentage our Opus encoder was given for it (0 without FEC, or
+    /// while redundant copies are sent).
     pub fec_expected_percent: u8,
+    /// Distances (frames back) of the redundant copies our packets carry now; empty: none.
+    pub redundancy: Vec<u8>,
+    /// Mean run of lost frames behind `fec_loss` (1.0: isolated losses).
+    pub loss_burst: f32,
     /// Remote participants.
     pub remotes: Vec<RemoteStats>,
 }
@@ -488,7 +495,8 @@ struct Remote {
     /// Nonce of the last receiver report accepted from it (reports must grow).
     report_nonce: u64,
     /// The loss it last reported on our stream, and when.
-    reported: Option<(f32, Instant)>,
+    /// Its last report on our stream: loss, mean run of lost frames, when.
+    reported: Option<(f32, f32, Instant)>,
     /// Receiver reports accepted from it.
     reports: u64,
     /// Its frames, played 10 ms at a time.
@@ -524,11 +532,12 @@ impl Remote {
             .map(|r| r.alloc_id)
     }
 
-    /// The loss it reported on our stream, if the report is fresh.
-    fn fresh_report(&self, now: Instant) -> Option<f32> {
+    /// The loss it reported on our stream and the mean run of lost frames, if the report is
+    /// fresh.
+    fn fresh_report(&self, now: Instant) -> Option<(f32, f32)> {
         self.reported
-            .filter(|(_, at)| now.saturating_duration_since(*at) <= REPORT_FRESH)
-            .map(|(loss, _)| loss)
+            .filter(|(_, _, at)| now.saturating_duration_since(*at) <= REPORT_FRESH)
+            .map(|(loss, burst, _)| (loss, burst))
     }
 
     fn path(&self, own: Option<&OwnAllocation>) -> &'static str {
@@ -593,6 +602,8 @@ struct Engine {
     /// The loss our encoder's FEC is tuned to, and where it came from.
     fec_loss: f32,
     fec_tuned_by: &'static str,
+    /// Mean run of lost frames behind `fec_loss`.
+    loss_burst: f32,
 }
 
 fn rms(f: &[i16]) -> f64 {
@@ -669,6 +680,7 @@ impl Engine {
             report_nonce: 0,
             fec_loss: 0.0,
             fec_tuned_by: "none",
+            loss_burst: 1.0,
         })
     }
 
@@ -989,19 +1001,20 @@ impl Engine {
         let event = self.own_plays_frame();
         wire::media_header(self.ssrc, &mut self.packet);
         let mut frame = Vec::with_capacity(MAX_VOICE_PACKET);
-        match &event {
+        let kind = match &event {
             Some(e) => {
-                if let Some(t) = self.packet.first_mut() {
-                    *t = wire::MEDIA_EXT;
-                }
                 self.sender
                     .send_event_into(&self.frame, e, &mut frame)
                     .map_err(|e| e.to_string())?;
+                wire::MEDIA_EXT
             }
             None => self
                 .sender
                 .send_into(&self.frame, &mut frame)
                 .map_err(|e| e.to_string())?,
+        };
+        if let Some(t) = self.packet.first_mut() {
+            *t = kind;
         }
         self.packet.extend_from_slice(&frame);
         self.frames += 1;
@@ -1106,6 +1119,7 @@ impl Engine {
                 self.ssrc,
                 self.report_nonce,
                 rx.loss_report(),
+                rx.jitter().mean_burst(),
             );
             out.push((p, r.direct, r.relay_route(own.as_ref())));
         }
@@ -1224,26 +1238,28 @@ impl Engine {
             self.next_second = now + Duration::from_secs(1);
             self.bitrate_kbps = self.bytes_window as f64 * 8.0 / 1000.0;
             self.bytes_window = 0;
-            let (mut reported, mut incoming) = (None::<f32>, 0.0f32);
+            let worse = |a: (f32, f32), b: (f32, f32)| if b.0 > a.0 { b } else { a };
+            let (mut reported, mut incoming) = (None::<(f32, f32)>, (0.0f32, 1.0f32));
             for r in self.remotes.values_mut() {
                 r.bitrate_kbps = r.bytes_window as f64 * 8.0 / 1000.0;
                 r.bytes_window = 0;
                 if let Some(rx) = &r.rx {
-                    incoming = incoming.max(rx.loss_report());
+                    incoming = worse(incoming, (rx.loss_report(), rx.jitter().mean_burst()));
                 }
-                if let Some(loss) = r.fresh_report(now) {
-                    reported = Some(reported.map_or(loss, |w| w.max(loss)));
+                if let Some(report) = r.fresh_report(now) {
+                    reported = Some(reported.map_or(report, |w| worse(w, report)));
                 }
             }
             // FEC protects the receiver that loses most of our stream, as its reports say.
             // Until anyone reports (a peer of an older version), the loss we see from the others
             // stands in for the loss on our own uplink (paths are mostly symmetric).
-            (self.fec_loss, self.fec_tuned_by) = match reported {
+            let ((loss, burst), by) = match reported {
                 Some(l) => (l, "reports"),
                 None if self.remotes.values().any(|r| r.rx.is_some()) => (incoming, "incoming"),
-                None => (0.0, "none"),
+                None => ((0.0, 1.0), "none"),
             };
-            let _ = self.sender.receiver_report(self.fec_loss);
+            (self.fec_loss, self.loss_burst, self.fec_tuned_by) = (loss, burst, by);
+            let _ = self.sender.receiver_report(loss, burst);
             self.send_reports();
         }
         if now >= self.next_stats {
@@ -1285,6 +1301,7 @@ impl Engine {
                     rejected: s.rejected,
                     decoded: s.decoded,
                     fec: s.fec,
+                    redundant: s.redundant,
                     concealed: s.concealed,
                     via_relay: r.via_relay,
                     via_direct: r.via_direct,
@@ -1292,7 +1309,7 @@ impl Engine {
                     speaking: r.speaking_until.is_some_and(|t| t > now),
                     may_speak: r.setup.may_speak,
                     volume_percent: (r.gain * 100.0).round() as u32,
-                    reported_loss: r.fresh_report(now),
+                    reported_loss: r.fresh_report(now).map(|(loss, _)| loss),
                     reports: r.reports,
                     clips_refused: r.clip_refused,
                     clips_playing: r.clips.active.len(),
@@ -1317,6 +1334,8 @@ impl Engine {
             fec_loss: self.fec_loss,
             fec_tuned_by: self.fec_tuned_by,
             fec_expected_percent: self.sender.encoder().expected_loss(),
+            redundancy: self.sender.redundancy().to_vec(),
+            loss_burst: self.loss_burst,
             remotes,
         };
         if let Ok(mut shared) = self.shared.lock() {
@@ -1350,7 +1369,7 @@ impl Engine {
             return;
         };
         match p {
-            PeerPacket::Media { ssrc, frame, ext } => {
+            PeerPacket::Media { ssrc, frame, kind } => {
                 let Some(r) = self.remotes.get_mut(&ssrc) else {
                     self.dropped += 1;
                     return;
@@ -1359,7 +1378,7 @@ impl Engine {
                     r.heard += 1;
                     return;
                 };
-                if let Ok(event) = rx.receive_ext(frame, now_us, ext) {
+                if let Ok(event) = rx.receive_typed(frame, now_us, kind) {
                     if let Some((event, seq)) = event {
                         // Receivers check the right too: an event from a participant without
                         // Use Soundboard (or Speak) is dropped, the frame's voice is kept.
@@ -1428,6 +1447,7 @@ impl Engine {
                 ssrc,
                 nonce,
                 loss,
+                burst,
                 mac,
             } => {
                 let Some(r) = self.remotes.get_mut(&ssrc) else {
@@ -1435,7 +1455,7 @@ impl Engine {
                     return;
                 };
                 if nonce <= r.report_nonce
-                    || !wire::report_ok(&r.setup.in_key, ssrc, nonce, loss, &mac)
+                    || !wire::report_ok(&r.setup.in_key, ssrc, nonce, loss, burst, &mac)
                 {
                     self.dropped += 1;
                     return;
@@ -1443,7 +1463,11 @@ impl Engine {
                 r.heard += 1;
                 r.report_nonce = nonce;
                 r.reports += 1;
-                r.reported = Some((f32::from(loss) / f32::from(wire::MAX_REPORT_LOSS), at));
+                r.reported = Some((
+                    f32::from(loss) / f32::from(wire::MAX_REPORT_LOSS),
+                    f32::from(burst) / 10.0,
+                    at,
+                ));
             }
         }
     }

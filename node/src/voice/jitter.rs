@@ -25,6 +25,15 @@
 //! following each burst loses more PESQ to those time warps than it gains (DRED at 20% random
 //! loss, PESQ-WB: 2.47 following, 2.99 fixed at 3 frames; see `codec`'s module docs).
 //!
+//! While the sender adds redundant copies of earlier frames to its packets (RED, see
+//! `pipeline`'s module docs), the lookahead is the largest distance of those copies instead,
+//! held steady for as long as copies keep coming: the copy of a frame lost in a burst arrives
+//! that many frames later. Copies are filed with [`JitterBuffer::push_redundant`]: they fill
+//! a missing frame's slot but never count as arrivals (no transit, no late or duplicate
+//! count), and a frame played from a copy counts as lost in [`JitterBuffer::effective_loss`]
+//! and the burst length, which are what the receiver reports: the sender must see the loss of
+//! the path, not what redundancy hid, or it would turn the redundancy off again.
+//!
 //! A rising target takes effect at once; a falling one is followed by at most
 //! [`JitterConfig::shrink_step_us`] per 20 ms, so the buffer shrinks when the network calms, a
 //! step at a time.
@@ -116,6 +125,13 @@ pub enum Action {
         /// The Opus payload.
         payload: Vec<u8>,
     },
+    /// The frame's packet was lost; a later packet carried a copy of its Opus payload.
+    Recovered {
+        /// Its sequence number.
+        seq: u64,
+        /// The copy's Opus payload.
+        payload: Vec<u8>,
+    },
     /// The frame's packet is missing at its deadline: conceal it, with FEC from `next` if
     /// given.
     Missing {
@@ -155,6 +171,8 @@ pub struct JitterStats {
     pub played: u64,
     /// Frames missing at their deadline (concealed).
     pub missing: u64,
+    /// Frames whose own packet was lost, played from a redundant copy in a later packet.
+    pub recovered: u64,
     /// Concealed frames inserted to grow the buffer.
     pub stretched: u64,
     /// Frames skipped to shrink the buffer.
@@ -201,6 +219,8 @@ impl JitterStats {
 struct Held {
     payload: Vec<u8>,
     arrival_us: u64,
+    /// A copy from a later packet (RED), not the frame's own packet.
+    copy: bool,
 }
 
 /// The adaptive jitter buffer (see the module docs).
@@ -222,8 +242,18 @@ pub struct JitterBuffer {
     run: u64,
     burst_ewma: f32,
     ticks_since_skip: u32,
+    /// Largest distance of redundant copies lately (frames; 0: none), and the sequence number
+    /// after which that lapses.
+    red_frames: u64,
+    red_until: u64,
     stats: JitterStats,
 }
+
+/// Frames after the last packet with redundant copies before the lookahead stops following
+/// them (1 s).
+const RED_HOLD_FRAMES: u64 = 50;
+/// Farthest redundant copy the buffer waits for (frames).
+pub const MAX_RED_FRAMES: u64 = 6;
 
 /// Weight of one frame in the effective-loss average (about 2 s of memory).
 const LOSS_ALPHA: f32 = 0.01;
@@ -256,6 +286,8 @@ impl JitterBuffer {
             run: 0,
             burst_ewma: 1.0,
             ticks_since_skip: 0,
+            red_frames: 0,
+            red_until: 0,
             stats: JitterStats::default(),
         }
     }
@@ -275,9 +307,24 @@ impl JitterBuffer {
         self.p95_us
     }
 
-    /// Fraction of recent frames missing at their deadline (lost or late), smoothed.
+    /// Fraction of recent frames whose own packet was missing at their deadline (lost or
+    /// late, whether or not a redundant copy stood in), smoothed.
     pub fn effective_loss(&self) -> f32 {
         self.loss_ewma
+    }
+
+    /// Mean length of recent runs of missing frames (1.0 for isolated losses), smoothed.
+    pub fn mean_burst(&self) -> f32 {
+        self.burst_ewma
+    }
+
+    /// The lookahead that redundant copies ask for now (frames; 0: none).
+    pub fn redundancy_frames(&self) -> u64 {
+        if self.next_seq.is_some_and(|n| n > self.red_until) {
+            0
+        } else {
+            self.red_frames
+        }
     }
 
     /// The sequence number the next [`JitterBuffer::pop`] plays, once playout has started.
@@ -312,8 +359,16 @@ impl JitterBuffer {
             self.stats.late += 1;
             return;
         }
-        if self.packets.contains_key(&seq) {
-            self.stats.duplicate += 1;
+        if let Some(held) = self.packets.get_mut(&seq) {
+            if held.copy {
+                // The frame's own packet after its copy (reordering): keep the original.
+                held.payload = payload;
+                held.arrival_us = arrival_us;
+                held.copy = false;
+                self.observe(seq, arrival_us);
+            } else {
+                self.stats.duplicate += 1;
+            }
             return;
         }
         let too_far = self
@@ -329,6 +384,47 @@ impl JitterBuffer {
             Held {
                 payload,
                 arrival_us,
+                copy: false,
+            },
+        );
+    }
+
+    /// Notes that the packet of frame `seq` carried copies of frames up to `distance` back
+    /// (at most [`MAX_RED_FRAMES`] count): the lookahead follows it until
+    /// [`RED_HOLD_FRAMES`] frames after the last such packet.
+    pub fn note_redundancy(&mut self, seq: u64, distance: u64) {
+        let d = distance.min(MAX_RED_FRAMES);
+        if d == 0 {
+            return;
+        }
+        let lapsed = self.next_seq.is_some_and(|n| n > self.red_until);
+        self.red_frames = if lapsed { d } else { self.red_frames.max(d) };
+        self.red_until = self.red_until.max(seq.saturating_add(RED_HOLD_FRAMES));
+        let wanted = self.wanted_target();
+        if wanted > self.target_us {
+            self.target_us = wanted;
+        }
+    }
+
+    /// Files a redundant copy of frame `seq` that arrived at `arrival_us` inside a later
+    /// packet: it fills the frame's slot if the frame's own packet is not there and its
+    /// deadline has not passed; otherwise it is dropped without counting anything.
+    pub fn push_redundant(&mut self, seq: u64, payload: Vec<u8>, arrival_us: u64) {
+        if self.next_seq.is_some_and(|next| seq < next) || self.packets.contains_key(&seq) {
+            return;
+        }
+        let too_far = self
+            .next_seq
+            .is_some_and(|next| seq - next >= self.config.capacity as u64);
+        if too_far || self.packets.len() >= self.config.capacity {
+            return;
+        }
+        self.packets.insert(
+            seq,
+            Held {
+                payload,
+                arrival_us,
+                copy: true,
             },
         );
     }
@@ -362,14 +458,16 @@ impl JitterBuffer {
     }
 
     fn wanted_target(&self) -> u64 {
-        let lookahead =
-            if self.config.fec_lookahead && self.loss_ewma > self.config.fec_lookahead_loss {
-                let max = self.config.max_lookahead_frames.max(1);
-                let min = self.config.min_lookahead_frames.clamp(1, max);
-                (self.burst_ewma.round() as u64).clamp(min, max) * FRAME_US
-            } else {
-                0
-            };
+        let red = self.redundancy_frames();
+        let lookahead = if red > 0 {
+            red * FRAME_US
+        } else if self.config.fec_lookahead && self.loss_ewma > self.config.fec_lookahead_loss {
+            let max = self.config.max_lookahead_frames.max(1);
+            let min = self.config.min_lookahead_frames.clamp(1, max);
+            (self.burst_ewma.round() as u64).clamp(min, max) * FRAME_US
+        } else {
+            0
+        };
         (self.p95_us + self.config.margin_us + lookahead).min(self.config.max_target_us)
     }
 
@@ -435,6 +533,15 @@ impl JitterBuffer {
         self.stats.buffer_delay_us += u64::try_from(delay).unwrap_or(0);
         self.stats.buffer_delay_frames += 1;
         let action = match self.packets.remove(&next) {
+            Some(held) if held.copy => {
+                self.stats.recovered += 1;
+                self.loss_ewma = self.loss_ewma * (1.0 - LOSS_ALPHA) + LOSS_ALPHA;
+                self.run += 1;
+                Action::Recovered {
+                    seq: next,
+                    payload: held.payload,
+                }
+            }
             Some(held) => {
                 self.stats.played += 1;
                 self.stats.residence_us += now_us.saturating_sub(held.arrival_us);

@@ -565,6 +565,8 @@ impl VoiceService {
                     "fec_loss": s.fec_loss,
                     "fec_tuned_by": s.fec_tuned_by,
                     "fec_expected_percent": s.fec_expected_percent,
+                    "redundancy": s.redundancy,
+                    "loss_burst": s.loss_burst,
                 },
                 "muted": c.muted,
                 "may_speak": c.room.may_speak,

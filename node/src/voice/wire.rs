@@ -18,16 +18,19 @@
 //! PROBE      0x11 | ssrc u32 | nonce u64 | mac 16     mac under the recipient's probe key
 //! PROBE_ACK  0x12 | ssrc u32 | nonce u64 | mac 16     mac under the prober's probe key
 //! MEDIA_EXT  0x13 | ssrc u32 | SFrame frame of (play event | Opus), type byte as AAD
-//! REPORT     0x14 | ssrc u32 | nonce u64 | loss u16 | mac 16
+//! REPORT     0x14 | ssrc u32 | nonce u64 | loss u16 | burst u8 | mac 16
 //!                                                  mac under the recipient's probe key
+//! MEDIA_RED  0x15 | ssrc u32 | SFrame frame of (copies of earlier Opus packets | Opus),
+//!                                                  type byte as AAD (see `pipeline`)
 //! ```
 //!
 //! `ssrc` is the sender's stream id. A probe's MAC is HMAC-SHA-256 (truncated to 16 bytes)
 //! under the probe key the recipient gave this sender alone, over the type byte, `ssrc` and
 //! `nonce`: a probe or an acknowledgement proves the pair, so only the two peers can steer each
 //! other's media to a new address (how a NAT rebinding is followed). A receiver report tells a
-//! sender the loss its receiver sees on the sender's stream (basis points, at most 10,000), so
-//! the sender tunes its FEC to the path its packets actually take; it is MACed like a probe
+//! sender the loss its receiver sees on the sender's stream (basis points, at most 10,000) and
+//! the mean length of its runs of lost frames (tenths of a frame, 10 = isolated losses), so
+//! the sender tunes its FEC and redundant copies to the path its packets actually take; it is MACed like a probe
 //! (with the loss in the MAC) and its nonce only grows, so a replayed or forged report cannot
 //! push a sender's FEC up or down. Reports say nothing a relay could not already guess from
 //! the traffic, so they are authenticated, not encrypted. Media frames need no MAC
@@ -71,7 +74,10 @@ pub const PROBE_LEN: usize = 1 + 4 + 8 + 16;
 /// UDP packet type: a receiver report (the loss seen on the recipient's stream).
 pub const REPORT: u8 = 0x14;
 /// Length of a receiver report.
-pub const REPORT_LEN: usize = 1 + 4 + 8 + 2 + 16;
+pub const REPORT_LEN: usize = 1 + 4 + 8 + 2 + 1 + 16;
+/// UDP packet type: a media frame carrying redundant copies of earlier frames; the type byte
+/// is the frame's associated data.
+pub const MEDIA_RED: u8 = 0x15;
 /// Largest loss a report can carry, in basis points (100%).
 pub const MAX_REPORT_LOSS: u16 = 10_000;
 
@@ -377,8 +383,9 @@ pub enum PeerPacket<'a> {
         ssrc: u32,
         /// The SFrame frame.
         frame: &'a [u8],
-        /// Sent as `MEDIA_EXT`: the frame carries a soundboard play event.
-        ext: bool,
+        /// Its packet type: `MEDIA`, `MEDIA_EXT` (the frame carries a soundboard play event)
+        /// or `MEDIA_RED` (it carries redundant copies).
+        kind: u8,
     },
     /// A probe from stream `ssrc`.
     Probe {
@@ -406,6 +413,8 @@ pub enum PeerPacket<'a> {
         nonce: u64,
         /// Loss in basis points (at most [`MAX_REPORT_LOSS`]).
         loss: u16,
+        /// Mean run of lost frames, in tenths of a frame.
+        burst: u8,
         /// Its MAC.
         mac: [u8; 16],
     },
@@ -431,7 +440,7 @@ pub fn parse_packet(b: &[u8]) -> Result<PeerPacket<'_>, PacketError> {
             .ok_or(PacketError::Malformed)?,
     );
     match t {
-        MEDIA | MEDIA_EXT => {
+        MEDIA | MEDIA_EXT | MEDIA_RED => {
             let frame = &rest[4..];
             if frame.is_empty() {
                 return Err(PacketError::Malformed);
@@ -439,7 +448,7 @@ pub fn parse_packet(b: &[u8]) -> Result<PeerPacket<'_>, PacketError> {
             Ok(PeerPacket::Media {
                 ssrc,
                 frame,
-                ext: t == MEDIA_EXT,
+                kind: t,
             })
         }
         PROBE | PROBE_ACK => {
@@ -471,13 +480,15 @@ pub fn parse_packet(b: &[u8]) -> Result<PeerPacket<'_>, PacketError> {
             if loss > MAX_REPORT_LOSS {
                 return Err(PacketError::Malformed);
             }
-            let mac: [u8; 16] = rest[14..30]
+            let burst = rest[14];
+            let mac: [u8; 16] = rest[15..31]
                 .try_into()
                 .map_err(|_| PacketError::Malformed)?;
             Ok(PeerPacket::Report {
                 ssrc,
                 nonce,
                 loss,
+                burst,
                 mac,
             })
         }
@@ -530,24 +541,43 @@ pub fn probe_ok(kind: u8, key: &Secret32, ssrc: u32, nonce: u64, mac: &[u8; 16])
 }
 
 /// A receiver report from stream `ssrc`: `loss` (0.0..=1.0, clamped) seen on the recipient's
-/// stream, MACed under the probe key the recipient gave us.
-pub fn report_packet(key: &Secret32, ssrc: u32, nonce: u64, loss: f32) -> [u8; REPORT_LEN] {
+/// stream and the mean run of lost frames `burst` (frames, clamped to 0.0..=25.5), MACed under
+/// the probe key the recipient gave us.
+pub fn report_packet(
+    key: &Secret32,
+    ssrc: u32,
+    nonce: u64,
+    loss: f32,
+    burst: f32,
+) -> [u8; REPORT_LEN] {
     let bp = (loss.clamp(0.0, 1.0) * f32::from(MAX_REPORT_LOSS)).round() as u16;
     let bp = bp.min(MAX_REPORT_LOSS);
+    let tenths = (burst.clamp(0.0, 25.5) * 10.0).round() as u8;
     let mut p = [0u8; REPORT_LEN];
     p[0] = REPORT;
     p[1..5].copy_from_slice(&ssrc.to_be_bytes());
     p[5..13].copy_from_slice(&nonce.to_be_bytes());
     p[13..15].copy_from_slice(&bp.to_be_bytes());
-    p[15..].copy_from_slice(&packet_mac(key, REPORT, ssrc, nonce, &bp.to_be_bytes()));
+    p[15] = tenths;
+    p[16..].copy_from_slice(&report_mac(key, ssrc, nonce, bp, tenths));
     p
 }
 
+fn report_mac(key: &Secret32, ssrc: u32, nonce: u64, loss: u16, burst: u8) -> [u8; 16] {
+    let [a, b] = loss.to_be_bytes();
+    packet_mac(key, REPORT, ssrc, nonce, &[a, b, burst])
+}
+
 /// Whether `mac` is right for a receiver report (constant time).
-pub fn report_ok(key: &Secret32, ssrc: u32, nonce: u64, loss: u16, mac: &[u8; 16]) -> bool {
-    packet_mac(key, REPORT, ssrc, nonce, &loss.to_be_bytes())
-        .ct_eq(mac)
-        .into()
+pub fn report_ok(
+    key: &Secret32,
+    ssrc: u32,
+    nonce: u64,
+    loss: u16,
+    burst: u8,
+    mac: &[u8; 16],
+) -> bool {
+    report_mac(key, ssrc, nonce, loss, burst).ct_eq(mac).into()
 }
 
 #[cfg(test)]
@@ -635,38 +665,45 @@ mod tests {
     #[test]
     fn reports_carry_the_loss_and_verify_only_under_their_key() {
         let k = Secret32::random(&mut rand_core::OsRng);
-        let p = report_packet(&k, 9, 41, 0.237);
+        let p = report_packet(&k, 9, 41, 0.237, 2.94);
         let Ok(PeerPacket::Report {
             ssrc,
             nonce,
             loss,
+            burst,
             mac,
         }) = parse_packet(&p)
         else {
             panic!("not a report");
         };
-        assert_eq!((ssrc, nonce, loss), (9, 41, 2370));
-        assert!(report_ok(&k, ssrc, nonce, loss, &mac));
-        // Another key, stream, nonce or loss: refused.
+        assert_eq!((ssrc, nonce, loss, burst), (9, 41, 2370, 29));
+        assert!(report_ok(&k, ssrc, nonce, loss, burst, &mac));
+        // Another key, stream, nonce, loss or burst: refused.
         let other = Secret32::random(&mut rand_core::OsRng);
-        assert!(!report_ok(&other, ssrc, nonce, loss, &mac));
-        assert!(!report_ok(&k, ssrc + 1, nonce, loss, &mac));
-        assert!(!report_ok(&k, ssrc, nonce + 1, loss, &mac));
-        assert!(!report_ok(&k, ssrc, nonce, loss + 1, &mac));
+        assert!(!report_ok(&other, ssrc, nonce, loss, burst, &mac));
+        assert!(!report_ok(&k, ssrc + 1, nonce, loss, burst, &mac));
+        assert!(!report_ok(&k, ssrc, nonce + 1, loss, burst, &mac));
+        assert!(!report_ok(&k, ssrc, nonce, loss + 1, burst, &mac));
+        assert!(!report_ok(&k, ssrc, nonce, loss, burst - 1, &mac));
         // A probe's MAC over the same fields is not a report's.
         assert!(!report_ok(
             &k,
             ssrc,
             nonce,
             0,
+            0,
             &probe_mac(&k, PROBE, ssrc, nonce)
         ));
         // Out of range and wrong lengths.
         assert_eq!(
-            report_packet(&k, 1, 1, 7.0)[13..15],
+            report_packet(&k, 1, 1, 7.0, 1.0)[13..15],
             10_000u16.to_be_bytes()
         );
-        assert_eq!(report_packet(&k, 1, 1, f32::NAN)[13..15], [0, 0]);
+        assert_eq!(
+            report_packet(&k, 1, 1, f32::NAN, f32::NAN)[13..16],
+            [0, 0, 0]
+        );
+        assert_eq!(report_packet(&k, 1, 1, 0.1, 1e9)[15], 255);
         let mut big = p;
         big[13..15].copy_from_slice(&10_001u16.to_be_bytes());
         assert_eq!(parse_packet(&big), Err(PacketError::Malformed));
