@@ -11,25 +11,26 @@
 //!   -> WAV out -> 16 kHz (sox) -> PESQ-WB (P.862.2, the `pesq` crate) against the input
 //! ```
 //!
-//! *Ours*: in-band FEC with the expected loss set from the receiver's loss reports (one a
-//! second, delivered at once), a jitter buffer that holds one frame more while loss is seen so
-//! FEC can be used, and libopus' deep PLC for what FEC cannot rebuild. *+DRED*: ours plus
-//! DRED (100 ms) and a steady lookahead of 3 frames while loss is seen (experimental).
-//! *FEC only*: ours with the classic PLC. *Baseline*: the same encoder without FEC, classic
-//! PLC, the same jitter buffer without that extra frame. The last column is the real bit rate
-//! on the wire (Opus + crypto overhead) of ours, +DRED and the baseline.
+//! *Ours*: the sender adds redundant copies of its earlier frames once the receiver's reports
+//! (one a second, delivered at once) show loss (see `pipeline`'s module docs: RED), in-band
+//! FEC tuned to the reported loss, a jitter buffer that waits for the farthest copy (or one
+//! frame for FEC) while loss is seen, and libopus' deep PLC for what is still missing. *No
+//! RED*: ours without the copies. *+DRED*: no RED plus DRED (100 ms) and a steady lookahead of
+//! 3 frames while loss is seen (experimental). *Baseline*: the same encoder without FEC,
+//! classic PLC, the same jitter buffer without the extra frames. The last column is the real
+//! bit rate on the wire (Opus, copies and crypto overhead) of each.
 //!
 //! Also printed: pipeline delay capture-to-playback excluding the network (measured by
 //! cross-correlating output with input, per device tick phase), jitter-buffer delay against the
 //! observed p95 jitter with late packets, crypto overhead per frame, CPU per sent and per
 //! received frame.
 //!
-//! Last run (2 seeds, 0 ms jitter; 30 ms within 0.08), PESQ-WB ours / +DRED / baseline: none
-//! 4.43 / 4.43 / 4.43; 5% random 4.08 / 4.12 / 2.89; 10% random 3.91 / 3.78 / 2.04; 20%
-//! random 2.89 / 2.98 / 1.33; 10% bursty 2.69 / 2.69 / 2.13; 20% bursty 1.96 / 2.15 / 1.48.
-//! Wire 60 / 66 / 60 kbit/s. Delay 31.4-40.4 ms by tick phase (mean 35.9); CPU 0.214 ms per
-//! sent frame, 0.053 / 0.058 ms per received frame without / with 10% loss. README has the
-//! full table.
+//! Last run (3 seeds, 0 / 30 ms jitter), PESQ-WB ours / no RED / baseline: none 4.41; 5%
+//! random 4.19 / 4.08 / 2.81; 10% random 3.99 / 3.79 / 1.96 (4.05 at 30 ms); 20% random
+//! 3.69 / 2.94 / 1.36 (3.88); 10% bursty 3.38 / 2.84 / 2.20 (3.34); 20% bursty 2.92 / 1.89 /
+//! 1.44. Wire 60 kbit/s without loss, 106-151 with copies. Delay 31.4-40.4 ms by tick phase
+//! (mean 35.9); CPU 0.210 ms per sent frame, 0.054 / 0.058 ms per received frame without /
+//! with 10% loss. README has the full table.
 //!
 //! Run: `cargo bench -p securecomm-node --bench voice_quality`. Needs `espeak-ng` and `sox`
 //! (`scripts/install-deps.sh`). Env: `SEEDS` (runs per cell, default 3), `VOICE_WAV` (use this
@@ -37,7 +38,8 @@
 //! temporary one by default), `COMPLEXITY` (Opus encoder complexity, default the pipeline's).
 //! `EXPERIMENT` runs only a sweep of variants instead, each `name:key=value,...` separated by
 //! `;`, keys `fec`, `deep`, `dred` (10 ms units), `la`/`lamin` (most/fewest lookahead frames),
-//! `hint` (factor on the reported loss), `br` (bitrate), over `CELLS` (e.g. `n0,r10,b10j30`:
+//! `hint` (factor on the reported loss), `br` (bitrate), `red` (0: no copies), `lal` (the
+//! jitter buffer's loss threshold for its FEC lookahead), over `CELLS` (e.g. `n0,r10,b10j30`:
 //! none, 10% random, 10% bursty at 30 ms jitter); it prints PESQ-WB and Opus kbit/s per cell.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 

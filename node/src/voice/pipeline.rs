@@ -154,6 +154,9 @@ pub struct VoiceSender {
     /// Whether copies may be sent at all.
     red_allowed: bool,
     bursty: bool,
+    /// A different choice of copies the last report asked for (it takes effect when the next
+    /// report asks for it again).
+    pending: Option<Vec<u8>>,
     plain: Vec<u8>,
     stats: SenderStats,
 }
@@ -169,6 +172,7 @@ impl VoiceSender {
             red: Vec::with_capacity(MAX_COPIES),
             red_allowed: true,
             bursty: false,
+            pending: None,
             plain: Vec::with_capacity(RED_BUDGET),
             stats: SenderStats::default(),
         })
@@ -285,9 +289,11 @@ impl VoiceSender {
         self.history.clear();
     }
 
-    /// Applies the worst receiver report: `loss` (fraction 0.0..=1.0) and the mean length of
-    /// its runs of lost frames (`burst`, 1.0 for isolated losses). Picks the redundant copies
-    /// (see the module docs) and tunes FEC: to the loss without copies, off with them.
+    /// Applies the worst receiver report (one a second): `loss` (fraction 0.0..=1.0) and the
+    /// mean length of its runs of lost frames (`burst`, 1.0 for isolated losses). Picks the
+    /// redundant copies (see the module docs) and tunes FEC. A change of copies takes effect
+    /// only when two reports in a row ask for it: each change moves every receiver's playout
+    /// (a stretch or a skip), and a few frames lost while a call starts must not cause two.
     pub fn receiver_report(&mut self, loss: f32, burst: f32) -> Result<(), VoiceError> {
         let loss = if loss.is_nan() { 0.0 } else { loss };
         let on = self.red_allowed
@@ -296,7 +302,7 @@ impl VoiceSender {
             } else {
                 loss >= RED_OFF_LOSS
             };
-        let was_bursty = self.bursty;
+        let was_bursty = self.red.first() == Some(&3);
         self.bursty = if self.bursty {
             burst >= BURSTY_OFF
         } else {
@@ -307,18 +313,24 @@ impl VoiceSender {
         } else {
             loss >= HEAVY_ON_LOSS
         };
-        self.red.clear();
-        if on {
-            if self.bursty {
-                self.red.extend_from_slice(&[3, MAX_DISTANCE]);
-            } else if heavy {
-                self.red.extend_from_slice(&[1, 2]);
-            } else {
-                self.red.push(1);
-            }
+        let wanted: &[u8] = match (on, self.bursty, heavy) {
+            (false, _, _) => &[],
+            (true, true, _) => &[3, MAX_DISTANCE],
+            (true, false, true) => &[1, 2],
+            (true, false, false) => &[1],
+        };
+        if wanted == self.red.as_slice() {
+            self.pending = None;
+        } else if self.pending.as_deref() == Some(wanted) {
+            self.pending = None;
+            self.red.clear();
+            self.red.extend_from_slice(wanted);
+        } else {
+            self.pending = Some(wanted.to_vec());
         }
         // In bursts the next packet is mostly lost too, so FEC's bits in it would be wasted.
-        let fec = if on && self.bursty { 0.0 } else { loss };
+        let in_bursts = self.red.first() == Some(&3);
+        let fec = if in_bursts { 0.0 } else { loss };
         Ok(self.encoder.set_measured_loss(fec)?)
     }
 
@@ -327,6 +339,7 @@ impl VoiceSender {
         self.red_allowed = allowed;
         if !allowed {
             self.red.clear();
+            self.pending = None;
         }
     }
 
@@ -1153,6 +1166,8 @@ mod tests {
     fn copies_of_the_previous_frame_fill_random_losses_and_the_loss_is_still_reported() {
         let (mut tx, mut rx) = pair();
         tx.receiver_report(0.05, 1.1).unwrap();
+        assert_eq!(tx.redundancy(), &[] as &[u8], "one report does not switch");
+        tx.receiver_report(0.05, 1.1).unwrap();
         assert_eq!(tx.redundancy(), &[1]);
         assert_eq!(
             tx.encoder().expected_loss(),
@@ -1187,6 +1202,7 @@ mod tests {
     fn copies_three_and_six_back_fill_bursts_of_three() {
         let (mut tx, mut rx) = pair();
         tx.receiver_report(0.25, 3.0).unwrap();
+        tx.receiver_report(0.25, 3.0).unwrap();
         assert_eq!(tx.redundancy(), &[3, 6]);
         assert_eq!(tx.encoder().expected_loss(), 0, "no FEC in bursts");
         let burst = |i: usize| i >= 16 && (3..=5).contains(&(i % 8));
@@ -1207,6 +1223,7 @@ mod tests {
         // Without copies the same bursts are concealed.
         let (mut tx, mut rx) = pair();
         tx.allow_redundancy(false);
+        tx.receiver_report(0.25, 3.0).unwrap();
         tx.receiver_report(0.25, 3.0).unwrap();
         let (s, kinds) = lossy_run(&mut tx, &mut rx, burst);
         assert!(kinds.iter().all(|k| *k == MEDIA));
@@ -1232,8 +1249,17 @@ mod tests {
             (f32::NAN, f32::NAN, &[][..]),
         ] {
             tx.receiver_report(loss, burst).unwrap();
+            tx.receiver_report(loss, burst).unwrap();
             assert_eq!(tx.redundancy(), want, "loss {loss} burst {burst}");
         }
+        // One report alone (a few frames lost while a call starts) switches nothing, nor do
+        // reports that keep changing their mind.
+        for (loss, burst) in [(0.05, 1.0), (0.0, 1.0), (0.3, 3.0), (0.0, 1.0), (0.05, 1.0)] {
+            tx.receiver_report(loss, burst).unwrap();
+            assert_eq!(tx.redundancy(), &[] as &[u8], "loss {loss} burst {burst}");
+        }
+        tx.receiver_report(0.05, 1.0).unwrap();
+        assert_eq!(tx.redundancy(), &[1]);
     }
 
     #[test]
