@@ -242,9 +242,10 @@ pub struct JitterBuffer {
     run: u64,
     burst_ewma: f32,
     ticks_since_skip: u32,
-    /// Largest distance of redundant copies lately (frames; 0: none), and the sequence number
-    /// after which that lapses.
+    /// Largest distance of redundant copies lately (frames; 0: none), the last frame whose
+    /// packet carried a copy that far back, and the sequence number after which copies lapse.
     red_frames: u64,
+    red_frames_seq: u64,
     red_until: u64,
     stats: JitterStats,
 }
@@ -287,6 +288,7 @@ impl JitterBuffer {
             burst_ewma: 1.0,
             ticks_since_skip: 0,
             red_frames: 0,
+            red_frames_seq: 0,
             red_until: 0,
             stats: JitterStats::default(),
         }
@@ -390,15 +392,19 @@ impl JitterBuffer {
     }
 
     /// Notes that the packet of frame `seq` carried copies of frames up to `distance` back
-    /// (at most [`MAX_RED_FRAMES`] count): the lookahead follows it until
-    /// [`RED_HOLD_FRAMES`] frames after the last such packet.
+    /// (at most [`MAX_RED_FRAMES`] count): the lookahead is the farthest distance of the
+    /// last [`RED_HOLD_FRAMES`] frames, and none once that long passed without copies.
     pub fn note_redundancy(&mut self, seq: u64, distance: u64) {
         let d = distance.min(MAX_RED_FRAMES);
         if d == 0 {
             return;
         }
         let lapsed = self.next_seq.is_some_and(|n| n > self.red_until);
-        self.red_frames = if lapsed { d } else { self.red_frames.max(d) };
+        let stale = seq > self.red_frames_seq.saturating_add(RED_HOLD_FRAMES);
+        if lapsed || stale || d >= self.red_frames {
+            self.red_frames = d;
+            self.red_frames_seq = seq;
+        }
         self.red_until = self.red_until.max(seq.saturating_add(RED_HOLD_FRAMES));
         let wanted = self.wanted_target();
         if wanted > self.target_us {
@@ -597,6 +603,58 @@ mod tests {
 
     const F: u64 = FRAME_US;
     const MARGIN: u64 = 5_000;
+
+    /// The lookahead for copies is the farthest distance of the last second, and none a
+    /// second after copies stop; a copy never counts as an arrival.
+    #[test]
+    fn copies_set_the_lookahead_while_they_come_and_never_count_as_arrivals() {
+        let mut jb = JitterBuffer::default();
+        let payload = |i: u64| i.to_be_bytes().to_vec();
+        jb.push(0, payload(0), 0);
+        jb.note_redundancy(0, 6);
+        assert_eq!(jb.redundancy_frames(), 6);
+        assert_eq!(jb.target_us(), MARGIN + 6 * F);
+        // Copies one frame back from now on: the six-frame lookahead holds for 50 frames.
+        for i in 1..=60u64 {
+            jb.push(i, payload(i), i * F);
+            jb.note_redundancy(i, 1);
+            let _ = jb.pop(i * F + 1_000);
+            if i == 50 {
+                assert_eq!(jb.redundancy_frames(), 6);
+            }
+        }
+        assert_eq!(jb.redundancy_frames(), 1);
+        // A copy for a frame whose own packet is here changes nothing; one for a missing frame
+        // fills it without a jitter sample; the own packet after its copy replaces it.
+        let before = jb.stats();
+        let held = jb.len();
+        jb.push_redundant(60, vec![9], 60 * F);
+        jb.push_redundant(62, payload(62), 61 * F);
+        assert_eq!(jb.stats(), before);
+        assert_eq!(jb.len(), held + 1);
+        jb.push(62, payload(62), 62 * F);
+        assert_eq!(jb.stats().duplicate, 0);
+        assert_eq!(jb.stats().received, before.received + 1);
+        // Play everything: no copy was played (every own packet came).
+        let mut now = 62 * F;
+        while !jb.is_empty() {
+            now += F;
+            let _ = jb.pop(now);
+        }
+        // Every frame 0-62 played from its own packet, skipped (the target shrank by 100 ms)
+        // or, frame 61, missing; none from a copy.
+        let st = jb.stats();
+        assert_eq!(st.recovered, 0, "{st:?}");
+        assert_eq!(st.played + st.skipped + st.missing, 63, "{st:?}");
+        assert!(st.missing <= 1, "{st:?}");
+        // Over a second without copies: the lookahead lapses.
+        for i in 63..=130u64 {
+            jb.push(i, payload(i), i * F);
+            now += F;
+            let _ = jb.pop(now);
+        }
+        assert_eq!(jb.redundancy_frames(), 0);
+    }
 
     /// Runs a stream: `arrivals[i] = Some(arrival time of packet i)` or `None` (lost), with
     /// ticks every 20 ms at `phase_us`, until the last frame was played (or `extra_ticks`
