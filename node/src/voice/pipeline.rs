@@ -95,7 +95,7 @@ const MAX_DISTANCE: u8 = 6;
 /// Reported loss at which copies start, and below which they stop.
 const RED_ON_LOSS: f32 = 0.02;
 const RED_OFF_LOSS: f32 = 0.01;
-/// Reported mean burst (frames) at which copies move to 2 and 4 frames back, and below which
+/// Reported mean burst (frames) at which copies move to 3 and 6 frames back, and below which
 /// they return to the previous frame.
 const BURSTY_ON: f32 = 2.0;
 const BURSTY_OFF: f32 = 1.5;
