@@ -44,7 +44,9 @@ use super::device::{
     WavSource,
 };
 use super::jitter::{JitterConfig, JitterStats};
-use super::pipeline::{Concealment, HalfPlayout, MAX_VOICE_PACKET, VoiceReceiver, VoiceSender};
+use super::pipeline::{
+    Concealment, HalfPlayout, MAX_RED_PACKET, MAX_VOICE_PACKET, VoiceReceiver, VoiceSender,
+};
 use super::process::{ProcessConfig, Processor};
 use super::soundboard::{
     ActiveClip, ClipCache, ClipEvent, EVENT_REPEATS, MAX_ACTIVE_CLIPS, RemoteClips,
@@ -66,6 +68,14 @@ pub const MAX_REMOTES: usize = 64;
 /// Rooms larger than this send once to the media relay (fan-out) instead of one copy per
 /// participant, when an allocation exists: see `docs/voice.md`.
 pub const MESH_MAX: usize = 5;
+/// Most copies of each frame sent through the media relay (one per relayed participant, or
+/// one fan-out) with which redundant copies stay on. A relay's default allowance is 40,000
+/// bytes a second per allocation; a stream with copies is up to about 19,000, so two relayed
+/// copies of it would reach the allowance and the relay would drop packets, which the
+/// receivers would report as loss: more copies, more drops.
+pub const RED_MAX_RELAYED_SENDS: usize = 1;
+// A packet with copies (type and stream id in front) fits what a media relay forwards.
+const _: () = assert!(1 + 4 + MAX_RED_PACKET <= relay_wire::MAX_MEDIA_PAYLOAD);
 /// Bound of the command channel.
 pub const COMMAND_BOUND: usize = 64;
 /// Probes remembered per participant (for round-trip times).
@@ -288,7 +298,7 @@ pub struct EngineStats {
     /// seconds), `incoming` (no reports: the worst loss we see from the others) or `none`.
     pub fec_tuned_by: &'static str,
     /// The expected-loss percentage our Opus encoder was given for it (0 without FEC, or
-    /// while redundant copies are sent).
+    /// while copies for bursts of loss are sent).
     pub fec_expected_percent: u8,
     /// Distances (frames back) of the redundant copies our packets carry now; empty: none.
     pub redundancy: Vec<u8>,
@@ -1259,6 +1269,17 @@ impl Engine {
                 None => ((0.0, 1.0), "none"),
             };
             (self.fec_loss, self.loss_burst, self.fec_tuned_by) = (loss, burst, by);
+            let own = self.own.as_ref();
+            let relayed_sends = if own.is_some() && self.remotes.len() > MESH_MAX {
+                1
+            } else {
+                self.remotes
+                    .values()
+                    .filter(|r| r.direct.is_none() && r.relay_route(own).is_some())
+                    .count()
+            };
+            self.sender
+                .allow_redundancy(relayed_sends <= RED_MAX_RELAYED_SENDS);
             let _ = self.sender.receiver_report(loss, burst);
             self.send_reports();
         }

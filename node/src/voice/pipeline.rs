@@ -302,13 +302,12 @@ impl VoiceSender {
             } else {
                 loss >= RED_OFF_LOSS
             };
-        let was_bursty = self.red.first() == Some(&3);
         self.bursty = if self.bursty {
             burst >= BURSTY_OFF
         } else {
             burst >= BURSTY_ON
         };
-        let heavy = if self.red.as_slice() == [1, 2] && !was_bursty {
+        let heavy = if self.red.as_slice() == [1, 2] {
             loss >= HEAVY_OFF_LOSS
         } else {
             loss >= HEAVY_ON_LOSS
