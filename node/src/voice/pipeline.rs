@@ -218,9 +218,11 @@ impl VoiceSender {
     /// Builds the `MEDIA_RED` plaintext for the packet in `self.opus` into `self.plain`, if
     /// copies are on and at least one fits; returns whether it did.
     fn red_plaintext(&mut self) -> bool {
-        let mut copies: Vec<(u8, &[u8])> = Vec::with_capacity(MAX_COPIES);
+        // A fixed array: this runs for every frame sent.
+        let mut copies: [(u8, &[u8]); MAX_COPIES] = [(0, &[]); MAX_COPIES];
+        let mut n = 0;
         let mut size = 1 + self.opus.len();
-        for &d in &self.red {
+        for &d in self.red.iter().take(MAX_COPIES) {
             let Some(i) = self.history.len().checked_sub(usize::from(d)) else {
                 continue;
             };
@@ -231,19 +233,21 @@ impl VoiceSender {
                 break;
             }
             size += 3 + copy.len();
-            copies.push((d, copy));
+            copies[n] = (d, copy);
+            n += 1;
         }
-        if copies.is_empty() {
+        if n == 0 {
             return false;
         }
+        let copies = &copies[..n];
         self.plain.clear();
-        self.plain.push(copies.len() as u8);
-        for (d, c) in &copies {
+        self.plain.push(n as u8);
+        for (d, c) in copies {
             self.plain.push(*d);
             self.plain
                 .extend_from_slice(&(c.len() as u16).to_be_bytes());
         }
-        for (_, c) in &copies {
+        for (_, c) in copies {
             self.plain.extend_from_slice(c);
         }
         self.plain.extend_from_slice(&self.opus);

@@ -20,8 +20,8 @@
 //! MEDIA_EXT  0x13 | ssrc u32 | SFrame frame of (play event | Opus), type byte as AAD
 //! REPORT     0x14 | ssrc u32 | nonce u64 | loss u16 | burst u8 | mac 16
 //!                                                  mac under the recipient's probe key
-//! MEDIA_RED  0x15 | ssrc u32 | SFrame frame of (copies of earlier Opus packets | Opus),
-//!                                                  type byte as AAD (see `pipeline`)
+//! MEDIA_RED  0x15 | ssrc u32 | SFrame frame of (copy table | copies of earlier Opus
+//!                              packets | Opus), type byte as AAD (see `pipeline`)
 //! ```
 //!
 //! `ssrc` is the sender's stream id. A probe's MAC is HMAC-SHA-256 (truncated to 16 bytes)
@@ -30,10 +30,11 @@
 //! other's media to a new address (how a NAT rebinding is followed). A receiver report tells a
 //! sender the loss its receiver sees on the sender's stream (basis points, at most 10,000) and
 //! the mean length of its runs of lost frames (tenths of a frame, 10 = isolated losses), so
-//! the sender tunes its FEC and redundant copies to the path its packets actually take; it is MACed like a probe
-//! (with the loss in the MAC) and its nonce only grows, so a replayed or forged report cannot
-//! push a sender's FEC up or down. Reports say nothing a relay could not already guess from
-//! the traffic, so they are authenticated, not encrypted. Media frames need no MAC
+//! the sender tunes its FEC and redundant copies to the path its packets actually take; it is
+//! MACed like a probe (with the loss and the burst in the MAC) and its nonce only grows, so a
+//! replayed or forged report cannot push a sender's FEC or copies up or down. Reports say
+//! nothing a relay could not already guess from the traffic, so they are authenticated, not
+//! encrypted. Media frames need no MAC
 //! of their own: they are authenticated by their sender key, and a frame is never used to
 //! change a path. Through a media relay the same packets travel inside the relay's `SEND` and
 //! `DATA` framing ([`securecomm_rendezvous::media`]).
