@@ -1136,6 +1136,7 @@ fn started(
             base_relays: cfg.net.relays.iter().map(ToString::to_string).collect(),
             guilds: node.guilds.clone(),
             net: node.net.clone(),
+            prefs: Default::default(),
         },
         me,
         voice: crate::voice::spawn(

@@ -93,6 +93,32 @@ impl Prefs {
     }
 }
 
+/// Writes the preferences file in the order the saves were asked for. Each save runs on its
+/// own worker thread, so two quick changes (a mode, then a key) can finish in either order:
+/// without this the older one could land last and leave stale settings on disk.
+#[derive(Debug, Default)]
+pub struct PrefsWriter {
+    /// The number of the newest save written.
+    written: std::sync::Mutex<u64>,
+}
+
+impl PrefsWriter {
+    /// Writes save number `n` unless a newer one is already on disk (then it is dropped, and
+    /// that is not an error).
+    pub fn write(&self, n: u64, prefs: &Prefs, dir: &Path) -> Result<(), String> {
+        let mut written = self
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if n <= *written {
+            return Ok(());
+        }
+        prefs.save(dir)?;
+        *written = n;
+        Ok(())
+    }
+}
+
 /// One relay row in the settings window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayRow {
@@ -136,8 +162,9 @@ pub enum SettingsCommand {
     LoadRelays,
     /// Measure the data folder.
     DataSize,
-    /// Write the preferences file.
-    SavePrefs(Prefs),
+    /// Write the preferences file. The number orders saves: one older than a save already
+    /// written is dropped.
+    SavePrefs(Prefs, u64),
     /// Write an encrypted backup.
     ExportBackup {
         /// Destination file.
@@ -297,6 +324,8 @@ pub struct SettingsState {
     pub tab: SettingsTab,
     /// Preferences (theme, notifications).
     pub prefs: Prefs,
+    /// Saves of `prefs` asked for so far (numbers them, so the newest is the one kept).
+    pub prefs_saves: u64,
     /// Relay address being typed.
     pub new_relay: String,
     /// Saved relays.
@@ -377,8 +406,10 @@ impl SettingsState {
 
     /// The theme or notification toggle changed.
     pub fn on_prefs_changed(&mut self) -> Vec<Command> {
+        self.prefs_saves += 1;
         vec![Command::Settings(SettingsCommand::SavePrefs(
             self.prefs.clone(),
+            self.prefs_saves,
         ))]
     }
 
@@ -468,6 +499,8 @@ pub struct NodeCtx {
     pub guilds: GuildService,
     /// The network.
     pub net: Client,
+    /// Orders preference saves.
+    pub prefs: std::sync::Arc<PrefsWriter>,
 }
 
 fn saved(ctx: &NodeCtx) -> Result<Vec<String>, String> {
@@ -572,9 +605,10 @@ pub async fn execute(ctx: &NodeCtx, cmd: SettingsCommand) -> Vec<Event> {
                 Err(e) => vec![Event::Error(format!("measuring the data folder: {e}"))],
             }
         }
-        SettingsCommand::SavePrefs(p) => {
+        SettingsCommand::SavePrefs(p, n) => {
             let dir = ctx.data_dir.clone();
-            match tokio::task::spawn_blocking(move || p.save(&dir)).await {
+            let writer = ctx.prefs.clone();
+            match tokio::task::spawn_blocking(move || writer.write(n, &p, &dir)).await {
                 Ok(Ok(())) => Vec::new(),
                 Ok(Err(e)) => vec![Event::Error(e)],
                 Err(e) => vec![Event::Error(format!("saving settings: {e}"))],
@@ -697,6 +731,40 @@ mod tests {
         assert_eq!(Prefs::load(dir.path()), p);
         std::fs::write(dir.path().join(PREFS_FILE), b"{not json").unwrap();
         assert_eq!(Prefs::load(dir.path()), Prefs::default());
+    }
+
+    #[test]
+    fn an_older_save_finishing_last_does_not_overwrite_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SettingsState::default();
+        s.prefs.voice.mode = crate::voice::InputMode::PushToTalk;
+        let first = s.on_prefs_changed();
+        s.prefs.voice.ptt_key = "F".into();
+        let second = s.on_prefs_changed();
+        let unpack = |c: Vec<Command>| match c.into_iter().next() {
+            Some(Command::Settings(SettingsCommand::SavePrefs(p, n))) => (p, n),
+            other => panic!("not a save: {other:?}"),
+        };
+        let ((p1, n1), (p2, n2)) = (unpack(first), unpack(second));
+        assert!(n2 > n1);
+        // The worker threads finish in the wrong order.
+        let w = PrefsWriter::default();
+        w.write(n2, &p2, dir.path()).unwrap();
+        w.write(n1, &p1, dir.path()).unwrap();
+        assert_eq!(Prefs::load(dir.path()).voice.ptt_key, "F");
+        // Many racing saves: the newest is what stays.
+        let w = std::sync::Arc::new(PrefsWriter::default());
+        std::thread::scope(|sc| {
+            for n in 1..=16u64 {
+                let (w, dir) = (w.clone(), dir.path());
+                sc.spawn(move || {
+                    let mut p = Prefs::default();
+                    p.voice.ptt_key = format!("F{n}");
+                    w.write(n, &p, dir).unwrap();
+                });
+            }
+        });
+        assert_eq!(Prefs::load(dir.path()).voice.ptt_key, "F16");
     }
 
     #[test]
