@@ -96,6 +96,8 @@ fn read_wav48(path: &Path) -> Result<Vec<i16>> {
 /// Resamples a WAV to 16 kHz mono 16-bit with sox and reads it.
 fn to16k(input: &Path, out: &Path) -> Result<Vec<i16>> {
     run(Command::new("sox")
+        // Repeatable dither: random dither made every run score differently.
+        .arg("-R")
         .arg(input)
         .args(["-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer"])
         .arg(out))?;
@@ -114,6 +116,8 @@ pub fn speech(dir: &Path, i: usize, max_ms: u64) -> Result<Speech> {
         .arg(&raw)
         .arg(SENTENCES[i % SENTENCES.len()]))?;
     run(Command::new("sox")
+        // Repeatable dither: random dither made every run score differently.
+        .arg("-R")
         .arg(&raw)
         .args(["-r", "48000", "-c", "1", "-b", "16", "-e", "signed-integer"])
         .arg(&full))?;

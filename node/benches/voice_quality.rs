@@ -590,6 +590,8 @@ fn make_speech(dir: &Path) -> Vec<i16> {
             .arg(&raw)
             .arg(sentence));
         sh(Command::new("sox")
+            // Repeatable dither: random dither made every run score differently.
+            .arg("-R")
             .arg(&raw)
             .args(["-r", "48000", "-c", "1", "-b", "16"])
             .arg(&wide));
@@ -605,6 +607,8 @@ fn to_16k(dir: &Path, name: &str, pcm: &[i16]) -> Vec<i16> {
     let narrow = dir.join(format!("{name}_16k.wav"));
     write_wav(&wide, pcm, SAMPLE_RATE);
     sh(Command::new("sox")
+        // Repeatable dither: random dither made every run score differently.
+        .arg("-R")
         .arg(&wide)
         .args(["-r", "16000"])
         .arg(&narrow));

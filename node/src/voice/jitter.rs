@@ -238,9 +238,13 @@ pub struct JitterBuffer {
     p95_us: u64,
     target_us: u64,
     loss_ewma: f32,
-    /// Frames missing in a row so far, and the smoothed length of finished runs.
+    /// Frames counted in `loss_ewma` (saturating).
+    loss_frames: u32,
+    /// Frames missing in a row so far; recent missing frames and recent runs of them, both
+    /// decayed by [`BURST_ALPHA`] per frame (their ratio is the mean burst).
     run: u64,
-    burst_ewma: f32,
+    burst_lost: f32,
+    burst_runs: f32,
     ticks_since_skip: u32,
     /// Largest distance of redundant copies lately (frames; 0: none), the last frame whose
     /// packet carried a copy that far back, and the sequence number after which copies lapse.
@@ -253,11 +257,18 @@ pub struct JitterBuffer {
 /// Frames after the last packet with redundant copies before the lookahead stops following
 /// them (1 s).
 const RED_HOLD_FRAMES: u64 = 50;
+/// Frames of copies all nearer than the lookahead before it comes down to them (10 s): each
+/// step down is a skipped frame, so it waits until the nearer copies have lasted (a sender
+/// that had reason for farther copies may well go back to them).
+const RED_NEARER_FRAMES: u64 = 500;
 /// Farthest redundant copy the buffer waits for (frames).
 pub const MAX_RED_FRAMES: u64 = 6;
 
 /// Weight of one frame in the effective-loss average (about 2 s of memory).
 const LOSS_ALPHA: f32 = 0.01;
+/// Decay per frame of the burst counts (about 10 s of memory: a burst is rare enough that a
+/// shorter memory holds too few to average).
+const BURST_ALPHA: f32 = 0.002;
 
 impl Default for JitterBuffer {
     fn default() -> Self {
@@ -284,8 +295,10 @@ impl JitterBuffer {
             p95_us: 0,
             target_us: config.margin_us,
             loss_ewma: 0.0,
+            loss_frames: 0,
             run: 0,
-            burst_ewma: 1.0,
+            burst_lost: 0.0,
+            burst_runs: 0.0,
             ticks_since_skip: 0,
             red_frames: 0,
             red_frames_seq: 0,
@@ -310,14 +323,48 @@ impl JitterBuffer {
     }
 
     /// Fraction of recent frames whose own packet was missing at their deadline (lost or
-    /// late, whether or not a redundant copy stood in), smoothed.
+    /// late, whether or not a redundant copy stood in), smoothed. While fewer frames have
+    /// played than the average's memory, the average is scaled up to the share of those
+    /// frames (an average started at zero would read 10% loss as 4% after a second, and the
+    /// sender would start its copies a report later).
     pub fn effective_loss(&self) -> f32 {
-        self.loss_ewma
+        let weight = 1.0 - (1.0 - LOSS_ALPHA).powi(self.loss_frames.min(2_000) as i32);
+        if weight > 0.0 {
+            (self.loss_ewma / weight).min(1.0)
+        } else {
+            0.0
+        }
     }
 
-    /// Mean length of recent runs of missing frames (1.0 for isolated losses), smoothed.
+    /// Mean length of recent runs of missing frames, the one going on included (1.0 for
+    /// isolated losses, and before any loss): recent missing frames over recent runs. A ratio
+    /// of counts rather than an average of run lengths starting from 1.0, so two bursts of
+    /// three already read as bursts.
     pub fn mean_burst(&self) -> f32 {
-        self.burst_ewma
+        if self.burst_runs < 0.5 {
+            1.0
+        } else {
+            (self.burst_lost / self.burst_runs).max(1.0)
+        }
+    }
+
+    /// Counts one played frame (`lost`: missing, or rebuilt from a copy) in the loss and
+    /// burst estimates.
+    fn count_frame(&mut self, lost: bool) {
+        self.loss_frames = self.loss_frames.saturating_add(1);
+        self.burst_lost *= 1.0 - BURST_ALPHA;
+        self.burst_runs *= 1.0 - BURST_ALPHA;
+        if lost {
+            self.loss_ewma = self.loss_ewma * (1.0 - LOSS_ALPHA) + LOSS_ALPHA;
+            if self.run == 0 {
+                self.burst_runs += 1.0;
+            }
+            self.burst_lost += 1.0;
+            self.run += 1;
+        } else {
+            self.loss_ewma *= 1.0 - LOSS_ALPHA;
+            self.run = 0;
+        }
     }
 
     /// The lookahead that redundant copies ask for now (frames; 0: none).
@@ -393,14 +440,14 @@ impl JitterBuffer {
 
     /// Notes that the packet of frame `seq` carried copies of frames up to `distance` back
     /// (at most [`MAX_RED_FRAMES`] count): the lookahead is the farthest distance of the
-    /// last [`RED_HOLD_FRAMES`] frames, and none once that long passed without copies.
+    /// last [`RED_NEARER_FRAMES`] frames, and none once [`RED_HOLD_FRAMES`] passed without copies.
     pub fn note_redundancy(&mut self, seq: u64, distance: u64) {
         let d = distance.min(MAX_RED_FRAMES);
         if d == 0 {
             return;
         }
         let lapsed = self.next_seq.is_some_and(|n| n > self.red_until);
-        let stale = seq > self.red_frames_seq.saturating_add(RED_HOLD_FRAMES);
+        let stale = seq > self.red_frames_seq.saturating_add(RED_NEARER_FRAMES);
         if lapsed || stale || d >= self.red_frames {
             self.red_frames = d;
             self.red_frames_seq = seq;
@@ -470,7 +517,7 @@ impl JitterBuffer {
         } else if self.config.fec_lookahead && self.loss_ewma > self.config.fec_lookahead_loss {
             let max = self.config.max_lookahead_frames.max(1);
             let min = self.config.min_lookahead_frames.clamp(1, max);
-            (self.burst_ewma.round() as u64).clamp(min, max) * FRAME_US
+            (self.mean_burst().round() as u64).clamp(min, max) * FRAME_US
         } else {
             0
         };
@@ -541,8 +588,7 @@ impl JitterBuffer {
         let action = match self.packets.remove(&next) {
             Some(held) if held.copy => {
                 self.stats.recovered += 1;
-                self.loss_ewma = self.loss_ewma * (1.0 - LOSS_ALPHA) + LOSS_ALPHA;
-                self.run += 1;
+                self.count_frame(true);
                 Action::Recovered {
                     seq: next,
                     payload: held.payload,
@@ -551,11 +597,7 @@ impl JitterBuffer {
             Some(held) => {
                 self.stats.played += 1;
                 self.stats.residence_us += now_us.saturating_sub(held.arrival_us);
-                self.loss_ewma *= 1.0 - LOSS_ALPHA;
-                if self.run > 0 {
-                    self.burst_ewma = 0.8 * self.burst_ewma + 0.2 * self.run as f32;
-                    self.run = 0;
-                }
+                self.count_frame(false);
                 Action::Packet {
                     seq: next,
                     payload: held.payload,
@@ -563,8 +605,7 @@ impl JitterBuffer {
             }
             None => {
                 self.stats.missing += 1;
-                self.loss_ewma = self.loss_ewma * (1.0 - LOSS_ALPHA) + LOSS_ALPHA;
-                self.run += 1;
+                self.count_frame(true);
                 Action::Missing {
                     seq: next,
                     next: self
@@ -604,8 +645,8 @@ mod tests {
     const F: u64 = FRAME_US;
     const MARGIN: u64 = 5_000;
 
-    /// The lookahead for copies is the farthest distance of the last second, and none a
-    /// second after copies stop; a copy never counts as an arrival.
+    /// The lookahead for copies is the farthest distance of the last 10 s, and none a second
+    /// after copies stop; a copy never counts as an arrival.
     #[test]
     fn copies_set_the_lookahead_while_they_come_and_never_count_as_arrivals() {
         let mut jb = JitterBuffer::default();
@@ -614,12 +655,13 @@ mod tests {
         jb.note_redundancy(0, 6);
         assert_eq!(jb.redundancy_frames(), 6);
         assert_eq!(jb.target_us(), MARGIN + 6 * F);
-        // Copies one frame back from now on: the six-frame lookahead holds for 50 frames.
-        for i in 1..=60u64 {
+        // Copies one frame back from now on: the six-frame lookahead holds for 10 s.
+        let n = RED_NEARER_FRAMES + 10;
+        for i in 1..=n {
             jb.push(i, payload(i), i * F);
             jb.note_redundancy(i, 1);
             let _ = jb.pop(i * F + 1_000);
-            if i == 50 {
+            if i == RED_NEARER_FRAMES {
                 assert_eq!(jb.redundancy_frames(), 6);
             }
         }
@@ -628,27 +670,27 @@ mod tests {
         // fills it without a jitter sample; the own packet after its copy replaces it.
         let before = jb.stats();
         let held = jb.len();
-        jb.push_redundant(60, vec![9], 60 * F);
-        jb.push_redundant(62, payload(62), 61 * F);
+        jb.push_redundant(n, vec![9], n * F);
+        jb.push_redundant(n + 2, payload(n + 2), (n + 1) * F);
         assert_eq!(jb.stats(), before);
         assert_eq!(jb.len(), held + 1);
-        jb.push(62, payload(62), 62 * F);
+        jb.push(n + 2, payload(n + 2), (n + 2) * F);
         assert_eq!(jb.stats().duplicate, 0);
         assert_eq!(jb.stats().received, before.received + 1);
         // Play everything: no copy was played (every own packet came).
-        let mut now = 62 * F;
+        let mut now = (n + 2) * F;
         while !jb.is_empty() {
             now += F;
             let _ = jb.pop(now);
         }
-        // Every frame 0-62 played from its own packet, skipped (the target shrank by 100 ms)
-        // or, frame 61, missing; none from a copy.
+        // Every frame played from its own packet, skipped (the target shrank by 100 ms) or,
+        // frame n + 1, missing; none from a copy.
         let st = jb.stats();
         assert_eq!(st.recovered, 0, "{st:?}");
-        assert_eq!(st.played + st.skipped + st.missing, 63, "{st:?}");
+        assert_eq!(st.played + st.skipped + st.missing, n + 3, "{st:?}");
         assert!(st.missing <= 1, "{st:?}");
         // Over a second without copies: the lookahead lapses.
-        for i in 63..=130u64 {
+        for i in n + 3..=n + 70 {
             jb.push(i, payload(i), i * F);
             now += F;
             let _ = jb.pop(now);
@@ -938,6 +980,45 @@ mod tests {
             };
             assert_eq!(later.as_ref().map(|l| l.0), Some(seq + 3));
         }
+    }
+
+    /// The loss and burst estimates read right from the first second: the loss average is
+    /// scaled up while it has seen fewer frames than its memory, and two bursts of three read
+    /// as bursts of three.
+    #[test]
+    fn loss_and_burst_estimates_are_right_early_and_track_changes() {
+        let mut jb = JitterBuffer::default();
+        assert_eq!(jb.effective_loss(), 0.0);
+        assert_eq!(jb.mean_burst(), 1.0);
+        // 50 frames, every tenth lost (isolated).
+        let arrivals: Vec<Option<u64>> = (0..50u64)
+            .map(|i| (i % 10 != 5).then_some(30_000 + i * F))
+            .collect();
+        run(&mut jb, &arrivals, 9_000, 0);
+        let loss = jb.effective_loss();
+        assert!((0.07..0.13).contains(&loss), "{loss}");
+        assert!(jb.loss_ewma < 0.06, "the plain average still reads low");
+        assert!((jb.mean_burst() - 1.0).abs() < 0.01, "{}", jb.mean_burst());
+        // Two bursts of three, nothing else lost: already read as bursts of three.
+        let mut jb = JitterBuffer::default();
+        let arrivals: Vec<Option<u64>> = (0..60u64)
+            .map(|i| (!(10..13).contains(&i) && !(40..43).contains(&i)).then_some(30_000 + i * F))
+            .collect();
+        run(&mut jb, &arrivals, 9_000, 0);
+        let b = jb.mean_burst();
+        assert!((2.9..3.1).contains(&b), "two bursts of three read {b}");
+        // Long after, isolated losses bring it back towards 1.
+        let arrivals: Vec<Option<u64>> = (0..3000u64)
+            .map(|i| {
+                (!(10..13).contains(&i) && !(40..43).contains(&i) && (i < 60 || i % 10 != 5))
+                    .then_some(30_000 + i * F)
+            })
+            .collect();
+        let mut jb = JitterBuffer::default();
+        run(&mut jb, &arrivals, 9_000, 0);
+        assert!(jb.mean_burst() < 1.1, "{}", jb.mean_burst());
+        let loss = jb.effective_loss();
+        assert!((0.08..0.12).contains(&loss), "{loss}");
     }
 
     /// With the minimum lookahead equal to the maximum the target does not move with the

@@ -103,6 +103,9 @@ const BURSTY_OFF: f32 = 1.5;
 /// is dropped again.
 const HEAVY_ON_LOSS: f32 = 0.14;
 const HEAVY_OFF_LOSS: f32 = 0.10;
+/// Reports in a row that must ask for fewer or nearer copies before the sender drops them
+/// (more or farther copies apply at the first report that asks).
+const WEAKER_REPORTS: u8 = 3;
 
 /// Why a packet was rejected or a frame could not be produced.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -154,9 +157,8 @@ pub struct VoiceSender {
     /// Whether copies may be sent at all.
     red_allowed: bool,
     bursty: bool,
-    /// A different choice of copies the last report asked for (it takes effect when the next
-    /// report asks for it again).
-    pending: Option<Vec<u8>>,
+    /// Reports in a row that asked for fewer or nearer copies than are sent now.
+    weaker_reports: u8,
     plain: Vec<u8>,
     stats: SenderStats,
 }
@@ -172,7 +174,7 @@ impl VoiceSender {
             red: Vec::with_capacity(MAX_COPIES),
             red_allowed: true,
             bursty: false,
-            pending: None,
+            weaker_reports: 0,
             plain: Vec::with_capacity(RED_BUDGET),
             stats: SenderStats::default(),
         })
@@ -295,9 +297,11 @@ impl VoiceSender {
 
     /// Applies the worst receiver report (one a second): `loss` (fraction 0.0..=1.0) and the
     /// mean length of its runs of lost frames (`burst`, 1.0 for isolated losses). Picks the
-    /// redundant copies (see the module docs) and tunes FEC. A change of copies takes effect
-    /// only when two reports in a row ask for it: each change moves every receiver's playout
-    /// (a stretch or a skip), and a few frames lost while a call starts must not cause two.
+    /// redundant copies (see the module docs) and tunes FEC. More or farther copies apply at
+    /// once: every second without them is loss heard. Fewer or nearer copies wait until
+    /// [`WEAKER_REPORTS`] reports in a row ask for them: loss comes and goes (bursty loss
+    /// leaves seconds without any), and each change moves every receiver's playout (a stretch
+    /// or a skip).
     pub fn receiver_report(&mut self, loss: f32, burst: f32) -> Result<(), VoiceError> {
         let loss = if loss.is_nan() { 0.0 } else { loss };
         let on = self.red_allowed
@@ -322,14 +326,21 @@ impl VoiceSender {
             (true, false, true) => &[1, 2],
             (true, false, false) => &[1],
         };
-        if wanted == self.red.as_slice() {
-            self.pending = None;
-        } else if self.pending.as_deref() == Some(wanted) {
-            self.pending = None;
+        let current = self.red.as_slice();
+        let stronger = wanted.len() > current.len() || wanted.last() > current.last();
+        if wanted == current {
+            self.weaker_reports = 0;
+        } else if stronger {
+            self.weaker_reports = 0;
             self.red.clear();
             self.red.extend_from_slice(wanted);
         } else {
-            self.pending = Some(wanted.to_vec());
+            self.weaker_reports += 1;
+            if self.weaker_reports >= WEAKER_REPORTS {
+                self.weaker_reports = 0;
+                self.red.clear();
+                self.red.extend_from_slice(wanted);
+            }
         }
         // In bursts the next packet is mostly lost too, so FEC's bits in it would be wasted.
         let in_bursts = self.red.first() == Some(&3);
@@ -342,7 +353,7 @@ impl VoiceSender {
         self.red_allowed = allowed;
         if !allowed {
             self.red.clear();
-            self.pending = None;
+            self.weaker_reports = 0;
         }
     }
 
@@ -1169,9 +1180,11 @@ mod tests {
     fn copies_of_the_previous_frame_fill_random_losses_and_the_loss_is_still_reported() {
         let (mut tx, mut rx) = pair();
         tx.receiver_report(0.05, 1.1).unwrap();
-        assert_eq!(tx.redundancy(), &[] as &[u8], "one report does not switch");
-        tx.receiver_report(0.05, 1.1).unwrap();
-        assert_eq!(tx.redundancy(), &[1]);
+        assert_eq!(
+            tx.redundancy(),
+            &[1],
+            "copies start at the first report of loss"
+        );
         assert_eq!(
             tx.encoder().expected_loss(),
             7,
@@ -1237,32 +1250,51 @@ mod tests {
     #[test]
     fn the_report_picks_copies_with_hysteresis() {
         let (mut tx, _) = pair();
-        for (loss, burst, want) in [
-            (0.015, 1.0, &[][..]),
-            (0.02, 1.0, &[1][..]),
-            (0.012, 1.0, &[1][..]),
-            (0.13, 1.9, &[1][..]),
-            (0.14, 1.9, &[1, 2][..]),
-            (0.11, 1.0, &[1, 2][..]),
-            (0.09, 1.0, &[1][..]),
-            (0.2, 2.0, &[3, 6][..]),
-            (0.2, 1.6, &[3, 6][..]),
-            (0.2, 1.4, &[1, 2][..]),
-            (0.009, 1.0, &[][..]),
-            (f32::NAN, f32::NAN, &[][..]),
+        // Each row: a report, whether it applies at once (more or farther copies) or only
+        // after `WEAKER_REPORTS` reports in a row, and the copies then.
+        for (loss, burst, at_once, want) in [
+            (0.015, 1.0, true, &[][..]),
+            (0.02, 1.0, true, &[1][..]),
+            (0.012, 1.0, true, &[1][..]),
+            (0.13, 1.9, true, &[1][..]),
+            (0.14, 1.9, true, &[1, 2][..]),
+            (0.11, 1.0, true, &[1, 2][..]),
+            (0.09, 1.0, false, &[1][..]),
+            (0.2, 2.0, true, &[3, 6][..]),
+            (0.2, 1.6, true, &[3, 6][..]),
+            (0.2, 1.4, false, &[1, 2][..]),
+            (0.009, 1.0, false, &[][..]),
+            (f32::NAN, f32::NAN, true, &[][..]),
         ] {
+            let before = tx.redundancy().to_vec();
             tx.receiver_report(loss, burst).unwrap();
-            tx.receiver_report(loss, burst).unwrap();
+            if at_once {
+                assert_eq!(tx.redundancy(), want, "loss {loss} burst {burst}");
+                continue;
+            }
+            for _ in 1..WEAKER_REPORTS {
+                assert_eq!(
+                    tx.redundancy(),
+                    before,
+                    "loss {loss} burst {burst} too soon"
+                );
+                tx.receiver_report(loss, burst).unwrap();
+            }
             assert_eq!(tx.redundancy(), want, "loss {loss} burst {burst}");
         }
-        // One report alone (a few frames lost while a call starts) switches nothing, nor do
-        // reports that keep changing their mind.
-        for (loss, burst) in [(0.05, 1.0), (0.0, 1.0), (0.3, 3.0), (0.0, 1.0), (0.05, 1.0)] {
-            tx.receiver_report(loss, burst).unwrap();
-            assert_eq!(tx.redundancy(), &[] as &[u8], "loss {loss} burst {burst}");
-        }
+        // Loss heard switches copies on at once; reports that keep changing their mind never
+        // take them away.
         tx.receiver_report(0.05, 1.0).unwrap();
         assert_eq!(tx.redundancy(), &[1]);
+        for (loss, burst) in [(0.0, 1.0), (0.0, 1.0), (0.05, 1.0), (0.0, 1.0), (0.0, 1.0)] {
+            tx.receiver_report(loss, burst).unwrap();
+            assert_eq!(tx.redundancy(), &[1], "loss {loss} burst {burst}");
+        }
+        tx.receiver_report(0.0, 1.0).unwrap();
+        assert_eq!(tx.redundancy(), &[] as &[u8]);
+        // Bursts move copies back at once, without waiting for the way down.
+        tx.receiver_report(0.1, 3.0).unwrap();
+        assert_eq!(tx.redundancy(), &[3, 6]);
     }
 
     #[test]
