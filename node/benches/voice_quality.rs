@@ -26,12 +26,11 @@
 //! received frame.
 //!
 //! Last run (3 seeds, 0 / 30 ms jitter), PESQ-WB ours / no RED / baseline: none 4.42; 5%
-//! random 4.18 / 4.08 / 2.80; 10% random 3.96 / 3.77 / 1.96 (4.04 at 30 ms); 20% random
-//! 3.73 / 2.91 / 1.36 (3.86); 10% bursty 3.39 / 2.83 / 2.20 (3.33); 20% bursty 2.95 / 1.89 /
-//! 1.44. Runs differ by a few hundredths (cause not pinned down). Wire 60 kbit/s without
-//! loss, 106-151 with copies. Delay 31.4-40.4 ms by tick phase (mean 35.9); CPU 0.214 ms per
-//! sent frame, 0.053 / 0.058 ms per received frame without / with 10% loss. README has the
-//! full table.
+//! random 4.24 / 4.08 / 2.80; 10% random 4.04 / 3.81 / 1.96 (4.02 at 30 ms); 20% random
+//! 3.86 / 2.94 / 1.35 (3.80); 10% bursty 3.65 / 2.84 / 2.21 (3.71); 20% bursty 3.07 / 1.89 /
+//! 1.44. Runs repeat exactly (sox resamples with repeatable dither). Wire 60 kbit/s without
+//! loss, 112-164 with copies. Delay 31.4-40.4 ms by tick phase (mean 35.9); CPU 0.218 ms per
+//! sent frame, 0.053-0.058 ms per received frame. README has the full table.
 //!
 //! Run: `cargo bench -p securecomm-node --bench voice_quality`. Needs `espeak-ng` and `sox`
 //! (`scripts/install-deps.sh`). Env: `SEEDS` (runs per cell, default 3), `VOICE_WAV` (use this
