@@ -27,7 +27,8 @@
 //!
 //! While the sender adds redundant copies of earlier frames to its packets (RED, see
 //! `pipeline`'s module docs), the lookahead is the largest distance of those copies instead,
-//! held steady for as long as copies keep coming: the copy of a frame lost in a burst arrives
+//! held steady for as long as copies keep coming (it comes down to nearer copies only after
+//! 10 s of them, since each step down is a skip): the copy of a frame lost in a burst arrives
 //! that many frames later. Copies are filed with [`JitterBuffer::push_redundant`]: they fill
 //! a missing frame's slot but never count as arrivals (no transit, no late or duplicate
 //! count), and a frame played from a copy counts as lost in [`JitterBuffer::effective_loss`]
@@ -440,7 +441,8 @@ impl JitterBuffer {
 
     /// Notes that the packet of frame `seq` carried copies of frames up to `distance` back
     /// (at most [`MAX_RED_FRAMES`] count): the lookahead is the farthest distance of the
-    /// last [`RED_NEARER_FRAMES`] frames, and none once [`RED_HOLD_FRAMES`] passed without copies.
+    /// last [`RED_NEARER_FRAMES`] frames, and none once [`RED_HOLD_FRAMES`] passed without
+    /// copies.
     pub fn note_redundancy(&mut self, seq: u64, distance: u64) {
         let d = distance.min(MAX_RED_FRAMES);
         if d == 0 {
